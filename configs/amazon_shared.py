@@ -1,0 +1,16 @@
+"""Amazon Scientific / Office / Games as RecBole atomic folders under data.root (or $RECG_DATA_ROOT).
+
+Default: source Scientific, targets Office and Games. Choose others with a config argument:
+  --config=configs/amazon_shared.py:source=Office,targets=Scientific+Games
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.data.format = "recbole"
+  config.data.source = "Scientific"
+  config.data.targets = ("Office", "Games")
+  config.experiment.name = "amazon_shared"
+  return default.apply_config_arg(config, arg)

