@@ -1,0 +1,65 @@
+"""The stages of a run, in order. Each reads the cache of the stage before it and can be re-run alone.
+
+experiment.mode selects how far a run goes:
+  data       prepare every configured domain and print the per-domain table;
+  embed      + embed every item of every domain with the frozen text encoder (cached);
+  in_domain  + train on the source and evaluate its test split;
+  zero_shot  + sequence-level transfer and zero-shot evaluation on every target (the full method).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import logging
+import ml_collections
+
+MODES = ("data", "embed", "in_domain", "zero_shot")
+
+
+def _say(message: str) -> None:
+  """Stage output a user reads on the console, and in the log."""
+  print(message, flush=True)
+  logging.info("%s", message)
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  domains = prepare.load_domains(config, workdir)
+  _say(prepare.domain_table(domains))
+  return domains
+
+
+def embed_domains(config: ml_collections.ConfigDict, workdir: pathlib.Path, domains):
+  """Frozen LLM table per domain ([I+1, H], row 0 zeros), computed once and cached."""
+  from recg_jax import encoders  # pylint: disable=g-import-not-at-top
+  from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
+  encoder = None
+  tables = {}
+  for name, domain in domains.items():
+    if encoder is None and not embed.cache_is_fresh(config, domain, workdir):
+      encoder = encoders.load_encoder(config.encoder)
+    tables[name] = embed.domain_embeddings(config, domain, workdir, encoder=encoder)
+  return tables
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  mode = config.experiment.mode
+  if mode not in MODES:
+    raise ValueError(f"experiment.mode={mode!r}: expected one of {MODES}")
+  workdir_path = pathlib.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+
+  domains = prepare_data(config, workdir_path)
+  if mode == "data":
+    return None
+  tables = None
+  if config.model.variant != "id" or mode == "embed":
+    tables = embed_domains(config, workdir_path, domains)
+  if mode == "embed":
+    return None
+  if mode == "in_domain":
+    from recg_jax import train  # pylint: disable=g-import-not-at-top
+    return train.train_and_evaluate(config, workdir_path, domains, tables)
+  from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+  return transfer.run_zero_shot(config, workdir_path, domains, tables)
