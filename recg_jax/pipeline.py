@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import logging
 import ml_collections
 
 MODES = ("data", "embed", "in_domain", "zero_shot")
 
 
 def _say(message: str) -> None:
-  """Stage output a user reads on the console, and in the log."""
+  """Stage output a user reads on the console."""
   print(message, flush=True)
-  logging.info("%s", message)
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):

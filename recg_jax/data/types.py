@@ -78,6 +78,10 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
   if split not in ("valid", "test"):
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   drop = 1 if split == "valid" else 0  # items after the target that the input must not see
+  short = np.flatnonzero(domain.lengths < 2 + drop)
+  if len(short):
+    raise ValueError(f"{domain.name}: user {domain.user_tokens[short[0]]!r} has {domain.lengths[short[0]]} "
+                     f"interaction(s); the {split} split needs at least {2 + drop}")
   ends = domain.offsets[1:] - drop  # one past the target
   targets = domain.items[ends - 1]
   starts = np.maximum(domain.offsets[:-1], ends - 1 - max_len)
