@@ -1,0 +1,105 @@
+"""Recommendation losses and on-device negative sampling (METHOD.md step 5).
+
+Shapes: B users in the batch, P target positions per user (all prefixes: P = L; last target: P = 1),
+K negatives per position, D = d_l, N = num_items + 1 catalogue rows (row 0 = padding), I = num_items.
+mask_BxP marks real (user, position) pairs, as bool or as non-negative float weights (the training
+pipeline's 0/1 weights); padded pairs contribute nothing and the means are weighted means over real pairs
+(a batch without any real pair gives 0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Stands in for "no forbidden item here" in sample_negatives; above any item index.
+_NO_ITEM = 1 << 30
+
+
+def sample_negatives(key: jax.Array, positives_BxP: jax.Array, num_items: int, num_negatives: int,
+                     history_BxL: jax.Array | None = None) -> jax.Array:
+  """Uniform negatives neg_BxPxK int32 in 1..num_items, outside each user's history and positives.
+
+  The forbidden set of user b is {history_BxL[b]} | {positives_BxP[b]}, ignoring 0 (padding) and values
+  outside 1..I. Sampling is exact, in one pass, with no rejection: with f_1 < ... < f_n the user's
+  distinct forbidden items, the r-th allowed item (0-based) is r + 1 + #{j : f_j - j <= r} (j 1-based;
+  f_j - j counts the allowed items below f_j, and is non-decreasing in j). Drawing r uniformly in
+  [0, I - n) therefore draws uniformly from the complement. Cost: a sort of B x (L + P) and a binary
+  search per draw. Negatives of one position are drawn with replacement, independently.
+
+  A user whose forbidden set covers the whole catalogue has no valid negative; it then gets item I.
+  """
+  if positives_BxP.ndim != 2:
+    raise ValueError(f"positives_BxP must be [batch, positions], got {positives_BxP.shape}")
+  if num_items < 1 or num_negatives < 1:
+    raise ValueError(f"need num_items >= 1 and num_negatives >= 1, got {num_items}, {num_negatives}")
+  batch, num_pos = positives_BxP.shape
+  forbidden = positives_BxP.astype(jnp.int32)
+  if history_BxL is not None:
+    if history_BxL.ndim != 2 or history_BxL.shape[0] != batch:
+      raise ValueError(f"history_BxL must be [{batch}, L], got {history_BxL.shape}")
+    forbidden = jnp.concatenate([history_BxL.astype(jnp.int32), forbidden], axis=1)
+  in_range = (forbidden >= 1) & (forbidden <= num_items)
+  f_BxM = jnp.sort(jnp.where(in_range, forbidden, _NO_ITEM), axis=1)
+  repeat = jnp.concatenate([jnp.zeros((batch, 1), bool), f_BxM[:, 1:] == f_BxM[:, :-1]], axis=1)
+  f_BxM = jnp.sort(jnp.where(repeat, _NO_ITEM, f_BxM), axis=1)  # distinct items first, ascending
+  num_forbidden_B = jnp.sum(f_BxM < _NO_ITEM, axis=1)
+  # Allowed items below each forbidden one (0-based j): f_j - 1 - j. Fillers stay far above any r.
+  below_BxM = f_BxM - 1 - jnp.arange(f_BxM.shape[1], dtype=jnp.int32)[None, :]
+  allowed_B = jnp.maximum(num_items - num_forbidden_B, 1)
+  r_BxPxK = jax.random.randint(key, (batch, num_pos, num_negatives), 0, allowed_B[:, None, None],
+                               dtype=jnp.int32)
+  skip_BxPK = jax.vmap(lambda g, r: jnp.searchsorted(g, r, side="right"))(
+      below_BxM, r_BxPxK.reshape(batch, -1))
+  neg = r_BxPxK + 1 + skip_BxPK.reshape(r_BxPxK.shape).astype(jnp.int32)
+  return jnp.minimum(neg, num_items)
+
+
+def _masked_mean(values_BxP: jax.Array, mask_BxP: jax.Array) -> jax.Array:
+  """sum(w * v) / sum(w) over w > 0 (0 when no weight): `where`, not a product, so that values at
+  masked pairs (possibly inf) never reach the result or its gradient."""
+  w = mask_BxP.astype(values_BxP.dtype)
+  total = jnp.sum(jnp.where(w > 0, values_BxP * w, 0.0))
+  denom = jnp.sum(jnp.where(w > 0, w, 0.0))
+  return total / jnp.where(denom > 0, denom, 1.0)
+
+
+def bpr_from_scores(pos_BxP: jax.Array, neg_BxPxK: jax.Array, mask_BxP: jax.Array) -> jax.Array:
+  """-mean over real (pair, negative) of log sigmoid(pos - neg). Scalar."""
+  per_pair_BxP = -jnp.mean(jax.nn.log_sigmoid(pos_BxP[..., None] - neg_BxPxK), axis=-1)
+  return _masked_mean(per_pair_BxP, mask_BxP)
+
+
+def bpr_loss(user_BxPxD: jax.Array, pos_vec_BxPxD: jax.Array, neg_vec_BxPxKxD: jax.Array,
+             mask_BxP: jax.Array) -> jax.Array:
+  """BPR (the paper's L_rec): -mean over real (pair, negative) of log sigmoid(<y,pos> - <y,neg>).
+
+  Args:
+    user_BxPxD: user vectors y at each target position.
+    pos_vec_BxPxD: candidate vectors of the positives (Recommender.item_vectors rows).
+    neg_vec_BxPxKxD: candidate vectors of the K negatives of each position.
+    mask_BxP: real pairs (bool) or per-pair non-negative weights.
+  Returns a float32 scalar.
+  """
+  pos_BxP = jnp.einsum("bpd,bpd->bp", user_BxPxD, pos_vec_BxPxD)
+  neg_BxPxK = jnp.einsum("bpd,bpkd->bpk", user_BxPxD, neg_vec_BxPxKxD)
+  return bpr_from_scores(pos_BxP, neg_BxPxK, mask_BxP)
+
+
+def softmax_loss(user_BxPxD: jax.Array, items_NxD: jax.Array, targets_BxP: jax.Array,
+                 mask_BxP: jax.Array) -> jax.Array:
+  """Full-catalogue cross-entropy: -mean over real pairs of log softmax_n(<y, items_n>)[target].
+
+  The padding row 0 is never a class (its logit is set to the dtype's minimum before the softmax).
+  Targets must be in 1..N-1 where mask_BxP is set. Memory: one B x P x N logits array.
+  Returns a float32 scalar.
+  """
+  mask = mask_BxP > 0
+  logits_BxPxN = jnp.einsum("bpd,nd->bpn", user_BxPxD, items_NxD)
+  not_pad_N = jnp.arange(items_NxD.shape[0]) > 0
+  logits_BxPxN = jnp.where(not_pad_N, logits_BxPxN, jnp.finfo(logits_BxPxN.dtype).min)
+  # Padded pairs read a real column, so no -inf/NaN can leak into the masked mean or its gradient.
+  safe_targets_BxP = jnp.where(mask, targets_BxP, 1).astype(jnp.int32)
+  target_logit_BxP = jnp.take_along_axis(logits_BxPxN, safe_targets_BxP[..., None], axis=-1)[..., 0]
+  nll_BxP = jax.nn.logsumexp(logits_BxPxN, axis=-1) - target_logit_BxP
+  return _masked_mean(nll_BxP, mask_BxP)

@@ -1,0 +1,119 @@
+"""Item heads: how items enter the sequence model and how candidates are scored (METHOD.md steps 3, 7b).
+
+ItemProjection, per variant:
+- 'id':   a trainable table E (num_items + 1 rows). Inputs: dropout(E[i]); candidates: E[i].
+- 'sem':  the frozen LLM table e (an argument) and W_p. Inputs: dropout(W_p e + b_p); candidates:
+          W_p e + b_p.
+- 'recg': adds the alignment projection W_a and an affine merge (2 d_l -> d_l). Inputs:
+          merge([dropout(W_p e + b_p); dropout(W_a e + b_a)]); candidates: W_p e + b_p (as the authors'
+          code; the paper only says "merge the outputs of both projection layers").
+The padding item 0 gives a zero input and a zero candidate vector in every variant.
+
+SequenceFusion is the sequence-level transfer map g = W_f [y; s~] (no bias), initialised to [I | 0] so it
+starts as the identity on y.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+VARIANTS = ("id", "sem", "recg")
+
+
+def _zero_padding_row(items_NxD: jax.Array) -> jax.Array:
+  return items_NxD.at[0].set(0.0)
+
+
+class ItemProjection(nn.Module):
+  """W_p / W_a / merge (or the ID table). Parameter names: W_p, W_a, merge, item_embedding."""
+
+  variant: str
+  num_items: int  # sizes the ID table; unused by 'sem' and 'recg'
+  features: int  # d_l
+  emb_dropout: float = 0.0
+
+  def setup(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
+    if self.variant == "id":
+      self.item_embedding = nn.Embed(self.num_items + 1, self.features,
+                                     embedding_init=nn.initializers.normal(0.02))
+    else:
+      self.W_p = nn.Dense(self.features)
+      if self.variant == "recg":
+        self.W_a = nn.Dense(self.features)
+        self.merge = nn.Dense(self.features)
+    self.drop = nn.Dropout(self.emb_dropout)
+
+  def _lookup(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
+    if table_NxH is None or table_NxH.ndim != 2:
+      raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
+                       f"{None if table_NxH is None else table_NxH.shape}")
+    # Gather before projecting: B*L rows is far fewer than a whole catalogue of N rows.
+    return jnp.take(jax.lax.stop_gradient(table_NxH), seq_BxL, axis=0, mode="clip")
+
+  def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool) -> jax.Array:
+    """Sequence inputs x_BxLxD; zero where seq_BxL == 0."""
+    valid_BxLx1 = (seq_BxL > 0)[..., None]
+    if self.variant == "id":
+      x = self.drop(self.item_embedding(seq_BxL), deterministic=not train)
+    else:
+      e_BxLxH = self._lookup(seq_BxL, table_NxH)
+      p = self.drop(self.W_p(e_BxLxH), deterministic=not train)
+      if self.variant == "sem":
+        x = p
+      else:
+        a = self.drop(self.W_a(e_BxLxH), deterministic=not train)
+        x = self.merge(jnp.concatenate([p, a], axis=-1))
+    return jnp.where(valid_BxLx1, x, 0.0)
+
+  def item_vectors(self, table_NxH: jax.Array | None) -> jax.Array:
+    """Candidate vectors items_NxD (no dropout), row 0 = 0."""
+    if self.variant == "id":
+      return _zero_padding_row(self.item_embedding.embedding)
+    if table_NxH is None or table_NxH.ndim != 2:
+      raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
+                       f"{None if table_NxH is None else table_NxH.shape}")
+    return _zero_padding_row(self.W_p(jax.lax.stop_gradient(table_NxH)))
+
+  def candidate_vectors(self, ids: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
+    """Candidate vectors of the given item ids, shape ids.shape + (D,), zero where ids == 0.
+
+    Equal to item_vectors(table)[ids], without projecting the whole catalogue.
+    """
+    if self.variant == "id":
+      x = self.item_embedding(ids)
+    else:
+      x = self.W_p(self._lookup(ids, table_NxH))
+    return jnp.where((ids > 0)[..., None], x, 0.0)
+
+  def align(self, rows_MxH: jax.Array) -> jax.Array:
+    """z_MxD = W_a e + b_a, the space of the generalization loss ('recg' only)."""
+    if self.variant != "recg":
+      raise ValueError(f"align() exists only for variant 'recg', not {self.variant!r}")
+    return self.W_a(jax.lax.stop_gradient(rows_MxH))
+
+
+def identity_concat_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """Kernel [[I], [0]] of shape (2 d, d): x @ kernel = x[:d], i.e. W_f = [I | 0] in column form."""
+  del key
+  in_dim, out_dim = shape
+  if in_dim != 2 * out_dim:
+    raise ValueError(f"identity_concat_init needs shape (2 d, d), got {shape}")
+  return jnp.concatenate([jnp.eye(out_dim, dtype=dtype), jnp.zeros((out_dim, out_dim), dtype)], axis=0)
+
+
+class SequenceFusion(nn.Module):
+  """g = W_f [y; s~] with W_f: d_l x 2 d_l, no bias, initialised to [I | 0] (METHOD.md step 7b-c)."""
+
+  features: int  # d_l
+
+  @nn.compact
+  def __call__(self, user_BxD: jax.Array, summary_BxD: jax.Array) -> jax.Array:
+    if user_BxD.shape[-1] != self.features or summary_BxD.shape[-1] != self.features:
+      raise ValueError(f"SequenceFusion(features={self.features}) got {user_BxD.shape} and "
+                       f"{summary_BxD.shape}")
+    y_s = jnp.concatenate([user_BxD, summary_BxD], axis=-1)
+    return nn.Dense(self.features, use_bias=False, kernel_init=identity_concat_init, name="W_f")(y_s)

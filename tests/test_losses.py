@@ -1,0 +1,111 @@
+"""Tests of recg_jax.losses: negative sampling, BPR and full softmax."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recg_jax import losses
+
+
+def test_negatives_avoid_history_and_positives_and_stay_in_range():
+  num_items = 30
+  rng = np.random.default_rng(0)
+  history = rng.integers(0, num_items + 1, size=(16, 12)).astype(np.int32)
+  history[:, :3] = 0  # padding
+  history[0] = np.arange(1, 13)  # a dense block of forbidden items
+  positives = rng.integers(0, num_items + 1, size=(16, 5)).astype(np.int32)
+  neg = losses.sample_negatives(jax.random.PRNGKey(0), jnp.asarray(positives), num_items, 64,
+                                jnp.asarray(history))
+  chex.assert_shape(neg, (16, 5, 64))
+  assert neg.dtype == jnp.int32
+  neg = np.asarray(neg)
+  assert neg.min() >= 1 and neg.max() <= num_items
+  for b in range(16):
+    forbidden = set(history[b].tolist()) | set(positives[b].tolist())
+    assert not forbidden & set(neg[b].ravel().tolist())
+
+
+def test_negatives_are_uniform_over_the_complement():
+  num_items = 10
+  history = jnp.array([[0, 0, 3, 5, 5, 9], [1, 2, 3, 4, 5, 6]], jnp.int32)
+  positives = jnp.array([[5, 9, 0], [7, 7, 0]], jnp.int32)
+  neg = np.asarray(losses.sample_negatives(jax.random.PRNGKey(1), positives, num_items, 4000, history))
+  for b, allowed in enumerate([[1, 2, 4, 6, 7, 8, 10], [8, 9, 10]]):
+    counts = np.bincount(neg[b].ravel(), minlength=num_items + 1)
+    np.testing.assert_array_equal(np.flatnonzero(counts), allowed)
+    n = neg[b].size
+    expected = n / len(allowed)
+    # Binomial 5-sigma band around n / |allowed| for every allowed item.
+    sigma = math.sqrt(n * (1 / len(allowed)) * (1 - 1 / len(allowed)))
+    assert np.all(np.abs(counts[allowed] - expected) < 5 * sigma)
+
+
+def test_negatives_seeded_and_without_history():
+  positives = jnp.array([[1, 2], [3, 0]], jnp.int32)
+  a = losses.sample_negatives(jax.random.PRNGKey(3), positives, 50, 7)
+  b = losses.sample_negatives(jax.random.PRNGKey(3), positives, 50, 7)
+  c = losses.sample_negatives(jax.random.PRNGKey(4), positives, 50, 7)
+  np.testing.assert_array_equal(a, b)
+  assert np.any(np.asarray(a) != np.asarray(c))
+  assert not np.isin(np.asarray(a[0]), [1, 2]).any() and not np.isin(np.asarray(a[1]), [3]).any()
+  # Works under jit with the sizes static.
+  jitted = jax.jit(losses.sample_negatives, static_argnums=(2, 3))
+  np.testing.assert_array_equal(jitted(jax.random.PRNGKey(3), positives, 50, 7), a)
+
+
+def test_negatives_reject_bad_arguments():
+  with pytest.raises(ValueError, match="num_negatives"):
+    losses.sample_negatives(jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32), 10, 0)
+  with pytest.raises(ValueError, match="history_BxL"):
+    losses.sample_negatives(jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32), 10, 2,
+                            jnp.ones((3, 4), jnp.int32))
+
+
+def _log1p_exp_neg(x):
+  return math.log1p(math.exp(-x))  # -log sigmoid(x)
+
+
+def test_bpr_golden_value():
+  # One user, two positions; the second is padding and must not count.
+  user = jnp.array([[[1.0, 0.0], [5.0, 5.0]]])  # [B=1, P=2, D=2]
+  pos = jnp.array([[[2.0, 0.0], [0.0, 0.0]]])
+  neg = jnp.array([[[[0.0, 0.0], [1.0, 3.0]], [[9.0, 9.0], [9.0, 9.0]]]])  # [1, 2, K=2, 2]
+  mask = jnp.array([[True, False]])
+  # Scores of the real pair: pos 2, negatives 0 and 1 -> differences 2 and 1.
+  expected = (_log1p_exp_neg(2.0) + _log1p_exp_neg(1.0)) / 2
+  assert expected == pytest.approx(0.2200948, abs=1e-6)
+  got = losses.bpr_loss(user, pos, neg, mask)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+  np.testing.assert_allclose(losses.bpr_from_scores(jnp.array([[2.0, 0.0]]), jnp.array([[[0.0, 1.0],
+                                                                                         [9.0, 9.0]]]),
+                                                    mask), expected, rtol=1e-6)
+  # Both pairs real: mean over the 4 (pair, negative) terms; pair 2 has differences 0 - 90 = -90 twice.
+  both = losses.bpr_loss(user, pos, neg, jnp.array([[1, 1]]))
+  assert float(both) == pytest.approx((2 * expected + 2 * _log1p_exp_neg(-90.0)) / 4, rel=1e-6)
+  # Float weights give a weighted mean over pairs.
+  weighted = losses.bpr_loss(user, pos, neg, jnp.array([[1.0, 0.5]]))
+  assert float(weighted) == pytest.approx((expected + 0.5 * _log1p_exp_neg(-90.0)) / 1.5, rel=1e-6)
+  # No real pair: zero, not NaN.
+  assert float(losses.bpr_loss(user, pos, neg, jnp.zeros((1, 2), bool))) == 0.0
+
+
+def test_softmax_golden_value_and_padding_excluded():
+  items = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # N=4, row 0 = padding
+  user = jnp.array([[[2.0, 1.0], [0.5, 0.5]]])  # [1, 2, 2]
+  targets = jnp.array([[2, 0]])
+  mask = jnp.array([[True, False]])
+  logits = np.array([2.0, 1.0, 3.0])  # items 1..3 for the real pair
+  expected = math.log(np.exp(logits).sum()) - logits[1]
+  got = losses.softmax_loss(user, items, targets, mask)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+  # A huge padding row changes nothing: index 0 is never a class.
+  loud_pad = items.at[0].set(jnp.array([100.0, 100.0]))
+  assert float(losses.softmax_loss(user, loud_pad, targets, mask)) == pytest.approx(expected, rel=1e-6)
+  grads = jax.grad(losses.softmax_loss, argnums=(0, 1))(user, loud_pad, targets, mask)
+  chex.assert_tree_all_finite(grads)
+  np.testing.assert_array_equal(grads[1][0], 0.0)
+  np.testing.assert_array_equal(grads[0][0, 1], 0.0)  # the padded pair gets no gradient
