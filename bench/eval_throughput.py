@@ -1,0 +1,132 @@
+"""Throughput of full evaluation (both protocols, history masking) on a Games-sized domain.
+
+Scores every user against every item with random user and item vectors (no model: the user vector is
+looked up by the last input item), so it measures the evaluation machinery alone: batching, one [B, I+1] matrix product per batch, masking, ranking, gathering
+the sampled candidates, metrics.
+
+  python bench/eval_throughput.py                       # Games via recg_jax.data if the data is reachable
+  python bench/eval_throughput.py --synthetic           # Games-like sizes, generated
+  python bench/eval_throughput.py --dim=64 --batch_size=512
+
+Prints one JSON line with seconds and users/s for a cold call (negatives sampling + compile) and the best
+of --repeats warm calls, the process CPU seconds of the best warm call (all threads; a steadier figure
+than wall time on a shared machine) and the 1-minute load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default  # pylint: disable=g-import-not-at-top
+from recg_jax import evaluate as ev
+from recg_jax.data import types
+
+# Games after 5-core filtering (data README): 50,335 users, 16,428 items, 437,772 interactions.
+GAMES_USERS, GAMES_ITEMS, GAMES_INTERACTIONS = 50_335, 16_428, 437_772
+
+
+def synthetic_games(seed: int = 0) -> types.DomainData:
+  """A domain with Games' sizes: lengths 5..50 with mean ~8.7, popularity-skewed items, some repeats."""
+  rng = np.random.default_rng(seed)
+  extra = rng.geometric(1.0 / (GAMES_INTERACTIONS / GAMES_USERS - 4.0), GAMES_USERS) - 1
+  lengths = np.clip(5 + extra, 5, 50)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  popularity = 1.0 / np.arange(1, GAMES_ITEMS + 1) ** 0.8
+  items = rng.choice(np.arange(1, GAMES_ITEMS + 1), size=int(offsets[-1]),
+                     p=popularity / popularity.sum()).astype(np.int32)
+  empty = np.array([""] * (GAMES_ITEMS + 1), dtype=object)
+  return types.DomainData(name="Games-synthetic", item_tokens=np.arange(GAMES_ITEMS + 1).astype(str),
+                          item_fields={}, item_text=empty,
+                          user_tokens=np.arange(GAMES_USERS).astype(str), offsets=offsets, items=items,
+                          synthetic=True)
+
+
+def load_games(workdir: str) -> types.DomainData | None:
+  root = os.environ.get(default.DATA_ROOT_ENV, "")
+  if not root:
+    guess = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon"
+    root = str(guess) if (guess / "Games" / "Games.inter").exists() else ""
+  try:
+    from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if not root:
+    return None
+  config = default.get_config()
+  config.data.root = root
+  config.data.source = "Games"
+  config.data.targets = ()
+  config.data.auxiliary = ()
+  return prepare.load_domains(config, pathlib.Path(workdir))["Games"]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--synthetic", action="store_true", help="skip the real data")
+  parser.add_argument("--workdir", default="", help="data cache folder (default: a temporary one)")
+  parser.add_argument("--dim", type=int, default=256)
+  parser.add_argument("--batch_size", type=int, default=default.get_eval_config().batch_size)
+  parser.add_argument("--split", default="test", choices=("valid", "test"))
+  parser.add_argument("--score_block_rows", type=int, default=default.get_eval_config().score_block_rows)
+  parser.add_argument("--repeats", type=int, default=2)
+  args = parser.parse_args()
+
+  with tempfile.TemporaryDirectory() as tmp:
+    domain = None if args.synthetic else load_games(args.workdir or tmp)
+  source = "real Games (recg_jax.data)" if domain is not None else "synthetic, Games-sized"
+  if domain is None:
+    domain = synthetic_games()
+  eval_config = default.get_eval_config()
+  eval_config.batch_size = args.batch_size
+  eval_config.score_block_rows = args.score_block_rows
+  max_len = default.get_data_config().max_len
+  split = types.leave_one_out(domain, args.split, max_len)
+
+  rng = np.random.default_rng(0)
+  item_vecs = rng.standard_normal((domain.num_items + 1, args.dim), dtype=np.float32)
+  item_vecs[0] = 0
+  in_table = jnp.asarray(rng.standard_normal((domain.num_items + 1, args.dim), dtype=np.float32))
+  # No model: a random user vector, looked up by the user's last input item (nearly free, so the figures
+  # are those of the evaluation alone).
+  user_fn = jax.jit(lambda seq_BxL: jnp.take(in_table, seq_BxL[:, -1], axis=0))
+
+  t0 = time.perf_counter()
+  metrics = ev.evaluate(user_fn, item_vecs, split, domain, eval_config)
+  cold = time.perf_counter() - t0
+  warm, warm_cpu = [], []
+  for _ in range(args.repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    again = ev.evaluate(user_fn, item_vecs, split, domain, eval_config)
+    warm.append(time.perf_counter() - t0)
+    warm_cpu.append(time.process_time() - c0)
+    assert again == metrics, "evaluation is not deterministic"
+  t0 = time.perf_counter()
+  ev.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
+  sampling = time.perf_counter() - t0
+  best = min(warm) if warm else cold
+  print(json.dumps({
+      "data": source, "users": domain.num_users, "items": domain.num_items, "dim": args.dim,
+      "batch_size": args.batch_size, "protocols": list(eval_config.protocols),
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+      "score_block_rows": args.score_block_rows, "cpu_count": os.cpu_count(),
+      "load_avg_1m": round(os.getloadavg()[0], 2),
+      "negatives_s": round(sampling, 3), "cold_s": round(cold, 3), "warm_s": round(best, 3),
+      "warm_cpu_s": round(min(warm_cpu), 3) if warm_cpu else None,
+      "users_per_s": round(domain.num_users / best), "full/ndcg@10": round(metrics["full/ndcg@10"], 5),
+  }))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,465 @@
+"""Ranking evaluation: Recall@K and NDCG@K under the `full` and `sampled<N>` protocols (METHOD.md).
+
+Rank of the target (0-based, fractional):
+
+  rank = #{c in C, c != t : s_c > s_t} + 0.5 * #{c in C, c != t : s_c == s_t}     (C: candidates, t: target)
+
+so it never depends on where the target sits in the candidate list, and a tie costs half a place. The
+metrics use this rank in the usual one-target formulas:
+
+  Recall@K = 1[rank < K]                 NDCG@K = 1[rank < K] / log2(rank + 2)
+
+(the ideal DCG of a single relevant item is 1). A target tied with one other candidate at the top gets
+rank 0.5 and NDCG 1/log2(2.5).
+
+Protocols:
+  full        every real item 1..I is a candidate (padding 0 never is). With eval.mask_history the items
+              of the input history -- every item of the user's sequence before the target -- are removed
+              from the candidates, except the target itself: an item bought again is still a hit. Without
+              it nothing is removed.
+  sampled<N>  the target against N negatives drawn once per user (seeded) from the items outside the
+              user's whole sequence (`sample_eval_negatives`). Their scores are gathered from the same
+              full score matrix, so the model runs once per user for both protocols.
+
+Users are scored in fixed-size batches of eval.batch_size (the last batch padded with repeated users whose
+ranks are dropped), so each domain compiles one shape. Inside a batch, eval.score_block_rows users per
+device are scored at a time: a [rows, I+1] float32 matrix, cache-sized on CPU; eval.max_scores_per_block
+caps rows * (I+1) for large catalogues. The work is split over users, never over items, so a target and
+all its competitors always come from one matrix product and ties are exact.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import hashlib
+import math
+import re
+from typing import Callable, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from recg_jax.data.types import DomainData
+from recg_jax.data.types import EvalSplit
+
+_SAMPLED_RE = re.compile(r"^sampled(\d*)$")
+_PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "high": jax.lax.Precision.HIGH,
+    "default": jax.lax.Precision.DEFAULT,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ranks and metrics.
+
+
+def ranks_from_scores(scores_BxC: jax.Array, target_col_B: jax.Array, valid_BxC: jax.Array) -> jax.Array:
+  """0-based half-tie rank of each row's target column among the row's valid columns.
+
+  Args:
+    scores_BxC: candidate scores.
+    target_col_B: int column of the target in each row.
+    valid_BxC: bool, which columns compete. The target column itself never counts against itself, valid
+      or not.
+
+  Returns:
+    ranks_B float32: #valid others strictly higher + 0.5 * #valid others tied. NaN where the target's
+    score or any valid score of the row is NaN (a broken model must not look perfect).
+  """
+  scores_BxC = jnp.asarray(scores_BxC)
+  target_col_B = jnp.asarray(target_col_B, jnp.int32)
+  valid_BxC = jnp.asarray(valid_BxC, bool)
+  cols_C = jnp.arange(scores_BxC.shape[1], dtype=jnp.int32)
+  others_BxC = valid_BxC & (cols_C[None, :] != target_col_B[:, None])
+  target_B1 = jnp.take_along_axis(scores_BxC, target_col_B[:, None], axis=1)
+  # Twice the rank, as one integer reduction: 2 per strictly higher score, 1 per tie.
+  twice_B = jnp.sum(jnp.where(others_BxC & (scores_BxC > target_B1), 2, 0)
+                    + jnp.where(others_BxC & (scores_BxC == target_B1), 1, 0), axis=1, dtype=jnp.int32)
+  has_nan_B = jnp.any(others_BxC & jnp.isnan(scores_BxC), axis=1) | jnp.isnan(target_B1[:, 0])
+  return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+  """Mean Recall@K and NDCG@K over users from 0-based (half-tie) ranks; NaN if any rank is NaN."""
+  ranks = np.asarray(ranks, np.float64)
+  if ranks.ndim != 1 or ranks.size == 0:
+    raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+  if np.any(ranks < 0):
+    raise ValueError(f"ranks must be >= 0, got min {np.nanmin(ranks)}")
+  nan = np.isnan(ranks)
+  out = {}
+  for k in ks:
+    if int(k) != k or k <= 0:
+      raise ValueError(f"eval.ks must hold positive integers, got {k!r}")
+    k = int(k)
+    hit = ranks < k
+    recall = np.where(nan, np.nan, hit.astype(np.float64))
+    ndcg = np.where(nan, np.nan, np.where(hit, 1.0 / np.log2(np.where(nan, 0.0, ranks) + 2.0), 0.0))
+    out[f"recall@{k}"] = float(recall.mean())
+    out[f"ndcg@{k}"] = float(ndcg.mean())
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampled negatives.
+
+
+def _history_keys(domain: DomainData) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted unique user * (I+1) + item keys of every interaction, and distinct items per user [U]."""
+  width = domain.num_items + 1
+  users = np.repeat(np.arange(domain.num_users, dtype=np.int64), domain.lengths)
+  keys = np.sort(users * width + domain.items.astype(np.int64))
+  keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+  distinct_U = np.bincount(keys // width, minlength=domain.num_users)
+  return keys, distinct_U
+
+
+def _first_distinct(cand_RxM: np.ndarray, users_R: np.ndarray, keys: np.ndarray, width: int,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per row, the first k draws (in draw order) that are outside the user's history and not repeats.
+
+  The first k distinct accepted draws of a uniform stream are a uniform k-subset of the accepted items.
+  Returns (rows that got k: bool [R], their picks [n_ok, k]).
+  """
+  rows, draws = cand_RxM.shape
+  shift = max(1, int(draws - 1).bit_length())
+  # Sorting (item, draw position) packed in one int64 finds repeats, keeps the earliest draw of each item
+  # first, and makes the history lookups below run over sorted queries.
+  packed_RxM = np.sort((cand_RxM << shift) | np.arange(draws, dtype=np.int64), axis=1)
+  items_RxM, pos_RxM = packed_RxM >> shift, packed_RxM & ((1 << shift) - 1)
+  query_RxM = users_R[:, None].astype(np.int64) * width + items_RxM
+  found = np.minimum(np.searchsorted(keys, query_RxM.ravel()), keys.size - 1).reshape(rows, draws)
+  keep_sorted = keys[found] != query_RxM
+  keep_sorted[:, 1:] &= items_RxM[:, 1:] != items_RxM[:, :-1]
+  keep = np.empty_like(keep_sorted)
+  np.put_along_axis(keep, pos_RxM, keep_sorted, axis=1)  # back to draw order
+  count = np.cumsum(keep, axis=1, dtype=np.int32)
+  ok_R = count[:, -1] >= k
+  take = keep[ok_R] & (count[ok_R] <= k)
+  return ok_R, cand_RxM[ok_R][take].reshape(-1, k).astype(np.int32)
+
+
+def _dense_negatives(rng: np.random.Generator, domain: DomainData, users: np.ndarray, k: int) -> np.ndarray:
+  """Exact sampling through random keys over the whole catalogue, for users with a large history share."""
+  width = domain.num_items + 1
+  out = np.empty((len(users), k), np.int32)
+  step = max(1, (1 << 22) // width)  # bound the key matrix to ~32 MB
+  for lo in range(0, len(users), step):
+    chunk = users[lo:lo + step]
+    keys_RxN = rng.random((len(chunk), width))
+    keys_RxN[:, 0] = np.inf
+    lens = domain.lengths[chunk]
+    rows = np.repeat(np.arange(len(chunk)), lens)
+    starts = np.repeat(domain.offsets[chunk], lens)
+    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    keys_RxN[rows, domain.items[starts + pos]] = np.inf
+    out[lo:lo + len(chunk)] = np.argpartition(keys_RxN, k - 1, axis=1)[:, :k]
+  return out
+
+
+def sample_eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> np.ndarray:
+  """[U, num_negatives] int32 negatives per user: distinct, uniform over items outside the whole sequence.
+
+  Vectorised rejection sampling: draw a few more candidates than needed per user, reject those in the
+  user's sequence (binary search in the sorted user*(I+1)+item keys) and repeats, keep the first
+  `num_negatives`; the rare rows left short are redrawn with twice as many candidates. Users whose sequence
+  covers a large share of the catalogue are sampled exactly over the catalogue instead. The result is a
+  function of (domain, num_negatives, seed) only.
+  """
+  k = int(num_negatives)
+  if k <= 0:
+    raise ValueError(f"num_negatives must be positive, got {num_negatives}")
+  num_items = domain.num_items
+  keys, distinct_U = _history_keys(domain)
+  short = np.nonzero(distinct_U + k > num_items)[0]
+  if short.size:
+    u = int(short[0])
+    raise ValueError(
+        f"domain {domain.name!r}: cannot draw {k} negatives outside the history of user "
+        f"{domain.user_tokens[u]!r} (index {u}, {distinct_U[u]} distinct items) from a catalogue of "
+        f"{num_items} items ({short.size} users affected); lower eval.num_sampled_negatives or drop the "
+        f"sampled protocol from eval.protocols")
+  rng = np.random.default_rng(seed)
+  width = num_items + 1
+  out = np.zeros((domain.num_users, k), np.int32)
+  # Draws needed so that k distinct accepted ones arrive with overwhelming probability.
+  accept_U = (num_items - distinct_U) / num_items
+  draws_U = np.ceil((k + 4.0 * math.sqrt(k) + 8.0) / accept_U).astype(np.int64)
+  dense = draws_U > num_items // 4  # rejection gets slow (and repeats common): sample exactly
+  todo = np.nonzero(~dense)[0]
+  draws = int(draws_U[todo].max()) if todo.size else 0
+  for _ in range(4):
+    if not todo.size:
+      break
+    cand = rng.integers(1, width, size=(todo.size, draws), dtype=np.int64)
+    ok, picks = _first_distinct(cand, todo, keys, width, k)
+    out[todo[ok]] = picks
+    todo = todo[~ok]
+    draws *= 2
+  dense_users = np.concatenate([np.nonzero(dense)[0], todo])
+  if dense_users.size:
+    out[dense_users] = _dense_negatives(rng, domain, dense_users, k)
+  return out
+
+
+_NEGATIVES_CACHE: collections.OrderedDict = collections.OrderedDict()
+_NEGATIVES_CACHE_SIZE = 8
+
+
+def _fingerprint(domain: DomainData) -> tuple:
+  digest = hashlib.blake2b(np.ascontiguousarray(domain.items).tobytes(), digest_size=16)
+  digest.update(np.ascontiguousarray(domain.offsets).tobytes())
+  return (domain.name, domain.num_items, domain.num_users, digest.hexdigest())
+
+
+def eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> np.ndarray:
+  """`sample_eval_negatives`, memoised on the domain's content: early stopping asks every epoch."""
+  key = (_fingerprint(domain), int(num_negatives), int(seed))
+  if key in _NEGATIVES_CACHE:
+    _NEGATIVES_CACHE.move_to_end(key)
+    return _NEGATIVES_CACHE[key]
+  negs = sample_eval_negatives(domain, num_negatives, seed)
+  negs.setflags(write=False)
+  _NEGATIVES_CACHE[key] = negs
+  if len(_NEGATIVES_CACHE) > _NEGATIVES_CACHE_SIZE:
+    _NEGATIVES_CACHE.popitem(last=False)
+  return negs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batched evaluation.
+
+
+def _parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, str | None]:
+  """Returns (run full, name of the sampled protocol or None)."""
+  full, sampled = False, None
+  for p in protocols:
+    if p == "full":
+      full = True
+      continue
+    m = _SAMPLED_RE.match(p)
+    if not m:
+      raise ValueError(f"eval.protocols: unknown protocol {p!r}; expected 'full' or 'sampled<N>'")
+    if m.group(1) and int(m.group(1)) != num_sampled:
+      raise ValueError(f"eval.protocols names {p!r} but eval.num_sampled_negatives={num_sampled}; make "
+                       f"them agree (e.g. 'sampled{num_sampled}')")
+    sampled = f"sampled{num_sampled}"
+  if not full and sampled is None:
+    raise ValueError("eval.protocols is empty: name at least one of 'full', 'sampled<N>'")
+  return full, sampled
+
+
+def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
+  """[U] index into domain.items of each user's target: the last (test) or second-to-last (valid) item.
+
+  When both are the same item the choice does not change the masked set (the target is never masked), so
+  the last one is taken.
+  """
+  targets = np.asarray(split.targets_U)
+  if targets.shape != (domain.num_users,) or split.inputs_UxL.shape[0] != domain.num_users:
+    raise ValueError(f"split of domain {domain.name!r} has {targets.shape} targets and inputs "
+                     f"{split.inputs_UxL.shape}; expected one row per user ({domain.num_users})")
+  if np.any(domain.lengths < 2):
+    raise ValueError(f"domain {domain.name!r}: every user needs at least 2 items for leave-one-out")
+  last = domain.offsets[1:] - 1
+  pos = np.where(domain.items[last] == targets, last, last - 1)
+  bad = np.nonzero(domain.items[pos] != targets)[0]
+  if bad.size:
+    u = int(bad[0])
+    raise ValueError(f"domain {domain.name!r}: target {targets[u]} of user index {u} is neither the last "
+                     f"nor the second-to-last item of the user's sequence ({bad.size} users): the split "
+                     f"was not built from this domain by leave_one_out")
+  return pos.astype(np.int64)
+
+
+def _history_rows(domain: DomainData, users_B: np.ndarray, end_B: np.ndarray, width: int) -> np.ndarray:
+  """[B, width] int32 items before each user's target, left-aligned, 0-padded (0 is never a candidate)."""
+  start_B = domain.offsets[users_B]
+  cols = np.arange(width)[None, :]
+  idx = start_B[:, None] + cols
+  inside = idx < end_B[:, None]
+  return np.where(inside, domain.items[np.minimum(idx, len(domain.items) - 1)], 0).astype(np.int32)
+
+
+def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array | None) -> jax.Array:
+  """`ranks_from_scores` over items 1..N-1 minus each row's history (the target excepted), in one pass.
+
+  Rather than scattering the mask into the [B, N] matrix (another pass over it), the counts run over every
+  column and the excluded columns -- padding 0 and the distinct history items other than the target --
+  are then taken back out through a [B, W] gather.
+  """
+  target_B1 = jnp.take_along_axis(scores_BxN, target_B[:, None], axis=1)
+  # Twice the rank, in one fused integer reduction over the row: 2 per higher score, 1 per tie (minus the
+  # target's tie with itself). The NaN check is a max, which propagates NaN.
+  twice_B = jnp.sum(jnp.where(scores_BxN > target_B1, 2, 0) + jnp.where(scores_BxN == target_B1, 1, 0),
+                    axis=1, dtype=jnp.int32) - 1
+  has_nan_B = jnp.isnan(jnp.max(scores_BxN, axis=1)) | jnp.isnan(target_B1[:, 0])
+  excluded_BxE = jnp.zeros_like(target_B)[:, None]  # padding column
+  keep_BxE = jnp.ones_like(excluded_BxE, bool)  # *_like: keeps the batch sharding of explicit meshes
+  if hist_BxW is not None:
+    sorted_BxW = jnp.sort(hist_BxW, axis=1)
+    repeat_BxW = jnp.concatenate(
+        [jnp.zeros_like(sorted_BxW[:, :1], bool), sorted_BxW[:, 1:] == sorted_BxW[:, :-1]], axis=1)
+    keep_hist_BxW = (sorted_BxW != 0) & (sorted_BxW != target_B[:, None]) & ~repeat_BxW
+    excluded_BxE = jnp.concatenate([excluded_BxE, sorted_BxW], axis=1)
+    keep_BxE = jnp.concatenate([keep_BxE, keep_hist_BxW], axis=1)
+  ex_BxE = jnp.take_along_axis(scores_BxN, excluded_BxE, axis=1)
+  twice_B -= jnp.sum(jnp.where(keep_BxE & (ex_BxE > target_B1), 2, 0)
+                     + jnp.where(keep_BxE & (ex_BxE == target_B1), 1, 0), axis=1, dtype=jnp.int32)
+  return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int):
+  """The jitted batch scorer: `steps` blocks of rows, each one matrix product and the ranks of each protocol.
+
+  A batch of B rows is scored `steps` blocks at a time so the [B / steps, N] score matrix stays small
+  (cache-sized on CPU, bounded memory on accelerators). Row i * steps + j goes to block j: with the batch
+  sharded over devices, every device then holds an equal share of every block and nothing moves.
+  """
+  prec = _PRECISIONS[precision]
+
+  def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
+    scores_bxN = jax.lax.dot_general(user_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec,
+                                     preferred_element_type=jnp.float32)
+    out = {}
+    if sampled:
+      # Gathered from the same scores: negatives lie outside the sequence, the target is never masked.
+      cand_bxC = jnp.concatenate([target_b[:, None], negs_bxK], axis=1)
+      out["sampled"] = ranks_from_scores(jnp.take_along_axis(scores_bxN, cand_bxC, axis=1),
+                                         jnp.zeros_like(target_b), jnp.ones_like(cand_bxC, bool))
+    if full:
+      out["full"] = _full_ranks(scores_bxN, target_b, hist_bxW if mask else None)
+    return out
+
+  def fn(user_BxD, items_NxD, target_B, hist_BxW, negs_BxK):
+    user_BxD, items_NxD = user_BxD.astype(jnp.float32), items_NxD.astype(jnp.float32)
+    if steps == 1:
+      return block(user_BxD, items_NxD, target_B, hist_BxW, negs_BxK)
+    rows = user_BxD.shape[0] // steps
+    split = lambda x: jnp.swapaxes(x.reshape((rows, steps) + x.shape[1:]), 0, 1)
+    merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((rows * steps,) + x.shape[2:])
+    out = jax.lax.map(lambda xs: block(xs[0], items_NxD, *xs[1:]),
+                      tuple(split(x) for x in (user_BxD, target_B, hist_BxW, negs_BxK)))
+    return {name: merge(r) for name, r in out.items()}
+
+  return jax.jit(fn)
+
+
+def _geometry(eval_config: ml_collections.ConfigDict, num_items: int, num_users: int,
+              shards: int) -> tuple[int, int]:
+  """(batch size, scoring steps per batch). The batch is rounded up to steps * block rows * shards."""
+  batch = int(eval_config.batch_size)
+  if batch <= 0:
+    raise ValueError(f"eval.batch_size must be positive, got {batch}")
+  per_device = -(-min(batch, num_users) // shards)  # no point padding a tiny domain up to a large batch
+  block = int(eval_config.get("score_block_rows", 0) or 0) or per_device
+  cap = int(eval_config.get("max_scores_per_block", 0) or 0)
+  if block < 0 or cap < 0:
+    raise ValueError(f"eval.score_block_rows ({block}) and eval.max_scores_per_block ({cap}) must be >= 0")
+  if cap and block * (num_items + 1) > cap:
+    smaller = max(1, cap // (num_items + 1))
+    logging.info("eval: %d score rows x %d items exceeds eval.max_scores_per_block=%d; scoring %d rows "
+                 "at a time", block, num_items + 1, cap, smaller)
+    block = smaller
+  block = min(block, per_device)
+  steps = -(-per_device // block)
+  return steps * block * shards, steps
+
+
+def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
+               item_vecs_NxD,
+               split: EvalSplit,
+               domain: DomainData,
+               eval_config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None,
+               protocols: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Per-user 0-based half-tie ranks of the target, {protocol name: ranks_U float32}. Args as `evaluate`."""
+  protocols = tuple(eval_config.protocols if protocols is None else protocols)
+  num_sampled = int(eval_config.num_sampled_negatives)
+  run_full, sampled_name = _parse_protocols(protocols, num_sampled)
+  mask = bool(eval_config.mask_history) and run_full
+  precision = str(eval_config.get("score_precision", "highest"))
+  if precision not in _PRECISIONS:
+    raise ValueError(f"eval.score_precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
+  num_items, num_users = domain.num_items, domain.num_users
+  if num_users == 0:
+    raise ValueError(f"domain {domain.name!r} has no users to evaluate")
+  if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
+    raise ValueError(f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
+                     f"[{num_items + 1}, D] (row 0 = padding)")
+  end_U = _target_positions(split, domain)
+  targets_U = np.asarray(split.targets_U, np.int32)
+  inputs_UxL = np.asarray(split.inputs_UxL, np.int32)
+  # One history width for every split of the domain, so valid and test share a compiled shape.
+  width = max(1, int(domain.lengths.max()) - 1) if mask else 1
+  negs_UxK = (eval_negatives(domain, num_sampled, int(eval_config.seed)) if sampled_name
+              else np.ones((num_users, 1), np.int32))
+
+  if mesh is not None:
+    if "data" not in mesh.axis_names:
+      raise ValueError(f"mesh axes {mesh.axis_names} have no 'data' axis to shard users over")
+    shards = mesh.shape["data"]
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    items = jax.device_put(item_vecs_NxD, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    put = lambda x: jax.device_put(x, rows)
+  else:
+    shards = 1
+    items = jnp.asarray(item_vecs_NxD)
+    put = jnp.asarray
+  batch, steps = _geometry(eval_config, num_items, num_users, shards)
+  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
+
+  # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    pending = []  # device results; synced once at the end so host batching overlaps device work
+    for lo in range(0, num_users, batch):
+      users_B = np.minimum(np.arange(lo, lo + batch), num_users - 1)  # pad with the last user, dropped below
+      user_BxD = user_fn(put(inputs_UxL[users_B]))
+      if user_BxD.shape != (batch, items.shape[1]):
+        raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, {items.shape[1]}] "
+                         f"to score against item vectors {items.shape}")
+      hist_BxW = (_history_rows(domain, users_B, end_U[users_B], width) if mask
+                  else np.zeros((batch, 1), np.int32))
+      out = ranks_fn(user_BxD, items, put(targets_U[users_B]), put(hist_BxW), put(negs_UxK[users_B]))
+      pending.append((min(batch, num_users - lo), out))
+
+  names = {"full": "full", "sampled": sampled_name}
+  return {names[key]: np.concatenate([np.asarray(out[key])[:n] for n, out in pending])
+          for key in ("full", "sampled") if key in pending[0][1]}
+
+
+def evaluate(user_fn: Callable[[jax.Array], jax.Array],
+             item_vecs_NxD,
+             split: EvalSplit,
+             domain: DomainData,
+             eval_config: ml_collections.ConfigDict,
+             mesh: jax.sharding.Mesh | None = None,
+             protocols: Sequence[str] | None = None) -> dict[str, float]:
+  """Recall@K / NDCG@K of every protocol, averaged over all users of `split`.
+
+  Args:
+    user_fn: jitted `seq_BxL -> user_BxD` (right-aligned int32 inputs, see data.types.right_aligned).
+    item_vecs_NxD: scoring vectors of items 0..I (row 0 = padding, never a candidate).
+    split: leave_one_out(domain, 'valid' | 'test', L).
+    domain: the domain the split was built from (histories for masking and negatives).
+    eval_config: the `eval` config section (ks, protocols, batch_size, mask_history, num_sampled_negatives,
+      seed, score_precision, score_block_rows, max_scores_per_block).
+    mesh: if given, user batches are sharded over its 'data' axis and item vectors replicated.
+    protocols: 'full' and/or 'sampled<N>' (N = eval.num_sampled_negatives); default eval.protocols.
+
+  Returns:
+    {'full/recall@5': ..., 'full/ndcg@5': ..., 'sampled100/recall@5': ..., ...}, floats; NaN where the
+    model produced NaN scores.
+  """
+  ranks = user_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
+  ks = tuple(eval_config.ks)
+  return {f"{name}/{metric}": value
+          for name, ranks_U in ranks.items()
+          for metric, value in metrics_from_ranks(ranks_U, ks).items()}
