@@ -181,6 +181,18 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.backbones = ()  # experiment grid; empty = model.backbone only
   c.variants = ()  # empty = model.variant only
+  # Grid runner (recg_jax/experiments.py). Every domain of the grid; each source's targets are the other
+  # ones (also its generalization-loss domains). Empty = data.source + data.targets + data.auxiliary.
+  c.domains = ()
+  c.sources = ()  # source domains of the grid; empty = data.source only
+  # Named ablations of the RecG run: no_item_loss | no_intra | no_inter | no_seq | printed_sign.
+  c.ablations = ()
+  c.ablation_backbone = ""  # backbone of the ablations and the alpha sweep; empty = first of backbones
+  c.ablation_source = ""  # their source; empty = first of sources
+  c.ablation_seeds = ()  # their seeds; empty = seeds
+  c.alphas = ()  # alpha sweep of RecG (the paper's grid: 5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4); empty = none
+  c.plot_items_per_domain = 2000  # items per domain in the 2-D projection plots (seeded sample)
+  c.tsne = False  # also a t-SNE projection (sklearn; slower than the PCA one)
   return c
 
 

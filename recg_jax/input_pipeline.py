@@ -1,0 +1,276 @@
+"""Training batches for the source domain (METHOD.md steps 4-5, "Data and protocol").
+
+Rows are built once from the training part of every history (data/types.training_histories): everything
+but the last two items. Only the last `max_len + 1` items of a training part are used: the window whose
+first `max_len` items are the longest input any backbone sees.
+
+Row layouts (all sequences right-aligned, 0 = padding, as data/types.right_aligned):
+- causal backbones (sasrec, gru4rec), `targets='all_prefixes'`: one row per user, input = window[:-1],
+  targets = window[1:] per position (target t is predicted from positions <= t). A target is kept only
+  where its input position holds a real item, so the first item is never predicted from an empty prefix.
+- `targets='last'` (the authors' code), any backbone: one row per user, input = window[:-1], one target,
+  the last training item.
+- bidirectional backbone (bert4rec), next-item objective, `targets='all_prefixes'`: every prefix of the
+  window is its own row (input = the first k items, target = item k), because a bidirectional encoder
+  would see the target if prefixes shared a row.
+- bert4rec Cloze (`train.bert4rec_objective='cloze'`): one row per user, input = the last `max_len` items
+  of the window, targets = the input itself; which positions are masked is drawn on device from the step
+  key (`cloze_mask`), so the host pipeline stays a pure function of (seed, epoch).
+
+Every batch is a dict of numpy arrays with a fixed leading size B:
+  inputs_BxL int32, targets_BxP int32 (P = L for per-position targets, 1 otherwise), weights_BxP float32
+  (1 for a real target of a real row), history_BxH int32 (H = L + 1, the row's whole training window, to
+  keep negatives outside it). The last partial batch of an epoch is padded with zero rows of weight 0.
+Rows are shuffled per epoch with a permutation seeded by (seed, epoch), so position (epoch, batch) fully
+determines a batch: resuming mid-epoch only needs the batch index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recg_jax.data import types
+
+Batch = dict[str, np.ndarray]
+
+TARGET_MODES = ("all_prefixes", "last")
+OBJECTIVES = ("next_item", "cloze")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRows:
+  """Compact description of every training row; batches are gathered from it on demand.
+
+  window_UxH: the last max_len + 1 training items of each kept user, right-aligned.
+  lengths_U: number of real items in each window.
+  row_user_N: the window each row reads.
+  row_end_N: for prefix rows, how many window items form the input (the target is the next one); -1 for
+    rows that read the whole window.
+  """
+
+  window_UxH: np.ndarray
+  lengths_U: np.ndarray
+  row_user_N: np.ndarray
+  row_end_N: np.ndarray
+  max_len: int
+  per_position: bool  # targets_BxL (True) or targets_Bx1 (False)
+  cloze: bool
+  prefix: bool  # one row per (user, prefix length): bert4rec next-item with all prefixes
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.row_user_N.shape[0])
+
+  @property
+  def num_targets(self) -> int:
+    """Real (unmasked) next-item targets per epoch; for Cloze the number of maskable positions."""
+    if self.cloze:
+      return int(np.minimum(self.lengths_U, self.max_len).sum())
+    if self.per_position:
+      return int((self.lengths_U - 1).sum())
+    return self.num_rows
+
+  def gather(self, rows: np.ndarray) -> Batch:
+    """Builds the batch for row indices `rows` [B] (vectorised; no per-row Python loop)."""
+    L = self.max_len
+    win = self.window_UxH[self.row_user_N[rows]]  # [B, L+1]
+    ones = np.ones(len(rows), np.float32)
+    if self.cloze:
+      inputs = win[:, 1:]
+      targets = inputs
+      weights = (inputs != 0).astype(np.float32)
+    elif self.per_position:
+      inputs = win[:, :-1]
+      targets = np.where(inputs != 0, win[:, 1:], 0)
+      weights = (targets != 0).astype(np.float32)
+    elif not self.prefix:
+      inputs = win[:, :-1]
+      targets = win[:, -1:]
+      weights = ones[:, None]
+    else:
+      # Prefix rows: the input is the first k real items of the window, right-aligned to L.
+      n = self.lengths_U[self.row_user_N[rows]][:, None]
+      k = self.row_end_N[rows][:, None]
+      start = L + 1 - n  # window index of the first real item
+      idx = start + k - L + np.arange(L)[None, :]  # window index shown at each input position
+      inputs = np.where(idx >= start, np.take_along_axis(win, np.clip(idx, 0, L), axis=1), 0)
+      targets = np.take_along_axis(win, start + k, axis=1)
+      weights = ones[:, None]
+    return {
+        "inputs": np.ascontiguousarray(inputs, np.int32),
+        "targets": np.ascontiguousarray(targets, np.int32),
+        "weights": np.ascontiguousarray(weights, np.float32),
+        "history": np.ascontiguousarray(win, np.int32),
+    }
+
+
+def build_rows(domain: types.DomainData,
+               max_len: int,
+               targets: str = "all_prefixes",
+               causal: bool = True,
+               objective: str = "next_item") -> TrainingRows:
+  """Training rows of `domain` for one backbone/objective (see the module docstring).
+
+  Args:
+    domain: the source domain.
+    max_len: model input length L.
+    targets: config.train.targets, 'all_prefixes' | 'last'.
+    causal: Recommender.is_causal of the backbone.
+    objective: config.train.bert4rec_objective; 'cloze' is only valid for a non-causal backbone.
+  """
+  if targets not in TARGET_MODES:
+    raise ValueError(f"config.train.targets={targets!r}: expected one of {TARGET_MODES}")
+  if objective not in OBJECTIVES:
+    raise ValueError(f"config.train.bert4rec_objective={objective!r}: expected one of {OBJECTIVES}")
+  cloze = objective == "cloze" and not causal
+  parts = types.training_histories(domain)
+  window = types.right_aligned(parts, max_len + 1)
+  lengths = np.minimum(np.array([len(p) for p in parts], np.int64), max_len + 1)
+  keep = lengths >= (1 if cloze else 2)  # a next-item row needs one input item and one target
+  if not keep.any():
+    raise ValueError(f"domain {domain.name!r}: no user has a training part long enough to train on "
+                     "(need at least 2 items before the validation and test items)")
+  window, lengths = window[keep], lengths[keep]
+  users = np.arange(len(lengths))
+  per_position = prefix = False
+  if cloze:
+    row_user, row_end = users, np.full(len(users), -1)
+    per_position = True
+  elif targets == "last":
+    row_user, row_end = users, np.full(len(users), -1)
+  elif causal:
+    row_user, row_end = users, np.full(len(users), -1)
+    per_position = True
+  else:
+    # One row per (user, k) with k = 1 .. n-1 input items.
+    prefix = True
+    counts = lengths - 1
+    row_user = np.repeat(users, counts)
+    first = np.cumsum(counts) - counts
+    row_end = np.arange(int(counts.sum())) - np.repeat(first, counts) + 1
+  return TrainingRows(window_UxH=window, lengths_U=lengths, row_user_N=row_user.astype(np.int64),
+                      row_end_N=row_end.astype(np.int64), max_len=max_len, per_position=per_position,
+                      cloze=cloze, prefix=prefix)
+
+
+def steps_per_epoch(rows: TrainingRows, batch_size: int) -> int:
+  return -(-rows.num_rows // batch_size)
+
+
+def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """The row order of one epoch; a pure function of (seed, epoch)."""
+  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
+
+
+def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
+                  start_batch: int = 0) -> Iterator[Batch]:
+  """Fixed-size numpy batches of one epoch, from batch `start_batch` on (for mid-epoch resume)."""
+  perm = epoch_permutation(rows.num_rows, seed, epoch)
+  for b in range(start_batch, steps_per_epoch(rows, batch_size)):
+    idx = perm[b * batch_size:(b + 1) * batch_size]
+    batch = rows.gather(idx)
+    short = batch_size - len(idx)
+    if short:
+      batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    yield batch
+
+
+def put_batch(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  """Places a global numpy batch on the mesh, sharded along its leading (batch) axis.
+
+  With several processes each one holds the same global batch (it is a pure function of the seed) and
+  contributes only the rows of its own devices.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  out = {}
+  for k, v in batch.items():
+    per = v.shape[0] // jax.process_count()
+    local = v[jax.process_index() * per:(jax.process_index() + 1) * per]
+    out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
+  return out
+
+
+def prefetch(iterator: Iterator[Batch], size: int, sharding: jax.sharding.NamedSharding) -> Iterator[Any]:
+  """Gathers and transfers up to `size` batches ahead in a background thread.
+
+  The host-side gather and the host-to-device copy overlap the running step. Exceptions raised by the
+  producer are re-raised in the consumer; abandoning the generator stops the thread.
+  """
+  if size <= 0:
+    for batch in iterator:
+      yield put_batch(batch, sharding)
+    return
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def produce():
+    try:
+      for batch in iterator:
+        item = put_batch(batch, sharding)
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      q.put(done)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True, name="recg-prefetch")
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    # Drain so a producer blocked on put() sees `stop`.
+    while thread.is_alive():
+      try:
+        q.get(timeout=0.05)
+      except queue.Empty:
+        pass
+    thread.join()
+
+
+def cloze_mask(key: jax.Array, inputs_BxL: jax.Array, weights_BxL: jax.Array, mask_prob: float,
+               mask_id: int, last_item_prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """BERT4Rec Cloze masking, on device (train.bert4rec_objective='cloze').
+
+  Each real position is masked with probability `mask_prob` (model.mask_prob). With probability
+  `last_item_prob` (train.cloze_last_item_prob) a row masks only its last item instead: this is the
+  evaluation convention, where the user vector is read at a mask token appended after the history (a
+  Recommender built with cloze=True drops the oldest position and appends the mask in __call__), as in
+  the original BERT4Rec. A real row with no masked position gets its last
+  item masked, so every row trains on something.
+
+  Returns:
+    (masked inputs_BxL, targets_BxL = the original items, weights_BxL on the masked positions only).
+  """
+  k_pos, k_row = jax.random.split(key)
+  B, L = inputs_BxL.shape
+  real = inputs_BxL != 0
+  masked = jax.random.bernoulli(k_pos, mask_prob, (B, L)) & real
+  last = (jnp.arange(L) == L - 1)[None, :] & real
+  last_only = jax.random.bernoulli(k_row, last_item_prob, (B, 1))
+  masked = jnp.where(last_only, last, masked)
+  masked = jnp.where(masked.any(axis=1, keepdims=True), masked, last)
+  inputs = jnp.where(masked, jnp.int32(mask_id), inputs_BxL)
+  return inputs, inputs_BxL, weights_BxL * masked.astype(weights_BxL.dtype)
+

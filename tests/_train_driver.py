@@ -1,0 +1,172 @@
+"""Tiny training fixtures shared by the training tests, and a subprocess driver.
+
+As a module: `tiny_domains()`, `tiny_tables()` and `tiny_config()` build a three-domain problem small
+enough to train in seconds on CPU (D=16, L=8, one layer). Sequences follow a noisy "next item = item + 1"
+walk, so a model that learns anything beats chance by far.
+
+As a script: `python tests/_train_driver.py WORKDIR OUT_JSON [key=value ...]` runs train_and_evaluate on
+that problem (overrides are config paths such as train.num_epochs=3) and writes the returned metrics to
+OUT_JSON. The resume and mesh tests run it in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DOMAINS = ("Alpha", "Beta", "Gamma")
+
+
+def tiny_domain(name: str, num_users: int = 48, num_items: int = 30, seed: int = 0) -> types.DomainData:
+  rng = np.random.default_rng([seed, len(name), ord(name[0])])
+  rows = []
+  for _ in range(num_users):
+    n = int(rng.integers(5, 12))
+    start = int(rng.integers(1, num_items + 1))
+    seq = [start]
+    for _ in range(n - 1):
+      step = 1 if rng.random() < 0.8 else int(rng.integers(2, 5))
+      seq.append((seq[-1] - 1 + step) % num_items + 1)
+    rows.append(np.asarray(seq, np.int32))
+  offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+  titles = np.array([""] + [f"{name} item {i}" for i in range(1, num_items + 1)], dtype=object)
+  return types.DomainData(
+      name=name,
+      item_tokens=np.array(["[PAD]"] + [f"{name[0]}{i}" for i in range(1, num_items + 1)], dtype=object),
+      item_fields={"title": titles},
+      item_text=titles,
+      user_tokens=np.array([f"u{u}" for u in range(num_users)], dtype=object),
+      offsets=offsets,
+      items=np.concatenate(rows).astype(np.int32),
+      synthetic=True)
+
+
+def tiny_domains() -> dict[str, types.DomainData]:
+  return {name: tiny_domain(name, num_items=30 + 4 * i) for i, name in enumerate(DOMAINS)}
+
+
+def tiny_tables(domains: dict[str, types.DomainData], dim: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+  out = {}
+  for i, (name, d) in enumerate(domains.items()):
+    t = np.random.default_rng([seed, i]).normal(size=(d.num_items + 1, dim)).astype(np.float32)
+    t[0] = 0.0
+    out[name] = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)
+  return out
+
+
+def tiny_config(**overrides):
+  config = default_config.get_config()
+  config.data.format = "synthetic"
+  config.data.source = DOMAINS[0]
+  config.data.targets = DOMAINS[1:]
+  config.data.max_len = 8
+  config.model.hidden_dim = 16
+  config.model.num_layers = 1
+  config.model.num_heads = 2
+  config.model.dropout = 0.1
+  config.model.emb_dropout = 0.1
+  config.train.batch_size = 16
+  config.train.num_epochs = 4
+  config.train.learning_rate = 3e-3
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 0
+  config.train.prefetch = 2
+  config.train.patience = 10
+  config.gen_loss.samples_per_domain = 8
+  config.eval.protocols = ("full", "sampled10")
+  config.eval.num_sampled_negatives = 10
+  config.eval.ks = (5, 10)
+  config.eval.batch_size = 32
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _parse(value: str):
+  try:
+    return json.loads(value)
+  except json.JSONDecodeError:
+    return value
+
+
+def main(argv: list[str]) -> None:
+  """Driver entry point. Extra flags (not config fields): poison=1 makes every table row NaN."""
+  workdir, out_json = argv[1], argv[2]
+  overrides, poison = {}, False
+  for arg in argv[3:]:
+    key, value = arg.split("=", 1)
+    if key == "poison":
+      poison = bool(int(value))
+    else:
+      overrides[key] = _parse(value)
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    # Subprocess tests share compiled executables: only the first one pays the XLA compile.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  delay = float(os.environ.get("RECG_TEST_STEP_DELAY", "0"))
+  if delay:
+    # Slows the host pipeline so a test can kill the run between two checkpoints.
+    batches = input_pipeline.epoch_batches
+
+    def slow_batches(*args, **kwargs):
+      for batch in batches(*args, **kwargs):
+        time.sleep(delay)
+        yield batch
+
+    input_pipeline.epoch_batches = slow_batches
+  config = tiny_config(**overrides)
+  domains = tiny_domains()
+  tables = None if config.model.variant == "id" else tiny_tables(domains)
+  if poison and tables is not None:
+    tables = {k: np.full_like(v, np.nan) for k, v in tables.items()}
+  result = train.train_and_evaluate(config, workdir, domains, tables)
+  flat = {jax.tree_util.keystr(path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(result.params)[0]}
+  np.savez(out_json + ".params.npz", **flat)
+  payload = {"metrics": result.metrics, "best_step": result.best_step, "epochs": result.epochs,
+             "stop_reason": result.stop_reason, "devices": len(jax.devices()),
+             "trace_counts": dict(train.TRACE_COUNTS)}
+  pathlib.Path(out_json).write_text(json.dumps(payload))
+
+
+def cache_env(tmp_path_factory) -> dict[str, str]:
+  """Environment sharing one persistent XLA cache between every driver subprocess of a pytest session."""
+  path = tmp_path_factory.getbasetemp() / "xla_cache"
+  path.mkdir(exist_ok=True)
+  return {"JAX_COMPILATION_CACHE_DIR": str(path)}
+
+
+def read_jsonl(path) -> list[dict]:
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+def run(workdir, out_json, *args: str, env: dict[str, str] | None = None, timeout: float = 240,
+        background: bool = False):
+  """Runs this driver in a fresh Python process (so XLA_FLAGS etc. apply); returns the Popen/Completed."""
+  cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), str(workdir), str(out_json), *args]
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  if background:
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  main(sys.argv)

@@ -1,0 +1,177 @@
+"""Training loop, train step, optimiser, step tables and results files (recg_jax/train.py, results.py).
+
+The end-to-end run happens once, in a subprocess sharing a persistent XLA cache with the resume and mesh
+tests, so the tiny model's train step is compiled once for all of them.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from recg_jax import results
+from recg_jax import train
+import _train_driver as driver
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("train_run")
+  out = workdir / "out.json"
+  proc = driver.run(workdir / "wd", out, env=driver.cache_env(tmp_path_factory))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return workdir / "wd", json.loads(out.read_text()), proc
+
+
+def test_loss_decreases_and_model_beats_chance(tiny_run):
+  workdir, payload, _ = tiny_run
+  events = driver.read_jsonl(workdir / "metrics.jsonl")
+  train_losses = [e["loss"] for e in events if e["kind"] == "train"]
+  assert len(train_losses) >= 4
+  assert np.mean(train_losses[-2:]) < 0.8 * train_losses[0], train_losses
+  valid = [e["valid/full/ndcg@10"] for e in events if e["kind"] == "valid"]
+  assert len(valid) == 4 and max(valid) > valid[0]
+  m = payload["metrics"]
+  # ~30 items, a noisy "next = item + 1" walk: chance full NDCG@10 is about 0.15.
+  assert m["test/full/ndcg@10"] > 0.3 and m["valid/full/ndcg@10"] == pytest.approx(max(valid))
+  assert set(m) == {f"{s}/{p}/{n}@{k}" for s in ("valid", "test") for p in ("full", "sampled10")
+                    for n in ("recall", "ndcg") for k in (5, 10)}
+  g = [e for e in events if e["kind"] == "train"][-1]
+  assert {"rec_loss", "gen_loss", "h_intra", "h_inter", "grad_norm", "sequences_per_s"} <= set(g)
+  assert g["loss"] == pytest.approx(g["rec_loss"] + g["gen_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_one_trace_per_run(tiny_run):
+  _, payload, _ = tiny_run
+  # 12 steps and 5 evaluations, yet the step and the user function are each traced exactly once.
+  assert payload["trace_counts"] == {"train_step": 1, "user_fn": 1}
+
+
+def test_checkpoints_and_results_files(tiny_run):
+  workdir, payload, _ = tiny_run
+  best = sorted(int(p.name) for p in (workdir / "checkpoints" / "best").iterdir() if p.name.isdigit())
+  latest = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())
+  assert best == [payload["best_step"]] and latest == [12]
+  saved = json.loads((workdir / "results.json").read_text())
+  rec = saved["records"][0]
+  assert rec["metrics"] == payload["metrics"]
+  assert rec["loss"].startswith("BPR (5 uniform negatives") and "L_gen(alpha=0.001" in rec["loss"]
+  assert saved["config"]["model"]["hidden_dim"] == 16 and set(saved["protocols"]) == {"full", "sampled10"}
+  md = (workdir / "results.md").read_text()
+  for needle in ("| in_domain | Alpha (synthetic) | sasrec | recg | BPR", "full R@10", "sampled10 N@5",
+                 "d=16 layers=1 heads=2", "model.hidden_dim = 16", "`sampled10`: sampled: the target "
+                 "against 10 negatives", f"{100 * payload['metrics']['test/full/ndcg@10']:.2f}"):
+    assert needle in md, needle
+
+
+def test_resume_rejects_a_different_run(tiny_run):
+  workdir, _, _ = tiny_run
+  config = driver.tiny_config(**{"model.hidden_dim": 32})
+  with pytest.raises(ValueError, match=r"different run .*model.hidden_dim"):
+    train.Checkpoints(workdir, config)
+  # Fields that do not change the computation may change between a run and its resumption.
+  train.Checkpoints(workdir, driver.tiny_config(**{"train.num_epochs": 9})).close()
+
+
+def test_learning_rate_schedule():
+  c = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 10, "decay": "cosine"})
+  s = train.learning_rate_schedule(c, total_steps=110)
+  np.testing.assert_allclose([s(0), s(5), s(10), s(60), s(110)], [0, 5e-4, 1e-3, 5e-4, 0], atol=1e-9)
+  c.decay, c.warmup_steps = "constant", 0
+  assert float(train.learning_rate_schedule(c, 5)(3)) == pytest.approx(1e-3)
+  c.decay = "linear"
+  with pytest.raises(ValueError, match="config.train.decay"):
+    train.learning_rate_schedule(c, 5)
+
+
+def test_optimizer_weight_decay_skips_vectors_and_clips():
+  c = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 0, "decay": "constant",
+                                 "weight_decay": 0.5, "grad_clip": 1.0})
+  opt = train.make_optimizer(c, 10)
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zero, opt.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)  # decoupled decay
+  np.testing.assert_allclose(updates["b"], 0.0)  # vectors are not decayed
+  # Clipping happens before Adam: two steps with very different gradient norms only match the reference
+  # chain if the first gradient was clipped.
+  c.weight_decay = 0.0
+  grads = [{"w": 1e6 * jnp.ones((2, 2)), "b": jnp.ones((2,))}, {"w": jnp.ones((2, 2)), "b": -jnp.ones((2,))}]
+
+  def run(tx):
+    state, out = tx.init(params), None
+    for g in grads:
+      out, state = tx.update(g, state, params)
+    return out
+
+  got = run(train.make_optimizer(c, 10))
+  want = run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.1)))
+  plain = run(optax.adam(0.1))
+  np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
+  assert not np.allclose(got["w"], plain["w"], rtol=1e-3)
+
+
+def test_step_tables_stack_and_validate():
+  domains = driver.tiny_domains()
+  tables = driver.tiny_tables(domains)
+  config = driver.tiny_config()
+  st = train.build_step_tables(config, tables)
+  assert st.gen_domains == ("Alpha", "Beta", "Gamma") and st.gen_counts == (30, 34, 38)
+  gen = st.arrays["gen"]
+  assert gen.shape == (3, 39, 24)
+  np.testing.assert_array_equal(gen[1, :35], tables["Beta"])
+  assert not gen[0, 31:].any()  # padding rows beyond a domain's items are zero and never sampled
+  assert "gen" not in train.build_step_tables(driver.tiny_config(**{"model.variant": "sem"}), tables).arrays
+  assert train.build_step_tables(driver.tiny_config(**{"model.variant": "id"}), None).arrays == {"source": None}
+  with pytest.raises(ValueError, match=r"no embedding table was given for \['Gamma'\]"):
+    train.build_step_tables(config, {k: v for k, v in tables.items() if k != "Gamma"})
+  with pytest.raises(ValueError, match="disagree on their width"):
+    train.build_step_tables(config, {**tables, "Beta": tables["Beta"][:, :8]})
+  with pytest.raises(ValueError, match="source domain 'Alpha'"):
+    train.build_step_tables(config, None)
+
+
+def test_loss_name_and_table_formatting():
+  config = driver.tiny_config(**{"model.backbone": "bert4rec", "train.bert4rec_objective": "cloze",
+                                  "train.loss": "softmax", "gen_loss.use_inter": False,
+                                  "gen_loss.inter_sign": -1})
+  name = results.loss_name(config)
+  assert name.startswith("full softmax cross-entropy, Cloze (mask_prob=0.2")
+  assert "inter_sign=-1" in name and "no inter" in name
+  assert "L_gen" not in results.loss_name(driver.tiny_config(**{"model.variant": "sem"}))
+  rec = results.make_record(config, "zero_shot", "Beta", {"zero_shot/full/recall@10": [0.1234, 0.01],
+                                                          "zero_shot/full/ndcg@10": 0.05})
+  table = results.format_table([rec])
+  assert "Beta ← Alpha (synthetic)" in table and "12.34 ± 1.00" in table and "| 5.00 |" in table
+  assert table.index("full R@10") < table.index("full N@10")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model.backbone": "bert4rec", "model.variant": "id", "train.bert4rec_objective": "cloze",
+     "train.loss": "softmax"},
+    {"model.backbone": "bert4rec", "model.variant": "sem"},
+    {"model.backbone": "gru4rec", "model.variant": "recg", "train.targets": "last"},
+], ids=["bert4rec-id-cloze-softmax", "bert4rec-sem-prefixes", "gru4rec-recg-last"])
+def test_other_backbones_objectives_and_losses_train(tmp_path, overrides):
+  domains = driver.tiny_domains()
+  config = driver.tiny_config(**overrides, **{"train.num_epochs": 3})
+  tables = None if config.model.variant == "id" else driver.tiny_tables(domains)
+  result = train.train_and_evaluate(config, tmp_path, domains, tables)
+  events = driver.read_jsonl(tmp_path / "metrics.jsonl")
+  setup = events[0]
+  lengths = domains["Alpha"].lengths - 2  # training part of every user
+  if config.model.backbone == "bert4rec" and config.train.bert4rec_objective == "next_item":
+    assert setup["rows"] == int((lengths - 1).sum())  # one row per prefix
+  else:
+    assert setup["rows"] == 48
+  if config.train.targets == "last":
+    assert setup["targets_per_epoch"] == 48
+  losses = [e["loss"] for e in events if e["kind"] == "train"]
+  assert np.all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0], losses
+  assert ("gen_loss" in events[1]) == (config.model.variant == "recg")
+  assert 0.0 <= result.metrics["test/full/ndcg@10"] <= 1.0 and result.epochs == 3
+  assert result.model.cloze == (config.train.bert4rec_objective == "cloze")
