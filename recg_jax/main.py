@@ -24,10 +24,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, XLA) hides the stage output
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  logging.info("process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
+  print(f"process {jax.process_index()}/{jax.process_count()}, local devices: {jax.local_devices()}",
+        flush=True)
   pipeline.run(flags.FLAGS.config, _WORKDIR.value)
 
 

@@ -30,15 +30,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 
 def embed_domains(config: ml_collections.ConfigDict, workdir: pathlib.Path, domains):
   """Frozen LLM table per domain ([I+1, H], row 0 zeros), computed once and cached."""
-  from recg_jax import encoders  # pylint: disable=g-import-not-at-top
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
-  encoder = None
-  tables = {}
-  for name, domain in domains.items():
-    if encoder is None and not embed.cache_is_fresh(config, domain, workdir):
-      encoder = encoders.load_encoder(config.encoder)
-    tables[name] = embed.domain_embeddings(config, domain, workdir, encoder=encoder)
-  return tables
+  return {name: embed.domain_embeddings(config, domain, workdir) for name, domain in domains.items()}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -57,7 +50,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   if mode == "embed":
     return None
   if mode == "in_domain":
+    from recg_jax import results  # pylint: disable=g-import-not-at-top
     from recg_jax import train  # pylint: disable=g-import-not-at-top
-    return train.train_and_evaluate(config, workdir_path, domains, tables)
+    trained = train.train_and_evaluate(config, workdir_path, domains, tables)
+    _say(results.format_summary(results.read_records(workdir_path / "results.json")))
+    _say(f"[results] {workdir_path / 'results.md'}")
+    return trained
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
   return transfer.run_zero_shot(config, workdir_path, domains, tables)

@@ -155,6 +155,21 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   return "\n\n".join(out)
 
 
+def format_summary(records: Sequence[dict[str, Any]], ks: Sequence[int] = (10,)) -> str:
+  """A compact console table: one row per record, Recall/NDCG@K for each split and protocol."""
+  keys = [key for key in _metric_key_order([k for r in records for k in r["metrics"]])
+          if key[3] in ks and key[0] != "valid"]
+  header = ["stage", "domain", "model"] + [f"{s} {p} {_SHORT.get(n, n)}@{k}" for s, p, n, k in keys]
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  for r in records:
+    domain = r["domain"] + (f" ← {r['source']}" if r["domain"] != r["source"] else "")
+    row = [r["stage"], domain, f"{r['backbone']}-{r['variant']}"]
+    row += [_fmt(r["metrics"].get(f"{s}/{p}/{n}@{k}")) for s, p, n, k in keys]
+    lines.append("| " + " | ".join(row) + " |")
+  label = " (synthetic data)" if any(r.get("data") == "synthetic data" for r in records) else ""
+  return f"metrics in %{label}; all K and the config: results.md\n" + "\n".join(lines)
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
   items = []
   for k, v in d.items():

@@ -1,0 +1,217 @@
+"""Sequence-level transfer and zero-shot evaluation (METHOD.md steps 7 and 8).
+
+After the source model is trained:
+  a. y for every source user (input: the training part of the history), k-means on them -> s_1..s_K;
+  b. g = W_f [y; s~] with s~ = sum_k softmax_k(cos(y, s_k)) s_k;
+  c. W_f trained on the source only, by BPR, with everything else frozen, from [I | 0];
+  d. every target: swap in the target's frozen embedding table and nothing else, score all its items.
+
+Because the model is frozen while W_f trains (and runs without dropout), y and s~ are computed once per
+training user and W_f is fitted on those vectors: one small jitted step, no pass through the backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from recg_jax import clustering
+from recg_jax import evaluate as evaluate_lib
+from recg_jax import losses
+from recg_jax import results as results_lib
+from recg_jax import train as train_lib
+from recg_jax.data import types
+from recg_jax.models import heads
+from recg_jax.models import recommender as recommender_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceTransfer:
+  """The sequence-level pieces shared by every target: the source centres and the W_f parameters."""
+
+  centres_KxD: np.ndarray
+  fusion_params: Any
+  inertia: float
+
+
+def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray, batch: int) -> np.ndarray:
+  """fn over fixed-size row batches (the last one padded), so fn compiles once."""
+  n = len(inputs_NxL)
+  out = []
+  for start in range(0, n, batch):
+    chunk = inputs_NxL[start:start + batch]
+    real = len(chunk)
+    if real < batch:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+    out.append(np.asarray(fn(jnp.asarray(chunk)))[:real])
+  return np.concatenate(out)
+
+
+def user_vector_fn(model: recommender_lib.Recommender, params, table_NxH) -> Callable[[jax.Array], jax.Array]:
+  """seq_BxL -> y_BxD for a frozen model and one domain's table (eval mode, jitted)."""
+  apply = jax.jit(lambda p, t, seq: model.apply({"params": p}, seq, t, False))
+  return lambda seq_BxL: apply(params, table_NxH, seq_BxL)
+
+
+def fused_user_fn(model: recommender_lib.Recommender, params, table_NxH,
+                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], jax.Array]:
+  """seq_BxL -> g_BxD = W_f [y; s~] (or y when there is no sequence-level step)."""
+  if seq_transfer is None:
+    return user_vector_fn(model, params, table_NxH)
+  fusion = heads.SequenceFusion(features=model.hidden_dim)
+  centres = jnp.asarray(seq_transfer.centres_KxD)
+
+  @jax.jit
+  def apply(p, fp, t, seq):
+    y = model.apply({"params": p}, seq, t, False)
+    return fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))
+
+  return lambda seq_BxL: apply(params, seq_transfer.fusion_params, table_NxH, seq_BxL)
+
+
+def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(inputs_UxL, targets_U, histories_UxL): the last training target of each user whose training part
+  has at least two items. The validation and test items are never used."""
+  parts = [h for h in types.training_histories(domain) if len(h) >= 2]
+  inputs = types.right_aligned([h[:-1] for h in parts], max_len)
+  targets = np.array([h[-1] for h in parts], np.int32)
+  return inputs, targets, types.right_aligned(parts, max_len)
+
+
+def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
+                          table_NxH, domain: types.DomainData) -> SequenceTransfer:
+  """Steps 7a-c on the source domain: centres from k-means of source users, then W_f by BPR."""
+  tc, max_len = config.transfer, int(config.data.max_len)
+  key = jax.random.key(int(config.train.seed) + 7919)  # its own stream, reproducible from the run seed
+  kmeans_key, wf_key = jax.random.split(key)
+  user_fn = user_vector_fn(model, params, table_NxH)
+  batch = int(config.eval.batch_size)
+
+  # a. Source users' vectors from their training parts (the inputs of the validation split).
+  y_UxD = _batched_apply(user_fn, types.leave_one_out(domain, "valid", max_len).inputs_UxL, batch)
+  k = min(int(tc.num_clusters), len(y_UxD))
+  centres, inertia = clustering.kmeans(y_UxD, k, kmeans_key, iters=int(tc.kmeans_iters),
+                                       restarts=int(tc.kmeans_restarts), tol=float(tc.kmeans_tol),
+                                       chunk=int(tc.kmeans_chunk))
+  centres = np.asarray(centres)
+  print(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}",
+        flush=True)
+
+  # c. W_f on frozen y, s~ and item vectors.
+  inputs, targets, hist = _wf_training_rows(domain, max_len)
+  y_NxD = _batched_apply(user_fn, inputs, batch)
+  s_NxD = np.asarray(jax.jit(clustering.aggregate)(jnp.asarray(y_NxD), jnp.asarray(centres)))
+  items_IxD = jax.jit(lambda p, t: model.apply({"params": p}, t,
+                                               method=recommender_lib.Recommender.item_vectors))(
+                                                   params, table_NxH)
+  fusion = heads.SequenceFusion(features=model.hidden_dim)
+  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, model.hidden_dim)),
+                              jnp.zeros((1, model.hidden_dim)))["params"]
+  optimizer = optax.adam(float(tc.wf_learning_rate))
+  opt_state = optimizer.init(fusion_params)
+  num_neg, num_items = int(config.train.num_negatives), domain.num_items
+
+  @jax.jit
+  def step(fp, opt, y, s, target, history, weight, key):
+    negs_Bx1xK = losses.sample_negatives(key, target[:, None], num_items, num_neg, history)
+
+    def loss_fn(fp):
+      g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
+      return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK], weight[:, None])
+
+    loss, grads = jax.value_and_grad(loss_fn)(fp)
+    updates, opt = optimizer.update(grads, opt, fp)
+    return optax.apply_updates(fp, updates), opt, loss
+
+  bs = int(config.train.batch_size)
+  n = len(targets)
+  rng = np.random.default_rng(int(config.train.seed))
+  step_index = 0
+  for epoch in range(int(tc.wf_epochs)):
+    order = rng.permutation(n)
+    order = np.concatenate([order, order[:(-n) % bs]])  # fixed shapes: pad with repeats, weight 0
+    weight = np.ones(len(order), np.float32)
+    weight[n:] = 0.0
+    epoch_loss = []
+    for start in tqdm.trange(0, len(order), bs, desc=f"W_f epoch {epoch}", leave=False,
+                             dynamic_ncols=True, mininterval=1.0):
+      idx = order[start:start + bs]
+      fusion_params, opt_state, loss = step(
+          fusion_params, opt_state, y_NxD[idx], s_NxD[idx], targets[idx], hist[idx],
+          weight[start:start + bs], jax.random.fold_in(wf_key, step_index))
+      step_index += 1
+      epoch_loss.append(loss)
+    mean_loss = float(np.mean(jax.device_get(epoch_loss)))
+    if not np.isfinite(mean_loss):
+      raise train_lib.NonFiniteLossError(f"W_f training loss is {mean_loss} in epoch {epoch}: lower "
+                                         "config.transfer.wf_learning_rate")
+    logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
+  return SequenceTransfer(centres_KxD=centres, fusion_params=jax.device_get(fusion_params),
+                          inertia=float(inertia))
+
+
+def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
+                    domain: types.DomainData, seq_transfer: SequenceTransfer | None, split: str,
+                    mesh=None) -> dict[str, float]:
+  """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged."""
+  table = jnp.asarray(table_NxH)
+  user_fn = fused_user_fn(model, params, table, seq_transfer)
+  items = jax.jit(lambda p, t: model.apply({"params": p}, t,
+                                           method=recommender_lib.Recommender.item_vectors))(params, table)
+  rows = types.leave_one_out(domain, split, int(config.data.max_len))
+  return evaluate_lib.evaluate(user_fn, items, rows, domain, config.eval, mesh=mesh)
+
+
+def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
+  return config.model.variant == "recg" and bool(config.transfer.enabled)
+
+
+def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                  domains: dict[str, types.DomainData], tables: dict[str, np.ndarray] | None) -> list[dict]:
+  """Trains on the source, fits the sequence-level step, evaluates the source test split and every target.
+
+  Returns the result records (results.make_record) and writes results.json / results.md in workdir.
+  """
+  if config.model.variant == "id":
+    raise ValueError("config.model.variant='id' has no item text, so it cannot transfer to another domain: "
+                     "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
+  workdir = pathlib.Path(workdir)
+  source = config.data.source
+  trained = train_lib.train_and_evaluate(config, workdir, domains, tables)
+  model, params = trained.model, trained.params
+  seq_transfer = None
+  if sequence_step_enabled(config):
+    seq_transfer = fit_sequence_transfer(config, model, params, tables[source], domains[source])
+
+  records = []
+  source_metrics = dict(trained.metrics)
+  if seq_transfer is not None:
+    # The trained model alone is `test/...`; with the sequence-level step it is the method's number.
+    source_metrics = {k.replace("test/", "test_no_seq/", 1) if k.startswith("test/") else k: v
+                      for k, v in source_metrics.items()}
+    fused = evaluate_domain(config, model, params, tables[source], domains[source], seq_transfer, "test")
+    source_metrics.update({f"test/{k}": v for k, v in fused.items()})
+  records.append(results_lib.make_record(config, "in_domain", source, source_metrics,
+                                         extra={"best_epoch": trained.best_epoch,
+                                                "stop_reason": trained.stop_reason}))
+  for target in config.data.targets:
+    metrics = {f"zero_shot/{k}": v for k, v in
+               evaluate_domain(config, model, params, tables[target], domains[target], seq_transfer,
+                               "test").items()}
+    if seq_transfer is not None:
+      plain = evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
+      metrics.update({f"zero_shot_no_seq/{k}": v for k, v in plain.items()})
+    records.append(results_lib.make_record(config, "zero_shot", target, metrics))
+  _, md_path = results_lib.write_results(workdir, records, config)
+  print(results_lib.format_summary(records), flush=True)
+  print(f"[results] {md_path}", flush=True)
+  return records
