@@ -81,6 +81,8 @@ def get_encoder_config() -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.bucket_sizes = (16, 32, 64, 128)
   c.shard_params = False  # FSDP-style parameter sharding for models too big for one device
+  # CPU only: compile the encoder with the XLA options measured fastest for its dtype (encoders/embed.py).
+  c.xla_cpu_tuning = True
   return c
 
 
@@ -125,6 +127,17 @@ def get_train_config() -> ml_collections.ConfigDict:
   # mid-epoch.
   c.checkpoint_every_steps = 500
   c.prefetch = 2
+  # Length buckets: padded input lengths (capped at data.max_len, which is always one of them). Each batch
+  # holds rows of one bucket only, cut to its width, so short histories are not padded to max_len; one
+  # compile of the train step per bucket. () = a single bucket: every batch padded to max_len. The
+  # default measured fastest of the 4-bucket sets on Games (median training history: 4 items).
+  c.length_buckets = (4, 8, 16, 50)
+  # How BPR scores its candidates <y, v_c> (the same scores every way, up to float rounding; the softmax
+  # loss always projects the whole catalogue): `factored` computes <W_p^T y, e_c> + <y, b_p> from the raw
+  # table rows e_c (variants sem/recg; no H x D projection per candidate), `gather` projects only the
+  # batch's candidate rows, `full` projects the whole catalogue every step. `auto`: factored for sem/recg,
+  # full for id.
+  c.candidate_scores = "auto"
   return c
 
 
@@ -160,6 +173,12 @@ def get_eval_config() -> ml_collections.ConfigDict:
   c.num_sampled_negatives = 100
   c.mask_history = True
   c.batch_size = 1024
+  # Users are grouped by input length into these padded widths (capped at data.max_len, which is always one
+  # of them, as train.length_buckets) and each group runs the model on [batch_size, width] inputs: one
+  # compile of the (forward-only, cheap to compile) user function per width. () = every user padded to
+  # max_len. The model counts positions from the right, so a user gets the same vector at any width (up
+  # to float rounding in attention sums).
+  c.length_buckets = (4, 6, 8, 12, 16, 24, 32, 50)
   # Users scored at once per device inside a batch: a [rows, I+1] float32 score matrix (128 rows keep it
   # near the CPU caches; measured faster than whole 1024-row batches). 0 = the whole batch at once.
   c.score_block_rows = 128

@@ -21,8 +21,14 @@ Protocols:
               user's whole sequence (`sample_eval_negatives`). Their scores are gathered from the same
               full score matrix, so the model runs once per user for both protocols.
 
-Users are scored in fixed-size batches of eval.batch_size (the last batch padded with repeated users whose
-ranks are dropped), so each domain compiles one shape. Inside a batch, eval.score_block_rows users per
+Users are grouped by input length into eval.length_buckets (padded widths, capped at the split's input
+length L, which is always one of them; () = one group of width L) and each group is cut into fixed-size
+batches of eval.batch_size (its last batch padded with repeated users whose ranks are dropped). A batch of
+width W runs user_fn on the last W columns of its right-aligned inputs, which hold every real item of
+users with at most W of them: short histories are not run through the model at full width. user_fn is
+called once per width shape (one compile each), the scorer compiles once. Ranks come back in user order,
+the same as without buckets as long as user_fn gives a history the same vector at every width (the
+Recommender counts positions from the right). Inside a batch, eval.score_block_rows users per
 device are scored at a time: a [rows, I+1] float32 matrix, cache-sized on CPU; eval.max_scores_per_block
 caps rows * (I+1) for large catalogues. The work is split over users, never over items, so a target and
 all its competitors always come from one matrix product and ties are exact.
@@ -44,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from recg_jax import input_pipeline
 from recg_jax.data.types import DomainData
 from recg_jax.data.types import EvalSplit
 
@@ -278,6 +285,24 @@ def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
   return pos.astype(np.int64)
 
 
+def input_lengths(inputs_UxL: np.ndarray) -> np.ndarray:
+  """[U] number of real items of right-aligned rows (everything from the first non-zero column on)."""
+  real_UxL = np.asarray(inputs_UxL) != 0
+  first_U = np.where(real_UxL.any(axis=1), real_UxL.argmax(axis=1), real_UxL.shape[1])
+  return real_UxL.shape[1] - first_U
+
+
+def length_groups(inputs_UxL: np.ndarray, length_buckets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+  """[(width, users ascending)] per non-empty bucket: each user in the narrowest width holding its input.
+
+  Widths are `length_buckets` capped at L = inputs_UxL.shape[1], plus L itself (eval.length_buckets).
+  """
+  widths = np.asarray(input_pipeline.bucket_widths(length_buckets, inputs_UxL.shape[1],
+                                                   field="eval.length_buckets"))
+  bucket_U = np.searchsorted(widths, input_lengths(inputs_UxL), side="left")
+  return [(int(w), np.flatnonzero(bucket_U == b)) for b, w in enumerate(widths) if np.any(bucket_U == b)]
+
+
 def _history_rows(domain: DomainData, users_B: np.ndarray, end_B: np.ndarray, width: int) -> np.ndarray:
   """[B, width] int32 items before each user's target, left-aligned, 0-padded (0 is never a candidate)."""
   start_B = domain.offsets[users_B]
@@ -416,23 +441,33 @@ def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
   batch, steps = _geometry(eval_config, num_items, num_users, shards)
   ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
 
+  groups = length_groups(inputs_UxL, eval_config.get("length_buckets", ()))
+  max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     pending = []  # device results; synced once at the end so host batching overlaps device work
-    for lo in range(0, num_users, batch):
-      users_B = np.minimum(np.arange(lo, lo + batch), num_users - 1)  # pad with the last user, dropped below
-      user_BxD = user_fn(put(inputs_UxL[users_B]))
-      if user_BxD.shape != (batch, items.shape[1]):
-        raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, {items.shape[1]}] "
-                         f"to score against item vectors {items.shape}")
-      hist_BxW = (_history_rows(domain, users_B, end_U[users_B], width) if mask
-                  else np.zeros((batch, 1), np.int32))
-      out = ranks_fn(user_BxD, items, put(targets_U[users_B]), put(hist_BxW), put(negs_UxK[users_B]))
-      pending.append((min(batch, num_users - lo), out))
+    for seq_width, group in groups:
+      for lo in range(0, len(group), batch):
+        real = group[lo:lo + batch]
+        users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped
+        user_BxD = user_fn(put(inputs_UxL[users_B, max_len - seq_width:]))
+        if user_BxD.shape != (batch, items.shape[1]):
+          raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, {items.shape[1]}] "
+                           f"to score against item vectors {items.shape}")
+        hist_BxW = (_history_rows(domain, users_B, end_U[users_B], width) if mask
+                    else np.zeros((batch, 1), np.int32))
+        out = ranks_fn(user_BxD, items, put(targets_U[users_B]), put(hist_BxW), put(negs_UxK[users_B]))
+        pending.append((real, out))
 
   names = {"full": "full", "sampled": sampled_name}
-  return {names[key]: np.concatenate([np.asarray(out[key])[:n] for n, out in pending])
-          for key in ("full", "sampled") if key in pending[0][1]}
+  ranks = {}
+  for key in ("full", "sampled"):
+    if key in pending[0][1]:
+      ranks_U = np.empty(num_users, np.float32)
+      for real, out in pending:
+        ranks_U[real] = np.asarray(out[key])[:len(real)]
+      ranks[names[key]] = ranks_U
+  return ranks
 
 
 def evaluate(user_fn: Callable[[jax.Array], jax.Array],
@@ -445,12 +480,13 @@ def evaluate(user_fn: Callable[[jax.Array], jax.Array],
   """Recall@K / NDCG@K of every protocol, averaged over all users of `split`.
 
   Args:
-    user_fn: jitted `seq_BxL -> user_BxD` (right-aligned int32 inputs, see data.types.right_aligned).
+    user_fn: jitted `seq_BxW -> user_BxD` (right-aligned int32 inputs, see data.types.right_aligned), for
+      every width W of eval.length_buckets up to the split's L (the last W columns of the split's rows).
     item_vecs_NxD: scoring vectors of items 0..I (row 0 = padding, never a candidate).
     split: leave_one_out(domain, 'valid' | 'test', L).
     domain: the domain the split was built from (histories for masking and negatives).
-    eval_config: the `eval` config section (ks, protocols, batch_size, mask_history, num_sampled_negatives,
-      seed, score_precision, score_block_rows, max_scores_per_block).
+    eval_config: the `eval` config section (ks, protocols, batch_size, length_buckets, mask_history,
+      num_sampled_negatives, seed, score_precision, score_block_rows, max_scores_per_block).
     mesh: if given, user batches are sharded over its 'data' axis and item vectors replicated.
     protocols: 'full' and/or 'sampled<N>' (N = eval.num_sampled_negatives); default eval.protocols.
 

@@ -17,12 +17,23 @@ Row layouts (all sequences right-aligned, 0 = padding, as data/types.right_align
   of the window, targets = the input itself; which positions are masked is drawn on device from the step
   key (`cloze_mask`), so the host pipeline stays a pure function of (seed, epoch).
 
+Length buckets (config.train.length_buckets): most histories are far shorter than max_len, so each row
+goes to the smallest bucket width W that holds its input (`bucket_widths`: the configured widths capped
+at max_len, plus max_len itself). Every batch holds rows of one bucket only and is cut to its last W
+columns, which are all that a right-aligned row of input length <= W fills; the model counts positions
+from the right, so a row gives the same outputs at any width. One train-step shape per bucket, hence one
+compile per bucket and no retrace. An empty tuple means a single bucket of width max_len.
+
 Every batch is a dict of numpy arrays with a fixed leading size B:
-  inputs_BxL int32, targets_BxP int32 (P = L for per-position targets, 1 otherwise), weights_BxP float32
-  (1 for a real target of a real row), history_BxH int32 (H = L + 1, the row's whole training window, to
-  keep negatives outside it). The last partial batch of an epoch is padded with zero rows of weight 0.
-Rows are shuffled per epoch with a permutation seeded by (seed, epoch), so position (epoch, batch) fully
-determines a batch: resuming mid-epoch only needs the batch index.
+  inputs_BxW int32, targets_BxP int32 (P = W for per-position targets, 1 otherwise), weights_BxP float32
+  (1 for a real target of a real row), history_BxH int32 (H = max_len + 1 in every bucket: the row's whole
+  training window, to keep negatives outside it; a prefix row's window is longer than its input).
+
+Epoch order (`epoch_plan`), a pure function of (seed, epoch): the rows of each bucket are shuffled, cut
+into batches of B (the bucket's last partial batch is padded with zero rows of weight 0), then the order
+of all batches of all buckets is shuffled. With a single bucket the batch order is left as cut (already
+random), which is the unbucketed pipeline. Position (epoch, batch index) fully determines a batch, so
+resuming mid-epoch only needs the batch index.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +64,8 @@ class TrainingRows:
   row_user_N: the window each row reads.
   row_end_N: for prefix rows, how many window items form the input (the target is the next one); -1 for
     rows that read the whole window.
+  row_bucket_N: index into `widths` of each row's bucket: the narrowest width that holds its input.
+  widths: bucket widths (padded input lengths), ascending, the last one max_len (`bucket_widths`).
   """
 
   window_UxH: np.ndarray
@@ -63,6 +76,8 @@ class TrainingRows:
   per_position: bool  # targets_BxL (True) or targets_Bx1 (False)
   cloze: bool
   prefix: bool  # one row per (user, prefix length): bert4rec next-item with all prefixes
+  row_bucket_N: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+  widths: tuple[int, ...] = ()
 
   @property
   def num_rows(self) -> int:
@@ -77,8 +92,21 @@ class TrainingRows:
       return int((self.lengths_U - 1).sum())
     return self.num_rows
 
-  def gather(self, rows: np.ndarray) -> Batch:
-    """Builds the batch for row indices `rows` [B] (vectorised; no per-row Python loop)."""
+  def input_lengths(self) -> np.ndarray:
+    """[N] number of real input items of each row (what decides its bucket)."""
+    n = self.lengths_U[self.row_user_N]
+    if self.prefix:
+      return self.row_end_N.copy()
+    if self.cloze:
+      return np.minimum(n, self.max_len)
+    return n - 1
+
+  def gather(self, rows: np.ndarray, width: int | None = None) -> Batch:
+    """Builds the batch for row indices `rows` [B] (vectorised; no per-row Python loop).
+
+    width: keep only the last `width` input (and per-position target) columns; every row must have at most
+    `width` input items. None = max_len.
+    """
     L = self.max_len
     win = self.window_UxH[self.row_user_N[rows]]  # [B, L+1]
     ones = np.ones(len(rows), np.float32)
@@ -103,6 +131,13 @@ class TrainingRows:
       inputs = np.where(idx >= start, np.take_along_axis(win, np.clip(idx, 0, L), axis=1), 0)
       targets = np.take_along_axis(win, start + k, axis=1)
       weights = ones[:, None]
+    if width is not None and width < L:
+      # Right-aligned rows of input length <= width have nothing but padding before these columns.
+      if inputs[:, :L - width].any():
+        raise ValueError(f"a row has more than {width} input items: it cannot be cut to width {width}")
+      inputs = inputs[:, L - width:]
+      if self.per_position:
+        targets, weights = targets[:, L - width:], weights[:, L - width:]
     return {
         "inputs": np.ascontiguousarray(inputs, np.int32),
         "targets": np.ascontiguousarray(targets, np.int32),
@@ -111,11 +146,27 @@ class TrainingRows:
     }
 
 
+def bucket_widths(length_buckets: Sequence[int], max_len: int,
+                  field: str = "train.length_buckets") -> tuple[int, ...]:
+  """The padded input lengths in use: `length_buckets` capped at max_len, ascending, ending at max_len.
+
+  An empty `length_buckets` gives (max_len,): no bucketing. `field` names the config field in errors.
+  """
+  widths = {int(max_len)}
+  for b in tuple(length_buckets):
+    if isinstance(b, bool) or int(b) != b or int(b) < 1:
+      raise ValueError(f"config.{field}={tuple(length_buckets)!r}: expected positive integers (padded "
+                       f"input lengths, capped at data.max_len={max_len})")
+    widths.add(min(int(b), int(max_len)))
+  return tuple(sorted(widths))
+
+
 def build_rows(domain: types.DomainData,
                max_len: int,
                targets: str = "all_prefixes",
                causal: bool = True,
-               objective: str = "next_item") -> TrainingRows:
+               objective: str = "next_item",
+               length_buckets: Sequence[int] = ()) -> TrainingRows:
   """Training rows of `domain` for one backbone/objective (see the module docstring).
 
   Args:
@@ -124,6 +175,7 @@ def build_rows(domain: types.DomainData,
     targets: config.train.targets, 'all_prefixes' | 'last'.
     causal: Recommender.is_causal of the backbone.
     objective: config.train.bert4rec_objective; 'cloze' is only valid for a non-causal backbone.
+    length_buckets: config.train.length_buckets (see `bucket_widths`); () = one bucket of width max_len.
   """
   if targets not in TARGET_MODES:
     raise ValueError(f"config.train.targets={targets!r}: expected one of {TARGET_MODES}")
@@ -155,27 +207,61 @@ def build_rows(domain: types.DomainData,
     row_user = np.repeat(users, counts)
     first = np.cumsum(counts) - counts
     row_end = np.arange(int(counts.sum())) - np.repeat(first, counts) + 1
-  return TrainingRows(window_UxH=window, lengths_U=lengths, row_user_N=row_user.astype(np.int64),
+  rows = TrainingRows(window_UxH=window, lengths_U=lengths, row_user_N=row_user.astype(np.int64),
                       row_end_N=row_end.astype(np.int64), max_len=max_len, per_position=per_position,
                       cloze=cloze, prefix=prefix)
+  widths = bucket_widths(length_buckets, max_len)
+  bucket = np.searchsorted(np.asarray(widths), rows.input_lengths(), side="left").astype(np.int64)
+  return dataclasses.replace(rows, row_bucket_N=bucket, widths=widths)
+
+
+def _widths_and_buckets(rows: TrainingRows) -> tuple[tuple[int, ...], np.ndarray]:
+  # Rows built without buckets (e.g. by hand) form one bucket of width max_len.
+  if rows.widths:
+    return rows.widths, rows.row_bucket_N
+  return (rows.max_len,), np.zeros(rows.num_rows, np.int64)
+
+
+def bucket_sizes(rows: TrainingRows) -> dict[int, int]:
+  """{bucket width: number of rows}, for the widths that hold at least one row."""
+  widths, bucket = _widths_and_buckets(rows)
+  counts = np.bincount(bucket, minlength=len(widths))
+  return {w: int(c) for w, c in zip(widths, counts) if c}
 
 
 def steps_per_epoch(rows: TrainingRows, batch_size: int) -> int:
-  return -(-rows.num_rows // batch_size)
+  """Batches per epoch: every bucket's rows in batches of `batch_size`, the last one partial."""
+  return sum(-(-n // batch_size) for n in bucket_sizes(rows).values())
 
 
 def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  """The row order of one epoch; a pure function of (seed, epoch)."""
+  """The row order of one unbucketed epoch; a pure function of (seed, epoch)."""
   return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_rows)
+
+
+def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
+  """The batches of one epoch as (width, row indices [<= batch_size]); a pure function of (seed, epoch).
+
+  Rows are shuffled within their bucket and cut into batches, then all batches are shuffled together
+  (see the module docstring). Its length is steps_per_epoch(rows, batch_size) for every epoch.
+  """
+  widths, bucket = _widths_and_buckets(rows)
+  if len(widths) == 1:
+    perm = epoch_permutation(rows.num_rows, seed, epoch)
+    return [(widths[0], perm[lo:lo + batch_size]) for lo in range(0, rows.num_rows, batch_size)]
+  rng = np.random.default_rng([seed, epoch, 0x5EED, len(widths)])
+  plan = []
+  for b, width in enumerate(widths):
+    members = rng.permutation(np.flatnonzero(bucket == b))
+    plan.extend((width, members[lo:lo + batch_size]) for lo in range(0, len(members), batch_size))
+  return [plan[i] for i in rng.permutation(len(plan))]
 
 
 def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
                   start_batch: int = 0) -> Iterator[Batch]:
   """Fixed-size numpy batches of one epoch, from batch `start_batch` on (for mid-epoch resume)."""
-  perm = epoch_permutation(rows.num_rows, seed, epoch)
-  for b in range(start_batch, steps_per_epoch(rows, batch_size)):
-    idx = perm[b * batch_size:(b + 1) * batch_size]
-    batch = rows.gather(idx)
+  for width, idx in epoch_plan(rows, batch_size, seed, epoch)[start_batch:]:
+    batch = rows.gather(idx, width)
     short = batch_size - len(idx)
     if short:
       batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}

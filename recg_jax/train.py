@@ -155,6 +155,52 @@ def build_step_tables(config: ml_collections.ConfigDict,
 # The train step.
 
 
+def candidate_scoring(config: ml_collections.ConfigDict) -> str:
+  """config.train.candidate_scores resolved: 'factored' | 'gather' | 'full'."""
+  mode = str(config.train.candidate_scores)
+  if mode not in ("auto", "factored", "gather", "full"):
+    raise ValueError(f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or "
+                     "'full'")
+  if mode == "auto":
+    # An ID table's gradient is catalogue-sized whichever way its rows are read: keep the full table.
+    return "full" if config.model.variant == "id" else "factored"
+  if mode == "factored" and config.model.variant == "id":
+    raise ValueError("config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
+                     "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'")
+  return mode
+
+
+def candidate_scores(model: recommender_lib.Recommender, variables, hidden_BxPxD: jax.Array,
+                     ids_BxPxC: jax.Array, table_NxH: jax.Array | None, mode: str) -> jax.Array:
+  """scores_BxPxC = <hidden_BxPxD, Recommender.candidate_vectors(ids)> (0 for id 0, the padding).
+
+  'full' projects the whole catalogue (item_vectors) and indexes it; 'gather' projects only the ids' rows
+  (candidate_vectors). 'factored' (sem/recg, whose candidate vector is W_p e + b_p) never forms a
+  candidate vector: <y, W_p e + b_p> = <W_p^T y, e> + <y, b_p>, so a target position costs one D x H
+  product and each of its 1 + K candidates an H-long dot with its raw table row, instead of an H x D
+  projection per candidate (and of a catalogue-sized gradient scatter for 'full').
+  """
+  if mode == "factored":
+    try:  # heads.ItemProjection's W_p (an nn.Dense), inside Recommender's `items` module
+      kernel_HxD = variables["params"]["items"]["W_p"]["kernel"]
+      bias_D = variables["params"]["items"]["W_p"]["bias"]
+    except KeyError as e:
+      raise ValueError("config.train.candidate_scores='factored' needs the parameters items/W_p/{kernel, "
+                       "bias} (variants 'sem' and 'recg'); use 'gather' or 'full'") from e
+    user_BxPxH = jnp.einsum("bpd,hd->bph", hidden_BxPxD, kernel_HxD)
+    rows_BxPxCxH = jnp.take(jax.lax.stop_gradient(table_NxH), ids_BxPxC, axis=0, mode="clip")
+    scores = (jnp.einsum("bph,bpch->bpc", user_BxPxH, rows_BxPxCxH)
+              + jnp.einsum("bpd,d->bp", hidden_BxPxD, bias_D)[..., None])
+    return jnp.where(ids_BxPxC > 0, scores, 0.0)
+  if mode == "gather":
+    vecs_BxPxCxD = model.apply(variables, ids_BxPxC, table_NxH,
+                               method=recommender_lib.Recommender.candidate_vectors)
+  else:
+    items_NxD = model.apply(variables, table_NxH, method=recommender_lib.Recommender.item_vectors)
+    vecs_BxPxCxD = items_NxD[ids_BxPxC]
+  return jnp.einsum("bpd,bpcd->bpc", hidden_BxPxD, vecs_BxPxCxD)
+
+
 def _global_norm(tree) -> jax.Array:
   # Local, because optax renamed its helper across the supported versions.
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
@@ -171,7 +217,8 @@ def make_train_step(model: recommender_lib.Recommender,
   """Builds the one jitted, donated, sharded step `(state, batch, tables, key) -> (state, metrics)`.
 
   batch: input_pipeline batch (device arrays, sharded over 'data'); tables: step_tables.arrays
-  (replicated); key: the run's base step key. The step key is fold_in(key, state.step).
+  (replicated); key: the run's base step key. The step key is fold_in(key, state.step). Each length
+  bucket's batch shape traces the step once.
   """
   tc, gc = config.train, config.gen_loss
   num_items = model.num_items
@@ -179,6 +226,7 @@ def make_train_step(model: recommender_lib.Recommender,
   loss_kind = str(tc.loss)
   if loss_kind not in ("bpr", "softmax"):
     raise ValueError(f"config.train.loss={loss_kind!r}: expected 'bpr' or 'softmax'")
+  scoring = candidate_scoring(config)
   mask_id = recommender_lib.mask_token_id(num_items)
 
   def step(state: TrainState, batch, tables, key):
@@ -199,15 +247,14 @@ def make_train_step(model: recommender_lib.Recommender,
                                    method=recommender_lib.Recommender.encode_positions)
       else:
         hidden_BxPxD = model.apply(variables, inputs, table, True, rngs=rngs)[:, None, :]
-      # The whole catalogue is projected (N*H*D flops a step): the same vectors evaluation scores with.
-      # Projecting only the gathered rows would be cheaper, but with a prepended padding row XLA's SPMD
-      # partitioner on CPU gave wrong W_p gradients on 8 devices.
-      items_NxD = model.apply(variables, table, method=recommender_lib.Recommender.item_vectors)
       if loss_kind == "bpr":
         negs_BxPxK = losses.sample_negatives(k_neg, targets, num_items, int(tc.num_negatives),
                                              batch["history"])
-        rec = losses.bpr_loss(hidden_BxPxD, items_NxD[targets], items_NxD[negs_BxPxK], weights)
+        ids_BxPxC = jnp.concatenate([targets[..., None], negs_BxPxK], axis=-1)  # positive, then negatives
+        scores_BxPxC = candidate_scores(model, variables, hidden_BxPxD, ids_BxPxC, table, scoring)
+        rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
       else:
+        items_NxD = model.apply(variables, table, method=recommender_lib.Recommender.item_vectors)
         rec = losses.softmax_loss(hidden_BxPxD, items_NxD, targets, weights)
       aux = {"rec_loss": rec}
       total = rec
@@ -255,7 +302,8 @@ def build_model(config: ml_collections.ConfigDict, num_items: int) -> recommende
 def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recommender,
                domain: types.DomainData) -> input_pipeline.TrainingRows:
   return input_pipeline.build_rows(domain, int(config.data.max_len), str(config.train.targets),
-                                   causal=model.is_causal, objective=str(config.train.bert4rec_objective))
+                                   causal=model.is_causal, objective=str(config.train.bert4rec_objective),
+                                   length_buckets=tuple(config.train.length_buckets))
 
 
 @dataclasses.dataclass
@@ -323,7 +371,10 @@ def create_trainer(config: ml_collections.ConfigDict,
 
 
 def make_eval_fns(model: recommender_lib.Recommender):
-  """(user_fn_jit(params, table, seq) -> user_BxD, items_jit(params, table) -> items_NxD), traced once."""
+  """(user_fn_jit(params, table, seq) -> user_BxD, items_jit(params, table) -> items_NxD).
+
+  user_fn is traced once per input width (one per eval length bucket), items_jit once.
+  """
   def user_fn(params, table, seq):
     TRACE_COUNTS["user_fn"] += 1
     return model.apply({"params": params}, seq, table, False)
@@ -574,7 +625,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if meta["step"] == 0:
     log.write("setup", 0, {"rows": num_rows, "steps_per_epoch": spe, "targets_per_epoch":
                            trainer.rows.num_targets, "devices": int(mesh.devices.size)},
-              loss_name=results_lib.loss_name(config))
+              loss_name=results_lib.loss_name(config),
+              bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()})
 
   pending: list[tuple[int, int, dict]] = []  # (step, real rows, device metrics) not yet read back
   clock = {"t0": time.perf_counter()}
@@ -608,6 +660,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = int(meta["step"])
   try:
     while not meta["finished"] and epoch < int(tc.num_epochs):
+      # Real (unpadded) rows of each batch, for the sequences/s figure.
+      real_rows = [len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, int(tc.seed),
+                                                                    epoch)]
       batches = input_pipeline.prefetch(
           input_pipeline.epoch_batches(trainer.rows, batch_size, int(tc.seed), epoch, start_batch),
           int(tc.prefetch), trainer.batch_sharding)
@@ -617,7 +672,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       for b, batch in enumerate(batches, start=start_batch):
         state, metrics = trainer.train_step(state, batch, trainer.tables_on_device, trainer.step_key)
         step += 1
-        pending.append((step, min(batch_size, num_rows - b * batch_size), metrics))
+        pending.append((step, real_rows[b], metrics))
         bar.update(1)
         if step % log_every == 0:
           mean = flush(keep_last=True)

@@ -85,6 +85,9 @@ def tiny_config(**overrides):
   config.train.checkpoint_every_steps = 0
   config.train.prefetch = 2
   config.train.patience = 10
+  # Two length buckets, 4 and 8 (= max_len), in training and evaluation: every run exercises bucketing.
+  config.train.length_buckets = (4,)
+  config.eval.length_buckets = (4,)
   config.gen_loss.samples_per_domain = 8
   config.eval.protocols = ("full", "sampled10")
   config.eval.num_sampled_negatives = 10
@@ -94,6 +97,22 @@ def tiny_config(**overrides):
     section, field = key.split(".")
     config[section][field] = value
   return config
+
+
+def tiny_layout(**overrides) -> dict[str, int]:
+  """What a tiny_config(**overrides) run does per epoch: steps, and train / eval input widths in use."""
+  from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**overrides)
+  domain = tiny_domains()[config.data.source]
+  rows = train.build_rows(config, train.build_model(config, domain.num_items), domain)
+  eval_widths = {w for split in ("valid", "test")
+                 for w, _ in evaluate.length_groups(
+                     types.leave_one_out(domain, split, config.data.max_len).inputs_UxL,
+                     config.eval.length_buckets)}
+  return {"steps_per_epoch": input_pipeline.steps_per_epoch(rows, config.train.batch_size),
+          "train_widths": len(input_pipeline.bucket_sizes(rows)), "eval_widths": len(eval_widths)}
 
 
 def _parse(value: str):
@@ -146,11 +165,18 @@ def main(argv: list[str]) -> None:
   pathlib.Path(out_json).write_text(json.dumps(payload))
 
 
+# Tiny models compile ~3x faster without LLVM's optimisation passes, and run fast enough anyway.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def cache_env(tmp_path_factory) -> dict[str, str]:
-  """Environment sharing one persistent XLA cache between every driver subprocess of a pytest session."""
+  """Environment sharing one persistent XLA cache between every driver subprocess of a pytest session.
+
+  Add XLA flags to its XLA_FLAGS entry rather than replacing it.
+  """
   path = tmp_path_factory.getbasetemp() / "xla_cache"
   path.mkdir(exist_ok=True)
-  return {"JAX_COMPILATION_CACHE_DIR": str(path)}
+  return {"JAX_COMPILATION_CACHE_DIR": str(path), "XLA_FLAGS": FAST_COMPILE_FLAGS}
 
 
 def read_jsonl(path) -> list[dict]:

@@ -243,6 +243,51 @@ def test_padded_batches_and_blocks_agree(setup):
                       NUM_ITEMS, NUM_USERS, 1) == (9, 3)
 
 
+def test_length_groups():
+  inputs = np.array([[0, 0, 0, 5], [0, 2, 3, 4], [1, 2, 3, 4], [0, 0, 7, 7], [0, 0, 0, 0]], np.int32)
+  np.testing.assert_array_equal(ev.input_lengths(inputs), [1, 3, 4, 2, 0])
+  groups = ev.length_groups(inputs, (2, 3, 9))
+  assert [w for w, _ in groups] == [2, 3, 4]  # capped at L = 4, which is always a width
+  np.testing.assert_array_equal(groups[0][1], [0, 3, 4])
+  np.testing.assert_array_equal(groups[1][1], [1])
+  np.testing.assert_array_equal(groups[2][1], [2])
+  assert [w for w, _ in ev.length_groups(inputs, ())] == [4]
+  with pytest.raises(ValueError, match="eval.length_buckets"):
+    ev.length_groups(inputs, (0,))
+
+
+@pytest.mark.parametrize("split_name", ["test", "valid"])
+def test_length_buckets_give_the_same_ranks(setup, split_name):
+  """Users grouped by length, run at their group's width: the same ranks, in user order, as unbucketed."""
+  domain, item_vecs, in_table, _ = setup
+  split = types.leave_one_out(domain, split_name, MAX_LEN)
+  table = jnp.asarray(in_table)
+  # The sum of every real item's integer vector: exact, and changed by any item lost to a too narrow cut.
+  history_fn = jax.jit(lambda seq_BxW: jnp.einsum(
+      "bwn,nd->bd", jax.nn.one_hot(seq_BxW, table.shape[0]) * (seq_BxW > 0)[..., None], table))
+  widths = []
+
+  def recording_user_fn(seq_BxW):
+    widths.append(seq_BxW.shape[1])
+    return history_fn(seq_BxW)
+
+  plain = ev.user_ranks(history_fn, item_vecs, split, domain, make_config(length_buckets=()))
+  for buckets in ((2, 3, 4), (4,), (3, 9)):
+    widths.clear()
+    got = ev.user_ranks(recording_user_fn, item_vecs, split, domain, make_config(length_buckets=buckets))
+    assert got.keys() == plain.keys()
+    for name in plain:
+      np.testing.assert_array_equal(got[name], plain[name], err_msg=f"{buckets} {name}")
+    expected = {w for w, _ in ev.length_groups(split.inputs_UxL, buckets)}
+    assert set(widths) == expected and len(expected) > 1 and max(expected) == MAX_LEN
+  # And the unbucketed ranks are right: against the per-user reference.
+  user_vecs = np.stack([in_table[row[row > 0]].sum(axis=0) for row in split.inputs_UxL])
+  full, sampled = reference_ranks(domain, split_name, user_vecs, item_vecs,
+                                  ev.sample_eval_negatives(domain, NUM_NEG, make_config().seed), True)
+  np.testing.assert_array_equal(plain["full"], full)
+  np.testing.assert_array_equal(plain[f"sampled{NUM_NEG}"], sampled)
+
+
 def test_nan_scores_give_nan_metrics(setup):
   domain, item_vecs, _, user_fn = setup
   split = types.leave_one_out(domain, "test", MAX_LEN)

@@ -178,3 +178,83 @@ def test_cloze_mask():
   m0, _, _ = map(np.asarray, f(jax.random.key(2), jnp.asarray(inputs), jnp.asarray(weights), 0.0, mask_id,
                                0.0))
   np.testing.assert_array_equal(m0 == mask_id, m1 == mask_id)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Length buckets.
+
+
+def test_bucket_widths():
+  assert ip.bucket_widths((), 50) == (50,)
+  assert ip.bucket_widths((16, 4, 8), 50) == (4, 8, 16, 50)
+  assert ip.bucket_widths((4, 8, 16, 32, 50, 64), 20) == (4, 8, 16, 20)  # capped at max_len
+  for bad in ((0, 8), (4.5,), (True,)):
+    with pytest.raises(ValueError, match="config.train.length_buckets"):
+      ip.bucket_widths(bad, 10)
+
+
+LAYOUTS = {
+    "causal": dict(targets="all_prefixes", causal=True),
+    "last": dict(targets="last", causal=True),
+    "prefix": dict(targets="all_prefixes", causal=False),
+    "cloze": dict(causal=False, objective="cloze"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_bucketed_epoch_holds_every_row_once_at_its_width(layout):
+  """Each batch: one bucket's rows, cut to its width without losing an item; each row exactly once."""
+  domain, L, bs = _many_users(), 7, 8
+  rows = ip.build_rows(domain, L, length_buckets=(2, 4), **LAYOUTS[layout])
+  flat = ip.build_rows(domain, L, **LAYOUTS[layout])
+  full = _all_rows(flat)
+  assert rows.widths == (2, 4, 7) and flat.widths == (7,)
+  lengths = (full["inputs"] != 0).sum(axis=1)
+  np.testing.assert_array_equal(rows.input_lengths(), lengths)
+  np.testing.assert_array_equal(np.asarray(rows.widths)[rows.row_bucket_N],
+                                np.where(lengths <= 2, 2, np.where(lengths <= 4, 4, 7)))
+  sizes = ip.bucket_sizes(rows)
+  assert sum(sizes.values()) == rows.num_rows and len(sizes) >= 2
+  plan = ip.epoch_plan(rows, bs, seed=1, epoch=0)
+  batches = list(ip.epoch_batches(rows, bs, seed=1, epoch=0))
+  assert len(batches) == len(plan) == ip.steps_per_epoch(rows, bs) == sum(-(-n // bs) for n in sizes.values())
+  seen = []
+  p = full["targets"].shape[1] > 1
+  for (width, idx), b in zip(plan, batches):
+    assert b["inputs"].shape == (bs, width) and b["history"].shape == (bs, L + 1)
+    assert b["targets"].shape == ((bs, width) if p else (bs, 1)) and b["weights"].shape == b["targets"].shape
+    n = len(idx)
+    # The cut drops only padding: the real rows equal the full-width rows' last `width` columns.
+    assert not full["inputs"][idx, :L - width].any()
+    np.testing.assert_array_equal(b["inputs"][:n], full["inputs"][idx, L - width:])
+    cut = slice(L - width, None) if p else slice(None)  # per-position targets are cut like the inputs
+    np.testing.assert_array_equal(b["targets"][:n], full["targets"][idx, cut])
+    np.testing.assert_array_equal(b["weights"][:n], full["weights"][idx, cut])
+    np.testing.assert_array_equal(b["history"][:n], full["history"][idx])
+    assert not b["weights"][n:].any() and not b["inputs"][n:].any()  # padding rows of a bucket's last batch
+    seen.extend(idx.tolist())
+  assert sorted(seen) == list(range(rows.num_rows))
+  # Every row's targets are kept: the batches carry the whole epoch's weight.
+  assert sum(b["weights"].sum() for b in batches) == full["weights"].sum()
+  with pytest.raises(ValueError, match="cannot be cut to width 2"):
+    rows.gather(np.flatnonzero(rows.input_lengths() > 2), 2)
+
+
+def test_bucketed_order_is_a_function_of_seed_and_epoch():
+  rows = ip.build_rows(_many_users(), max_len=7, length_buckets=(2, 4))
+  widths = lambda seed, epoch: [w for w, _ in ip.epoch_plan(rows, 4, seed, epoch)]
+  same = [ip.epoch_plan(rows, 4, 0, 3) for _ in range(2)]
+  assert [w for w, _ in same[0]] == [w for w, _ in same[1]]
+  for (_, a), (_, b) in zip(*same):
+    np.testing.assert_array_equal(a, b)
+  # Buckets are interleaved (not one after the other) and the interleaving changes with epoch and seed.
+  assert widths(0, 3) != sorted(widths(0, 3))
+  assert widths(0, 3) != widths(0, 4) and widths(0, 3) != widths(1, 3)
+  assert sorted(widths(0, 3)) == sorted(widths(0, 4))
+  # Resuming at batch k yields exactly the tail of the epoch.
+  full = list(ip.epoch_batches(rows, 4, 0, 3))
+  tail = list(ip.epoch_batches(rows, 4, 0, 3, start_batch=5))
+  assert len(tail) == len(full) - 5
+  for a, b in zip(full[5:], tail):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])

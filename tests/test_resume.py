@@ -13,8 +13,10 @@ import numpy as np
 
 import _train_driver as driver
 
-# 48 users, batch 16: 3 steps per epoch; mid-epoch checkpoints at steps 2, 4, 8 and 10.
+# 48 users in two length buckets, batch 16: 4 steps per epoch (2 per bucket, shuffled together);
+# mid-epoch checkpoints at steps 2, 6, 10 and 14.
 ARGS = ("train.num_epochs=4", "train.checkpoint_every_steps=2")
+SPE = driver.tiny_layout()["steps_per_epoch"]
 
 
 def _latest_steps(workdir):
@@ -44,7 +46,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   deadline = time.time() + 180
   try:
     while time.time() < deadline and proc.poll() is None:
-      mid = [s for s in _latest_steps(wd) if s % 3]
+      mid = [s for s in _latest_steps(wd) if s % SPE]
       if mid:
         os.kill(proc.pid, signal.SIGKILL)
         killed_at = mid[-1]
@@ -58,7 +60,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   assert proc.returncode == -signal.SIGKILL
   assert not (tmp_path / "killed.json").exists()
   saved = _latest_steps(wd)
-  assert saved and saved[-1] % 3, saved  # resuming from the middle of an epoch
+  assert saved and saved[-1] % SPE, saved  # resuming from the middle of an epoch
 
   # A NaN loss (every table row poisoned) stops the run; the good checkpoint stays the latest one.
   nan = driver.run(wd, tmp_path / "nan.json", *ARGS, "poison=1", env=env)
@@ -70,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   out = tmp_path / "resumed.json"
   resumed = driver.run(wd, out, *ARGS, env=env)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert f"from step {saved[-1]} (epoch {saved[-1] // 3}, batch {saved[-1] % 3})" in resumed.stdout
+  assert f"from step {saved[-1]} (epoch {saved[-1] // SPE}, batch {saved[-1] % SPE})" in resumed.stdout
   got = json.loads(out.read_text())
   assert got["metrics"] == want["metrics"]  # exact, not approximate
   assert got["best_step"] == want["best_step"]
@@ -82,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   # The log has no duplicated steps from the replayed part of the epoch.
   events = driver.read_jsonl(wd / "metrics.jsonl")
   train_steps = [e["step"] for e in events if e["kind"] == "train"]
-  assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 12
+  assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 4 * SPE
   assert [e["epoch"] for e in events if e["kind"] == "valid"] == [1, 2, 3, 4]
   ref_losses = [e["loss"] for e in driver.read_jsonl(tmp_path / "ref" / "metrics.jsonl")
                 if e["kind"] == "train" and e["step"] > saved[-1] + 1]
@@ -98,6 +100,6 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   more = driver.run(wd, tmp_path / "more.json", "train.num_epochs=5", "train.checkpoint_every_steps=2",
                     env=env)
   assert more.returncode == 0, more.stderr
-  assert "from step 12 (epoch 4, batch 0)" in more.stdout
+  assert f"from step {4 * SPE} (epoch 4, batch 0)" in more.stdout
   assert json.loads((tmp_path / "more.json").read_text())["epochs"] == 5
-  assert _latest_steps(wd) == [15]
+  assert _latest_steps(wd) == [5 * SPE]

@@ -28,6 +28,8 @@ def _tiny_config():
   config.transfer.kmeans_restarts = 1
   config.transfer.wf_epochs = 2
   config.eval.batch_size = 32
+  config.train.length_buckets = ()  # one compiled step shape keeps this test fast
+  config.eval.length_buckets = ()
   config.eval.num_sampled_negatives = 20  # the catalogues hold 40 items
   config.eval.protocols = ("full", "sampled20")
   return config
