@@ -86,6 +86,8 @@ def main():
         f"{config.text.max_tokens}", flush=True)
 
   encoder = load_encoder(config.encoder)
+  print(f"XLA compiler options: {embed.compiler_options(config.encoder.dtype, config.encoder.xla_cpu_tuning)}",
+        flush=True)
   lengths = embed.tokenize(encoder.tokenizer, embed.prepare_texts(texts, config.text.empty_fallback),
                            config.text.max_tokens)[1]
   print(f"tokens per item: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "

@@ -352,3 +352,70 @@ def test_pooling_and_dtype_are_validated(tmp_path):
     encoders.load_encoder(_tiny_config(str(folder), pooling="max"))
   with pytest.raises(ValueError, match="dtype='float16'"):
     encoders.load_encoder(_tiny_config(str(folder), dtype="float16"))
+
+
+# ------------------------------------------------------------------------ dispatch to the decoder family
+
+
+def _save_tiny_llama(folder: pathlib.Path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+  model = transformers.LlamaModel(cfg).eval()
+  model.save_pretrained(folder)
+  write_tokenizer(folder / "tokenizer.json")
+  return model
+
+
+def test_decoder_folder_dispatches_to_llama(tmp_path, config):
+  from recg_jax.encoders import llama  # pylint: disable=g-import-not-at-top
+  _save_tiny_llama(tmp_path)
+  encoder = encoders.load_encoder(_tiny_config(str(tmp_path), pooling="last", batch_size=2))
+  assert encoder.family == "decoder" and encoder.model_type == "llama"
+  assert isinstance(encoder.module, llama.Decoder) and encoder.max_tokens == 64
+  vecs = embed.embed_texts(encoder, ["lab pipette", "relay kit steel tips", ""],
+                           _tiny_config(str(tmp_path), batch_size=2), config.text, progress=False)
+  assert vecs.shape == (3, 32) and np.isfinite(vecs).all()
+  np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_gguf_path_dispatches_to_gguf_loader(tmp_path, monkeypatch):
+  from recg_jax.encoders import gguf_loader  # pylint: disable=g-import-not-at-top
+  _save_tiny_llama(tmp_path / "hf")
+  hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  tensors = sources.read_safetensors(tmp_path / "hf" / "model.safetensors")
+  tokenizer = sources.load_tokenizer(tmp_path / "hf" / "tokenizer.json")
+  gguf = tmp_path / "tiny.gguf"
+  gguf.write_bytes(b"GGUF stand-in")
+  calls = []
+  monkeypatch.setattr(gguf_loader, "load_gguf",
+                      lambda path: calls.append(path) or (hf_config, tensors, tokenizer))
+  encoder = encoders.load_encoder(_tiny_config(str(gguf)))
+  assert calls == [gguf] and encoder.family == "decoder" and encoder.hidden_dim == 32
+  assert encoder.weights_hash == sources.weights_hash([gguf])
+
+
+def test_lora_adapter_is_merged_and_hashed(tmp_path, monkeypatch):
+  from recg_jax.encoders import lora  # pylint: disable=g-import-not-at-top
+  save_hf_model(tmp_path / "base", "bert")
+  adapter = tmp_path / "adapter"
+  adapter.mkdir()
+  (adapter / "adapter_config.json").write_text(json.dumps({"r": 2}))
+  seen = []
+
+  def fake_merge(tensors, adapter_dir):
+    seen.append(adapter_dir)
+    out = dict(tensors)
+    out["embeddings.LayerNorm.bias"] = np.asarray(tensors["embeddings.LayerNorm.bias"]) + 1.0
+    return out
+
+  monkeypatch.setattr(lora, "merge_lora", fake_merge)
+  plain = encoders.load_encoder(_tiny_config(str(tmp_path / "base")))
+  merged = encoders.load_encoder(_tiny_config(str(tmp_path / "base"), lora=str(adapter)))
+  assert seen == [str(adapter)]
+  np.testing.assert_allclose(merged.params["embeddings_ln"]["bias"], plain.params["embeddings_ln"]["bias"] + 1)
+  assert merged.weights_hash != plain.weights_hash
+  cfg = _tiny_config(str(tmp_path / "base"), lora=str(adapter))
+  assert encoders.identity(cfg) == (merged.model_id, merged.weights_hash)

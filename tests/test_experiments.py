@@ -1,0 +1,429 @@
+"""The experiment grid (recg_jax/experiments.py): plan, aggregation, tables, resume, command line.
+
+One tiny grid (synthetic data, 3 domains x 40 items, the packaged MiniLM encoder, d=16, one layer, two
+epochs) runs once per module, from the command line: ID, Sem and RecG on one source with two seeds, plus
+one ablation and an alpha sweep point on one seed. Every end-to-end assertion reads that grid.
+"""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from configs import grid_shared
+from recg_jax import experiments
+from recg_jax import results as results_lib
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The tiny grid's config, also written to a file for the command-line invocation.
+_TINY_CONFIG = '''
+from configs import default
+
+
+def get_config(arg=None):
+  c = default.get_config()
+  c.data.format = "synthetic"
+  c.data.source = "Alpha"
+  c.data.targets = ("Beta", "Gamma")
+  c.data.synthetic.num_users = 60
+  c.data.synthetic.num_items = 40
+  c.data.max_len = 10
+  c.text.max_tokens = 32
+  c.encoder.bucket_sizes = (32,)
+  c.model.hidden_dim = 16
+  c.model.num_layers = 1
+  c.model.num_heads = 2
+  c.model.dropout = 0.1
+  c.model.emb_dropout = 0.1
+  c.train.batch_size = 32
+  c.train.num_epochs = 2
+  c.train.learning_rate = 3e-3
+  c.train.checkpoint_every_steps = 0
+  c.gen_loss.samples_per_domain = 8
+  c.transfer.num_clusters = 4
+  c.transfer.wf_epochs = 1
+  c.transfer.kmeans_restarts = 1
+  c.eval.protocols = ("full", "sampled10")
+  c.eval.num_sampled_negatives = 10
+  c.eval.ks = (5, 10)
+  c.eval.batch_size = 64
+  c.experiment.name = "tiny_grid"
+  c.experiment.sources = ("Alpha",)
+  c.experiment.backbones = ("sasrec",)
+  c.experiment.variants = ("id", "sem", "recg")
+  c.experiment.seeds = (0, 1)
+  c.experiment.ablations = ("no_intra", "no_seq")
+  c.experiment.alphas = (0.01, 0.001)
+  c.experiment.ablation_seeds = (0,)
+  c.experiment.plot_items_per_domain = 30
+  return c
+'''
+
+_EXPECTED_RUNS = sorted([f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg") for s in (0, 1)]
+                        + ["runs/Alpha/sasrec-recg-no_intra/seed0", "runs/Alpha/sasrec-recg-alpha0.01/seed0"])
+
+
+def _tiny_config():
+  namespace = {}
+  exec(compile(_TINY_CONFIG, "tiny_grid_config", "exec"), namespace)  # pylint: disable=exec-used
+  config = namespace["get_config"]()
+  config.lock()
+  return config
+
+
+def _cli(workdir, config_file, *flags):
+  """The command line in a fresh process; it keeps compiled programs in <workdir>/cache/xla, so runs that
+  differ only in their seed compile nothing."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["JAX_PLATFORMS"] = "cpu"
+  return subprocess.run([sys.executable, "-m", "recg_jax.experiments", f"--config={config_file}",
+                         f"--workdir={workdir}", *flags], cwd=_ROOT, env=env, capture_output=True, text=True,
+                        timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+  """(workdir, config file, stdout) of the tiny grid, run once from the command line."""
+  root = tmp_path_factory.mktemp("grid")
+  config_file = root / "tiny_grid.py"
+  config_file.write_text(_TINY_CONFIG)
+  workdir = root / "wd"
+  proc = _cli(workdir, config_file)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  return workdir, config_file, proc.stdout
+
+
+def _records(workdir, relpath):
+  return results_lib.read_records(workdir / relpath / "results.json")
+
+
+def _metric(workdir, relpath, domain, key):
+  (rec,) = [r for r in _records(workdir, relpath) if r["domain"] == domain and key in r["metrics"]]
+  return rec["metrics"][key]
+
+
+def _csv_rows(path):
+  lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]
+  return list(csv.DictReader(lines))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plan and run configs (no training).
+
+
+def test_plan_of_the_shared_grid():
+  config = grid_shared.get_config()
+  specs = experiments.plan_runs(config)
+  paths = [s.relpath.as_posix() for s in specs]
+  assert len(paths) == len(set(paths))
+  # 3 sources x 3 backbones x {id, sem, recg} x 3 seeds; 4 trained ablations x 3 seeds (no_seq is read
+  # from the RecG runs); 5 alphas besides the default x 3 seeds.
+  assert len(specs) == 81 + 12 + 15
+  assert "runs/Games/gru4rec-id/seed2" in paths
+  assert "runs/Scientific/bert4rec-recg-no_intra/seed1" in paths
+  assert "runs/Scientific/bert4rec-recg-alpha0.05/seed0" in paths
+  assert not any("no_seq" in p or "alpha0.001/" in p for p in paths)
+  # Whole seeds first: every run of seed 0 comes before any of seed 1.
+  main = [s for s in specs if not s.ablation]
+  assert [s.seed for s in main] == sorted(s.seed for s in main)
+
+  spec = next(s for s in specs if s.relpath.as_posix() == "runs/Office/gru4rec-recg/seed1")
+  rc = experiments.run_config(config, spec, experiments.grid_domains(config))
+  assert (rc.data.source, tuple(rc.data.targets), tuple(rc.data.auxiliary)) == (
+      "Office", ("Scientific", "Games"), ())
+  assert (rc.model.backbone, rc.model.variant, rc.train.seed, rc.experiment.mode) == (
+      "gru4rec", "recg", 1, "zero_shot")
+  sign = next(s for s in specs if s.ablation == "printed_sign")
+  rc = experiments.run_config(config, sign, experiments.grid_domains(config))
+  assert rc.gen_loss.inter_sign == -1 and config.gen_loss.inter_sign == 1  # the grid config is untouched
+  no_item = experiments.run_config(config, next(s for s in specs if s.ablation == "no_item_loss"),
+                                   experiments.grid_domains(config))
+  assert not no_item.gen_loss.enabled and no_item.transfer.enabled and no_item.model.variant == "recg"
+  alpha = next(s for s in specs if s.ablation == "alpha=0.0001")
+  assert experiments.run_config(config, alpha, experiments.grid_domains(config)).gen_loss.alpha == 1e-4
+  id_spec = next(s for s in specs if s.variant == "id")
+  assert id_spec.mode == "in_domain"
+
+
+def test_reduced_preset_and_bad_grids():
+  reduced = grid_shared.get_config("reduced")
+  assert [s.relpath.as_posix() for s in experiments.plan_runs(reduced)] == [
+      f"runs/{src}/{b}-{v}/seed{s}" for s in (0, 1, 2) for src in ("Office", "Scientific")
+      for b in ("sasrec", "gru4rec") for v in ("sem", "recg")]
+  assert reduced.model.hidden_dim == 64 and reduced.data.source == "Scientific"
+  config = default_config.get_config()
+  config.experiment.ablations = ("no_such_ablation",)
+  with pytest.raises(ValueError, match="no_such_ablation"):
+    experiments.plan_runs(config)
+  config = default_config.get_config()
+  config.experiment.sources = ("Nowhere",)
+  with pytest.raises(ValueError, match="Nowhere"):
+    experiments.plan_runs(config)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aggregation against hand-computed values.
+
+
+def _marker(setting, seed, metrics_by_domain, source="A", backbone="sasrec"):
+  variant, _, ablation = setting.partition(":")
+  records = [{"stage": "zero_shot" if d != source else "in_domain", "domain": d, "source": source,
+              "backbone": backbone, "variant": variant, "seed": seed, "metrics": m, "extra": {}}
+             for d, m in metrics_by_domain.items()]
+  return {"spec": {"source": source, "backbone": backbone, "variant": variant, "seed": seed,
+                   "ablation": ablation, "alpha": None},
+          "setting": setting, "relpath": f"runs/{source}/{backbone}-{variant}/seed{seed}", "records": records}
+
+
+def test_aggregate_mean_std_gain_and_paired_t_test():
+  sem = [0.25, 0.27, 0.31]
+  recg = [0.30, 0.34, 0.35]
+  no_seq = [0.28, 0.30, 0.33]
+  markers = []
+  for seed in range(3):
+    markers.append(_marker("sem", seed, {"B": {"zero_shot/full/recall@10": sem[seed]}}))
+    markers.append(_marker("recg", seed, {"B": {"zero_shot/full/recall@10": recg[seed],
+                                                "zero_shot_no_seq/full/recall@10": no_seq[seed]},
+                                          "A": {"test/full/recall@10": 0.5 + seed / 10,
+                                                "valid/full/recall@10": 0.9}}))
+  markers.append(_marker("recg:no_intra", 0, {"B": {"zero_shot/full/recall@10": 0.2}}))
+  aggs = experiments.aggregate(experiments.observations(markers))
+  key = lambda setting, kind="zero_shot", d="B": (kind, "A", d, "sasrec", setting, "full", "recall@10")
+  assert set(aggs) == {key("sem"), key("recg"), key("recg:no_seq"), key("recg:no_intra"),
+                       key("recg", "in_domain", "A")}  # validation metrics are not tabled
+
+  a = aggs[key("recg")]
+  assert a["n"] == 3 and a["seeds"] == [0, 1, 2]
+  assert a["mean"] == pytest.approx(0.33)
+  # Sample std: deviations -0.03, 0.01, 0.02 -> sqrt(0.0014 / 2).
+  assert a["std"] == pytest.approx(math.sqrt(0.0014 / 2))
+  assert a["sem_mean"] == pytest.approx(0.83 / 3)
+  assert a["gain_pct"] == pytest.approx(100 * (0.33 / (0.83 / 3) - 1))
+  # Paired t: differences 0.05, 0.07, 0.04; mean 0.05333, sd 0.015275; t = 6.0474 with 2 degrees of
+  # freedom, where the two-sided p-value is 1 - t / sqrt(2 + t^2).
+  d = np.array([0.05, 0.07, 0.04])
+  t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+  assert t == pytest.approx(6.0474, abs=1e-3)
+  assert a["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+  assert a["n_paired"] == 3
+
+  assert aggs[key("recg:no_seq")]["mean"] == pytest.approx(np.mean(no_seq))
+  one = aggs[key("recg:no_intra")]
+  assert one["n"] == 1 and one["std"] is None and one["p_value"] is None and one["n_paired"] == 1
+  assert one["gain_pct"] == pytest.approx(100 * (0.2 / (0.83 / 3) - 1))
+  base = aggs[key("sem")]
+  assert base["gain_pct"] is None and base["p_value"] is None
+  assert aggs[key("recg", "in_domain", "A")]["sem_mean"] is None  # no Sem run in-domain
+
+  # A constant difference over seeds has no variance: p = 0 (not NaN).
+  markers = [_marker(s, seed, {"B": {"zero_shot/full/ndcg@10": v + (0.1 if s == "recg" else 0.0)}})
+             for seed, v in enumerate([0.2, 0.3]) for s in ("sem", "recg")]
+  aggs = experiments.aggregate(experiments.observations(markers))
+  (const,) = [v for k, v in aggs.items() if k[4] == "recg"]
+  assert const["p_value"] == 0.0 and const["gain_pct"] == pytest.approx(40.0)
+
+  with pytest.raises(ValueError, match="two values for seed 0"):
+    experiments.aggregate(experiments.observations(markers + markers[:1]))
+
+
+def test_ablation_scope_uses_only_ablation_seeds():
+  markers = [_marker("recg", seed, {"B": {"zero_shot/full/recall@10": 0.1 * (seed + 1)}})
+             for seed in range(3)]
+  markers.append(_marker("recg:no_inter", 0, {"B": {"zero_shot/full/recall@10": 0.5}}))
+  axes = {"seeds": (0, 1, 2), "ablation_seeds": (0,), "ablation_source": ("A",),
+          "ablation_backbone": ("sasrec",)}
+  main, ablation = experiments.aggregate_grid(experiments.observations(markers), axes)
+  key = ("zero_shot", "A", "B", "sasrec", "recg", "full", "recall@10")
+  assert main[key]["mean"] == pytest.approx(0.2) and main[key]["n"] == 3
+  assert ablation[key]["mean"] == pytest.approx(0.1) and ablation[key]["n"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tiny grid, end to end.
+
+
+def test_grid_runs_every_planned_run_once(grid):
+  workdir, _, out = grid
+  assert sorted(re.findall(r"\[grid\] \d+/8 (\S+): done in", out)) == _EXPECTED_RUNS
+  assert "skip (" not in out and "FAILED" not in out
+  assert "[grid] 8 ran, 0 skipped, 0 failed, 0 missing" in out
+  for relpath in _EXPECTED_RUNS:
+    done = json.loads((workdir / relpath / "done.json").read_text())
+    assert done["relpath"] == relpath and done["elapsed_s"] > 0
+    assert (workdir / relpath / "results.json").is_file()
+    assert (workdir / relpath / "checkpoints" / "best").is_dir()
+  # Data and embeddings are prepared once, in the grid folder, and never inside a run folder.
+  assert sorted(p.name for p in (workdir / "cache" / "embeddings").iterdir()) == ["Alpha", "Beta", "Gamma"]
+  assert not list((workdir / "runs").glob("**/cache"))
+  # Each run trained what its folder says.
+  done = json.loads((workdir / "runs/Alpha/sasrec-recg-alpha0.01/seed0/done.json").read_text())
+  assert done["config"]["gen_loss"]["alpha"] == 0.01 and done["config"]["train"]["seed"] == 0
+  done = json.loads((workdir / "runs/Alpha/sasrec-recg-no_intra/seed0/done.json").read_text())
+  assert done["config"]["gen_loss"]["use_intra"] is False
+  assert done["config"]["data"]["targets"] == ["Beta", "Gamma"]
+  id_records = _records(workdir, "runs/Alpha/sasrec-id/seed1")
+  assert [(r["stage"], r["domain"], r["variant"], r["seed"]) for r in id_records] == [
+      ("in_domain", "Alpha", "id", 1)]
+
+
+def test_csv_aggregates_match_the_runs(grid):
+  workdir, _, _ = grid
+  rows = _csv_rows(workdir / "results.csv")
+  head = [line for line in (workdir / "results.csv").read_text().splitlines() if line.startswith("#")]
+  assert any("seeds: 0 1; ablation seeds: 0" in h for h in head) and any("machine:" in h for h in head)
+
+  def row(scope, kind, domain, setting, protocol, metric):
+    (r,) = [r for r in rows if (r["scope"], r["kind"], r["domain"], r["setting"], r["protocol"],
+                                r["metric"]) == (scope, kind, domain, setting, protocol, metric)]
+    return r
+
+  for protocol in ("full", "sampled10"):
+    key = f"zero_shot/{protocol}/recall@10"
+    recg = [_metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta", key) for s in (0, 1)]
+    sem = [_metric(workdir, f"runs/Alpha/sasrec-sem/seed{s}", "Beta", key) for s in (0, 1)]
+    r = row("grid", "zero_shot", "Beta", "recg", protocol, "recall@10")
+    assert r["n"] == "2" and r["seeds"] == "0 1"
+    assert float(r["mean"]) == pytest.approx(np.mean(recg), rel=1e-5)
+    assert float(r["std"]) == pytest.approx(np.std(recg, ddof=1), rel=1e-4, abs=1e-7)
+    assert float(r["sem_mean"]) == pytest.approx(np.mean(sem), rel=1e-5)
+    if np.mean(sem) > 0:
+      assert float(r["gain_pct_vs_sem"]) == pytest.approx(100 * (np.mean(recg) / np.mean(sem) - 1), rel=1e-4)
+    no_seq = [_metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta",
+                      f"zero_shot_no_seq/{protocol}/recall@10") for s in (0, 1)]
+    assert float(row("grid", "zero_shot", "Beta", "recg:no_seq", protocol, "recall@10")["mean"]) == (
+        pytest.approx(np.mean(no_seq), rel=1e-5))
+  ident = [_metric(workdir, f"runs/Alpha/sasrec-id/seed{s}", "Alpha", "test/full/ndcg@10") for s in (0, 1)]
+  assert float(row("grid", "in_domain", "Alpha", "id", "full", "ndcg@10")["mean"]) == pytest.approx(
+      np.mean(ident), rel=1e-5)
+  # The ablation scope averages seed 0 only.
+  r = row("ablation", "zero_shot", "Gamma", "recg", "full", "ndcg@10")
+  assert r["n"] == "1" and float(r["mean"]) == pytest.approx(
+      _metric(workdir, "runs/Alpha/sasrec-recg/seed0", "Gamma", "zero_shot/full/ndcg@10"), rel=1e-5)
+  assert row("ablation", "zero_shot", "Gamma", "recg:alpha=0.01", "full", "ndcg@10")["n"] == "1"
+
+
+def test_results_md_tables(grid):
+  workdir, config_file, _ = grid
+  md = (workdir / "results.md").read_text()
+  command = f"python -m recg_jax.experiments --config={config_file} --workdir={workdir}"
+  for needle in (f"regenerate: `{command}`", "seeds: 0, 1 (ablations and alpha sweep: 0)", "machine: ",
+                 "synthetic data", "### Zero-shot, `full`, Recall@10 (%)",
+                 "### Zero-shot, `sampled10`, NDCG@10",
+                 "| target ← source | sasrec Sem | sasrec RecG | gain | p | sasrec RecG w/o seq |",
+                 "### In-domain, `full`, NDCG@10", "| source | sasrec ID | sasrec Sem | sasrec RecG |",
+                 "### Ablations, sasrec on Alpha, `full` (%; seeds 0;", "| no intra-domain term |",
+                 "| no sequence-level step |", "| sasrec-Sem |", "### Alpha sweep, sasrec-RecG on Alpha",
+                 "| 0.01 |", "| 0.001 (default) |", "| Alpha |",
+                 "`sampled10`: sampled: the target against 10"):
+    assert needle in md, needle
+  # The Recall@10 row of Beta ← Alpha shows both seeds' mean ± std and the paired p-value.
+  recg = [_metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta", "zero_shot/full/recall@10")
+          for s in (0, 1)]
+  section = md.split("### Zero-shot, `full`, Recall@10 (%)")[1].split("###")[0]
+  (line,) = [l for l in section.splitlines() if l.startswith("| Beta ← Alpha |")]
+  assert f"{100 * np.mean(recg):.2f} ± {100 * np.std(recg, ddof=1):.2f}" in line
+  assert [l for l in section.splitlines() if l.startswith("| Gamma ← Alpha |")]
+  assert "| mean gain over pairs |" in section
+
+
+def test_plots_written(grid):
+  workdir, _, out = grid
+  plots = re.findall(r"\[plots\] wrote (\S+)", out)
+  assert sorted(pathlib.Path(p).name for p in plots) == [
+      "alpha_full.png", "alpha_sampled10.png", "items_pca.png", "pairs_full.png", "pairs_sampled10.png"]
+  assert all(pathlib.Path(p).parent == workdir / "plots" for p in plots)
+  for p in plots:
+    data = pathlib.Path(p).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_trained_params_reload_from_the_best_checkpoint(grid):
+  workdir, _, _ = grid
+  relpath = "runs/Alpha/sasrec-recg/seed0"
+  done = json.loads((workdir / relpath / "done.json").read_text())
+  config = experiments.run_config_from_marker(done)
+  table = np.load(workdir / "cache/embeddings/Alpha/embeddings.npy")
+  model, params = experiments.load_best_params(workdir / relpath, config, table.shape[0] - 1, table)
+  vecs = experiments.projected_items(model, params, {"Alpha": table}, max_items=1000, seed=0)["Alpha"]
+  assert vecs.shape == (table.shape[0] - 1, 16) and np.isfinite(vecs).all()
+  # W_p e + b_p and W_a e + b_a with the restored parameters, by hand.
+  w_p, w_a = params["items"]["W_p"], params["items"]["W_a"]
+  np.testing.assert_allclose(vecs, table[1:] @ w_p["kernel"] + w_p["bias"], rtol=1e-4, atol=1e-5)
+  z = experiments.projected_items(model, params, {"Alpha": table}, max_items=7, seed=0,
+                                  space="align")["Alpha"]
+  assert z.shape == (7, 16)
+  rows = np.sort(np.random.default_rng(0).choice(np.arange(1, table.shape[0]), 7, replace=False))
+  np.testing.assert_allclose(z, table[rows] @ w_a["kernel"] + w_a["bias"], rtol=1e-4, atol=1e-5)
+  # The restored parameters are the best checkpoint's, not a fresh initialisation: they reproduce the
+  # run's recorded in-domain test metric without the sequence-level step.
+  from recg_jax import transfer
+  from recg_jax.data import prepare
+  domains = prepare.load_domains(config, workdir)
+  metrics = transfer.evaluate_domain(config, model, params, table, domains["Alpha"], None, "test")
+  assert metrics["full/ndcg@10"] == pytest.approx(
+      _metric(workdir, relpath, "Alpha", "test_no_seq/full/ndcg@10"), rel=1e-5)
+
+
+def test_changed_config_is_refused(grid):
+  workdir, _, _ = grid
+  config = _tiny_config()
+  with config.unlocked():
+    config.train.learning_rate = 1e-2
+  with pytest.raises(ValueError, match=r"different config .*train\.learning_rate"):
+    experiments.run_grid(config, workdir, aggregate_only=True, make_plots=False)
+
+
+def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
+  workdir, config_file, _ = grid
+  relpath = "runs/Alpha/sasrec-recg/seed1"
+  before = json.loads((workdir / relpath / "done.json").read_text())
+  mtimes = {p: (workdir / p / "done.json").stat().st_mtime_ns for p in _EXPECTED_RUNS if p != relpath}
+  (workdir / relpath / "done.json").unlink()
+
+  # A run that raises is recorded and the grid goes on; the tables list it as not finished.
+  def boom(config, spec, run_dir, domains, tables):
+    raise FloatingPointError("injected")
+  monkeypatch.setattr(experiments, "execute_run", boom)
+  summary = experiments.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
+  assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
+  assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1
+  assert "FloatingPointError('injected')" in (workdir / relpath / "failed.json").read_text()
+  md = (workdir / "results.md").read_text()
+  assert f"- `{relpath}`" in md and "regenerate: `(test)`" in md
+  monkeypatch.undo()
+
+  # The command line runs only the unfinished run (its training had finished: the latest checkpoint says
+  # so, so only the test evaluation and the sequence-level step run again) and reproduces its numbers.
+  proc = _cli(workdir, config_file)
+  out = proc.stdout
+  assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
+  assert out.count("skip (finished, done.json present)") == len(_EXPECTED_RUNS) - 1
+  assert out.count(": run (") == 1 and f"{relpath}: run (zero_shot" in out
+  assert "[embeddings] Alpha: reused cache" in out and "[data] Alpha: reused cache" in out
+  for p, mtime in mtimes.items():
+    assert (workdir / p / "done.json").stat().st_mtime_ns == mtime, p
+  after = json.loads((workdir / relpath / "done.json").read_text())
+  assert not (workdir / relpath / "failed.json").exists()
+  for rec_before, rec_after in zip(before["records"], after["records"], strict=True):
+    assert rec_before["domain"] == rec_after["domain"]
+    for k, v in rec_before["metrics"].items():
+      assert rec_after["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+  md = (workdir / "results.md").read_text()
+  assert f"regenerate: `python -m recg_jax.experiments --config={config_file} --workdir={workdir}`" in md
+  assert "## Runs not finished" not in md
+
+  # --aggregate_only trains nothing and rebuilds the same tables.
+  (workdir / relpath / "done.json").unlink()
+  proc = _cli(workdir, config_file, "--aggregate_only", "--noplots")
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  assert ": run (" not in proc.stdout and "[plots]" not in proc.stdout
+  assert f"- `{relpath}`" in (workdir / "results.md").read_text()
