@@ -80,14 +80,15 @@ def main():
     sys.exit("set RECG_DATA_ROOT or --data_root to the folder holding the RecBole domains")
   if args.max_items:
     texts = texts[:args.max_items]
-  print(f"{len(texts)} items ({args.domain if not args.texts_file else 'texts'}, read with {reader}); {len(cores)} thread(s) on cores {cores}; "
+  what = "texts" if args.texts_file else args.domain
+  print(f"{len(texts)} items ({what}, read with {reader}); {len(cores)} thread(s) on cores {cores}; "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {config.encoder.batch_size}, buckets "
         f"{tuple(config.encoder.bucket_sizes)}, dtype {config.encoder.dtype}, max_tokens "
         f"{config.text.max_tokens}", flush=True)
 
   encoder = load_encoder(config.encoder)
-  print(f"XLA compiler options: {embed.compiler_options(config.encoder.dtype, config.encoder.xla_cpu_tuning)}",
-        flush=True)
+  options = embed.compiler_options(config.encoder.dtype, config.encoder.xla_cpu_tuning)
+  print(f"XLA compiler options: {options}", flush=True)
   lengths = embed.tokenize(encoder.tokenizer, embed.prepare_texts(texts, config.text.empty_fallback),
                            config.text.max_tokens)[1]
   print(f"tokens per item: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "

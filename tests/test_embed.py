@@ -134,7 +134,8 @@ def _domain(name: str, texts: list[str]) -> DomainData:
   obj = lambda xs: np.array(xs, dtype=object)  # noqa: E731
   return DomainData(name=name, item_tokens=obj(["[PAD]"] + [f"i{k}" for k in range(n)]),
                     item_fields={"title": obj([""] + texts)}, item_text=obj([""] + texts),
-                    user_tokens=obj(["u0"]), offsets=np.array([0, n]), items=np.arange(1, n + 1, dtype=np.int32))
+                    user_tokens=obj(["u0"]), offsets=np.array([0, n]),
+                    items=np.arange(1, n + 1, dtype=np.int32))
 
 
 def test_domain_cache_reuse_and_rebuild(minilm, config, reference, tmp_path, capsys, monkeypatch):

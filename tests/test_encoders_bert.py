@@ -415,7 +415,8 @@ def test_lora_adapter_is_merged_and_hashed(tmp_path, monkeypatch):
   plain = encoders.load_encoder(_tiny_config(str(tmp_path / "base")))
   merged = encoders.load_encoder(_tiny_config(str(tmp_path / "base"), lora=str(adapter)))
   assert seen == [str(adapter)]
-  np.testing.assert_allclose(merged.params["embeddings_ln"]["bias"], plain.params["embeddings_ln"]["bias"] + 1)
+  np.testing.assert_allclose(merged.params["embeddings_ln"]["bias"],
+                             plain.params["embeddings_ln"]["bias"] + 1)
   assert merged.weights_hash != plain.weights_hash
   cfg = _tiny_config(str(tmp_path / "base"), lora=str(adapter))
   assert encoders.identity(cfg) == (merged.model_id, merged.weights_hash)

@@ -126,7 +126,8 @@ def tokenize(tokenizer, texts: Sequence[str], cap: int, chunk: int = 8192) -> tu
   return ids, lengths
 
 
-def plan_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> list[tuple[np.ndarray, int]]:
+def plan_batches(lengths: np.ndarray, batch_size: int,
+                 buckets: Sequence[int]) -> list[tuple[np.ndarray, int]]:
   """Fixed-size batches of text indices, longest texts first, each with its padded length.
 
   Returns [(indices (<= batch_size,), bucket)]; only the last batch may be short.

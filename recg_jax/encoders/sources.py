@@ -136,8 +136,9 @@ def _looks_like_path(model: str) -> bool:
           or model.count("/") > 1)
 
 
-def hub_snapshot(repo_id: str, revision: str = "", cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Downloads (or, offline, finds in the hub cache) the files an encoder needs; returns the snapshot folder."""
+def hub_snapshot(repo_id: str, revision: str = "",
+                 cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Downloads (offline: finds in the hub cache) the files an encoder needs; returns the snapshot folder."""
   import huggingface_hub  # pylint: disable=g-import-not-at-top  (only hub ids need it)
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
   try:
