@@ -129,8 +129,8 @@ def test_plan_of_the_shared_grid():
   # from the RecG runs); 5 alphas besides the default x 3 seeds.
   assert len(specs) == 81 + 12 + 15
   assert "runs/Games/gru4rec-id/seed2" in paths
-  assert "runs/Scientific/bert4rec-recg-no_intra/seed1" in paths
-  assert "runs/Scientific/bert4rec-recg-alpha0.05/seed0" in paths
+  assert "runs/Scientific/sasrec-recg-no_intra/seed1" in paths
+  assert "runs/Scientific/sasrec-recg-alpha0.05/seed0" in paths
   assert not any("no_seq" in p or "alpha0.001/" in p for p in paths)
   # Whole seeds first: every run of seed 0 comes before any of seed 1.
   main = [s for s in specs if not s.ablation]
