@@ -3,15 +3,17 @@
 `python -m recg_jax.experiments --config=configs/grid_shared.py --workdir=DIR`
 
 Full grid (default): 3 sources x 3 backbones x {ID, Sem, RecG} x 3 seeds, the five ablations and the
-paper's alpha grid for BERT4Rec trained on Scientific (the paper's Table 5 setting is BERT4Rec, IS -> VG),
-at the paper's model sizes (configs/default.py). Drop the ID runs with
+paper's alpha grid for SASRec trained on Scientific, at the paper's model sizes (configs/default.py). The
+paper's Table 5 ablates BERT4Rec (IS -> VG): `--config.experiment.ablation_backbone=bert4rec`, about five
+times the cost on a CPU (BERT4Rec trains on one row per prefix). Drop the ID runs with
 `--config.experiment.variants='("sem","recg")'`.
 
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
-domains), each towards the two others, with d=64, one layer and at most 30 epochs; its numbers exercise the whole pipeline with
-seeds and t-tests, they are not the paper's setting. Any field can still be overridden after the preset,
-e.g. `--config.experiment.seeds='(0,1)'`.
+domains), each towards the two others, with d=64, one layer and at most 30 epochs; its numbers exercise the
+whole pipeline with seeds and t-tests, they are not the paper's setting (measured: 45 minutes with other
+jobs on the same 2 cores). Any field can still be overridden after the preset, e.g.
+`--config.experiment.seeds='(0,1)'`.
 """
 
 from configs import default
