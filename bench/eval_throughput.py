@@ -32,45 +32,7 @@ import numpy as np
 from configs import default  # pylint: disable=g-import-not-at-top
 from recg_jax import evaluate as ev
 from recg_jax.data import types
-
-# Games after 5-core filtering (data README): 50,335 users, 16,428 items, 437,772 interactions.
-GAMES_USERS, GAMES_ITEMS, GAMES_INTERACTIONS = 50_335, 16_428, 437_772
-
-
-def synthetic_games(seed: int = 0) -> types.DomainData:
-  """A domain with Games' sizes: lengths 5..50 with mean ~8.7, popularity-skewed items, some repeats."""
-  rng = np.random.default_rng(seed)
-  extra = rng.geometric(1.0 / (GAMES_INTERACTIONS / GAMES_USERS - 4.0), GAMES_USERS) - 1
-  lengths = np.clip(5 + extra, 5, 50)
-  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  popularity = 1.0 / np.arange(1, GAMES_ITEMS + 1) ** 0.8
-  items = rng.choice(np.arange(1, GAMES_ITEMS + 1), size=int(offsets[-1]),
-                     p=popularity / popularity.sum()).astype(np.int32)
-  empty = np.array([""] * (GAMES_ITEMS + 1), dtype=object)
-  return types.DomainData(name="Games-synthetic", item_tokens=np.arange(GAMES_ITEMS + 1).astype(str),
-                          item_fields={}, item_text=empty,
-                          user_tokens=np.arange(GAMES_USERS).astype(str), offsets=offsets, items=items,
-                          synthetic=True)
-
-
-def load_games(workdir: str) -> types.DomainData | None:
-  root = os.environ.get(default.DATA_ROOT_ENV, "")
-  if not root:
-    guess = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon"
-    root = str(guess) if (guess / "Games" / "Games.inter").exists() else ""
-  try:
-    from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  if not root:
-    return None
-  config = default.get_config()
-  config.data.root = root
-  config.data.source = "Games"
-  config.data.targets = ()
-  config.data.auxiliary = ()
-  return prepare.load_domains(config, pathlib.Path(workdir))["Games"]
-
+from games import GAMES_ITEMS, GAMES_USERS, load_games, synthetic_games  # pylint: disable=g-import-not-at-top
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
