@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -32,7 +31,7 @@ import numpy as np
 from configs import default  # pylint: disable=g-import-not-at-top
 from recg_jax import evaluate as ev
 from recg_jax.data import types
-from games import GAMES_ITEMS, GAMES_USERS, load_games, synthetic_games  # pylint: disable=g-import-not-at-top
+from games import games_domain  # pylint: disable=g-import-not-at-top
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,11 +44,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
 
-  with tempfile.TemporaryDirectory() as tmp:
-    domain = None if args.synthetic else load_games(args.workdir or tmp)
-  source = "real Games (recg_jax.data)" if domain is not None else "synthetic, Games-sized"
-  if domain is None:
-    domain = synthetic_games()
+  domain, source = games_domain(args.synthetic, args.workdir)
   eval_config = default.get_eval_config()
   eval_config.batch_size = args.batch_size
   eval_config.score_block_rows = args.score_block_rows

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
+import tempfile
 
 import numpy as np
 
-from configs import default
-from recg_jax.data import types
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default  # pylint: disable=wrong-import-position
+from recg_jax.data import types  # pylint: disable=wrong-import-position
 
 GAMES_USERS, GAMES_ITEMS, GAMES_INTERACTIONS = 50_335, 16_428, 437_772
 AUX_ITEMS = {"Scientific": 4_344, "Office": 2_420}
@@ -43,3 +47,14 @@ def load_games(workdir: str) -> types.DomainData | None:
   config.data.root = root
   config.data.source, config.data.targets, config.data.auxiliary = "Games", (), ()
   return prepare.load_domains(config, pathlib.Path(workdir))["Games"]
+
+
+def games_domain(synthetic: bool, workdir: str = "") -> tuple[types.DomainData, str]:
+  """(domain, label): the real Games unless `synthetic` or the data is missing, then a generated one."""
+  domain = None
+  if not synthetic:
+    with tempfile.TemporaryDirectory() as tmp:
+      domain = load_games(workdir or tmp)
+  if domain is None:
+    return synthetic_games(), "synthetic, Games-sized"
+  return domain, "real Games (recg_jax.data.prepare)"

@@ -40,7 +40,6 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -52,7 +51,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
-from games import AUX_ITEMS, GAMES_ITEMS, GAMES_USERS, TABLE_DIM, load_games, synthetic_games  # pylint: disable=g-import-not-at-top,wrong-import-position
+from games import AUX_ITEMS, TABLE_DIM, games_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def random_table(num_items: int, seed: int) -> np.ndarray:
@@ -182,11 +181,7 @@ def main() -> None:
   parser.add_argument("--out", default="", help="append the JSON lines to this file")
   args = parser.parse_args()
 
-  with tempfile.TemporaryDirectory() as tmp:
-    domain = None if args.synthetic else load_games(args.workdir or tmp)
-  data = "real Games (recg_jax.data.prepare)" if domain is not None else "synthetic, Games-sized"
-  if domain is None:
-    domain = synthetic_games()
+  domain, data = games_domain(args.synthetic, args.workdir)
   tables = {"Games": random_table(domain.num_items, 0)}
   tables.update({name: random_table(n, i + 1) for i, (name, n) in enumerate(AUX_ITEMS.items())})
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"

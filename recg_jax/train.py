@@ -537,12 +537,19 @@ class MetricLog:
     if self._tb is not None:
       for k, v in values.items():
         if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v)):
-          self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+          self._tb.add_scalar(tensorboard_tag(kind, k), float(v), int(step))
 
   def close(self) -> None:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def tensorboard_tag(kind: str, key: str) -> str:
+  """'valid', 'valid/full/ndcg@10' -> 'valid/full/ndcg_at_10': one kind prefix, no '@' (TensorBoard rejects
+  it and renames the tag with a log line per metric)."""
+  tag = key if key.startswith(f"{kind}/") else f"{kind}/{key}"
+  return tag.replace("@", "_at_")
 
 
 class NonFiniteLossError(FloatingPointError):

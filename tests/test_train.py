@@ -213,3 +213,8 @@ def test_other_backbones_objectives_and_losses_train(tmp_path, overrides):
   assert ("gen_loss" in events[1]) == (config.model.variant == "recg")
   assert 0.0 <= result.metrics["test/full/ndcg@10"] <= 1.0 and result.epochs == 3
   assert result.model.cloze == (config.train.bert4rec_objective == "cloze")
+
+
+def test_tensorboard_tags_have_one_prefix_and_no_at_sign():
+  assert train.tensorboard_tag("valid", "valid/full/ndcg@10") == "valid/full/ndcg_at_10"
+  assert train.tensorboard_tag("train", "loss") == "train/loss"

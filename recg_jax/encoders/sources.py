@@ -114,19 +114,14 @@ def find_in_package(spec: str) -> pathlib.Path:
       raise CheckpointError(f"'{PACKAGE_PREFIX}{spec}': {target} does not exist")
     return target
   folders = sorted({p.parent for p in root.rglob(CONFIG_NAME) if _is_hf_folder(p.parent)})
-  if len(folders) == 1:
-    return folders[0]
-  if len(folders) > 1:
-    names = ", ".join(str(f.relative_to(root)) for f in folders)
-    raise CheckpointError(f"package {module!r} holds several checkpoints ({names}); "
-                          f"name one as '{PACKAGE_PREFIX}{module}/<folder>'")
-  ggufs = sorted(root.rglob("*.gguf"))
-  if len(ggufs) == 1:
-    return ggufs[0]
-  if len(ggufs) > 1:
-    names = ", ".join(str(f.relative_to(root)) for f in ggufs)
-    raise CheckpointError(f"package {module!r} holds several .gguf files ({names}); "
-                          f"name one as '{PACKAGE_PREFIX}{module}/<file>'")
+  for found, what, placeholder in ((folders, "checkpoints", "<folder>"),
+                                   (sorted(root.rglob("*.gguf")), ".gguf files", "<file>")):
+    if len(found) == 1:
+      return found[0]
+    if len(found) > 1:
+      names = ", ".join(str(f.relative_to(root)) for f in found)
+      raise CheckpointError(f"package {module!r} holds several {what} ({names}); "
+                            f"name one as '{PACKAGE_PREFIX}{module}/{placeholder}'")
   raise CheckpointError(f"package {module!r} ({root}) holds no checkpoint: no folder with {CONFIG_NAME} + "
                         f"{WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}) and no .gguf file")
 
