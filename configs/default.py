@@ -80,6 +80,11 @@ def get_encoder_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # float32 | bfloat16
   c.batch_size = 64
   c.bucket_sizes = (16, 32, 64, 128)
+  # Train where the checkpoint is not available (a cluster without the model, say) on tables embedded
+  # elsewhere and copied into <workdir>/cache/embeddings: the cache is used without reading the weights
+  # (their hash is taken from its manifest; model id, text settings and item texts must still match), and a
+  # missing or stale cache is an error instead of a rebuild.
+  c.cache_only = False
   c.shard_params = False  # FSDP-style parameter sharding for models too big for one device
   # CPU only: compile the encoder with the XLA options measured fastest for its dtype (encoders/embed.py).
   c.xla_cpu_tuning = True
@@ -210,6 +215,11 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.ablation_source = ""  # their source; empty = first of sources
   c.ablation_seeds = ()  # their seeds; empty = seeds
   c.alphas = ()  # alpha sweep of RecG (the paper's grid: 5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4); empty = none
+  # Split the grid's runs over processes (several GPUs, or one accelerator shared by several processes):
+  # process i of n runs planned runs i, i+n, i+2n, ... into the same workdir; any later invocation
+  # (`--aggregate_only` for instance) then tables every finished run.
+  c.num_shards = 1
+  c.shard_index = 0
   c.plot_items_per_domain = 2000  # items per domain in the 2-D projection plots (seeded sample)
   c.tsne = False  # also a t-SNE projection (sklearn; slower than the PCA one)
   return c

@@ -8,6 +8,11 @@ paper's Table 5 ablates BERT4Rec (IS -> VG): `--config.experiment.ablation_backb
 times the cost on a CPU (BERT4Rec trains on one row per prefix). Drop the ID runs with
 `--config.experiment.variants='("sem","recg")'`.
 
+`--config=configs/grid_shared.py:scientific` is the full grid's slice with Scientific as the source: every
+backbone and variant, three seeds, the ablations and the alpha sweep (54 runs at the paper's sizes; it
+holds the in-domain table of Scientific too). On one GPU, several processes share it:
+`launch/grid_shards.sh 14 --config=configs/grid_shared.py:scientific --workdir=DIR`.
+
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
 domains), each towards the two others, with d=64, one layer and at most 30 epochs; its numbers exercise the
@@ -41,6 +46,8 @@ def get_config(arg: str | None = None):
   preset, _, rest = (arg or "").partition(",")
   if preset == "reduced":
     _reduced(config)
+  elif preset == "scientific":
+    ec.sources = ("Scientific",)
   elif preset not in ("", "full"):
     rest = arg
   return default.apply_config_arg(config, rest or None)

@@ -73,7 +73,7 @@ FAILED = "failed.json"
 # Fields that do not change what a run computes; a finished run with other values is still valid.
 _COSMETIC = {
     "data": ("root",),
-    "encoder": ("batch_size", "bucket_sizes"),
+    "encoder": ("batch_size", "bucket_sizes", "cache_only"),
     "train": ("log_every_steps", "prefetch", "checkpoint_every_steps", "max_to_keep"),
     "eval": ("batch_size", "score_block_rows", "max_scores_per_block"),
 }
@@ -203,6 +203,25 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
   return list(specs.values())
 
 
+def shard_of(specs: Sequence[RunSpec], config: ml_collections.ConfigDict) -> list[RunSpec]:
+  """The runs this process executes: every num_shards-th planned run from shard_index on. Round robin,
+  so that the seed-major plan hands each shard a share of every seed and of the expensive backbones."""
+  num, index = int(config.experiment.num_shards), int(config.experiment.shard_index)
+  if num < 1 or not 0 <= index < num:
+    raise ValueError(f"config.experiment.shard_index={index} with num_shards={num}: need "
+                     "0 <= shard_index < num_shards")
+  return list(specs[index::num])
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+  """The command that regenerates the whole grid: argv without the flags that only choose how this
+  invocation works (its shard, aggregation only, plots, embeddings from the cache alone)."""
+  own = ("--aggregate_only", "--noaggregate_only", "--plots", "--noplots",
+         "--config.experiment.shard_index", "--config.experiment.num_shards", "--config.encoder.cache_only")
+  kept = [a for a in argv if not any(a == f or a.startswith(f + "=") for f in own)]
+  return shlex.join(["python", "-m", "recg_jax.experiments", *kept])
+
+
 def run_config(config: ml_collections.ConfigDict, spec: RunSpec,
                domains: Sequence[str]) -> ml_collections.ConfigDict:
   """A copy of the grid config for one run: its source, every other domain as a target (and so as a
@@ -319,11 +338,15 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
 
   ran, skipped, failed = [], [], []
   start = time.perf_counter()
-  for i, spec in enumerate(specs, 1):
+  mine = shard_of(specs, config)
+  if int(config.experiment.num_shards) > 1:
+    _say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: {len(mine)} of "
+         f"{len(specs)} runs")
+  for i, spec in enumerate(mine, 1):
     run_dir = workdir / spec.relpath
     rc = run_config(config, spec, axes["domains"])
     done = read_done(run_dir)
-    tag = f"[grid] {i}/{len(specs)} {spec.relpath.as_posix()}"
+    tag = f"[grid] {i}/{len(mine)} {spec.relpath.as_posix()}"
     if done is not None:
       diff = _diff(done.get("fingerprint"), run_fingerprint(rc))
       if diff:
@@ -951,7 +974,7 @@ def main(argv):
                       str(pathlib.Path(_WORKDIR.value).absolute() / "cache" / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  command = shlex.join(["python", "-m", "recg_jax.experiments", *sys.argv[1:]])
+  command = recorded_command(sys.argv[1:])
   summary = run_grid(flags.FLAGS.config, _WORKDIR.value, command=command,
                      aggregate_only=_AGGREGATE_ONLY.value, make_plots=_PLOTS.value)
   if summary["failed"]:

@@ -179,6 +179,24 @@ def test_domain_cache_reuse_and_rebuild(minilm, config, reference, tmp_path, cap
   assert "unreadable table" in capsys.readouterr().out
 
 
+def test_cache_only_uses_the_cache_without_the_checkpoint(minilm, config, tmp_path, monkeypatch):
+  domain = _domain("Lab", TEXTS[:3])
+  table = embed.domain_embeddings(config, domain, tmp_path, encoder=minilm)
+  cache_only = config.copy_and_resolve_references()
+  cache_only.encoder.cache_only = True
+
+  def no_checkpoint(*args, **kwargs):
+    raise sources.CheckpointError("checkpoint not on this machine")
+  monkeypatch.setattr(sources, "resolve", no_checkpoint)
+  np.testing.assert_array_equal(embed.domain_embeddings(cache_only, domain, tmp_path), table)
+  with pytest.raises(ValueError, match="cache_only.*manifest differs in text_sha256"):
+    embed.domain_embeddings(cache_only, _domain("Lab", TEXTS[:2] + ["edited"]), tmp_path)
+  with pytest.raises(ValueError, match="cache_only.*no cache"):
+    embed.domain_embeddings(cache_only, _domain("Other", TEXTS[:2]), tmp_path)
+  with pytest.raises(sources.CheckpointError):  # without cache_only the checkpoint is required
+    embed.domain_embeddings(config, domain, tmp_path)
+
+
 def test_texts_hash_is_length_prefixed():
   assert embed.texts_sha256(["ab", "c"]) != embed.texts_sha256(["a", "bc"])
   assert embed.texts_sha256(["ab", "c"]) == embed.texts_sha256(np.array(["ab", "c"], dtype=object))

@@ -427,3 +427,29 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   assert ": run (" not in proc.stdout and "[plots]" not in proc.stdout
   assert f"- `{relpath}`" in (workdir / "results.md").read_text()
+
+
+def test_shards_split_the_plan_without_overlap():
+  config = grid_shared.get_config("scientific")
+  specs = experiments.plan_runs(config)
+  assert len(specs) == 54
+  shards = []
+  for i in range(5):
+    c = grid_shared.get_config("scientific")
+    c.experiment.num_shards, c.experiment.shard_index = 5, i
+    shards.append(experiments.shard_of(specs, c))
+  flat = [s.relpath for shard in shards for s in shard]
+  assert sorted(flat) == sorted(s.relpath for s in specs)
+  assert len(set(flat)) == len(flat)
+  assert {len(s) for s in shards} == {10, 11}
+  config.experiment.num_shards, config.experiment.shard_index = 2, 2
+  with pytest.raises(ValueError, match="shard_index"):
+    experiments.shard_of(specs, config)
+
+
+def test_recorded_command_drops_the_per_invocation_flags():
+  command = experiments.recorded_command(
+      ["--config=configs/grid_shared.py:scientific", "--workdir=w", "--config.experiment.shard_index=3",
+       "--config.experiment.num_shards=8", "--aggregate_only", "--config.encoder.cache_only=True", "--plots=false", "--config.train.seed=1"])
+  assert command == ("python -m recg_jax.experiments --config=configs/grid_shared.py:scientific "
+                     "--workdir=w --config.train.seed=1")

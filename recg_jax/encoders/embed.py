@@ -326,6 +326,14 @@ def _read_cache(folder: pathlib.Path, want: dict) -> tuple[np.ndarray | None, st
   return table, ""
 
 
+def _manifest_weights_hash(folder: pathlib.Path) -> str:
+  """The weights hash a cache was built with ('' when there is no readable manifest)."""
+  try:
+    return str(json.loads((folder / "manifest.json").read_text()).get("weights_hash", ""))
+  except (OSError, ValueError):
+    return ""
+
+
 _encoder_cache: dict[str, Any] = {}
 
 
@@ -348,15 +356,23 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
   when a rebuild is needed (the weights hash is read from the checkpoint files).
   """
   from recg_jax import encoders  # pylint: disable=g-import-not-at-top  (the package imports this module)
+  folder = cache_dir(workdir, domain.name)
+  cache_only = encoder is None and bool(config.encoder.get("cache_only", False))
   if encoder is not None:
     model_id, weights_hash = encoder.model_id, encoder.weights_hash
     pooling, normalize = encoder.pooling, encoder.normalize
+  elif cache_only:
+    model_id, weights_hash = encoders.model_id(config.encoder), _manifest_weights_hash(folder)
+    pooling, normalize = config.encoder.pooling, bool(config.encoder.normalize)
   else:
     model_id, weights_hash = encoders.identity(config.encoder)
     pooling, normalize = config.encoder.pooling, bool(config.encoder.normalize)
-  folder = cache_dir(workdir, domain.name)
   want = expected_manifest(config, domain, model_id, weights_hash, pooling, normalize)
   table, why = _read_cache(folder, want)
+  if table is None and cache_only:
+    raise ValueError(f"encoder.cache_only is set but the embedding cache of {domain.name} in {folder} "
+                     f"cannot be used ({why}); embed it where the checkpoint is (experiment.mode=embed) "
+                     "and copy the folder, or unset encoder.cache_only")
   if table is not None:
     print(f"[embeddings] {domain.name}: reused cache {folder} ({table.shape[0] - 1} items x "
           f"{table.shape[1]}, {model_id})", flush=True)
