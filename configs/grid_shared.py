@@ -13,6 +13,10 @@ backbone and variant, three seeds, the ablations and the alpha sweep (54 runs at
 holds the in-domain table of Scientific too). On one GPU, several processes share it:
 `launch/grid_shards.sh 14 --config=configs/grid_shared.py:scientific --workdir=DIR`.
 
+`--config=configs/grid_shared.py:reduced_scientific` has the reduced model sizes below with Scientific as
+the source: the in-domain table of every backbone as ID and Sem over three seeds, and the ablations and the
+alpha sweep of SASRec-RecG on one seed (29 runs, about 1.5 h on a 2-core CPU).
+
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
 domains), each towards the two others, with d=64, one layer and at most 30 epochs; its numbers exercise the
@@ -48,6 +52,15 @@ def get_config(arg: str | None = None):
     _reduced(config)
   elif preset == "scientific":
     ec.sources = ("Scientific",)
+  elif preset == "reduced_scientific":
+    _reduced(config)
+    ec.sources = ("Scientific",)
+    ec.backbones = ("sasrec", "bert4rec", "gru4rec")
+    ec.variants = ("id", "sem")
+    ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign")
+    ec.alphas = PAPER_ALPHAS
+    ec.ablation_source = "Scientific"
+    ec.ablation_seeds = (0,)
   elif preset not in ("", "full"):
     rest = arg
   return default.apply_config_arg(config, rest or None)

@@ -5,8 +5,10 @@
 #
 # Shard i runs planned runs i, i+N, ... (config.experiment.shard_index / num_shards) into the same DIR,
 # with its own log (DIR/logs/shard<i>.log) and its own XLA compile cache (seeds of one shard reuse it).
-# Small recommenders leave a GPU mostly idle between kernels, so several processes on one GPU finish a grid
-# sooner than one; with several GPUs, shard i gets GPU i mod #GPUs.
+# With several GPUs, shard i gets GPU i mod #GPUs. Small recommenders leave a GPU mostly idle between
+# kernels, so a few processes can share one; but each process compiles its own programs (on a GPU the
+# compiler runs on the CPUs): measured on one H200 with 16 CPU cores, 14 shards spent their first 5 minutes
+# compiling and one hit a compiler error, so keep to about one shard per 4 CPU cores there.
 # Environment: MEM_FRACTION (GPU memory share per process; default 0.9/N), DEADLINE_S (stop the shards
 # after this many seconds, with SIGINT; unfinished runs resume from their checkpoints next time).
 set -uo pipefail
@@ -22,6 +24,9 @@ gpus=$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${MEM_FRACTION:-$(python3 -c "print(round(0.9 / $n, 3))")}"
 stop=()
 [[ -n "${DEADLINE_S:-}" ]] && stop=(timeout --signal=INT --kill-after=20 "$DEADLINE_S")
+# Data and embeddings first, once (this invocation trains nothing), so the shards only read the caches.
+python -m recg_jax.experiments "$@" --aggregate_only --plots=false >"$workdir/logs/prepare.log" 2>&1 ||
+  { echo "preparing data and embeddings failed: $workdir/logs/prepare.log" >&2; exit 1; }
 pids=()
 for ((i = 0; i < n; i++)); do
   (
