@@ -103,6 +103,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.dropout = 0.5
   c.emb_dropout = 0.5
   c.pre_ln = False
+  # RecG's merge layer (2 d_l -> d_l) starts as `default` (lecun normal, as any Dense) or `identity`
+  # ([I | 0]: a history item enters as W_p e, the candidates' space, until training moves it). `identity` is
+  # not in the paper: it is the experiment's `merge_identity` ablation.
+  c.merge_init = "default"
   c.mask_prob = 0.2  # BERT4Rec Cloze
   return c
 

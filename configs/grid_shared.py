@@ -15,7 +15,8 @@ holds the in-domain table of Scientific too). On one GPU, several processes shar
 
 `--config=configs/grid_shared.py:reduced_scientific` has the reduced model sizes below with Scientific as
 the source: the in-domain table of every backbone as ID and Sem over three seeds, and the ablations and the
-alpha sweep of SASRec-RecG on one seed (29 runs, about 1.5 h on a 2-core CPU).
+alpha sweep of SASRec-RecG on one seed, with the `merge_identity` variant (29 runs, about 1.5 h on a
+2-core CPU).
 
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None):
     ec.sources = ("Scientific",)
     ec.backbones = ("sasrec", "bert4rec", "gru4rec")
     ec.variants = ("id", "sem")
-    ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign")
+    ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign", "merge_identity")
     ec.alphas = PAPER_ALPHAS
     ec.ablation_source = "Scientific"
     ec.ablation_seeds = (0,)

@@ -58,6 +58,7 @@ ABLATIONS: dict[str, dict[str, Any] | None] = {
     "no_inter": {"gen_loss.use_inter": False},
     "no_seq": None,
     "printed_sign": {"gen_loss.inter_sign": -1},
+    "merge_identity": {"model.merge_init": "identity"},
 }
 ABLATION_LABELS = {
     "no_item_loss": "no item-level loss (L_gen off)",
@@ -65,6 +66,7 @@ ABLATION_LABELS = {
     "no_inter": "no inter-domain term",
     "no_seq": "no sequence-level step",
     "printed_sign": "printed sign of Eq. 9/13 (inter_sign = -1)",
+    "merge_identity": "merge initialised to [I | 0] (not in the paper)",
 }
 # Settings derived from a run's metrics without the sequence-level step get this suffix.
 NO_SEQ = ":no_seq"

@@ -220,6 +220,18 @@ def test_item_projection_inputs_zero_padding_and_recg_merge(table):
   np.testing.assert_array_equal(x_train[0, :2], 0.0)
 
 
+def test_identity_merge_starts_as_the_sem_input(table):
+  seq = jnp.array([[0, 3, 4, 2]])
+  recg = heads.ItemProjection(variant="recg", num_items=I, features=D, merge_init="identity")
+  params = recg.init(jax.random.PRNGKey(0), seq, table, False)["params"]
+  sem = heads.ItemProjection(variant="sem", num_items=I, features=D)
+  x_sem = sem.apply({"params": {"W_p": params["W_p"]}}, seq, table, False)
+  np.testing.assert_allclose(recg.apply({"params": params}, seq, table, False), x_sem, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="merge_init"):
+    heads.ItemProjection(variant="recg", num_items=I, features=D, merge_init="zeros").init(
+        jax.random.PRNGKey(0), seq, table, False)
+
+
 def test_sequence_fusion_starts_as_identity():
   fusion = heads.SequenceFusion(features=D)
   y = jax.random.normal(jax.random.PRNGKey(0), (3, D))

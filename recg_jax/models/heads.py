@@ -7,6 +7,9 @@ ItemProjection, per variant:
 - 'recg': adds the alignment projection W_a and an affine merge (2 d_l -> d_l). Inputs:
           merge([dropout(W_p e + b_p); dropout(W_a e + b_a)]); candidates: W_p e + b_p (as the authors'
           code; the paper only says "merge the outputs of both projection layers").
+With merge_init='identity' the merge starts as [I | 0], so a RecG input starts as the Sem input (W_p e,
+the candidates' own space) and W_a enters only as training moves the merge away from it; not in the paper
+or the authors' code, a variant for studying RecG against Sem.
 The padding item 0 gives a zero input and a zero candidate vector in every variant.
 
 SequenceFusion is the sequence-level transfer map g = W_f [y; s~] (no bias), initialised to [I | 0] so it
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 VARIANTS = ("id", "sem", "recg")
+MERGE_INITS = ("default", "identity")
 
 
 def _zero_padding_row(items_NxD: jax.Array) -> jax.Array:
@@ -33,6 +37,7 @@ class ItemProjection(nn.Module):
   num_items: int  # sizes the ID table; unused by 'sem' and 'recg'
   features: int  # d_l
   emb_dropout: float = 0.0
+  merge_init: str = "default"  # 'recg': 'default' (lecun normal) or 'identity' ([I | 0]: input = W_p e at start)
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -44,7 +49,10 @@ class ItemProjection(nn.Module):
       self.W_p = nn.Dense(self.features)
       if self.variant == "recg":
         self.W_a = nn.Dense(self.features)
-        self.merge = nn.Dense(self.features)
+        if self.merge_init not in MERGE_INITS:
+          raise ValueError(f"config.model.merge_init must be one of {MERGE_INITS}, got {self.merge_init!r}")
+        init = identity_concat_init if self.merge_init == "identity" else nn.linear.default_kernel_init
+        self.merge = nn.Dense(self.features, kernel_init=init)
     self.drop = nn.Dropout(self.emb_dropout)
 
   def _lookup(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:

@@ -69,6 +69,7 @@ class Recommender(nn.Module):
   emb_dropout: float = 0.5  # on item inputs (heads.ItemProjection)
   max_len: int = 50  # number of learned positions (transformers)
   pre_ln: bool = False  # transformers: pre-LN blocks + final LayerNorm, else post-LN (BERT-style)
+  merge_init: str = "default"  # recg: initial merge kernel, 'default' or 'identity' (heads.ItemProjection)
   cloze: bool = False  # bert4rec: read the user vector at an appended mask token (Cloze-trained models)
 
   @classmethod
@@ -80,6 +81,7 @@ class Recommender(nn.Module):
                num_layers=int(model_config.num_layers), num_heads=int(model_config.num_heads),
                dropout=float(model_config.dropout), emb_dropout=float(model_config.emb_dropout),
                max_len=int(max_len), pre_ln=bool(model_config.pre_ln),
+               merge_init=str(model_config.get("merge_init", "default")),
                cloze=bool(cloze) and str(model_config.backbone) == "bert4rec")
 
   @property
@@ -97,7 +99,7 @@ class Recommender(nn.Module):
       raise ValueError(f"cloze=True needs backbone 'bert4rec', got {self.backbone!r}")
     self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
                                       features=self.hidden_dim, emb_dropout=self.emb_dropout,
-                                      name="items")
+                                      merge_init=self.merge_init, name="items")
     if self.backbone == "gru4rec":
       self.encoder = gru4rec_lib.GRU4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                                          dropout=self.dropout, name="encoder")
