@@ -406,6 +406,21 @@ def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
                mesh: jax.sharding.Mesh | None = None,
                protocols: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """Per-user 0-based half-tie ranks of the target, {protocol name: ranks_U float32}. Args as `evaluate`."""
+  heads = head_ranks(lambda seq: {"": user_fn(seq)}, item_vecs_NxD, split, domain, eval_config, mesh=mesh,
+                     protocols=protocols)
+  return heads[""]
+
+
+def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
+               item_vecs_NxD,
+               split: EvalSplit,
+               domain: DomainData,
+               eval_config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None,
+               protocols: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """As user_ranks, for a user_fn that returns several user vectors per row ({head: user_BxD}, e.g. with
+  and without a final transform): the model runs once per batch and every head is ranked.
+  Returns {head: {protocol name: ranks_U}}."""
   protocols = tuple(eval_config.protocols if protocols is None else protocols)
   num_sampled = int(eval_config.num_sampled_negatives)
   run_full, sampled_name = _parse_protocols(protocols, num_sampled)
@@ -450,23 +465,22 @@ def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
       for lo in range(0, len(group), batch):
         real = group[lo:lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped
-        user_BxD = user_fn(put(inputs_UxL[users_B, max_len - seq_width:]))
-        if user_BxD.shape != (batch, items.shape[1]):
-          raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, {items.shape[1]}] "
-                           f"to score against item vectors {items.shape}")
-        hist_BxW = (_history_rows(domain, users_B, end_U[users_B], width) if mask
-                    else np.zeros((batch, 1), np.int32))
-        out = ranks_fn(user_BxD, items, put(targets_U[users_B]), put(hist_BxW), put(negs_UxK[users_B]))
-        pending.append((real, out))
+        users_by_head = user_fn(put(inputs_UxL[users_B, max_len - seq_width:]))
+        hist_BxW = put(_history_rows(domain, users_B, end_U[users_B], width) if mask
+                       else np.zeros((batch, 1), np.int32))
+        target_B, negs_BxK = put(targets_U[users_B]), put(negs_UxK[users_B])
+        for head, user_BxD in users_by_head.items():
+          if user_BxD.shape != (batch, items.shape[1]):
+            raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, "
+                             f"{items.shape[1]}] to score against item vectors {items.shape}")
+          pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
 
   names = {"full": "full", "sampled": sampled_name}
-  ranks = {}
-  for key in ("full", "sampled"):
-    if key in pending[0][1]:
-      ranks_U = np.empty(num_users, np.float32)
-      for real, out in pending:
-        ranks_U[real] = np.asarray(out[key])[:len(real)]
-      ranks[names[key]] = ranks_U
+  ranks: dict[str, dict[str, np.ndarray]] = {}
+  for real, head, out in pending:
+    for key, ranks_B in out.items():
+      ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.empty(num_users, np.float32))
+      ranks_U[real] = np.asarray(ranks_B)[:len(real)]
   return ranks
 
 
@@ -495,7 +509,22 @@ def evaluate(user_fn: Callable[[jax.Array], jax.Array],
     model produced NaN scores.
   """
   ranks = user_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
-  ks = tuple(eval_config.ks)
+  return _metrics(ranks, tuple(eval_config.ks))
+
+
+def evaluate_heads(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
+                   item_vecs_NxD,
+                   split: EvalSplit,
+                   domain: DomainData,
+                   eval_config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh | None = None,
+                   protocols: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+  """`evaluate` for a user_fn returning {head: user_BxD}: {head: metrics}, one model pass per batch."""
+  ranks = head_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
+  return {head: _metrics(r, tuple(eval_config.ks)) for head, r in ranks.items()}
+
+
+def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
   return {f"{name}/{metric}": value
           for name, ranks_U in ranks.items()
           for metric, value in metrics_from_ranks(ranks_U, ks).items()}

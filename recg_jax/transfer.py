@@ -159,15 +159,37 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
                           inertia=float(inertia))
 
 
+def fused_and_plain_user_fn(model: recommender_lib.Recommender, params, table_NxH,
+                            seq_transfer: SequenceTransfer) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """seq_BxL -> {'fused': g_BxD, 'plain': y_BxD} from one pass of the sequence model."""
+  fusion = heads.SequenceFusion(features=model.hidden_dim)
+  centres = jnp.asarray(seq_transfer.centres_KxD)
+
+  @jax.jit
+  def apply(p, fp, t, seq):
+    y = model.apply({"params": p}, seq, t, False)
+    return {"fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres)), "plain": y}
+
+  return lambda seq_BxL: apply(params, seq_transfer.fusion_params, table_NxH, seq_BxL)
+
+
 def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
                     domain: types.DomainData, seq_transfer: SequenceTransfer | None, split: str,
-                    mesh=None) -> dict[str, float]:
-  """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged."""
+                    mesh=None, with_plain: bool = False):
+  """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged.
+
+  With `with_plain` (and a sequence-level step) returns (metrics with the step, metrics without it) from
+  one pass of the sequence model per batch; otherwise the metrics alone.
+  """
   table = jnp.asarray(table_NxH)
-  user_fn = fused_user_fn(model, params, table, seq_transfer)
   items = jax.jit(lambda p, t: model.apply({"params": p}, t,
                                            method=recommender_lib.Recommender.item_vectors))(params, table)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
+  if with_plain and seq_transfer is not None:
+    both = evaluate_lib.evaluate_heads(fused_and_plain_user_fn(model, params, table, seq_transfer), items,
+                                       rows, domain, config.eval, mesh=mesh)
+    return both["fused"], both["plain"]
+  user_fn = fused_user_fn(model, params, table, seq_transfer)
   return evaluate_lib.evaluate(user_fn, items, rows, domain, config.eval, mesh=mesh)
 
 
@@ -204,12 +226,15 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                                          extra={"best_epoch": trained.best_epoch,
                                                 "stop_reason": trained.stop_reason}))
   for target in config.data.targets:
-    metrics = {f"zero_shot/{k}": v for k, v in
-               evaluate_domain(config, model, params, tables[target], domains[target], seq_transfer,
-                               "test").items()}
     if seq_transfer is not None:
-      plain = evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
+      fused, plain = evaluate_domain(config, model, params, tables[target], domains[target], seq_transfer,
+                                     "test", with_plain=True)
+      metrics = {f"zero_shot/{k}": v for k, v in fused.items()}
       metrics.update({f"zero_shot_no_seq/{k}": v for k, v in plain.items()})
+    else:
+      metrics = {f"zero_shot/{k}": v for k, v in
+                 evaluate_domain(config, model, params, tables[target], domains[target], None,
+                                 "test").items()}
     records.append(results_lib.make_record(config, "zero_shot", target, metrics))
   _, md_path = results_lib.write_results(workdir, records, config)
   print(results_lib.format_summary(records), flush=True)

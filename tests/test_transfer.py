@@ -80,6 +80,17 @@ def test_swapping_the_table_changes_no_parameter(trained):
     np.testing.assert_array_equal(a, b)
 
 
+def test_one_pass_with_and_without_the_sequence_step_equals_two_passes(trained):
+  config, domains, tables, result = trained
+  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"],
+                                       domains["Alpha"])
+  args = (config, result.model, result.params, tables["Beta"], domains["Beta"])
+  fused, plain = transfer.evaluate_domain(*args, seq, "test", with_plain=True)
+  assert fused == transfer.evaluate_domain(*args, seq, "test")
+  assert plain == transfer.evaluate_domain(*args, None, "test")
+  assert fused != plain
+
+
 def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
   config, domains, tables, result = trained
   seq = transfer.fit_sequence_transfer(config, result.model, result.params,
