@@ -704,9 +704,22 @@ def alpha_setting(alpha: float, default_alpha: float) -> str:
   return "recg" if math.isclose(alpha, default_alpha, rel_tol=1e-9) else f"recg:alpha={alpha:g}"
 
 
+SECTIONS = (("zero_shot", "Zero-shot (as the paper's Table 3)"),
+            ("in_domain", "In-domain (as the paper's Table 4)"),
+            ("ablations", "Ablations (as the paper's Table 5)"),
+            ("alpha", "Alpha sensitivity"))
+
+
 def render_tables(aggregates, markers, grid_meta, config, missing=(), failed=(),
                   ablation_aggregates=None) -> str:
   """The whole results.md. The ablation and alpha tables read ablation_aggregates (default: aggregates)."""
+  return render_sections(aggregates, markers, grid_meta, config, missing, failed, ablation_aggregates)[""]
+
+
+def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(),
+                    ablation_aggregates=None) -> dict[str, str]:
+  """{'': the whole results.md, section name: that table alone with the same header and footnotes} for
+  every non-empty section of SECTIONS."""
   ablation_aggregates = aggregates if ablation_aggregates is None else ablation_aggregates
   axes = {k: tuple(v) for k, v in grid_meta["axes"].items()}
   protocols = tuple(config.eval.protocols)
@@ -739,33 +752,37 @@ def render_tables(aggregates, markers, grid_meta, config, missing=(), failed=(),
            "sweep), plots/items_pca.png (item spaces of Sem and RecG, coloured by domain); results.csv holds "
            "every aggregate ('#' lines first: read it with `comment='#'`)",
            ""]
-  if grid_meta.get("domain_table"):
-    lines += ["## Data", "", grid_meta["domain_table"], ""]
-  sections = [("## Zero-shot (as the paper's Table 3)",
-               zero_shot_tables(aggregates, axes, protocols, metrics)),
-              ("## In-domain (as the paper's Table 4)",
-               in_domain_tables(aggregates, axes, protocols, metrics)),
-              ("## Ablations (as the paper's Table 5)",
-               ablation_tables(ablation_aggregates, axes, protocols, metrics)),
-              ("## Alpha sensitivity", alpha_tables(ablation_aggregates, axes, protocols, metrics,
-                                                    float(config.gen_loss.alpha)))]
-  for title, body in sections:
-    if body:
-      lines += [title, ""] + body
+  header = lines[1:]
+  data = ["## Data", "", grid_meta["domain_table"], ""] if grid_meta.get("domain_table") else []
+  bodies = {"zero_shot": zero_shot_tables(aggregates, axes, protocols, metrics),
+            "in_domain": in_domain_tables(aggregates, axes, protocols, metrics),
+            "ablations": ablation_tables(ablation_aggregates, axes, protocols, metrics),
+            "alpha": alpha_tables(ablation_aggregates, axes, protocols, metrics, float(config.gen_loss.alpha))}
+  titles = dict(SECTIONS)
+  footer = ["## Protocols", ""]
+  footer += [f"- `{p}`: {text}" for p, text in results_lib.protocol_descriptions(config.eval).items()]
+  footer += ["- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target.",
+             f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
+             f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
+             "- every metric of every run, and every K, is in results.csv; each run's own results.md holds "
+             "its full config.", ""]
+  lines += data
+  for name, _ in SECTIONS:
+    if bodies[name]:
+      lines += [f"## {titles[name]}", ""] + bodies[name]
   if missing:
     lines += ["## Runs not finished", ""] + [f"- `{m}`" for m in missing] + [""]
   lines += ["## Runs", ""]
   lines += _table(["run", "seconds", "best epoch", "stop"],
                   [[m["relpath"], f"{float(m.get('elapsed_s', 0)):.0f}", str(_first_extra(m, "best_epoch")),
                     str(_first_extra(m, "stop_reason"))] for m in markers])
-  lines += ["", "## Protocols", ""]
-  lines += [f"- `{p}`: {text}" for p, text in results_lib.protocol_descriptions(config.eval).items()]
-  lines += ["- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target.",
-            f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
-            f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
-            "- every metric of every run, and every K, is in results.csv; each run's own results.md holds "
-            "its full config.", ""]
-  return "\n".join(lines)
+  lines += [""] + footer
+  out = {"": "\n".join(lines)}
+  for name, _ in SECTIONS:
+    if bodies[name]:
+      title = f"# {titles[name]}: {config.experiment.name or 'grid'}"
+      out[name] = "\n".join([title] + header + data + bodies[name] + footer)
+  return out
 
 
 def _summary_without_seed(config: ml_collections.ConfigDict) -> str:
@@ -781,12 +798,16 @@ def _first_extra(marker: dict[str, Any], field: str) -> Any:
 
 def write_tables(workdir, aggregates, markers, grid_meta, config, missing=(), failed=(),
                  ablation_aggregates=None):
-  """DIR/results.md and DIR/results.csv (the CSV starts with '#' comment lines naming the command, seeds,
-  data and machine)."""
+  """DIR/results.md, DIR/results.csv (the CSV starts with '#' comment lines naming the command, seeds,
+  data and machine), and DIR/tables/<section>.md: each table of results.md alone, with the same header
+  (command, seeds, machine, model), to publish one table on its own."""
   workdir = pathlib.Path(workdir)
-  md = render_tables(aggregates, markers, grid_meta, config, missing, failed, ablation_aggregates)
+  sections = render_sections(aggregates, markers, grid_meta, config, missing, failed, ablation_aggregates)
   md_path, csv_path = workdir / "results.md", workdir / "results.csv"
-  md_path.write_text(md, encoding="utf-8")
+  md_path.write_text(sections.pop(""), encoding="utf-8")
+  (workdir / "tables").mkdir(exist_ok=True)
+  for name, text in sections.items():
+    (workdir / "tables" / f"{name}.md").write_text(text, encoding="utf-8")
   axes = grid_meta["axes"]
   machines = sorted({machine_line(m["machine"]) for m in markers if "machine" in m})
   head = [f"# regenerate: {grid_meta.get('command') or '(not recorded)'}",

@@ -335,6 +335,21 @@ def test_results_md_tables(grid):
   assert "| mean gain over pairs |" in section
 
 
+def test_each_table_also_alone_with_the_header(grid):
+  workdir, config_file, _ = grid
+  names = sorted(p.name for p in (workdir / "tables").iterdir())
+  assert names == ["ablations.md", "alpha.md", "in_domain.md", "zero_shot.md"]
+  alone = (workdir / "tables" / "in_domain.md").read_text()
+  assert alone.startswith("# In-domain (as the paper's Table 4): tiny_grid")
+  for needle in (f"regenerate: `python -m recg_jax.experiments --config={config_file}", "machine: ",
+                 "seeds: 0, 1", "### In-domain, `full`, NDCG@10", "## Protocols"):
+    assert needle in alone, needle
+  assert "### Zero-shot" not in alone and "### Ablations" not in alone
+  md = (workdir / "results.md").read_text()
+  table = alone.split("### In-domain, `full`, NDCG@10")[1].split("###")[0].split("## Protocols")[0]
+  assert table.strip() in md
+
+
 def test_plots_written(grid):
   workdir, _, out = grid
   plots = re.findall(r"\[plots\] wrote (\S+)", out)
