@@ -38,9 +38,6 @@ def synthetic_games(seed: int = 0) -> types.DomainData:
 def load_games(workdir: str) -> types.DomainData | None:
   root = os.environ.get(default.DATA_ROOT_ENV, "")
   if not root:
-    guess = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon"
-    root = str(guess) if (guess / "Games" / "Games.inter").exists() else ""
-  if not root:
     return None
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
   config = default.get_config()

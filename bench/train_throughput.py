@@ -6,7 +6,7 @@
   python bench/train_throughput.py --backbones=sasrec --batch_sizes=128 --variant=sem --baseline
       # also the unbucketed, full-catalogue setup, side by side in the same process
 
-Games comes from recg_jax.data.prepare (RECG_DATA_ROOT, or ../shared/data/amazon beside the checkout);
+Games comes from recg_jax.data.prepare (the RecBole folders under RECG_DATA_ROOT);
 --synthetic (or no data found) uses generated data with Games' sizes after 5-core filtering (50,335 users,
 16,428 items, history lengths 5..50), which gives the same step shapes, so the same per-step cost.
 
