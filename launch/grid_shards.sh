@@ -20,7 +20,7 @@ for a in "$@"; do
 done
 [[ -n "$workdir" ]] || { echo "launch/grid_shards.sh: give --workdir=DIR" >&2; exit 2; }
 mkdir -p "$workdir/logs"
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${MEM_FRACTION:-$(python3 -c "print(round(0.9 / $n, 3))")}"
 stop=()
 [[ -n "${DEADLINE_S:-}" ]] && stop=(timeout --signal=INT --kill-after=20 "$DEADLINE_S")

@@ -45,6 +45,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 
@@ -254,12 +255,6 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return d
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [x for k in sorted(set(a) | set(b)) for x in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-  return [] if a == b else [prefix.rstrip(".")]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Running.
 
@@ -350,7 +345,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
     done = read_done(run_dir)
     tag = f"[grid] {i}/{len(mine)} {spec.relpath.as_posix()}"
     if done is not None:
-      diff = _diff(done.get("fingerprint"), run_fingerprint(rc))
+      diff = fingerprint_lib.diff(done.get("fingerprint"), run_fingerprint(rc))
       if diff:
         raise ValueError(f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
                          "use a fresh --workdir, or delete that run folder to run it again")

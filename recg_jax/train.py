@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from recg_jax import evaluate as evaluate_lib
+from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import gen_loss as gen_loss_lib
 from recg_jax import input_pipeline
 from recg_jax import losses
@@ -444,10 +445,8 @@ class Checkpoints:
     path = self.root / "run_config.json"
     signature = run_signature(config)
     if path.exists() and self.latest.latest_step() is not None:
-      saved = json.loads(path.read_text())
-      if saved != signature:
-        diff = sorted(f"{s}.{k}" for s in signature for k in set(signature[s]) | set(saved.get(s, {}))
-                      if signature[s].get(k) != saved.get(s, {}).get(k))
+      diff = fingerprint_lib.diff(json.loads(path.read_text()), signature)
+      if diff:
         raise ValueError(f"{self.root} holds a checkpoint of a different run (differs in {diff}); use a "
                          "fresh workdir or restore the config")
     self.root.mkdir(parents=True, exist_ok=True)

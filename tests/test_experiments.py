@@ -20,6 +20,7 @@ import pytest
 from configs import default as default_config
 from configs import grid_shared
 from recg_jax import experiments
+from recg_jax import fingerprint
 from recg_jax import results as results_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -442,6 +443,19 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   assert ": run (" not in proc.stdout and "[plots]" not in proc.stdout
   assert f"- `{relpath}`" in (workdir / "results.md").read_text()
+
+
+def test_fields_added_later_keep_finished_runs_valid():
+  current = experiments.run_fingerprint(grid_shared.get_config("reduced"))
+  stored = json.loads(json.dumps(current))
+  del stored["model"]["merge_init"]  # a run recorded before the field existed
+  assert fingerprint.diff(stored, current) == []
+  changed = json.loads(json.dumps(current))
+  changed["model"]["merge_init"] = "identity"
+  assert fingerprint.diff(stored, changed) == ["model.merge_init"]
+  changed = json.loads(json.dumps(current))
+  changed["model"]["hidden_dim"] = 32
+  assert fingerprint.diff(stored, changed) == ["model.hidden_dim"]
 
 
 def test_shards_split_the_plan_without_overlap():
