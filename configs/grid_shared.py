@@ -14,9 +14,9 @@ holds the in-domain table of Scientific too). On one GPU, several processes shar
 `launch/grid_shards.sh 14 --config=configs/grid_shared.py:scientific --workdir=DIR`.
 
 `--config=configs/grid_shared.py:reduced_scientific` has the reduced model sizes below with Scientific as
-the source: the in-domain table of every backbone as ID and Sem over three seeds, and the ablations and the
-alpha sweep of SASRec-RecG on one seed, with the `merge_identity` variant (29 runs, about 1.5 h on a
-2-core CPU).
+the source: every backbone as ID, Sem and RecG over three seeds (in-domain and zero-shot to Office and
+Games), and the ablations and the alpha sweep of SASRec-RecG on one seed, with the `merge_identity` variant
+(37 runs, about 1.2 h of run time on a 2-core CPU with two shards).
 
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None):
     _reduced(config)
     ec.sources = ("Scientific",)
     ec.backbones = ("sasrec", "bert4rec", "gru4rec")
-    ec.variants = ("id", "sem")
+    ec.variants = ("id", "sem", "recg")
     ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign", "merge_identity")
     ec.alphas = PAPER_ALPHAS
     ec.ablation_source = "Scientific"
