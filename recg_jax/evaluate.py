@@ -478,9 +478,10 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   names = {"full": "full", "sampled": sampled_name}
   ranks: dict[str, dict[str, np.ndarray]] = {}
   for real, head, out in pending:
-    for key, ranks_B in out.items():
-      ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.empty(num_users, np.float32))
-      ranks_U[real] = np.asarray(ranks_B)[:len(real)]
+    for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
+      if key in out:
+        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.empty(num_users, np.float32))
+        ranks_U[real] = np.asarray(out[key])[:len(real)]
   return ranks
 
 
