@@ -142,8 +142,11 @@ def main() -> None:
   root = os.environ.get(default.DATA_ROOT_ENV, "")
   if not root or not (pathlib.Path(root) / "Games" / "Games.inter").is_file():
     raise SystemExit(f"set {default.DATA_ROOT_ENV} to the folder that holds Games/Games.inter")
+  root = str(pathlib.Path(root).absolute())
+  out = str(pathlib.Path(args.out).absolute()) if args.out else ""
 
   with tempfile.TemporaryDirectory() as tmp:
+    os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ into the working directory
     domain, label = games_domain(False, tmp)
     setup = recbole_setup(root, 256, 2, 2, args.batch, 50, tmp)
     print(f"RecBole Games: {setup[4].user_num - 1} users, {setup[4].item_num - 1} items; ours ({label}): "
@@ -153,8 +156,8 @@ def main() -> None:
       for fn in (lambda: recbole_round(setup, args), lambda: ours_round(domain, args)):
         r = dict(fn(), round=i, load_avg_1m=round(os.getloadavg()[0], 2), cpus=os.cpu_count())
         print(json.dumps(r), flush=True)
-        if args.out:
-          with open(args.out, "a", encoding="utf-8") as f:
+        if out:
+          with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
         rows.append(r)
 
