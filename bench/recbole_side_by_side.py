@@ -47,7 +47,7 @@ from configs import default  # pylint: disable=wrong-import-position
 
 
 def recbole_setup(root: str, hidden: int, layers: int, heads: int, batch: int, max_len: int, workdir: str):
-  """(config, train_data, test_data, trainer) of RecBole's SASRec on Games."""
+  """(config, train_data, test_data, trainer, dataset) of RecBole's SASRec on Games."""
   import torch  # pylint: disable=g-import-not-at-top
   from recbole.config import Config  # pylint: disable=g-import-not-at-top
   from recbole.data import create_dataset, data_preparation  # pylint: disable=g-import-not-at-top

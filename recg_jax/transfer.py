@@ -62,20 +62,34 @@ def user_vector_fn(model: recommender_lib.Recommender, params, table_NxH) -> Cal
   return lambda seq_BxL: apply(params, table_NxH, seq_BxL)
 
 
-def fused_user_fn(model: recommender_lib.Recommender, params, table_NxH,
-                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], jax.Array]:
-  """seq_BxL -> g_BxD = W_f [y; s~] (or y when there is no sequence-level step)."""
-  if seq_transfer is None:
-    return user_vector_fn(model, params, table_NxH)
+def user_heads_fn(model: recommender_lib.Recommender, params, table_NxH,
+                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """seq_BxL -> {'plain': y_BxD, 'fused': g_BxD = W_f [y; s~]} from one pass of the sequence model
+  ('fused' only with a sequence-level step)."""
   fusion = heads.SequenceFusion(features=model.hidden_dim)
-  centres = jnp.asarray(seq_transfer.centres_KxD)
+  centres = None if seq_transfer is None else jnp.asarray(seq_transfer.centres_KxD)
+  fusion_params = None if seq_transfer is None else seq_transfer.fusion_params
 
   @jax.jit
   def apply(p, fp, t, seq):
     y = model.apply({"params": p}, seq, t, False)
-    return fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))
+    if fp is None:
+      return {"plain": y}
+    return {"plain": y, "fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))}
 
-  return lambda seq_BxL: apply(params, seq_transfer.fusion_params, table_NxH, seq_BxL)
+  return lambda seq_BxL: apply(params, fusion_params, table_NxH, seq_BxL)
+
+
+def main_head(seq_transfer: SequenceTransfer | None) -> str:
+  """The head the method scores with: 'fused' with a sequence-level step, else 'plain'."""
+  return "plain" if seq_transfer is None else "fused"
+
+
+def fused_user_fn(model: recommender_lib.Recommender, params, table_NxH,
+                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], jax.Array]:
+  """seq_BxL -> g_BxD = W_f [y; s~] (or y when there is no sequence-level step)."""
+  heads_fn, head = user_heads_fn(model, params, table_NxH, seq_transfer), main_head(seq_transfer)
+  return lambda seq_BxL: heads_fn(seq_BxL)[head]
 
 
 def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,38 +173,29 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
                           inertia=float(inertia))
 
 
-def fused_and_plain_user_fn(model: recommender_lib.Recommender, params, table_NxH,
-                            seq_transfer: SequenceTransfer) -> Callable[[jax.Array], dict[str, jax.Array]]:
-  """seq_BxL -> {'fused': g_BxD, 'plain': y_BxD} from one pass of the sequence model."""
-  fusion = heads.SequenceFusion(features=model.hidden_dim)
-  centres = jnp.asarray(seq_transfer.centres_KxD)
-
-  @jax.jit
-  def apply(p, fp, t, seq):
-    y = model.apply({"params": p}, seq, t, False)
-    return {"fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres)), "plain": y}
-
-  return lambda seq_BxL: apply(params, seq_transfer.fusion_params, table_NxH, seq_BxL)
-
-
-def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
-                    domain: types.DomainData, seq_transfer: SequenceTransfer | None, split: str,
-                    mesh=None, with_plain: bool = False):
-  """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged.
-
-  With `with_plain` (and a sequence-level step) returns (metrics with the step, metrics without it) from
-  one pass of the sequence model per batch; otherwise the metrics alone.
-  """
+def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
+                          table_NxH, domain: types.DomainData, seq_transfer: SequenceTransfer | None,
+                          split: str, mesh=None, heads_wanted: tuple[str, ...] = ("fused", "plain")
+                          ) -> dict[str, dict[str, float]]:
+  """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged, for
+  each wanted head of user_heads_fn that exists: {head: metrics}, one pass of the sequence model per
+  batch, one scoring per head."""
   table = jnp.asarray(table_NxH)
   items = jax.jit(lambda p, t: model.apply({"params": p}, t,
                                            method=recommender_lib.Recommender.item_vectors))(params, table)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
-  if with_plain and seq_transfer is not None:
-    both = evaluate_lib.evaluate_heads(fused_and_plain_user_fn(model, params, table, seq_transfer), items,
-                                       rows, domain, config.eval, mesh=mesh)
-    return both["fused"], both["plain"]
-  user_fn = fused_user_fn(model, params, table, seq_transfer)
-  return evaluate_lib.evaluate(user_fn, items, rows, domain, config.eval, mesh=mesh)
+  heads_fn = user_heads_fn(model, params, table, seq_transfer)
+  user_fn = lambda seq_BxL: {h: v for h, v in heads_fn(seq_BxL).items() if h in heads_wanted}
+  return evaluate_lib.evaluate_heads(user_fn, items, rows, domain, config.eval, mesh=mesh)
+
+
+def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
+                    domain: types.DomainData, seq_transfer: SequenceTransfer | None, split: str,
+                    mesh=None) -> dict[str, float]:
+  """The method's metrics (with the sequence-level step when there is one); see evaluate_domain_heads."""
+  head = main_head(seq_transfer)
+  return evaluate_domain_heads(config, model, params, table_NxH, domain, seq_transfer, split, mesh,
+                               heads_wanted=(head,))[head]
 
 
 def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -226,15 +231,13 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                                          extra={"best_epoch": trained.best_epoch,
                                                 "stop_reason": trained.stop_reason}))
   for target in config.data.targets:
+    # One pass scores the method (fused, or plain without a sequence-level step) and, with one, the
+    # trained model alone.
+    by_head = evaluate_domain_heads(config, model, params, tables[target], domains[target], seq_transfer,
+                                    "test")
+    metrics = {f"zero_shot/{k}": v for k, v in by_head[main_head(seq_transfer)].items()}
     if seq_transfer is not None:
-      fused, plain = evaluate_domain(config, model, params, tables[target], domains[target], seq_transfer,
-                                     "test", with_plain=True)
-      metrics = {f"zero_shot/{k}": v for k, v in fused.items()}
-      metrics.update({f"zero_shot_no_seq/{k}": v for k, v in plain.items()})
-    else:
-      metrics = {f"zero_shot/{k}": v for k, v in
-                 evaluate_domain(config, model, params, tables[target], domains[target], None,
-                                 "test").items()}
+      metrics.update({f"zero_shot_no_seq/{k}": v for k, v in by_head["plain"].items()})
     records.append(results_lib.make_record(config, "zero_shot", target, metrics))
   _, md_path = results_lib.write_results(workdir, records, config)
   print(results_lib.format_summary(records), flush=True)

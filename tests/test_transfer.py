@@ -85,10 +85,10 @@ def test_one_pass_with_and_without_the_sequence_step_equals_two_passes(trained):
   seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"],
                                        domains["Alpha"])
   args = (config, result.model, result.params, tables["Beta"], domains["Beta"])
-  fused, plain = transfer.evaluate_domain(*args, seq, "test", with_plain=True)
-  assert fused == transfer.evaluate_domain(*args, seq, "test")
-  assert plain == transfer.evaluate_domain(*args, None, "test")
-  assert fused != plain
+  both = transfer.evaluate_domain_heads(*args, seq, "test")
+  assert both["fused"] == transfer.evaluate_domain(*args, seq, "test")
+  assert both["plain"] == transfer.evaluate_domain(*args, None, "test")
+  assert both["fused"] != both["plain"]
 
 
 def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
