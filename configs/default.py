@@ -108,6 +108,22 @@ def get_model_config() -> ml_collections.ConfigDict:
   # not in the paper: it is the experiment's `merge_identity` ablation.
   c.merge_init = "default"
   c.mask_prob = 0.2  # BERT4Rec Cloze
+  # Scoring in the frozen text space (docs/method.md, "Beyond the paper"; none of it is in the paper).
+  # `text_knn` (a variant) needs no training: a candidate's score is its cosine with the recency-weighted
+  # mean of the history's frozen rows, weight knn_decay^age (age 0 = newest; 1 = plain mean, 0 = last item).
+  c.knn_decay = 0.5
+  # `projected`: candidates W_p e + b_p (the paper). `text`: candidates are the frozen rows e, the backbone's
+  # output is read out into that space and scored by cosine with a learned temperature (sem / recg).
+  c.score_space = "projected"
+  # score_space=text, the user vector: `readout` (W_o h), `residual` (history mean + W_o h, W_o from zero:
+  # starts as text_knn), `attention` (a learned convex mix of the history's own frozen rows, starting at
+  # text_knn's recency weights: a target user's vector stays among the target's items), `mix` (text_knn's
+  # cosine with a learned scale plus the Sem score, trained together).
+  c.text_user = "readout"
+  c.text_temperature = 0.05  # initial temperature of the cosine scores (score_space=text)
+  # Each domain's frozen table before any model reads it: `none`, or `center` (subtract the mean of that
+  # domain's own item rows, then L2-normalise the rows again; uses only item text, so legal zero-shot).
+  c.table_transform = "none"
   return c
 
 
@@ -172,6 +188,10 @@ def get_transfer_config() -> ml_collections.ConfigDict:
   c.kmeans_chunk = 65536  # points per distance chunk: bounds k-means memory to O(chunk * num_clusters)
   c.wf_epochs = 5
   c.wf_learning_rate = 1e-3
+  # model.text_user='mix' only: also score every target with the trained model's share of the score
+  # multiplied by each of these weights (0 = text_knn alone), recorded as zero_shot_w<weight>/...; the
+  # weight is then chosen on a validation domain (recg_jax.baselines), never on the reported target.
+  c.target_model_weights = ()
   return c
 
 
@@ -218,6 +238,11 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.ablation_backbone = ""  # backbone of the ablations and the alpha sweep; empty = first of backbones
   c.ablation_source = ""  # their source; empty = first of sources
   c.ablation_seeds = ()  # their seeds; empty = seeds
+  # Named presets of recg_jax/baselines.py (trained models against text_knn), run for every source x seed.
+  c.presets = ()
+  # Their zero-shot choices (a mix model's target weight) are made on this target of each source, which is
+  # then a validation pair, never on the reported targets.
+  c.validation_domain = "Games"
   c.alphas = ()  # alpha sweep of RecG (the paper's grid: 5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4); empty = none
   # Split the grid's runs over processes (several GPUs, or one accelerator shared by several processes):
   # process i of n runs planned runs i, i+n, i+2n, ... into the same workdir; any later invocation

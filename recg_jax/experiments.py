@@ -49,7 +49,7 @@ from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 
-VARIANTS = ("id", "sem", "recg")
+VARIANTS = ("id", "sem", "recg", "text_knn")
 # Ablations of METHOD.md ("Variants that every experiment reports"): config overrides of the RecG run.
 # `no_seq` trains exactly the RecG model (train.py never reads config.transfer), so it is not run again:
 # its numbers are the full run's `zero_shot_no_seq` / `test_no_seq` metrics, recorded by transfer.py.
@@ -298,7 +298,9 @@ def execute_run(config: ml_collections.ConfigDict, spec: RunSpec, run_dir: pathl
     train.train_and_evaluate(config, run_dir, {spec.source: domains[spec.source]}, None)
     return results_lib.read_records(run_dir / "results.json")
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-  return transfer.run_zero_shot(config, run_dir, run_domains, {n: tables[n] for n in names})
+  from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
+  run_tables = text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
+  return transfer.run_zero_shot(config, run_dir, run_domains, run_tables)
 
 
 def _say(message: str) -> None:

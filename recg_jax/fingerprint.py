@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-ADDED_FIELDS: dict[str, Any] = {"model.merge_init": "default"}
+ADDED_FIELDS: dict[str, Any] = {
+    "model.merge_init": "default",
+    "model.score_space": "projected",
+    "model.text_user": "readout",
+    "model.knn_decay": 0.5,
+    "model.text_temperature": 0.05,
+    "model.table_transform": "none",
+    "transfer.target_model_weights": (),
+}
 _MISSING = object()
 
 
@@ -31,4 +39,9 @@ def diff(stored: Any, current: Any) -> list[str]:
   """Dotted names of the fields where `stored` and `current` (nested dicts) differ."""
   return [p for p in _paths(stored, current)
           if not (p in ADDED_FIELDS and _get(stored, p) is _MISSING
-                  and _get(current, p) == ADDED_FIELDS[p])]
+                  and _plain(_get(current, p)) == _plain(ADDED_FIELDS[p]))]
+
+
+def _plain(value: Any) -> Any:
+  """Tuples as lists: a config holds tuples where its JSON record holds lists."""
+  return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value

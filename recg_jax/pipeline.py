@@ -49,6 +49,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     tables = embed_domains(config, workdir_path, domains)
   if mode == "embed":
     return None
+  if tables is not None:
+    from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
+    tables = text_space.transform_tables(tables, str(config.model.table_transform))
+  if mode == "in_domain" and config.model.variant == "text_knn":
+    from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+    return transfer.evaluate_untrained(config, workdir_path, domains, tables, zero_shot=False)
   if mode == "in_domain":
     from recg_jax import results  # pylint: disable=g-import-not-at-top
     from recg_jax import train  # pylint: disable=g-import-not-at-top

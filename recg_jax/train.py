@@ -162,12 +162,18 @@ def candidate_scoring(config: ml_collections.ConfigDict) -> str:
   if mode not in ("auto", "factored", "gather", "full"):
     raise ValueError(f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or "
                      "'full'")
+  text = str(config.model.get("score_space", "projected")) == "text"
   if mode == "auto":
     # An ID table's gradient is catalogue-sized whichever way its rows are read: keep the full table.
-    return "full" if config.model.variant == "id" else "factored"
+    # Text-space candidates are the frozen rows themselves: gathering them is already the cheap way.
+    return "full" if config.model.variant == "id" else "gather" if text else "factored"
   if mode == "factored" and config.model.variant == "id":
     raise ValueError("config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
                      "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'")
+  if mode == "factored" and text:
+    raise ValueError("config.train.candidate_scores='factored' scores W_p e + b_p; with "
+                     "config.model.score_space='text' the candidates are the frozen rows: use 'gather' or "
+                     "'full'")
   return mode
 
 

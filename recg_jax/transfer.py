@@ -66,7 +66,7 @@ def user_heads_fn(model: recommender_lib.Recommender, params, table_NxH,
                   seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], dict[str, jax.Array]]:
   """seq_BxL -> {'plain': y_BxD, 'fused': g_BxD = W_f [y; s~]} from one pass of the sequence model
   ('fused' only with a sequence-level step)."""
-  fusion = heads.SequenceFusion(features=model.hidden_dim)
+  fusion = heads.SequenceFusion(features=model.output_dim(table_NxH.shape[-1]))
   centres = None if seq_transfer is None else jnp.asarray(seq_transfer.centres_KxD)
   fusion_params = None if seq_transfer is None else seq_transfer.fusion_params
 
@@ -127,9 +127,9 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
   items_IxD = jax.jit(lambda p, t: model.apply({"params": p}, t,
                                                method=recommender_lib.Recommender.item_vectors))(
                                                    params, table_NxH)
-  fusion = heads.SequenceFusion(features=model.hidden_dim)
-  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, model.hidden_dim)),
-                              jnp.zeros((1, model.hidden_dim)))["params"]
+  width = model.output_dim(table_NxH.shape[-1])
+  fusion = heads.SequenceFusion(features=width)
+  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
   optimizer = optax.adam(float(tc.wf_learning_rate))
   opt_state = optimizer.init(fusion_params)
   num_neg, num_items = int(config.train.num_negatives), domain.num_items
@@ -175,17 +175,25 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
 
 def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
                           table_NxH, domain: types.DomainData, seq_transfer: SequenceTransfer | None,
-                          split: str, mesh=None, heads_wanted: tuple[str, ...] = ("fused", "plain")
-                          ) -> dict[str, dict[str, float]]:
+                          split: str, mesh=None, heads_wanted: tuple[str, ...] = ("fused", "plain"),
+                          model_weight: float | None = None) -> dict[str, dict[str, float]]:
   """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged, for
   each wanted head of user_heads_fn that exists: {head: metrics}, one pass of the sequence model per
-  batch, one scoring per head."""
+  batch, one scoring per head. model_weight (text_user 'mix' only) multiplies the trained model's share of
+  every score, leaving the text similarity's share as it is (transfer.target_model_weights)."""
   table = jnp.asarray(table_NxH)
   items = jax.jit(lambda p, t: model.apply({"params": p}, t,
                                            method=recommender_lib.Recommender.item_vectors))(params, table)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
   heads_fn = user_heads_fn(model, params, table, seq_transfer)
   user_fn = lambda seq_BxL: {h: v for h, v in heads_fn(seq_BxL).items() if h in heads_wanted}
+  if model_weight is not None:
+    if not (model.score_space == "text" and model.text_user == "mix"):
+      raise ValueError("a model weight applies only to config.model.text_user='mix' (score_space 'text')")
+    width = table.shape[-1]  # [knn part (H); model part (d_l)]: scale the model's share of the score
+    plain_fn = user_fn
+    user_fn = lambda seq_BxL: {h: v.at[:, width:].multiply(model_weight)
+                               for h, v in plain_fn(seq_BxL).items()}
   return evaluate_lib.evaluate_heads(user_fn, items, rows, domain, config.eval, mesh=mesh)
 
 
@@ -202,6 +210,40 @@ def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
   return config.model.variant == "recg" and bool(config.transfer.enabled)
 
 
+def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
+                       zero_shot: bool = True) -> list[dict]:
+  """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
+  zero_shot, every target's test split, through the same evaluation as the trained models. Writes
+  results.json / results.md in workdir and returns the records."""
+  variant = str(config.model.variant)
+  if variant != "text_knn":
+    raise ValueError(f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
+                     f"{variant!r}")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  source = config.data.source
+  missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
+  if missing:
+    raise ValueError(f"variant 'text_knn' needs the frozen tables of {missing}")
+  model = train_lib.build_model(config, domains[source].num_items)
+  params: dict = {}
+  source_metrics = {}
+  for split in ("valid", "test"):
+    m = evaluate_domain(config, model, params, tables[source], domains[source], None, split)
+    source_metrics.update({f"{split}/{k}": v for k, v in m.items()})
+  records = [results_lib.make_record(config, "in_domain", source, source_metrics,
+                                     extra={"trained": False})]
+  for target in (config.data.targets if zero_shot else ()):
+    m = evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
+    records.append(results_lib.make_record(config, "zero_shot", target,
+                                           {f"zero_shot/{k}": v for k, v in m.items()}))
+  _, md_path = results_lib.write_results(workdir, records, config)
+  print(results_lib.format_summary(records), flush=True)
+  print(f"[results] {md_path}", flush=True)
+  return records
+
+
 def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                   domains: dict[str, types.DomainData], tables: dict[str, np.ndarray] | None) -> list[dict]:
   """Trains on the source, fits the sequence-level step, evaluates the source test split and every target.
@@ -211,6 +253,8 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   if config.model.variant == "id":
     raise ValueError("config.model.variant='id' has no item text, so it cannot transfer to another domain: "
                      "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
+  if config.model.variant == "text_knn":
+    return evaluate_untrained(config, workdir, domains, tables, zero_shot=True)
   workdir = pathlib.Path(workdir)
   source = config.data.source
   trained = train_lib.train_and_evaluate(config, workdir, domains, tables)
@@ -238,6 +282,14 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     metrics = {f"zero_shot/{k}": v for k, v in by_head[main_head(seq_transfer)].items()}
     if seq_transfer is not None:
       metrics.update({f"zero_shot_no_seq/{k}": v for k, v in by_head["plain"].items()})
+    for weight in config.transfer.get("target_model_weights", ()):
+      # The same trained model with its share of the score scaled on the target (chosen on a validation
+      # domain by recg_jax.baselines, never on the reported target).
+      by_head = evaluate_domain_heads(config, model, params, tables[target], domains[target], seq_transfer,
+                                      "test", heads_wanted=(main_head(seq_transfer),),
+                                      model_weight=float(weight))
+      metrics.update({f"zero_shot_w{float(weight):g}/{k}": v
+                      for k, v in by_head[main_head(seq_transfer)].items()})
     records.append(results_lib.make_record(config, "zero_shot", target, metrics))
   _, md_path = results_lib.write_results(workdir, records, config)
   print(results_lib.format_summary(records), flush=True)

@@ -50,9 +50,14 @@ from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
 from recg_jax.models import sasrec as sasrec_lib
+from recg_jax.models import text_space
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
-VARIANTS = heads.VARIANTS
+# 'text_knn' has no parameters: the user vector is the recency-weighted mean of the history's frozen rows
+# and the candidates are the frozen rows themselves (models/text_space.py); it is never trained.
+VARIANTS = heads.VARIANTS + ("text_knn",)
+SCORE_SPACES = ("projected", "text")
+TEXT_USERS = ("readout", "residual", "attention", "mix")
 mask_token_id = bert4rec_lib.mask_token_id
 
 
@@ -71,6 +76,23 @@ class Recommender(nn.Module):
   pre_ln: bool = False  # transformers: pre-LN blocks + final LayerNorm, else post-LN (BERT-style)
   merge_init: str = "default"  # recg: initial merge kernel, 'default' or 'identity' (heads.ItemProjection)
   cloze: bool = False  # bert4rec: read the user vector at an appended mask token (Cloze-trained models)
+  # 'projected': candidates are W_p e + b_p and the user vector is the backbone's output (the paper).
+  # 'text': candidates are the frozen rows e themselves, so a target keeps its own text geometry; the
+  # backbone's output is read out into the table's space (TextReadout) and scored by cosine with a learned
+  # temperature. Variants 'sem' and 'recg' only.
+  score_space: str = "projected"
+  # score_space 'text', how the user vector is made (each starts or ends in the table's space):
+  #   'readout':   u = W_o h (h the backbone's output);
+  #   'residual':  u = history mean + W_o h, W_o starting at zero: the model starts as text_knn;
+  #   'attention': u = sum_s a_s e[x_s], a convex mix of the history's own frozen rows whose weights the
+  #                backbone learns (starting as text_knn's recency weights), so a target user's vector
+  #                never leaves the span of the target's items;
+  #   'mix':       u = [s * unit(history mean); h] against candidates [e; W_p e + b_p]: the score is
+  #                text_knn's cosine with a learned scale s plus the Sem model's score, trained together, so
+  #                the backbone learns what the text similarity misses.
+  text_user: str = "readout"
+  knn_decay: float = 0.5  # recency weight of the history mean (text_knn, and the text_user modes that start from it)
+  text_temperature: float = 0.05  # initial temperature of the cosine scores (score_space 'text')
 
   @classmethod
   def from_config(cls, model_config: Any, num_items: int, max_len: int, *,
@@ -82,11 +104,26 @@ class Recommender(nn.Module):
                dropout=float(model_config.dropout), emb_dropout=float(model_config.emb_dropout),
                max_len=int(max_len), pre_ln=bool(model_config.pre_ln),
                merge_init=str(model_config.get("merge_init", "default")),
-               cloze=bool(cloze) and str(model_config.backbone) == "bert4rec")
+               cloze=bool(cloze) and str(model_config.backbone) == "bert4rec",
+               score_space=str(model_config.get("score_space", "projected")),
+               text_user=str(model_config.get("text_user", "readout")),
+               knn_decay=float(model_config.get("knn_decay", 0.5)),
+               text_temperature=float(model_config.get("text_temperature", 0.05)))
 
   @property
   def is_causal(self) -> bool:
     return self.backbone in ("sasrec", "gru4rec")
+
+  @property
+  def in_text_space(self) -> bool:
+    """User and candidate vectors live in the frozen table's space (width H), not in d_l."""
+    return self.variant == "text_knn" or self.score_space == "text"
+
+  def output_dim(self, table_width: int) -> int:
+    """Width of user and candidate vectors for a table of this width."""
+    if self.score_space == "text" and self.text_user == "mix":
+      return table_width + self.hidden_dim
+    return table_width if self.in_text_space else self.hidden_dim
 
   def setup(self):
     if self.backbone not in BACKBONES:
@@ -97,6 +134,18 @@ class Recommender(nn.Module):
       raise ValueError(f"num_items must be >= 1, got {self.num_items}")
     if self.cloze and self.backbone != "bert4rec":
       raise ValueError(f"cloze=True needs backbone 'bert4rec', got {self.backbone!r}")
+    if self.score_space not in SCORE_SPACES:
+      raise ValueError(f"config.model.score_space must be one of {SCORE_SPACES}, got {self.score_space!r}")
+    if self.score_space == "text" and self.variant not in ("sem", "recg"):
+      raise ValueError(f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
+                       f"{self.variant!r}")
+    if self.score_space == "text" and self.cloze:
+      raise ValueError("config.model.score_space='text' does not support the Cloze objective (the mask token "
+                       "has no row in the frozen table)")
+    if self.text_user not in TEXT_USERS:
+      raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {self.text_user!r}")
+    if self.variant == "text_knn":
+      return  # no parameters
     self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
                                       features=self.hidden_dim, emb_dropout=self.emb_dropout,
                                       merge_init=self.merge_init, name="items")
@@ -110,6 +159,16 @@ class Recommender(nn.Module):
                           pre_ln=self.pre_ln, name="encoder")
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
+    if self.score_space == "text":
+      if self.text_user == "mix":
+        self.knn_log_scale = self.param("knn_log_scale", nn.initializers.constant(
+            -jnp.log(self.text_temperature)), ())
+      elif self.text_user == "attention":
+        self.readout = HistoryAttention(decay=self.knn_decay, temperature=self.text_temperature,
+                                        name="readout")
+      else:
+        self.readout = TextReadout(zero_init=self.text_user == "residual",
+                                   temperature=self.text_temperature, name="readout")
 
   def _inputs(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
               train: bool) -> tuple[jax.Array, jax.Array]:
@@ -129,9 +188,22 @@ class Recommender(nn.Module):
 
   def encode_positions(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
                        train: bool = False) -> jax.Array:
-    """Per-position outputs hidden_BxLxD (zero at padding)."""
+    """Per-position outputs hidden_BxLxD (zero at padding); D = output_dim(H)."""
+    if self.variant == "text_knn":
+      return text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
     x_BxLxD, valid_BxL = self._inputs(seq_BxL, table_NxH, train)
-    return self.encoder(x_BxLxD, valid_BxL, train)
+    hidden_BxLxD = self.encoder(x_BxLxD, valid_BxL, train)
+    if self.score_space != "text":
+      return hidden_BxLxD
+    if self.text_user == "mix":
+      mean_BxLxH = text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
+      knn_BxLxH = jnp.where((seq_BxL > 0)[..., None], _scaled_unit(mean_BxLxH, self.knn_log_scale), 0.0)
+      return jnp.concatenate([knn_BxLxH, hidden_BxLxD], axis=-1)
+    if self.text_user == "attention":
+      return self.readout(hidden_BxLxD, seq_BxL, _frozen(table_NxH))
+    base_BxLxH = (text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
+                  if self.text_user == "residual" else None)
+    return self.readout(hidden_BxLxD, seq_BxL > 0, table_NxH.shape[-1], base_BxLxH)
 
   def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
                train: bool = False) -> jax.Array:
@@ -143,16 +215,91 @@ class Recommender(nn.Module):
 
   def item_vectors(self, table_NxH: jax.Array | None) -> jax.Array:
     """Scoring vectors items_NxD, N = num_items + 1, row 0 (padding) = 0. No dropout."""
+    if self.score_space == "text" and self.text_user == "mix":
+      return jnp.concatenate([_frozen(table_NxH).at[0].set(0.0), self.items.item_vectors(table_NxH)], -1)
+    if self.in_text_space:
+      return _frozen(table_NxH).at[0].set(0.0)
     return self.items.item_vectors(table_NxH)
 
   def candidate_vectors(self, item_ids: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
     """item_vectors(table)[item_ids] (any shape of ids -> ids.shape + (D,)) without projecting the whole
     catalogue: the cheap way to get positive/negative vectors for BPR."""
-    return self.items.candidate_vectors(item_ids.astype(jnp.int32), table_NxH)
+    ids = item_ids.astype(jnp.int32)
+    if not self.in_text_space:
+      return self.items.candidate_vectors(ids, table_NxH)
+    rows = jnp.where((ids > 0)[..., None], jnp.take(_frozen(table_NxH), ids, axis=0, mode="clip"), 0.0)
+    if self.text_user == "mix":
+      return jnp.concatenate([rows, self.items.candidate_vectors(ids, table_NxH)], axis=-1)
+    return rows
 
   def align(self, table_rows_MxH: jax.Array) -> jax.Array:
     """The alignment projection z_MxD = W_a e + b_a (variant 'recg' only), for the generalization loss."""
     return self.items.align(table_rows_MxH)
+
+
+def _frozen(table_NxH: jax.Array | None) -> jax.Array:
+  if table_NxH is None or table_NxH.ndim != 2:
+    raise ValueError("a text-space model needs the frozen table [num_items + 1, H], got "
+                     f"{None if table_NxH is None else table_NxH.shape}")
+  return jax.lax.stop_gradient(table_NxH)
+
+
+class TextReadout(nn.Module):
+  """u = W_o h + b_o (+ base), scored as exp(log_scale) * u / |u|: cosine scores with a learned
+  temperature, in the frozen table's space. With zero_init the read-out starts at 0, so u = base."""
+
+  zero_init: bool = False
+  temperature: float = 0.05
+
+  @nn.compact
+  def __call__(self, hidden_BxLxD: jax.Array, valid_BxL: jax.Array, width: int,
+               base_BxLxH: jax.Array | None) -> jax.Array:
+    if not self.temperature > 0:
+      raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
+    init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
+    u = nn.Dense(width, kernel_init=init, name="W_o")(hidden_BxLxD)
+    if base_BxLxH is not None:
+      u = u + base_BxLxH
+    log_scale = self.param("log_scale", nn.initializers.constant(-jnp.log(self.temperature)), ())
+    return jnp.where(valid_BxL[..., None], _scaled_unit(u, log_scale), 0.0)
+
+
+def _scaled_unit(u_BxLxH: jax.Array, log_scale: jax.Array) -> jax.Array:
+  # Not jnp.linalg.norm: its gradient at u = 0 (padding positions) is NaN, and a NaN survives `where`.
+  norm = jnp.sqrt(jnp.sum(jnp.square(u_BxLxH), axis=-1, keepdims=True) + 1e-12)
+  return jnp.exp(log_scale) * u_BxLxH / norm
+
+
+class HistoryAttention(nn.Module):
+  """u_t = sum_{s<=t} a_ts e[x_s], a_t = softmax_s(<q_t, k_s> / sqrt(D) + (t - s) log decay), with
+  q = W_q h (starting at zero) and k = W_k h from the backbone's outputs h: at initialisation a_t is
+  text_knn's recency weighting, and training can only re-weight the history's own frozen rows. Scored as
+  exp(log_scale) * u / |u| (cosine with a learned temperature)."""
+
+  decay: float = 0.5
+  temperature: float = 0.05
+
+  @nn.compact
+  def __call__(self, hidden_BxLxD: jax.Array, seq_BxL: jax.Array, table_NxH: jax.Array) -> jax.Array:
+    if not self.temperature > 0:
+      raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
+    d = hidden_BxLxD.shape[-1]
+    q = nn.Dense(d, kernel_init=nn.initializers.zeros, name="W_q")(hidden_BxLxD)
+    k = nn.Dense(d, name="W_k")(hidden_BxLxD)
+    length = seq_BxL.shape[1]
+    t = jnp.arange(length)
+    age_LxL = (t[:, None] - t[None, :]).astype(jnp.float32)
+    # decay 0 (the newest item alone) as a very steep finite slope: no -inf reaches the softmax.
+    prior_LxL = age_LxL * jnp.log(jnp.maximum(jnp.float32(self.decay), 1e-6))
+    valid_BxL = seq_BxL > 0
+    allowed_BxLxL = (age_LxL >= 0)[None] & valid_BxL[:, None, :]
+    logits = jnp.einsum("btd,bsd->bts", q, k) / jnp.sqrt(jnp.float32(d)) + prior_LxL
+    logits = jnp.where(allowed_BxLxL, logits, -1e9)
+    weights_BxLxL = jax.nn.softmax(logits, axis=-1)
+    rows_BxLxH = jnp.take(table_NxH, seq_BxL.astype(jnp.int32), axis=0, mode="clip")
+    u = jnp.einsum("bts,bsh->bth", weights_BxLxL, jnp.where(valid_BxL[..., None], rows_BxLxH, 0.0))
+    log_scale = self.param("log_scale", nn.initializers.constant(-jnp.log(self.temperature)), ())
+    return jnp.where(valid_BxL[..., None], _scaled_unit(u, log_scale), 0.0)
 
 
 def init_variables(model: Recommender, key: jax.Array, table_NxH: jax.Array | None,

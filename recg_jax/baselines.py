@@ -1,0 +1,358 @@
+"""Trained models against the training-free `text_knn`, under both protocols, in-domain and zero-shot.
+
+`python -m recg_jax.baselines --config=configs/baselines_shared.py --workdir=DIR`
+
+A study is a list of named presets (PRESETS: config overrides on top of the study config) run for every
+source x seed. `text_knn` presets have no parameters and no seed: they run once. Every domain of
+experiment.domains is a target of every other one. Runs go to DIR/runs/<source>/<preset>/seed<k>/ with
+the grid runner's completion marker (done.json), so a restarted study skips finished runs and a killed run
+resumes from its checkpoint; the tables are rewritten after every run, so they are never behind the runs.
+
+DIR/results.md has, per protocol and metric, one row per preset and one column per in-domain source and
+zero-shot pair: mean ± sample std over seeds, and two tests per cell: a paired t-test against `sem` over
+the seeds both ran, and a one-sample t-test of the seeds against `text_knn`'s single value (it has no seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import pathlib
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import ml_collections
+import numpy as np
+
+from recg_jax import experiments
+from recg_jax import fingerprint as fingerprint_lib
+from recg_jax import pipeline
+from recg_jax import results as results_lib
+
+# Target weights of a 'mix' model's trained share of the score (1 = as trained, 0 = text_knn alone).
+MIX_WEIGHTS = (0.0, 0.25, 0.5)
+# Named settings. Each is a set of config overrides; docs/method.md says what each tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    # No training.
+    "text_knn": {"model.variant": "text_knn"},
+    "text_knn_center": {"model.variant": "text_knn", "model.table_transform": "center"},
+    # The paper's models (BPR, five uniform negatives, candidates W_p e + b_p).
+    "sem": {"model.variant": "sem"},
+    "recg": {"model.variant": "recg"},
+    # The loss alone: full softmax cross-entropy.
+    "sem_softmax": {"model.variant": "sem", "train.loss": "softmax"},
+    "recg_softmax": {"model.variant": "recg", "train.loss": "softmax"},
+    # Scoring in the frozen text space (softmax, cosine with a learned temperature).
+    "text_readout": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                     "model.text_user": "readout"},
+    "text_residual": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                      "model.text_user": "residual"},
+    "text_attention": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                       "model.text_user": "attention"},
+    "text_mix": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                 "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
+    "text_mix_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                        "model.text_user": "mix", "model.table_transform": "center",
+                        "transfer.target_model_weights": MIX_WEIGHTS},
+    "text_residual_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                             "model.text_user": "residual", "model.table_transform": "center"},
+    # RecG's own parts on the text-space model: L_gen on W_a, the merge, the sequence-level step.
+    "recg_text_residual": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
+                           "model.text_user": "residual"},
+}
+WEIGHTED = "zero_shot_w"
+UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference
+
+
+def _is_untrained(preset: str) -> bool:
+  return PRESETS[preset].get("model.variant") == UNTRAINED
+
+
+def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, int]]:
+  """(source, preset, seed) of every run, seed-major so that an interrupted study has whole seeds."""
+  ec = config.experiment
+  presets = tuple(ec.presets)
+  bad = [p for p in presets if p not in PRESETS]
+  if bad:
+    raise ValueError(f"config.experiment.presets: {bad} not in {sorted(PRESETS)}")
+  domains = experiments.grid_domains(config)
+  sources = tuple(ec.sources) or (str(config.data.source),)
+  for s in sources:
+    if s not in domains:
+      raise ValueError(f"config.experiment.sources: {s!r} is not in experiment.domains {domains}")
+  seeds = tuple(int(s) for s in ec.seeds)
+  if not seeds:
+    raise ValueError("config.experiment.seeds is empty")
+  runs = []
+  for seed in seeds:
+    for source in sources:
+      for preset in presets:
+        if _is_untrained(preset) and seed != seeds[0]:
+          continue
+        runs.append((source, preset, seed if not _is_untrained(preset) else 0))
+  return runs
+
+
+def run_config(config: ml_collections.ConfigDict, source: str, preset: str, seed: int,
+               domains: Sequence[str]) -> ml_collections.ConfigDict:
+  c = copy.deepcopy(config)
+  c.data.source = source
+  c.data.targets = tuple(d for d in domains if d != source)
+  c.data.auxiliary = ()
+  c.train.seed = int(seed)
+  c.experiment.mode = "zero_shot"
+  c.experiment.name = f"{config.experiment.name or 'baselines'}/{source}/{preset}/seed{seed}"
+  for key, value in PRESETS[preset].items():
+    section, field = key.split(".")
+    if field not in c[section]:
+      raise KeyError(f"preset {preset!r} sets {key}, which the config does not have")
+    c[section][field] = value
+  return c
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
+              aggregate_only: bool = False) -> dict[str, Any]:
+  """Runs every unfinished run, rewriting DIR/results.md after each; returns what ran and failed."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  domains_order = experiments.grid_domains(config)
+  runs = plan(config)
+  all_config = copy.deepcopy(config)
+  all_config.data.source, all_config.data.targets = domains_order[0], domains_order[1:]
+  all_config.data.auxiliary = ()
+  domains = pipeline.prepare_data(all_config, workdir)
+  tables = pipeline.embed_domains(all_config, workdir, domains)
+  meta = {"command": command, "machine": experiments.machine_info(), "domains": list(domains_order),
+          "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
+          "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  ran, failed = [], []
+  for i, (source, preset, seed) in enumerate(runs, 1):
+    rel = pathlib.Path("runs") / source / preset / f"seed{seed}"
+    run_dir = workdir / rel
+    rc = run_config(config, source, preset, seed, domains_order)
+    tag = f"[baselines] {i}/{len(runs)} {rel.as_posix()}"
+    done = experiments.read_done(run_dir)
+    if done is not None:
+      diff = fingerprint_lib.diff(done.get("fingerprint"), experiments.run_fingerprint(rc))
+      if diff:
+        raise ValueError(f"{run_dir / experiments.DONE} was finished with a different config (differs in "
+                         f"{diff}); use a fresh --workdir or delete that run folder")
+      print(f"{tag}: skip (finished)", flush=True)
+      continue
+    if aggregate_only:
+      continue
+    print(f"{tag}: run {PRESETS[preset]}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+      spec = experiments.RunSpec(source, str(rc.model.backbone), str(rc.model.variant), seed)
+      records = experiments.execute_run(rc, spec, run_dir, domains, tables)
+    except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the study)
+      failed.append(rel.as_posix())
+      experiments._atomic_json(run_dir / experiments.FAILED,  # pylint: disable=protected-access
+                               {"error": repr(e), "traceback": traceback.format_exc()})
+      print(f"{tag}: FAILED ({e!r})", flush=True)
+      continue
+    elapsed = time.perf_counter() - t0
+    experiments._atomic_json(run_dir / experiments.DONE, {  # pylint: disable=protected-access
+        "spec": {"source": source, "backbone": str(rc.model.backbone), "variant": str(rc.model.variant),
+                 "seed": seed, "ablation": ""},
+        "setting": preset, "relpath": rel.as_posix(), "records": records, "elapsed_s": elapsed,
+        "machine": meta["machine"], "fingerprint": experiments.run_fingerprint(rc),
+        "config": results_lib.config_dict(rc),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    ran.append(rel.as_posix())
+    print(f"{tag}: done in {elapsed:.0f}s", flush=True)
+    write_report(workdir, config, meta)
+  path = write_report(workdir, config, meta)
+  return {"ran": ran, "failed": failed, "tables": str(path)}
+
+
+def choose_weights(values: dict[tuple, dict[int, float]], presets: Sequence[str], sources: Sequence[str],
+                   validation_domain: str, select: str) -> dict[str, dict[str, float]]:
+  """{preset: {source: weight}}: for every preset with weighted target scores, the weight (1 = the run's
+  own zero-shot numbers) with the best mean `select` ('full/ndcg@10') on validation_domain ← source."""
+  protocol, metric = select.split("/")
+  out: dict[str, dict[str, float]] = {}
+  for preset in presets:
+    for s in sources:
+      if s == validation_domain:
+        continue
+      candidates = {}
+      for (kind, src, dom, setting, prot, met), by_seed in values.items():
+        if (kind, src, dom, prot, met) != ("zero_shot", s, validation_domain, protocol, metric):
+          continue
+        if setting == preset:
+          candidates[1.0] = float(np.mean(list(by_seed.values())))
+        elif setting.startswith(f"{preset}@w"):
+          candidates[float(setting[len(preset) + 2:])] = float(np.mean(list(by_seed.values())))
+      if len(candidates) > 1:
+        out.setdefault(preset, {})[s] = max(candidates, key=lambda w: (candidates[w], -w))
+  return out
+
+
+def _markers(workdir: pathlib.Path) -> list[dict[str, Any]]:
+  out = []
+  for path in sorted((workdir / "runs").glob(f"*/*/seed*/{experiments.DONE}")):
+    done = experiments.read_done(path.parent)
+    if done is not None:
+      out.append(done)
+  return out
+
+
+def cell_stats(values: Sequence[float], sem_values: dict[int, float] | None, seeds: Sequence[int],
+               knn_value: float | None) -> dict[str, Any]:
+  """mean, std, the paired t-test p against sem and the one-sample t-test p against text_knn."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  v = np.asarray(values, np.float64)
+  out = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+         "p_sem": None, "p_knn": None}
+  if knn_value is not None and len(v) >= 2:
+    # Seeds that agree exactly have no variance: the t statistic is infinite (p = 0) unless equal.
+    out["p_knn"] = (float(stats.ttest_1samp(v, knn_value).pvalue) if np.ptp(v) > 0
+                    else (1.0 if v[0] == knn_value else 0.0))
+  if sem_values:
+    paired = [s for s in seeds if s in sem_values]
+    if len(paired) >= 2:
+      a = np.array([values[list(seeds).index(s)] for s in paired])
+      b = np.array([sem_values[s] for s in paired])
+      d = a - b
+      out["p_sem"] = float(stats.ttest_rel(a, b).pvalue) if np.ptp(d) > 0 else (1.0 if d[0] == 0 else 0.0)
+  return out
+
+
+def _cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) -> str:
+  if stat is None:
+    return "—"
+  text = f"{100 * stat['mean']:.2f}"
+  if stat["std"] is not None:
+    text += f" ± {100 * stat['std']:.2f}"
+  if is_reference:
+    return text
+  notes = []
+  if knn is not None:
+    mark = ">" if stat["mean"] > knn else "<"
+    notes.append(f"{mark}knn" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
+  if stat["p_sem"] is not None:
+    notes.append(f"p_sem={stat['p_sem']:.3f}")
+  return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> pathlib.Path:
+  """DIR/results.md from every finished run (regenerated whole each time)."""
+  markers = _markers(workdir)
+  # values[(kind, source, domain, preset, protocol, metric)] = {seed: value}
+  values: dict[tuple, dict[int, float]] = {}
+  for m in markers:
+    for rec in m["records"]:
+      for key, value in rec["metrics"].items():
+        parts = key.split("/")
+        if len(parts) != 3 or not (parts[0] in ("test", "zero_shot") or parts[0].startswith(WEIGHTED)):
+          continue
+        kind = "in_domain" if parts[0] == "test" else "zero_shot"
+        # zero_shot_w<weight>/...: the same run with the model's share scaled on the target.
+        setting = m["setting"] + (f"@w{parts[0][len(WEIGHTED):]}" if parts[0].startswith(WEIGHTED) else "")
+        values.setdefault((kind, rec["source"], rec["domain"], setting, parts[1], parts[2]),
+                          {})[int(m["spec"]["seed"])] = float(value)
+  presets = [p for p in config.experiment.presets]
+  domains = list(meta["domains"])
+  sources = list(config.experiment.sources) or [str(config.data.source)]
+  columns = [("in_domain", s, s) for s in sources] + [
+      ("zero_shot", s, t) for s in sources for t in domains if t != s]
+  metrics = experiments.table_metrics(config)
+  machines = sorted({experiments.machine_line(m["machine"]) for m in markers if "machine" in m})
+  total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
+  lines = [f"# Trained models against text_knn: {config.experiment.name or 'baselines'}", "",
+           f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped)",
+           f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; sources "
+           f"{', '.join(sources)}; each source's targets are the other domains",
+           f"- seeds: {', '.join(map(str, config.experiment.seeds))} (text_knn presets: no seed, one run); "
+           "mean ± sample std over seeds",
+           "- tests: `>knn`/`<knn` = mean above/below text_knn (recency-weighted history mean, no training), "
+           "p = one-sample t-test of the seeds against its value; p_sem = paired t-test against `sem` "
+           "(scipy.stats)",
+           f"- machine: {'; '.join(machines) or experiments.machine_line(meta['machine'])}",
+           f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
+           "time)",
+           f"- model: {experiments._summary_without_seed(config)}",  # pylint: disable=protected-access
+           "- presets (config overrides; docs/method.md explains each): "
+           + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
+           ""]
+  chosen = choose_weights(values, presets, sources, str(config.experiment.validation_domain),
+                          str(config.eval.select_metric).split("/", 1)[1])
+  row_settings = []
+  for preset in presets:
+    row_settings.append((preset, f"`{preset}`", {}))
+    if preset in chosen:
+      label = f"`{preset}`, weight chosen on {config.experiment.validation_domain} ← source (" + ", ".join(
+          f"{s}: {w:g}" for s, w in chosen[preset].items()) + ")"
+      row_settings.append((preset, label, chosen[preset]))
+  if chosen:
+    lines += [f"Rows 'weight chosen on {config.experiment.validation_domain} ← source': a `mix` model's "
+              "trained share of the score is multiplied on the target by the weight (of 1 and "
+              "transfer.target_model_weights) with the best mean "
+              f"`{str(config.eval.select_metric).split('/', 1)[1]}` on the validation pair "
+              f"{config.experiment.validation_domain} ← source; that pair's column is then a validation "
+              "number, not a test result.", ""]
+  for protocol in config.eval.protocols:
+    for metric in metrics:
+      header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}"
+                             for k, s, d in columns]
+      rows = []
+      for preset, label, weights in row_settings:
+        row = [label]
+        for kind, s, d in columns:
+          setting = preset
+          if kind == "zero_shot" and s in weights and weights[s] != 1.0:
+            setting = f"{preset}@w{weights[s]:g}"
+          by_seed = values.get((kind, s, d, setting, protocol, metric))
+          if not by_seed:
+            row.append("—")
+            continue
+          seeds = sorted(by_seed)
+          knn = values.get((kind, s, d, UNTRAINED, protocol, metric), {}).get(0)
+          stat = cell_stats([by_seed[k] for k in seeds],
+                            values.get((kind, s, d, "sem", protocol, metric)) if preset != "sem" else None,
+                            seeds, knn)
+          row.append(_cell(stat, knn, preset == UNTRAINED))
+        rows.append(row)
+      lines += [f"## `{protocol}`, {experiments._metric_title(metric)} (%)", ""]  # pylint: disable=protected-access
+      lines += experiments._table(header, rows) + [""]  # pylint: disable=protected-access
+  lines += ["## Protocols", ""]
+  lines += [f"- `{p}`: {t}" for p, t in results_lib.protocol_descriptions(config.eval).items()]
+  lines += [f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "
+            f"{config.train.patience} epochs); test metrics come from the best checkpoint.", ""]
+  path = workdir / "results.md"
+  tmp = path.with_name(f".results.md.{os.getpid()}.tmp")
+  tmp.write_text("\n".join(lines), encoding="utf-8")
+  os.replace(tmp, path)
+  return path
+
+
+# --config, --workdir and --aggregate_only are the grid runner's flags (recg_jax.experiments defines them
+# when imported; absl allows one definition per process).
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if config is None or workdir is None:
+    raise app.UsageError("--config and --workdir are required")
+  import jax  # pylint: disable=g-import-not-at-top
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir",
+                      str(pathlib.Path(workdir).absolute() / "cache" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  command = experiments.recorded_command(sys.argv[1:]).replace("recg_jax.experiments", "recg_jax.baselines")
+  summary = run_study(config, workdir, command=command, aggregate_only=flags.FLAGS.aggregate_only)
+  print(f"[baselines] tables: {summary['tables']}", flush=True)
+  if summary["failed"]:
+    raise SystemExit(f"{len(summary['failed'])} run(s) failed: {summary['failed']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,70 @@
+"""Scoring in the frozen text space: the table transform, the recency-weighted history mean (`text_knn`).
+
+The frozen table is the only thing a zero-shot model knows of a target domain, so these functions read
+nothing but the table they are given: a target's statistics come from the target's own item text.
+
+- `transform_table(table_NxH, mode)`: 'none' returns the table; 'center' subtracts the mean of the real
+  rows (1..N-1) and L2-normalises every row again, so that the direction every item of a domain shares
+  (sentence encoders are anisotropic: MiniLM's items of one shop sit in a narrow cone) stops dominating
+  the cosines. Row 0 (padding) stays 0.
+- `history_mean_positions(seq_BxL, table_NxH, decay)`: at every position t, the weighted mean
+  sum_{s<=t} decay^(t-s) e[seq_s] / sum_{s<=t} decay^(t-s) over real items; position L-1 is the user's
+  whole history with weight 0.5^age for decay 0.5 (age 0 = newest). decay 1 is the plain mean, decay 0 the
+  newest item alone. Causal by construction.
+
+The training-free recommender `text_knn` scores candidate i of a user by <mean, e_i>, which ranks as the
+cosine between the (unit) candidate row and the history mean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+TABLE_TRANSFORMS = ("none", "center")
+
+
+def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
+  """The table a text-space model reads (see module docstring); row 0 stays zero."""
+  if mode not in TABLE_TRANSFORMS:
+    raise ValueError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
+  table_NxH = jax.lax.stop_gradient(table_NxH).astype(jnp.float32)
+  if mode == "none":
+    return table_NxH
+  real_N = jnp.arange(table_NxH.shape[0]) > 0
+  mean_H = jnp.sum(jnp.where(real_N[:, None], table_NxH, 0.0), axis=0) / jnp.maximum(
+      table_NxH.shape[0] - 1, 1)
+  centred = table_NxH - mean_H
+  norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
+  unit = centred / jnp.maximum(norms, 1e-12)
+  return jnp.where(real_N[:, None], unit, 0.0)
+
+
+def recency_weights_LxL(length: int, decay: float) -> jax.Array:
+  """w[t, s] = decay^(t - s) for s <= t, else 0 (decay 0 keeps the diagonal: 0^0 = 1)."""
+  if not 0.0 <= decay <= 1.0:
+    raise ValueError(f"config.model.knn_decay must be in [0, 1], got {decay}")
+  t = jnp.arange(length)
+  age_LxL = t[:, None] - t[None, :]
+  return jnp.where(age_LxL >= 0, jnp.power(jnp.float32(decay), jnp.maximum(age_LxL, 0)), 0.0)
+
+
+def history_mean_positions(seq_BxL: jax.Array, table_NxH: jax.Array, decay: float) -> jax.Array:
+  """mean_BxLxH: the recency-weighted mean of the real items at or before each position (0 where none)."""
+  valid_BxL = (seq_BxL > 0).astype(jnp.float32)
+  rows_BxLxH = jnp.take(table_NxH, seq_BxL.astype(jnp.int32), axis=0, mode="clip") * valid_BxL[..., None]
+  w_LxL = recency_weights_LxL(seq_BxL.shape[1], decay)
+  total_BxLxH = jnp.einsum("ts,bsh->bth", w_LxL, rows_BxLxH)
+  weight_BxL = jnp.einsum("ts,bs->bt", w_LxL, valid_BxL)
+  return total_BxLxH / jnp.maximum(weight_BxL, 1e-12)[..., None]
+
+
+def transform_tables(tables: dict, mode: str) -> dict:
+  """transform_table on every domain's table (host arrays in, host float32 arrays out), each with its own
+  statistics. 'none' returns the tables unchanged."""
+  if mode not in TABLE_TRANSFORMS:
+    raise ValueError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
+  if mode == "none" or not tables:
+    return tables
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return {name: np.asarray(transform_table(jnp.asarray(t), mode)) for name, t in tables.items()}

@@ -1,0 +1,161 @@
+"""Scoring in the frozen text space: text_knn, the table transform, and the text-space user towers."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from recg_jax import train as train_lib
+from recg_jax.models import text_space
+from recg_jax.models.recommender import Recommender, init_variables
+
+D, L, I, H = 8, 6, 15, 5
+SEQ = np.array([[0, 0, 3, 7, 2, 9], [0, 0, 0, 0, 0, 4]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def table():
+  t = jax.random.normal(jax.random.PRNGKey(3), (I + 1, H))
+  t = t / jnp.linalg.norm(t, axis=-1, keepdims=True)
+  return t.at[0].set(0.0)
+
+
+def _model(variant="sem", **kw):
+  return Recommender(backbone=kw.pop("backbone", "sasrec"), variant=variant, num_items=I, hidden_dim=D,
+                     num_layers=1, num_heads=2, dropout=0.0, emb_dropout=0.0, max_len=L, **kw)
+
+
+def _unit(x):
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_history_mean_golden_values(table):
+  mean = text_space.history_mean_positions(jnp.asarray(SEQ), table, 0.5)
+  # User 0 at the last position: items 3, 7, 2, 9 with weights 1/8, 1/4, 1/2, 1 (newest weight 1).
+  w = np.array([0.125, 0.25, 0.5, 1.0])
+  expected = (w[:, None] * np.asarray(table)[[3, 7, 2, 9]]).sum(0) / w.sum()
+  np.testing.assert_allclose(mean[0, -1], expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(mean[1, -1], table[4], rtol=1e-6)  # one item: itself
+  chex.assert_trees_all_close(mean[0, :2], jnp.zeros((2, H)))  # padding positions: nothing to average
+
+
+def test_history_mean_decay_one_and_zero(table):
+  seq = jnp.asarray(SEQ)
+  plain = text_space.history_mean_positions(seq, table, 1.0)
+  np.testing.assert_allclose(plain[0, -1], np.asarray(table)[[3, 7, 2, 9]].mean(0), rtol=1e-6, atol=1e-6)
+  last = text_space.history_mean_positions(seq, table, 0.0)
+  np.testing.assert_allclose(last[0, -1], table[9], rtol=1e-6)
+  np.testing.assert_allclose(last[0, 3], table[7], rtol=1e-6)
+
+
+def test_history_mean_is_causal(table):
+  seq = jnp.asarray(SEQ[:1])
+  changed = seq.at[0, -1].set(11)
+  a = text_space.history_mean_positions(seq, table, 0.5)
+  b = text_space.history_mean_positions(changed, table, 0.5)
+  chex.assert_trees_all_close(a[:, :-1], b[:, :-1])
+  assert not np.allclose(a[:, -1], b[:, -1])
+
+
+def test_center_transform_uses_the_domains_own_rows(table):
+  shifted = table.at[1:].add(3.0)  # the same items with a shared offset: centring removes it
+  a = text_space.transform_table(table, "center")
+  b = text_space.transform_table(shifted, "center")
+  chex.assert_trees_all_close(a, b, atol=1e-5)
+  chex.assert_trees_all_close(a[0], jnp.zeros(H))
+  np.testing.assert_allclose(np.linalg.norm(a[1:], axis=-1), 1.0, rtol=1e-5)
+  assert text_space.transform_table(table, "none") is not None
+  with pytest.raises(ValueError, match="table_transform"):
+    text_space.transform_table(table, "whiten")
+  tables = text_space.transform_tables({"A": np.asarray(table)}, "center")
+  np.testing.assert_allclose(tables["A"], a, atol=1e-6)
+
+
+def test_text_knn_has_no_parameters_and_scores_by_cosine(table):
+  model = _model("text_knn")
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(SEQ), table)
+  assert not jax.tree.leaves(variables)
+  user = model.apply({"params": {}}, jnp.asarray(SEQ), table, False)
+  items = model.apply({"params": {}}, table, method=Recommender.item_vectors)
+  mean = text_space.history_mean_positions(jnp.asarray(SEQ), table, 0.5)[:, -1]
+  chex.assert_trees_all_close(user, mean)
+  scores = user @ items.T
+  cosine = _unit(mean) @ table.T
+  np.testing.assert_array_equal(np.argsort(-scores[:, 1:], axis=1), np.argsort(-cosine[:, 1:], axis=1))
+
+
+@pytest.mark.parametrize("text_user", ["residual", "attention"])
+def test_text_space_user_starts_as_text_knn(table, text_user):
+  model = _model(score_space="text", text_user=text_user)
+  variables = init_variables(model, jax.random.PRNGKey(1), table)
+  user = model.apply(variables, jnp.asarray(SEQ), table, False)
+  mean = text_space.history_mean_positions(jnp.asarray(SEQ), table, 0.5)[:, -1]
+  chex.assert_trees_all_close(_unit(user), _unit(mean), atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(user, axis=-1), 1 / 0.05, rtol=1e-5)  # 1 / text_temperature
+  items = model.apply(variables, table, method=Recommender.item_vectors)
+  chex.assert_trees_all_close(items[1:], table[1:])
+
+
+def test_residual_readout_gets_the_first_gradient_and_no_nan_at_padding(table):
+  """W_o starts at zero: the backbone gets no gradient at the first step, W_o does, and padded positions
+  (u = 0 before normalising) give no NaN."""
+  model = _model(score_space="text", text_user="residual")
+  params = init_variables(model, jax.random.PRNGKey(2), table)["params"]
+
+  def loss(p):
+    hidden = model.apply({"params": p}, jnp.asarray(SEQ), table, False,
+                         method=Recommender.encode_positions)
+    return jnp.sum(hidden ** 2 * jnp.arange(H)) + jnp.sum(hidden[:, :, 0])
+
+  grads = jax.grad(loss)(params)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
+  assert float(jnp.abs(grads["readout"]["W_o"]["kernel"]).max()) > 0
+
+
+def test_mix_scores_are_text_knn_plus_the_sem_score(table):
+  model = _model(score_space="text", text_user="mix")
+  variables = init_variables(model, jax.random.PRNGKey(4), table)
+  seq = jnp.asarray(SEQ)
+  user = model.apply(variables, seq, table, False)
+  items = model.apply(variables, table, method=Recommender.item_vectors)
+  assert user.shape == (2, H + D) and items.shape == (I + 1, H + D)
+  assert model.output_dim(H) == H + D
+  sem = _model("sem")
+  sem_vars = {"params": {k: v for k, v in variables["params"].items() if k in ("items", "encoder")}}
+  y = sem.apply(sem_vars, seq, table, False)
+  sem_items = sem.apply(sem_vars, table, method=Recommender.item_vectors)
+  mean = text_space.history_mean_positions(seq, table, 0.5)[:, -1]
+  expected = (1 / 0.05) * _unit(mean) @ table.T + y @ sem_items.T
+  chex.assert_trees_all_close(user @ items.T, expected, atol=1e-4, rtol=1e-5)
+  ids = jnp.asarray([[3, 0, 5]])
+  cand = model.apply(variables, ids, table, method=Recommender.candidate_vectors)
+  chex.assert_trees_all_close(cand[0], items[jnp.asarray([3, 0, 5])], atol=1e-6)
+
+
+def test_text_space_options_are_validated(table):
+  seq = jnp.asarray(SEQ)
+  for kw, match in [({"variant": "id", "score_space": "text"}, "score_space='text' needs"),
+                    ({"score_space": "latent"}, "score_space must be"),
+                    ({"score_space": "text", "text_user": "sum"}, "text_user must be"),
+                    ({"score_space": "text", "backbone": "bert4rec", "cloze": True}, "Cloze")]:
+    kw = dict(kw)
+    variant = kw.pop("variant", "sem")
+    with pytest.raises(ValueError, match=match):
+      _model(variant, **kw).init(jax.random.PRNGKey(0), seq, table)
+
+
+def test_candidate_scoring_resolves_for_text_space():
+  config = default_config.get_config()
+  config.model.variant = "sem"
+  config.model.score_space = "text"
+  assert train_lib.candidate_scoring(config) == "gather"
+  config.train.candidate_scores = "factored"
+  with pytest.raises(ValueError, match="frozen rows"):
+    train_lib.candidate_scoring(config)
+  config.model.score_space = "projected"
+  assert train_lib.candidate_scoring(config) == "factored"
+  assert isinstance(config, ml_collections.ConfigDict)
