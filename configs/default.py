@@ -1,4 +1,4 @@
-"""Every field of a recg-jax run, with the defaults of METHOD.md.
+"""Every field of a recg-jax run, with the defaults of docs/method.md.
 
 Other config files import this one and override fields. On the command line any field can be set with
 `--config.section.field=value`; unknown keys are rejected because configs are locked.
@@ -28,7 +28,7 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.item_field = "item_id"
   c.time_field = "timestamp"
   c.text_fields = ("title", "brand", "categories", "description")
-  # Filtering and splitting (METHOD.md "Data and protocol").
+  # Filtering and splitting (docs/method.md "Data and protocol").
   c.min_user_interactions = 5
   c.min_item_interactions = 5
   c.drop_items_without_text = True
@@ -108,6 +108,13 @@ def get_model_config() -> ml_collections.ConfigDict:
   # not in the paper: it is the experiment's `merge_identity` ablation.
   c.merge_init = "default"
   c.mask_prob = 0.2  # BERT4Rec Cloze
+  # SASRec's blocks: FFN width multiplier, activation (relu | gelu), LayerNorm epsilon, and the std of
+  # N(0, std) kernels (0 = flax's defaults). The defaults follow the SASRec paper's code; RecBole's SASRec
+  # is 4, "gelu", 1e-12, 0.02.
+  c.sasrec_ffn_multiplier = 1
+  c.sasrec_activation = "relu"
+  c.sasrec_ln_epsilon = 1e-6
+  c.sasrec_init_std = 0.0
   # Scoring in the frozen text space (docs/method.md, "Beyond the paper"; none of it is in the paper).
   # `text_knn` (a variant) needs no training: a candidate's score is its cosine with the recency-weighted
   # mean of the history's frozen rows, weight knn_decay^age (age 0 = newest; 1 = plain mean, 0 = last item).

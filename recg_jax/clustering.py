@@ -1,4 +1,4 @@
-"""K-means over user vectors and the attention read-out of the sequence-level transfer (METHOD.md step 7).
+"""K-means over user vectors and the attention read-out of the sequence-level transfer (docs/method.md step 7).
 
 `kmeans` is Lloyd's algorithm in jnp with greedy k-means++ seeding (as in scikit-learn: each new centre is
 the best of `local_trials` candidates drawn proportionally to D^2), several restarts (the lowest inertia
@@ -234,7 +234,7 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 
 def cluster_attention(user_BxD: jax.Array, centres_KxD: jax.Array) -> jax.Array:
-  """a_BxK = softmax_k(cos(y_b, s_k)) (temperature 1, METHOD.md step 7b)."""
+  """a_BxK = softmax_k(cos(y_b, s_k)) (temperature 1, docs/method.md step 7b)."""
   cos_BxK = jnp.einsum("bd,kd->bk", _normalize(user_BxD), _normalize(centres_KxD),
                        precision=_HIGHEST)
   return jax.nn.softmax(cos_BxK, axis=-1)

@@ -1,4 +1,4 @@
-"""Ranking evaluation: Recall@K and NDCG@K under the `full` and `sampled<N>` protocols (METHOD.md).
+"""Ranking evaluation: Recall@K and NDCG@K under the `full` and `sampled<N>` protocols (docs/method.md).
 
 Rank of the target (0-based, fractional):
 

@@ -50,7 +50,7 @@ from recg_jax import pipeline
 from recg_jax import results as results_lib
 
 VARIANTS = ("id", "sem", "recg", "text_knn")
-# Ablations of METHOD.md ("Variants that every experiment reports"): config overrides of the RecG run.
+# Ablations of docs/method.md ("Variants that every experiment reports"): config overrides of the RecG run.
 # `no_seq` trains exactly the RecG model (train.py never reads config.transfer), so it is not run again:
 # its numbers are the full run's `zero_shot_no_seq` / `test_no_seq` metrics, recorded by transfer.py.
 ABLATIONS: dict[str, dict[str, Any] | None] = {

@@ -16,6 +16,10 @@ ADDED_FIELDS: dict[str, Any] = {
     "model.text_temperature": 0.05,
     "model.table_transform": "none",
     "transfer.target_model_weights": (),
+    "model.sasrec_ffn_multiplier": 1,
+    "model.sasrec_activation": "relu",
+    "model.sasrec_ln_epsilon": 1e-6,
+    "model.sasrec_init_std": 0.0,
 }
 _MISSING = object()
 

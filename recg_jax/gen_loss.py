@@ -1,4 +1,4 @@
-"""The item-level generalization loss L_gen (METHOD.md step 6).
+"""The item-level generalization loss L_gen (docs/method.md step 6).
 
 Each training step samples B real items per domain (source, targets and auxiliary domains alike), maps their
 frozen embeddings through the alignment projection, z = W_a e_sem + b_a, and computes
@@ -43,7 +43,7 @@ def check_num_domains(num_domains: int) -> bool:
   if num_domains not in _warned_num_domains:
     _warned_num_domains.add(num_domains)
     message = (f"generalization loss with {num_domains} domain(s): the inter-domain entropy is identically "
-               "zero for D < 3 (METHOD.md step 6); add target or auxiliary domains (data.targets, "
+               "zero for D < 3 (docs/method.md step 6); add target or auxiliary domains (data.targets, "
                "data.auxiliary) to use the inter-domain term")
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     logging.warning(message)
@@ -102,7 +102,7 @@ def intra_entropy(z_DxBxH: jax.Array, tau) -> jax.Array:
 def inter_entropy(z_DxBxH: jax.Array, tau) -> jax.Array:
   """[D, B] entropy of each item's softmax over the other domains' centres (own domain masked out)."""
   num_domains = z_DxBxH.shape[0]
-  centres_DxH = jnp.mean(z_DxBxH, axis=1)  # unnormalised z, as in METHOD.md; cos normalises below
+  centres_DxH = jnp.mean(z_DxBxH, axis=1)  # unnormalised z, as in docs/method.md; cos normalises below
   cos_DxBxE = jnp.einsum("dih,eh->die", _normalize(z_DxBxH), _normalize(centres_DxH),
                          precision=_HIGHEST)
   own_DxE = jnp.eye(num_domains, dtype=bool)[:, None, :]
@@ -116,7 +116,7 @@ def generalization_loss(z_DxBxH: jax.Array,
                         inter_sign=1,
                         use_intra: bool = True,
                         use_inter: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L_gen of METHOD.md step 6 on the aligned vectors of B sampled items from each of D domains.
+  """L_gen of docs/method.md step 6 on the aligned vectors of B sampled items from each of D domains.
 
   Args:
     z_DxBxH: alignment projections z = W_a e_sem + b_a, domain-major. Computed in float32.

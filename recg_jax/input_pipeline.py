@@ -1,4 +1,4 @@
-"""Training batches for the source domain (METHOD.md steps 4-5, "Data and protocol").
+"""Training batches for the source domain (docs/method.md steps 4-5, "Data and protocol").
 
 Rows are built once from the training part of every history (data/types.training_histories): everything
 but the last two items. Only the last `max_len + 1` items of a training part are used: the window whose

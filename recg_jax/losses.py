@@ -1,4 +1,4 @@
-"""Recommendation losses and on-device negative sampling (METHOD.md step 5).
+"""Recommendation losses and on-device negative sampling (docs/method.md step 5).
 
 Shapes: B users in the batch, P target positions per user (all prefixes: P = L; last target: P = 1),
 K negatives per position, D = d_l, N = num_items + 1 catalogue rows (row 0 = padding), I = num_items.

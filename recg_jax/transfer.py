@@ -1,4 +1,4 @@
-"""Sequence-level transfer and zero-shot evaluation (METHOD.md steps 7 and 8).
+"""Sequence-level transfer and zero-shot evaluation (docs/method.md steps 7 and 8).
 
 After the source model is trained:
   a. y for every source user (input: the training part of the history), k-means on them -> s_1..s_K;

@@ -20,7 +20,7 @@ def _np_softmax_entropy(logits):
 
 
 def reference_loss(z, alpha, tau, inter_sign=1, use_intra=True, use_inter=True):
-  """METHOD.md step 6 written out item by item in float64 numpy."""
+  """docs/method.md step 6 written out item by item in float64 numpy."""
   z = np.asarray(z, np.float64)
   num_domains, samples, _ = z.shape
   unit = z / np.linalg.norm(z, axis=-1, keepdims=True)

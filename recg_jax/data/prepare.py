@@ -303,7 +303,7 @@ def load_domain(config: ml_collections.ConfigDict, name: str, workdir: str | os.
 
 def load_domains(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str],
                  log: Callable[[str], None] = print) -> dict[str, DomainData]:
-  """Every domain of config.data.source, .targets and .auxiliary, source first (METHOD.md data)."""
+  """Every domain of config.data.source, .targets and .auxiliary, source first (docs/method.md data)."""
   names = domain_names(config.data)
   return {name: load_domain(config, name, workdir, log) for name in names}
 

@@ -1,4 +1,4 @@
-"""One text string per item, from a template over its fields (METHOD.md, pipeline step 1).
+"""One text string per item, from a template over its fields (docs/method.md, pipeline step 1).
 
 Cutting the text to `max_tokens` is token-level and belongs to the encoder, not here.
 """

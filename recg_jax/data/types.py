@@ -2,7 +2,7 @@
 
 Item indices are 1..num_items; index 0 is the padding item everywhere (embedding tables have a zero row 0).
 User histories are stored flat (CSR): the history of user u is `items[offsets[u]:offsets[u + 1]]`, in time
-order, after k-core filtering and before any truncation. Leave-one-out (METHOD.md): the last item is the
+order, after k-core filtering and before any truncation. Leave-one-out (docs/method.md): the last item is the
 test target, the second-to-last the validation target, and the rest is the training part.
 """
 
@@ -74,7 +74,7 @@ class EvalSplit:
 
 
 def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
-  """Builds the `valid` or `test` rows of METHOD.md's leave-one-out protocol, vectorised over users."""
+  """Builds the `valid` or `test` rows of docs/method.md's leave-one-out protocol, vectorised over users."""
   if split not in ("valid", "test"):
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   drop = 1 if split == "valid" else 0  # items after the target that the input must not see
@@ -95,5 +95,5 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
 
 
 def training_histories(domain: DomainData) -> list[np.ndarray]:
-  """The training part of every history: everything but the last two items (METHOD.md leave-one-out)."""
+  """The training part of every history: everything but the last two items (docs/method.md leave-one-out)."""
   return [domain.items[s:e - 2] for s, e in zip(domain.offsets[:-1], domain.offsets[1:])]

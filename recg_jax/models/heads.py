@@ -1,4 +1,4 @@
-"""Item heads: how items enter the sequence model and how candidates are scored (METHOD.md steps 3, 7b).
+"""Item heads: how items enter the sequence model and how candidates are scored (docs/method.md steps 3, 7b).
 
 ItemProjection, per variant:
 - 'id':   a trainable table E (num_items + 1 rows). Inputs: dropout(E[i]); candidates: E[i].
@@ -114,7 +114,7 @@ def identity_concat_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float
 
 
 class SequenceFusion(nn.Module):
-  """g = W_f [y; s~] with W_f: d_l x 2 d_l, no bias, initialised to [I | 0] (METHOD.md step 7b-c)."""
+  """g = W_f [y; s~] with W_f: d_l x 2 d_l, no bias, initialised to [I | 0] (docs/method.md step 7b-c)."""
 
   features: int  # d_l
 

@@ -93,6 +93,11 @@ class Recommender(nn.Module):
   text_user: str = "readout"
   knn_decay: float = 0.5  # recency weight of the history mean (text_knn, and the text_user modes that start from it)
   text_temperature: float = 0.05  # initial temperature of the cosine scores (score_space 'text')
+  # SASRec's block details (RecBole's SASRec: 4, 'gelu', 1e-12, 0.02).
+  sasrec_ffn_multiplier: int = 1
+  sasrec_activation: str = "relu"
+  sasrec_ln_epsilon: float = 1e-6
+  sasrec_init_std: float = 0.0
 
   @classmethod
   def from_config(cls, model_config: Any, num_items: int, max_len: int, *,
@@ -108,7 +113,11 @@ class Recommender(nn.Module):
                score_space=str(model_config.get("score_space", "projected")),
                text_user=str(model_config.get("text_user", "readout")),
                knn_decay=float(model_config.get("knn_decay", 0.5)),
-               text_temperature=float(model_config.get("text_temperature", 0.05)))
+               text_temperature=float(model_config.get("text_temperature", 0.05)),
+               sasrec_ffn_multiplier=int(model_config.get("sasrec_ffn_multiplier", 1)),
+               sasrec_activation=str(model_config.get("sasrec_activation", "relu")),
+               sasrec_ln_epsilon=float(model_config.get("sasrec_ln_epsilon", 1e-6)),
+               sasrec_init_std=float(model_config.get("sasrec_init_std", 0.0)))
 
   @property
   def is_causal(self) -> bool:
@@ -152,11 +161,16 @@ class Recommender(nn.Module):
     if self.backbone == "gru4rec":
       self.encoder = gru4rec_lib.GRU4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                                          dropout=self.dropout, name="encoder")
+    elif self.backbone == "sasrec":
+      self.encoder = sasrec_lib.SASRec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
+                                       num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
+                                       pre_ln=self.pre_ln, ffn_multiplier=self.sasrec_ffn_multiplier,
+                                       activation=self.sasrec_activation, ln_epsilon=self.sasrec_ln_epsilon,
+                                       init_std=self.sasrec_init_std, name="encoder")
     else:
-      make = sasrec_lib.SASRec if self.backbone == "sasrec" else bert4rec_lib.BERT4Rec
-      self.encoder = make(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                          num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
-                          pre_ln=self.pre_ln, name="encoder")
+      self.encoder = bert4rec_lib.BERT4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
+                                           num_heads=self.num_heads, dropout=self.dropout,
+                                           max_len=self.max_len, pre_ln=self.pre_ln, name="encoder")
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
     if self.score_space == "text":

@@ -3,7 +3,7 @@
 Backbones take item inputs, not ids: `encoder(x_BxLxD, valid_BxL, train) -> hidden_BxLxD`, so the
 causality and padding tests can differentiate through the inputs directly.
 
-Choices (METHOD.md step 4 and the table of code differences):
+Choices (docs/method.md step 4 and the table of code differences):
 - A real causal mask: query t attends to keys k <= t that are not padding. (The authors' code builds the
   mask and never passes it, which makes their SASRec bidirectional.)
 - Learned positional embeddings counted from the right: inputs are right-aligned, so the newest item is
@@ -15,11 +15,15 @@ Choices (METHOD.md step 4 and the table of code differences):
   LayerNorm. (A post-LN stack already ends in a LayerNorm.)
 - Padding positions are zeroed after every block, and masked as keys, so they never influence real
   positions. Their own queries see no key; flax's finite mask value makes that a harmless uniform average.
-- SASRec's FFN is d -> d with ReLU (the reference point-wise Conv1d); BERT4Rec's is d -> 4d with GELU.
+- SASRec's FFN is d -> d with ReLU by default (the reference point-wise Conv1d); RecBole's SASRec uses
+  d -> 4d with (exact) GELU, LayerNorm epsilon 1e-12 and N(0, 0.02) weights: each is a field
+  (ffn_multiplier, activation, ln_epsilon, init_std; config.model.sasrec_*). BERT4Rec's FFN is d -> 4d
+  with GELU.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -36,21 +40,25 @@ class TransformerBlock(nn.Module):
   pre_ln: bool
   ffn_dim: int
   activation: Callable[[jax.Array], jax.Array]
+  ln_epsilon: float = 1e-6
+  init_std: float = 0.0  # > 0: every kernel drawn from N(0, init_std^2) (RecBole); 0: flax's defaults
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, train: bool) -> jax.Array:
     det = not train
+    kernel = nn.initializers.normal(self.init_std) if self.init_std > 0 else nn.linear.default_kernel_init
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, qkv_features=self.hidden_dim, out_features=self.hidden_dim,
-        dropout_rate=self.dropout, broadcast_dropout=False, deterministic=det, name="attention")
-    ln_attn = nn.LayerNorm(epsilon=1e-6, name="ln_attention")
-    ln_ffn = nn.LayerNorm(epsilon=1e-6, name="ln_ffn")
+        dropout_rate=self.dropout, broadcast_dropout=False, deterministic=det, kernel_init=kernel,
+        name="attention")
+    ln_attn = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_attention")
+    ln_ffn = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_ffn")
 
     def ffn(h):
-      h = nn.Dense(self.ffn_dim, name="ffn_in")(h)
+      h = nn.Dense(self.ffn_dim, kernel_init=kernel, name="ffn_in")(h)
       h = self.activation(h)
       h = nn.Dropout(self.dropout)(h, deterministic=det)
-      return nn.Dense(self.hidden_dim, name="ffn_out")(h)
+      return nn.Dense(self.hidden_dim, kernel_init=kernel, name="ffn_out")(h)
 
     if self.pre_ln:
       h = ln_attn(x_BxLxD)
@@ -74,6 +82,8 @@ class TransformerEncoder(nn.Module):
   causal: bool
   ffn_dim: int
   activation: Callable[[jax.Array], jax.Array]
+  ln_epsilon: float = 1e-6
+  init_std: float = 0.0
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
@@ -88,11 +98,12 @@ class TransformerEncoder(nn.Module):
                        f"config.model.num_heads={self.num_heads}")
     valid_BxLx1 = valid_BxL[..., None]
     positions_L = jnp.arange(length) + (self.max_len - length)  # right-aligned: newest at max_len - 1
-    pos_LxD = nn.Embed(self.max_len, self.hidden_dim, embedding_init=nn.initializers.normal(0.02),
+    pos_LxD = nn.Embed(self.max_len, self.hidden_dim,
+                       embedding_init=nn.initializers.normal(self.init_std or 0.02),
                        name="position_embedding")(positions_L)
     x = x_BxLxD + pos_LxD[None].astype(x_BxLxD.dtype)
     if not self.pre_ln:
-      x = nn.LayerNorm(epsilon=1e-6, name="ln_input")(x)
+      x = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_input")(x)
     x = jnp.where(valid_BxLx1, x, 0.0)
 
     mask = nn.make_attention_mask(valid_BxL, valid_BxL)  # [B, 1, L, L]: both ends real
@@ -101,10 +112,11 @@ class TransformerEncoder(nn.Module):
     for i in range(self.num_layers):
       x = TransformerBlock(hidden_dim=self.hidden_dim, num_heads=self.num_heads, dropout=self.dropout,
                            pre_ln=self.pre_ln, ffn_dim=self.ffn_dim, activation=self.activation,
+                           ln_epsilon=self.ln_epsilon, init_std=self.init_std,
                            name=f"block_{i}")(x, mask, train)
       x = jnp.where(valid_BxLx1, x, 0.0)
     if self.pre_ln:
-      x = jnp.where(valid_BxLx1, nn.LayerNorm(epsilon=1e-6, name="ln_final")(x), 0.0)
+      x = jnp.where(valid_BxLx1, nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_final")(x), 0.0)
     return x
 
 
@@ -117,10 +129,24 @@ class SASRec(nn.Module):
   dropout: float
   max_len: int
   pre_ln: bool = False
+  ffn_multiplier: int = 1  # FFN width = ffn_multiplier * hidden_dim
+  activation: str = "relu"  # relu | gelu (exact, as RecBole's)
+  ln_epsilon: float = 1e-6
+  init_std: float = 0.0
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got "
+                       f"{self.activation!r}")
+    if self.ffn_multiplier < 1:
+      raise ValueError(f"config.model.sasrec_ffn_multiplier must be >= 1, got {self.ffn_multiplier}")
     return TransformerEncoder(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                               num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
-                              pre_ln=self.pre_ln, causal=True, ffn_dim=self.hidden_dim,
-                              activation=nn.relu, name="transformer")(x_BxLxD, valid_BxL, train)
+                              pre_ln=self.pre_ln, causal=True, ffn_dim=self.ffn_multiplier * self.hidden_dim,
+                              activation=ACTIVATIONS[self.activation], ln_epsilon=self.ln_epsilon,
+                              init_std=self.init_std, name="transformer")(x_BxLxD, valid_BxL, train)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "gelu": functools.partial(nn.gelu, approximate=False)}
