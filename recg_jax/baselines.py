@@ -48,8 +48,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sem_softmax": {"model.variant": "sem", "train.loss": "softmax"},
     "recg_softmax": {"model.variant": "recg", "train.loss": "softmax"},
     # Scoring in the frozen text space (softmax, cosine with a learned temperature).
-    "text_readout": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                     "model.text_user": "readout"},
     "text_residual": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
                       "model.text_user": "residual"},
     "text_attention": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
@@ -59,11 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "text_mix_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
                         "model.text_user": "mix", "model.table_transform": "center",
                         "transfer.target_model_weights": MIX_WEIGHTS},
-    "text_residual_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                             "model.text_user": "residual", "model.table_transform": "center"},
-    # RecG's own parts on the text-space model: L_gen on W_a, the merge, the sequence-level step.
-    "recg_text_residual": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
-                           "model.text_user": "residual"},
+    # RecG's own parts (the merge of W_p e and W_a e for history items, L_gen on W_a, the sequence-level
+    # step) on the mix model.
+    "recg_text_mix": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
+                      "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
 }
 WEIGHTED = "zero_shot_w"
 UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference

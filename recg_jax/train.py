@@ -640,6 +640,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               loss_name=results_lib.loss_name(config),
               bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()})
 
+  started = time.perf_counter()
   pending: list[tuple[int, int, dict]] = []  # (step, real rows, device metrics) not yet read back
   clock = {"t0": time.perf_counter()}
 
@@ -704,7 +705,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if select not in valid:
           raise ValueError(f"config.eval.select_metric={select!r} is not among the validation metrics "
                            f"{sorted(valid)}")
-        log.write("valid", step, valid, epoch=epoch)
+        # Wall time since this invocation started (a resumed run counts from its restart).
+        log.write("valid", step, valid, epoch=epoch, elapsed_s=round(time.perf_counter() - started, 3))
         value = valid[select]
         if meta["best_metric"] is None or value > meta["best_metric"]:
           meta.update(best_metric=value, best_step=step, best_epoch=epoch, best_valid=valid)
