@@ -287,14 +287,30 @@ _ARG_FIELDS = {
 }
 
 
+def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Applies a named preset of configs/presets.py (its section.field overrides)."""
+  from configs import presets  # pylint: disable=g-import-not-at-top
+  if name not in presets.PRESETS:
+    raise ValueError(f"config argument preset={name!r}: expected one of {sorted(presets.PRESETS)}")
+  for key, value in presets.PRESETS[name].items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
 def apply_config_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies a big_vision-style argument `key=value,key=value`; lists are joined with '+'."""
+  """Applies a big_vision-style argument `key=value,key=value`; lists are joined with '+'.
+  `preset=<name>` applies a named preset of configs/presets.py."""
   if not arg:
     return config
   for item in arg.split(","):
     key, sep, value = item.partition("=")
+    if sep and key == "preset":
+      apply_preset(config, value)
+      continue
     if not sep or key not in _ARG_FIELDS:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(_ARG_FIELDS)}")
+      raise ValueError(f"config argument {item!r}: expected key=value with key in "
+                       f"{sorted([*_ARG_FIELDS, 'preset'])}")
     section, field = _ARG_FIELDS[key]
     current = config[section][field]
     if isinstance(current, tuple):

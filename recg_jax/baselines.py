@@ -29,39 +29,12 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from configs.presets import PRESETS
 from recg_jax import experiments
 from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 
-# Target weights of a 'mix' model's trained share of the score (1 = as trained, 0 = text_knn alone).
-MIX_WEIGHTS = (0.0, 0.25, 0.5)
-# Named settings. Each is a set of config overrides; docs/method.md says what each tests.
-PRESETS: dict[str, dict[str, Any]] = {
-    # No training.
-    "text_knn": {"model.variant": "text_knn"},
-    "text_knn_center": {"model.variant": "text_knn", "model.table_transform": "center"},
-    # The paper's models (BPR, five uniform negatives, candidates W_p e + b_p).
-    "sem": {"model.variant": "sem"},
-    "recg": {"model.variant": "recg"},
-    # The loss alone: full softmax cross-entropy.
-    "sem_softmax": {"model.variant": "sem", "train.loss": "softmax"},
-    "recg_softmax": {"model.variant": "recg", "train.loss": "softmax"},
-    # Scoring in the frozen text space (softmax, cosine with a learned temperature).
-    "text_residual": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                      "model.text_user": "residual"},
-    "text_attention": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                       "model.text_user": "attention"},
-    "text_mix": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                 "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
-    "text_mix_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                        "model.text_user": "mix", "model.table_transform": "center",
-                        "transfer.target_model_weights": MIX_WEIGHTS},
-    # RecG's own parts (the merge of W_p e and W_a e for history items, L_gen on W_a, the sequence-level
-    # step) on the mix model.
-    "recg_text_mix": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
-                      "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
-}
 WEIGHTED = "zero_shot_w"
 UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference
 
@@ -210,16 +183,15 @@ def cell_stats(values: Sequence[float], sem_values: dict[int, float] | None, see
   out = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
          "p_sem": None, "p_knn": None}
   if knn_value is not None and len(v) >= 2:
-    # Seeds that agree exactly have no variance: the t statistic is infinite (p = 0) unless equal.
-    out["p_knn"] = (float(stats.ttest_1samp(v, knn_value).pvalue) if np.ptp(v) > 0
-                    else (1.0 if v[0] == knn_value else 0.0))
+    # Seeds that agree exactly (a run whose target score is text similarity alone) have no variance:
+    # there is nothing to test, and no p is shown.
+    out["p_knn"] = float(stats.ttest_1samp(v, knn_value).pvalue) if np.ptp(v) > 0 else None
   if sem_values:
     paired = [s for s in seeds if s in sem_values]
     if len(paired) >= 2:
       a = np.array([values[list(seeds).index(s)] for s in paired])
       b = np.array([sem_values[s] for s in paired])
-      d = a - b
-      out["p_sem"] = float(stats.ttest_rel(a, b).pvalue) if np.ptp(d) > 0 else (1.0 if d[0] == 0 else 0.0)
+      out["p_sem"] = float(stats.ttest_rel(a, b).pvalue) if np.ptp(a - b) > 0 else None
   return out
 
 

@@ -116,3 +116,11 @@ def test_text_knn_needs_no_training_and_mix_at_weight_zero_is_text_knn(study):
       for metric in ("recall@10", "ndcg@10"):
         assert mix[f"zero_shot_w0/{protocol}/{metric}"] == pytest.approx(
             knn[f"zero_shot/{protocol}/{metric}"], abs=1e-6)
+
+
+def test_presets_apply_from_a_config_argument():
+  config = default_config.apply_config_arg(default_config.get_config(), "preset=text_mix,source=Office")
+  assert (config.model.variant, config.model.score_space, config.model.text_user, config.train.loss,
+          config.data.source) == ("sem", "text", "mix", "softmax", "Office")
+  with pytest.raises(ValueError, match="preset='nope'"):
+    default_config.apply_config_arg(default_config.get_config(), "preset=nope")

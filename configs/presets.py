@@ -1,0 +1,38 @@
+"""Named settings of recg-jax beyond the paper's variants, and the paper's own, as config overrides.
+
+`text_mix` is the best trained model in-domain (it beats text_knn under both protocols on both sources,
+results/baselines_shared); zero-shot, no trained preset beats text_knn (docs/method.md, "Findings").
+"""
+
+from typing import Any
+
+# Target weights of a 'mix' model's trained share of the score (1 = as trained, 0 = text_knn alone).
+MIX_WEIGHTS = (0.0, 0.25, 0.5)
+# Named settings: each is a set of config overrides (section.field -> value). docs/method.md says what
+# each tests; recg_jax.baselines runs them side by side, and `--config=configs/<file>.py:preset=<name>`
+# applies one to any config.
+PRESETS: dict[str, dict[str, Any]] = {
+    # No training.
+    "text_knn": {"model.variant": "text_knn"},
+    "text_knn_center": {"model.variant": "text_knn", "model.table_transform": "center"},
+    # The paper's models (BPR, five uniform negatives, candidates W_p e + b_p).
+    "sem": {"model.variant": "sem"},
+    "recg": {"model.variant": "recg"},
+    # The loss alone: full softmax cross-entropy.
+    "sem_softmax": {"model.variant": "sem", "train.loss": "softmax"},
+    "recg_softmax": {"model.variant": "recg", "train.loss": "softmax"},
+    # Scoring in the frozen text space (softmax, cosine with a learned temperature).
+    "text_residual": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                      "model.text_user": "residual"},
+    "text_attention": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                       "model.text_user": "attention"},
+    "text_mix": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                 "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
+    "text_mix_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
+                        "model.text_user": "mix", "model.table_transform": "center",
+                        "transfer.target_model_weights": MIX_WEIGHTS},
+    # RecG's own parts (the merge of W_p e and W_a e for history items, L_gen on W_a, the sequence-level
+    # step) on the mix model.
+    "recg_text_mix": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
+                      "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
+}
