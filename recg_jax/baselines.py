@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
 import pathlib
 import sys
@@ -97,6 +98,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
   all_config.data.auxiliary = ()
   domains = pipeline.prepare_data(all_config, workdir)
   tables = pipeline.embed_domains(all_config, workdir, domains)
+  _write_random(workdir, config, domains)
   meta = {"command": command, "machine": experiments.machine_info(), "domains": list(domains_order),
           "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
           "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -164,6 +166,19 @@ def choose_weights(values: dict[tuple, dict[int, float]], presets: Sequence[str]
       if len(candidates) > 1:
         out.setdefault(preset, {})[s] = max(candidates, key=lambda w: (candidates[w], -w))
   return out
+
+
+RANDOM = "random.json"
+
+
+def _write_random(workdir: pathlib.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
+  """DIR/random.json: what a uniformly random ranking reaches in expectation on each domain's test split
+  (evaluate.random_expectation), the floor every table shows."""
+  from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from recg_jax.data import types  # pylint: disable=g-import-not-at-top
+  out = {name: evaluate.random_expectation(types.leave_one_out(d, "test", int(config.data.max_len)), d,
+                                           config.eval) for name, d in domains.items()}
+  experiments._atomic_json(workdir / RANDOM, out)  # pylint: disable=protected-access
 
 
 def _markers(workdir: pathlib.Path) -> list[dict[str, Any]]:
@@ -268,11 +283,17 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
               f"`{str(config.eval.select_metric).split('/', 1)[1]}` on the validation pair "
               f"{config.experiment.validation_domain} ← source; that pair's column is then a validation "
               "number, not a test result.", ""]
+  random_path = workdir / RANDOM
+  random = json.loads(random_path.read_text(encoding="utf-8")) if random_path.is_file() else {}
   for protocol in config.eval.protocols:
     for metric in metrics:
       header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}"
                              for k, s, d in columns]
       rows = []
+      if random:
+        rows.append(["random (expected)"] + [
+            f"{100 * random[d][f'{protocol}/{metric}']:.2f}" if f"{protocol}/{metric}" in random.get(d, {})
+            else "—" for _, _, d in columns])
       for preset, label, weights in row_settings:
         row = [label]
         for kind, s, d in columns:

@@ -98,6 +98,7 @@ def test_study_runs_every_planned_run_and_tables_them(study):
   for preset in config.experiment.presets:
     assert f"| `{preset}` |" in md
   assert "weight chosen on Gamma ← source" in md
+  assert md.count("| random (expected) |") == 4  # one row in each protocol x metric table
   assert md.count("## `full`") == 2 and md.count("## `sampled10`") == 2
   done = json.loads((workdir / "runs/Alpha/text_knn/seed0/done.json").read_text())
   assert done["setting"] == "text_knn"

@@ -375,3 +375,32 @@ def test_real_domain_matches_reference(data_root, tmp_path):
     sampled = np.sum(s[negs[u]] > s[t]) + 0.5 * np.sum(s[negs[u]] == s[t])
     assert ranks["full"][u] == full and ranks["sampled100"][u] == sampled, u
 
+
+
+@pytest.mark.parametrize("split_name", ["valid", "test"])
+def test_candidate_counts_match_the_ranks_of_constant_scores(split_name):
+  """Every candidate tied: the half-tie rank is (C - 1) / 2, so the ranks give back each user's C."""
+  domain = make_domain()
+  split = types.leave_one_out(domain, split_name, MAX_LEN)
+  config = default.get_eval_config()
+  config.protocols = ("full", f"sampled{NUM_NEG}")
+  config.num_sampled_negatives = NUM_NEG
+  config.length_buckets = ()
+  ranks = ev.user_ranks(lambda seq: jnp.ones((seq.shape[0], DIM)), np.ones((NUM_ITEMS + 1, DIM), np.float32),
+                        split, domain, config)
+  counts = ev.candidate_counts(split, domain, config)
+  for name in ("full", f"sampled{NUM_NEG}"):
+    np.testing.assert_array_equal(2 * ranks[name] + 1, counts[name])
+
+
+def test_random_expectation_golden_values():
+  domain = make_domain()
+  split = types.leave_one_out(domain, "test", MAX_LEN)
+  config = default.get_eval_config()
+  config.protocols = ("sampled2",)
+  config.num_sampled_negatives = 2
+  config.ks = (1, 5)
+  out = ev.random_expectation(split, domain, config)
+  assert out["sampled2/recall@1"] == pytest.approx(1 / 3)
+  assert out["sampled2/recall@5"] == pytest.approx(1.0)
+  assert out["sampled2/ndcg@5"] == pytest.approx((1 + 1 / math.log2(3) + 1 / 2) / 3)
