@@ -285,6 +285,29 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
               "number, not a test result.", ""]
   random_path = workdir / RANDOM
   random = json.loads(random_path.read_text(encoding="utf-8")) if random_path.is_file() else {}
+
+  def setting_of(preset, kind, s, weights):
+    if kind == "zero_shot" and s in weights and weights[s] != 1.0:
+      return f"{preset}@w{weights[s]:g}"
+    return preset
+
+  # A compact summary first: means only, Recall / NDCG at the table K, every protocol.
+  short = [m.split("@")[0][0].upper() for m in metrics]
+  lines += [f"## Summary: mean over seeds, {' / '.join(f'{a} = {experiments._metric_title(m)}' for a, m in zip(short, metrics))} (%)", ""]  # pylint: disable=protected-access
+  header = ["preset"] + [f"{p_} {s} (in-domain)" if k == "in_domain" else f"{p_} {d} ← {s}"
+                         for p_ in config.eval.protocols for k, s, d in columns]
+  rows = []
+  for preset, label, weights in row_settings:
+    row = [label]
+    for protocol in config.eval.protocols:
+      for kind, s, d in columns:
+        cells = []
+        for metric in metrics:
+          by_seed = values.get((kind, s, d, setting_of(preset, kind, s, weights), protocol, metric))
+          cells.append(f"{100 * np.mean(list(by_seed.values())):.2f}" if by_seed else "—")
+        row.append(" / ".join(cells))
+    rows.append(row)
+  lines += experiments._table(header, rows) + [""]  # pylint: disable=protected-access
   for protocol in config.eval.protocols:
     for metric in metrics:
       header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}"
@@ -297,10 +320,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
       for preset, label, weights in row_settings:
         row = [label]
         for kind, s, d in columns:
-          setting = preset
-          if kind == "zero_shot" and s in weights and weights[s] != 1.0:
-            setting = f"{preset}@w{weights[s]:g}"
-          by_seed = values.get((kind, s, d, setting, protocol, metric))
+          by_seed = values.get((kind, s, d, setting_of(preset, kind, s, weights), protocol, metric))
           if not by_seed:
             row.append("—")
             continue
