@@ -126,12 +126,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
       records = experiments.execute_run(rc, spec, run_dir, domains, tables)
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the study)
       failed.append(rel.as_posix())
-      experiments._atomic_json(run_dir / experiments.FAILED,  # pylint: disable=protected-access
+      experiments.atomic_json(run_dir / experiments.FAILED,
                                {"error": repr(e), "traceback": traceback.format_exc()})
       print(f"{tag}: FAILED ({e!r})", flush=True)
       continue
     elapsed = time.perf_counter() - t0
-    experiments._atomic_json(run_dir / experiments.DONE, {  # pylint: disable=protected-access
+    experiments.atomic_json(run_dir / experiments.DONE, {
         "spec": {"source": source, "backbone": str(rc.model.backbone), "variant": str(rc.model.variant),
                  "seed": seed, "ablation": ""},
         "setting": preset, "relpath": rel.as_posix(), "records": records, "elapsed_s": elapsed,
@@ -178,7 +178,7 @@ def _write_random(workdir: pathlib.Path, config: ml_collections.ConfigDict, doma
   from recg_jax.data import types  # pylint: disable=g-import-not-at-top
   out = {name: evaluate.random_expectation(types.leave_one_out(d, "test", int(config.data.max_len)), d,
                                            config.eval) for name, d in domains.items()}
-  experiments._atomic_json(workdir / RANDOM, out)  # pylint: disable=protected-access
+  experiments.atomic_json(workdir / RANDOM, out)
 
 
 def _markers(workdir: pathlib.Path) -> list[dict[str, Any]]:
@@ -227,7 +227,8 @@ def _cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) ->
   return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> pathlib.Path:
+def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                 meta: dict[str, Any]) -> pathlib.Path:
   """DIR/results.md from every finished run (regenerated whole each time)."""
   markers = _markers(workdir)
   # values[(kind, source, domain, preset, protocol, metric)] = {seed: value}
@@ -263,7 +264,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
            f"- machine: {'; '.join(machines) or experiments.machine_line(meta['machine'])}",
            f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
            "time)",
-           f"- model: {experiments._summary_without_seed(config)}",  # pylint: disable=protected-access
+           f"- model: {experiments.summary_without_seed(config)}",
            "- presets (config overrides; docs/method.md explains each): "
            + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
            ""]
@@ -293,7 +294,8 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
 
   # A compact summary first: means only, Recall / NDCG at the table K, every protocol.
   short = [m.split("@")[0][0].upper() for m in metrics]
-  lines += [f"## Summary: mean over seeds, {' / '.join(f'{a} = {experiments._metric_title(m)}' for a, m in zip(short, metrics))} (%)", ""]  # pylint: disable=protected-access
+  legend = " / ".join(f"{a} = {experiments.metric_title(m)}" for a, m in zip(short, metrics))
+  lines += [f"## Summary: mean over seeds, {legend} (%)", ""]
   header = ["preset"] + [f"{p_} {s} (in-domain)" if k == "in_domain" else f"{p_} {d} ← {s}"
                          for p_ in config.eval.protocols for k, s, d in columns]
   rows = []
@@ -307,7 +309,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
           cells.append(f"{100 * np.mean(list(by_seed.values())):.2f}" if by_seed else "—")
         row.append(" / ".join(cells))
     rows.append(row)
-  lines += experiments._table(header, rows) + [""]  # pylint: disable=protected-access
+  lines += experiments.markdown_table(header, rows) + [""]
   for protocol in config.eval.protocols:
     for metric in metrics:
       header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}"
@@ -331,8 +333,8 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, meta:
                             seeds, knn)
           row.append(_cell(stat, knn, preset == UNTRAINED))
         rows.append(row)
-      lines += [f"## `{protocol}`, {experiments._metric_title(metric)} (%)", ""]  # pylint: disable=protected-access
-      lines += experiments._table(header, rows) + [""]  # pylint: disable=protected-access
+      lines += [f"## `{protocol}`, {experiments.metric_title(metric)} (%)", ""]
+      lines += experiments.markdown_table(header, rows) + [""]
   lines += ["## Protocols", ""]
   lines += [f"- `{p}`: {t}" for p, t in results_lib.protocol_descriptions(config.eval).items()]
   lines += [f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "

@@ -282,7 +282,7 @@ def read_done(run_dir: pathlib.Path) -> dict[str, Any] | None:
     return None
 
 
-def _atomic_json(path: pathlib.Path, payload: Any) -> None:
+def atomic_json(path: pathlib.Path, payload: Any) -> None:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
   os.replace(tmp, path)
@@ -333,7 +333,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
                "data": results_lib.data_label(config), "data_format": str(config.data.format),
                "config": results_lib.config_dict(config),
                "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  _atomic_json(workdir / "grid.json", grid_meta)
+  atomic_json(workdir / "grid.json", grid_meta)
 
   ran, skipped, failed = [], [], []
   start = time.perf_counter()
@@ -363,7 +363,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
       records = execute_run(rc, spec, run_dir, domains, tables)
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
       failed.append(spec.relpath.as_posix())
-      _atomic_json(run_dir / FAILED, {"spec": spec.to_dict(), "error": repr(e),
+      atomic_json(run_dir / FAILED, {"spec": spec.to_dict(), "error": repr(e),
                                       "traceback": traceback.format_exc()})
       _say(f"{tag}: FAILED ({e!r}); details in {run_dir / FAILED}")
       _release_compiled()
@@ -371,7 +371,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
     elapsed = time.perf_counter() - t0
     _release_compiled()
     (run_dir / FAILED).unlink(missing_ok=True)
-    _atomic_json(run_dir / DONE, {
+    atomic_json(run_dir / DONE, {
         "spec": spec.to_dict(), "setting": spec.setting, "relpath": spec.relpath.as_posix(),
         "records": records, "elapsed_s": elapsed, "machine": info, "fingerprint": run_fingerprint(rc),
         "config": results_lib.config_dict(rc),
@@ -559,7 +559,7 @@ def _p(agg: dict[str, Any] | None) -> str:
   return "nan" if not math.isfinite(p) else (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
   return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
           + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -567,7 +567,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG"}
 
 
-def _metric_title(metric: str) -> str:
+def metric_title(metric: str) -> str:
   name, _, k = metric.partition("@")
   return f"{_METRIC_NAMES.get(name, name)}@{k}"
 
@@ -606,7 +606,8 @@ def zero_shot_tables(aggregates, axes, protocols, metrics) -> list[str]:
       for b in axes["backbones"]:
         avg += ["", "", f"{np.mean(gains[b]):+.1f}% ({len(gains[b])})" if gains[b] else "—", "", ""]
       rows.append(avg)
-      lines += [f"### Zero-shot, `{protocol}`, {_metric_title(metric)} (%)", ""] + _table(header, rows) + [""]
+      lines += [f"### Zero-shot, `{protocol}`, {metric_title(metric)} (%)", ""]
+      lines += markdown_table(header, rows) + [""]
   return lines
 
 
@@ -632,8 +633,8 @@ def in_domain_tables(aggregates, axes, protocols, metrics) -> list[str]:
         if any(cell != "—" for cell in row[1:]):
           rows.append(row)
       if rows:
-        lines += [f"### In-domain, `{protocol}`, {_metric_title(metric)} (%)", ""]
-        lines += _table(header, rows) + [""]
+        lines += [f"### In-domain, `{protocol}`, {metric_title(metric)} (%)", ""]
+        lines += markdown_table(header, rows) + [""]
   return lines
 
 
@@ -658,7 +659,7 @@ def ablation_tables(aggregates, axes, protocols, metrics) -> list[str]:
     cols = _ablation_columns(axes)
     for kind, d in cols:
       label = f"{d} ← {source}" if kind == "zero_shot" else f"{d} (in-domain)"
-      header += [f"{label} {_metric_title(m)}" for m in metrics] + ["gain"]
+      header += [f"{label} {metric_title(m)}" for m in metrics] + ["gain"]
     rows = []
     for setting, label in settings:
       row = [label]
@@ -668,7 +669,7 @@ def ablation_tables(aggregates, axes, protocols, metrics) -> list[str]:
       rows.append(row)
     seeds = ", ".join(map(str, axes["ablation_seeds"]))
     lines += [f"### Ablations, {b} on {source}, `{protocol}` (%; seeds {seeds}; gain = "
-              f"{_metric_title(metrics[0])} over Sem)", ""] + _table(header, rows) + [""]
+              f"{metric_title(metrics[0])} over Sem)", ""] + markdown_table(header, rows) + [""]
   return lines
 
 
@@ -683,7 +684,7 @@ def alpha_tables(aggregates, axes, protocols, metrics, default_alpha: float) -> 
     header = ["alpha"]
     for kind, d in cols:
       label = f"{d} ← {source}" if kind == "zero_shot" else f"{d} (in-domain)"
-      header += [f"{label} {_metric_title(m)}" for m in metrics]
+      header += [f"{label} {metric_title(m)}" for m in metrics]
     rows = []
     for alpha in sorted(axes["alphas"], reverse=True):
       setting = alpha_setting(alpha, default_alpha)
@@ -693,7 +694,7 @@ def alpha_tables(aggregates, axes, protocols, metrics, default_alpha: float) -> 
       rows.append(row)
     seeds = ", ".join(map(str, axes["ablation_seeds"]))
     lines += [f"### Alpha sweep, {b}-RecG on {source}, `{protocol}` (%; seeds {seeds})", ""]
-    lines += _table(header, rows) + [""]
+    lines += markdown_table(header, rows) + [""]
   return lines
 
 
@@ -741,7 +742,7 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
            f"- runs: {len(markers)} finished ({total_s / 3600:.2f} h of run time)"
            + (f"; {len(missing)} not finished" if missing else "")
            + (f"; failed in this invocation: {', '.join(failed)}" if failed else ""),
-           f"- model: {_summary_without_seed(config)}",
+           f"- model: {summary_without_seed(config)}",
            f"- metrics in %; protocols {', '.join(f'`{p}`' for p in protocols)} (defined at the end); "
            "'RecG w/o seq' is the same trained RecG model scored without the sequence-level step (k-means "
            "centres + W_f)",
@@ -770,7 +771,7 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
   if missing:
     lines += ["## Runs not finished", ""] + [f"- `{m}`" for m in missing] + [""]
   lines += ["## Runs", ""]
-  lines += _table(["run", "seconds", "best epoch", "stop"],
+  lines += markdown_table(["run", "seconds", "best epoch", "stop"],
                   [[m["relpath"], f"{float(m.get('elapsed_s', 0)):.0f}", str(_first_extra(m, "best_epoch")),
                     str(_first_extra(m, "stop_reason"))] for m in markers])
   lines += [""] + footer
@@ -782,7 +783,7 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
   return out
 
 
-def _summary_without_seed(config: ml_collections.ConfigDict) -> str:
+def summary_without_seed(config: ml_collections.ConfigDict) -> str:
   return " ".join(p for p in results_lib.config_summary(config).split(" ") if not p.startswith("seed="))
 
 

@@ -141,6 +141,7 @@ def test_text_space_options_are_validated(table):
   for kw, match in [({"variant": "id", "score_space": "text"}, "score_space='text' needs"),
                     ({"score_space": "latent"}, "score_space must be"),
                     ({"score_space": "text", "text_user": "sum"}, "text_user must be"),
+                    ({"text_user": "mix"}, "needs config.model.score_space='text'"),
                     ({"score_space": "text", "backbone": "bert4rec", "cloze": True}, "Cloze")]:
     kw = dict(kw)
     variant = kw.pop("variant", "sem")

@@ -15,6 +15,8 @@ API (every method is pure; call it as `model.apply(variables, ..., method=...)`,
               method=Recommender.candidate_vectors)  -> vecs_BxPxKxD  = item_vectors(table)[ids], cheap
   model.apply(v, rows_MxH, method=Recommender.align) -> z_MxD        W_a e + b_a (variant 'recg' only)
   model.is_causal                                      True for sasrec and gru4rec
+  model.output_dim(H)                                  width of user and candidate vectors (d_l, or the
+                                                       table's H in the text space; H + d_l for 'mix')
   mask_token_id(num_items) = num_items + 1             the BERT4Rec Cloze mask token
 
   scores_BxN = user_BxD @ items_NxD.T
@@ -91,7 +93,7 @@ class Recommender(nn.Module):
   #                text_knn's cosine with a learned scale s plus the Sem model's score, trained together, so
   #                the backbone learns what the text similarity misses.
   text_user: str = "readout"
-  knn_decay: float = 0.5  # recency weight of the history mean (text_knn, and the text_user modes that start from it)
+  knn_decay: float = 0.5  # recency weight of the history mean (text_knn and the text_user modes using it)
   text_temperature: float = 0.05  # initial temperature of the cosine scores (score_space 'text')
   # SASRec's block details (RecBole's SASRec: 4, 'gelu', 1e-12, 0.02).
   sasrec_ffn_multiplier: int = 1
@@ -153,6 +155,8 @@ class Recommender(nn.Module):
                        "has no row in the frozen table)")
     if self.text_user not in TEXT_USERS:
       raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {self.text_user!r}")
+    if self.text_user != "readout" and self.score_space != "text":
+      raise ValueError(f"config.model.text_user={self.text_user!r} needs config.model.score_space='text'")
     if self.variant == "text_knn":
       return  # no parameters
     self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
