@@ -31,6 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from recbole_side_by_side import recbole_config_dict  # pylint: disable=wrong-import-position
+
 from configs import amazon_shared  # pylint: disable=wrong-import-position
 from configs import default  # pylint: disable=wrong-import-position
 
@@ -45,31 +47,17 @@ DEFAULT_OURS = (
 
 
 def run_recbole(root: str, domain: str, args, workdir: str) -> dict:
-  import torch  # pylint: disable=g-import-not-at-top
   from recbole.config import Config  # pylint: disable=g-import-not-at-top
   from recbole.data import create_dataset, data_preparation  # pylint: disable=g-import-not-at-top
   from recbole.model.sequential_recommender import SASRec  # pylint: disable=g-import-not-at-top
   from recbole.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from recbole.utils import init_seed  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count() or 1)
-  for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
-    if old not in np.__dict__:  # RecBole 1.2.1 predates NumPy 2
-      setattr(np, old, new)
-  config = Config(model="SASRec", dataset=domain, config_dict={
-      "data_path": root, "checkpoint_dir": workdir, "device": "cpu", "use_gpu": False, "gpu_id": "",
-      "show_progress": False, "save_dataset": False, "save_dataloaders": False, "seed": args.seed,
-      "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-      "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-      "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
-      "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-      "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
-      "initializer_range": 0.02, "loss_type": "CE", "train_neg_sample_args": None,
-      "train_batch_size": args.batch, "eval_batch_size": 4096, "learning_rate": 1e-3,
-      "epochs": args.max_epochs, "stopping_step": args.patience, "eval_step": 1,
-      "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-      "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
-  })
+  config = Config(model="SASRec", dataset=domain, config_dict=recbole_config_dict(root, workdir, {
+      "seed": args.seed, "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2,
+      "n_heads": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+      "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": args.batch,
+      "learning_rate": 1e-3, "epochs": args.max_epochs, "stopping_step": args.patience, "eval_step": 1}))
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train_data, valid_data, test_data = data_preparation(config, dataset)

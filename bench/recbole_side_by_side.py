@@ -46,6 +46,27 @@ from train_throughput import run_one  # pylint: disable=wrong-import-position
 from configs import default  # pylint: disable=wrong-import-position
 
 
+def recbole_config_dict(root: str, workdir: str, overrides: dict) -> dict:
+  """RecBole settings shared by the benchmarks (CPU, this machine's threads, the RecBole atomic file's
+  fields, 5-core, leave-one-out by time, full ranking, Recall/NDCG@10), updated with `overrides`.
+  Also sets torch's thread count and the NumPy 1 aliases RecBole 1.2.1 needs."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  # RecBole 1.2.1 predates NumPy 2: its Config re-creates NumPy 1 aliases from names NumPy 2 removed.
+  for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+    if old not in np.__dict__:
+      setattr(np, old, new)
+  return {
+      "data_path": root, "checkpoint_dir": workdir, "device": "cpu", "use_gpu": False, "gpu_id": "",
+      "show_progress": False, "save_dataset": False, "save_dataloaders": False,
+      "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+      "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+      "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
+      "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "eval_batch_size": 4096,
+      "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+      "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", **overrides}
+
+
 def recbole_setup(root: str, hidden: int, layers: int, heads: int, batch: int, max_len: int, workdir: str):
   """(config, train_data, test_data, trainer, dataset) of RecBole's SASRec on Games."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -55,25 +76,12 @@ def recbole_setup(root: str, hidden: int, layers: int, heads: int, batch: int, m
   from recbole.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from recbole.utils import init_seed  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count() or 1)
-  # RecBole 1.2.1 predates NumPy 2: its Config re-creates NumPy 1 aliases from names NumPy 2 removed.
-  for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
-    if old not in np.__dict__:
-      setattr(np, old, new)
-  config = Config(model="SASRec", dataset="Games", config_dict={
-      "data_path": root, "checkpoint_dir": workdir, "device": "cpu", "use_gpu": False, "gpu_id": "",
-      "show_progress": False, "save_dataset": False, "save_dataloaders": False, "seed": 0,
-      "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-      "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-      "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
-      "MAX_ITEM_LIST_LENGTH": max_len, "hidden_size": hidden, "inner_size": hidden, "n_layers": layers,
-      "n_heads": heads, "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "loss_type": "BPR",
+  config = Config(model="SASRec", dataset="Games", config_dict=recbole_config_dict(root, workdir, {
+      "seed": 0, "MAX_ITEM_LIST_LENGTH": max_len, "hidden_size": hidden, "inner_size": hidden,
+      "n_layers": layers, "n_heads": heads, "loss_type": "BPR",
       "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1, "alpha": 1.0,
                                 "dynamic": False, "candidate_num": 0},
-      "train_batch_size": batch, "eval_batch_size": 4096, "learning_rate": 1e-4,
-      "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-      "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
-  })
+      "train_batch_size": batch, "learning_rate": 1e-4}))
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train_data, _, test_data = data_preparation(config, dataset)
