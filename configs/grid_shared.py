@@ -2,21 +2,22 @@
 
 `python -m recg_jax.experiments --config=configs/grid_shared.py --workdir=DIR`
 
-Full grid (default): 3 sources x 3 backbones x {ID, Sem, RecG} x 3 seeds, the five ablations and the
+Full grid (default): 3 sources x 3 backbones x {ID, Sem, RecG} x 3 seeds with text_knn beside them (no
+training, once per source and seed), the five ablations and the
 paper's alpha grid for SASRec trained on Scientific, at the paper's model sizes (configs/default.py). The
 paper's Table 5 ablates BERT4Rec (IS -> VG): `--config.experiment.ablation_backbone=bert4rec`, about five
 times the cost on a CPU (BERT4Rec trains on one row per prefix). Drop the ID runs with
-`--config.experiment.variants='("sem","recg")'`.
+`--config.experiment.variants='("sem","recg","text_knn")'`.
 
 `--config=configs/grid_shared.py:scientific` is the full grid's slice with Scientific as the source: every
-backbone and variant, three seeds, the ablations and the alpha sweep (54 runs at the paper's sizes; it
-holds the in-domain table of Scientific too). On one GPU, several processes share it:
+backbone and variant, three seeds, the ablations and the alpha sweep (54 trained runs and 3 of text_knn
+at the paper's sizes; it holds the in-domain table of Scientific too). On one GPU, several processes share it:
 `launch/grid_shards.sh 14 --config=configs/grid_shared.py:scientific --workdir=DIR`.
 
 `--config=configs/grid_shared.py:reduced_scientific` has the reduced model sizes below with Scientific as
 the source: every backbone as ID, Sem and RecG over three seeds (in-domain and zero-shot to Office and
 Games), and the ablations and the alpha sweep of SASRec-RecG on one seed, with the `merge_identity` variant
-(37 runs, about 1.2 h of run time on a 2-core CPU with two shards).
+(37 trained runs and 3 of text_knn, about 1.2 h of run time on a 2-core CPU with two shards).
 
 `--config=configs/grid_shared.py:reduced` is a small grid that finishes in about an hour on a 2-core CPU:
 SASRec and GRU4Rec, Sem and RecG, three seeds, trained on Office and on Scientific (the two smaller
@@ -42,7 +43,7 @@ def get_config(arg: str | None = None):
   ec.domains = DOMAINS
   ec.sources = DOMAINS
   ec.backbones = ("sasrec", "bert4rec", "gru4rec")
-  ec.variants = ("id", "sem", "recg")
+  ec.variants = ("id", "sem", "recg", "text_knn")
   ec.seeds = (0, 1, 2)
   ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign")
   ec.ablation_backbone = "sasrec"
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None):
     _reduced(config)
     ec.sources = ("Scientific",)
     ec.backbones = ("sasrec", "bert4rec", "gru4rec")
-    ec.variants = ("id", "sem", "recg")
+    ec.variants = ("id", "sem", "recg", "text_knn")
     ec.ablations = ("no_item_loss", "no_intra", "no_inter", "no_seq", "printed_sign", "merge_identity")
     ec.alphas = PAPER_ALPHAS
     ec.ablation_source = "Scientific"
@@ -72,7 +73,7 @@ def _reduced(config) -> None:
   ec = config.experiment
   ec.sources = ("Office", "Scientific")
   ec.backbones = ("sasrec", "gru4rec")
-  ec.variants = ("sem", "recg")
+  ec.variants = ("sem", "recg", "text_knn")
   ec.seeds = (0, 1, 2)
   ec.ablations = ()
   ec.alphas = ()

@@ -190,6 +190,8 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
     for source in axes["sources"]:
       for backbone in axes["backbones"]:
         for variant in axes["variants"]:
+          if variant == "text_knn" and backbone != axes["backbones"][0]:
+            continue  # no backbone, no parameters: one run per source and seed
           add(RunSpec(source, backbone, variant, seed))
   if axes["ablations"] or axes["alphas"]:
     source, backbone = axes["ablation_source"][0], axes["ablation_backbone"][0]
@@ -584,14 +586,16 @@ def zero_shot_tables(aggregates, axes, protocols, metrics) -> list[str]:
   sequence-level step."""
   lines = []
   pairs = [(t, s) for t in axes["domains"] for s in axes["sources"] if t != s]
+  knn = "text_knn" in axes["variants"]
   for protocol in protocols:
     for metric in metrics:
-      header = ["target ← source"]
+      header = ["target ← source"] + (["text_knn"] if knn else [])
       for b in axes["backbones"]:
         header += [f"{b} Sem", f"{b} RecG", "gain", "p", f"{b} RecG w/o seq"]
       rows, gains = [], {b: [] for b in axes["backbones"]}
       for t, s in pairs:
-        row = [f"{t} ← {s}"]
+        row = [f"{t} ← {s}"] + ([_pct(aggregates.get(("zero_shot", s, t, axes["backbones"][0], "text_knn",
+                                                        protocol, metric)))] if knn else [])
         for b in axes["backbones"]:
           get = lambda setting: aggregates.get(("zero_shot", s, t, b, setting, protocol, metric))
           recg = get("recg")
@@ -602,7 +606,7 @@ def zero_shot_tables(aggregates, axes, protocols, metrics) -> list[str]:
           rows.append(row)
       if not rows:
         continue
-      avg = ["mean gain over pairs"]
+      avg = ["mean gain over pairs"] + ([""] if knn else [])
       for b in axes["backbones"]:
         avg += ["", "", f"{np.mean(gains[b]):+.1f}% ({len(gains[b])})" if gains[b] else "—", "", ""]
       rows.append(avg)
@@ -618,13 +622,15 @@ def in_domain_tables(aggregates, axes, protocols, metrics) -> list[str]:
   for protocol in protocols:
     for metric in metrics:
       with_id = "id" in axes["variants"]
-      header = ["source"]
+      knn = "text_knn" in axes["variants"]
+      header = ["source"] + (["text_knn"] if knn else [])
       for b in axes["backbones"]:
         header += [f"{b} ID"] if with_id else []
         header += [f"{b} Sem", f"{b} RecG", "gain", "p", f"{b} RecG w/o seq"]
       rows = []
       for s in axes["sources"]:
-        row = [s]
+        row = [s] + ([_pct(aggregates.get(("in_domain", s, s, axes["backbones"][0], "text_knn", protocol,
+                                           metric)))] if knn else [])
         for b in axes["backbones"]:
           get = lambda setting: aggregates.get(("in_domain", s, s, b, setting, protocol, metric))
           recg = get("recg")

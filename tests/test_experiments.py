@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.experiment.name = "tiny_grid"
   c.experiment.sources = ("Alpha",)
   c.experiment.backbones = ("sasrec",)
-  c.experiment.variants = ("id", "sem", "recg")
+  c.experiment.variants = ("id", "sem", "recg", "text_knn")
   c.experiment.seeds = (0, 1)
   c.experiment.ablations = ("no_intra", "no_seq")
   c.experiment.alphas = (0.01, 0.001)
@@ -69,7 +69,8 @@ def get_config(arg=None):
   return c
 '''
 
-_EXPECTED_RUNS = sorted([f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg") for s in (0, 1)]
+_EXPECTED_RUNS = sorted([f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg", "text_knn")
+                         for s in (0, 1)]
                         + ["runs/Alpha/sasrec-recg-no_intra/seed0", "runs/Alpha/sasrec-recg-alpha0.01/seed0"])
 
 
@@ -126,9 +127,9 @@ def test_plan_of_the_shared_grid():
   specs = experiments.plan_runs(config)
   paths = [s.relpath.as_posix() for s in specs]
   assert len(paths) == len(set(paths))
-  # 3 sources x 3 backbones x {id, sem, recg} x 3 seeds; 4 trained ablations x 3 seeds (no_seq is read
-  # from the RecG runs); 5 alphas besides the default x 3 seeds.
-  assert len(specs) == 81 + 12 + 15
+  # 3 sources x 3 backbones x {id, sem, recg} x 3 seeds; text_knn once per source and seed; 4 trained
+  # ablations x 3 seeds (no_seq is read from the RecG runs); 5 alphas besides the default x 3 seeds.
+  assert len(specs) == 81 + 9 + 12 + 15
   assert "runs/Games/gru4rec-id/seed2" in paths
   assert "runs/Scientific/sasrec-recg-no_intra/seed1" in paths
   assert "runs/Scientific/sasrec-recg-alpha0.05/seed0" in paths
@@ -157,9 +158,11 @@ def test_plan_of_the_shared_grid():
 
 def test_reduced_preset_and_bad_grids():
   reduced = grid_shared.get_config("reduced")
+  # text_knn has no backbone: one run per source and seed, under the first backbone's name.
   assert [s.relpath.as_posix() for s in experiments.plan_runs(reduced)] == [
       f"runs/{src}/{b}-{v}/seed{s}" for s in (0, 1, 2) for src in ("Office", "Scientific")
-      for b in ("sasrec", "gru4rec") for v in ("sem", "recg")]
+      for b in ("sasrec", "gru4rec") for v in ("sem", "recg", "text_knn")
+      if not (v == "text_knn" and b == "gru4rec")]
   assert reduced.model.hidden_dim == 64 and reduced.data.source == "Scientific"
   config = default_config.get_config()
   config.experiment.ablations = ("no_such_ablation",)
@@ -254,14 +257,15 @@ def test_ablation_scope_uses_only_ablation_seeds():
 
 def test_grid_runs_every_planned_run_once(grid):
   workdir, _, out = grid
-  assert sorted(re.findall(r"\[grid\] \d+/8 (\S+): done in", out)) == _EXPECTED_RUNS
+  assert sorted(re.findall(r"\[grid\] \d+/10 (\S+): done in", out)) == _EXPECTED_RUNS
   assert "skip (" not in out and "FAILED" not in out
-  assert "[grid] 8 ran, 0 skipped, 0 failed, 0 missing" in out
+  assert "[grid] 10 ran, 0 skipped, 0 failed, 0 missing" in out
   for relpath in _EXPECTED_RUNS:
     done = json.loads((workdir / relpath / "done.json").read_text())
     assert done["relpath"] == relpath and done["elapsed_s"] > 0
     assert (workdir / relpath / "results.json").is_file()
-    assert (workdir / relpath / "checkpoints" / "best").is_dir()
+    # text_knn is never trained: no checkpoint.
+    assert (workdir / relpath / "checkpoints" / "best").is_dir() == ("text_knn" not in relpath)
   # Data and embeddings are prepared once, in the grid folder, and never inside a run folder.
   assert sorted(p.name for p in (workdir / "cache" / "embeddings").iterdir()) == ["Alpha", "Beta", "Gamma"]
   assert not list((workdir / "runs").glob("**/cache"))
@@ -319,8 +323,9 @@ def test_results_md_tables(grid):
   for needle in (f"regenerate: `{command}`", "seeds: 0, 1 (ablations and alpha sweep: 0)", "machine: ",
                  "synthetic data", "### Zero-shot, `full`, Recall@10 (%)",
                  "### Zero-shot, `sampled10`, NDCG@10",
-                 "| target ← source | sasrec Sem | sasrec RecG | gain | p | sasrec RecG w/o seq |",
-                 "### In-domain, `full`, NDCG@10", "| source | sasrec ID | sasrec Sem | sasrec RecG |",
+                 "| target ← source | text_knn | sasrec Sem | sasrec RecG | gain | p | sasrec RecG w/o seq |",
+                 "### In-domain, `full`, NDCG@10",
+                 "| source | text_knn | sasrec ID | sasrec Sem | sasrec RecG |",
                  "### Ablations, sasrec on Alpha, `full` (%; seeds 0;", "| no intra-domain term |",
                  "| no sequence-level step |", "| sasrec-Sem |", "### Alpha sweep, sasrec-RecG on Alpha",
                  "| 0.01 |", "| 0.001 (default) |", "| Alpha |",
@@ -461,7 +466,7 @@ def test_fields_added_later_keep_finished_runs_valid():
 def test_shards_split_the_plan_without_overlap():
   config = grid_shared.get_config("scientific")
   specs = experiments.plan_runs(config)
-  assert len(specs) == 54
+  assert len(specs) == 57  # 54 trained, and text_knn for each of three seeds
   shards = []
   for i in range(5):
     c = grid_shared.get_config("scientific")
@@ -470,7 +475,7 @@ def test_shards_split_the_plan_without_overlap():
   flat = [s.relpath for shard in shards for s in shard]
   assert sorted(flat) == sorted(s.relpath for s in specs)
   assert len(set(flat)) == len(flat)
-  assert {len(s) for s in shards} == {10, 11}
+  assert {len(s) for s in shards} == {11, 12}
   config.experiment.num_shards, config.experiment.shard_index = 2, 2
   with pytest.raises(ValueError, match="shard_index"):
     experiments.shard_of(specs, config)
