@@ -2,15 +2,18 @@
 
 `python -m recg_jax.baselines --config=configs/baselines_shared.py --workdir=DIR`
 
-A study is a list of named presets (PRESETS: config overrides on top of the study config) run for every
-source x seed. `text_knn` presets have no parameters and no seed: they run once. Every domain of
+A study is a list of named presets (configs/presets.py: config overrides on top of the study config) run
+for every source x seed. `text_knn` presets have no parameters and no seed: they run once. Every domain of
 experiment.domains is a target of every other one. Runs go to DIR/runs/<source>/<preset>/seed<k>/ with
 the grid runner's completion marker (done.json), so a restarted study skips finished runs and a killed run
 resumes from its checkpoint; the tables are rewritten after every run, so they are never behind the runs.
 
-DIR/results.md has, per protocol and metric, one row per preset and one column per in-domain source and
+DIR/results.md starts with a summary of means, then has, per protocol and metric, one row per preset
+(after the expected metrics of a random ranking, DIR/random.json) and one column per in-domain source and
 zero-shot pair: mean ± sample std over seeds, and two tests per cell: a paired t-test against `sem` over
 the seeds both ran, and a one-sample t-test of the seeds against `text_knn`'s single value (it has no seed).
+A `mix` preset's target weight is chosen on experiment.validation_domain (choose_weights) and shown as a
+row of its own.
 """
 
 from __future__ import annotations
@@ -127,10 +130,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the study)
       failed.append(rel.as_posix())
       experiments.atomic_json(run_dir / experiments.FAILED,
-                               {"error": repr(e), "traceback": traceback.format_exc()})
+                              {"error": repr(e), "traceback": traceback.format_exc()})
       print(f"{tag}: FAILED ({e!r})", flush=True)
       continue
     elapsed = time.perf_counter() - t0
+    (run_dir / experiments.FAILED).unlink(missing_ok=True)
     experiments.atomic_json(run_dir / experiments.DONE, {
         "spec": {"source": source, "backbone": str(rc.model.backbone), "variant": str(rc.model.variant),
                  "seed": seed, "ablation": ""},
@@ -181,15 +185,6 @@ def _write_random(workdir: pathlib.Path, config: ml_collections.ConfigDict, doma
   experiments.atomic_json(workdir / RANDOM, out)
 
 
-def _markers(workdir: pathlib.Path) -> list[dict[str, Any]]:
-  out = []
-  for path in sorted((workdir / "runs").glob(f"*/*/seed*/{experiments.DONE}")):
-    done = experiments.read_done(path.parent)
-    if done is not None:
-      out.append(done)
-  return out
-
-
 def cell_stats(values: Sequence[float], sem_values: dict[int, float] | None, seeds: Sequence[int],
                knn_value: float | None) -> dict[str, Any]:
   """mean, std, the paired t-test p against sem and the one-sample t-test p against text_knn."""
@@ -220,18 +215,17 @@ def _cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) ->
     return text
   notes = []
   if knn is not None:
-    mark = ">" if stat["mean"] > knn else "<"
+    mark = ">" if stat["mean"] > knn else "<" if stat["mean"] < knn else "="
     notes.append(f"{mark}knn" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
   if stat["p_sem"] is not None:
     notes.append(f"p_sem={stat['p_sem']:.3f}")
   return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                 meta: dict[str, Any]) -> pathlib.Path:
-  """DIR/results.md from every finished run (regenerated whole each time)."""
-  markers = _markers(workdir)
-  # values[(kind, source, domain, preset, protocol, metric)] = {seed: value}
+def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
+  """{(kind, source, domain, setting, protocol, metric): {seed: value}} of every finished run; kind is
+  'in_domain' (the source's test split) or 'zero_shot'; a run's `zero_shot_w<weight>/...` metrics (its
+  trained share scaled on the target) become the setting '<preset>@w<weight>'."""
   values: dict[tuple, dict[int, float]] = {}
   for m in markers:
     for rec in m["records"]:
@@ -240,11 +234,18 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
         if len(parts) != 3 or not (parts[0] in ("test", "zero_shot") or parts[0].startswith(WEIGHTED)):
           continue
         kind = "in_domain" if parts[0] == "test" else "zero_shot"
-        # zero_shot_w<weight>/...: the same run with the model's share scaled on the target.
         setting = m["setting"] + (f"@w{parts[0][len(WEIGHTED):]}" if parts[0].startswith(WEIGHTED) else "")
         values.setdefault((kind, rec["source"], rec["domain"], setting, parts[1], parts[2]),
                           {})[int(m["spec"]["seed"])] = float(value)
-  presets = [p for p in config.experiment.presets]
+  return values
+
+
+def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                 meta: dict[str, Any]) -> pathlib.Path:
+  """DIR/results.md from every finished run (regenerated whole each time)."""
+  markers = experiments.collect_markers(workdir)
+  values = collect_values(markers)
+  presets = list(config.experiment.presets)
   domains = list(meta["domains"])
   sources = list(config.experiment.sources) or [str(config.data.source)]
   columns = [("in_domain", s, s) for s in sources] + [
@@ -296,8 +297,8 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   short = [m.split("@")[0][0].upper() for m in metrics]
   legend = " / ".join(f"{a} = {experiments.metric_title(m)}" for a, m in zip(short, metrics))
   lines += [f"## Summary: mean over seeds, {legend} (%)", ""]
-  header = ["preset"] + [f"{p_} {s} (in-domain)" if k == "in_domain" else f"{p_} {d} ← {s}"
-                         for p_ in config.eval.protocols for k, s, d in columns]
+  header = ["preset"] + [f"{prot} {s} (in-domain)" if k == "in_domain" else f"{prot} {d} ← {s}"
+                         for prot in config.eval.protocols for k, s, d in columns]
   rows = []
   for preset, label, weights in row_settings:
     row = [label]
