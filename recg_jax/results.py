@@ -45,6 +45,9 @@ def protocol_descriptions(eval_config: ml_collections.ConfigDict) -> dict[str, s
 def loss_name(config: ml_collections.ConfigDict) -> str:
   """The training objective in words, e.g. 'BPR (5 uniform negatives), all prefixes + L_gen(...)'."""
   tc, mc = config.train, config.model
+  if mc.variant == "text_knn":
+    return (f"none: no training (cosine with the history mean, knn_decay={mc.get('knn_decay', 0.5)}, "
+            f"table_transform={mc.get('table_transform', 'none')})")
   if tc.loss == "bpr":
     rec = f"BPR ({tc.num_negatives} uniform negatives outside the history)"
   else:
@@ -64,12 +67,17 @@ def loss_name(config: ml_collections.ConfigDict) -> str:
     sign = "+" if int(gc.inter_sign) > 0 else "-"
     extra = f", {', '.join(terms)}" if terms else ""
     name += f" + L_gen(alpha={gc.alpha}, tau={gc.tau}, inter_sign={sign}1, B={gc.samples_per_domain}{extra})"
+  if mc.get("score_space", "projected") == "text":
+    name += f"; scored in the text space (text_user={mc.text_user}, table_transform={mc.table_transform})"
   return name
 
 
 def config_summary(config: ml_collections.ConfigDict) -> str:
   """A compact line with the fields that most change results."""
   mc, tc, dc = config.model, config.train, config.data
+  if mc.variant == "text_knn":
+    return (f"text_knn (no training) knn_decay={mc.knn_decay} table_transform={mc.table_transform} "
+            f"max_len={dc.max_len} encoder={config.encoder.model} ({config.encoder.pooling})")
   parts = [f"d={mc.hidden_dim}", f"layers={mc.num_layers}", f"heads={mc.num_heads}",
            f"dropout={mc.dropout}/{mc.emb_dropout}", f"lr={tc.learning_rate}", f"batch={tc.batch_size}",
            f"max_len={dc.max_len}", f"epochs<={tc.num_epochs}", f"patience={tc.patience}", f"seed={tc.seed}"]
@@ -163,7 +171,8 @@ def format_summary(records: Sequence[dict[str, Any]], ks: Sequence[int] = (10,))
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   for r in records:
     domain = r["domain"] + (f" ← {r['source']}" if r["domain"] != r["source"] else "")
-    row = [r["stage"], domain, f"{r['backbone']}-{r['variant']}"]
+    model = r["variant"] if r["variant"] == "text_knn" else f"{r['backbone']}-{r['variant']}"  # no backbone
+    row = [r["stage"], domain, model]
     row += [_fmt(r["metrics"].get(f"{s}/{p}/{n}@{k}")) for s, p, n, k in keys]
     lines.append("| " + " | ".join(row) + " |")
   label = " (synthetic data)" if any(r.get("data") == "synthetic data" for r in records) else ""
