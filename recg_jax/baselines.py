@@ -265,7 +265,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
            f"- machine: {'; '.join(machines) or experiments.machine_line(meta['machine'])}",
            f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
            "time)",
-           f"- model: {experiments.summary_without_seed(config)}",
+           f"- model: {config.model.backbone}, {experiments.summary_without_seed(config)}",
            "- presets (config overrides; docs/method.md explains each): "
            + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
            ""]
