@@ -294,6 +294,8 @@ def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections
     raise ValueError(f"config argument preset={name!r}: expected one of {sorted(presets.PRESETS)}")
   for key, value in presets.PRESETS[name].items():
     section, field = key.split(".")
+    if field not in config[section]:
+      raise KeyError(f"preset {name!r} sets {key}, which the config does not have")
     config[section][field] = value
   return config
 

@@ -33,6 +33,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from configs import default as default_config
 from configs.presets import PRESETS
 from recg_jax import experiments
 from recg_jax import fingerprint as fingerprint_lib
@@ -81,12 +82,7 @@ def run_config(config: ml_collections.ConfigDict, source: str, preset: str, seed
   c.train.seed = int(seed)
   c.experiment.mode = "zero_shot"
   c.experiment.name = f"{config.experiment.name or 'baselines'}/{source}/{preset}/seed{seed}"
-  for key, value in PRESETS[preset].items():
-    section, field = key.split(".")
-    if field not in c[section]:
-      raise KeyError(f"preset {preset!r} sets {key}, which the config does not have")
-    c[section][field] = value
-  return c
+  return default_config.apply_preset(c, preset)
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
