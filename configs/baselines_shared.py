@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
     # The Scientific source only, SASRec, the decisive presets (the time a 2-core CPU has).
     ec.sources = ("Scientific",)
     ec.presets = ("text_knn", "text_knn_center", "sem", "recg", "text_mix")
+    config.experiment.name = "baselines_shared_paper_sizes"
     config.train.learning_rate = 1e-3
     config.train.patience = 10
   elif preset in ("", "reduced"):
