@@ -10,18 +10,17 @@ two heads, lr 1e-3, patience 10, up to 200 epochs.
 """
 
 from configs import default
-
-DOMAINS = ("Scientific", "Office", "Games")
+from configs import grid_shared
 
 
 def get_config(arg: str | None = None):
   config = default.get_config()
   config.data.format = "recbole"
-  config.data.source = DOMAINS[0]
-  config.data.targets = DOMAINS[1:]
+  config.data.source = grid_shared.DOMAINS[0]
+  config.data.targets = grid_shared.DOMAINS[1:]
   config.experiment.name = "baselines_shared"
   ec = config.experiment
-  ec.domains = DOMAINS
+  ec.domains = grid_shared.DOMAINS
   ec.sources = ("Scientific", "Office")
   ec.seeds = (0, 1, 2)
   ec.presets = ("text_knn", "text_knn_center", "sem", "recg", "sem_softmax", "text_residual",
@@ -34,12 +33,8 @@ def get_config(arg: str | None = None):
     config.experiment.name = "baselines_shared_paper_sizes"
     config.train.learning_rate = 1e-3
     config.train.patience = 10
-  elif preset in ("", "reduced"):
-    config.model.hidden_dim = 64
-    config.model.num_layers = 1
-    config.train.learning_rate = 1e-3
-    config.train.num_epochs = 30
-    config.train.patience = 5
   else:
-    rest = arg
+    grid_shared.reduced_sizes(config)
+    if preset not in ("", "reduced"):
+      rest = arg  # no preset named: the whole argument is overrides
   return default.apply_config_arg(config, rest or None)

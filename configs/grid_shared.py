@@ -79,6 +79,11 @@ def _reduced(config) -> None:
   ec.alphas = ()
   ec.ablation_backbone = "sasrec"
   ec.ablation_source = "Office"
+  reduced_sizes(config)
+
+
+def reduced_sizes(config) -> None:
+  """The reduced model of every table under results/: d=64, one layer, lr 1e-3, <= 30 epochs, patience 5."""
   config.model.hidden_dim = 64
   config.model.num_layers = 1
   config.train.learning_rate = 1e-3

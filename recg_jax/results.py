@@ -1,6 +1,6 @@
 """results.json and results.md: every metric labelled with its protocol, the loss and the exact config.
 
-Users comparing numbers with papers most often trip over three things (DESIGN.md): a config that is not
+Users comparing numbers with papers most often trip over three things: a config that is not
 the one they think, sampled vs full ranking, and a different loss. So every row of a results table carries
 the backbone, variant, loss name and a config summary, every metric column names its protocol, and the
 files end with the protocol definitions and the full config.
