@@ -176,25 +176,33 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
 def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
                           table_NxH, domain: types.DomainData, seq_transfer: SequenceTransfer | None,
                           split: str, mesh=None, heads_wanted: tuple[str, ...] = ("fused", "plain"),
-                          model_weight: float | None = None) -> dict[str, dict[str, float]]:
+                          model_weights: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
   """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged, for
   each wanted head of user_heads_fn that exists: {head: metrics}, one pass of the sequence model per
-  batch, one scoring per head. model_weight (text_user 'mix' only) multiplies the trained model's share of
-  every score, leaving the text similarity's share as it is (transfer.target_model_weights)."""
+  batch, one scoring per head. Each of model_weights (text_user 'mix' only) adds the head '<head>@w<w>':
+  the trained model's share of every score multiplied by w, the text similarity's share as it is
+  (transfer.target_model_weights), scored from the same pass."""
   table = jnp.asarray(table_NxH)
   items = jax.jit(lambda p, t: model.apply({"params": p}, t,
                                            method=recommender_lib.Recommender.item_vectors))(params, table)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
   heads_fn = user_heads_fn(model, params, table, seq_transfer)
   user_fn = lambda seq_BxL: {h: v for h, v in heads_fn(seq_BxL).items() if h in heads_wanted}
-  if model_weight is not None:
+  if model_weights:
     if not (model.score_space == "text" and model.text_user == "mix"):
       raise ValueError("a model weight applies only to config.model.text_user='mix' (score_space 'text')")
     width = table.shape[-1]  # [knn part (H); model part (d_l)]: scale the model's share of the score
     plain_fn = user_fn
-    user_fn = lambda seq_BxL: {h: v.at[:, width:].multiply(model_weight)
-                               for h, v in plain_fn(seq_BxL).items()}
+
+    def user_fn(seq_BxL):
+      users = plain_fn(seq_BxL)
+      return {**users, **{weighted_head(h, w): v.at[:, width:].multiply(w)
+                          for h, v in users.items() for w in model_weights}}
   return evaluate_lib.evaluate_heads(user_fn, items, rows, domain, config.eval, mesh=mesh)
+
+
+def weighted_head(head: str, weight: float) -> str:
+  return f"{head}@w{float(weight):g}"
 
 
 def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
@@ -277,19 +285,17 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   for target in config.data.targets:
     # One pass scores the method (fused, or plain without a sequence-level step) and, with one, the
     # trained model alone.
+    # With target_model_weights, the same pass also scores the trained share scaled on the target (the
+    # weight is chosen on a validation domain by recg_jax.baselines, never on the reported target).
+    weights = tuple(float(w) for w in config.transfer.get("target_model_weights", ()))
     by_head = evaluate_domain_heads(config, model, params, tables[target], domains[target], seq_transfer,
-                                    "test")
-    metrics = {f"zero_shot/{k}": v for k, v in by_head[main_head(seq_transfer)].items()}
+                                    "test", model_weights=weights)
+    head = main_head(seq_transfer)
+    metrics = {f"zero_shot/{k}": v for k, v in by_head[head].items()}
     if seq_transfer is not None:
       metrics.update({f"zero_shot_no_seq/{k}": v for k, v in by_head["plain"].items()})
-    for weight in config.transfer.get("target_model_weights", ()):
-      # The same trained model with its share of the score scaled on the target (chosen on a validation
-      # domain by recg_jax.baselines, never on the reported target).
-      by_head = evaluate_domain_heads(config, model, params, tables[target], domains[target], seq_transfer,
-                                      "test", heads_wanted=(main_head(seq_transfer),),
-                                      model_weight=float(weight))
-      metrics.update({f"zero_shot_w{float(weight):g}/{k}": v
-                      for k, v in by_head[main_head(seq_transfer)].items()})
+    for w in weights:
+      metrics.update({f"zero_shot_w{w:g}/{k}": v for k, v in by_head[weighted_head(head, w)].items()})
     records.append(results_lib.make_record(config, "zero_shot", target, metrics))
   _, md_path = results_lib.write_results(workdir, records, config)
   print(results_lib.format_summary(records), flush=True)

@@ -10,6 +10,7 @@ from scipy import stats
 from configs import baselines_shared
 from configs import default as default_config
 from recg_jax import baselines
+from recg_jax import pipeline
 from recg_jax import results as results_lib
 
 
@@ -125,3 +126,16 @@ def test_presets_apply_from_a_config_argument():
           config.data.source) == ("sem", "text", "mix", "softmax", "Office")
   with pytest.raises(ValueError, match="preset='nope'"):
     default_config.apply_config_arg(default_config.get_config(), "preset=nope")
+
+
+def test_text_knn_in_domain_mode_evaluates_the_source_without_training(study, tmp_path):
+  config, workdir, _ = study
+  c = _tiny_config()
+  c.model.variant = "text_knn"
+  c.experiment.mode = "in_domain"
+  (tmp_path / "cache").symlink_to(workdir / "cache")  # the study's data and embeddings
+  records = pipeline.run(c, str(tmp_path))
+  assert [(r["stage"], r["domain"], r["variant"]) for r in records] == [("in_domain", "Alpha", "text_knn")]
+  assert not (tmp_path / "checkpoints").exists()
+  knn = _metrics(workdir, "runs/Alpha/text_knn/seed0", "Alpha")
+  assert records[0]["metrics"]["test/full/ndcg@10"] == pytest.approx(knn["test/full/ndcg@10"], abs=1e-7)

@@ -321,3 +321,21 @@ def test_training_reduces_bpr_loss(table):
   assert np.isfinite(history).all()
   assert history[0] > 0.6  # ~log 2 at initialisation
   assert np.mean(history[-5:]) < 0.5 * history[0]
+
+
+def test_sasrec_block_fields_reach_the_blocks(table):
+  """RecBole's SASRec blocks (FFN 4d, exact GELU, LN epsilon, N(0, 0.02) kernels) from config fields."""
+  model = _model("sasrec", sasrec_ffn_multiplier=4, sasrec_activation="gelu", sasrec_ln_epsilon=1e-12,
+                 sasrec_init_std=0.02)
+  params = init_variables(model, jax.random.PRNGKey(0), table)["params"]
+  block = params["encoder"]["transformer"]["block_0"]
+  assert block["ffn_in"]["kernel"].shape == (D, 4 * D)
+  assert float(jnp.std(block["ffn_in"]["kernel"])) == pytest.approx(0.02, rel=0.25)
+  default = init_variables(_model("sasrec"), jax.random.PRNGKey(0), table)["params"]
+  assert default["encoder"]["transformer"]["block_0"]["ffn_in"]["kernel"].shape == (D, D)
+  seq = _pad(HISTORY, L)
+  assert not np.allclose(model.apply({"params": params}, seq, table, False),
+                         _model("sasrec", sasrec_ffn_multiplier=4, sasrec_ln_epsilon=1e-12,
+                                sasrec_init_std=0.02).apply({"params": params}, seq, table, False))
+  with pytest.raises(ValueError, match="sasrec_activation"):
+    init_variables(_model("sasrec", sasrec_activation="tanh"), jax.random.PRNGKey(0), table)

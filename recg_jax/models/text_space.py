@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TABLE_TRANSFORMS = ("none", "center")
 
@@ -66,5 +67,4 @@ def transform_tables(tables: dict, mode: str) -> dict:
     raise ValueError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
   if mode == "none" or not tables:
     return tables
-  import numpy as np  # pylint: disable=g-import-not-at-top
   return {name: np.asarray(transform_table(jnp.asarray(t), mode)) for name, t in tables.items()}
