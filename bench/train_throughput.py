@@ -80,11 +80,11 @@ def bench_config(backbone: str, variant: str, batch_size: int, length_buckets=No
 
 
 def _per_bucket_batches(rows, batch_size: int, width: int):
-  """Endless numpy batches of one bucket, in epoch order (epochs 0, 1, ...)."""
+  """Endless numpy batches of one bucket, in epoch order (epochs 0, 1, ...), for one member [1, B, ...]."""
   epoch = 0
   while True:
     plan = input_pipeline.epoch_plan(rows, batch_size, 0, epoch)
-    for (w, _), batch in zip(plan, input_pipeline.epoch_batches(rows, batch_size, 0, epoch)):
+    for (w, _), batch in zip(plan, input_pipeline.stacked_epoch_batches(rows, batch_size, (0,), epoch)):
       if w == width:
         yield batch
     epoch += 1
@@ -106,7 +106,7 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
     def steps(n, stream):
       nonlocal state
       for _ in range(n):
-        state, _ = trainer.train_step(state, next(stream), trainer.tables_on_device, trainer.step_key)
+        state, _ = trainer.step(state, next(stream))
       jax.block_until_ready(state)
 
     t0 = time.perf_counter()
@@ -129,12 +129,12 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
   split = types.leave_one_out(domain, "valid", int(config.data.max_len))
   table = trainer.tables_on_device["source"]
   t0 = time.perf_counter()
-  train.evaluate_split(eval_fns, state.params, table, split, domain, config.eval, trainer.mesh)
+  train.evaluate_split(eval_fns, train.member_tree(state.params, 0), table, split, domain, config.eval, trainer.mesh)
   eval_cold_s = time.perf_counter() - t0
   eval_times, eval_cpu = [], []
   for _ in range(args.eval_repeats):
     t0, c0 = time.perf_counter(), time.process_time()
-    train.evaluate_split(eval_fns, state.params, table, split, domain, config.eval, trainer.mesh)
+    train.evaluate_split(eval_fns, train.member_tree(state.params, 0), table, split, domain, config.eval, trainer.mesh)
     eval_times.append(time.perf_counter() - t0)
     eval_cpu.append(time.process_time() - c0)
   eval_s = statistics.median(eval_times) if eval_times else None

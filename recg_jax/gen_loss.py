@@ -20,6 +20,7 @@ from typing import Sequence
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Logit given to an item's own domain centre. Finite, so that softmax/log_softmax and their gradients stay
 # finite (exp underflows to exactly 0 and 0 * finite = 0); -inf would give 0 * inf = nan in the entropy.
@@ -123,7 +124,8 @@ def generalization_loss(z_DxBxH: jax.Array,
     alpha: weight of the intra term (config.gen_loss.alpha); beta = alpha * N / D^3 is derived from it.
     tau: softmax temperature (config.gen_loss.tau), > 0.
     inter_sign: +1 minimises H_inter (default), -1 maximises it (the printed Eq. 9/13).
-    use_intra, use_inter: Python bools; a disabled term contributes exactly zero to loss and gradient
+    use_intra, use_inter: Python bools, or 0/1 float gates (traced inside a compiled train step, so that
+      the ablations share one program); a disabled term contributes exactly zero to loss and gradient
       (its entropy is still reported in the metrics).
 
   Returns:
@@ -132,16 +134,17 @@ def generalization_loss(z_DxBxH: jax.Array,
   if z_DxBxH.ndim != 3:
     raise ValueError(f"generalization_loss: expected z of shape [domains, samples, dim], got "
                      f"{z_DxBxH.shape}")
-  if not isinstance(use_intra, bool) or not isinstance(use_inter, bool):
-    raise TypeError("generalization_loss: use_intra and use_inter must be Python bools "
-                    "(config.gen_loss.use_intra / use_inter)")
+  for name, gate in (("use_intra", use_intra), ("use_inter", use_inter)):
+    if not isinstance(gate, (bool, jax.Array, np.ndarray)):
+      raise TypeError(f"generalization_loss: {name} must be a Python bool or a 0/1 array gate "
+                      f"(config.gen_loss.{name}), got {type(gate).__name__}")
   if isinstance(inter_sign, (int, float)) and inter_sign not in (1, -1):
     raise ValueError(f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} "
                      "(config.gen_loss.inter_sign)")
   if isinstance(tau, (int, float)) and tau <= 0:
     raise ValueError(f"generalization_loss: tau must be > 0, got {tau} (config.gen_loss.tau)")
   num_domains, samples, _ = z_DxBxH.shape
-  if use_inter:
+  if use_inter is not False:
     check_num_domains(num_domains)
   z = z_DxBxH.astype(jnp.float32)
 
@@ -150,9 +153,14 @@ def generalization_loss(z_DxBxH: jax.Array,
   # beta = alpha * N / D^3 with N = B * D.
   beta = jnp.asarray(alpha, jnp.float32) * (samples * num_domains) / num_domains**3
   loss = jnp.zeros((), jnp.float32)
-  if use_intra:
+  # A gate multiplies a finite entropy, so a 0 gate gives exactly zero loss and gradient, as a False does.
+  if use_intra is True:
     loss = loss - alpha * h_intra
-  if use_inter:
+  elif use_intra is not False:
+    loss = loss - jnp.asarray(use_intra, jnp.float32) * alpha * h_intra
+  if use_inter is True:
     loss = loss + inter_sign * beta * h_inter
+  elif use_inter is not False:
+    loss = loss + jnp.asarray(use_inter, jnp.float32) * inter_sign * beta * h_inter
   metrics = {"h_intra": h_intra, "h_inter": h_inter, "beta": beta, "loss": loss}
   return loss, metrics

@@ -29,11 +29,14 @@ Every batch is a dict of numpy arrays with a fixed leading size B:
   (1 for a real target of a real row), history_BxH int32 (H = max_len + 1 in every bucket: the row's whole
   training window, to keep negatives outside it; a prefix row's window is longer than its input).
 
-Epoch order (`epoch_plan`), a pure function of (seed, epoch): the rows of each bucket are shuffled, cut
-into batches of B (the bucket's last partial batch is padded with zero rows of weight 0), then the order
-of all batches of all buckets is shuffled. With a single bucket the batch order is left as cut (already
-random), which is the unbucketed pipeline. Position (epoch, batch index) fully determines a batch, so
-resuming mid-epoch only needs the batch index.
+Epoch order (`epoch_plan`), a pure function of (seed, epoch): the rows of each bucket are shuffled (by
+seed and epoch), cut into batches of B (the bucket's last partial batch is padded with zero rows of weight
+0), then the order of all batches of all buckets is shuffled by epoch alone. The number of batches per
+bucket does not depend on the seed, so the sequence of batch widths is the same for every seed: runs
+that differ only in their seed train together as one program over stacked parameters (train.py), each on
+its own rows, at the same width at every step. With a single bucket the batch order is left as cut
+(already random), which is the unbucketed pipeline. Position (epoch, batch index) fully determines a
+batch, so resuming mid-epoch only needs the batch index.
 """
 
 from __future__ import annotations
@@ -243,7 +246,8 @@ def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> li
   """The batches of one epoch as (width, row indices [<= batch_size]); a pure function of (seed, epoch).
 
   Rows are shuffled within their bucket and cut into batches, then all batches are shuffled together
-  (see the module docstring). Its length is steps_per_epoch(rows, batch_size) for every epoch.
+  (see the module docstring). Its length is steps_per_epoch(rows, batch_size) for every epoch, and its
+  sequence of widths depends on the epoch only, never on the seed.
   """
   widths, bucket = _widths_and_buckets(rows)
   if len(widths) == 1:
@@ -254,7 +258,16 @@ def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> li
   for b, width in enumerate(widths):
     members = rng.permutation(np.flatnonzero(bucket == b))
     plan.extend((width, members[lo:lo + batch_size]) for lo in range(0, len(members), batch_size))
-  return [plan[i] for i in rng.permutation(len(plan))]
+  order = np.random.default_rng([epoch, 0x5EED, len(widths), 0x0DE5]).permutation(len(plan))
+  return [plan[i] for i in order]
+
+
+def stacked_epoch_batches(rows: TrainingRows, batch_size: int, seeds: Sequence[int], epoch: int,
+                          start_batch: int = 0) -> Iterator[Batch]:
+  """epoch_batches of several seeds, stacked: every array gets a leading seed axis [S, B, ...]."""
+  streams = [epoch_batches(rows, batch_size, int(s), epoch, start_batch) for s in seeds]
+  for batches in zip(*streams):
+    yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
@@ -269,17 +282,19 @@ def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
 
 
 def put_batch(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """Places a global numpy batch on the mesh, sharded along its leading (batch) axis.
+  """Places a global numpy batch on the mesh, sharded along the axis the sharding names 'data' (the
+  batch axis: 0 for a [B, ...] batch, 1 for a seed-stacked [S, B, ...] one).
 
   With several processes each one holds the same global batch (it is a pure function of the seed) and
   contributes only the rows of its own devices.
   """
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
+  axis = list(sharding.spec).index("data")
   out = {}
   for k, v in batch.items():
-    per = v.shape[0] // jax.process_count()
-    local = v[jax.process_index() * per:(jax.process_index() + 1) * per]
+    per = v.shape[axis] // jax.process_count()
+    local = np.take(v, np.arange(jax.process_index() * per, (jax.process_index() + 1) * per), axis=axis)
     out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
   return out
 

@@ -26,7 +26,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import flax
@@ -62,37 +62,113 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Hyperparameters that are inputs of the compiled step.
+
+# Config fields a compiled train step reads as traced inputs rather than as constants baked into the
+# program: runs that differ only in these (seeds, the alpha sweep, the L_gen ablations, learning rates)
+# share one compiled program, and train together as members of one stacked step (see train_members).
+TRACED_FIELDS = (
+    ("train", "seed"), ("train", "learning_rate"), ("train", "warmup_steps"), ("train", "weight_decay"),
+    ("train", "grad_clip"), ("train", "cloze_last_item_prob"), ("model", "mask_prob"),
+    ("gen_loss", "alpha"), ("gen_loss", "tau"), ("gen_loss", "inter_sign"), ("gen_loss", "use_intra"),
+    ("gen_loss", "use_inter"),
+)
+
+
+def step_hparams(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, np.ndarray]:
+  """The traced hyperparameters of one run, as float32 scalars."""
+  tc, gc = config.train, config.gen_loss
+  values = {
+      **optimizer_hparams(tc, total_steps), "cloze_last_item_prob": float(tc.cloze_last_item_prob),
+      "mask_prob": float(config.model.mask_prob), "alpha": float(gc.alpha), "tau": float(gc.tau),
+      "inter_sign": float(gc.inter_sign), "use_intra": float(bool(gc.use_intra)),
+      "use_inter": float(bool(gc.use_inter)),
+  }
+  return {k: np.float32(v) for k, v in values.items()}
+
+
+def optimizer_hparams(train_config: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
+  """The optimiser's share of step_hparams, as Python numbers."""
+  warmup = max(int(train_config.warmup_steps), 0)
+  return {"learning_rate": float(train_config.learning_rate), "warmup_steps": warmup,
+          "decay_steps": max(int(total_steps) - warmup, 1), "weight_decay": float(train_config.weight_decay),
+          "grad_clip": float(train_config.grad_clip)}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Optimiser.
 
 
-def learning_rate_schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 over train.warmup_steps, then constant or cosine decay to 0 at total_steps."""
-  lr = float(train_config.learning_rate)
-  warmup = int(train_config.warmup_steps)
-  if train_config.decay == "constant":
-    after = optax.constant_schedule(lr)
-  elif train_config.decay == "cosine":
-    after = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
-  else:
+@dataclasses.dataclass(frozen=True)
+class OptimizerStructure:
+  """What shapes the optimiser state and the program (the values are traced hyperparameters)."""
+
+  clip: bool  # train.grad_clip > 0
+  decay_weights: bool  # train.weight_decay > 0: AdamW on matrices
+  decay: str  # train.decay: 'constant' | 'cosine'
+
+  @classmethod
+  def from_config(cls, train_config: ml_collections.ConfigDict) -> "OptimizerStructure":
+    return cls(clip=float(train_config.grad_clip) > 0, decay_weights=float(train_config.weight_decay) > 0,
+               decay=decay_kind(train_config))
+
+
+def decay_kind(train_config: ml_collections.ConfigDict) -> str:
+  if train_config.decay not in ("constant", "cosine"):
     raise ValueError(f"config.train.decay={train_config.decay!r}: expected 'constant' or 'cosine'")
-  if warmup <= 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+  return str(train_config.decay)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """Adam (AdamW when train.weight_decay > 0, decaying matrices only), with optional global-norm clipping."""
-  schedule = learning_rate_schedule(train_config, total_steps)
+def learning_rate_at(count, hparams: dict[str, Any], decay: str) -> jax.Array:
+  """Linear warmup from 0 over warmup_steps, then constant or cosine decay to 0 over decay_steps.
+
+  Written with jnp on (possibly traced) hyperparameters: optax's schedules take Python numbers.
+  """
+  count = jnp.asarray(count, jnp.float32)
+  peak = jnp.asarray(hparams["learning_rate"], jnp.float32)
+  warmup = jnp.asarray(hparams["warmup_steps"], jnp.float32)
+  warm = peak * jnp.clip(count, 0.0, warmup) / jnp.maximum(warmup, 1.0)
+  if decay == "cosine":
+    length = jnp.maximum(jnp.asarray(hparams["decay_steps"], jnp.float32), 1.0)
+    after = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(count - warmup, 0.0, length) / length))
+  else:
+    after = peak * jnp.ones_like(count)
+  return jnp.where(count < warmup, warm, after)
+
+
+def build_optimizer(structure: OptimizerStructure, hparams: dict[str, Any]) -> optax.GradientTransformation:
+  """Adam (AdamW when decaying weights, matrices only), with optional global-norm clipping.
+
+  The state's structure depends on `structure` alone, so the state built from a config's values is
+  updated by the same optimiser rebuilt inside the step from traced values.
+  """
+  schedule = lambda count: learning_rate_at(count, hparams, structure.decay)
   parts = []
-  if float(train_config.grad_clip) > 0:
-    parts.append(optax.clip_by_global_norm(float(train_config.grad_clip)))
-  if float(train_config.weight_decay) > 0:
+  if structure.clip:
+    parts.append(optax.clip_by_global_norm(hparams["grad_clip"]))
+  if structure.decay_weights:
     # Biases, LayerNorm scales and the mask vector are not decayed.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    parts.append(optax.adamw(schedule, weight_decay=float(train_config.weight_decay), mask=decay_mask))
+    parts.append(optax.adamw(schedule, weight_decay=hparams["weight_decay"], mask=decay_mask))
   else:
     parts.append(optax.adam(schedule))
   return optax.chain(*parts)
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The schedule of a config: linear warmup from 0 over train.warmup_steps, then constant or cosine
+  decay to 0 at total_steps."""
+  decay = decay_kind(train_config)
+  warmup = max(int(train_config.warmup_steps), 0)
+  hparams = {"learning_rate": float(train_config.learning_rate), "warmup_steps": warmup,
+             "decay_steps": max(int(total_steps) - warmup, 1)}
+  return lambda count: learning_rate_at(count, hparams, decay)
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """build_optimizer with a config's values (Python numbers)."""
+  return build_optimizer(OptimizerStructure.from_config(train_config),
+                         optimizer_hparams(train_config, total_steps))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,37 +289,33 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def make_train_step(model: recommender_lib.Recommender,
-                    config: ml_collections.ConfigDict,
-                    rows: input_pipeline.TrainingRows,
-                    step_tables: StepTables,
-                    optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule,
-                    mesh: jax.sharding.Mesh,
-                    state_sharding: Any):
-  """Builds the one jitted, donated, sharded step `(state, batch, tables, key) -> (state, metrics)`.
+def _member_step_fn(model: recommender_lib.Recommender, config: ml_collections.ConfigDict,
+                    rows: input_pipeline.TrainingRows, step_tables: StepTables,
+                    structure: OptimizerStructure):
+  """One run's step `(state, batch, tables, key, hparams) -> (state, metrics)`, unjitted, unbatched.
 
-  batch: input_pipeline batch (device arrays, sharded over 'data'); tables: step_tables.arrays
-  (replicated); key: the run's base step key. The step key is fold_in(key, state.step). Each length
-  bucket's batch shape traces the step once.
+  Only shapes and structure are Python constants here; every value of TRACED_FIELDS comes in `hparams`.
   """
   tc, gc = config.train, config.gen_loss
   num_items = model.num_items
   use_gen = "gen" in step_tables.arrays
+  # With fewer than 3 domains the inter term is identically zero: leave it out of the program.
+  inter_possible = use_gen and gen_loss_lib.check_num_domains(len(step_tables.gen_counts))
   loss_kind = str(tc.loss)
   if loss_kind not in ("bpr", "softmax"):
     raise ValueError(f"config.train.loss={loss_kind!r}: expected 'bpr' or 'softmax'")
   scoring = candidate_scoring(config)
   mask_id = recommender_lib.mask_token_id(num_items)
+  num_negatives, samples_per_domain = int(tc.num_negatives), int(gc.samples_per_domain)
 
-  def step(state: TrainState, batch, tables, key):
+  def step(state: TrainState, batch, tables, key, hp):
     TRACE_COUNTS["train_step"] += 1  # a Python side effect: runs once per trace, never per call
     rng = jax.random.fold_in(key, state.step)
     k_drop, k_neg, k_cloze, k_gen = jax.random.split(rng, 4)
     inputs, targets, weights = batch["inputs"], batch["targets"], batch["weights"]
     if rows.cloze:
       inputs, targets, weights = input_pipeline.cloze_mask(
-          k_cloze, inputs, weights, float(config.model.mask_prob), mask_id, float(tc.cloze_last_item_prob))
+          k_cloze, inputs, weights, hp["mask_prob"], mask_id, hp["cloze_last_item_prob"])
     table = tables["source"]
 
     def loss_fn(params):
@@ -255,8 +327,7 @@ def make_train_step(model: recommender_lib.Recommender,
       else:
         hidden_BxPxD = model.apply(variables, inputs, table, True, rngs=rngs)[:, None, :]
       if loss_kind == "bpr":
-        negs_BxPxK = losses.sample_negatives(k_neg, targets, num_items, int(tc.num_negatives),
-                                             batch["history"])
+        negs_BxPxK = losses.sample_negatives(k_neg, targets, num_items, num_negatives, batch["history"])
         ids_BxPxC = jnp.concatenate([targets[..., None], negs_BxPxK], axis=-1)  # positive, then negatives
         scores_BxPxC = candidate_scores(model, variables, hidden_BxPxD, ids_BxPxC, table, scoring)
         rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
@@ -266,29 +337,74 @@ def make_train_step(model: recommender_lib.Recommender,
       aux = {"rec_loss": rec}
       total = rec
       if use_gen:
-        idx_DxB = gen_loss_lib.sample_domain_items(k_gen, step_tables.gen_counts, int(gc.samples_per_domain))
+        idx_DxB = gen_loss_lib.sample_domain_items(k_gen, step_tables.gen_counts, samples_per_domain)
         rows_DxBxH = jax.vmap(lambda t, i: jnp.take(t, i, axis=0))(tables["gen"], idx_DxB)
         d, b, h = rows_DxBxH.shape
         z = model.apply(variables, rows_DxBxH.reshape(d * b, h), method=recommender_lib.Recommender.align)
         lg, gen_metrics = gen_loss_lib.generalization_loss(
-            z.reshape(d, b, -1), float(gc.alpha), float(gc.tau), int(gc.inter_sign),
-            bool(gc.use_intra), bool(gc.use_inter))
+            z.reshape(d, b, -1), hp["alpha"], hp["tau"], hp["inter_sign"], hp["use_intra"],
+            hp["use_inter"] if inter_possible else False)
         total = total + lg
         aux.update({"gen_loss": lg, "h_intra": gen_metrics["h_intra"], "h_inter": gen_metrics["h_inter"]})
       return total, aux
 
+    optimizer = build_optimizer(structure, hp)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **aux, "grad_norm": _global_norm(grads),
-               "learning_rate": schedule(state.step), "targets": jnp.sum(weights)}
+               "learning_rate": learning_rate_at(state.step, hp, structure.decay),
+               "targets": jnp.sum(weights)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(state_sharding, batch_sharding, replicated, replicated),
-                 out_shardings=(state_sharding, replicated))
+  return step
+
+
+# Compiled steps by program key: a run whose model, data layout and step structure equal an earlier
+# run's in this process reuses its jitted step, and with it every executable compiled for it (one per
+# member count and length bucket). The persistent compilation cache covers restarts.
+_STEP_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def program_key(model: recommender_lib.Recommender, config: ml_collections.ConfigDict,
+                rows: input_pipeline.TrainingRows, step_tables: StepTables,
+                mesh: jax.sharding.Mesh) -> tuple:
+  """Everything a compiled step holds as a constant (model fields, shapes, structure), nothing traced."""
+  tc = config.train
+  return (model, rows.cloze, rows.per_position, candidate_scoring(config), str(tc.loss),
+          int(tc.num_negatives), tuple(sorted(step_tables.arrays)), step_tables.gen_counts,
+          int(config.gen_loss.samples_per_domain), OptimizerStructure.from_config(tc), mesh)
+
+
+def make_train_step(model: recommender_lib.Recommender,
+                    config: ml_collections.ConfigDict,
+                    rows: input_pipeline.TrainingRows,
+                    step_tables: StepTables,
+                    mesh: jax.sharding.Mesh):
+  """The one jitted, donated, sharded step over stacked members:
+  `(state_S, batch_SxB, tables, keys_S, hparams_S) -> (state_S, metrics_S)`.
+
+  Every leaf of the state, batch, keys and hparams has a leading member axis S (jax.vmap of one run's
+  step): members train independently, each on its own batch, keys and hyperparameters. The batch is
+  sharded over 'data' on its B axis; state and tables are replicated. A member's step key is
+  fold_in(keys[s], state.step[s]). Each (S, length bucket) shape traces the step once; runs with the same
+  program_key share the jitted function (_STEP_PROGRAMS).
+  """
+  key = program_key(model, config, rows, step_tables, mesh)
+  if key not in _STEP_PROGRAMS:
+    member = _member_step_fn(model, config, rows, step_tables, OptimizerStructure.from_config(config.train))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = stacked_batch_sharding(mesh)
+    _STEP_PROGRAMS[key] = jax.jit(jax.vmap(member, in_axes=(0, 0, None, 0, 0)), donate_argnums=0,
+                                  in_shardings=(replicated, batch_sharding, replicated, replicated,
+                                                replicated),
+                                  out_shardings=(replicated, replicated))
+  return _STEP_PROGRAMS[key]
+
+
+def stacked_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """[S, B, ...] batches: members unsharded, rows over the 'data' axis."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -313,30 +429,82 @@ def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recomme
                                    length_buckets=tuple(config.train.length_buckets))
 
 
+def _without_traced_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  d = json.loads(json.dumps(config.to_dict(), default=list))
+  for section, field in TRACED_FIELDS:
+    d.get(section, {}).pop(field, None)
+  d["optimizer_structure"] = dataclasses.asdict(OptimizerStructure.from_config(config.train))
+  return d
+
+
+def check_members(members: Sequence[ml_collections.ConfigDict]) -> None:
+  """Runs train as members of one stacked step only if they differ in TRACED_FIELDS alone."""
+  if not members:
+    raise ValueError("train_members needs at least one config")
+  first = _without_traced_fields(members[0])
+  for i, member in enumerate(members[1:], 1):
+    diff = fingerprint_lib.diff(first, _without_traced_fields(member))
+    if diff:
+      raise ValueError(f"member {i} differs from member 0 in {diff}: members of one stacked run may "
+                       f"differ only in {['.'.join(f) for f in TRACED_FIELDS]} (and not in whether "
+                       "train.grad_clip / train.weight_decay are 0)")
+
+
+def traced_values(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'section.field': value} of TRACED_FIELDS: what tells the members of a stacked run apart."""
+  return {f"{section}.{field}": config[section][field] for section, field in TRACED_FIELDS}
+
+
 @dataclasses.dataclass
 class Trainer:
-  """The compiled pieces of one run: model, rows, step, tables on device, initial state."""
+  """The compiled pieces of S runs trained together (S = 1 for a single run): model, rows, the jitted
+  step, tables on device, and the stacked initial state, step keys and hyperparameters."""
 
-  config: ml_collections.ConfigDict
+  configs: list[ml_collections.ConfigDict]  # one per member; they differ only in TRACED_FIELDS
   model: recommender_lib.Recommender
   rows: input_pipeline.TrainingRows
   mesh: jax.sharding.Mesh
   step_tables: StepTables
   tables_on_device: dict[str, Any]
-  state: TrainState
+  state: TrainState  # every leaf [S, ...]
   train_step: Callable
-  step_key: jax.Array
+  step_keys: jax.Array  # [S]
+  hparams: dict[str, jax.Array]  # each [S]
   steps_per_epoch: int
   total_steps: int
-  batch_sharding: jax.sharding.NamedSharding
+  batch_sharding: jax.sharding.NamedSharding  # of [S, B, ...] batches
   replicated: jax.sharding.NamedSharding
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.configs[0]
+
+  @property
+  def seeds(self) -> tuple[int, ...]:
+    return tuple(int(c.train.seed) for c in self.configs)
+
+  def step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    return self.train_step(state, batch, self.tables_on_device, self.step_keys, self.hparams)
+
+
+def member_tree(tree, index: int):
+  """Member `index` of a stacked pytree."""
+  return jax.tree.map(lambda x: x[index], tree)
 
 
 def create_trainer(config: ml_collections.ConfigDict,
                    domain: types.DomainData,
                    tables: dict[str, np.ndarray] | None,
-                   mesh: jax.sharding.Mesh | None = None) -> Trainer:
-  """Builds the model, the training rows, the initial TrainState and the jitted step."""
+                   mesh: jax.sharding.Mesh | None = None,
+                   members: Sequence[ml_collections.ConfigDict] | None = None) -> Trainer:
+  """Builds the model, the training rows, the stacked initial TrainState and the jitted step.
+
+  members: the configs trained together (default: [config]); they may differ only in TRACED_FIELDS.
+  Member s starts from the parameters and keys a run of members[s] alone would start from.
+  """
+  members = list(members or [config])
+  check_members(members)
+  config = members[0]
   tc = config.train
   mesh = mesh or make_mesh()
   num_shards = mesh.shape["data"]
@@ -353,12 +521,12 @@ def create_trainer(config: ml_collections.ConfigDict,
                      f"{domain.num_items} items (+1 padding row expected)")
   spe = input_pipeline.steps_per_epoch(rows, batch_size)
   total_steps = spe * int(tc.num_epochs)
-  schedule = learning_rate_schedule(tc, total_steps)
-  optimizer = make_optimizer(tc, total_steps)
+  optimizer = make_optimizer(tc, total_steps)  # only its init is used: the state's structure
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  init_key, step_key = jax.random.split(jax.random.key(int(tc.seed)))
+  keys = [jax.random.split(jax.random.key(int(m.train.seed))) for m in members]
+  init_keys = jnp.stack([k[0] for k in keys])
+  step_keys = jnp.stack([k[1] for k in keys])
   tables_on_device = jax.device_put(step_tables.arrays, replicated)
 
   def init(key, table):
@@ -366,30 +534,37 @@ def create_trainer(config: ml_collections.ConfigDict,
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-  state_shape = jax.eval_shape(init, init_key, tables_on_device["source"])
-  state_sharding = jax.tree.map(lambda _: replicated, state_shape)
-  state = jax.jit(init, out_shardings=state_sharding)(init_key, tables_on_device["source"])
-  train_step = make_train_step(model, config, rows, step_tables, optimizer, schedule, mesh,
-                               state_sharding)
-  return Trainer(config=config, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
-                 tables_on_device=tables_on_device, state=state, train_step=train_step,
-                 step_key=jax.device_put(step_key, replicated), steps_per_epoch=spe,
-                 total_steps=total_steps, batch_sharding=batch_sharding, replicated=replicated)
+  state = jax.jit(jax.vmap(init, in_axes=(0, None)), out_shardings=replicated)(
+      init_keys, tables_on_device["source"])
+  hparams = [step_hparams(m, total_steps) for m in members]
+  stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
+  return Trainer(configs=members, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
+                 tables_on_device=tables_on_device, state=state,
+                 train_step=make_train_step(model, config, rows, step_tables, mesh),
+                 step_keys=jax.device_put(step_keys, replicated),
+                 hparams=jax.device_put(stacked_hparams, replicated), steps_per_epoch=spe,
+                 total_steps=total_steps, batch_sharding=stacked_batch_sharding(mesh), replicated=replicated)
+
+
+# Evaluation programs by model: later runs of an equal model reuse them (and their executables).
+_EVAL_PROGRAMS: dict[recommender_lib.Recommender, tuple[Callable, Callable]] = {}
 
 
 def make_eval_fns(model: recommender_lib.Recommender):
   """(user_fn_jit(params, table, seq) -> user_BxD, items_jit(params, table) -> items_NxD).
 
-  user_fn is traced once per input width (one per eval length bucket), items_jit once.
+  user_fn is traced once per input width (one per eval length bucket), items_jit once per table shape,
+  in this process: an equal model gets the same jitted functions back.
   """
-  def user_fn(params, table, seq):
-    TRACE_COUNTS["user_fn"] += 1
-    return model.apply({"params": params}, seq, table, False)
+  if model not in _EVAL_PROGRAMS:
+    def user_fn(params, table, seq):
+      TRACE_COUNTS["user_fn"] += 1
+      return model.apply({"params": params}, seq, table, False)
 
-  user_jit = jax.jit(user_fn)
-  items_jit = jax.jit(lambda params, table: model.apply(
-      {"params": params}, table, method=recommender_lib.Recommender.item_vectors))
-  return user_jit, items_jit
+    items_jit = jax.jit(lambda params, table: model.apply(
+        {"params": params}, table, method=recommender_lib.Recommender.item_vectors))
+    _EVAL_PROGRAMS[model] = (jax.jit(user_fn), items_jit)
+  return _EVAL_PROGRAMS[model]
 
 
 def evaluate_split(eval_fns, params, table, split: types.EvalSplit, domain: types.DomainData,
@@ -429,34 +604,56 @@ def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
-class Checkpoints:
-  """`latest` (TrainState + loop position, for resume) and `best` (parameters, by validation metric)."""
+def group_signature(members: Sequence[ml_collections.ConfigDict]) -> dict[str, Any]:
+  """run_signature of stacked members: the shared fields, and each member's traced values."""
+  if len(members) == 1:
+    return run_signature(members[0])
+  return {**run_signature(members[0]), "members": json.loads(json.dumps(
+      [traced_values(m) for m in members], default=list))}
 
-  def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict):
+
+class Checkpoints:
+  """`latest` (TrainState + loop position, for resume) and `best` (parameters, by validation metric).
+
+  parts: which of the two this folder holds. A single run keeps both in its workdir; runs trained
+  together keep the stacked `latest` in their group folder and each its own `best`.
+  signature: what the folder's checkpoints were computed with (default run_signature(config)).
+  """
+
+  def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict,
+               parts: Sequence[str] = ("latest", "best"), signature: dict[str, Any] | None = None):
     self.root = pathlib.Path(workdir).absolute() / "checkpoints"
     self.metric = str(config.eval.select_metric)
-    self.latest = ocp.CheckpointManager(
-        self.root / "latest",
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True))
+    self.latest = self.best = None
+    if "latest" in parts:
+      self.latest = ocp.CheckpointManager(
+          self.root / "latest",
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True))
     metric = self.metric
-    self.best = ocp.CheckpointManager(
-        self.root / "best",
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(config.train.max_to_keep)),
-                                             best_fn=lambda m: m[metric], best_mode="max",
-                                             keep_checkpoints_without_metrics=False, create=True,
-                                             cleanup_tmp_directories=True))
-    self._check_signature(config)
+    if "best" in parts:
+      self.best = ocp.CheckpointManager(
+          self.root / "best",
+          options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(config.train.max_to_keep)),
+                                               best_fn=lambda m: m[metric], best_mode="max",
+                                               keep_checkpoints_without_metrics=False, create=True,
+                                               cleanup_tmp_directories=True))
+    self._check_signature(signature if signature is not None else run_signature(config))
 
-  def _check_signature(self, config):
+  def _managers(self) -> list[ocp.CheckpointManager]:
+    return [m for m in (self.latest, self.best) if m is not None]
+
+  def _check_signature(self, signature: dict[str, Any]):
     path = self.root / "run_config.json"
-    signature = run_signature(config)
-    if path.exists() and self.latest.latest_step() is not None:
+    if path.exists() and any(m.latest_step() is not None for m in self._managers()):
       diff = fingerprint_lib.diff(json.loads(path.read_text()), signature)
       if diff:
         raise ValueError(f"{self.root} holds a checkpoint of a different run (differs in {diff}); use a "
                          "fresh workdir or restore the config")
     self.root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(signature, indent=1, sort_keys=True))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
 
   def save_latest(self, state: TrainState, meta: dict) -> None:
     step = int(meta["step"])
@@ -491,12 +688,12 @@ class Checkpoints:
     return out["params"], dict(out["meta"])
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for m in self._managers():
+      m.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for m in self._managers():
+      m.close()
 
 
 def _abstract(tree):
@@ -577,11 +774,201 @@ class TrainResult:
   epochs: int  # epochs trained in total
   stop_reason: str
   workdir: pathlib.Path
+  error: str = ""  # set when this member stopped on a non-finite loss (runs trained together only)
 
 
-def _fresh_meta() -> dict:
-  return {"step": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None, "best_epoch": None,
-          "best_valid": None, "finished": False, "stop_reason": ""}
+def _fresh_member_meta() -> dict:
+  return {"best_metric": None, "best_step": None, "best_epoch": None, "best_valid": None,
+          "finished": False, "stop_reason": "", "error": ""}
+
+
+@dataclasses.dataclass
+class _Member:
+  """One run among those trained together: its config, folder, log, best checkpoint and stop state."""
+
+  index: int
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  ckpt: Checkpoints  # holds its `best` (and, trained alone, the group's `latest` too)
+  log: MetricLog
+  meta: dict  # _fresh_member_meta fields, saved with the group's latest checkpoint
+  last_train: dict[str, float] | None = None  # the last logged train means, for the progress bar
+
+  @property
+  def tag(self) -> str:
+    return f"seed {self.config.train.seed}: "
+
+
+class _Loop:
+  """The epoch loop of S members trained together: train an epoch, validate, keep the best, stop early.
+
+  Every epoch ends in a `latest` checkpoint (also every train.checkpoint_every_steps steps), holding the
+  stacked state, the loop position and every member's stop state. A member stops when it has seen no
+  gain in config.eval.select_metric for train.patience epochs; the stacked step still runs its lane
+  until all members have stopped (lanes are independent), and its results come from its best checkpoint,
+  exactly as if it had trained alone.
+  """
+
+  def __init__(self, trainer: Trainer, domain: types.DomainData, latest: Checkpoints,
+               members: list[_Member], position: dict[str, int]):
+    self.trainer, self.domain, self.latest, self.members = trainer, domain, latest, members
+    self.config = trainer.config
+    self.tc = self.config.train
+    self.select = str(self.config.eval.select_metric)
+    self.spe = trainer.steps_per_epoch
+    self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+    self.eval_fns = make_eval_fns(trainer.model)
+    self.table = trainer.tables_on_device["source"]
+    self.pending: list[tuple[int, list[int], dict]] = []  # (step, real rows per member, device metrics)
+    self.clock = time.perf_counter()
+    self.started = time.perf_counter()
+
+  @property
+  def solo(self) -> bool:
+    return len(self.members) == 1
+
+  def active(self) -> list[_Member]:
+    return [m for m in self.members if not m.meta["finished"]]
+
+  def position(self) -> dict[str, Any]:
+    return {"step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "members": [dict(m.meta) for m in self.members]}
+
+  # -- training ---------------------------------------------------------------------------------------
+
+  def flush(self, keep_last: bool) -> None:
+    """Reads back pending step metrics (all but the newest if keep_last), checks them, logs their mean."""
+    take = self.pending[:-1] if keep_last else self.pending[:]
+    if not take:
+      return
+    del self.pending[:len(take)]
+    host = jax.device_get([m for _, _, m in take])
+    now = time.perf_counter()
+    elapsed = max(now - self.clock, 1e-9)  # steady state: steps finished since the previous read-back
+    self.clock = now
+    for member in self.members:
+      if member.meta["error"]:
+        continue
+      i = member.index
+      for (s, _, _), m in zip(take, host):
+        if not np.isfinite(m["loss"][i]):
+          self._non_finite(member, s, float(m["loss"][i]))
+          break
+      if member.meta["error"]:
+        continue
+      mean = {k: float(np.mean([m[k][i] for m in host])) for k in host[0]}
+      mean["sequences_per_s"] = sum(r[i] for _, r, _ in take) / elapsed
+      mean["targets_per_s"] = float(sum(m["targets"][i] for m in host)) / elapsed
+      member.log.write("train", take[-1][0], mean, epoch=(take[-1][0] - 1) // self.spe)
+      member.last_train = mean
+
+  def _non_finite(self, member: _Member, step: int, loss: float) -> None:
+    last = self.latest.latest_step()
+    message = (f"training loss is {loss} at step {step} (epoch {step // self.spe}): stopping. The last good "
+               f"checkpoint is step {last} in {self.latest.root / 'latest'}; lower "
+               "config.train.learning_rate or set config.train.grad_clip")
+    if self.solo:
+      raise NonFiniteLossError(message)
+    # Trained together, the other members go on: lanes never mix.
+    member.meta.update(finished=True, error=message, stop_reason=f"non-finite loss at step {step}")
+    print(f"{member.tag}{message}", flush=True)
+
+  def train_epoch(self, state: TrainState) -> TrainState:
+    trainer, batch_size = self.trainer, int(self.tc.batch_size)
+    seeds = trainer.seeds
+    # Real (unpadded) rows of each batch of each member, for the sequences/s figure.
+    real_rows = [[len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, s, self.epoch)]
+                 for s in seeds]
+    batches = input_pipeline.prefetch(
+        input_pipeline.stacked_epoch_batches(trainer.rows, batch_size, seeds, self.epoch, self.batch),
+        int(self.tc.prefetch), trainer.batch_sharding)
+    bar = tqdm.tqdm(total=self.spe, initial=self.batch, desc=f"epoch {self.epoch}", leave=False,
+                    dynamic_ncols=True, mininterval=1.0)
+    self.clock = time.perf_counter()  # evaluation time is not training time
+    ckpt_every, log_every = int(self.tc.checkpoint_every_steps), max(1, int(self.tc.log_every_steps))
+    for b, batch in enumerate(batches, start=self.batch):
+      state, metrics = trainer.step(state, batch)
+      self.step += 1
+      self.pending.append((self.step, [rows[b] for rows in real_rows], metrics))
+      bar.update(1)
+      if self.step % log_every == 0:
+        self.flush(keep_last=True)
+        shown = self.members[0].last_train
+        if shown:
+          bar.set_postfix(loss=f"{shown['loss']:.4f}", seq_s=f"{shown['sequences_per_s']:.0f}")
+      if ckpt_every > 0 and self.step % ckpt_every == 0 and b + 1 < self.spe:
+        self.flush(keep_last=False)  # never checkpoint a state whose losses were not checked
+        self.batch = b + 1
+        self.latest.save_latest(state, self.position())
+    bar.close()
+    self.flush(keep_last=False)
+    self.epoch += 1
+    self.batch = 0
+    return state
+
+  # -- validation and the stop policy ---------------------------------------------------------------------
+
+  def eval_due(self) -> bool:
+    return self.epoch % int(self.tc.eval_every_epochs) == 0 or self.epoch == int(self.tc.num_epochs)
+
+  def validate(self, state: TrainState) -> None:
+    """Evaluates every active member on the source validation split; keeps its best; stops it early."""
+    valid_split = types.leave_one_out(self.domain, "valid", int(self.config.data.max_len))
+    for member in self.active():
+      params = member_tree(state.params, member.index)
+      valid = evaluate_split(self.eval_fns, params, self.table, valid_split, self.domain, self.config.eval,
+                             self.trainer.mesh)
+      valid = {f"valid/{k}": v for k, v in valid.items()}
+      if self.select not in valid:
+        raise ValueError(f"config.eval.select_metric={self.select!r} is not among the validation metrics "
+                         f"{sorted(valid)}")
+      # Wall time since this invocation started (a resumed run counts from its restart).
+      member.log.write("valid", self.step, valid, epoch=self.epoch,
+                       elapsed_s=round(time.perf_counter() - self.started, 3))
+      self._keep_best_or_stop(member, params, valid)
+
+  def _keep_best_or_stop(self, member: _Member, params, valid: dict[str, float]) -> None:
+    meta, value = member.meta, valid[self.select]
+    if meta["best_metric"] is None or value > meta["best_metric"]:
+      meta.update(best_metric=value, best_step=self.step, best_epoch=self.epoch, best_valid=valid)
+      member.ckpt.save_best(self.step, params, {"epoch": self.epoch, "step": self.step, "valid": valid}, value)
+    elif self.epoch - int(meta["best_epoch"]) >= int(self.tc.patience):
+      meta.update(finished=True, stop_reason=f"early stop: no {self.select} gain for {self.tc.patience} "
+                  f"epochs (best {meta['best_metric']:.5f} at epoch {meta['best_epoch']})")
+    print(f"{'' if self.solo else member.tag}epoch {self.epoch}: {self.select}={value:.5f} (best "
+          f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})", flush=True)
+
+  def end_epoch(self, state: TrainState) -> None:
+    if self.epoch >= int(self.tc.num_epochs):
+      for member in self.active():
+        member.meta.update(finished=True, stop_reason=f"reached num_epochs={self.tc.num_epochs}")
+    self.latest.save_latest(state, self.position())
+
+  def run(self, state: TrainState) -> TrainState:
+    while self.active() and self.epoch < int(self.tc.num_epochs):
+      state = self.train_epoch(state)
+      if self.eval_due():
+        self.validate(state)
+      self.end_epoch(state)
+    return state
+
+  # -- testing --------------------------------------------------------------------------------------------
+
+  def test(self, state: TrainState, member: _Member) -> tuple[Any, dict[str, float]]:
+    """(best parameters, best validation + test metrics) of one member: its best checkpoint (or its last
+    state if no evaluation ever ran) on the source test split."""
+    params = member_tree(state.params, member.index)
+    best = member.ckpt.restore_best(_abstract(params))
+    best_valid = {}
+    if best is not None:
+      params, best_meta = best
+      best_valid = best_meta.get("valid", {})
+    test_split = types.leave_one_out(self.domain, "test", int(self.config.data.max_len))
+    test = evaluate_split(self.eval_fns, params, self.table, test_split, self.domain, self.config.eval,
+                          self.trainer.mesh)
+    test = {f"test/{k}": v for k, v in test.items()}
+    member.log.write("test", self.step, test, best_step=member.meta["best_step"])
+    return params, {**best_valid, **test}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -594,156 +981,115 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns a TrainResult; its `metrics` dict holds the best validation metrics ('valid/...') and the test
   metrics ('test/...'), each labelled with its protocol. Writes results.json / results.md in workdir.
   """
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  tc = config.train
+  return train_members([config], [workdir], domains, tables, mesh=mesh)[0]
+
+
+def train_members(members: Sequence[ml_collections.ConfigDict],
+                  workdirs: Sequence[str | pathlib.Path],
+                  domains: dict[str, types.DomainData],
+                  tables: dict[str, np.ndarray] | None,
+                  group_dir: str | pathlib.Path | None = None,
+                  mesh: jax.sharding.Mesh | None = None) -> list[TrainResult]:
+  """Trains S runs that differ only in TRACED_FIELDS (seeds, alpha, ...) together, as one program over
+  stacked parameters; each gets exactly what train_and_evaluate would give it alone (within float
+  tolerance): its own data order, dropout keys, negatives, early stop, best checkpoint and results.
+
+  workdirs[s] receives member s's best checkpoint, metrics.jsonl, results.json / results.md. The stacked
+  `latest` checkpoint lives in group_dir (required for S > 1; a single run keeps it in its workdir), so a
+  killed group restarted with the same members and folders resumes where it stopped. A member whose loss
+  turns non-finite stops with TrainResult.error set while the others go on (alone, it raises
+  NonFiniteLossError).
+  """
+  members, workdirs = list(members), [pathlib.Path(w) for w in workdirs]
+  if len(members) != len(workdirs):
+    raise ValueError(f"train_members: {len(members)} configs but {len(workdirs)} workdirs")
+  if len(members) > 1 and group_dir is None:
+    raise ValueError("train_members: runs trained together need a group_dir for their shared checkpoint")
+  config = members[0]
   source = config.data.source
   if source not in domains:
     raise ValueError(f"config.data.source={source!r} is not among the loaded domains {sorted(domains)}")
   domain = domains[source]
-  max_len = int(config.data.max_len)
   select = str(config.eval.select_metric)
   if not select.startswith("valid/"):
     raise ValueError(f"config.eval.select_metric={select!r} must name a validation metric "
                      "('valid/<protocol>/<metric>@K')")
+  for w in workdirs:
+    w.mkdir(parents=True, exist_ok=True)
 
-  trainer = create_trainer(config, domain, tables, mesh)
-  mesh = trainer.mesh
-  ckpt = Checkpoints(workdir, config)
-  restored = ckpt.restore_latest(_abstract(trainer.state))
-  if restored is None:
-    state, meta = trainer.state, _fresh_meta()
-  else:
-    state, meta = restored
-    if int(state.step) != int(meta["step"]):
-      raise ValueError(f"inconsistent checkpoint in {ckpt.root}: state step {int(state.step)} != "
-                       f"position step {meta['step']}")
-    if (meta["finished"] and meta["stop_reason"].startswith("reached num_epochs")
-        and meta["epoch"] < int(tc.num_epochs)):
-      meta.update(finished=False, stop_reason="")  # num_epochs was raised: train on
-    logging.info("resuming from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"])
-    print(f"resuming {workdir} from step {meta['step']} (epoch {meta['epoch']}, batch {meta['batch']})",
-          flush=True)
+  trainer = create_trainer(config, domain, tables, mesh, members=members)
+  solo = len(members) == 1
+  group = pathlib.Path(group_dir) if group_dir is not None else workdirs[0]
+  latest = Checkpoints(group, config, parts=("latest", "best") if solo else ("latest",),
+                       signature=group_signature(members))
+  state, position = _restore_or_start(trainer, latest)
+  ckpts = [latest] if solo else [Checkpoints(w, m, parts=("best",)) for m, w in zip(members, workdirs)]
+  runs = [_Member(index=i, config=m, workdir=w, ckpt=c, log=MetricLog(w, position["step"]), meta=meta)
+          for i, (m, w, c, meta) in enumerate(zip(members, workdirs, ckpts, position["members"]))]
   trainer.state = None  # the initial state's buffers may be donated below; keep no stale reference
+  if position["step"] == 0:
+    for run in runs:
+      run.log.write("setup", 0, {"rows": trainer.rows.num_rows, "steps_per_epoch": trainer.steps_per_epoch,
+                                 "targets_per_epoch": trainer.rows.num_targets,
+                                 "devices": int(trainer.mesh.devices.size), "members": len(members)},
+                    loss_name=results_lib.loss_name(run.config),
+                    bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()})
 
-  log = MetricLog(workdir, int(meta["step"]))
-  eval_fns = make_eval_fns(trainer.model)
-  table = trainer.tables_on_device["source"]
-  valid_split = types.leave_one_out(domain, "valid", max_len)
-  spe, batch_size = trainer.steps_per_epoch, int(tc.batch_size)
-  num_rows = trainer.rows.num_rows
-  ckpt_every = int(tc.checkpoint_every_steps)
-  log_every = max(1, int(tc.log_every_steps))
-  if meta["step"] == 0:
-    log.write("setup", 0, {"rows": num_rows, "steps_per_epoch": spe, "targets_per_epoch":
-                           trainer.rows.num_targets, "devices": int(mesh.devices.size)},
-              loss_name=results_lib.loss_name(config),
-              bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()})
-
-  started = time.perf_counter()
-  pending: list[tuple[int, int, dict]] = []  # (step, real rows, device metrics) not yet read back
-  clock = {"t0": time.perf_counter()}
-
-  def flush(keep_last: bool) -> dict[str, float] | None:
-    """Reads back pending step metrics (all but the newest if keep_last), checks them, logs their mean."""
-    take = pending[:-1] if keep_last else pending[:]
-    if not take:
-      return None
-    del pending[:len(take)]
-    host = jax.device_get([m for _, _, m in take])
-    for (s, _, _), m in zip(take, host):
-      if not np.isfinite(m["loss"]):
-        last = ckpt.latest.latest_step()
-        raise NonFiniteLossError(
-            f"training loss is {float(m['loss'])} at step {s} (epoch {s // spe}): stopping. The last good "
-            f"checkpoint is step {last} in {ckpt.root / 'latest'}; lower config.train.learning_rate or set "
-            "config.train.grad_clip")
-    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    # Steady-state rate: the steps read back finished between the previous read-back and this one.
-    now = time.perf_counter()
-    elapsed = max(now - clock["t0"], 1e-9)
-    mean["sequences_per_s"] = sum(r for _, r, _ in take) / elapsed
-    mean["targets_per_s"] = float(sum(m["targets"] for m in host)) / elapsed
-    clock["t0"] = now
-    log.write("train", take[-1][0], mean, epoch=(take[-1][0] - 1) // spe)
-    return mean
-
-  epoch = int(meta["epoch"])
-  start_batch = int(meta["batch"])
-  step = int(meta["step"])
+  loop = _Loop(trainer, domain, latest, runs, position)
+  outputs = []
   try:
-    while not meta["finished"] and epoch < int(tc.num_epochs):
-      # Real (unpadded) rows of each batch, for the sequences/s figure.
-      real_rows = [len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, int(tc.seed),
-                                                                    epoch)]
-      batches = input_pipeline.prefetch(
-          input_pipeline.epoch_batches(trainer.rows, batch_size, int(tc.seed), epoch, start_batch),
-          int(tc.prefetch), trainer.batch_sharding)
-      bar = tqdm.tqdm(total=spe, initial=start_batch, desc=f"epoch {epoch}", leave=False,
-                      dynamic_ncols=True, mininterval=1.0)
-      clock["t0"] = time.perf_counter()  # evaluation time is not training time
-      for b, batch in enumerate(batches, start=start_batch):
-        state, metrics = trainer.train_step(state, batch, trainer.tables_on_device, trainer.step_key)
-        step += 1
-        pending.append((step, real_rows[b], metrics))
-        bar.update(1)
-        if step % log_every == 0:
-          mean = flush(keep_last=True)
-          if mean:
-            bar.set_postfix(loss=f"{mean['loss']:.4f}", seq_s=f"{mean['sequences_per_s']:.0f}")
-        if ckpt_every > 0 and step % ckpt_every == 0 and b + 1 < spe:
-          flush(keep_last=False)  # never checkpoint a state whose losses were not checked
-          ckpt.save_latest(state, {**meta, "step": step, "epoch": epoch, "batch": b + 1})
-      bar.close()
-      flush(keep_last=False)
-      epoch += 1
-      start_batch = 0
-      meta.update(step=step, epoch=epoch, batch=0)
-      if epoch % int(tc.eval_every_epochs) == 0 or epoch == int(tc.num_epochs):
-        valid = evaluate_split(eval_fns, state.params, table, valid_split, domain, config.eval, mesh)
-        valid = {f"valid/{k}": v for k, v in valid.items()}
-        if select not in valid:
-          raise ValueError(f"config.eval.select_metric={select!r} is not among the validation metrics "
-                           f"{sorted(valid)}")
-        # Wall time since this invocation started (a resumed run counts from its restart).
-        log.write("valid", step, valid, epoch=epoch, elapsed_s=round(time.perf_counter() - started, 3))
-        value = valid[select]
-        if meta["best_metric"] is None or value > meta["best_metric"]:
-          meta.update(best_metric=value, best_step=step, best_epoch=epoch, best_valid=valid)
-          ckpt.save_best(step, state.params, {"epoch": epoch, "step": step, "valid": valid}, value)
-        elif epoch - int(meta["best_epoch"]) >= int(tc.patience):
-          meta.update(finished=True, stop_reason=f"early stop: no {select} gain for {tc.patience} epochs "
-                      f"(best {meta['best_metric']:.5f} at epoch {meta['best_epoch']})")
-        print(f"epoch {epoch}: {select}={value:.5f} (best {meta['best_metric']:.5f} @ epoch "
-              f"{meta['best_epoch']})", flush=True)
-      if epoch >= int(tc.num_epochs) and not meta["finished"]:
-        meta.update(finished=True, stop_reason=f"reached num_epochs={tc.num_epochs}")
-      ckpt.save_latest(state, dict(meta))
-    ckpt.wait()
-
-    # Test the best checkpoint (or the last state if no evaluation ever ran).
-    params_abstract = _abstract(state.params)
-    best = ckpt.restore_best(params_abstract)
-    if best is None:
-      best_params, best_valid = state.params, {}
-    else:
-      best_params, best_meta = best
-      best_valid = best_meta.get("valid", {})
-    test_split = types.leave_one_out(domain, "test", max_len)
-    test = evaluate_split(eval_fns, best_params, table, test_split, domain, config.eval, mesh)
-    test = {f"test/{k}": v for k, v in test.items()}
-    log.write("test", step, test, best_step=meta["best_step"])
+    state = loop.run(state)
+    for ck in {id(c): c for c in ckpts}.values():
+      ck.wait()
+    for run in runs:
+      if run.meta["error"]:
+        outputs.append(None)
+        continue
+      outputs.append(loop.test(state, run))
   finally:
-    ckpt.wait()
-    ckpt.close()
-    log.close()
+    for ck in {id(c): c for c in [latest, *ckpts]}.values():
+      ck.wait()
+      ck.close()
+    for run in runs:
+      run.log.close()
 
-  metrics = {**best_valid, **test}
-  summary = {"best_step": meta["best_step"], "best_epoch": meta["best_epoch"], "epochs": epoch,
-             "stop_reason": meta["stop_reason"], "steps_per_epoch": spe, "training_rows": num_rows}
-  record = results_lib.make_record(config, stage="in_domain", domain=source, metrics=metrics,
-                                   extra=summary)
-  results_lib.write_results(workdir, [record], config)
-  return TrainResult(metrics=metrics, params=jax.device_get(best_params), model=trainer.model,
-                     best_step=meta["best_step"] or 0, best_epoch=meta["best_epoch"] or 0, epochs=epoch,
-                     stop_reason=meta["stop_reason"], workdir=workdir)
+  results = []
+  for run, out in zip(runs, outputs):
+    meta = run.meta
+    common = dict(model=trainer.model, best_step=meta["best_step"] or 0, best_epoch=meta["best_epoch"] or 0,
+                  epochs=loop.epoch, stop_reason=meta["stop_reason"], workdir=run.workdir)
+    if out is None:
+      results.append(TrainResult(metrics={}, params=None, error=meta["error"], **common))
+      continue
+    best_params, metrics = out
+    summary = {"best_step": meta["best_step"], "best_epoch": meta["best_epoch"], "epochs": loop.epoch,
+               "stop_reason": meta["stop_reason"], "steps_per_epoch": trainer.steps_per_epoch,
+               "training_rows": trainer.rows.num_rows}
+    record = results_lib.make_record(run.config, stage="in_domain", domain=source, metrics=metrics,
+                                     extra=summary)
+    results_lib.write_results(run.workdir, [record], run.config)
+    results.append(TrainResult(metrics=metrics, params=jax.device_get(best_params), **common))
+  return results
+
+
+def _restore_or_start(trainer: Trainer, latest: Checkpoints) -> tuple[TrainState, dict[str, Any]]:
+  """The group's latest checkpoint and loop position, or the initial state at step 0."""
+  members = len(trainer.configs)
+  fresh = {"step": 0, "epoch": 0, "batch": 0, "members": [_fresh_member_meta() for _ in range(members)]}
+  restored = latest.restore_latest(_abstract(trainer.state))
+  if restored is None:
+    return trainer.state, fresh
+  state, meta = restored
+  steps = np.asarray(jax.device_get(state.step))
+  if not (steps == int(meta["step"])).all() or len(meta.get("members", ())) != members:
+    raise ValueError(f"inconsistent checkpoint in {latest.root}: state steps {steps.tolist()}, position "
+                     f"step {meta['step']}, {len(meta.get('members', ()))} member records for {members} "
+                     "members")
+  for m in meta["members"]:
+    if (m["finished"] and m["stop_reason"].startswith("reached num_epochs")
+        and meta["epoch"] < int(trainer.config.train.num_epochs)):
+      m.update(finished=False, stop_reason="")  # num_epochs was raised: train on
+  logging.info("resuming from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"])
+  print(f"resuming {latest.root.parent} from step {meta['step']} (epoch {meta['epoch']}, batch "
+        f"{meta['batch']})", flush=True)
+  return state, meta

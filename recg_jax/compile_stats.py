@@ -1,0 +1,64 @@
+"""How many XLA programs this process compiled, and how long that took.
+
+A grid is fast when its runs reuse compiled programs instead of compiling their own. This module counts
+the backend compilations JAX reports through `jax.monitoring` (one event per XLA compile, with its
+duration; a hit in the persistent compilation cache is not a compile and is counted apart), so a runner
+can report compiles per run and per grid.
+
+  compile_stats.install()          # idempotent; call once before the work to measure
+  before = compile_stats.snapshot()
+  ...
+  compile_stats.since(before)      # {'compiles': n, 'compile_s': seconds, 'cache_hits': n}
+"""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+
+# Event names of jax._src.dispatch / jax._src.compiler (stable since jax 0.4.2x).
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+_lock = threading.Lock()
+_totals = {"compiles": 0, "compile_s": 0.0, "cache_hits": 0}
+_installed = False
+
+
+def _on_duration(event: str, duration_secs: float, **_) -> None:
+  if event == _BACKEND_COMPILE:
+    with _lock:
+      _totals["compiles"] += 1
+      _totals["compile_s"] += float(duration_secs)
+
+
+def _on_event(event: str, **_) -> None:
+  if event == _CACHE_HIT:
+    with _lock:
+      _totals["cache_hits"] += 1
+
+
+def install() -> None:
+  """Registers the listeners (once per process)."""
+  global _installed
+  with _lock:
+    if _installed:
+      return
+    _installed = True
+  jax.monitoring.register_event_duration_secs_listener(_on_duration)
+  jax.monitoring.register_event_listener(_on_event)
+
+
+def snapshot() -> dict[str, float]:
+  """The process totals so far (install() first, or every count stays 0)."""
+  with _lock:
+    return dict(_totals)
+
+
+def since(before: dict[str, float]) -> dict[str, float]:
+  """Totals accumulated after `before` (a snapshot())."""
+  now = snapshot()
+  out = {k: now[k] - before.get(k, 0) for k in now}
+  out["compile_s"] = round(out["compile_s"], 3)
+  return out
