@@ -129,12 +129,13 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
   split = types.leave_one_out(domain, "valid", int(config.data.max_len))
   table = trainer.tables_on_device["source"]
   t0 = time.perf_counter()
-  train.evaluate_split(eval_fns, train.member_tree(state.params, 0), table, split, domain, config.eval, trainer.mesh)
+  params = train.member_tree(state.params, 0)
+  train.evaluate_split(eval_fns, params, table, split, domain, config.eval, trainer.mesh)
   eval_cold_s = time.perf_counter() - t0
   eval_times, eval_cpu = [], []
   for _ in range(args.eval_repeats):
     t0, c0 = time.perf_counter(), time.process_time()
-    train.evaluate_split(eval_fns, train.member_tree(state.params, 0), table, split, domain, config.eval, trainer.mesh)
+    train.evaluate_split(eval_fns, params, table, split, domain, config.eval, trainer.mesh)
     eval_times.append(time.perf_counter() - t0)
     eval_cpu.append(time.process_time() - c0)
   eval_s = statistics.median(eval_times) if eval_times else None

@@ -521,21 +521,13 @@ def create_trainer(config: ml_collections.ConfigDict,
                      f"{domain.num_items} items (+1 padding row expected)")
   spe = input_pipeline.steps_per_epoch(rows, batch_size)
   total_steps = spe * int(tc.num_epochs)
-  optimizer = make_optimizer(tc, total_steps)  # only its init is used: the state's structure
-
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   keys = [jax.random.split(jax.random.key(int(m.train.seed))) for m in members]
   init_keys = jnp.stack([k[0] for k in keys])
   step_keys = jnp.stack([k[1] for k in keys])
   tables_on_device = jax.device_put(step_tables.arrays, replicated)
-
-  def init(key, table):
-    variables = recommender_lib.init_variables(model, key, table)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
-  state = jax.jit(jax.vmap(init, in_axes=(0, None)), out_shardings=replicated)(
-      init_keys, tables_on_device["source"])
+  init = _init_program(model, OptimizerStructure.from_config(tc), mesh)
+  state = init(init_keys, tables_on_device["source"])
   hparams = [step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   return Trainer(configs=members, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
@@ -544,6 +536,28 @@ def create_trainer(config: ml_collections.ConfigDict,
                  step_keys=jax.device_put(step_keys, replicated),
                  hparams=jax.device_put(stacked_hparams, replicated), steps_per_epoch=spe,
                  total_steps=total_steps, batch_sharding=stacked_batch_sharding(mesh), replicated=replicated)
+
+
+# Initial-state programs by (model, optimiser structure, mesh), reused like _STEP_PROGRAMS.
+_INIT_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def _init_program(model: recommender_lib.Recommender, structure: OptimizerStructure,
+                  mesh: jax.sharding.Mesh) -> Callable:
+  """`(keys_S, table) -> TrainState` with a leading member axis; member s from keys_S[s] alone."""
+  key = (model, structure, mesh)
+  if key not in _INIT_PROGRAMS:
+    # The optimiser state's structure and initial values do not depend on the hyperparameter values.
+    optimizer = build_optimizer(structure, {"learning_rate": 0.0, "warmup_steps": 0, "decay_steps": 1,
+                                            "weight_decay": 0.0, "grad_clip": 1.0})
+
+    def init(key, table):
+      params = recommender_lib.init_variables(model, key, table)["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    _INIT_PROGRAMS[key] = jax.jit(jax.vmap(init, in_axes=(0, None)), out_shardings=replicated)
+  return _INIT_PROGRAMS[key]
 
 
 # Evaluation programs by model: later runs of an equal model reuse them (and their executables).

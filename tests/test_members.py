@@ -1,0 +1,102 @@
+"""Runs trained together (train.train_members) equal the same runs trained alone; one program per shape."""
+
+import jax
+import numpy as np
+import pytest
+
+from recg_jax import compile_stats
+from recg_jax import train
+import _train_driver as driver
+
+EPOCHS = 3
+
+
+def _config(**overrides):
+  return driver.tiny_config(**{"train.num_epochs": EPOCHS, "train.patience": 1, **overrides})
+
+
+@pytest.fixture(scope="module")
+def problem():
+  domains = driver.tiny_domains()
+  return domains, driver.tiny_tables(domains)
+
+
+def _close(a, b):
+  flat_a, flat_b = _leaves(a), _leaves(b)
+  assert flat_a.keys() == flat_b.keys()
+  checked = 0
+  for path, x in flat_a.items():
+    # A key bias adds q.b_k to every logit of a query: softmax ignores it, its true gradient is zero and
+    # Adam turns the float noise of that zero into lr-sized steps, different in any two programs.
+    if "['key']['bias']" in path:
+      continue
+    np.testing.assert_allclose(x, flat_b[path], rtol=2e-4, atol=2e-5, err_msg=path)
+    checked += 1
+  assert checked >= len(flat_a) - 2
+
+
+def _leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_stacked_members_equal_separate_runs(problem, tmp_path):
+  domains, tables = problem
+  # Three seeds, one of them with another alpha and learning rate: all traced, so one program.
+  members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1}),
+             _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2})]
+  alone = [train.train_and_evaluate(m, tmp_path / f"alone{i}", domains, tables) for i, m in enumerate(members)]
+  together = train.train_members(members, [tmp_path / f"member{i}" for i in range(3)], domains, tables,
+                                 group_dir=tmp_path / "group")
+  for a, t in zip(alone, together):
+    assert not t.error
+    assert (t.best_epoch, t.best_step, t.stop_reason) == (a.best_epoch, a.best_step, a.stop_reason)
+    assert set(t.metrics) == set(a.metrics)
+    for k in a.metrics:
+      assert t.metrics[k] == pytest.approx(a.metrics[k], abs=1e-4), k
+    _close(t.params, a.params)
+    written = driver.read_jsonl(t.workdir / "metrics.jsonl")
+    assert [e["kind"] for e in written if e["kind"] != "train"] == [
+        e["kind"] for e in driver.read_jsonl(a.workdir / "metrics.jsonl") if e["kind"] != "train"]
+    assert (t.workdir / "results.json").exists()
+  # The members really differ from each other (their own data order, keys and hyperparameters).
+  assert len({round(t.metrics["valid/full/ndcg@10"], 6) for t in together}) > 1
+  assert sorted(p.name for p in (tmp_path / "group" / "checkpoints").iterdir()) == ["latest",
+                                                                                   "run_config.json"]
+
+
+def test_traced_fields_reuse_the_compiled_step(problem, tmp_path):
+  domains, tables = problem
+  compile_stats.install()
+  train.train_and_evaluate(_config(**{"train.num_epochs": 1}), tmp_path / "a", domains, tables)
+  traces, compiles = train.TRACE_COUNTS["train_step"], compile_stats.snapshot()["compiles"]
+  # Another seed, alpha, tau, learning rate, inter sign and L_gen switches: no new trace, no new compile.
+  again = _config(**{"train.num_epochs": 1, "train.seed": 5, "gen_loss.alpha": 0.2, "gen_loss.tau": 0.5,
+                     "train.learning_rate": 1e-4, "gen_loss.inter_sign": -1, "gen_loss.use_intra": False})
+  train.train_and_evaluate(again, tmp_path / "b", domains, tables)
+  assert train.TRACE_COUNTS["train_step"] == traces
+  assert compile_stats.snapshot()["compiles"] == compiles
+  # A different shape is a different program: one trace per length bucket.
+  train.train_and_evaluate(_config(**{"train.num_epochs": 1, "model.hidden_dim": 8}), tmp_path / "c",
+                           domains, tables)
+  assert train.TRACE_COUNTS["train_step"] == traces + driver.tiny_layout()["train_widths"]
+
+
+def test_members_must_differ_only_in_traced_fields():
+  with pytest.raises(ValueError, match=r"member 1 differs .*model.hidden_dim"):
+    train.check_members([_config(), _config(**{"model.hidden_dim": 32})])
+  with pytest.raises(ValueError, match=r"optimizer_structure"):
+    train.check_members([_config(), _config(**{"train.grad_clip": 1.0})])
+  train.check_members([_config(), _config(**{"train.seed": 3, "gen_loss.tau": 0.3})])
+
+
+@pytest.mark.slow
+def test_a_diverging_member_stops_alone(problem, tmp_path):
+  domains, tables = problem
+  members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1, "train.learning_rate": 1e30})]
+  together = train.train_members(members, [tmp_path / "m0", tmp_path / "m1"], domains, tables,
+                                 group_dir=tmp_path / "group")
+  alone = train.train_and_evaluate(members[0], tmp_path / "alone", domains, tables)
+  assert together[1].error.startswith("training loss is") and together[1].params is None
+  assert not together[0].error
+  for k in alone.metrics:
+    assert together[0].metrics[k] == pytest.approx(alone.metrics[k], abs=1e-4), k
