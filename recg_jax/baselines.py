@@ -35,10 +35,13 @@ import numpy as np
 
 from configs import default as default_config
 from configs.presets import PRESETS
-from recg_jax import experiments
+from recg_jax import experiments  # the command line: its flags (see main) and recorded_command
 from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
 from recg_jax import results as results_lib
+from recg_jax.grid import planning
+from recg_jax.grid import report
+from recg_jax.grid import runner
 
 WEIGHTED = "zero_shot_w"
 UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference
@@ -55,7 +58,7 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, int]]:
   bad = [p for p in presets if p not in PRESETS]
   if bad:
     raise ValueError(f"config.experiment.presets: {bad} not in {sorted(PRESETS)}")
-  domains = experiments.grid_domains(config)
+  domains = planning.grid_domains(config)
   sources = tuple(ec.sources) or (str(config.data.source),)
   for s in sources:
     if s not in domains:
@@ -90,7 +93,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
   """Runs every unfinished run, rewriting DIR/results.md after each; returns what ran and failed."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  domains_order = experiments.grid_domains(config)
+  domains_order = planning.grid_domains(config)
   runs = plan(config)
   all_config = copy.deepcopy(config)
   all_config.data.source, all_config.data.targets = domains_order[0], domains_order[1:]
@@ -98,7 +101,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
   domains = pipeline.prepare_data(all_config, workdir)
   tables = pipeline.embed_domains(all_config, workdir, domains)
   _write_random(workdir, config, domains)
-  meta = {"command": command, "machine": experiments.machine_info(), "domains": list(domains_order),
+  meta = {"command": command, "machine": runner.machine_info(), "domains": list(domains_order),
           "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
           "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   ran, failed = [], []
@@ -107,11 +110,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
     run_dir = workdir / rel
     rc = run_config(config, source, preset, seed, domains_order)
     tag = f"[baselines] {i}/{len(runs)} {rel.as_posix()}"
-    done = experiments.read_done(run_dir)
+    done = runner.read_done(run_dir)
     if done is not None:
-      diff = fingerprint_lib.diff(done.get("fingerprint"), experiments.run_fingerprint(rc))
+      diff = fingerprint_lib.diff(done.get("fingerprint"), planning.run_fingerprint(rc))
       if diff:
-        raise ValueError(f"{run_dir / experiments.DONE} was finished with a different config (differs in "
+        raise ValueError(f"{run_dir / runner.DONE} was finished with a different config (differs in "
                          f"{diff}); use a fresh --workdir or delete that run folder")
       print(f"{tag}: skip (finished)", flush=True)
       continue
@@ -121,21 +124,20 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-      spec = experiments.RunSpec(source, str(rc.model.backbone), str(rc.model.variant), seed)
-      records = experiments.execute_run(rc, spec, run_dir, domains, tables)
+      spec = planning.RunSpec(source, str(rc.model.backbone), str(rc.model.variant), seed)
+      records = runner.execute_run(rc, spec, run_dir, domains, tables)
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the study)
       failed.append(rel.as_posix())
-      experiments.atomic_json(run_dir / experiments.FAILED,
-                              {"error": repr(e), "traceback": traceback.format_exc()})
+      runner.atomic_json(run_dir / runner.FAILED, {"error": repr(e), "traceback": traceback.format_exc()})
       print(f"{tag}: FAILED ({e!r})", flush=True)
       continue
     elapsed = time.perf_counter() - t0
-    (run_dir / experiments.FAILED).unlink(missing_ok=True)
-    experiments.atomic_json(run_dir / experiments.DONE, {
+    (run_dir / runner.FAILED).unlink(missing_ok=True)
+    runner.atomic_json(run_dir / runner.DONE, {
         "spec": {"source": source, "backbone": str(rc.model.backbone), "variant": str(rc.model.variant),
                  "seed": seed, "ablation": ""},
         "setting": preset, "relpath": rel.as_posix(), "records": records, "elapsed_s": elapsed,
-        "machine": meta["machine"], "fingerprint": experiments.run_fingerprint(rc),
+        "machine": meta["machine"], "fingerprint": planning.run_fingerprint(rc),
         "config": results_lib.config_dict(rc),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     ran.append(rel.as_posix())
@@ -178,7 +180,7 @@ def _write_random(workdir: pathlib.Path, config: ml_collections.ConfigDict, doma
   from recg_jax.data import types  # pylint: disable=g-import-not-at-top
   out = {name: evaluate.random_expectation(types.leave_one_out(d, "test", int(config.data.max_len)), d,
                                            config.eval) for name, d in domains.items()}
-  experiments.atomic_json(workdir / RANDOM, out)
+  runner.atomic_json(workdir / RANDOM, out)
 
 
 def cell_stats(values: Sequence[float], sem_values: dict[int, float] | None, seeds: Sequence[int],
@@ -239,15 +241,15 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
 def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                  meta: dict[str, Any]) -> pathlib.Path:
   """DIR/results.md from every finished run (regenerated whole each time)."""
-  markers = experiments.collect_markers(workdir)
+  markers = runner.collect_markers(workdir)
   values = collect_values(markers)
   presets = list(config.experiment.presets)
   domains = list(meta["domains"])
   sources = list(config.experiment.sources) or [str(config.data.source)]
   columns = [("in_domain", s, s) for s in sources] + [
       ("zero_shot", s, t) for s in sources for t in domains if t != s]
-  metrics = experiments.table_metrics(config)
-  machines = sorted({experiments.machine_line(m["machine"]) for m in markers if "machine" in m})
+  metrics = report.table_metrics(config)
+  machines = sorted({report.machine_line(m["machine"]) for m in markers if "machine" in m})
   total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
   lines = [f"# Trained models against text_knn: {config.experiment.name or 'baselines'}", "",
            f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped)",
@@ -258,10 +260,10 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
            "- tests: `>knn`/`<knn` = mean above/below text_knn (recency-weighted history mean, no training), "
            "p = one-sample t-test of the seeds against its value; p_sem = paired t-test against `sem` "
            "(scipy.stats)",
-           f"- machine: {'; '.join(machines) or experiments.machine_line(meta['machine'])}",
+           f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
            f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
            "time)",
-           f"- model: {config.model.backbone}, {experiments.summary_without_seed(config)}",
+           f"- model: {config.model.backbone}, {report.summary_without_seed(config)}",
            "- presets (config overrides; docs/method.md explains each): "
            + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
            ""]
@@ -291,7 +293,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 
   # A compact summary first: means only, Recall / NDCG at the table K, every protocol.
   short = [m.split("@")[0][0].upper() for m in metrics]
-  legend = " / ".join(f"{a} = {experiments.metric_title(m)}" for a, m in zip(short, metrics))
+  legend = " / ".join(f"{a} = {report.metric_title(m)}" for a, m in zip(short, metrics))
   lines += [f"## Summary: mean over seeds, {legend} (%)", ""]
   header = ["preset"] + [f"{prot} {s} (in-domain)" if k == "in_domain" else f"{prot} {d} ← {s}"
                          for prot in config.eval.protocols for k, s, d in columns]
@@ -306,7 +308,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
           cells.append(f"{100 * np.mean(list(by_seed.values())):.2f}" if by_seed else "—")
         row.append(" / ".join(cells))
     rows.append(row)
-  lines += experiments.markdown_table(header, rows) + [""]
+  lines += report.markdown_table(header, rows) + [""]
   for protocol in config.eval.protocols:
     for metric in metrics:
       header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}"
@@ -330,8 +332,8 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                             seeds, knn)
           row.append(_cell(stat, knn, preset == UNTRAINED))
         rows.append(row)
-      lines += [f"## `{protocol}`, {experiments.metric_title(metric)} (%)", ""]
-      lines += experiments.markdown_table(header, rows) + [""]
+      lines += [f"## `{protocol}`, {report.metric_title(metric)} (%)", ""]
+      lines += report.markdown_table(header, rows) + [""]
   lines += ["## Protocols", ""]
   lines += [f"- `{p}`: {t}" for p, t in results_lib.protocol_descriptions(config.eval).items()]
   lines += [f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "

@@ -1,7 +1,9 @@
-"""The study of trained models against text_knn (recg_jax/baselines.py): plan, tests, weight choice, and one
-tiny study end to end (synthetic data, the packaged MiniLM, d=16, one epoch)."""
+"""The study of trained models against text_knn (recg_jax/baselines.py): plan, tests, weight choice, the study
+with made-up runs (markers, restart, tables), and one tiny study end to end (synthetic data, the packaged
+MiniLM, d=16, one epoch; slow)."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from configs import default as default_config
 from recg_jax import baselines
 from recg_jax import pipeline
 from recg_jax import results as results_lib
+from recg_jax.grid import runner
 
 
 def _tiny_config():
@@ -75,6 +78,73 @@ def test_weight_is_chosen_on_the_validation_domain_only():
   assert baselines.choose_weights(values, ["mix"], ["V"], "V", "full/ndcg@10") == {}
 
 
+def _made_up(preset, domain, seed, key):
+  h = zlib.crc32(f"{preset}|{domain}|{key}".encode())
+  return 0.05 + (h % 500) / 1000 + seed * (1 + (h >> 9) % 89) / 10000
+
+
+def _made_up_run(calls):
+  """An execute_run that trains nothing: records per domain as the real ones lay them out, made-up
+  numbers; text_knn has one value (seed 0), and a mix run at target weight 0 scores as text_knn."""
+
+  def execute_run(config, spec, run_dir, domains, tables):
+    del domains, tables
+    preset = run_dir.parent.name
+    calls.append(run_dir)
+    keys = [f"{p}/{m}@{k}" for p in config.eval.protocols for m in ("recall", "ndcg") for k in config.eval.ks]
+    records = []
+    for domain in (config.data.source, *config.data.targets):
+      split = "test" if domain == config.data.source else "zero_shot"
+      metrics = {f"{split}/{k}": _made_up(preset, domain, spec.seed, k) for k in keys}
+      if split == "zero_shot":
+        for w in config.transfer.target_model_weights:
+          metrics.update({f"zero_shot_w{w:g}/{k}": _made_up("text_knn", domain, 0, k) if w == 0 else
+                          _made_up(f"{preset}@w{w:g}", domain, spec.seed, k) for k in keys})
+      records.append({"stage": "in_domain" if split == "test" else "zero_shot", "domain": domain,
+                      "source": spec.source, "backbone": spec.backbone, "variant": spec.variant,
+                      "seed": spec.seed, "metrics": metrics, "extra": {}})
+    (run_dir / "results.json").write_text(json.dumps(records))
+    return records
+
+  return execute_run
+
+
+def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypatch):
+  monkeypatch.setattr(runner, "execute_run", _made_up_run(calls := []))
+  monkeypatch.setattr(pipeline, "embed_domains", lambda config, workdir, domains: {
+      name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()})
+  config = _tiny_config()
+  summary = baselines.run_study(config, tmp_path, command="tiny")
+  expected = ["runs/Alpha/sem/seed0", "runs/Alpha/sem/seed1", "runs/Alpha/text_knn/seed0",
+              "runs/Alpha/text_mix/seed0", "runs/Alpha/text_mix/seed1"]
+  assert not summary["failed"] and sorted(summary["ran"]) == expected
+  for rel in expected:
+    done = json.loads((tmp_path / rel / "done.json").read_text())
+    assert done["setting"] == rel.split("/")[2] and done["relpath"] == rel
+  md = (tmp_path / "results.md").read_text()
+  assert "regenerate: `tiny`" in md and "runs: 5 finished of 5 planned" in md
+  for preset in config.experiment.presets:
+    assert f"| `{preset}` |" in md
+  # text_mix's target weight: the best mean NDCG@10 on the validation pair Gamma ← Alpha (weight 1 is the
+  # run's own zero-shot numbers, weight 0 scores as text_knn).
+  mean = lambda setting, seeds: np.mean([_made_up(setting, "Gamma", s, "full/ndcg@10") for s in seeds])
+  candidates = {1.0: mean("text_mix", (0, 1)), 0.0: mean("text_knn", (0,)),
+                0.25: mean("text_mix@w0.25", (0, 1)), 0.5: mean("text_mix@w0.5", (0, 1))}
+  best = max(candidates, key=lambda w: (candidates[w], -w))
+  assert f"| `text_mix`, weight chosen on Gamma ← source (Alpha: {best:g}) |" in md
+  assert md.count("| random (expected) |") == 4  # one row in each protocol x metric table
+  assert md.count("## `full`") == 2 and md.count("## `sampled10`") == 2
+  # Sem's cell of Beta ← Alpha, Recall@10 under `full`: mean ± std of the two seeds.
+  sem = [_made_up("sem", "Beta", s, "full/recall@10") for s in (0, 1)]
+  lines = md.split("## `full`, Recall@10 (%)")[1].split("## ")[0].strip().splitlines()
+  column = lines[0].split(" | ").index("Beta ← Alpha")
+  (row,) = [l for l in lines if l.startswith("| `sem` |")]
+  assert row.split(" | ")[column].startswith(f"{100 * np.mean(sem):.2f} ± {100 * np.std(sem, ddof=1):.2f}")
+  # A second invocation runs nothing.
+  again = baselines.run_study(config, tmp_path, command="tiny")
+  assert again["ran"] == [] and len(calls) == len(expected)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("baselines")
@@ -88,6 +158,7 @@ def _metrics(workdir, rel, domain):
   return rec["metrics"]
 
 
+@pytest.mark.slow
 def test_study_runs_every_planned_run_and_tables_them(study):
   config, workdir, summary = study
   assert not summary["failed"]
@@ -108,6 +179,7 @@ def test_study_runs_every_planned_run_and_tables_them(study):
   assert again["ran"] == []
 
 
+@pytest.mark.slow
 def test_text_knn_needs_no_training_and_mix_at_weight_zero_is_text_knn(study):
   _, workdir, _ = study
   assert not (workdir / "runs/Alpha/text_knn/seed0/checkpoints").exists()
@@ -128,6 +200,7 @@ def test_presets_apply_from_a_config_argument():
     default_config.apply_config_arg(default_config.get_config(), "preset=nope")
 
 
+@pytest.mark.slow
 def test_text_knn_in_domain_mode_evaluates_the_source_without_training(study, tmp_path):
   config, workdir, _ = study
   c = _tiny_config()
