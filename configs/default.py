@@ -236,7 +236,7 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.backbones = ()  # experiment grid; empty = model.backbone only
   c.variants = ()  # empty = model.variant only
-  # Grid runner (recg_jax/experiments.py). Every domain of the grid; each source's targets are the other
+  # Grid runner (recg_jax/experiments.py, recg_jax/grid/). Every domain of the grid; each source's targets are the other
   # ones (also its generalization-loss domains). Empty = data.source + data.targets + data.auxiliary.
   c.domains = ()
   c.sources = ()  # source domains of the grid; empty = data.source only
@@ -256,6 +256,9 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # (`--aggregate_only` for instance) then tables every finished run.
   c.num_shards = 1
   c.shard_index = 0
+  # Runs of one shard that differ only in seeds, alpha, tau or the L_gen switches (train.TRACED_FIELDS)
+  # train together as one program over stacked parameters, up to this many at a time; 1 = one by one.
+  c.member_group_size = 8
   c.plot_items_per_domain = 2000  # items per domain in the 2-D projection plots (seeded sample)
   c.tsne = False  # also a t-SNE projection (sklearn; slower than the PCA one)
   return c

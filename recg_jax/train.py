@@ -429,7 +429,8 @@ def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recomme
                                    length_buckets=tuple(config.train.length_buckets))
 
 
-def _without_traced_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def shared_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config without TRACED_FIELDS, plus the optimiser structure: equal for runs that can be stacked."""
   d = json.loads(json.dumps(config.to_dict(), default=list))
   for section, field in TRACED_FIELDS:
     d.get(section, {}).pop(field, None)
@@ -441,9 +442,9 @@ def check_members(members: Sequence[ml_collections.ConfigDict]) -> None:
   """Runs train as members of one stacked step only if they differ in TRACED_FIELDS alone."""
   if not members:
     raise ValueError("train_members needs at least one config")
-  first = _without_traced_fields(members[0])
+  first = shared_fields(members[0])
   for i, member in enumerate(members[1:], 1):
-    diff = fingerprint_lib.diff(first, _without_traced_fields(member))
+    diff = fingerprint_lib.diff(first, shared_fields(member))
     if diff:
       raise ValueError(f"member {i} differs from member 0 in {diff}: members of one stacked run may "
                        f"differ only in {['.'.join(f) for f in TRACED_FIELDS]} (and not in whether "

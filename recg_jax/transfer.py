@@ -57,27 +57,45 @@ def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray,
 
 
 def user_vector_fn(model: recommender_lib.Recommender, params, table_NxH) -> Callable[[jax.Array], jax.Array]:
-  """seq_BxL -> y_BxD for a frozen model and one domain's table (eval mode, jitted)."""
-  apply = jax.jit(lambda p, t, seq: model.apply({"params": p}, seq, t, False))
-  return lambda seq_BxL: apply(params, table_NxH, seq_BxL)
+  """seq_BxL -> y_BxD for a frozen model and one domain's table (eval mode, jitted once per model)."""
+  user_jit, _ = train_lib.make_eval_fns(model)
+  return lambda seq_BxL: user_jit(params, table_NxH, seq_BxL)
+
+
+def item_vectors(model: recommender_lib.Recommender, params, table_NxH) -> jax.Array:
+  """items_NxD of one domain's table (jitted once per model and table shape)."""
+  _, items_jit = train_lib.make_eval_fns(model)
+  return items_jit(params, jnp.asarray(table_NxH))
+
+
+# Jitted head functions by (model, fusion width): the centres and W_f are arguments, not constants, so
+# every run and target of an equal model reuses the compiled programs.
+_HEADS_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def _heads_program(model: recommender_lib.Recommender, width: int) -> Callable:
+  key = (model, width)
+  if key not in _HEADS_PROGRAMS:
+    fusion = heads.SequenceFusion(features=width)
+
+    def apply(p, fp, centres, t, seq):
+      y = model.apply({"params": p}, seq, t, False)
+      if fp is None:
+        return {"plain": y}
+      return {"plain": y, "fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))}
+
+    _HEADS_PROGRAMS[key] = jax.jit(apply)
+  return _HEADS_PROGRAMS[key]
 
 
 def user_heads_fn(model: recommender_lib.Recommender, params, table_NxH,
                   seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], dict[str, jax.Array]]:
   """seq_BxL -> {'plain': y_BxD, 'fused': g_BxD = W_f [y; s~]} from one pass of the sequence model
   ('fused' only with a sequence-level step)."""
-  fusion = heads.SequenceFusion(features=model.output_dim(table_NxH.shape[-1]))
+  apply = _heads_program(model, model.output_dim(table_NxH.shape[-1]))
   centres = None if seq_transfer is None else jnp.asarray(seq_transfer.centres_KxD)
   fusion_params = None if seq_transfer is None else seq_transfer.fusion_params
-
-  @jax.jit
-  def apply(p, fp, t, seq):
-    y = model.apply({"params": p}, seq, t, False)
-    if fp is None:
-      return {"plain": y}
-    return {"plain": y, "fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))}
-
-  return lambda seq_BxL: apply(params, fusion_params, table_NxH, seq_BxL)
+  return lambda seq_BxL: apply(params, fusion_params, centres, table_NxH, seq_BxL)
 
 
 def main_head(seq_transfer: SequenceTransfer | None) -> str:
@@ -99,6 +117,37 @@ def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarra
   inputs = types.right_aligned([h[:-1] for h in parts], max_len)
   targets = np.array([h[-1] for h in parts], np.int32)
   return inputs, targets, types.right_aligned(parts, max_len)
+
+
+_aggregate = jax.jit(clustering.aggregate)
+
+# W_f steps by (width, negatives, catalogue size, learning rate): the item vectors are an argument.
+_WF_PROGRAMS: dict[tuple, tuple[Callable, optax.GradientTransformation]] = {}
+
+
+def _wf_step_program(width: int, num_neg: int, num_items: int,
+                     learning_rate: float) -> tuple[Callable, optax.GradientTransformation]:
+  """(step(fp, opt, items_IxD, y, s, target, history, weight, key) -> (fp, opt, loss), optimizer)."""
+  key = (width, num_neg, num_items, learning_rate)
+  if key not in _WF_PROGRAMS:
+    fusion = heads.SequenceFusion(features=width)
+    optimizer = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(fp, opt, items_IxD, y, s, target, history, weight, key):
+      negs_Bx1xK = losses.sample_negatives(key, target[:, None], num_items, num_neg, history)
+
+      def loss_fn(fp):
+        g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
+        return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK],
+                               weight[:, None])
+
+      loss, grads = jax.value_and_grad(loss_fn)(fp)
+      updates, opt = optimizer.update(grads, opt, fp)
+      return optax.apply_updates(fp, updates), opt, loss
+
+    _WF_PROGRAMS[key] = (step, optimizer)
+  return _WF_PROGRAMS[key]
 
 
 def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
@@ -123,28 +172,14 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
   # c. W_f on frozen y, s~ and item vectors.
   inputs, targets, hist = _wf_training_rows(domain, max_len)
   y_NxD = _batched_apply(user_fn, inputs, batch)
-  s_NxD = np.asarray(jax.jit(clustering.aggregate)(jnp.asarray(y_NxD), jnp.asarray(centres)))
-  items_IxD = jax.jit(lambda p, t: model.apply({"params": p}, t,
-                                               method=recommender_lib.Recommender.item_vectors))(
-                                                   params, table_NxH)
+  s_NxD = np.asarray(_aggregate(jnp.asarray(y_NxD), jnp.asarray(centres)))
+  items_IxD = item_vectors(model, params, table_NxH)
   width = model.output_dim(table_NxH.shape[-1])
   fusion = heads.SequenceFusion(features=width)
   fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
-  optimizer = optax.adam(float(tc.wf_learning_rate))
+  step, optimizer = _wf_step_program(width, int(config.train.num_negatives), domain.num_items,
+                                     float(tc.wf_learning_rate))
   opt_state = optimizer.init(fusion_params)
-  num_neg, num_items = int(config.train.num_negatives), domain.num_items
-
-  @jax.jit
-  def step(fp, opt, y, s, target, history, weight, key):
-    negs_Bx1xK = losses.sample_negatives(key, target[:, None], num_items, num_neg, history)
-
-    def loss_fn(fp):
-      g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
-      return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK], weight[:, None])
-
-    loss, grads = jax.value_and_grad(loss_fn)(fp)
-    updates, opt = optimizer.update(grads, opt, fp)
-    return optax.apply_updates(fp, updates), opt, loss
 
   bs = int(config.train.batch_size)
   n = len(targets)
@@ -160,7 +195,7 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
                              dynamic_ncols=True, mininterval=1.0):
       idx = order[start:start + bs]
       fusion_params, opt_state, loss = step(
-          fusion_params, opt_state, y_NxD[idx], s_NxD[idx], targets[idx], hist[idx],
+          fusion_params, opt_state, items_IxD, y_NxD[idx], s_NxD[idx], targets[idx], hist[idx],
           weight[start:start + bs], jax.random.fold_in(wf_key, step_index))
       step_index += 1
       epoch_loss.append(loss)
@@ -183,8 +218,7 @@ def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_
   the trained model's share of every score multiplied by w, the text similarity's share as it is
   (transfer.target_model_weights), scored from the same pass."""
   table = jnp.asarray(table_NxH)
-  items = jax.jit(lambda p, t: model.apply({"params": p}, t,
-                                           method=recommender_lib.Recommender.item_vectors))(params, table)
+  items = item_vectors(model, params, table)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
   heads_fn = user_heads_fn(model, params, table, seq_transfer)
   user_fn = lambda seq_BxL: {h: v for h, v in heads_fn(seq_BxL).items() if h in heads_wanted}
@@ -263,9 +297,17 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                      "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
   if config.model.variant == "text_knn":
     return evaluate_untrained(config, workdir, domains, tables, zero_shot=True)
+  trained = train_lib.train_and_evaluate(config, workdir, domains, tables)
+  return evaluate_trained(config, workdir, domains, tables, trained)
+
+
+def evaluate_trained(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                     domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
+                     trained: train_lib.TrainResult) -> list[dict]:
+  """run_zero_shot after training: the sequence-level step, the source test split and every target, for
+  a run trained alone or as a member of train_lib.train_members."""
   workdir = pathlib.Path(workdir)
   source = config.data.source
-  trained = train_lib.train_and_evaluate(config, workdir, domains, tables)
   model, params = trained.model, trained.params
   seq_transfer = None
   if sequence_step_enabled(config):

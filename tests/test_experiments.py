@@ -315,6 +315,27 @@ def _made_up_run(calls, fail=()):
   return execute_run
 
 
+def _as_members(execute_run):
+  """An execute_members that runs each member through `execute_run` (made-up runs train nothing)."""
+
+  def execute_members(configs, specs, run_dirs, domains, tables, group_dir):
+    del group_dir
+    out = []
+    for config, spec, run_dir in zip(configs, specs, run_dirs):
+      try:
+        out.append(execute_run(config, spec, run_dir, domains, tables))
+      except Exception as e:  # pylint: disable=broad-except  (as the real one: a member's failure is its own)
+        out.append(e)
+    return out
+
+  return execute_members
+
+
+def _fake_runs(mp, execute_run):
+  mp.setattr(runner, "execute_run", execute_run)
+  mp.setattr(runner, "execute_members", _as_members(execute_run))
+
+
 def _no_embeddings(config, workdir, domains):
   del config, workdir
   return {name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()}
@@ -327,7 +348,7 @@ def made_up_grid(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("made_up_grid")
   calls = []
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(runner, "execute_run", _made_up_run(calls))
+    _fake_runs(mp, _made_up_run(calls))
     mp.setattr(pipeline, "embed_domains", _no_embeddings)
     summary = runner.run_grid(_tiny_config(), workdir, command="(made up)", make_plots=False)
   return workdir, calls, summary
@@ -459,7 +480,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
   calls = []
-  monkeypatch.setattr(runner, "execute_run", _made_up_run(calls, fail={relpath}))
+  _fake_runs(monkeypatch, _made_up_run(calls, fail={relpath}))
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1 and [p for p, _ in calls] == [relpath]
@@ -471,7 +492,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # Started again, it runs only the unfinished run, clears its failure and leaves the finished ones alone.
   calls.clear()
-  monkeypatch.setattr(runner, "execute_run", _made_up_run(calls))
+  _fake_runs(monkeypatch, _made_up_run(calls))
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["ran"] == [relpath] and summary["failed"] == summary["missing"] == []
   assert [p for p, _ in calls] == [relpath] and not (workdir / relpath / "failed.json").exists()
@@ -651,7 +672,7 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
   def boom(config, spec, run_dir, domains, tables):
     raise FloatingPointError("injected")
-  monkeypatch.setattr(runner, "execute_run", boom)
+  _fake_runs(monkeypatch, boom)
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1
@@ -660,8 +681,8 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   assert f"- `{relpath}`" in md and "regenerate: `(test)`" in md
   monkeypatch.undo()
 
-  # The command line runs only the unfinished run (its training had finished: the latest checkpoint says
-  # so, so only the test evaluation and the sequence-level step run again) and reproduces its numbers.
+  # The command line runs only the unfinished run and reproduces its numbers: it was trained together with
+  # the other seed (its group's checkpoint is elsewhere), and now trains alone, to the same result.
   proc = _cli(workdir, config_file)
   out = proc.stdout
   assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]

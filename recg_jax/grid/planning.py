@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import json
 import pathlib
 from typing import Any, Sequence
 
@@ -208,3 +209,18 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for f in fields:
       d.get(section, {}).pop(f, None)
   return d
+
+
+def member_groups(items: Sequence[tuple[ml_collections.ConfigDict, Any]],
+                  max_size: int) -> list[list[tuple[ml_collections.ConfigDict, Any]]]:
+  """(run config, payload) items in groups that train as one program (recg_jax.train.train_members):
+  configs equal outside train.TRACED_FIELDS (seeds, alphas, L_gen switches), at most max_size per group
+  (<= 1: every run alone), in plan order of each group's first run. text_knn trains nothing: alone."""
+  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  groups: dict[str, list] = {}
+  for i, (rc, payload) in enumerate(items):
+    alone = max_size <= 1 or rc.model.variant == "text_knn"
+    key = f"alone:{i}" if alone else json.dumps(train.shared_fields(rc), sort_keys=True, default=str)
+    groups.setdefault(key, []).append((rc, payload))
+  size = max(int(max_size), 1)
+  return [g[lo:lo + size] for g in groups.values() for lo in range(0, len(g), size)]

@@ -1,7 +1,9 @@
 """Running an experiment grid: every unfinished run of the plan, its completion marker, then tables and plots.
 
 run_grid prepares data and embeddings once for the whole grid, runs this process's share of the plan
-(recg_jax.grid.planning) one run at a time through execute_run, and writes done.json beside a finished
+(recg_jax.grid.planning) as groups of runs trained together (execute_members: runs that differ only in
+seeds, alphas or the L_gen switches share one compiled program over stacked parameters) or one at a time
+(execute_run), and writes done.json beside a finished
 run's results (failed.json beside a run that raised), so a restarted grid skips what is finished; then it
 aggregates every finished run of the plan (recg_jax.grid.stats) into the tables (recg_jax.grid.report)
 and figures (recg_jax.grid.figures). The baselines study (recg_jax.baselines) runs its runs through the
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime
 import gc
+import hashlib
 import json
 import os
 import pathlib
@@ -23,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from recg_jax import compile_stats
 from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
 from recg_jax import results as results_lib
@@ -74,6 +78,45 @@ def execute_run(config: ml_collections.ConfigDict, spec: planning.RunSpec, run_d
   return transfer.run_zero_shot(config, run_dir, run_domains, run_tables)
 
 
+def execute_members(configs: list[ml_collections.ConfigDict], specs: list[planning.RunSpec],
+                    run_dirs: list[pathlib.Path], domains: dict, tables: dict | None,
+                    group_dir: pathlib.Path) -> list[list[dict[str, Any]] | Exception]:
+  """Trains runs that differ only in traced fields together (recg_jax.train.train_members), then
+  evaluates each as execute_run would; returns each run's records, or the exception it ended with."""
+  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+  from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
+  config = configs[0]
+  names = [config.data.source, *config.data.targets]
+  if specs[0].variant == "id":
+    trained = train.train_members(configs, run_dirs, {config.data.source: domains[config.data.source]}, None,
+                                  group_dir=group_dir)
+  else:
+    run_tables = text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
+    run_domains = {n: domains[n] for n in names}
+    trained = train.train_members(configs, run_dirs, run_domains, run_tables, group_dir=group_dir)
+  outcomes: list[list[dict[str, Any]] | Exception] = []
+  for rc, run_dir, result in zip(configs, run_dirs, trained):
+    if result.error:
+      outcomes.append(train.NonFiniteLossError(result.error))
+    elif specs[0].variant == "id":
+      outcomes.append(results_lib.read_records(run_dir / "results.json"))
+    else:
+      try:
+        outcomes.append(transfer.evaluate_trained(rc, run_dir, run_domains, run_tables, result))
+      except Exception as e:  # pylint: disable=broad-except  (one member's failure is that run's alone)
+        e.traceback = traceback.format_exc()
+        outcomes.append(e)
+  return outcomes
+
+
+def group_dir_of(workdir: pathlib.Path, specs: list[planning.RunSpec]) -> pathlib.Path:
+  """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
+  members resumes it)."""
+  names = "\n".join(s.relpath.as_posix() for s in specs)
+  return workdir / "groups" / hashlib.sha1(names.encode()).hexdigest()[:12]
+
+
 def _say(message: str) -> None:
   print(message, flush=True)
 
@@ -82,7 +125,10 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
              aggregate_only: bool = False, make_plots: bool = True) -> dict[str, Any]:
   """Runs every unfinished run of the grid, then writes the tables and plots.
 
-  Returns {'ran': [relpath, ...], 'skipped': [...], 'failed': [...], 'missing': [...], 'tables': path}.
+  Runs that differ only in traced fields (seeds, alphas, L_gen switches) train together, up to
+  config.experiment.member_group_size at a time (execute_members); every other run goes through
+  execute_run. Returns {'ran': [relpath, ...], 'skipped', 'failed', 'missing', 'tables': path, 'csv',
+  'plots', 'compiles': XLA compiles and their seconds in this invocation}.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -108,10 +154,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
 
   ran, skipped, failed = [], [], []
   start = time.perf_counter()
+  compile_stats.install()
+  compiles_before = compile_stats.snapshot()
   mine = planning.shard_of(specs, config)
   if int(config.experiment.num_shards) > 1:
     _say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: {len(mine)} of "
          f"{len(specs)} runs")
+  todo = []
   for i, spec in enumerate(mine, 1):
     run_dir = workdir / spec.relpath
     rc = planning.run_config(config, spec, axes["domains"])
@@ -125,32 +174,57 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
       _say(f"{tag}: skip (finished, {DONE} present)")
       skipped.append(spec.relpath.as_posix())
       continue
-    if aggregate_only:
-      continue
-    _say(f"{tag}: run ({spec.mode}, overrides {spec.overrides()})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    try:
-      records = execute_run(rc, spec, run_dir, domains, tables)
-    except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
-      failed.append(spec.relpath.as_posix())
-      atomic_json(run_dir / FAILED, {"spec": spec.to_dict(), "error": repr(e),
-                                      "traceback": traceback.format_exc()})
-      _say(f"{tag}: FAILED ({e!r}); details in {run_dir / FAILED}")
-      _release_compiled()
-      continue
+    if not aggregate_only:
+      todo.append((rc, (spec, run_dir, tag)))
+
+  for group in planning.member_groups(todo, int(config.experiment.member_group_size)):
+    rcs = [rc for rc, _ in group]
+    group_specs = [spec for _, (spec, _, _) in group]
+    run_dirs = [run_dir for _, (_, run_dir, _) in group]
+    for _, (spec, run_dir, tag) in group:
+      _say(f"{tag}: run ({spec.mode}, overrides {spec.overrides()})"
+           + (f", one of {len(group)} trained together" if len(group) > 1 else ""))
+      run_dir.mkdir(parents=True, exist_ok=True)
+    t0, compiles0 = time.perf_counter(), compile_stats.snapshot()
+    if len(group) == 1:
+      try:
+        outcomes = [execute_run(rcs[0], group_specs[0], run_dirs[0], domains, tables)]
+      except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
+        e.traceback = traceback.format_exc()
+        outcomes = [e]
+    else:
+      try:
+        outcomes = execute_members(rcs, group_specs, run_dirs, domains, tables,
+                                   group_dir_of(workdir, group_specs))
+      except Exception as e:  # pylint: disable=broad-except
+        e.traceback = traceback.format_exc()
+        outcomes = [e] * len(group)
     elapsed = time.perf_counter() - t0
+    compiles = compile_stats.since(compiles0)
     _release_compiled()
-    (run_dir / FAILED).unlink(missing_ok=True)
-    atomic_json(run_dir / DONE, {
-        "spec": spec.to_dict(), "setting": spec.setting, "relpath": spec.relpath.as_posix(),
-        "records": records, "elapsed_s": elapsed, "machine": info,
-        "fingerprint": planning.run_fingerprint(rc),
-        "config": results_lib.config_dict(rc),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    ran.append(spec.relpath.as_posix())
-    total = time.perf_counter() - start
-    _say(f"{tag}: done in {elapsed:.1f}s ({total / 60:.1f} min in this invocation)")
+    for rc, (spec, run_dir, tag), outcome in zip(rcs, [p for _, p in group], outcomes):
+      if isinstance(outcome, Exception):
+        failed.append(spec.relpath.as_posix())
+        atomic_json(run_dir / FAILED, {"spec": spec.to_dict(), "error": repr(outcome),
+                                        "traceback": getattr(outcome, "traceback", "")})
+        _say(f"{tag}: FAILED ({outcome!r}); details in {run_dir / FAILED}")
+        continue
+      (run_dir / FAILED).unlink(missing_ok=True)
+      # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
+      atomic_json(run_dir / DONE, {
+          "spec": spec.to_dict(), "setting": spec.setting, "relpath": spec.relpath.as_posix(),
+          "records": outcome, "elapsed_s": elapsed / len(group), "machine": info,
+          "group": {"size": len(group), "elapsed_s": elapsed, "compiles": compiles,
+                    "members": [s.relpath.as_posix() for s in group_specs]},
+          "fingerprint": planning.run_fingerprint(rc),
+          "config": results_lib.config_dict(rc),
+          "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+      ran.append(spec.relpath.as_posix())
+      together = f" (its group of {len(group)}: {elapsed:.1f}s)" if len(group) > 1 else ""
+      _say(f"{tag}: done in {elapsed / len(group):.1f}s{together}")
+    _say(f"[grid] {compiles['compiles']} XLA compiles ({compiles['compile_s']:.1f}s) for "
+         f"{len(group)} run(s); {(time.perf_counter() - start) / 60:.1f} min in this invocation")
+  compiled = compile_stats.since(compiles_before)
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
   planned = [s.relpath.as_posix() for s in specs]
@@ -160,13 +234,14 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   md_path, csv_path = report.write_tables(workdir, aggregates, markers, grid_meta, config, missing=missing,
                                           failed=failed, ablation_aggregates=ablation_aggregates)
   _say(f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} missing; "
-       f"tables: {md_path} and {csv_path}")
+       f"{compiled['compiles']} XLA compiles ({compiled['compile_s']:.1f}s) in "
+       f"{(time.perf_counter() - start) / 60:.1f} min; tables: {md_path} and {csv_path}")
   plots_written: list[str] = []
   if make_plots:
     plots_written = figures.write_plots(workdir, config, aggregates, ablation_aggregates, markers, domains,
                                         tables)
   return {"ran": ran, "skipped": skipped, "failed": failed, "missing": missing, "tables": str(md_path),
-          "csv": str(csv_path), "plots": plots_written}
+          "csv": str(csv_path), "plots": plots_written, "compiles": compiled}
 
 
 def _release_compiled() -> None:
