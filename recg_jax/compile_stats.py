@@ -1,14 +1,17 @@
 """How many XLA programs this process compiled, and how long that took.
 
 A grid is fast when its runs reuse compiled programs instead of compiling their own. This module counts
-the backend compilations JAX reports through `jax.monitoring` (one event per XLA compile, with its
-duration; a hit in the persistent compilation cache is not a compile and is counted apart), so a runner
-can report compiles per run and per grid.
+what JAX reports through `jax.monitoring`: one backend-compile event per program it had to produce
+(compiled by XLA, or loaded from the persistent compilation cache, with the seconds either took) and one
+event per persistent-cache hit, so a runner can report compiles per run and per grid.
 
   compile_stats.install()          # idempotent; call once before the work to measure
   before = compile_stats.snapshot()
   ...
-  compile_stats.since(before)      # {'compiles': n, 'compile_s': seconds, 'cache_hits': n}
+  compile_stats.since(before)      # {'programs': n, 'cache_hits': n, 'compiles': n, 'compile_s': s}
+
+programs = compiles + cache_hits; compile_s counts both. A program already in memory (a jitted function
+called again with the same shapes) is none of these.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 _lock = threading.Lock()
-_totals = {"compiles": 0, "compile_s": 0.0, "cache_hits": 0}
+_totals = {"programs": 0, "compile_s": 0.0, "cache_hits": 0}
 _installed = False
 
 
 def _on_duration(event: str, duration_secs: float, **_) -> None:
   if event == _BACKEND_COMPILE:
     with _lock:
-      _totals["compiles"] += 1
+      _totals["programs"] += 1
       _totals["compile_s"] += float(duration_secs)
 
 
@@ -53,7 +56,9 @@ def install() -> None:
 def snapshot() -> dict[str, float]:
   """The process totals so far (install() first, or every count stays 0)."""
   with _lock:
-    return dict(_totals)
+    out = dict(_totals)
+  out["compiles"] = out["programs"] - out["cache_hits"]
+  return out
 
 
 def since(before: dict[str, float]) -> dict[str, float]:

@@ -63,9 +63,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    # Each run jits its own closures, so without a persistent cache every run compiles every program
-    # again; runs that differ only in their seed compile identical programs. Keep them all, across runs
-    # and restarts.
+    # Within the process, runs reuse the programs of earlier runs of the same shapes; the persistent
+    # cache keeps them across restarts (and across shards sharing the workdir).
     jax.config.update("jax_compilation_cache_dir",
                       str(pathlib.Path(_WORKDIR.value).absolute() / "cache" / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -222,8 +222,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
       ran.append(spec.relpath.as_posix())
       together = f" (its group of {len(group)}: {elapsed:.1f}s)" if len(group) > 1 else ""
       _say(f"{tag}: done in {elapsed / len(group):.1f}s{together}")
-    _say(f"[grid] {compiles['compiles']} XLA compiles ({compiles['compile_s']:.1f}s) for "
-         f"{len(group)} run(s); {(time.perf_counter() - start) / 60:.1f} min in this invocation")
+    _say(f"[grid] {_compiles_line(compiles)} for {len(group)} run(s); "
+         f"{(time.perf_counter() - start) / 60:.1f} min in this invocation")
   compiled = compile_stats.since(compiles_before)
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
@@ -234,7 +234,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   md_path, csv_path = report.write_tables(workdir, aggregates, markers, grid_meta, config, missing=missing,
                                           failed=failed, ablation_aggregates=ablation_aggregates)
   _say(f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} missing; "
-       f"{compiled['compiles']} XLA compiles ({compiled['compile_s']:.1f}s) in "
+       f"{_compiles_line(compiled)} in "
        f"{(time.perf_counter() - start) / 60:.1f} min; tables: {md_path} and {csv_path}")
   plots_written: list[str] = []
   if make_plots:
@@ -242,6 +242,11 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
                                         tables)
   return {"ran": ran, "skipped": skipped, "failed": failed, "missing": missing, "tables": str(md_path),
           "csv": str(csv_path), "plots": plots_written, "compiles": compiled}
+
+
+def _compiles_line(c: dict[str, float]) -> str:
+  return (f"{c['compiles']} XLA compiles + {c['cache_hits']} persistent-cache loads "
+          f"({c['compile_s']:.1f}s)")
 
 
 def _release_compiled() -> None:
