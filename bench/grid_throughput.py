@@ -143,6 +143,9 @@ def main() -> None:
                       help="a config override for both sides, e.g. experiment.seeds='(0,1)'")
   parser.add_argument("--baseline_rev", default=DEFAULT_BASELINE)
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--cache_from", type=pathlib.Path, default=None,
+                      help="a grid folder whose cache/data and cache/embeddings seed DIR/warm (entries are "
+                           "keyed by their inputs and config, so a stale one is simply not used)")
   args = parser.parse_args()
   workdir = args.workdir.absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,10 @@ def main() -> None:
 
   warm = workdir / "warm"
   if not (warm / "grid.json").exists():
+    if args.cache_from is not None:
+      for part in ("data", "embeddings"):
+        if (args.cache_from / "cache" / part).is_dir():
+          shutil.copytree(args.cache_from / "cache" / part, warm / "cache" / part, dirs_exist_ok=True)
     print(f"[bench] preparing data and embeddings once in {warm}", flush=True)
     _run([sys.executable, "-m", "recg_jax.experiments", *grid_args(warm), "--aggregate_only"], ROOT,
          workdir / "warm.log")

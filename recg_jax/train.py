@@ -432,6 +432,7 @@ def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recomme
 def shared_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config without TRACED_FIELDS, plus the optimiser structure: equal for runs that can be stacked."""
   d = json.loads(json.dumps(config.to_dict(), default=list))
+  d.pop("experiment", None)  # names and plans the grid's runs; training never reads it
   for section, field in TRACED_FIELDS:
     d.get(section, {}).pop(field, None)
   d["optimizer_structure"] = dataclasses.asdict(OptimizerStructure.from_config(config.train))

@@ -535,6 +535,11 @@ def test_grid_runs_every_planned_run_once(grid):
     done = json.loads((workdir / relpath / "done.json").read_text())
     assert done["relpath"] == relpath and done["elapsed_s"] > 0
     assert (workdir / relpath / "results.json").is_file()
+  # The two seeds of each trained setting (and RecG's ablations and alphas with them) trained together.
+  recg = json.loads((workdir / "runs/Alpha/sasrec-recg/seed0/done.json").read_text())["group"]
+  assert recg["size"] > 2 and "runs/Alpha/sasrec-recg/seed1" in recg["members"]
+  sem = json.loads((workdir / "runs/Alpha/sasrec-sem/seed1/done.json").read_text())["group"]
+  assert sem["members"] == ["runs/Alpha/sasrec-sem/seed0", "runs/Alpha/sasrec-sem/seed1"]
     # text_knn is never trained: no checkpoint.
     assert (workdir / relpath / "checkpoints" / "best").is_dir() == ("text_knn" not in relpath)
   # Data and embeddings are prepared once, in the grid folder, and never inside a run folder.
