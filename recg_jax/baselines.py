@@ -24,8 +24,6 @@ import json
 import os
 import pathlib
 import sys
-import time
-import traceback
 from typing import Any, Sequence
 
 from absl import app
@@ -35,6 +33,7 @@ import numpy as np
 
 from configs import default as default_config
 from configs.presets import PRESETS
+from recg_jax import compile_stats
 from recg_jax import experiments  # the command line: its flags (see main) and recorded_command
 from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import pipeline
@@ -104,7 +103,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
   meta = {"command": command, "machine": runner.machine_info(), "domains": list(domains_order),
           "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
           "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  ran, failed = [], []
+  pending: list[runner.PendingRun] = []
   for i, (source, preset, seed) in enumerate(runs, 1):
     rel = pathlib.Path("runs") / source / preset / f"seed{seed}"
     run_dir = workdir / rel
@@ -118,31 +117,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
                          f"{diff}); use a fresh --workdir or delete that run folder")
       print(f"{tag}: skip (finished)", flush=True)
       continue
-    if aggregate_only:
-      continue
-    print(f"{tag}: run {PRESETS[preset]}", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    try:
+    if not aggregate_only:
+      print(f"{tag}: {PRESETS[preset]}", flush=True)
       spec = planning.RunSpec(source, str(rc.model.backbone), str(rc.model.variant), seed)
-      records = runner.execute_run(rc, spec, run_dir, domains, tables)
-    except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the study)
-      failed.append(rel.as_posix())
-      runner.atomic_json(run_dir / runner.FAILED, {"error": repr(e), "traceback": traceback.format_exc()})
-      print(f"{tag}: FAILED ({e!r})", flush=True)
-      continue
-    elapsed = time.perf_counter() - t0
-    (run_dir / runner.FAILED).unlink(missing_ok=True)
-    runner.atomic_json(run_dir / runner.DONE, {
-        "spec": {"source": source, "backbone": str(rc.model.backbone), "variant": str(rc.model.variant),
-                 "seed": seed, "ablation": ""},
-        "setting": preset, "relpath": rel.as_posix(), "records": records, "elapsed_s": elapsed,
-        "machine": meta["machine"], "fingerprint": planning.run_fingerprint(rc),
-        "config": results_lib.config_dict(rc),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    ran.append(rel.as_posix())
-    print(f"{tag}: done in {elapsed:.0f}s", flush=True)
-    write_report(workdir, config, meta)
+      pending.append(runner.PendingRun(rc, spec, run_dir, tag, preset, rel.as_posix()))
+  compile_stats.install()
+  ran, failed = runner.run_pending(pending, domains, tables, workdir, meta["machine"],
+                                   int(config.experiment.member_group_size), "[baselines]",
+                                   after_each=lambda: write_report(workdir, config, meta))
   path = write_report(workdir, config, meta)
   return {"ran": ran, "failed": failed, "tables": str(path)}
 

@@ -14,7 +14,7 @@ from configs import default as default_config
 from recg_jax import baselines
 from recg_jax import pipeline
 from recg_jax import results as results_lib
-from recg_jax.grid import runner
+from _grid_fakes import fake_runs
 
 
 def _tiny_config():
@@ -110,7 +110,7 @@ def _made_up_run(calls):
 
 
 def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypatch):
-  monkeypatch.setattr(runner, "execute_run", _made_up_run(calls := []))
+  fake_runs(monkeypatch, _made_up_run(calls := []))
   monkeypatch.setattr(pipeline, "embed_domains", lambda config, workdir, domains: {
       name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()})
   config = _tiny_config()

@@ -31,6 +31,7 @@ from recg_jax.grid import figures
 from recg_jax.grid import planning
 from recg_jax.grid import runner
 from recg_jax.grid import stats
+from _grid_fakes import fake_runs
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -315,27 +316,6 @@ def _made_up_run(calls, fail=()):
   return execute_run
 
 
-def _as_members(execute_run):
-  """An execute_members that runs each member through `execute_run` (made-up runs train nothing)."""
-
-  def execute_members(configs, specs, run_dirs, domains, tables, group_dir):
-    del group_dir
-    out = []
-    for config, spec, run_dir in zip(configs, specs, run_dirs):
-      try:
-        out.append(execute_run(config, spec, run_dir, domains, tables))
-      except Exception as e:  # pylint: disable=broad-except  (as the real one: a member's failure is its own)
-        out.append(e)
-    return out
-
-  return execute_members
-
-
-def _fake_runs(mp, execute_run):
-  mp.setattr(runner, "execute_run", execute_run)
-  mp.setattr(runner, "execute_members", _as_members(execute_run))
-
-
 def _no_embeddings(config, workdir, domains):
   del config, workdir
   return {name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()}
@@ -348,7 +328,7 @@ def made_up_grid(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("made_up_grid")
   calls = []
   with pytest.MonkeyPatch.context() as mp:
-    _fake_runs(mp, _made_up_run(calls))
+    fake_runs(mp, _made_up_run(calls))
     mp.setattr(pipeline, "embed_domains", _no_embeddings)
     summary = runner.run_grid(_tiny_config(), workdir, command="(made up)", make_plots=False)
   return workdir, calls, summary
@@ -480,7 +460,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
   calls = []
-  _fake_runs(monkeypatch, _made_up_run(calls, fail={relpath}))
+  fake_runs(monkeypatch, _made_up_run(calls, fail={relpath}))
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1 and [p for p, _ in calls] == [relpath]
@@ -492,7 +472,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # Started again, it runs only the unfinished run, clears its failure and leaves the finished ones alone.
   calls.clear()
-  _fake_runs(monkeypatch, _made_up_run(calls))
+  fake_runs(monkeypatch, _made_up_run(calls))
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["ran"] == [relpath] and summary["failed"] == summary["missing"] == []
   assert [p for p, _ in calls] == [relpath] and not (workdir / relpath / "failed.json").exists()
@@ -535,13 +515,13 @@ def test_grid_runs_every_planned_run_once(grid):
     done = json.loads((workdir / relpath / "done.json").read_text())
     assert done["relpath"] == relpath and done["elapsed_s"] > 0
     assert (workdir / relpath / "results.json").is_file()
+    # text_knn is never trained: no checkpoint.
+    assert (workdir / relpath / "checkpoints" / "best").is_dir() == ("text_knn" not in relpath)
   # The two seeds of each trained setting (and RecG's ablations and alphas with them) trained together.
   recg = json.loads((workdir / "runs/Alpha/sasrec-recg/seed0/done.json").read_text())["group"]
   assert recg["size"] > 2 and "runs/Alpha/sasrec-recg/seed1" in recg["members"]
   sem = json.loads((workdir / "runs/Alpha/sasrec-sem/seed1/done.json").read_text())["group"]
   assert sem["members"] == ["runs/Alpha/sasrec-sem/seed0", "runs/Alpha/sasrec-sem/seed1"]
-    # text_knn is never trained: no checkpoint.
-    assert (workdir / relpath / "checkpoints" / "best").is_dir() == ("text_knn" not in relpath)
   # Data and embeddings are prepared once, in the grid folder, and never inside a run folder.
   assert sorted(p.name for p in (workdir / "cache" / "embeddings").iterdir()) == ["Alpha", "Beta", "Gamma"]
   assert not list((workdir / "runs").glob("**/cache"))
@@ -677,7 +657,7 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
   def boom(config, spec, run_dir, domains, tables):
     raise FloatingPointError("injected")
-  _fake_runs(monkeypatch, boom)
+  fake_runs(monkeypatch, boom)
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1

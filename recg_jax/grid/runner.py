@@ -13,6 +13,7 @@ same execute_run and markers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import gc
 import hashlib
@@ -22,7 +23,7 @@ import pathlib
 import platform
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -110,11 +111,79 @@ def execute_members(configs: list[ml_collections.ConfigDict], specs: list[planni
   return outcomes
 
 
-def group_dir_of(workdir: pathlib.Path, specs: list[planning.RunSpec]) -> pathlib.Path:
+def group_dir_of(workdir: pathlib.Path, relpaths: list[str]) -> pathlib.Path:
   """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
   members resumes it)."""
-  names = "\n".join(s.relpath.as_posix() for s in specs)
-  return workdir / "groups" / hashlib.sha1(names.encode()).hexdigest()[:12]
+  return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class PendingRun:
+  """A run to execute: its config, spec, folder, log tag, table setting and folder relative to the grid."""
+
+  config: ml_collections.ConfigDict
+  spec: planning.RunSpec
+  run_dir: pathlib.Path
+  tag: str
+  setting: str
+  relpath: str
+
+
+def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, workdir: pathlib.Path,
+                machine: dict[str, Any], group_size: int, prefix: str,
+                after_each: Callable[[], None] | None = None) -> tuple[list[str], list[str]]:
+  """Executes the pending runs, in groups trained together where they differ only in traced fields
+  (planning.member_groups; group_size 1: one by one), writing each run's done.json or failed.json.
+
+  A run that raises is recorded and the others go on. after_each runs after every group (e.g. to
+  rewrite a report). Returns (relpaths finished, relpaths failed).
+  """
+  ran, failed = [], []
+  start = time.perf_counter()
+  for group in planning.member_groups([(p.config, p) for p in pending], group_size):
+    runs = [p for _, p in group]
+    for run in runs:
+      _say(f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
+           + (f", one of {len(runs)} trained together" if len(runs) > 1 else ""))
+      run.run_dir.mkdir(parents=True, exist_ok=True)
+    t0, compiles0 = time.perf_counter(), compile_stats.snapshot()
+    try:
+      if len(runs) == 1:
+        outcomes = [execute_run(runs[0].config, runs[0].spec, runs[0].run_dir, domains, tables)]
+      else:
+        outcomes = execute_members([r.config for r in runs], [r.spec for r in runs],
+                                   [r.run_dir for r in runs], domains, tables,
+                                   group_dir_of(workdir, [r.relpath for r in runs]))
+    except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
+      e.traceback = traceback.format_exc()
+      outcomes = [e] * len(runs)
+    elapsed = time.perf_counter() - t0
+    compiles = compile_stats.since(compiles0)
+    _release_compiled()
+    for run, outcome in zip(runs, outcomes):
+      if isinstance(outcome, Exception):
+        failed.append(run.relpath)
+        atomic_json(run.run_dir / FAILED, {"spec": run.spec.to_dict(), "error": repr(outcome),
+                                            "traceback": getattr(outcome, "traceback", "")})
+        _say(f"{run.tag}: FAILED ({outcome!r}); details in {run.run_dir / FAILED}")
+        continue
+      (run.run_dir / FAILED).unlink(missing_ok=True)
+      # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
+      atomic_json(run.run_dir / DONE, {
+          "spec": run.spec.to_dict(), "setting": run.setting, "relpath": run.relpath, "records": outcome,
+          "elapsed_s": elapsed / len(runs), "machine": machine,
+          "group": {"size": len(runs), "elapsed_s": elapsed, "compiles": compiles,
+                    "members": [r.relpath for r in runs]},
+          "fingerprint": planning.run_fingerprint(run.config), "config": results_lib.config_dict(run.config),
+          "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+      ran.append(run.relpath)
+      together = f" (its group of {len(runs)}: {elapsed:.1f}s)" if len(runs) > 1 else ""
+      _say(f"{run.tag}: done in {elapsed / len(runs):.1f}s{together}")
+    _say(f"{prefix} {_compiles_line(compiles)} for {len(runs)} run(s); "
+         f"{(time.perf_counter() - start) / 60:.1f} min in this invocation")
+    if after_each is not None:
+      after_each()
+  return ran, failed
 
 
 def _say(message: str) -> None:
@@ -152,7 +221,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
                "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   atomic_json(workdir / "grid.json", grid_meta)
 
-  ran, skipped, failed = [], [], []
+  ran, skipped = [], []
   start = time.perf_counter()
   compile_stats.install()
   compiles_before = compile_stats.snapshot()
@@ -160,7 +229,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   if int(config.experiment.num_shards) > 1:
     _say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: {len(mine)} of "
          f"{len(specs)} runs")
-  todo = []
+  todo: list[PendingRun] = []
   for i, spec in enumerate(mine, 1):
     run_dir = workdir / spec.relpath
     rc = planning.run_config(config, spec, axes["domains"])
@@ -175,55 +244,11 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
       skipped.append(spec.relpath.as_posix())
       continue
     if not aggregate_only:
-      todo.append((rc, (spec, run_dir, tag)))
+      todo.append(PendingRun(rc, spec, run_dir, tag, spec.setting, spec.relpath.as_posix()))
 
-  for group in planning.member_groups(todo, int(config.experiment.member_group_size)):
-    rcs = [rc for rc, _ in group]
-    group_specs = [spec for _, (spec, _, _) in group]
-    run_dirs = [run_dir for _, (_, run_dir, _) in group]
-    for _, (spec, run_dir, tag) in group:
-      _say(f"{tag}: run ({spec.mode}, overrides {spec.overrides()})"
-           + (f", one of {len(group)} trained together" if len(group) > 1 else ""))
-      run_dir.mkdir(parents=True, exist_ok=True)
-    t0, compiles0 = time.perf_counter(), compile_stats.snapshot()
-    if len(group) == 1:
-      try:
-        outcomes = [execute_run(rcs[0], group_specs[0], run_dirs[0], domains, tables)]
-      except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
-        e.traceback = traceback.format_exc()
-        outcomes = [e]
-    else:
-      try:
-        outcomes = execute_members(rcs, group_specs, run_dirs, domains, tables,
-                                   group_dir_of(workdir, group_specs))
-      except Exception as e:  # pylint: disable=broad-except
-        e.traceback = traceback.format_exc()
-        outcomes = [e] * len(group)
-    elapsed = time.perf_counter() - t0
-    compiles = compile_stats.since(compiles0)
-    _release_compiled()
-    for rc, (spec, run_dir, tag), outcome in zip(rcs, [p for _, p in group], outcomes):
-      if isinstance(outcome, Exception):
-        failed.append(spec.relpath.as_posix())
-        atomic_json(run_dir / FAILED, {"spec": spec.to_dict(), "error": repr(outcome),
-                                        "traceback": getattr(outcome, "traceback", "")})
-        _say(f"{tag}: FAILED ({outcome!r}); details in {run_dir / FAILED}")
-        continue
-      (run_dir / FAILED).unlink(missing_ok=True)
-      # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
-      atomic_json(run_dir / DONE, {
-          "spec": spec.to_dict(), "setting": spec.setting, "relpath": spec.relpath.as_posix(),
-          "records": outcome, "elapsed_s": elapsed / len(group), "machine": info,
-          "group": {"size": len(group), "elapsed_s": elapsed, "compiles": compiles,
-                    "members": [s.relpath.as_posix() for s in group_specs]},
-          "fingerprint": planning.run_fingerprint(rc),
-          "config": results_lib.config_dict(rc),
-          "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-      ran.append(spec.relpath.as_posix())
-      together = f" (its group of {len(group)}: {elapsed:.1f}s)" if len(group) > 1 else ""
-      _say(f"{tag}: done in {elapsed / len(group):.1f}s{together}")
-    _say(f"[grid] {_compiles_line(compiles)} for {len(group)} run(s); "
-         f"{(time.perf_counter() - start) / 60:.1f} min in this invocation")
+  done_now, failed = run_pending(todo, domains, tables, workdir, info,
+                                 int(config.experiment.member_group_size), "[grid]")
+  ran += done_now
   compiled = compile_stats.since(compiles_before)
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
