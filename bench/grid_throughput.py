@@ -3,7 +3,9 @@
   python bench/grid_throughput.py --workdir=DIR [--baseline_rev=REV] [--repeats=2] \
       [--config=configs/grid_shared.py:reduced_scientific] [--set=experiment.backbones='("sasrec",)' ...]
 
-The baseline revision is checked out in DIR/src_baseline (a detached git worktree); both sides run
+Both sides are checked out as detached git worktrees, the baseline revision in DIR/src_baseline and
+the current one (--current_rev, default HEAD: commit before benchmarking) in DIR/src_current, so editing
+the working tree while the benchmark runs changes nothing; both sides run
 `python -m recg_jax.experiments` on the same config, data and embedding caches (prepared once, in
 DIR/warm, then copied), with the same threads, in alternating order (baseline first in even repeats),
 each in a fresh workdir with a cold compilation cache. Each side's process counts the programs it had to
@@ -71,8 +73,11 @@ def _run(cmd: list[str], cwd: pathlib.Path, log: pathlib.Path) -> float:
   return elapsed
 
 
-def _baseline_source(workdir: pathlib.Path, rev: str) -> pathlib.Path:
-  src = workdir / "src_baseline"
+def _source(workdir: pathlib.Path, side: str, rev: str) -> pathlib.Path:
+  """A detached worktree of `rev` in DIR/src_<side>."""
+  rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
+                       capture_output=True, text=True).stdout.strip()
+  src = workdir / f"src_{side}"
   if not (src / "recg_jax").is_dir():
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), rev], check=True)
   head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True,
@@ -95,10 +100,11 @@ def _metrics_of(workdir: pathlib.Path) -> dict[tuple[str, str, str], float]:
   return out
 
 
-def _report(workdir: pathlib.Path, sides: dict[str, list[dict]], args, baseline_rev: str) -> str:
+def _report(workdir: pathlib.Path, sides: dict[str, list[dict]], args, baseline_rev: str,
+            current_rev: str) -> str:
   lines = [f"# Grid throughput: `{args.config}` {' '.join(args.set)}", "",
            f"- command: `python bench/grid_throughput.py {' '.join(sys.argv[1:])}`",
-           f"- baseline: the runner at revision {baseline_rev}; current: the working tree",
+           f"- baseline: the runner at revision {baseline_rev}; current: revision {current_rev}",
            f"- machine: {os.cpu_count()} CPUs; repeats alternate the order of the two sides", "",
            "| side | repeats | runs | median wall (s) | runs/hour | XLA compiles | persistent-cache loads |"
            " compile s |", "|---|---|---|---|---|---|---|---|"]
@@ -142,6 +148,7 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[],
                       help="a config override for both sides, e.g. experiment.seeds='(0,1)'")
   parser.add_argument("--baseline_rev", default=DEFAULT_BASELINE)
+  parser.add_argument("--current_rev", default="HEAD")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--cache_from", type=pathlib.Path, default=None,
                       help="a grid folder whose cache/data and cache/embeddings seed DIR/warm (entries are "
@@ -149,7 +156,10 @@ def main() -> None:
   args = parser.parse_args()
   workdir = args.workdir.absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  baseline = _baseline_source(workdir, args.baseline_rev)
+  sources = {"baseline": _source(workdir, "baseline", args.baseline_rev),
+             "current": _source(workdir, "current", args.current_rev)}
+  revs = {side: subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True,
+                               capture_output=True, text=True).stdout.strip() for side, src in sources.items()}
   overrides = [f"--config.{s}" for s in args.set]
   grid_args = lambda wd: [f"--config={args.config}", f"--workdir={wd}", "--noplots", *overrides]
 
@@ -160,8 +170,8 @@ def main() -> None:
         if (args.cache_from / "cache" / part).is_dir():
           shutil.copytree(args.cache_from / "cache" / part, warm / "cache" / part, dirs_exist_ok=True)
     print(f"[bench] preparing data and embeddings once in {warm}", flush=True)
-    _run([sys.executable, "-m", "recg_jax.experiments", *grid_args(warm), "--aggregate_only"], ROOT,
-         workdir / "warm.log")
+    _run([sys.executable, "-m", "recg_jax.experiments", *grid_args(warm), "--aggregate_only"],
+         sources["current"], workdir / "warm.log")
 
   sides: dict[str, list[dict]] = {"baseline": [], "current": []}
   for r in range(args.repeats):
@@ -173,7 +183,7 @@ def main() -> None:
         shutil.rmtree(wd, ignore_errors=True)
         for part in ("data", "embeddings"):
           shutil.copytree(warm / "cache" / part, wd / "cache" / part)
-        src = baseline if side == "baseline" else ROOT
+        src = sources[side]
         stats = wd / "compiles.json"
         print(f"[bench] repeat {r}: {side}", flush=True)
         wall = _run([sys.executable, str(pathlib.Path(__file__).resolve()), "child", str(src), str(stats),
@@ -184,7 +194,7 @@ def main() -> None:
         timing_path.write_text(json.dumps(timing, indent=1))
         print(f"[bench] repeat {r}: {side} took {wall:.0f}s", flush=True)
       sides[side].append(json.loads(timing_path.read_text()))
-      print(_report(workdir, sides, args, args.baseline_rev), flush=True)
+      print(_report(workdir, sides, args, revs["baseline"], revs["current"]), flush=True)
 
 
 if __name__ == "__main__":
