@@ -236,8 +236,9 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.backbones = ()  # experiment grid; empty = model.backbone only
   c.variants = ()  # empty = model.variant only
-  # Grid runner (recg_jax/experiments.py, recg_jax/grid/). Every domain of the grid; each source's targets are the other
-  # ones (also its generalization-loss domains). Empty = data.source + data.targets + data.auxiliary.
+  # Grid runner (recg_jax/experiments.py, recg_jax/grid/). Every domain of the grid; each source's targets
+  # are the other ones (also its generalization-loss domains). Empty = data.source + data.targets +
+  # data.auxiliary.
   c.domains = ()
   c.sources = ()  # source domains of the grid; empty = data.source only
   # Named ablations of the RecG run: no_item_loss | no_intra | no_inter | no_seq | printed_sign.

@@ -11,8 +11,9 @@ times the cost on a CPU (BERT4Rec trains on one row per prefix). Drop the ID run
 
 `--config=configs/grid_shared.py:scientific` is the full grid's slice with Scientific as the source: every
 backbone and variant, three seeds, the ablations and the alpha sweep (54 trained runs and 3 of text_knn
-at the paper's sizes; it holds the in-domain table of Scientific too). On one GPU, several processes share it:
-`launch/grid_shards.sh 14 --config=configs/grid_shared.py:scientific --workdir=DIR`.
+at the paper's sizes; it holds the in-domain table of Scientific too). One process fills one accelerator:
+runs that differ only in seeds, alpha or the L_gen switches train together as one program
+(`experiment.member_group_size`); `launch/grid_shards.sh N ...` is for N devices or hosts.
 
 `--config=configs/grid_shared.py:reduced_scientific` has the reduced model sizes below with Scientific as
 the source: every backbone as ID, Sem and RecG over three seeds (in-domain and zero-shot to Office and

@@ -4,11 +4,13 @@
 #   launch/grid_shards.sh N --config=configs/grid_shared.py --workdir=DIR [more flags]
 #
 # Shard i runs planned runs i, i+N, ... (config.experiment.shard_index / num_shards) into the same DIR,
-# with its own log (DIR/logs/shard<i>.log) and its own XLA compile cache (seeds of one shard reuse it).
-# With several GPUs, shard i gets GPU i mod #GPUs. Small recommenders leave a GPU mostly idle between
-# kernels, so a few processes can share one; but each process compiles its own programs (on a GPU the
-# compiler runs on the CPUs): measured on one H200 with 16 CPU cores, 14 shards spent their first 5 minutes
-# compiling and one hit a compiler error, so keep to about one shard per 4 CPU cores there.
+# with its own log (DIR/logs/shard<i>.log) and its own XLA compile cache. With several GPUs, shard i gets
+# GPU i mod #GPUs. This is for several devices or hosts: one shard per device. To fill ONE accelerator,
+# run the grid in one process (python -m recg_jax.experiments ...): its runs that differ only in seeds,
+# alpha or the L_gen switches train together as one program over stacked parameters
+# (config.experiment.member_group_size), and later runs reuse the programs of earlier ones. Several
+# processes on one GPU each compile their own programs on the host CPUs (measured on one H200 with 16 CPU
+# cores: 14 shards spent their first 5 minutes compiling and one hit a compiler error).
 # Environment: MEM_FRACTION (GPU memory share per process; default 0.9/N), DEADLINE_S (stop the shards
 # after this many seconds, with SIGINT; unfinished runs resume from their checkpoints next time).
 set -uo pipefail

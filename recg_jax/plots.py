@@ -7,7 +7,7 @@
 - `alpha_sensitivity`: metric vs alpha (log x), one line per evaluated domain, ± std over seeds.
 - `pair_bars`: Sem and RecG per (target ← source) pair and backbone, ± std over seeds.
 
-The functions take plain arrays and (mean, std) numbers; recg_jax.experiments builds them from the runs.
+The functions take plain arrays and (mean, std) numbers; recg_jax.grid.figures builds them from the runs.
 """
 
 from __future__ import annotations

@@ -5,12 +5,25 @@ validation split every config.train.eval_every_epochs epochs, early-stops on con
 (patience in epochs), restores the best checkpoint and evaluates the source test split. Everything it
 writes lives in `workdir`:
 
-  checkpoints/latest/<step>/   full TrainState + loop position (epoch, batch), best metric, patience
+  checkpoints/latest/<step>/   full TrainState + loop position (epoch, batch), each run's stop state
   checkpoints/best/<step>/     parameters of the best validation evaluation
   checkpoints/run_config.json  the fields that define the run, checked on resume
   metrics.jsonl                one JSON object per log / eval event
   tensorboard/                 tensorboardX event files
   results.json, results.md     the final metrics, labelled with protocol, loss and config (results.py)
+
+One program per shape. The step is compiled from what has a shape or a structure (the model, the data
+layout, the loss, the optimiser's parts); every other number (TRACED_FIELDS: seed, learning rate and
+schedule, weight decay, clipping, alpha, tau, the inter sign, the L_gen switches, Cloze probabilities) is
+an input. A run whose model and layout equal an earlier run's reuses that jitted step, and with it every
+executable already compiled in the process.
+
+Runs trained together. `train_members` trains S runs that differ only in TRACED_FIELDS as one program:
+jax.vmap of one run's step over a leading member axis of the state, the batch, the step keys and the
+hyperparameters. Each member draws its own rows (epoch_plan by its seed), dropout, negatives and L_gen
+samples, keeps its own early stop and best checkpoint (in its own workdir), and ends exactly as if it had
+trained alone (tests/test_members.py). The stacked `latest` checkpoint lives in a group folder. A single
+run is the case S = 1.
 
 A killed run restarted with the same config and workdir continues from the latest checkpoint, which is
 written at the end of every epoch and every train.checkpoint_every_steps steps. Batches are a pure
