@@ -825,7 +825,7 @@ class _Member:
 
   @property
   def tag(self) -> str:
-    return f"seed {self.config.train.seed}: "
+    return f"{self.workdir.parent.name}/{self.workdir.name}: "
 
 
 class _Loop:
@@ -876,7 +876,7 @@ class _Loop:
     elapsed = max(now - self.clock, 1e-9)  # steady state: steps finished since the previous read-back
     self.clock = now
     for member in self.members:
-      if member.meta["error"]:
+      if member.meta["finished"]:  # stopped: its lane still runs, but alone it would have stopped here
         continue
       i = member.index
       for (s, _, _), m in zip(take, host):
@@ -899,7 +899,7 @@ class _Loop:
     if self.solo:
       raise NonFiniteLossError(message)
     # Trained together, the other members go on: lanes never mix.
-    member.meta.update(finished=True, error=message, stop_reason=f"non-finite loss at step {step}")
+    self._stop(member, f"non-finite loss at step {step}", error=message)
     print(f"{member.tag}{message}", flush=True)
 
   def train_epoch(self, state: TrainState) -> TrainState:
@@ -922,7 +922,7 @@ class _Loop:
       bar.update(1)
       if self.step % log_every == 0:
         self.flush(keep_last=True)
-        shown = self.members[0].last_train
+        shown = next((m.last_train for m in self.active() if m.last_train), None)
         if shown:
           bar.set_postfix(loss=f"{shown['loss']:.4f}", seq_s=f"{shown['sequences_per_s']:.0f}")
       if ckpt_every > 0 and self.step % ckpt_every == 0 and b + 1 < self.spe:
@@ -962,15 +962,20 @@ class _Loop:
       meta.update(best_metric=value, best_step=self.step, best_epoch=self.epoch, best_valid=valid)
       member.ckpt.save_best(self.step, params, {"epoch": self.epoch, "step": self.step, "valid": valid}, value)
     elif self.epoch - int(meta["best_epoch"]) >= int(self.tc.patience):
-      meta.update(finished=True, stop_reason=f"early stop: no {self.select} gain for {self.tc.patience} "
-                  f"epochs (best {meta['best_metric']:.5f} at epoch {meta['best_epoch']})")
+      self._stop(member, f"early stop: no {self.select} gain for {self.tc.patience} epochs (best "
+                 f"{meta['best_metric']:.5f} at epoch {meta['best_epoch']})")
     print(f"{'' if self.solo else member.tag}epoch {self.epoch}: {self.select}={value:.5f} (best "
           f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})", flush=True)
+
+  def _stop(self, member: _Member, reason: str, **extra) -> None:
+    # Where a run alone would have ended: its results and logs say so, whatever its lane does next.
+    member.meta.update(finished=True, stop_reason=reason, stopped_step=self.step, stopped_epoch=self.epoch,
+                       **extra)
 
   def end_epoch(self, state: TrainState) -> None:
     if self.epoch >= int(self.tc.num_epochs):
       for member in self.active():
-        member.meta.update(finished=True, stop_reason=f"reached num_epochs={self.tc.num_epochs}")
+        self._stop(member, f"reached num_epochs={self.tc.num_epochs}")
     self.latest.save_latest(state, self.position())
 
   def run(self, state: TrainState) -> TrainState:
@@ -996,7 +1001,8 @@ class _Loop:
     test = evaluate_split(self.eval_fns, params, self.table, test_split, self.domain, self.config.eval,
                           self.trainer.mesh)
     test = {f"test/{k}": v for k, v in test.items()}
-    member.log.write("test", self.step, test, best_step=member.meta["best_step"])
+    member.log.write("test", member.meta.get("stopped_step", self.step), test,
+                     best_step=member.meta["best_step"])
     return params, {**best_valid, **test}
 
 
@@ -1085,13 +1091,14 @@ def train_members(members: Sequence[ml_collections.ConfigDict],
   results = []
   for run, out in zip(runs, outputs):
     meta = run.meta
+    epochs = int(meta.get("stopped_epoch", loop.epoch))
     common = dict(model=trainer.model, best_step=meta["best_step"] or 0, best_epoch=meta["best_epoch"] or 0,
-                  epochs=loop.epoch, stop_reason=meta["stop_reason"], workdir=run.workdir)
+                  epochs=epochs, stop_reason=meta["stop_reason"], workdir=run.workdir)
     if out is None:
       results.append(TrainResult(metrics={}, params=None, error=meta["error"], **common))
       continue
     best_params, metrics = out
-    summary = {"best_step": meta["best_step"], "best_epoch": meta["best_epoch"], "epochs": loop.epoch,
+    summary = {"best_step": meta["best_step"], "best_epoch": meta["best_epoch"], "epochs": epochs,
                "stop_reason": meta["stop_reason"], "steps_per_epoch": trainer.steps_per_epoch,
                "training_rows": trainer.rows.num_rows}
     record = results_lib.make_record(run.config, stage="in_domain", domain=source, metrics=metrics,
@@ -1118,6 +1125,8 @@ def _restore_or_start(trainer: Trainer, latest: Checkpoints) -> tuple[TrainState
     if (m["finished"] and m["stop_reason"].startswith("reached num_epochs")
         and meta["epoch"] < int(trainer.config.train.num_epochs)):
       m.update(finished=False, stop_reason="")  # num_epochs was raised: train on
+      m.pop("stopped_step", None)
+      m.pop("stopped_epoch", None)
   logging.info("resuming from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"])
   print(f"resuming {latest.root.parent} from step {meta['step']} (epoch {meta['epoch']}, batch "
         f"{meta['batch']})", flush=True)

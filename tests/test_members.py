@@ -42,24 +42,29 @@ def _leaves(tree):
 def test_stacked_members_equal_separate_runs(problem, tmp_path):
   domains, tables = problem
   # Three seeds, one of them with another alpha and learning rate: all traced, so one program.
+  # The last one never improves after its first evaluation, so it stops early while the others go on.
   members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1}),
-             _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2})]
+             _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2}),
+             _config(**{"train.seed": 3, "train.learning_rate": 0.0})]
   alone = [train.train_and_evaluate(m, tmp_path / f"alone{i}", domains, tables) for i, m in enumerate(members)]
-  together = train.train_members(members, [tmp_path / f"member{i}" for i in range(3)], domains, tables,
+  together = train.train_members(members, [tmp_path / f"member{i}" for i in range(4)], domains, tables,
                                  group_dir=tmp_path / "group")
   for a, t in zip(alone, together):
     assert not t.error
-    assert (t.best_epoch, t.best_step, t.stop_reason) == (a.best_epoch, a.best_step, a.stop_reason)
+    assert ((t.best_epoch, t.best_step, t.stop_reason, t.epochs)
+            == (a.best_epoch, a.best_step, a.stop_reason, a.epochs))
     assert set(t.metrics) == set(a.metrics)
     for k in a.metrics:
       assert t.metrics[k] == pytest.approx(a.metrics[k], abs=1e-4), k
     _close(t.params, a.params)
-    written = driver.read_jsonl(t.workdir / "metrics.jsonl")
-    assert [e["kind"] for e in written if e["kind"] != "train"] == [
-        e["kind"] for e in driver.read_jsonl(a.workdir / "metrics.jsonl") if e["kind"] != "train"]
+    # The same events at the same steps (train losses too: a stopped member logs nothing more).
+    events = lambda run: [(e["kind"], e["step"]) for e in driver.read_jsonl(run.workdir / "metrics.jsonl")]
+    assert events(t) == events(a)
     assert (t.workdir / "results.json").exists()
-  # The members really differ from each other (their own data order, keys and hyperparameters).
+  # The members really differ from each other (their own data order, keys and hyperparameters), and
+  # stop when each would have stopped alone.
   assert len({round(t.metrics["valid/full/ndcg@10"], 6) for t in together}) > 1
+  assert together[3].epochs == 2 and together[0].epochs == EPOCHS
   assert sorted(p.name for p in (tmp_path / "group" / "checkpoints").iterdir()) == ["latest",
                                                                                    "run_config.json"]
 
