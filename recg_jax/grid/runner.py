@@ -146,7 +146,7 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
       _say(f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
            + (f", one of {len(runs)} trained together" if len(runs) > 1 else ""))
       run.run_dir.mkdir(parents=True, exist_ok=True)
-    t0, compiles0 = time.perf_counter(), compile_stats.snapshot()
+    t0, compiles0, traces0 = time.perf_counter(), compile_stats.snapshot(), _step_traces()
     try:
       if len(runs) == 1:
         outcomes = [execute_run(runs[0].config, runs[0].spec, runs[0].run_dir, domains, tables)]
@@ -158,7 +158,7 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
       e.traceback = traceback.format_exc()
       outcomes = [e] * len(runs)
     elapsed = time.perf_counter() - t0
-    compiles = compile_stats.since(compiles0)
+    compiles = {**compile_stats.since(compiles0), "train_step_traces": _step_traces() - traces0}
     _release_compiled()
     for run, outcome in zip(runs, outcomes):
       if isinstance(outcome, Exception):
@@ -224,7 +224,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   ran, skipped = [], []
   start = time.perf_counter()
   compile_stats.install()
-  compiles_before = compile_stats.snapshot()
+  compiles_before, traces_before = compile_stats.snapshot(), _step_traces()
   mine = planning.shard_of(specs, config)
   if int(config.experiment.num_shards) > 1:
     _say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: {len(mine)} of "
@@ -249,7 +249,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   done_now, failed = run_pending(todo, domains, tables, workdir, info,
                                  int(config.experiment.member_group_size), "[grid]")
   ran += done_now
-  compiled = compile_stats.since(compiles_before)
+  compiled = {**compile_stats.since(compiles_before), "train_step_traces": _step_traces() - traces_before}
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
   planned = [s.relpath.as_posix() for s in specs]
@@ -269,9 +269,16 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
           "csv": str(csv_path), "plots": plots_written, "compiles": compiled}
 
 
+def _step_traces() -> int:
+  """Train-step programs built so far in this process (one per program key, member count and bucket)."""
+  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  return int(train.TRACE_COUNTS["train_step"])
+
+
 def _compiles_line(c: dict[str, float]) -> str:
+  steps = f"; {c['train_step_traces']} train-step programs" if "train_step_traces" in c else ""
   return (f"{c['compiles']} XLA compiles + {c['cache_hits']} persistent-cache loads "
-          f"({c['compile_s']:.1f}s)")
+          f"({c['compile_s']:.1f}s{steps})")
 
 
 def _release_compiled() -> None:
