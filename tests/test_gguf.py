@@ -89,15 +89,60 @@ def test_tokenizer_matches_transformers(loaded, reference_tokenizer):
   assert tokenizer.decode(tokenizer.encode(TEXTS[2]).ids, skip_special_tokens=False) == TEXTS[2]
 
 
-def test_mean_pooled_hidden_states_match_transformers(loaded, reference_tokenizer, gguf_path):
-  hf, tensors, tokenizer = loaded
-  module, params = llama.build(hf, tensors, {"attention": "causal", "dtype": "float32"})
+def _batch(tokenizer):
   encoded = [tokenizer.encode(t).ids for t in TEXTS]
   width = max(map(len, encoded))
   ids = np.zeros((len(encoded), width), np.int32)
   mask = np.zeros_like(ids)
   for row, e in enumerate(encoded):
     ids[row, :len(e)], mask[row, :len(e)] = e, 1
+  return ids, mask
+
+
+def test_first_layers_match_transformers_gguf_tensors(loaded, gguf_path):
+  """The file cut to its first two blocks: our reader and Decoder against a transformers LlamaModel whose
+  weights go through transformers' own GGUF processing (tensor names, dequantisation, Q/K un-permutation).
+
+  A cheap stand-in for the whole 30-block model loaded by transformers (the slow test below).
+  """
+  gguf = pytest.importorskip("gguf")
+  from transformers import modeling_gguf_pytorch_utils as hf_gguf  # pylint: disable=g-import-not-at-top
+  hf, tensors, tokenizer = loaded
+  blocks = 2
+  cut = {**hf, "num_hidden_layers": blocks}
+  kept = {k: v for k, v in tensors.items()
+          if not k.startswith("model.layers.") or int(k.split(".")[2]) < blocks}
+  module, params = llama.build(cut, kept, {"attention": "causal", "dtype": "float32"})
+  ids, mask = _batch(tokenizer)
+  ours = np.asarray(jax.jit(module.apply)({"params": params}, ids, mask))
+
+  fields = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "max_position_embeddings")
+  model = transformers.LlamaModel(transformers.LlamaConfig(
+      **{k: hf[k] for k in fields}, num_hidden_layers=blocks, attn_implementation="eager")).eval()
+  processor = hf_gguf.TENSOR_PROCESSORS["llama"](config=hf)
+  names = hf_gguf.get_gguf_hf_weights_map(model, processor)
+  state = {}
+  for tensor in gguf.GGUFReader(gguf_path).tensors:
+    if tensor.name in names:
+      weights = processor.process(weights=gguf.dequantize(tensor.data, tensor.tensor_type),
+                                  name=tensor.name).weights
+      state[names[tensor.name]] = torch.from_numpy(np.copy(weights))
+  assert set(state) == set(model.state_dict()), set(model.state_dict()) ^ set(state)
+  model.load_state_dict(state)
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  assert np.abs(ours[real] - ref[real]).max() < 1e-3 * np.abs(ref[real]).max()
+  assert np.abs(ref[real]).max() > 1.0  # not a degenerate comparison
+
+
+@pytest.mark.slow
+def test_mean_pooled_hidden_states_match_transformers(loaded, reference_tokenizer, gguf_path):
+  hf, tensors, tokenizer = loaded
+  module, params = llama.build(hf, tensors, {"attention": "causal", "dtype": "float32"})
+  ids, mask = _batch(tokenizer)
   ours = np.asarray(jax.jit(module.apply)({"params": params}, ids, mask))
 
   model = transformers.AutoModel.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,

@@ -1,4 +1,5 @@
-"""Zero-shot transfer: the whole pipeline on tiny synthetic data, and what the swap may and may not change."""
+"""Zero-shot transfer: the whole pipeline on tiny synthetic data (slow tier), and what the swap may and may
+not change (on the session's tiny trained run)."""
 
 import json
 
@@ -6,50 +7,26 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
 from recg_jax import pipeline
 from recg_jax import transfer
-from recg_jax.data import prepare
-
-
-def _tiny_config():
-  config = quickstart.get_config()
-  config.data.synthetic.num_users = 60
-  config.data.synthetic.num_items = 40
-  config.data.synthetic.max_history = 10
-  config.data.max_len = 8
-  config.text.max_tokens = 32
-  config.encoder.bucket_sizes = (32,)
-  config.model.hidden_dim = 16
-  config.train.num_epochs = 2
-  config.train.batch_size = 32
-  config.gen_loss.samples_per_domain = 8
-  config.transfer.num_clusters = 4
-  config.transfer.kmeans_restarts = 1
-  config.transfer.wf_epochs = 2
-  config.eval.batch_size = 32
-  config.train.length_buckets = ()  # one compiled step shape keeps this test fast
-  config.eval.length_buckets = ()
-  config.eval.num_sampled_negatives = 20  # the catalogues hold 40 items
-  config.eval.protocols = ("full", "sampled20")
-  return config
 
 
 @pytest.fixture(scope="module")
-def zero_shot_run(tmp_path_factory):
+def zero_shot_run(tmp_path_factory, tiny_config):
   workdir = tmp_path_factory.mktemp("zero_shot")
-  config = _tiny_config()
+  config = tiny_config(pipeline=True)
   records = pipeline.run(config, str(workdir))
   return config, workdir, records
 
 
+@pytest.mark.slow
 def test_pipeline_reports_source_and_every_target(zero_shot_run):
   config, workdir, records = zero_shot_run
   rows = {(r["stage"], r["domain"]) for r in records}
   assert rows == {("in_domain", "Alpha"), ("zero_shot", "Beta"), ("zero_shot", "Gamma")}
   for r in records:
     assert r["data"] == "synthetic data"
-    for protocol in ("full", "sampled20"):
+    for protocol in ("full", "sampled10"):
       split = "test" if r["stage"] == "in_domain" else "zero_shot"
       value = r["metrics"][f"{split}/{protocol}/ndcg@10"]
       assert 0.0 <= value <= 1.0
@@ -58,15 +35,31 @@ def test_pipeline_reports_source_and_every_target(zero_shot_run):
   assert "zero_shot" in (workdir / "results.md").read_text()
 
 
-@pytest.fixture(scope="module")
-def trained(zero_shot_run):
-  """The trained model of the run above (restored from its workdir: a finished run is not retrained)."""
-  config, workdir, _ = zero_shot_run
-  domains = prepare.load_domains(config, workdir, log=lambda *_: None)
-  tables = pipeline.embed_domains(config, workdir, domains)
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
-  result = train.train_and_evaluate(config, workdir / "again", domains, tables)
+@pytest.fixture
+def trained(tiny_trained, tiny_problem):
+  """The session's tiny trained RecG model (source Alpha)."""
+  config, result = tiny_trained
+  domains, tables = tiny_problem
   return config, domains, tables, result
+
+
+def test_trained_run_reports_source_and_every_target(trained, tmp_path):
+  """What run_zero_shot does after training (the slow pipeline test above runs it all from a config)."""
+  config, domains, tables, result = trained
+  records = transfer.evaluate_trained(config, tmp_path, domains, tables, result)
+  assert [(r["stage"], r["domain"]) for r in records] == [("in_domain", "Alpha"), ("zero_shot", "Beta"),
+                                                           ("zero_shot", "Gamma")]
+  for r in records:
+    assert r["data"] == "synthetic data"
+    split = "test" if r["stage"] == "in_domain" else "zero_shot"
+    for protocol in ("full", "sampled10"):
+      for key in (f"{split}/{protocol}/ndcg@10", f"{split}_no_seq/{protocol}/ndcg@10"):
+        assert 0.0 <= r["metrics"][key] <= 1.0, key
+  # The source's test split without the sequence step is the trained model's own test result.
+  assert records[0]["metrics"]["test_no_seq/full/ndcg@10"] == result.metrics["test/full/ndcg@10"]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert len(saved["records"]) == 3
+  assert "zero_shot" in (tmp_path / "results.md").read_text()
 
 
 def test_swapping_the_table_changes_no_parameter(trained):
@@ -108,8 +101,7 @@ def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
   assert not np.allclose(seq.fusion_params["W_f"]["kernel"], kernel)
 
 
-def test_id_variant_refuses_zero_shot(tmp_path):
-  config = _tiny_config()
-  config.model.variant = "id"
+def test_id_variant_refuses_zero_shot(tmp_path, tiny_config):
+  config = tiny_config(**{"model.variant": "id"})
   with pytest.raises(ValueError, match="cannot transfer"):
     transfer.run_zero_shot(config, tmp_path, {}, None)
