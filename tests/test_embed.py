@@ -230,8 +230,8 @@ def test_sharded_batches_on_eight_devices_match_one(minilm, config, tmp_path):
   """XLA's device count is fixed per process, so the 8-device run is a subprocess."""
   texts = [t for t in TEXTS if t.strip()][:7] + ["one more text", "and the last"]  # 9: 2 batches of 8
   (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(ROOT))
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   out = tmp_path / "out.npy"
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "texts.txt"), str(out)],
                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

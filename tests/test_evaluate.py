@@ -335,7 +335,8 @@ print(json.dumps({run: {k: v.tolist() for k, v in ranks.items()} for run, ranks 
 def test_sharded_equals_unsharded(setup):
   domain, item_vecs, in_table, _ = setup
   here = pathlib.Path(__file__).resolve().parent
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(here)], env=env, capture_output=True,
                         text=True, timeout=300, check=False)
