@@ -3,6 +3,7 @@ against transformers' own GGUF loader."""
 
 import importlib.util
 
+import gguf
 import jax
 import numpy as np
 import pytest
@@ -28,8 +29,25 @@ def gguf_path():
 
 
 @pytest.fixture(scope="module")
-def loaded(gguf_path):
-  return gguf_loader.load_gguf(gguf_path)
+def loaded_and_reader(gguf_path):
+  """load_gguf's result, and the gguf.GGUFReader it opened (parsing the file takes seconds: done once)."""
+  readers = []
+
+  class RecordingReader(gguf.GGUFReader):
+
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      readers.append(self)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(gguf, "GGUFReader", RecordingReader)
+    loaded = gguf_loader.load_gguf(gguf_path)
+  return loaded, (readers[0] if readers else gguf.GGUFReader(gguf_path))
+
+
+@pytest.fixture(scope="module")
+def loaded(loaded_and_reader):
+  return loaded_and_reader[0]
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +117,14 @@ def _batch(tokenizer):
   return ids, mask
 
 
-def test_first_layers_match_transformers_gguf_tensors(loaded, gguf_path):
+def test_first_layers_match_transformers_gguf_tensors(loaded_and_reader):
   """The file cut to its first two blocks: our reader and Decoder against a transformers LlamaModel whose
   weights go through transformers' own GGUF processing (tensor names, dequantisation, Q/K un-permutation).
 
   A cheap stand-in for the whole 30-block model loaded by transformers (the slow test below).
   """
-  gguf = pytest.importorskip("gguf")
   from transformers import modeling_gguf_pytorch_utils as hf_gguf  # pylint: disable=g-import-not-at-top
-  hf, tensors, tokenizer = loaded
+  (hf, tensors, tokenizer), reader = loaded_and_reader
   blocks = 2
   cut = {**hf, "num_hidden_layers": blocks}
   kept = {k: v for k, v in tensors.items()
@@ -123,7 +140,7 @@ def test_first_layers_match_transformers_gguf_tensors(loaded, gguf_path):
   processor = hf_gguf.TENSOR_PROCESSORS["llama"](config=hf)
   names = hf_gguf.get_gguf_hf_weights_map(model, processor)
   state = {}
-  for tensor in gguf.GGUFReader(gguf_path).tensors:
+  for tensor in reader.tensors:
     if tensor.name in names:
       weights = processor.process(weights=gguf.dequantize(tensor.data, tensor.tensor_type),
                                   name=tensor.name).weights
