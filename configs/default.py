@@ -170,6 +170,11 @@ def get_train_config() -> ml_collections.ConfigDict:
   # batch's candidate rows, `full` projects the whole catalogue every step. `auto`: factored for sem/recg,
   # full for id.
   c.candidate_scores = "auto"
+  # Runs trained together (train.train_members; the grid's seeds, alphas, ablations): `vmap` batches their
+  # steps into one (fills an accelerator), `map` runs them one after another inside one compiled step
+  # (lax.map; on a CPU, batching small models measured slower than running them in turn). `auto`: map on
+  # CPU, vmap on GPU/TPU. Either way each run gets what it would alone.
+  c.member_axis = "auto"
   return c
 
 

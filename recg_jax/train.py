@@ -397,22 +397,42 @@ def make_train_step(model: recommender_lib.Recommender,
   """The one jitted, donated, sharded step over stacked members:
   `(state_S, batch_SxB, tables, keys_S, hparams_S) -> (state_S, metrics_S)`.
 
-  Every leaf of the state, batch, keys and hparams has a leading member axis S (jax.vmap of one run's
-  step): members train independently, each on its own batch, keys and hyperparameters. The batch is
+  Every leaf of the state, batch, keys and hparams has a leading member axis S, over which one run's step
+  is mapped (member_axis: jax.vmap, or lax.map one member after another): members train independently,
+  each on its own batch, keys and hyperparameters. The batch is
   sharded over 'data' on its B axis; state and tables are replicated. A member's step key is
   fold_in(keys[s], state.step[s]). Each (S, length bucket) shape traces the step once; runs with the same
   program_key share the jitted function (_STEP_PROGRAMS).
   """
-  key = program_key(model, config, rows, step_tables, mesh)
+  axis = member_axis(config)
+  key = (*program_key(model, config, rows, step_tables, mesh), axis)
   if key not in _STEP_PROGRAMS:
     member = _member_step_fn(model, config, rows, step_tables, OptimizerStructure.from_config(config.train))
+
+    def stacked(state, batch, tables, keys, hparams):
+      if keys.shape[0] == 1:  # a run alone: exactly its own step, without a member axis inside
+        out = member(*member_tree((state, batch), 0), tables, keys[0], member_tree(hparams, 0))
+        return jax.tree.map(lambda x: x[None], out)
+      if axis == "vmap":
+        return jax.vmap(member, in_axes=(0, 0, None, 0, 0))(state, batch, tables, keys, hparams)
+      return jax.lax.map(lambda xs: member(xs[0], xs[1], tables, xs[2], xs[3]), (state, batch, keys, hparams))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = stacked_batch_sharding(mesh)
-    _STEP_PROGRAMS[key] = jax.jit(jax.vmap(member, in_axes=(0, 0, None, 0, 0)), donate_argnums=0,
+    _STEP_PROGRAMS[key] = jax.jit(stacked, donate_argnums=0,
                                   in_shardings=(replicated, batch_sharding, replicated, replicated,
                                                 replicated),
                                   out_shardings=(replicated, replicated))
   return _STEP_PROGRAMS[key]
+
+
+def member_axis(config: ml_collections.ConfigDict) -> str:
+  """config.train.member_axis resolved: 'vmap' (batched members) or 'map' (members in turn, one program)."""
+  axis = str(config.train.get("member_axis", "auto"))
+  if axis not in ("auto", "vmap", "map"):
+    raise ValueError(f"config.train.member_axis={axis!r}: expected 'auto', 'vmap' or 'map'")
+  if axis == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return axis
 
 
 def stacked_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
@@ -616,7 +636,7 @@ _RUN_FIELDS = {
 }
 # Train fields that may change between a run and its resumption.
 _RESUMABLE_TRAIN_FIELDS = ("log_every_steps", "prefetch", "checkpoint_every_steps", "max_to_keep",
-                           "num_epochs", "patience", "eval_every_epochs")
+                           "num_epochs", "patience", "eval_every_epochs", "member_axis")
 
 
 def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:

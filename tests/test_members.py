@@ -39,14 +39,26 @@ def _leaves(tree):
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_stacked_members_equal_separate_runs(problem, tmp_path):
+@pytest.fixture(scope="module")
+def alone(problem, tmp_path_factory):
+  """Four runs, each trained alone: three seeds, one of them with another alpha and learning rate (all
+  traced, so one program); the last never improves after its first evaluation, so it stops early."""
   domains, tables = problem
-  # Three seeds, one of them with another alpha and learning rate: all traced, so one program.
-  # The last one never improves after its first evaluation, so it stops early while the others go on.
   members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1}),
              _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2}),
              _config(**{"train.seed": 3, "train.learning_rate": 0.0})]
-  alone = [train.train_and_evaluate(m, tmp_path / f"alone{i}", domains, tables) for i, m in enumerate(members)]
+  root = tmp_path_factory.mktemp("alone")
+  return members, [train.train_and_evaluate(m, root / f"run{i}", domains, tables)
+                   for i, m in enumerate(members)]
+
+
+@pytest.mark.parametrize("axis", ["vmap", "map"])
+def test_stacked_members_equal_separate_runs(problem, alone, tmp_path, axis):
+  domains, tables = problem
+  members, alone = alone
+  members = [m.copy_and_resolve_references() for m in members]
+  for m in members:
+    m.train.member_axis = axis
   together = train.train_members(members, [tmp_path / f"member{i}" for i in range(4)], domains, tables,
                                  group_dir=tmp_path / "group")
   for a, t in zip(alone, together):

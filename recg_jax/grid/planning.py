@@ -44,7 +44,7 @@ ABLATION_LABELS = {
 _COSMETIC = {
     "data": ("root",),
     "encoder": ("batch_size", "bucket_sizes", "cache_only"),
-    "train": ("log_every_steps", "prefetch", "checkpoint_every_steps", "max_to_keep"),
+    "train": ("log_every_steps", "prefetch", "checkpoint_every_steps", "max_to_keep", "member_axis"),
     "eval": ("batch_size", "score_block_rows", "max_scores_per_block"),
 }
 
