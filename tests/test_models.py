@@ -106,7 +106,7 @@ def test_jacobian_wrt_later_inputs(kind, pre_ln):
   valid = jnp.ones((1, L), bool).at[0, 0].set(False)  # one leading pad too
   params = module.init(jax.random.PRNGKey(1), x, valid)
   t = 4
-  jac = jax.jacrev(lambda x: module.apply(params, x, valid)[0, t])(x)  # [D, 1, L, D]
+  jac = jax.jit(jax.jacrev(lambda x: module.apply(params, x, valid)[0, t]))(x)  # [D, 1, L, D]
   chex.assert_shape(jac, (D, 1, L, D))
   jac = np.abs(np.asarray(jac))
   assert jac[:, :, 1:t + 1].max() > 0
