@@ -52,7 +52,7 @@ def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray,
     real = len(chunk)
     if real < batch:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-    out.append(np.asarray(fn(jnp.asarray(chunk)))[:real])
+    out.append(np.asarray(fn(jax.device_put(chunk)))[:real])
   return np.concatenate(out)
 
 
