@@ -1,8 +1,12 @@
 """Shared fixtures. The real data lives outside the project; tests find it through RECG_DATA_ROOT.
 
-Tests compile many small XLA programs and run each a few times, so compiling dominates: before JAX is
-imported, this module asks XLA for less optimisation (about a third less compile time across the suite;
-results stay within every test's tolerance). Subprocesses started by tests inherit the setting.
+Before JAX, NumPy or PyTorch is imported, this module sets two things for the tests and the subprocesses
+they start (results stay within every test's tolerance):
+  * XLA compiles with less optimisation. Tests compile many small programs and run each a few times, so
+    compiling dominates: this takes about half the compile time off;
+  * OpenMP libraries (scikit-learn's t-SNE and k-means, PyTorch) use one thread unless OMP_NUM_THREADS says
+    otherwise: the tests give them tiny inputs, and on a 2-core machine their thread pools mostly waited on
+    each other (t-SNE of 60 points took 2 to 15 s with threads, under 2 s without).
 """
 
 import os
@@ -13,6 +17,7 @@ import pathlib
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
                       " --xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
