@@ -215,6 +215,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     texts = [l.rstrip("\\n") for l in open(sys.argv[1], encoding="utf-8")]
     config = default.get_config()
     config.encoder.batch_size = 8  # one text per device
+    config.encoder.bucket_sizes = ()  # one padded width (the longest texts are cut): two compiled programs
+    config.text.max_tokens = 32
     encoder = encoders.load_encoder(config.encoder)
     data = embed.embed_texts(encoder, texts, config.encoder, config.text, progress=False)
     config.encoder.shard_params = True
@@ -238,7 +240,9 @@ def test_sharded_batches_on_eight_devices_match_one(minilm, config, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   data, fsdp = np.load(out)
   cfg = config.encoder.copy_and_resolve_references()
-  cfg.batch_size = 8
-  single = embed.embed_texts(minilm, texts, cfg, config.text, progress=False)
+  cfg.batch_size, cfg.bucket_sizes = 8, ()
+  text = config.text.copy_and_resolve_references()
+  text.max_tokens = 32
+  single = embed.embed_texts(minilm, texts, cfg, text, progress=False)
   np.testing.assert_allclose(data, single, atol=2e-6)
   np.testing.assert_allclose(fsdp, single, atol=2e-6)
