@@ -1132,7 +1132,13 @@ def _restore_or_start(trainer: Trainer, latest: Checkpoints) -> tuple[TrainState
   """The group's latest checkpoint and loop position, or the initial state at step 0."""
   members = len(trainer.configs)
   fresh = {"step": 0, "epoch": 0, "batch": 0, "members": [_fresh_member_meta() for _ in range(members)]}
-  restored = latest.restore_latest(_abstract(trainer.state))
+  try:
+    restored = latest.restore_latest(_abstract(trainer.state))
+  except (ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"cannot resume from {latest.root / 'latest'}: its state does not fit this run's "
+                     f"({len(trainer.configs)} member(s), stacked on a leading axis); a checkpoint written "
+                     "before runs were stacked, or by another group, cannot be resumed: use a fresh "
+                     "workdir") from e
   if restored is None:
     return trainer.state, fresh
   state, meta = restored
