@@ -108,6 +108,12 @@ def tiny_problem():
 
 
 @pytest.fixture(scope="session")
+def tiny_trained_overrides():
+  """TINY_TRAINED_OVERRIDES (a copy): to train tiny_trained_run's model again, e.g. in a subprocess."""
+  return dict(TINY_TRAINED_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def tiny_trained_run(tmp_path_factory, tiny_problem):
   """One tiny SASRec-RecG trained on Alpha for two epochs (one compiled step shape), once per session:
   (config, TrainResult). Read it through `tiny_trained`, which gives each test its own config copy."""

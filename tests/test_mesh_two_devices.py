@@ -1,0 +1,77 @@
+"""Data-parallel training over 2 simulated CPU devices matches 1 device (recg_jax/train.py).
+
+The cheap form of test_mesh.py (slow tier: 8 devices, one driver process per device count): a subprocess
+with 2 devices trains the session's tiny run (tiny_trained_run, trained on this process's one device) again.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+import _train_driver as driver
+
+HERE = pathlib.Path(__file__).resolve().parent
+LR = 3e-3  # driver.tiny_config()
+# Attention key biases get a zero loss gradient in exact arithmetic; Adam turns its rounding noise into
+# steps of up to the learning rate, whose signs depend on the reduction order (see test_mesh.py).
+NOISE_DRIVEN = ("['key']['bias']",)
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    import _train_driver as driver
+    from recg_jax import train
+    assert jax.device_count() == 2, jax.devices()
+    workdir, overrides = sys.argv[2], json.loads(sys.argv[3])
+    domains = driver.tiny_domains()
+    result = train.train_and_evaluate(driver.tiny_config(**overrides), workdir, domains,
+                                      driver.tiny_tables(domains))
+    np.savez(workdir + ".npz", **{jax.tree_util.keystr(p): np.asarray(x)
+                                   for p, x in jax.tree_util.tree_flatten_with_path(result.params)[0]})
+    with open(workdir + ".json", "w") as f:
+      json.dump({"metrics": result.metrics, "best_step": result.best_step}, f)
+""")
+
+
+def _train_events(workdir):
+  return [e for e in driver.read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if e["kind"] == "train"]
+
+
+def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_path):
+  _, one = tiny_trained_run
+  workdir = tmp_path / "two"
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(HERE), str(workdir),
+                         json.dumps(tiny_trained_overrides)],
+                        env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  two = json.loads((tmp_path / "two.json").read_text())
+  with np.load(tmp_path / "two.npz") as f:
+    p2 = {k: f[k] for k in f.files}
+  p1 = {jax.tree_util.keystr(path): np.asarray(x)
+        for path, x in jax.tree_util.tree_flatten_with_path(one.params)[0]}
+
+  # Same batches and step keys on both meshes; only the reduction order differs.
+  l1, l2 = _train_events(one.workdir), _train_events(workdir)
+  assert [e["step"] for e in l1] == [e["step"] for e in l2] and len(l1) >= 2
+  for key in ("loss", "rec_loss", "gen_loss", "grad_norm"):
+    np.testing.assert_allclose([e[key] for e in l2], [e[key] for e in l1], rtol=1e-5, err_msg=key)
+  assert two["best_step"] == one.best_step
+  assert p1.keys() == p2.keys() and len(p1) > 5
+  for k in p1:
+    if any(n in k for n in NOISE_DRIVEN):
+      np.testing.assert_allclose(p2[k], p1[k], atol=LR / 2, err_msg=k)
+    else:
+      np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert two["metrics"].keys() == one.metrics.keys()
+  for k, v in one.metrics.items():
+    assert abs(two["metrics"][k] - v) < 0.05, (k, v, two["metrics"][k])
