@@ -117,10 +117,14 @@ def tiny_trained_overrides():
 def tiny_trained_run(tmp_path_factory, tiny_problem):
   """One tiny SASRec-RecG trained on Alpha for two epochs (one compiled step shape), once per session:
   (config, TrainResult). Read it through `tiny_trained`, which gives each test its own config copy."""
+  import jax  # pylint: disable=g-import-not-at-top
   from recg_jax import train  # pylint: disable=g-import-not-at-top
   config = make_tiny_config(**TINY_TRAINED_OVERRIDES)
   domains, tables = tiny_problem
   result = train.train_and_evaluate(config, tmp_path_factory.mktemp("tiny_trained"), domains, tables)
+  for leaf in jax.tree_util.tree_leaves(result.params):
+    if isinstance(leaf, np.ndarray):
+      leaf.flags.writeable = False
   return config, result
 
 
