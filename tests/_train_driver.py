@@ -166,7 +166,8 @@ def main(argv: list[str]) -> None:
 
 
 # Tiny models compile ~3x faster without LLVM's optimisation passes, and run fast enough anyway.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                      " --xla_cpu_use_fusion_emitters=false")
 
 
 def cache_env(tmp_path_factory) -> dict[str, str]:

@@ -52,7 +52,8 @@ def alone(problem, tmp_path_factory):
                    for i, m in enumerate(members)]
 
 
-@pytest.mark.parametrize("axis", ["vmap", "map"])
+# On CPU, `map` is the default path; `vmap` (the accelerators' one) runs in the slow tier.
+@pytest.mark.parametrize("axis", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_stacked_members_equal_separate_runs(problem, alone, tmp_path, axis):
   domains, tables = problem
   members, alone = alone

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import _train_driver as driver
 
@@ -26,6 +27,7 @@ def _run(tmp_path, name, env):
   return json.loads(out.read_text()), params, events
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(tmp_path, tmp_path_factory):
   env = driver.cache_env(tmp_path_factory)
   one, p1, l1 = _run(tmp_path, "one", env)

@@ -10,6 +10,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 import _train_driver as driver
 
@@ -31,6 +32,7 @@ def _params(out):
     return {k: f[k] for k in f.files}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   env = driver.cache_env(tmp_path_factory)
   ref_out = tmp_path / "ref.json"
