@@ -15,12 +15,6 @@ def _config(**overrides):
   return driver.tiny_config(**{"train.num_epochs": EPOCHS, "train.patience": 1, **overrides})
 
 
-@pytest.fixture(scope="module")
-def problem():
-  domains = driver.tiny_domains()
-  return domains, driver.tiny_tables(domains)
-
-
 def _close(a, b):
   flat_a, flat_b = _leaves(a), _leaves(b)
   assert flat_a.keys() == flat_b.keys()
@@ -40,10 +34,10 @@ def _leaves(tree):
 
 
 @pytest.fixture(scope="module")
-def alone(problem, tmp_path_factory):
+def alone(tiny_problem, tmp_path_factory):
   """Four runs, each trained alone: three seeds, one of them with another alpha and learning rate (all
   traced, so one program); the last never improves after its first evaluation, so it stops early."""
-  domains, tables = problem
+  domains, tables = tiny_problem
   members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1}),
              _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2}),
              _config(**{"train.seed": 3, "train.learning_rate": 0.0})]
@@ -54,8 +48,8 @@ def alone(problem, tmp_path_factory):
 
 # On CPU, `map` is the default path; `vmap` (the accelerators' one) runs in the slow tier.
 @pytest.mark.parametrize("axis", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
-def test_stacked_members_equal_separate_runs(problem, alone, tmp_path, axis):
-  domains, tables = problem
+def test_stacked_members_equal_separate_runs(tiny_problem, alone, tmp_path, axis):
+  domains, tables = tiny_problem
   members, alone = alone
   members = [m.copy_and_resolve_references() for m in members]
   for m in members:
@@ -82,8 +76,8 @@ def test_stacked_members_equal_separate_runs(problem, alone, tmp_path, axis):
                                                                                    "run_config.json"]
 
 
-def test_traced_fields_reuse_the_compiled_step(problem, tmp_path):
-  domains, tables = problem
+def test_traced_fields_reuse_the_compiled_step(tiny_problem, tmp_path):
+  domains, tables = tiny_problem
   compile_stats.install()
   train.train_and_evaluate(_config(**{"train.num_epochs": 1}), tmp_path / "a", domains, tables)
   traces, compiles = train.TRACE_COUNTS["train_step"], compile_stats.snapshot()["compiles"]
@@ -108,8 +102,8 @@ def test_members_must_differ_only_in_traced_fields():
 
 
 @pytest.mark.slow
-def test_a_diverging_member_stops_alone(problem, tmp_path):
-  domains, tables = problem
+def test_a_diverging_member_stops_alone(tiny_problem, tmp_path):
+  domains, tables = tiny_problem
   members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1, "train.learning_rate": 1e30})]
   together = train.train_members(members, [tmp_path / "m0", tmp_path / "m1"], domains, tables,
                                  group_dir=tmp_path / "group")
