@@ -9,9 +9,11 @@ Data and embeddings are prepared once, with DIR as the cache root (DIR/cache/dat
 and handed to every run in memory, so no run re-reads or re-embeds anything.
 
 When a run has finished, `done.json` (its spec, records, config and wall time) is written next to its
-results.json: a restarted grid skips every run that has both. A run interrupted mid-training resumes from
-its own latest checkpoint (recg_jax.train). A run that raises is reported and the grid goes on; the exit
-status is then non-zero.
+results.json: a restarted grid skips every run that has both. Runs that differ only in seeds, alphas or
+the L_gen switches train together as one program over stacked parameters (recg_jax.train.train_members,
+at most experiment.member_group_size at a time); a group interrupted mid-training resumes from its latest
+checkpoint under DIR/groups/ (a run alone, from its own). A run that raises is reported and the grid goes
+on; the exit status is then non-zero.
 
 Grid (config.experiment): `domains` (all domains; each source's targets are the others, which are also
 the generalization-loss domains), `sources`, `backbones`, `variants`, `seeds`; `ablations` and `alphas` for
