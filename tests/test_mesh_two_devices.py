@@ -11,16 +11,12 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 
 import _train_driver as driver
 
 HERE = pathlib.Path(__file__).resolve().parent
 LR = 3e-3  # driver.tiny_config()
-# Attention key biases get a zero loss gradient in exact arithmetic; Adam turns its rounding noise into
-# steps of up to the learning rate, whose signs depend on the reduction order (see test_mesh.py).
-NOISE_DRIVEN = ("['key']['bias']",)
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
@@ -33,8 +29,7 @@ _SCRIPT = textwrap.dedent("""
     domains = driver.tiny_domains()
     result = train.train_and_evaluate(driver.tiny_config(**overrides), workdir, domains,
                                       driver.tiny_tables(domains))
-    np.savez(workdir + ".npz", **{jax.tree_util.keystr(p): np.asarray(x)
-                                   for p, x in jax.tree_util.tree_flatten_with_path(result.params)[0]})
+    np.savez(workdir + ".npz", **driver.params_by_path(result.params))
     with open(workdir + ".json", "w") as f:
       json.dump({"metrics": result.metrics, "best_step": result.best_step}, f)
 """)
@@ -57,8 +52,7 @@ def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_pat
   two = json.loads((tmp_path / "two.json").read_text())
   with np.load(tmp_path / "two.npz") as f:
     p2 = {k: f[k] for k in f.files}
-  p1 = {jax.tree_util.keystr(path): np.asarray(x)
-        for path, x in jax.tree_util.tree_flatten_with_path(one.params)[0]}
+  p1 = driver.params_by_path(one.params)
 
   # Same batches and step keys on both meshes; only the reduction order differs.
   l1, l2 = _train_events(one.workdir), _train_events(workdir)
@@ -66,12 +60,7 @@ def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_pat
   for key in ("loss", "rec_loss", "gen_loss", "grad_norm"):
     np.testing.assert_allclose([e[key] for e in l2], [e[key] for e in l1], rtol=1e-5, err_msg=key)
   assert two["best_step"] == one.best_step
-  assert p1.keys() == p2.keys() and len(p1) > 5
-  for k in p1:
-    if any(n in k for n in NOISE_DRIVEN):
-      np.testing.assert_allclose(p2[k], p1[k], atol=LR / 2, err_msg=k)
-    else:
-      np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  driver.assert_params_close(p2, p1, rtol=1e-5, atol=1e-6, noise_atol=LR / 2)
   assert two["metrics"].keys() == one.metrics.keys()
   for k, v in one.metrics.items():
     assert abs(two["metrics"][k] - v) < 0.05, (k, v, two["metrics"][k])
