@@ -731,3 +731,22 @@ def test_recorded_command_drops_the_per_invocation_flags():
        "--config.experiment.num_shards=8", "--aggregate_only", "--config.encoder.cache_only=True", "--plots=false", "--config.train.seed=1"])
   assert command == ("python -m recg_jax.experiments --config=configs/grid_shared.py:scientific "
                      "--workdir=w --config.train.seed=1")
+
+
+def test_member_groups_of_the_reduced_scientific_grid():
+  config = grid_shared.get_config("reduced_scientific")
+  specs = planning.plan_runs(config)
+  axes = planning.grid_axes(config)
+  items = [(planning.run_config(config, s, axes["domains"]), s) for s in specs]
+  names = lambda group: [s.relpath.as_posix().removeprefix("runs/Scientific/") for _, s in group]
+  groups = [names(g) for g in planning.member_groups(items, 8)]
+  assert sorted(n for g in groups for n in g) == sorted(names(items)) and len(groups) == 15
+  # Seeds of one setting train together; RecG's ablations and alphas join its seeds up to the cap.
+  assert ["sasrec-sem/seed0", "sasrec-sem/seed1", "sasrec-sem/seed2"] in groups
+  recg = next(g for g in groups if "sasrec-recg/seed0" in g)
+  assert len(recg) == 8 and "sasrec-recg-no_intra/seed0" in recg and "sasrec-recg-alpha0.05/seed0" in recg
+  # text_knn trains nothing; an ablation that changes a shape (no L_gen at all) is its own program.
+  assert ["sasrec-text_knn/seed0"] in groups and ["sasrec-recg-no_item_loss/seed0"] in groups
+  assert not any("bert4rec" in a and "gru4rec" in b for g in groups for a in g for b in g)
+  # A cap of 1: every run alone.
+  assert all(len(g) == 1 for g in planning.member_groups(items, 1))

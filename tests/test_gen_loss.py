@@ -232,3 +232,18 @@ def test_sample_domain_items_range_uniformity_and_determinism():
   assert not np.array_equal(idx[2], idx[3])
   again = np.asarray(gen_loss.sample_domain_items(jax.random.key(0), num_items, 14000))
   np.testing.assert_array_equal(idx, again)
+
+
+def test_traced_gates_equal_the_switches_under_jit():
+  # The train step passes use_intra / use_inter as traced 0/1 gates, so that ablations share one program.
+  z = jnp.asarray(_z((3, 4, 5), seed=7))
+  gated = jax.jit(lambda v, gi, ge: gen_loss.generalization_loss(v, 0.03, 0.7, 1, gi, ge)[0])
+  for intra, inter in ((True, True), (True, False), (False, True), (False, False)):
+    want = gen_loss.generalization_loss(z, 0.03, 0.7, 1, intra, inter)[0]
+    got = gated(z, jnp.float32(intra), jnp.float32(inter))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6, atol=0)
+  # A 0 gate contributes exactly nothing, to the loss and to the gradient.
+  both_off = jax.grad(lambda v: gated(v, jnp.float32(0), jnp.float32(0)))(z)
+  assert float(gated(z, jnp.float32(0), jnp.float32(0))) == 0.0 and np.all(np.asarray(both_off) == 0.0)
+  with pytest.raises(TypeError, match="use_intra"):
+    gen_loss.generalization_loss(z, 0.03, 0.7, 1, 1, True)
