@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from recg_jax import distributed
 from recg_jax import input_pipeline
 from recg_jax.data.types import DomainData
 from recg_jax.data.types import EvalSplit
@@ -442,6 +443,8 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   negs_UxK = (eval_negatives(domain, num_sampled, int(eval_config.seed)) if sampled_name
               else np.ones((num_users, 1), np.int32))
 
+  if mesh is not None and distributed.multi():
+    mesh = distributed.local_mesh()  # each process ranks its own users on its own devices
   if mesh is not None:
     if "data" not in mesh.axis_names:
       raise ValueError(f"mesh axes {mesh.axis_names} have no 'data' axis to shard users over")
@@ -464,6 +467,7 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     pending = []  # device results; synced once at the end so host batching overlaps device work
     for seq_width, group in groups:
+      group = group[distributed.process_share(len(group))]
       for lo in range(0, len(group), batch):
         real = group[lo:lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped
@@ -482,8 +486,13 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   for real, head, out in pending:
     for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
       if key in out:
-        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.empty(num_users, np.float32))
+        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.zeros(num_users, np.float32))
         ranks_U[real] = np.asarray(out[key])[:len(real)]
+  if distributed.multi():
+    # Each process filled its own users and left zeros elsewhere: the sum holds every user's rank. Every
+    # process has every head and protocol (the heads come from the model, not from its users).
+    ranks = {head: {name: distributed.sum_over_processes(r) for name, r in by_name.items()}
+             for head, by_name in ranks.items()}
   return ranks
 
 

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recg_jax import distributed
 from recg_jax.data import types
 
 Batch = dict[str, np.ndarray]
@@ -263,40 +264,45 @@ def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> li
 
 
 def stacked_epoch_batches(rows: TrainingRows, batch_size: int, seeds: Sequence[int], epoch: int,
-                          start_batch: int = 0) -> Iterator[Batch]:
+                          start_batch: int = 0, part: slice | None = None) -> Iterator[Batch]:
   """epoch_batches of several seeds, stacked: every array gets a leading seed axis [S, B, ...]."""
-  streams = [epoch_batches(rows, batch_size, int(s), epoch, start_batch) for s in seeds]
+  streams = [epoch_batches(rows, batch_size, int(s), epoch, start_batch, part) for s in seeds]
   for batches in zip(*streams):
     yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
-                  start_batch: int = 0) -> Iterator[Batch]:
-  """Fixed-size numpy batches of one epoch, from batch `start_batch` on (for mid-epoch resume)."""
+                  start_batch: int = 0, part: slice | None = None) -> Iterator[Batch]:
+  """Fixed-size numpy batches of one epoch, from batch `start_batch` on (for mid-epoch resume).
+
+  part: only these rows of every global batch (a process's share, distributed.local_rows); the rows of
+  the other processes are never gathered. None = the whole batch.
+  """
+  part = part or slice(0, batch_size)
   for width, idx in epoch_plan(rows, batch_size, seed, epoch)[start_batch:]:
-    batch = rows.gather(idx, width)
-    short = batch_size - len(idx)
+    padded = np.full(batch_size, -1, np.int64)  # -1 = a padding row of weight 0, at the batch's end
+    padded[:len(idx)] = idx
+    mine = padded[part]
+    real = mine[mine >= 0]
+    batch = rows.gather(real if len(real) else idx[:1], width)
+    if not len(real):  # this process's share is all padding: any row's shapes, zeroed
+      batch = {k: np.zeros_like(v) for k, v in batch.items()}
+    short = len(mine) - len(batch["inputs"])
     if short:
       batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     yield batch
 
 
 def put_batch(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """Places a global numpy batch on the mesh, sharded along the axis the sharding names 'data' (the
-  batch axis: 0 for a [B, ...] batch, 1 for a seed-stacked [S, B, ...] one).
+  """Places a numpy batch on the mesh, sharded along the axis the sharding names 'data' (the batch axis:
+  0 for a [B, ...] batch, 1 for a seed-stacked [S, B, ...] one).
 
-  With several processes each one holds the same global batch (it is a pure function of the seed) and
-  contributes only the rows of its own devices.
+  With several processes `batch` holds this process's rows only (epoch_batches' `part`), and the global
+  batch is joined from every process's rows.
   """
-  if jax.process_count() == 1:
+  if not distributed.multi():
     return jax.device_put(batch, sharding)
-  axis = list(sharding.spec).index("data")
-  out = {}
-  for k, v in batch.items():
-    per = v.shape[axis] // jax.process_count()
-    local = np.take(v, np.arange(jax.process_index() * per, (jax.process_index() + 1) * per), axis=axis)
-    out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
-  return out
+  return distributed.global_batch(batch, sharding, axis=list(sharding.spec).index("data"))
 
 
 def prefetch(iterator: Iterator[Batch], size: int, sharding: jax.sharding.NamedSharding) -> Iterator[Any]:

@@ -10,12 +10,20 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from recg_jax import distributed
 from recg_jax import pipeline
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, logs and results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Call jax.distributed.initialize() first: one process per host on TPU pods and GPU clusters.")
+    "Join the other processes first (jax.distributed.initialize): one process per host on TPU pods and GPU "
+    "clusters, or several local processes. TPU pods and Slurm need nothing more.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for clusters JAX does not discover (with "
+    "--distributed, --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (--distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1 "
+                                   "(--distributed).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (file.py or file.py:arg).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -26,8 +34,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, XLA) hides the stage output
+  explicit = [f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)]
+  if any(explicit) and not _DISTRIBUTED.value:
+    raise app.UsageError("--coordinator_address / --num_processes / --process_id need --distributed")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   print(f"process {jax.process_index()}/{jax.process_count()}, local devices: {jax.local_devices()}",
         flush=True)
   pipeline.run(flags.FLAGS.config, _WORKDIR.value)

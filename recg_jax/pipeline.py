@@ -13,17 +13,25 @@ import pathlib
 
 import ml_collections
 
+from recg_jax import distributed
+
 MODES = ("data", "embed", "in_domain", "zero_shot")
 
 
 def _say(message: str) -> None:
-  """Stage output a user reads on the console."""
-  print(message, flush=True)
+  """Stage output a user reads on the console (from the primary process only)."""
+  if distributed.is_primary():
+    print(message, flush=True)
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  domains = prepare.load_domains(config, workdir)
+  # The primary process builds the caches; the others read them once it is done.
+  if distributed.is_primary():
+    domains = prepare.load_domains(config, workdir)
+  distributed.barrier("data caches")
+  if not distributed.is_primary():
+    domains = prepare.load_domains(config, workdir, log=lambda _: None)
   _say(prepare.domain_table(domains))
   return domains
 

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from recg_jax import distributed
+
 _METRIC_RE = re.compile(r"^(?P<split>[^/]+)/(?P<protocol>[^/]+)/(?P<name>[a-z]+)@(?P<k>\d+)$")
 _SHORT = {"recall": "R", "ndcg": "N"}
 _SPLIT_ORDER = ("test", "test_no_seq", "zero_shot", "zero_shot_no_seq", "valid")
@@ -207,12 +209,15 @@ def render_markdown(records: Sequence[dict[str, Any]], config: ml_collections.Co
 def write_results(workdir: str | pathlib.Path, records: Sequence[dict[str, Any]],
                   config: ml_collections.ConfigDict, stem: str = "results",
                   title: str = "Results") -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `<stem>.json` (records, protocols, config) and `<stem>.md` in workdir; returns both paths."""
+  """Writes `<stem>.json` (records, protocols, config) and `<stem>.md` in workdir; returns both paths.
+  Only the primary process writes (the others compute the same records)."""
   workdir = pathlib.Path(workdir)
+  json_path, md_path = workdir / f"{stem}.json", workdir / f"{stem}.md"
+  if not distributed.is_primary():
+    return json_path, md_path
   workdir.mkdir(parents=True, exist_ok=True)
   payload = {"records": list(records), "protocols": protocol_descriptions(config.eval),
              "config": config_dict(config)}
-  json_path, md_path = workdir / f"{stem}.json", workdir / f"{stem}.md"
   json_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
   md_path.write_text(render_markdown(records, config, title), encoding="utf-8")
   return json_path, md_path

@@ -51,6 +51,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from recg_jax import distributed
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import gen_loss as gen_loss_lib
@@ -544,6 +545,7 @@ def create_trainer(config: ml_collections.ConfigDict,
   mesh = mesh or make_mesh()
   num_shards = mesh.shape["data"]
   batch_size = int(tc.batch_size)
+  distributed.check_batch_size(batch_size)
   if batch_size % num_shards:
     raise ValueError(f"config.train.batch_size={batch_size} must be a multiple of the number of devices "
                      f"on the 'data' axis ({num_shards})")
@@ -560,16 +562,16 @@ def create_trainer(config: ml_collections.ConfigDict,
   keys = [jax.random.split(jax.random.key(int(m.train.seed))) for m in members]
   init_keys = jnp.stack([k[0] for k in keys])
   step_keys = jnp.stack([k[1] for k in keys])
-  tables_on_device = jax.device_put(step_tables.arrays, replicated)
+  tables_on_device = distributed.put(step_tables.arrays, replicated)
   init = _init_program(model, OptimizerStructure.from_config(tc), mesh)
-  state = init(init_keys, tables_on_device["source"])
+  state = init(distributed.put(init_keys, replicated), tables_on_device["source"])
   hparams = [step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   return Trainer(configs=members, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
                  tables_on_device=tables_on_device, state=state,
                  train_step=make_train_step(model, config, rows, step_tables, mesh),
-                 step_keys=jax.device_put(step_keys, replicated),
-                 hparams=jax.device_put(stacked_hparams, replicated), steps_per_epoch=spe,
+                 step_keys=distributed.put(step_keys, replicated),
+                 hparams=distributed.put(stacked_hparams, replicated), steps_per_epoch=spe,
                  total_steps=total_steps, batch_sharding=stacked_batch_sharding(mesh), replicated=replicated)
 
 
@@ -619,6 +621,8 @@ def make_eval_fns(model: recommender_lib.Recommender):
 def evaluate_split(eval_fns, params, table, split: types.EvalSplit, domain: types.DomainData,
                    eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None) -> dict[str, float]:
   user_jit, items_jit = eval_fns
+  # Across processes, each ranks its own users on its own devices, with local copies of the parameters.
+  params, table = distributed.host_copy((params, table))
   user_fn = lambda seq: user_jit(params, table, seq)
   return evaluate_lib.evaluate(user_fn, items_jit(params, table), split, domain, eval_config, mesh=mesh)
 
@@ -661,6 +665,12 @@ def group_signature(members: Sequence[ml_collections.ConfigDict]) -> dict[str, A
       [traced_values(m) for m in members], default=list))}
 
 
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+  # Across processes orbax names its barriers by step; `latest` and `best` often save the same step at
+  # once, so each manager gets its own names.
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class Checkpoints:
   """`latest` (TrainState + loop position, for resume) and `best` (parameters, by validation metric).
 
@@ -677,7 +687,8 @@ class Checkpoints:
     if "latest" in parts:
       self.latest = ocp.CheckpointManager(
           self.root / "latest",
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True))
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True,
+                                               multiprocessing_options=_barrier_prefix("latest")))
     metric = self.metric
     if "best" in parts:
       self.best = ocp.CheckpointManager(
@@ -685,7 +696,8 @@ class Checkpoints:
           options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(config.train.max_to_keep)),
                                                best_fn=lambda m: m[metric], best_mode="max",
                                                keep_checkpoints_without_metrics=False, create=True,
-                                               cleanup_tmp_directories=True))
+                                               cleanup_tmp_directories=True,
+                                               multiprocessing_options=_barrier_prefix("best")))
     self._check_signature(signature if signature is not None else run_signature(config))
 
   def _managers(self) -> list[ocp.CheckpointManager]:
@@ -698,8 +710,9 @@ class Checkpoints:
       if diff:
         raise ValueError(f"{self.root} holds a checkpoint of a different run (differs in {diff}); use a "
                          "fresh workdir or restore the config")
-    self.root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(signature, indent=1, sort_keys=True))
+    if distributed.is_primary():
+      self.root.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(signature, indent=1, sort_keys=True))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -764,16 +777,21 @@ def _jsonable(v):
 
 
 class MetricLog:
-  """metrics.jsonl + tensorboardX. On resume, events after the restored step are dropped from both."""
+  """metrics.jsonl + tensorboardX. On resume, events after the restored step are dropped from both.
+
+  Only the primary process writes; in the others the log is a no-op.
+  """
 
   def __init__(self, workdir: pathlib.Path, resume_step: int):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._file = self._tb = None
+    if not distributed.is_primary():
+      return
     if self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line).get("step", 0) <= resume_step]
       self.path.write_text("".join(line + "\n" for line in kept))
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = None
     try:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
@@ -782,6 +800,8 @@ class MetricLog:
       logging.warning("tensorboardX is not installed: no TensorBoard events")
 
   def write(self, kind: str, step: int, values: dict[str, Any], **extra) -> None:
+    if self._file is None:
+      return
     record = {"kind": kind, "step": int(step), **extra, **{k: _jsonable(v) for k, v in values.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
@@ -791,7 +811,8 @@ class MetricLog:
           self._tb.add_scalar(tensorboard_tag(kind, k), float(v), int(step))
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -929,7 +950,8 @@ class _Loop:
     real_rows = [[len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, s, self.epoch)]
                  for s in seeds]
     batches = input_pipeline.prefetch(
-        input_pipeline.stacked_epoch_batches(trainer.rows, batch_size, seeds, self.epoch, self.batch),
+        input_pipeline.stacked_epoch_batches(trainer.rows, batch_size, seeds, self.epoch, self.batch,
+                                             part=distributed.local_rows(batch_size)),
         int(self.tc.prefetch), trainer.batch_sharding)
     bar = tqdm.tqdm(total=self.spe, initial=self.batch, desc=f"epoch {self.epoch}", leave=False,
                     dynamic_ncols=True, mininterval=1.0)

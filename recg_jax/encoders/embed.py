@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from recg_jax import distributed
 from recg_jax.encoders import pooling as pooling_lib
 
 DATA_AXIS = "data"
@@ -380,15 +381,20 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
   print(f"[embeddings] {domain.name}: building ({why}) with {model_id}", flush=True)
   if encoder is None:
     encoder = _shared_encoder(config.encoder, weights_hash)
-  vectors = embed_texts(encoder, list(domain.item_text[1:]), config.encoder, config.text)
+  # With several processes each encodes its share of the items on its own devices; all get the whole.
+  texts = list(domain.item_text[1:])
+  vectors = embed_texts(encoder, texts[distributed.process_share(len(texts))], config.encoder, config.text)
+  vectors = distributed.gather_rows(vectors, len(texts))
   table = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors])
-  folder.mkdir(parents=True, exist_ok=True)
-  manifest = dict(want, shape=list(table.shape))
-  # The manifest goes last: a crash mid-write leaves no manifest, hence a rebuild, never a stale table.
-  (folder / "manifest.json").unlink(missing_ok=True)
-  _atomic_write(folder / "embeddings.npy", lambda f: np.save(f, table))
-  _atomic_write(folder / "manifest.json",
-                lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
-  print(f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
-        flush=True)
+  if distributed.is_primary():
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = dict(want, shape=list(table.shape))
+    # The manifest goes last: a crash mid-write leaves no manifest, hence a rebuild, never a stale table.
+    (folder / "manifest.json").unlink(missing_ok=True)
+    _atomic_write(folder / "embeddings.npy", lambda f: np.save(f, table))
+    _atomic_write(folder / "manifest.json",
+                  lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+    print(f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
+          flush=True)
+  distributed.barrier(f"embeddings {domain.name}")
   return table
