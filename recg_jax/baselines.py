@@ -22,7 +22,6 @@ import copy
 import datetime
 import json
 import os
-import pathlib
 import sys
 from typing import Any, Sequence
 
@@ -36,6 +35,7 @@ from configs.presets import PRESETS
 from recg_jax import compile_stats
 from recg_jax import experiments  # the command line: its flags (see main) and recorded_command
 from recg_jax import fingerprint as fingerprint_lib
+from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 from recg_jax.grid import planning
@@ -90,7 +90,7 @@ def run_config(config: ml_collections.ConfigDict, source: str, preset: str, seed
 def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
               aggregate_only: bool = False) -> dict[str, Any]:
   """Runs every unfinished run, rewriting DIR/results.md after each; returns what ran and failed."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   domains_order = planning.grid_domains(config)
   runs = plan(config)
@@ -105,7 +105,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
           "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   pending: list[runner.PendingRun] = []
   for i, (source, preset, seed) in enumerate(runs, 1):
-    rel = pathlib.Path("runs") / source / preset / f"seed{seed}"
+    rel = paths.as_path("runs") / source / preset / f"seed{seed}"
     run_dir = workdir / rel
     rc = run_config(config, source, preset, seed, domains_order)
     tag = f"[baselines] {i}/{len(runs)} {rel.as_posix()}"
@@ -155,7 +155,7 @@ def choose_weights(values: dict[tuple, dict[int, float]], presets: Sequence[str]
 RANDOM = "random.json"
 
 
-def _write_random(workdir: pathlib.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
+def _write_random(workdir: paths.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
   """DIR/random.json: what a uniformly random ranking reaches in expectation on each domain's test split
   (evaluate.random_expectation), the floor every table shows."""
   from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -220,8 +220,8 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
   return values
 
 
-def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                 meta: dict[str, Any]) -> pathlib.Path:
+def write_report(workdir: paths.Path, config: ml_collections.ConfigDict,
+                 meta: dict[str, Any]) -> paths.Path:
   """DIR/results.md from every finished run (regenerated whole each time)."""
   markers = runner.collect_markers(workdir)
   values = collect_values(markers)
@@ -321,9 +321,7 @@ def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   lines += [f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "
             f"{config.train.patience} epochs); test metrics come from the best checkpoint.", ""]
   path = workdir / "results.md"
-  tmp = path.with_name(f".results.md.{os.getpid()}.tmp")
-  tmp.write_text("\n".join(lines), encoding="utf-8")
-  os.replace(tmp, path)
+  paths.write_text_atomic(path, "\n".join(lines))
   return path
 
 
@@ -338,7 +336,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir",
-                      str(pathlib.Path(workdir).absolute() / "cache" / "xla"))
+                      str(paths.absolute(workdir) / "cache" / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   command = experiments.recorded_command(sys.argv[1:]).replace("recg_jax.experiments", "recg_jax.baselines")
   summary = run_study(config, workdir, command=command, aggregate_only=flags.FLAGS.aggregate_only)

@@ -29,7 +29,6 @@ figures (the plots).
 from __future__ import annotations
 
 import os
-import pathlib
 import shlex
 import sys
 from typing import Sequence
@@ -38,6 +37,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from recg_jax import paths
 from recg_jax.grid import runner
 
 
@@ -68,7 +68,7 @@ def main(argv):
     # Within the process, runs reuse the programs of earlier runs of the same shapes; the persistent
     # cache keeps them across restarts (and across shards sharing the workdir).
     jax.config.update("jax_compilation_cache_dir",
-                      str(pathlib.Path(_WORKDIR.value).absolute() / "cache" / "xla"))
+                      str(paths.absolute(_WORKDIR.value) / "cache" / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   command = recorded_command(sys.argv[1:])

@@ -9,11 +9,11 @@ experiment.mode selects how far a run goes:
 
 from __future__ import annotations
 
-import pathlib
 
 import ml_collections
 
 from recg_jax import distributed
+from recg_jax import paths
 
 MODES = ("data", "embed", "in_domain", "zero_shot")
 
@@ -24,7 +24,7 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+def prepare_data(config: ml_collections.ConfigDict, workdir: paths.Path):
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
   # The primary process builds the caches; the others read them once it is done.
   if distributed.is_primary():
@@ -36,7 +36,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   return domains
 
 
-def embed_domains(config: ml_collections.ConfigDict, workdir: pathlib.Path, domains):
+def embed_domains(config: ml_collections.ConfigDict, workdir: paths.Path, domains):
   """Frozen LLM table per domain ([I+1, H], row 0 zeros), computed once and cached."""
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
   return {name: embed.domain_embeddings(config, domain, workdir) for name, domain in domains.items()}
@@ -46,7 +46,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   mode = config.experiment.mode
   if mode not in MODES:
     raise ValueError(f"experiment.mode={mode!r}: expected one of {MODES}")
-  workdir_path = pathlib.Path(workdir)
+  workdir_path = paths.as_path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
 
   domains = prepare_data(config, workdir_path)

@@ -13,7 +13,6 @@ The functions take plain arrays and (mean, std) numbers; recg_jax.grid.figures b
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Sequence
 
 import matplotlib
@@ -21,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from recg_jax import paths
 
 # (mean, std) with std None when there is one seed.
 Stat = tuple[float, float | None]
@@ -54,17 +55,18 @@ def domain_silhouette(points: dict[str, np.ndarray], seed: int = 0, max_points: 
   return float(silhouette_score(x, labels, metric="cosine", sample_size=sample, random_state=seed))
 
 
-def _save(fig, path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
+def _save(fig, path: str | os.PathLike) -> paths.Path:
+  path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with path.open("wb") as f:  # a file object: matplotlib knows no remote paths
+    fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
   plt.close(fig)
   return path
 
 
 def embedding_projection(panels: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | os.PathLike,
                          method: str = "pca", seed: int = 0, title: str = "",
-                         tsne_iters: int = 1000) -> pathlib.Path:
+                         tsne_iters: int = 1000) -> paths.Path:
   """One scatter per panel (title, {domain: items_NxD}); all domains of a panel are projected together.
 
   Colours are fixed per domain across panels.
@@ -96,7 +98,7 @@ def embedding_projection(panels: Sequence[tuple[str, dict[str, np.ndarray]]], pa
 
 def alpha_sensitivity(series: dict[str, dict[str, list[tuple[float, Stat]]]], metrics: Sequence[str],
                       path: str | os.PathLike, title: str = "",
-                      default_alpha: float | None = None) -> pathlib.Path:
+                      default_alpha: float | None = None) -> paths.Path:
   """One panel per metric: value (%) vs alpha on a log axis, one line per label (a target or the
   source's in-domain split), error bars = std over seeds.
 
@@ -125,7 +127,7 @@ def alpha_sensitivity(series: dict[str, dict[str, list[tuple[float, Stat]]]], me
 
 
 def pair_bars(bars: dict[str, dict[str, list[tuple[str, Stat | None, Stat | None]]]],
-              metrics: Sequence[str], path: str | os.PathLike, title: str = "") -> pathlib.Path:
+              metrics: Sequence[str], path: str | os.PathLike, title: str = "") -> paths.Path:
   """Grouped bars (%): Sem and RecG for every pair, one panel per (metric, backbone); error bars = std.
 
   bars: backbone -> metric -> [(pair label, sem (mean, std) or None, recg (mean, std) or None), ...].

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import re
 from typing import Any, Sequence
 
 import ml_collections
 
 from recg_jax import distributed
+from recg_jax import paths
 
 _METRIC_RE = re.compile(r"^(?P<split>[^/]+)/(?P<protocol>[^/]+)/(?P<name>[a-z]+)@(?P<k>\d+)$")
 _SHORT = {"recall": "R", "ndcg": "N"}
@@ -206,12 +206,12 @@ def render_markdown(records: Sequence[dict[str, Any]], config: ml_collections.Co
   return "\n".join(lines)
 
 
-def write_results(workdir: str | pathlib.Path, records: Sequence[dict[str, Any]],
+def write_results(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
                   config: ml_collections.ConfigDict, stem: str = "results",
-                  title: str = "Results") -> tuple[pathlib.Path, pathlib.Path]:
+                  title: str = "Results") -> tuple[paths.Path, paths.Path]:
   """Writes `<stem>.json` (records, protocols, config) and `<stem>.md` in workdir; returns both paths.
   Only the primary process writes (the others compute the same records)."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   json_path, md_path = workdir / f"{stem}.json", workdir / f"{stem}.md"
   if not distributed.is_primary():
     return json_path, md_path
@@ -223,6 +223,6 @@ def write_results(workdir: str | pathlib.Path, records: Sequence[dict[str, Any]]
   return json_path, md_path
 
 
-def read_records(path: str | pathlib.Path) -> list[dict[str, Any]]:
+def read_records(path: str | paths.Path) -> list[dict[str, Any]]:
   """The records of a results.json (to merge stages or seeds into one table)."""
-  return list(json.loads(pathlib.Path(path).read_text(encoding="utf-8"))["records"])
+  return list(json.loads(paths.as_path(path).read_text(encoding="utf-8"))["records"])

@@ -37,7 +37,6 @@ import collections
 import dataclasses
 import json
 import math
-import pathlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -57,6 +56,7 @@ from recg_jax import fingerprint as fingerprint_lib
 from recg_jax import gen_loss as gen_loss_lib
 from recg_jax import input_pipeline
 from recg_jax import losses
+from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
@@ -679,9 +679,9 @@ class Checkpoints:
   signature: what the folder's checkpoints were computed with (default run_signature(config)).
   """
 
-  def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict,
+  def __init__(self, workdir: paths.Path, config: ml_collections.ConfigDict,
                parts: Sequence[str] = ("latest", "best"), signature: dict[str, Any] | None = None):
-    self.root = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.root = paths.absolute(workdir) / "checkpoints"
     self.metric = str(config.eval.select_metric)
     self.latest = self.best = None
     if "latest" in parts:
@@ -779,38 +779,63 @@ def _jsonable(v):
 class MetricLog:
   """metrics.jsonl + tensorboardX. On resume, events after the restored step are dropped from both.
 
-  Only the primary process writes; in the others the log is a no-op.
+  Only the primary process writes; in the others the log is a no-op. A local file is appended to; a
+  remote one (no append there) is rewritten whole after every evaluation, every _REMOTE_SYNC_S seconds of
+  training records, and at close. TensorBoard events are written for local workdirs only.
   """
 
-  def __init__(self, workdir: pathlib.Path, resume_step: int):
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+  _REMOTE_SYNC_S = 60.0
+
+  def __init__(self, workdir: paths.Path, resume_step: int):
+    self.path = paths.as_path(workdir) / "metrics.jsonl"
     self._file = self._tb = None
-    if not distributed.is_primary():
+    self._lines: list[str] | None = None  # remote: every line, rewritten together
+    self._synced = time.perf_counter()
+    self.active = distributed.is_primary()
+    if not self.active:
       return
+    kept = []
     if self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
-    self._file = open(self.path, "a", encoding="utf-8")
+    if paths.is_remote(self.path):
+      self._lines = kept
+      self._sync()
+      logging.warning("workdir %s is remote: no TensorBoard events (metrics.jsonl has every value)",
+                      workdir)
+      return
+    self.path.write_text("".join(line + "\n" for line in kept))
+    self._file = self.path.open("a", encoding="utf-8")
     try:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
+      self._tb = tensorboardX.SummaryWriter(str(paths.as_path(workdir) / "tensorboard"),
                                             purge_step=resume_step if resume_step else None)
     except ImportError:  # TensorBoard events are optional; metrics.jsonl is always written
       logging.warning("tensorboardX is not installed: no TensorBoard events")
 
+  def _sync(self) -> None:
+    paths.write_text_atomic(self.path, "".join(line + "\n" for line in self._lines))
+    self._synced = time.perf_counter()
+
   def write(self, kind: str, step: int, values: dict[str, Any], **extra) -> None:
-    if self._file is None:
+    if not self.active:
       return
     record = {"kind": kind, "step": int(step), **extra, **{k: _jsonable(v) for k, v in values.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if self._lines is not None:
+      self._lines.append(json.dumps(record))
+      if kind != "train" or time.perf_counter() - self._synced > self._REMOTE_SYNC_S:
+        self._sync()
+    else:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
     if self._tb is not None:
       for k, v in values.items():
         if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v)):
           self._tb.add_scalar(tensorboard_tag(kind, k), float(v), int(step))
 
   def close(self) -> None:
+    if self._lines is not None:
+      self._sync()
     if self._file is not None:
       self._file.close()
     if self._tb is not None:
@@ -843,7 +868,7 @@ class TrainResult:
   best_epoch: int
   epochs: int  # epochs trained in total
   stop_reason: str
-  workdir: pathlib.Path
+  workdir: paths.Path
   error: str = ""  # set when this member stopped on a non-finite loss (runs trained together only)
 
 
@@ -858,7 +883,7 @@ class _Member:
 
   index: int
   config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+  workdir: paths.Path
   ckpt: Checkpoints  # holds its `best` (and, trained alone, the group's `latest` too)
   log: MetricLog
   meta: dict  # _fresh_member_meta fields, saved with the group's latest checkpoint
@@ -1049,7 +1074,7 @@ class _Loop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path,
+                       workdir: str | paths.Path,
                        domains: dict[str, types.DomainData],
                        tables: dict[str, np.ndarray] | None,
                        mesh: jax.sharding.Mesh | None = None) -> TrainResult:
@@ -1062,10 +1087,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def train_members(members: Sequence[ml_collections.ConfigDict],
-                  workdirs: Sequence[str | pathlib.Path],
+                  workdirs: Sequence[str | paths.Path],
                   domains: dict[str, types.DomainData],
                   tables: dict[str, np.ndarray] | None,
-                  group_dir: str | pathlib.Path | None = None,
+                  group_dir: str | paths.Path | None = None,
                   mesh: jax.sharding.Mesh | None = None) -> list[TrainResult]:
   """Trains S runs that differ only in TRACED_FIELDS (seeds, alpha, ...) together, as one program over
   stacked parameters; each gets exactly what train_and_evaluate would give it alone (within float
@@ -1077,7 +1102,7 @@ def train_members(members: Sequence[ml_collections.ConfigDict],
   turns non-finite stops with TrainResult.error set while the others go on (alone, it raises
   NonFiniteLossError).
   """
-  members, workdirs = list(members), [pathlib.Path(w) for w in workdirs]
+  members, workdirs = list(members), [paths.as_path(w) for w in workdirs]
   if len(members) != len(workdirs):
     raise ValueError(f"train_members: {len(members)} configs but {len(workdirs)} workdirs")
   if len(members) > 1 and group_dir is None:
@@ -1096,7 +1121,7 @@ def train_members(members: Sequence[ml_collections.ConfigDict],
 
   trainer = create_trainer(config, domain, tables, mesh, members=members)
   solo = len(members) == 1
-  group = pathlib.Path(group_dir) if group_dir is not None else workdirs[0]
+  group = paths.as_path(group_dir) if group_dir is not None else workdirs[0]
   latest = Checkpoints(group, config, parts=("latest", "best") if solo else ("latest",),
                        signature=group_signature(members))
   state, position = _restore_or_start(trainer, latest)

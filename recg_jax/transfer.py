@@ -13,7 +13,6 @@ training user and W_f is fitted on those vectors: one small jitted step, no pass
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Callable
 
 from absl import logging
@@ -27,6 +26,7 @@ import tqdm
 from recg_jax import clustering
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import losses
+from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax import train as train_lib
 from recg_jax.data import types
@@ -252,7 +252,7 @@ def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
   return config.model.variant == "recg" and bool(config.transfer.enabled)
 
 
-def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
                        domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
                        zero_shot: bool = True) -> list[dict]:
   """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
@@ -262,7 +262,7 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | pathlib
   if variant != "text_knn":
     raise ValueError(f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
                      f"{variant!r}")
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   source = config.data.source
   missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
@@ -286,7 +286,7 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | pathlib
   return records
 
 
-def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | paths.Path,
                   domains: dict[str, types.DomainData], tables: dict[str, np.ndarray] | None) -> list[dict]:
   """Trains on the source, fits the sequence-level step, evaluates the source test split and every target.
 
@@ -301,12 +301,12 @@ def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   return evaluate_trained(config, workdir, domains, tables, trained)
 
 
-def evaluate_trained(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def evaluate_trained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
                      domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
                      trained: train_lib.TrainResult) -> list[dict]:
   """run_zero_shot after training: the sequence-level step, the source test split and every target, for
   a run trained alone or as a member of train_lib.train_members."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   source = config.data.source
   model, params = trained.model, trained.params
   seq_transfer = None

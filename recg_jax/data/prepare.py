@@ -23,15 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
+from recg_jax import paths
 from recg_jax.data import amazon2023
 from recg_jax.data import filters
 from recg_jax.data import recbole
@@ -73,21 +71,21 @@ def domain_names(data_config: ml_collections.ConfigDict) -> list[str]:
   return [name for _, name in roles]
 
 
-def file_identity(path: pathlib.Path) -> dict:
+def file_identity(path: paths.Path) -> dict:
   """What the cache key knows of an input file (see the module docstring)."""
   stat = path.stat()
-  identity = {"name": path.name, "size": stat.st_size}
+  identity = {"name": path.name, "size": stat.length}
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    if stat.st_size <= _FULL_HASH_MAX:
+  with path.open("rb") as f:
+    if stat.length <= _FULL_HASH_MAX:
       while chunk := f.read(1 << 22):
         digest.update(chunk)
       identity["sha256"] = digest.hexdigest()
     else:
       digest.update(f.read(_EDGE))
-      f.seek(stat.st_size - _EDGE)
+      f.seek(stat.length - _EDGE)
       digest.update(f.read(_EDGE))
-      identity["mtime_ns"] = stat.st_mtime_ns
+      identity["mtime"] = stat.mtime
       identity["edges_sha256"] = digest.hexdigest()
   return identity
 
@@ -113,8 +111,8 @@ def _config_key(config: ml_collections.ConfigDict) -> dict:
   return key
 
 
-def _synthetic_root(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                    log: Callable[[str], None]) -> pathlib.Path:
+def _synthetic_root(config: ml_collections.ConfigDict, workdir: paths.Path,
+                    log: Callable[[str], None]) -> paths.Path:
   """Writes the synthetic domains as RecBole files under <workdir>/synthetic/ unless already there."""
   d = config.data
   root = workdir / "synthetic"
@@ -128,20 +126,20 @@ def _synthetic_root(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   except (OSError, ValueError):
     pass
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=workdir))
+  tmp = _fresh_sibling(root, "tmp")
   synthetic.write_all(d, tmp)
   (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
   if root.exists():
-    old = root.with_name(f".synthetic-old-{os.getpid()}-{time.time_ns()}")
-    os.rename(root, old)
-    shutil.rmtree(old, ignore_errors=True)
-  os.rename(tmp, root)
+    old = _fresh_sibling(root, "old")
+    root.rename(old)
+    old.rmtree(missing_ok=True)
+  tmp.rename(root)
   log(f"[data] synthetic: generated {len(d.synthetic.domains)} domains in {root}")
   return root
 
 
-def _inputs(config: ml_collections.ConfigDict, name: str, workdir: pathlib.Path,
-            log: Callable[[str], None]) -> tuple[str, list[pathlib.Path]]:
+def _inputs(config: ml_collections.ConfigDict, name: str, workdir: paths.Path,
+            log: Callable[[str], None]) -> tuple[str, list[paths.Path]]:
   """(root folder handed to the reader, input files whose identity keys the cache)."""
   d = config.data
   if d.format not in FORMATS:
@@ -220,11 +218,19 @@ def build_domain(raw: RawDomain, config: ml_collections.ConfigDict) -> DomainDat
   )
 
 
-def _save(domain: DomainData, folder: pathlib.Path, manifest: dict) -> None:
+def _fresh_sibling(folder: paths.Path, kind: str) -> paths.Path:
+  """A new, empty folder beside `folder`, unique to this process and moment (local or remote)."""
+  sibling = folder.parent / f".{folder.name}-{kind}-{os.getpid()}-{time.time_ns()}"
+  sibling.mkdir(parents=True)
+  return sibling
+
+
+def _save(domain: DomainData, folder: paths.Path, manifest: dict) -> None:
   folder.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+  tmp = _fresh_sibling(folder, "tmp")
   try:
-    np.savez(tmp / "arrays.npz", offsets=domain.offsets, items=domain.items)
+    with (tmp / "arrays.npz").open("wb") as f:
+      np.savez(f, offsets=domain.offsets, items=domain.items)
     strings = {
         "name": domain.name,
         "synthetic": domain.synthetic,
@@ -236,12 +242,13 @@ def _save(domain: DomainData, folder: pathlib.Path, manifest: dict) -> None:
     (tmp / "strings.json").write_text(json.dumps(strings, ensure_ascii=False), encoding="utf-8")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     try:
-      os.rename(tmp, folder)
+      tmp.rename(folder)
     except OSError:
       if not (folder / "manifest.json").is_file():  # not a concurrent writer of the same key
         raise
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+      tmp.rmtree(missing_ok=True)
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -250,8 +257,8 @@ def _object_array(values: list) -> np.ndarray:
   return out
 
 
-def _load(folder: pathlib.Path) -> DomainData:
-  with np.load(folder / "arrays.npz") as arrays:
+def _load(folder: paths.Path) -> DomainData:
+  with (folder / "arrays.npz").open("rb") as f, np.load(f) as arrays:
     offsets, items = arrays["offsets"], arrays["items"]
   strings = json.loads((folder / "strings.json").read_text(encoding="utf-8"))
   return DomainData(
@@ -269,7 +276,7 @@ def _load(folder: pathlib.Path) -> DomainData:
 def load_domain(config: ml_collections.ConfigDict, name: str, workdir: str | os.PathLike[str],
                 log: Callable[[str], None] = print) -> DomainData:
   """One domain, from its processed cache when the inputs and config are unchanged."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   root, files = _inputs(config, name, workdir, log)
   key_inputs = {"domain": name, "config": _config_key(config), "files": [file_identity(p) for p in files]}
   key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -279,7 +286,7 @@ def load_domain(config: ml_collections.ConfigDict, name: str, workdir: str | os.
       domain = _load(folder)
     except (OSError, ValueError, KeyError) as e:
       log(f"[data] {name}: unreadable cache {folder} ({e}); rebuilding")
-      shutil.rmtree(folder, ignore_errors=True)
+      folder.rmtree(missing_ok=True)
     else:
       log(f"[data] {name}: reused cache {folder}")
       return domain

@@ -11,7 +11,6 @@ import functools
 import io
 import math
 import os
-import pathlib
 import re
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from recg_jax import paths
 from recg_jax.data.errors import DataError
 from recg_jax.data.raw import RawDomain
 
@@ -29,17 +29,17 @@ _TYPES = ("token", "token_seq", "float", "float_seq")
 _HEADER_RE = re.compile(r"^([^:\s]+):([A-Za-z_]+)$")
 
 
-def domain_files(root: str | os.PathLike[str], name: str) -> tuple[pathlib.Path, pathlib.Path]:
+def domain_files(root: str | os.PathLike[str], name: str) -> tuple[paths.Path, paths.Path]:
   """The (.inter, .item) paths of one domain; raises DataError when the folder or a file is missing."""
-  folder = pathlib.Path(root) / name
+  folder = paths.as_path(root) / name
   if not folder.is_dir():
     raise DataError(f"domain folder not found (expected {name}/{name}.inter and {name}/{name}.item "
                     f"under data root {os.fspath(root)!r})", path=folder)
-  paths = folder / f"{name}.inter", folder / f"{name}.item"
-  for path in paths:
+  files = folder / f"{name}.inter", folder / f"{name}.item"
+  for path in files:
     if not path.is_file():
       raise DataError("file not found", path=path)
-  return paths
+  return files
 
 
 class AtomicFile:
@@ -48,7 +48,7 @@ class AtomicFile:
   Rows are the non-empty lines after the header; `line_of_row` maps a row back to its file line.
   """
 
-  def __init__(self, path: pathlib.Path, required: Sequence[str]):
+  def __init__(self, path: paths.Path, required: Sequence[str]):
     self.path = path
     self._data = path.read_bytes()
     self._check_utf8()

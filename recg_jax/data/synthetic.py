@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import re
 
 import ml_collections
 import numpy as np
 
+from recg_jax import paths
 from recg_jax.data.errors import DataError
 
 # Shared latent topics: name and core words. Every domain uses the same topics.
@@ -193,29 +193,29 @@ def generate_domain(synthetic_config: ml_collections.ConfigDict, index: int, nam
 def write_recbole(domain: SyntheticDomain, folder: str | os.PathLike[str],
                   data_config: ml_collections.ConfigDict, seed: int = 0) -> None:
   """Writes `<folder>/<name>.inter` and `.item` in RecBole atomic format, rows in shuffled order."""
-  folder = pathlib.Path(folder)
+  folder = paths.as_path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   users = np.concatenate([np.full(len(h), u) for u, h in enumerate(domain.histories)])
   items = np.concatenate(domain.histories)
   times = np.concatenate(domain.times)
   order = np.random.default_rng(seed).permutation(len(users))
-  with open(folder / f"{domain.name}.inter", "w", encoding="utf-8") as f:
+  with (folder / f"{domain.name}.inter").open("w", encoding="utf-8") as f:
     f.write(f"{data_config.user_field}:token\t{data_config.item_field}:token\t"
             f"{data_config.time_field}:float\n")
     for t in order:
       f.write(f"{domain.user_tokens[users[t]]}\t{domain.item_tokens[items[t]]}\t{times[t]:.0f}\n")
   names = list(domain.fields)
-  with open(folder / f"{domain.name}.item", "w", encoding="utf-8") as f:
+  with (folder / f"{domain.name}.item").open("w", encoding="utf-8") as f:
     f.write("\t".join([f"{data_config.item_field}:token"] + [f"{n}:token_seq" for n in names]) + "\n")
     for i, token in enumerate(domain.item_tokens):
       f.write("\t".join([token] + [domain.fields[n][i] for n in names]) + "\n")
 
 
-def write_all(data_config: ml_collections.ConfigDict, root: str | os.PathLike[str]) -> list[pathlib.Path]:
+def write_all(data_config: ml_collections.ConfigDict, root: str | os.PathLike[str]) -> list[paths.Path]:
   """Generates every domain of data_config.synthetic.domains into `<root>/<Domain>/`."""
   folders = []
   for index, name in enumerate(data_config.synthetic.domains):
-    folder = pathlib.Path(root) / name
+    folder = paths.as_path(root) / name
     write_recbole(generate_domain(data_config.synthetic, index, name), folder, data_config,
                   seed=data_config.synthetic.seed + index)
     folders.append(folder)

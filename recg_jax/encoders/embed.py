@@ -17,7 +17,6 @@ import collections
 import hashlib
 import json
 import os
-import pathlib
 import threading
 from typing import Any, Sequence
 
@@ -28,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from recg_jax import distributed
+from recg_jax import paths
 from recg_jax.encoders import pooling as pooling_lib
 
 DATA_AXIS = "data"
@@ -272,8 +272,8 @@ def texts_sha256(texts: Sequence[str]) -> str:
   return digest.hexdigest()
 
 
-def cache_dir(workdir: str | os.PathLike, domain_name: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / "cache" / "embeddings" / domain_name
+def cache_dir(workdir: str | os.PathLike, domain_name: str) -> paths.Path:
+  return paths.as_path(workdir) / "cache" / "embeddings" / domain_name
 
 
 def expected_manifest(config, domain, model_id: str, weights_hash: str, pooling: str,
@@ -295,18 +295,7 @@ def expected_manifest(config, domain, model_id: str, weights_hash: str, pooling:
   }
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
-def _read_cache(folder: pathlib.Path, want: dict) -> tuple[np.ndarray | None, str]:
+def _read_cache(folder: paths.Path, want: dict) -> tuple[np.ndarray | None, str]:
   """(table, '') when the cache matches `want`, else (None, why it cannot be used)."""
   manifest_path, table_path = folder / "manifest.json", folder / "embeddings.npy"
   if not manifest_path.exists() or not table_path.exists():
@@ -319,7 +308,8 @@ def _read_cache(folder: pathlib.Path, want: dict) -> tuple[np.ndarray | None, st
   if diff:
     return None, "manifest differs in " + ", ".join(diff)
   try:
-    table = np.load(table_path)
+    with table_path.open("rb") as f:
+      table = np.load(f)
   except (OSError, ValueError) as e:
     return None, f"unreadable table ({e})"
   if list(table.shape) != have.get("shape") or table.dtype != np.float32:
@@ -327,7 +317,7 @@ def _read_cache(folder: pathlib.Path, want: dict) -> tuple[np.ndarray | None, st
   return table, ""
 
 
-def _manifest_weights_hash(folder: pathlib.Path) -> str:
+def _manifest_weights_hash(folder: paths.Path) -> str:
   """The weights hash a cache was built with ('' when there is no readable manifest)."""
   try:
     return str(json.loads((folder / "manifest.json").read_text()).get("weights_hash", ""))
@@ -391,9 +381,8 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
     manifest = dict(want, shape=list(table.shape))
     # The manifest goes last: a crash mid-write leaves no manifest, hence a rebuild, never a stale table.
     (folder / "manifest.json").unlink(missing_ok=True)
-    _atomic_write(folder / "embeddings.npy", lambda f: np.save(f, table))
-    _atomic_write(folder / "manifest.json",
-                  lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+    paths.write_atomic(folder / "embeddings.npy", lambda f: np.save(f, table))
+    paths.write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     print(f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
           flush=True)
   distributed.barrier(f"embeddings {domain.name}")

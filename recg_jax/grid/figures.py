@@ -8,12 +8,12 @@ items through its heads, for the item-space projections of Sem beside RecG. writ
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
+from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.grid import planning
 from recg_jax.grid import report
@@ -40,13 +40,13 @@ def load_best_params(run_dir: str | os.PathLike, config: ml_collections.ConfigDi
   shapes = jax.eval_shape(lambda: recommender.init_variables(model, jax.random.key(0), table)["params"])
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
-  ckpt = train.Checkpoints(pathlib.Path(run_dir), config)
+  ckpt = train.Checkpoints(paths.as_path(run_dir), config)
   try:
     restored = ckpt.restore_best(abstract)
   finally:
     ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"{pathlib.Path(run_dir) / 'checkpoints' / 'best'} holds no checkpoint")
+    raise FileNotFoundError(f"{paths.as_path(run_dir) / 'checkpoints' / 'best'} holds no checkpoint")
   return model, jax.device_get(restored[0])
 
 
@@ -115,7 +115,7 @@ def alpha_series(aggregates, axes, protocol: str, metrics: Sequence[str], defaul
 def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domains, tables) -> list[str]:
   """DIR/plots/*.png: item-space projections (Sem beside RecG), alpha sensitivity, per-pair bars."""
   from recg_jax import plots  # pylint: disable=g-import-not-at-top
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   out_dir = workdir / "plots"
   out_dir.mkdir(parents=True, exist_ok=True)
   axes = planning.grid_axes(config)

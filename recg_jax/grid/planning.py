@@ -13,11 +13,11 @@ import copy
 import dataclasses
 import math
 import json
-import pathlib
 from typing import Any, Sequence
 
 import ml_collections
 
+from recg_jax import paths
 from recg_jax import results as results_lib
 
 VARIANTS = ("id", "sem", "recg", "text_knn")
@@ -73,8 +73,8 @@ class RunSpec:
     return f"{self.variant}:{self.ablation}" if self.ablation else self.variant
 
   @property
-  def relpath(self) -> pathlib.Path:
-    return pathlib.Path("runs") / self.source / self.name / f"seed{self.seed}"
+  def relpath(self) -> paths.Path:
+    return paths.as_path("runs") / self.source / self.name / f"seed{self.seed}"
 
   @property
   def mode(self) -> str:
@@ -144,7 +144,7 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
   seeds), then the ablations and the alpha sweep. An ablation or sweep point that is the plain RecG run
   (no_seq, alpha = gen_loss.alpha) is that run; the Sem and RecG runs they are compared with are added."""
   axes = grid_axes(config)
-  specs: dict[pathlib.Path, RunSpec] = {}
+  specs: dict[paths.Path, RunSpec] = {}
 
   def add(spec: RunSpec) -> None:
     specs.setdefault(spec.relpath, spec)

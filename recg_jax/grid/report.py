@@ -10,12 +10,12 @@ with the baselines study (recg_jax.baselines), so that both reports speak alike.
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.grid import planning
 from recg_jax.grid import stats
@@ -290,7 +290,7 @@ def write_tables(workdir, aggregates, markers, grid_meta, config, missing=(), fa
   """DIR/results.md, DIR/results.csv (the CSV starts with '#' comment lines naming the command, seeds,
   data and machine), and DIR/tables/<section>.md: each table of results.md alone, with the same header
   (command, seeds, machine, model), to publish one table on its own."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   sections = render_sections(aggregates, markers, grid_meta, config, missing, failed, ablation_aggregates)
   md_path, csv_path = workdir / "results.md", workdir / "results.csv"
   md_path.write_text(sections.pop(""), encoding="utf-8")

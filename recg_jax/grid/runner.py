@@ -19,7 +19,6 @@ import gc
 import hashlib
 import json
 import os
-import pathlib
 import platform
 import time
 import traceback
@@ -29,6 +28,7 @@ import ml_collections
 
 from recg_jax import compile_stats
 from recg_jax import fingerprint as fingerprint_lib
+from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 from recg_jax.grid import figures
@@ -47,7 +47,7 @@ def machine_info() -> dict[str, Any]:
           "devices": [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]}
 
 
-def read_done(run_dir: pathlib.Path) -> dict[str, Any] | None:
+def read_done(run_dir: paths.Path) -> dict[str, Any] | None:
   """The completion marker of a finished run, or None (absent, unreadable, or results.json missing)."""
   path = run_dir / DONE
   if not path.is_file() or not (run_dir / "results.json").is_file():
@@ -58,13 +58,11 @@ def read_done(run_dir: pathlib.Path) -> dict[str, Any] | None:
     return None
 
 
-def atomic_json(path: pathlib.Path, payload: Any) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+def atomic_json(path: paths.Path, payload: Any) -> None:
+  paths.write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
-def execute_run(config: ml_collections.ConfigDict, spec: planning.RunSpec, run_dir: pathlib.Path,
+def execute_run(config: ml_collections.ConfigDict, spec: planning.RunSpec, run_dir: paths.Path,
                 domains: dict, tables: dict | None) -> list[dict[str, Any]]:
   """Trains and evaluates one run in run_dir; returns its result records."""
   names = [config.data.source, *config.data.targets]
@@ -80,8 +78,8 @@ def execute_run(config: ml_collections.ConfigDict, spec: planning.RunSpec, run_d
 
 
 def execute_members(configs: list[ml_collections.ConfigDict], specs: list[planning.RunSpec],
-                    run_dirs: list[pathlib.Path], domains: dict, tables: dict | None,
-                    group_dir: pathlib.Path) -> list[list[dict[str, Any]] | Exception]:
+                    run_dirs: list[paths.Path], domains: dict, tables: dict | None,
+                    group_dir: paths.Path) -> list[list[dict[str, Any]] | Exception]:
   """Trains runs that differ only in traced fields together (recg_jax.train.train_members), then
   evaluates each as execute_run would; returns each run's records, or the exception it ended with."""
   from recg_jax import train  # pylint: disable=g-import-not-at-top
@@ -111,7 +109,7 @@ def execute_members(configs: list[ml_collections.ConfigDict], specs: list[planni
   return outcomes
 
 
-def group_dir_of(workdir: pathlib.Path, relpaths: list[str]) -> pathlib.Path:
+def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
   """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
   members resumes it)."""
   return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
@@ -123,13 +121,13 @@ class PendingRun:
 
   config: ml_collections.ConfigDict
   spec: planning.RunSpec
-  run_dir: pathlib.Path
+  run_dir: paths.Path
   tag: str
   setting: str
   relpath: str
 
 
-def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, workdir: pathlib.Path,
+def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, workdir: paths.Path,
                 machine: dict[str, Any], group_size: int, prefix: str,
                 after_each: Callable[[], None] | None = None) -> tuple[list[str], list[str]]:
   """Executes the pending runs, in groups trained together where they differ only in traced fields
@@ -199,7 +197,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   execute_run. Returns {'ran': [relpath, ...], 'skipped', 'failed', 'missing', 'tables': path, 'csv',
   'plots', 'compiles': XLA compiles and their seconds in this invocation}.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   axes = planning.grid_axes(config)
   specs = planning.plan_runs(config)
@@ -289,7 +287,7 @@ def _release_compiled() -> None:
 
 def collect_markers(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """Every completion marker under workdir/runs, in path order."""
-  runs = pathlib.Path(workdir) / "runs"
+  runs = paths.as_path(workdir) / "runs"
   out = []
   for path in sorted(runs.glob(f"*/*/seed*/{DONE}")):
     done = read_done(path.parent)
