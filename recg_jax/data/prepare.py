@@ -73,6 +73,7 @@ def domain_names(data_config: ml_collections.ConfigDict) -> list[str]:
 
 def file_identity(path: paths.Path) -> dict:
   """What the cache key knows of an input file (see the module docstring)."""
+  path = paths.as_path(path)
   stat = path.stat()
   identity = {"name": path.name, "size": stat.length}
   digest = hashlib.sha256()
