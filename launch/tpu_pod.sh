@@ -24,7 +24,9 @@ launch::require TPU_NAME "the TPU VM's name"
 launch::require ZONE "the TPU's zone, e.g. ZONE=us-central2-b"
 launch::require WORKDIR "a bucket or shared folder every host writes to, e.g. WORKDIR=gs://bucket/run1"
 launch::refuse_arg --workdir "set WORKDIR instead"
+# Relative to the remote home, where ssh starts: a leading ~/ would reach the remote shell quoted.
 repo_dir="${REPO_DIR:-recg-jax}"
+repo_dir="${repo_dir#\~/}"
 python="${PYTHON:-python3}"
 
 # What every host sets before the run. libtpu's own defaults are kept: no LIBTPU_INIT_ARGS unless given
