@@ -30,7 +30,7 @@ repo_dir="${repo_dir#\~/}"
 python="${PYTHON:-python3}"
 
 # What every host sets before the run. libtpu's own defaults are kept: no LIBTPU_INIT_ARGS unless given
-# (the train step is data-parallel with one small gradient all-reduce, nothing to tune there).
+# (no libtpu flag is known to matter for this data-parallel train step).
 # JAX_PLATFORMS=tpu: a host whose libtpu is missing or held by another process stops at start-up instead
 # of JAX falling back to its CPU backend (and the pod's processes disagreeing about their devices).
 remote_env=("JAX_PLATFORMS=${JAX_PLATFORMS:-tpu}")
