@@ -35,6 +35,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from recg_jax import paths
@@ -63,6 +64,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if flags.FLAGS.config is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # as recg_jax.main: orbax's INFO lines hide the grid's output
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Within the process, runs reuse the programs of earlier runs of the same shapes; the persistent
