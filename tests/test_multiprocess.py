@@ -44,9 +44,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir: pathlib.Path, extra: tuple[str, ...] = ()) -> list[str]:
+def _command(workdir: pathlib.Path, extra: tuple[str, ...] = (), overrides: dict | None = None) -> list[str]:
   return [sys.executable, "-m", "recg_jax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in _OVERRIDES.items()), *extra]
+          *(f"--config.{k}={v}" for k, v in {**_OVERRIDES, **(overrides or {})}.items()), *extra]
 
 
 def _env(tmp_path_factory, devices: int) -> dict[str, str]:
@@ -56,15 +56,16 @@ def _env(tmp_path_factory, devices: int) -> dict[str, str]:
   return env
 
 
-def _start(workdir: pathlib.Path, tmp_path_factory, processes: int) -> list[subprocess.Popen]:
+def _start(workdir: pathlib.Path, tmp_path_factory, processes: int,
+           extra_overrides: dict | None = None) -> list[subprocess.Popen]:
   """`processes` local processes of one run (one device each), or one process with two devices."""
   if processes == 1:
-    cmds = [_command(workdir)]
+    cmds = [_command(workdir, overrides=extra_overrides)]
     env = _env(tmp_path_factory, devices=2)
   else:
     port = _free_port()
     cmds = [_command(workdir, ("--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                               f"--num_processes={processes}", f"--process_id={i}"))
+                               f"--num_processes={processes}", f"--process_id={i}"), extra_overrides)
             for i in range(processes)]
     env = _env(tmp_path_factory, devices=1)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,18 @@ def test_two_processes_killed_mid_epoch_resume_to_the_same_metrics(tmp_path_fact
   assert losses == want
 
 
-def test_batch_not_divisible_by_processes_is_an_error(monkeypatch):
+def test_two_processes_stop_with_a_clear_error_on_an_odd_batch(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("mp") / "odd"
+  procs = _start(workdir, tmp_path_factory, processes=2, extra_overrides={"train.batch_size": 9})
+  for p in procs:
+    p.wait(timeout=_TIMEOUT_S)
+  for i, p in enumerate(procs):
+    assert p.returncode != 0
+    assert ("config.train.batch_size=9 is not a multiple of the number of processes (2)"
+            in _log(workdir, i)), _log(workdir, i)[-3000:]
+
+
+def test_batch_not_divisible_by_processes_is_an_error_in_check_batch_size(monkeypatch):
   monkeypatch.setattr(distributed.jax, "process_count", lambda: 3)
   with pytest.raises(ValueError, match=r"train.batch_size=64 is not a multiple of the number of processes \(3\)"):
     distributed.check_batch_size(64)
