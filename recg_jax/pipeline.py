@@ -67,8 +67,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     from recg_jax import results  # pylint: disable=g-import-not-at-top
     from recg_jax import train  # pylint: disable=g-import-not-at-top
     trained = train.train_and_evaluate(config, workdir_path, domains, tables)
-    _say(results.format_summary(results.read_records(workdir_path / "results.json")))
-    _say(f"[results] {workdir_path / 'results.md'}")
+    if distributed.is_primary():  # the file its process wrote
+      _say(results.format_summary(results.read_records(workdir_path / "results.json")))
+      _say(f"[results] {workdir_path / 'results.md'}")
     return trained
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
   return transfer.run_zero_shot(config, workdir_path, domains, tables)
