@@ -7,12 +7,11 @@ RUN is a finished run of `python -m recg_jax.main` (nothing is trained or fitted
 (.item, .jsonl or .csv) is embedded with the run's encoder settings into the run's embedding cache; the
 histories (.jsonl or .inter) name items of that catalogue, oldest first. The output (JSONL, or CSV with
 --format=csv or a .csv name) is written atomically; --export=DIR also writes the item and user vectors the
-scores come from. recg_jax/serving/ is the Python API this wraps. `--config.<field>=value` sets the batch
-and block sizes of configs/serving.py.
+scores come from. `--config.<field>=value` sets the batch and block sizes of configs/serving.py. This is
+a thin wrapper over recg_jax.serving (serving.recommend_files).
 """
 
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -46,41 +45,18 @@ config_flags.DEFINE_config_dict("config", serving_config.get_config(), "Batch an
 flags.mark_flags_as_required(["workdir", "catalogue", "histories", "out"])
 
 
-def _say(message: str) -> None:
-  print(message, flush=True)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax's notes on reading a checkpoint hide the output
+    logging.set_verbosity(logging.ERROR)  # orbax's notes on reading a checkpoint would hide the output
   try:
-    run = serving.load(_WORKDIR.value, settings=flags.FLAGS.config, cache_root=_CACHE_ROOT.value or None)
-    catalogue = run.catalogue(_CATALOGUE.value, name=_NAME.value or None)
-    histories = run.histories(_HISTORIES.value, catalogue, on_unknown=_ON_UNKNOWN.value)
+    serving.recommend_files(
+        _WORKDIR.value, _CATALOGUE.value, _HISTORIES.value, _OUT.value, top_k=_TOP_K.value, fmt=_FORMAT.value,
+        keep_history=_KEEP_HISTORY.value, on_unknown=_ON_UNKNOWN.value, export=_EXPORT.value,
+        catalogue_name=_NAME.value, cache_root=_CACHE_ROOT.value, settings=flags.FLAGS.config)
   except (DataError, serving.NotAFinishedRunError) as e:
     sys.exit(f"recommend: {e}")
-  _say(f"[recommend] {run.config.model.backbone}-{run.config.model.variant} from {run.workdir} "
-       f"({run.head} head); catalogue {catalogue.name!r}: {catalogue.num_items:,} items; "
-       f"{histories.num_users:,} users")
-  if histories.unknown_skipped or histories.users_dropped:
-    _say(f"[recommend] skipped {histories.unknown_skipped:,} history items not in the catalogue; "
-         f"{histories.users_dropped:,} users had none left and get no list")
-  start = time.perf_counter()
-  recs = run.recommend(histories, k=_TOP_K.value, exclude_history=not _KEEP_HISTORY.value)
-  seconds = time.perf_counter() - start
-  path = output.write_recommendations(_OUT.value, histories.user_ids, recs.item_ids, recs.scores,
-                                      _FORMAT.value)
-  _say(f"[recommend] wrote {path}: top {recs.scores.shape[1]} for {histories.num_users:,} users in "
-       f"{seconds:.1f} s (embedding and compiling included)")
-  if _EXPORT.value:
-    folder = output.write_export(
-        _EXPORT.value, catalogue.item_ids, run.item_vectors(catalogue), histories.user_ids,
-        run.user_vectors(histories),
-        about={"run": str(run.workdir), "head": run.head, "catalogue": catalogue.name,
-               "history_excluded_from_lists": not _KEEP_HISTORY.value})
-    _say(f"[recommend] wrote vectors to {folder}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@
   items_NxD = run.item_vectors(catalogue)                   # what candidates are scored with
   users_UxD = run.user_vectors({"u1": ["B01", "B07"]}, catalogue)   # score = users_UxD @ items_NxD.T
 
-`python -m recg_jax.recommend` is the command-line form (recg_jax/recommend.py).
+`python -m recg_jax.recommend` is the command-line form: its flags are recommend_files' arguments.
 
 Modules: catalogue.py (catalogue files), histories.py (history files), run.py (loading a run, user and
-item vectors, recommend), topk.py (blocked top-k on device), output.py (JSONL / CSV lists, vector export).
+item vectors, recommend), topk.py (blocked top-k on device), output.py (JSONL / CSV lists, vector export),
+files.py (file to file, the command's work).
 """
 
 from recg_jax.serving.catalogue import Catalogue
 from recg_jax.serving.catalogue import read_catalogue
+from recg_jax.serving.files import recommend_files
 from recg_jax.serving.histories import Histories
 from recg_jax.serving.histories import read_histories
 from recg_jax.serving.run import load

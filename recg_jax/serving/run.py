@@ -106,6 +106,16 @@ def _check_structure(workdir: epath.Path, config: ml_collections.ConfigDict, par
                                "results.json config (another run's checkpoint?)")
 
 
+def catalogue_domain(catalogue: catalogue_lib.Catalogue) -> types.DomainData:
+  """The catalogue as an interaction-free domain named catalogue-<name>: what the embedding cache keys
+  (encoders/embed.py), in its own folder beside the run's domains."""
+  return types.DomainData(
+      name=f"catalogue-{catalogue.name}",
+      item_tokens=np.concatenate([np.array(["[PAD]"], object), catalogue.item_ids]),
+      item_fields={}, item_text=np.concatenate([np.array([""], object), catalogue.item_text]),
+      user_tokens=np.array([], object), offsets=np.zeros(1, np.int64), items=np.zeros(0, np.int32))
+
+
 @dataclasses.dataclass
 class _Prepared:
   """One catalogue on device: its model, transformed table, item vectors and their blocks."""
@@ -156,11 +166,7 @@ class Run:
     if catalogue.table is not None:
       table, where = np.asarray(catalogue.table, np.float32), "the catalogue's own table"
     else:
-      domain = types.DomainData(
-          name=f"catalogue-{catalogue.name}",
-          item_tokens=np.concatenate([np.array(["[PAD]"], object), catalogue.item_ids]),
-          item_fields={}, item_text=np.concatenate([np.array([""], object), catalogue.item_text]),
-          user_tokens=np.array([], object), offsets=np.zeros(1, np.int64), items=np.zeros(0, np.int32))
+      domain = catalogue_domain(catalogue)
       table = embed.domain_embeddings(self.config, domain, os.fspath(self.cache_root))
       where = os.fspath(embed.cache_dir(os.fspath(self.cache_root), domain.name))
     if self.table_width is not None and table.shape[1] != self.table_width:
@@ -328,7 +334,8 @@ def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None 
     if seq_transfer is None:
       raise NotAFinishedRunError(
           f"{workdir}: its evaluation scored with a sequence-level step (RecG), but the run has no saved "
-          f"centres and W_f ({workdir / transfer_lib.TRANSFER_DIR}); runs save them since this command "
-          "exists: run its `python -m recg_jax.main` command again (a finished run is only re-evaluated)")
+          f"centres and W_f ({workdir / transfer_lib.TRANSFER_DIR}; runs finished before they were saved "
+          "lack it): run its `python -m recg_jax.main` command again, which re-evaluates a finished run "
+          "and saves them")
   return Run(workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root,
              progress=progress)
