@@ -8,6 +8,7 @@ the command itself on a run that embedded its synthetic items with MiniLM.
 """
 
 import json
+import pathlib
 import shutil
 
 import jax
@@ -17,10 +18,12 @@ import pytest
 from configs import serving as serving_config
 from recg_jax import encoders
 from recg_jax import evaluate
+from recg_jax import train
 from recg_jax import transfer
 from recg_jax.data import types
 from recg_jax.data.errors import DataError
 from recg_jax.encoders import embed
+from recg_jax.models import text_space
 from recg_jax import serving
 from recg_jax.serving import output
 from recg_jax.serving import run as run_lib
@@ -80,13 +83,14 @@ def beta_files(finished_run, tiny_problem, tmp_path):
 
 
 def evaluation_ranks(config, workdir, domain, table):
-  """Evaluation's `full` ranks of the test targets, with the run's saved sequence-level step."""
-  model = transfer.train_lib.build_model(config, domain.num_items)
-  params = run_lib._restore_params(workdir, config)  # pylint: disable=protected-access
-  seq = transfer.load_sequence_transfer(workdir)
+  """Evaluation's `full` ranks of the test targets, as transfer.evaluate_trained scores a target: the run's
+  best parameters and saved sequence-level step, the table transformed as the pipeline does."""
+  run = serving.load(workdir, progress=False)
+  table = text_space.transform_tables({"t": table}, config.model.table_transform)["t"]
+  model = train.build_model(config, domain.num_items)
   split = types.leave_one_out(domain, "test", config.data.max_len)
-  user_fn = transfer.fused_user_fn(model, params, jax.numpy.asarray(table), seq)
-  items = transfer.item_vectors(model, params, table)
+  user_fn = transfer.fused_user_fn(model, run.params, jax.numpy.asarray(table), run.seq_transfer)
+  items = transfer.item_vectors(model, run.params, table)
   return evaluate.user_ranks(user_fn, items, split, domain, config.eval, protocols=("full",))["full"], split
 
 
@@ -324,3 +328,58 @@ def test_a_failed_write_leaves_the_old_output_whole(tmp_path):
     output.write_recommendations(path, np.array(["u1", "u2"], object), ids, np.zeros((2, 1), np.float32))
   assert path.read_text() == "old\n"
   assert [p.name for p in tmp_path.iterdir()] == ["recs.jsonl"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Slow tier: the command itself, on a run that embedded its synthetic items with the packaged MiniLM.
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_config):
+  from recg_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("pipeline_run")
+  config = tiny_config(pipeline=True)
+  pipeline.run(config, str(workdir))
+  domains = prepare.load_domains(config, workdir, log=lambda _: None)
+  return config, workdir, domains
+
+
+@pytest.mark.slow
+def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  config, workdir, domains = pipeline_run
+  beta = domains["Beta"]
+  rows = [{"item_id": i, **{f: v[row] for f, v in beta.item_fields.items()}}
+          for row, i in enumerate(beta.item_tokens[1:], start=1)]
+  catalogue = write_jsonl(tmp_path / "beta.jsonl", rows)
+  users = write_jsonl(tmp_path / "users.jsonl",
+                      [{"user_id": u, "items": h} for u, h in inputs_before_test(beta).items()])
+  out, export = tmp_path / "recs.jsonl", tmp_path / "vectors"
+  proc = subprocess.run([sys.executable, "-m", "recg_jax.recommend", f"--workdir={workdir}",
+                         f"--catalogue={catalogue}", f"--histories={users}", f"--top_k={beta.num_items}",
+                         f"--out={out}", f"--export={export}"],
+                        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The catalogue's texts are the domain's, so its embeddings are the run's own table, bit for bit.
+  table = np.load(embed.cache_dir(workdir, "catalogue-beta") / "embeddings.npy")
+  np.testing.assert_array_equal(table, np.load(embed.cache_dir(workdir, "Beta") / "embeddings.npy"))
+  want, split = evaluation_ranks(config, workdir, beta, table)
+  lists = {r["user_id"]: r for r in output.read_jsonl(out)}
+  compared = 0
+  for u, user in enumerate(beta.user_tokens):
+    target = beta.item_tokens[split.targets_U[u]]
+    if target in set(beta.item_tokens[beta.history(u)[:-1]]):
+      continue
+    scores = np.asarray(lists[user]["scores"], np.float32)
+    mine = scores[lists[user]["items"].index(target)]
+    assert np.sum(scores > mine) + 0.5 * (np.sum(scores == mine) - 1) == want[u], user
+    compared += 1
+  assert compared > 0.8 * beta.num_users
+  users_UxD, items_NxD = np.load(export / "users.npy"), np.load(export / "items.npy")
+  first = lists[beta.user_tokens[0]]
+  item_ids = json.loads((export / "item_ids.json").read_text())
+  np.testing.assert_allclose([users_UxD[0] @ items_NxD[item_ids.index(i)] for i in first["items"]],
+                             first["scores"], rtol=1e-5, atol=1e-6)
