@@ -14,8 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   # scores). 0 = the run's eval.batch_size.
   c.user_batch_size = 0
   # Catalogue rows scored per top-k step: the device holds a [user_batch_size, item_block_rows] float32
-  # score matrix at a time, whatever the catalogue's size (8192 measured fastest for 16k items on a
-  # 2-core CPU; see bench/recommend_throughput.py).
+  # score matrix at a time, whatever the catalogue's size (bench/recommend_throughput.py). 0 = the whole
+  # catalogue in one block (one [user_batch_size, N] matrix: the naive form).
   c.item_block_rows = 8192
   # Length buckets of the user inputs; None = the run's eval.length_buckets (as evaluation groups users).
   c.length_buckets = ml_collections.config_dict.placeholder(tuple)

@@ -60,6 +60,16 @@ class Histories:
   def history(self, user: int) -> np.ndarray:
     return self.items[self.offsets[user]:self.offsets[user + 1]]
 
+  def exclusion_rows(self, users_B: np.ndarray, width_multiple: int = 1) -> np.ndarray:
+    """[B, W] int32: each user's whole history, 0-padded (row 0 is never a candidate anyway). W is the
+    longest history of all users rounded up to width_multiple, so every batch has one shape."""
+    multiple = max(1, int(width_multiple))
+    width = -(-int(self.lengths.max()) // multiple) * multiple
+    cols = np.arange(width)[None, :]
+    idx = self.offsets[users_B][:, None] + cols
+    inside = cols < self.lengths[users_B][:, None]
+    return np.where(inside, self.items[np.minimum(idx, len(self.items) - 1)], 0).astype(np.int32)
+
 
 class _Builder:
   """Collects users one at a time, resolving ids against the catalogue and applying on_unknown."""

@@ -13,7 +13,6 @@ last one padded), as evaluation does; every batch is then ranked by topk.blocked
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -25,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-import tqdm
 
 from configs import serving as serving_config
 from recg_jax import evaluate as evaluate_lib
@@ -37,10 +35,6 @@ from recg_jax.models import text_space
 from recg_jax.serving import catalogue as catalogue_lib
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import topk
-
-# Batches dispatched ahead of the one being read back (device work overlaps host batching).
-_IN_FLIGHT = 2
-
 
 class NotAFinishedRunError(ValueError):
   """The workdir does not hold what recommending needs (a finished run's config, checkpoint, transfer)."""
@@ -186,7 +180,7 @@ class Run:
     items_host = np.asarray(items)
     if not np.isfinite(items_host).all():
       raise FloatingPointError(f"the run's item vectors of catalogue {catalogue.name!r} are not finite")
-    rows = min(int(self.settings.item_block_rows), catalogue.num_items + 1)
+    rows = min(int(self.settings.item_block_rows) or catalogue.num_items + 1, catalogue.num_items + 1)
     blocks = jax.device_put(topk.pad_blocks(items_host, rows))
     self._prepared = _Prepared(catalogue, model, table, items, blocks)
     return self._prepared
@@ -240,19 +234,6 @@ class Run:
 
   # -- recommendations --------------------------------------------------------------------------------------
 
-  def _history_rows(self, histories: histories_lib.Histories, users_B: np.ndarray,
-                    exclude_history: bool) -> np.ndarray:
-    """[B, W] rows to leave out per user: the whole history (W padded to history_width_multiple)."""
-    if not exclude_history:
-      return np.zeros((len(users_B), 1), np.int32)
-    multiple = max(1, int(self.settings.history_width_multiple))
-    width = -(-int(histories.lengths.max()) // multiple) * multiple
-    lengths_B = histories.lengths[users_B]
-    cols = np.arange(width)[None, :]
-    idx = histories.offsets[users_B][:, None] + cols
-    return np.where(cols < lengths_B[:, None], histories.items[np.minimum(idx, len(histories.items) - 1)],
-                    0).astype(np.int32)
-
   def recommend(self, histories, catalogue: catalogue_lib.Catalogue | str | os.PathLike | None = None,
                 k: int = 20, exclude_history: bool = True) -> Recommendations:
     """The k best items of the catalogue for every user (see Recommendations).
@@ -271,29 +252,17 @@ class Run:
       raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), catalogue.num_items)
     prepared = self._prepare(catalogue)
-    num_items = jnp.int32(catalogue.num_items)
-    precision = str(self.config.eval.get("score_precision", "highest"))
-    rows_UxK = np.zeros((histories.num_users, k), np.int32)
-    scores_UxK = np.full((histories.num_users, k), -np.inf, np.float32)
-    pending: collections.deque = collections.deque()
-    bar = tqdm.tqdm(total=histories.num_users, unit="user", desc="recommend", disable=not self.progress,
-                    dynamic_ncols=True, mininterval=1.0)
+    multiple = int(self.settings.history_width_multiple)
 
-    def drain_one():
-      users, real, (s, r) = pending.popleft()
-      scores_UxK[users[:real]] = np.asarray(s)[:real]
-      rows_UxK[users[:real]] = np.asarray(r)[:real]
-      bar.update(real)
+    def batches():
+      for users_B, real, user_BxD in self._user_batches(histories, prepared):
+        hist_BxW = (histories.exclusion_rows(users_B, multiple) if exclude_history
+                    else np.zeros((len(users_B), 1), np.int32))
+        yield users_B, real, user_BxD, hist_BxW
 
-    for users_B, real, user_BxD in self._user_batches(histories, prepared):
-      hist_BxW = jax.device_put(self._history_rows(histories, users_B, exclude_history))
-      pending.append((users_B, real, topk.blocked_top_k(user_BxD, prepared.blocks, hist_BxW, num_items, k=k,
-                                                        precision=precision)))
-      if len(pending) > _IN_FLIGHT:
-        drain_one()
-    while pending:
-      drain_one()
-    bar.close()
+    scores_UxK, rows_UxK = topk.rank(batches(), prepared.blocks, catalogue.num_items, histories.num_users, k,
+                                     precision=str(self.config.eval.get("score_precision", "highest")),
+                                     progress=self.progress)
     if np.isnan(scores_UxK).any():
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
       raise FloatingPointError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")

@@ -17,11 +17,17 @@ items. Excluded rows: hist_BxW holds, per user, the rows to leave out (0 = nothi
 
 from __future__ import annotations
 
+import collections
 import functools
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
+
+# Batches dispatched ahead of the one being read back: device work overlaps host batching.
+_IN_FLIGHT = 2
 
 
 def pad_blocks(items_NxD: np.ndarray, block_rows: int) -> np.ndarray:
@@ -89,3 +95,36 @@ def full_top_k(user_BxD: jax.Array, items_NxD: jax.Array, hist_BxW: jax.Array, n
                    hist_BxW.astype(jnp.int32))
   top_s, rows = jax.lax.top_k(scores, k)
   return top_s, jnp.where(top_s > -jnp.inf, rows.astype(jnp.int32), 0)
+
+
+def rank(batches: Iterable[tuple[np.ndarray, int, jax.Array, np.ndarray]], blocks_MxRxD: jax.Array,
+         num_items: int, num_users: int, k: int, precision: str = "highest",
+         progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """blocked_top_k over fixed-size batches of users: (scores_UxK, rows_UxK) on the host.
+
+  batches: (users_B, real, user_BxD, hist_BxW) per batch: which users its rows are (a padded batch repeats
+    its last user), how many rows are real, their vectors and their excluded rows. Every batch has one
+    shape, so one program serves them all.
+  """
+  rows_UxK = np.zeros((num_users, k), np.int32)
+  scores_UxK = np.full((num_users, k), -np.inf, np.float32)
+  count = jnp.int32(num_items)
+  pending: collections.deque = collections.deque()
+  bar = tqdm.tqdm(total=num_users, unit="user", desc="recommend", disable=not progress, dynamic_ncols=True,
+                  mininterval=1.0)
+
+  def drain_one():
+    users_B, real, (s_Bxk, r_Bxk) = pending.popleft()
+    scores_UxK[users_B[:real]] = np.asarray(s_Bxk)[:real]
+    rows_UxK[users_B[:real]] = np.asarray(r_Bxk)[:real]
+    bar.update(real)
+
+  for users_B, real, user_BxD, hist_BxW in batches:
+    pending.append((users_B, real, blocked_top_k(user_BxD, blocks_MxRxD, jax.device_put(hist_BxW), count,
+                                                 k=k, precision=precision)))
+    if len(pending) > _IN_FLIGHT:
+      drain_one()
+  while pending:
+    drain_one()
+  bar.close()
+  return scores_UxK, rows_UxK
