@@ -53,11 +53,11 @@ class Catalogue:
   path: str | None = None
 
   def __post_init__(self):
-    ids = np.asarray(self.item_ids, object)
+    ids = np.array([str(i) for i in self.item_ids], object)  # ids are compared as strings everywhere
     texts = np.asarray(self.item_text, object)
     object.__setattr__(self, "item_ids", ids)
     object.__setattr__(self, "item_text", texts)
-    if ids.ndim != 1 or not len(ids):
+    if texts.ndim != 1 or not len(ids):
       raise DataError(f"catalogue {self.name!r} has no items", path=self.path)
     if texts.shape != ids.shape:
       raise ValueError(f"catalogue {self.name!r}: {len(ids)} ids but {len(texts)} texts")
