@@ -20,7 +20,6 @@ from ml_collections import config_flags
 
 from configs import serving as serving_config
 from recg_jax import serving
-from recg_jax.data.errors import DataError
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import output
 
@@ -55,7 +54,7 @@ def main(argv):
         _WORKDIR.value, _CATALOGUE.value, _HISTORIES.value, _OUT.value, top_k=_TOP_K.value, fmt=_FORMAT.value,
         keep_history=_KEEP_HISTORY.value, on_unknown=_ON_UNKNOWN.value, export=_EXPORT.value,
         catalogue_name=_NAME.value, cache_root=_CACHE_ROOT.value, settings=flags.FLAGS.config)
-  except (DataError, serving.NotAFinishedRunError) as e:
+  except (ValueError, FloatingPointError) as e:  # bad input (DataError, NotAFinishedRunError, widths)
     sys.exit(f"recommend: {e}")
 
 

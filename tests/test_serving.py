@@ -254,9 +254,12 @@ def test_skip_drops_unknown_items_and_counts_them(small_catalogue, tmp_path):
 def test_unknown_item_in_inter_file_names_its_line(finished_run, small_catalogue, tmp_path):
   config, _ = finished_run
   inter = tmp_path / "h.inter"
-  inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ta\t1\nu1\tqq\t2\n")
+  inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ta\t1\nu1\tqq\t2\nu2\tqq\t1\n")
   with pytest.raises(DataError, match=r"h\.inter, line 3: field 'item_id': item 'qq' is not in"):
     serving.read_histories(inter, small_catalogue, config)
+  histories = serving.read_histories(inter, small_catalogue, config, on_unknown="skip")
+  assert list(histories.user_ids) == ["u1"] and list(histories.history(0)) == [1]
+  assert (histories.unknown_skipped, histories.users_dropped) == (2, 1)
 
 
 def test_empty_history_is_an_error(small_catalogue, tmp_path):

@@ -91,7 +91,9 @@ def _cell(value) -> str:
   return str(value)
 
 
-def _jsonl_rows(path: epath.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:
+def json_objects(path: epath.Path, expected: str) -> Iterator[tuple[int, dict]]:
+  """(line number, object) of every non-blank line of a JSONL file; `expected` describes an object in the
+  error for a line that is not one."""
   with path.open("r", encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
@@ -101,9 +103,13 @@ def _jsonl_rows(path: epath.Path, id_field: str) -> Iterator[tuple[int, Mapping[
       except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg}, column {e.colno})", path=path, line=line_no) from None
       if not isinstance(row, dict):
-        raise DataError(f"expected a JSON object with an {id_field!r} field, got {type(row).__name__}",
-                        path=path, line=line_no)
-      yield line_no, {k: _cell(v) for k, v in row.items()}
+        raise DataError(f"expected {expected}, got {type(row).__name__}", path=path, line=line_no)
+      yield line_no, row
+
+
+def _jsonl_rows(path: epath.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:
+  for line_no, row in json_objects(path, f"a JSON object with an {id_field!r} field"):
+    yield line_no, {k: _cell(v) for k, v in row.items()}
 
 
 def _csv_rows(path: epath.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:

@@ -13,7 +13,6 @@ counted too. An empty history and a user given twice are errors.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Iterator, Mapping, Sequence
 
@@ -126,17 +125,10 @@ class _Builder:
 
 
 def _jsonl_users(path: epath.Path) -> Iterator[tuple[int, object, object]]:
-  with path.open("r", encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg}, column {e.colno})", path=path, line=line_no) from None
-      if not isinstance(row, dict) or "items" not in row:
-        raise DataError('expected {"user_id": ..., "items": [...]}', path=path, line=line_no, field="items")
-      yield line_no, row.get("user_id"), row["items"]
+  for line_no, row in catalogue_lib.json_objects(path, '{"user_id": ..., "items": [...]}'):
+    if "items" not in row:
+      raise DataError('expected {"user_id": ..., "items": [...]}', path=path, line=line_no, field="items")
+    yield line_no, row.get("user_id"), row["items"]
 
 
 def _inter_users(path: epath.Path, data_config: ml_collections.ConfigDict,
