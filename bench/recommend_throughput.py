@@ -80,6 +80,7 @@ def _first_users(histories, n: int):
 def child(args) -> dict:
   """One side of one stage, in this process: prints its figures as one JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
+  from recg_jax import results as results_lib  # pylint: disable=g-import-not-at-top
   from recg_jax import serving  # pylint: disable=g-import-not-at-top
   from recg_jax.serving import topk  # pylint: disable=g-import-not-at-top
   stage, side = args.child.split(":")
@@ -97,7 +98,9 @@ def child(args) -> dict:
   items = run.item_vectors(catalogue)  # embeds (or reads the cache) and projects the catalogue
   prepare_s = time.perf_counter() - t0
   dim, k, batch = items.shape[1], args.k, min(args.user_batch, histories.num_users)
-  out = {"stage": stage, "side": side, "dim": dim, "k": k, "user_batch": batch, "read_s": read_s,
+  out = {"stage": stage, "side": side, "run": f"{run.config.model.backbone}-{run.config.model.variant} "
+         f"({results_lib.config_summary(run.config)}), source {run.config.data.source}, {run.head} head",
+         "dim": dim, "k": k, "user_batch": batch, "read_s": read_s,
          "embed_and_project_s": prepare_s, "devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
 
   if stage == "games":
@@ -163,6 +166,7 @@ def _report(args, results: list[dict], embed_s: float, wall_s: float) -> str:
       f"--users_1m={args.users_1m}`",
       f"- machine: {os.cpu_count()} CPUs, {first['devices']}; load average at the end "
       f"{os.getloadavg()[0]:.1f}; whole benchmark {wall_s / 60:.1f} min",
+      f"- run: {first['run']}",
       f"- model: the run's user and item vectors, width {first['dim']}; top {args.k}; {first['user_batch']} users "
       f"per batch; blocked = {args.block_rows} catalogue rows per block, full = the whole catalogue as one block",
       "- games: the real path (Games.item and Games.inter, every user; user vectors + top-k, warm). "
