@@ -117,6 +117,25 @@ def test_full_lists_rank_each_test_item_as_evaluation_does(finished_run, tiny_pr
   assert compared > 0.8 * beta.num_users
 
 
+def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_problem, beta_files, tmp_path):
+  """Every ingredient as the run's own evaluation had it: parameters, saved centres and W_f, table."""
+  _, workdir = finished_run
+  beta = tiny_problem[0]["Beta"]
+  summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items,
+                                    keep_history=True, progress=False, log=lambda _: None)
+  lists = {r["user_id"]: r for r in output.read_jsonl(summary.out)}
+  ranks = []
+  for u, user in enumerate(beta.user_tokens):
+    target = beta.item_tokens[beta.history(u)[-1]]
+    masked = set(beta.item_tokens[beta.history(u)[:-1]]) - {target}  # evaluation's full-protocol mask
+    scores = np.asarray([s for i, s in zip(lists[user]["items"], lists[user]["scores"]) if i not in masked])
+    mine = lists[user]["scores"][lists[user]["items"].index(target)]
+    ranks.append(np.sum(scores > mine) + 0.5 * (np.sum(scores == mine) - 1))
+  recorded = {r["domain"]: r for r in json.loads((workdir / "results.json").read_text())["records"]}["Beta"]
+  for name, value in evaluate.metrics_from_ranks(np.asarray(ranks), (5, 10)).items():
+    assert value == pytest.approx(recorded["metrics"][f"zero_shot/full/{name}"], abs=1e-9), name
+
+
 def test_exported_vectors_reproduce_the_scores(finished_run, beta_files, tmp_path):
   _, workdir = finished_run
   summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=5,
