@@ -185,6 +185,24 @@ def test_length_buckets_change_no_user_vector(finished_run, tiny_problem):
   np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-5, atol=1e-6)
 
 
+def test_text_knn_run_scores_by_its_history_mean_without_a_checkpoint(tiny_config, tiny_problem, tmp_path):
+  config = tiny_config(**{"model.variant": "text_knn", "eval.length_buckets": ()})
+  domains, tables = tiny_problem
+  transfer.evaluate_untrained(config, tmp_path, domains, tables)  # what `main` does for text_knn
+  beta, table = domains["Beta"], tables["Beta"]
+  run = serving.load(tmp_path, progress=False)
+  catalogue = serving.Catalogue("beta", beta.item_tokens[1:], beta.item_text[1:], table=table)
+  users = {"u": ["B3", "B4", "B5"]}
+  item_ids, scores = run.recommend(users, catalogue, k=3)
+  weights = 0.5 ** np.array([2.0, 1.0, 0.0])  # model.knn_decay = 0.5, age 0 = newest
+  mean = weights @ table[[3, 4, 5]] / weights.sum()
+  ref = table[1:] @ mean
+  ref[[2, 3, 4]] = -np.inf  # the history
+  best = np.argsort(-ref, kind="stable")[:3]
+  assert list(item_ids[0]) == list(catalogue.item_ids[best])
+  np.testing.assert_allclose(scores[0], ref[best], rtol=1e-5)
+
+
 @pytest.mark.parametrize("block_rows", [1, 3, 8, 41])
 def test_blocked_top_k_equals_the_full_matrix_top_k(block_rows):
   rng = np.random.default_rng(block_rows)

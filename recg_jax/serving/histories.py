@@ -91,7 +91,7 @@ class _Builder:
       raise DataError(f"user {user!r} given twice" + (f" (first on line {first})" if first else ""),
                       path=self.path, line=line, field="user_id")
     self.first_line[user] = line
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+    if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)):
       raise DataError(f"user {user!r}: items must be a list of item ids, got {type(items).__name__}",
                       path=self.path, line=line, field=field)
     if not len(items):

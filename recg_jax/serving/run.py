@@ -5,7 +5,8 @@ its best checkpoint, and for RecG with a sequence-level step the centres and W_f
 A catalogue's items are embedded with the run's own encoder settings into the run's embedding cache
 (cache/embeddings/catalogue-<name>, reused while its manifest matches), the run's table transform is
 applied with the catalogue's own statistics, and users are scored with the run's main head
-(transfer.main_head): exactly the vectors and scores evaluation computes for a target domain.
+(transfer.main_head): the user and item vectors evaluation computes for a target domain, and its scores
+up to the rounding of a matrix product taken in blocks of the catalogue.
 
 Users are grouped by input length into the run's eval.length_buckets and cut into fixed-size batches (the
 last one padded), as evaluation does; every batch is then ranked by topk.blocked_top_k.
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tqdm
 
 from configs import serving as serving_config
 from recg_jax import evaluate as evaluate_lib
@@ -35,6 +37,7 @@ from recg_jax.models import text_space
 from recg_jax.serving import catalogue as catalogue_lib
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import topk
+
 
 class NotAFinishedRunError(ValueError):
   """The workdir does not hold what recommending needs (a finished run's config, checkpoint, transfer)."""
@@ -228,8 +231,11 @@ class Run:
     histories = self._resolve(histories, catalogue)
     prepared = self._prepare(histories.catalogue)
     out = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
-    for users_B, real, user_BxD in self._user_batches(histories, prepared):
-      out[users_B[:real]] = np.asarray(user_BxD)[:real]
+    with tqdm.tqdm(total=histories.num_users, unit="user", desc="user vectors", disable=not self.progress,
+                   dynamic_ncols=True, mininterval=1.0) as bar:
+      for users_B, real, user_BxD in self._user_batches(histories, prepared):
+        out[users_B[:real]] = np.asarray(user_BxD)[:real]
+        bar.update(real)
     return out
 
   # -- recommendations --------------------------------------------------------------------------------------
