@@ -178,6 +178,7 @@ class Run:
     self._prepared = None  # drop the previous catalogue's device arrays first
     table = jnp.asarray(text_space.transform_table(jnp.asarray(self.embeddings(catalogue)),
                                                    str(self.config.model.get("table_transform", "none"))))
+    # Sized by the catalogue: BERT4Rec's mask token is num_items + 1, which must never be a real item.
     model = train_lib.build_model(self.config, catalogue.num_items)
     items = transfer_lib.item_vectors(model, self.params, table)
     items_host = np.asarray(items)
