@@ -1,4 +1,4 @@
-"""Recommendation throughput and peak memory: blocked top-k against one full [B, N] score matrix.
+r"""Recommendation throughput and peak memory: blocked top-k against one full [B, N] score matrix.
 
 Two catalogues; each side runs in a process of its own (so the peak memory is its own), and the sides
 alternate over rounds:
@@ -65,8 +65,8 @@ def _xla_temp_mib(blocks, batch: int, dim: int, hist_width: int, num_items: int,
   import jax  # pylint: disable=g-import-not-at-top
   from recg_jax.serving import topk  # pylint: disable=g-import-not-at-top
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
-  compiled = topk.blocked_top_k.lower(spec((batch, dim), np.float32), blocks, spec((batch, hist_width), np.int32),
-                                      np.int32(num_items), k=k).compile()
+  compiled = topk.blocked_top_k.lower(spec((batch, dim), np.float32), blocks,
+                                      spec((batch, hist_width), np.int32), np.int32(num_items), k=k).compile()
   return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
@@ -156,7 +156,8 @@ def _run_child(args, stage: str, side: str) -> dict:
 
 
 def _report(args, results: list[dict], embed_s: float, wall_s: float) -> str:
-  by = {(s, side): [r for r in results if r["stage"] == s and r["side"] == side] for s in STAGES for side in SIDES}
+  by = {(s, side): [r for r in results if r["stage"] == s and r["side"] == side]
+        for s in STAGES for side in SIDES}
   med = lambda rs, key: statistics.median(r[key] for r in rs)
   first = results[0]
   lines = [
@@ -167,25 +168,29 @@ def _report(args, results: list[dict], embed_s: float, wall_s: float) -> str:
       f"- machine: {os.cpu_count()} CPUs, {first['devices']}; load average at the end "
       f"{os.getloadavg()[0]:.1f}; whole benchmark {wall_s / 60:.1f} min",
       f"- run: {first['run']}",
-      f"- model: the run's user and item vectors, width {first['dim']}; top {args.k}; {first['user_batch']} users "
-      f"per batch; blocked = {args.block_rows} catalogue rows per block, full = the whole catalogue as one block",
+      f"- model: the run's user and item vectors, width {first['dim']}; top {args.k}; "
+      f"{first['user_batch']} users per batch; blocked = {args.block_rows} catalogue rows per block, full = "
+      "the whole catalogue as one block",
       "- games: the real path (Games.item and Games.inter, every user; user vectors + top-k, warm). "
       f"1m: top-k alone over {ITEMS_1M:,} generated item vectors (seeded random, not embedded texts) for the "
       f"first {args.users_1m:,} Games users' real vectors",
       f"- each cell: median over {args.rounds} processes (sides alternating) of each process's median of "
       f"{args.repeats} warm calls", "",
-      "| catalogue | items | users | side | users/s | ratio | peak RSS (MiB) | RSS growth while ranking (MiB) | "
+      "| catalogue | items | users | side | users/s | ratio | peak RSS (MiB) | "
+      "RSS growth while ranking (MiB) | "
       "XLA temp buffers per call (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
   for stage in STAGES:
     base = med(by[(stage, "full")], "users_per_s")
     for side in SIDES:
       rs = by[(stage, side)]
-      lines.append(f"| {stage} | {rs[0]['items']:,} | {rs[0]['users']:,} | {side} | {med(rs, 'users_per_s'):,.0f} | "
+      lines.append(f"| {stage} | {rs[0]['items']:,} | {rs[0]['users']:,} | {side} | "
+                   f"{med(rs, 'users_per_s'):,.0f} | "
                    f"{med(rs, 'users_per_s') / base:.2f}x | {med(rs, 'maxrss_mib'):,.0f} | "
                    f"{med(rs, 'rss_growth_mib'):,.0f} | {med(rs, 'xla_temp_mib'):,.1f} |")
   cold = [r for r in results if r["stage"] == "games"]
   lines += ["", f"Games, first call in a process (compiling included): {med(cold, 'cold_s'):.1f} s; reading "
-            f"Games.item and Games.inter: {med(cold, 'read_s'):.1f} s; reading the catalogue's embeddings from "
+            f"Games.item and Games.inter: {med(cold, 'read_s'):.1f} s; reading the catalogue's embeddings "
+            "from "
             f"the cache and projecting them: {med(cold, 'embed_and_project_s'):.1f} s; before the rounds, "
             f"embedding Games.item (or finding it cached): {embed_s:.0f} s.", ""]
   return "\n".join(lines)

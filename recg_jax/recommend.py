@@ -1,4 +1,4 @@
-"""Command line: the top-k items of a new catalogue for every user, from a finished run.
+r"""Command line: the top-k items of a new catalogue for every user, from a finished run.
 
   python -m recg_jax.recommend --workdir=RUN --catalogue=items.jsonl --histories=users.jsonl \
       --top_k=20 --out=recs.jsonl [--export=DIR] [--keep_history] [--on_unknown=skip]
@@ -24,11 +24,14 @@ from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import output
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's folder.")
-_CATALOGUE = flags.DEFINE_string("catalogue", None, "Items to recommend: a RecBole .item, .jsonl or .csv file.")
-_HISTORIES = flags.DEFINE_string("histories", None, "Users' histories: .jsonl ({'user_id', 'items'}) or .inter.")
+_CATALOGUE = flags.DEFINE_string("catalogue", None,
+                                 "Items to recommend: a RecBole .item, .jsonl or .csv file.")
+_HISTORIES = flags.DEFINE_string("histories", None,
+                                 "Users' histories: .jsonl ({'user_id', 'items'}) or .inter.")
 _OUT = flags.DEFINE_string("out", None, "Output file (JSONL, or CSV for a .csv name or --format=csv).")
 _TOP_K = flags.DEFINE_integer("top_k", 20, "Items per user (at most the catalogue's size).")
-_FORMAT = flags.DEFINE_enum("format", "", ["", *output.FORMATS], "Output format; default from --out's suffix.")
+_FORMAT = flags.DEFINE_enum("format", "", ["", *output.FORMATS],
+                            "Output format; default from --out's suffix.")
 _KEEP_HISTORY = flags.DEFINE_bool("keep_history", False,
                                   "Also recommend items of the user's own history (left out by default).")
 _ON_UNKNOWN = flags.DEFINE_enum("on_unknown", "error", list(histories_lib.ON_UNKNOWN),

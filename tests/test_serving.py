@@ -1,4 +1,4 @@
-"""recg_jax.serving and the recommend command's work (serving.recommend_files), on the session's tiny RecG run.
+"""recg_jax.serving and the recommend command's work (serving.recommend_files), on the session's tiny run.
 
 The run folder here is the tiny trained run finished as `main` finishes a zero-shot run (best checkpoint,
 results.json with the targets, the saved centres and W_f). Its tables are random, so its config reads
@@ -78,7 +78,8 @@ def beta_files(finished_run, tiny_problem, tmp_path):
   path = catalogue_file(tmp_path, domains["Beta"])
   seed_cache(workdir, config, serving.read_catalogue(path, config), tables["Beta"])
   histories = write_jsonl(tmp_path / "users.jsonl",
-                          [{"user_id": u, "items": h} for u, h in inputs_before_test(domains["Beta"]).items()])
+                          [{"user_id": u, "items": h}
+                           for u, h in inputs_before_test(domains["Beta"]).items()])
   return path, histories
 
 
@@ -117,7 +118,8 @@ def test_full_lists_rank_each_test_item_as_evaluation_does(finished_run, tiny_pr
   assert compared > 0.8 * beta.num_users
 
 
-def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_problem, beta_files, tmp_path):
+def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_problem, beta_files,
+                                                             tmp_path):
   """Every ingredient as the run's own evaluation had it: parameters, saved centres and W_f, table."""
   _, workdir = finished_run
   beta = tiny_problem[0]["Beta"]
@@ -256,7 +258,8 @@ def test_csv_catalogue_and_csv_lists(finished_run, tmp_path):
   table[0] = 0
   run = serving.load(workdir, progress=False)
   recs = run.recommend({"u": ["x2"]}, catalogue.with_table(table), k=2)
-  out = output.write_recommendations(tmp_path / "recs.csv", np.array(["u"], object), recs.item_ids, recs.scores)
+  out = output.write_recommendations(tmp_path / "recs.csv", np.array(["u"], object), recs.item_ids,
+                                     recs.scores)
   lines = out.read_text().splitlines()
   assert lines[0] == "user_id,rank,item_id,score" and len(lines) == 3
   assert [line.split(",")[:3] for line in lines[1:]] == [["u", "1", recs.item_ids[0, 0]],
@@ -300,13 +303,15 @@ def test_unknown_item_in_inter_file_names_its_line(finished_run, small_catalogue
 
 
 def test_empty_history_is_an_error(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]}, {"user_id": "u2", "items": []}])
+  path = write_jsonl(tmp_path / "h.jsonl",
+                     [{"user_id": "u1", "items": ["a"]}, {"user_id": "u2", "items": []}])
   with pytest.raises(DataError, match=r"line 2: field 'items': user 'u2' has an empty history"):
     serving.read_histories(path, small_catalogue)
 
 
 def test_user_given_twice_is_an_error(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]}, {"user_id": "u1", "items": ["b"]}])
+  path = write_jsonl(tmp_path / "h.jsonl",
+                     [{"user_id": "u1", "items": ["a"]}, {"user_id": "u1", "items": ["b"]}])
   with pytest.raises(DataError, match=r"line 2: field 'user_id': user 'u1' given twice \(first on line 1\)"):
     serving.read_histories(path, small_catalogue)
 

@@ -174,4 +174,5 @@ def read_catalogue(path: str | os.PathLike, config: ml_collections.ConfigDict,
                     f"(template {config.text.template!r}, fields {', '.join(config.data.text_fields)}; "
                     f"the file has {', '.join(field_names) or 'no text columns'})", path=path,
                     line=lines[bad], field=id_field)
-  return Catalogue(name=name or path.stem, item_ids=np.array(ids, object), item_text=texts, path=os.fspath(path))
+  return Catalogue(name=name or path.stem, item_ids=np.array(ids, object), item_text=texts,
+                   path=os.fspath(path))

@@ -167,8 +167,8 @@ class Run:
       table = embed.domain_embeddings(self.config, domain, os.fspath(self.cache_root))
       where = os.fspath(embed.cache_dir(os.fspath(self.cache_root), domain.name))
     if self.table_width is not None and table.shape[1] != self.table_width:
-      raise ValueError(f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) but "
-                       f"the run's model reads {self.table_width}-wide rows of encoder "
+      raise ValueError(f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) "
+                       f"but the run's model reads {self.table_width}-wide rows of encoder "
                        f"{self.config.encoder.model!r}: embed it with the run's encoder settings")
     return table
 
