@@ -41,7 +41,7 @@ def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb") 
   path = as_path(path)
   tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
   try:
-    with tmp.open(mode) as f:
+    with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
       write(f)
     tmp.replace(path)
   finally:

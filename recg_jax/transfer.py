@@ -13,6 +13,7 @@ training user and W_f is fitted on those vectors: one small jitted step, no pass
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 from absl import logging
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import tqdm
 
 from recg_jax import clustering
@@ -41,6 +43,34 @@ class SequenceTransfer:
   centres_KxD: np.ndarray
   fusion_params: Any
   inertia: float
+
+
+# Where a run keeps its fitted sequence-level step, so that a finished run can score new catalogues
+# (recg_jax.serving) with exactly the centres and W_f its evaluation used, without fitting them again.
+TRANSFER_DIR = "transfer"
+
+
+def save_sequence_transfer(workdir: str | os.PathLike, seq_transfer: SequenceTransfer) -> paths.Path:
+  """Writes the centres and W_f as an orbax checkpoint in <workdir>/transfer (orbax renames a finished
+  temporary folder into place, so a crash never leaves half of one); returns its path."""
+  path = paths.absolute(workdir) / TRANSFER_DIR
+  tree = {"centres_KxD": np.asarray(seq_transfer.centres_KxD, np.float32),
+          "fusion_params": jax.device_get(seq_transfer.fusion_params),
+          "inertia": np.float32(seq_transfer.inertia)}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, tree, force=True)
+  checkpointer.wait_until_finished()
+  return path
+
+
+def load_sequence_transfer(workdir: str | os.PathLike) -> SequenceTransfer | None:
+  """The sequence-level step save_sequence_transfer wrote in workdir, or None when there is none."""
+  path = paths.absolute(workdir) / TRANSFER_DIR
+  if not path.is_dir():
+    return None
+  tree = ocp.StandardCheckpointer().restore(path)
+  return SequenceTransfer(centres_KxD=np.asarray(tree["centres_KxD"]), fusion_params=tree["fusion_params"],
+                          inertia=float(tree["inertia"]))
 
 
 def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray, batch: int) -> np.ndarray:
@@ -312,6 +342,7 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: str | paths.Pat
   seq_transfer = None
   if sequence_step_enabled(config):
     seq_transfer = fit_sequence_transfer(config, model, params, tables[source], domains[source])
+    save_sequence_transfer(workdir, seq_transfer)
 
   records = []
   source_metrics = dict(trained.metrics)

@@ -1,0 +1,317 @@
+"""A finished run, loaded once, that scores any catalogue: item vectors, user vectors and top-k lists.
+
+`load(workdir)` reads what the run's evaluation used and nothing else is fitted: its config (results.json),
+its best checkpoint, and for RecG with a sequence-level step the centres and W_f it saved (transfer/).
+A catalogue's items are embedded with the run's own encoder settings into the run's embedding cache
+(cache/embeddings/catalogue-<name>, reused while its manifest matches), the run's table transform is
+applied with the catalogue's own statistics, and users are scored with the run's main head
+(transfer.main_head): the user and item vectors evaluation computes for a target domain, and its scores
+up to the rounding of a matrix product taken in blocks of the catalogue.
+
+Users are grouped by input length into the run's eval.length_buckets and cut into fixed-size batches (the
+last one padded), as evaluation does; every batch is then ranked by topk.blocked_top_k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from configs import serving as serving_config
+from recg_jax import evaluate as evaluate_lib
+from recg_jax import paths
+from recg_jax import train as train_lib
+from recg_jax import transfer as transfer_lib
+from recg_jax.data import types
+from recg_jax.models import recommender as recommender_lib
+from recg_jax.models import text_space
+from recg_jax.serving import catalogue as catalogue_lib
+from recg_jax.serving import histories as histories_lib
+from recg_jax.serving import topk
+
+
+class NotAFinishedRunError(ValueError):
+  """The workdir does not hold what recommending needs (a finished run's config, checkpoint, transfer)."""
+
+
+class Recommendations(NamedTuple):
+  """Top-k lists of every user, in the order of the histories.
+
+  item_ids: [U, k] object, best first; None where the user has fewer than k candidates.
+  scores: [U, k] float32 <user vector, item vector>; -inf where item_ids is None.
+  """
+
+  item_ids: np.ndarray
+  scores: np.ndarray
+
+
+def _read_config(workdir: paths.Path) -> tuple[ml_collections.ConfigDict, list[dict]]:
+  path = workdir / "results.json"
+  if not path.is_file():
+    raise NotAFinishedRunError(f"{workdir} is not a finished run: it has no results.json (a run writes it "
+                               "at its end: `python -m recg_jax.main --config=... --workdir=DIR`)")
+  try:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return ml_collections.ConfigDict(payload["config"]), list(payload["records"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise NotAFinishedRunError(f"{path}: not a results file of a run ({type(e).__name__}: {e})") from None
+
+
+def _restore_params(workdir: paths.Path, config: ml_collections.ConfigDict) -> Any:
+  """The run's best parameters (train.Checkpoints' `best`), restored as saved: host arrays."""
+  folder = workdir.absolute() / "checkpoints" / "best"
+  metric = str(config.eval.select_metric)
+  if not folder.is_dir():
+    raise NotAFinishedRunError(f"{workdir} is not a finished run: it has no best checkpoint ({folder})")
+  manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+      create=False, best_fn=lambda m: m[metric], best_mode="max"))
+  try:
+    step = manager.best_step()
+    if step is None:
+      raise NotAFinishedRunError(f"{workdir} is not a finished run: {folder} holds no checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return jax.device_get(restored["params"])
+
+
+def _table_width(params) -> int | None:
+  """H of the frozen rows the model reads (W_p's input width), None for a model without parameters."""
+  try:
+    return int(params["items"]["W_p"]["kernel"].shape[0])
+  except (KeyError, TypeError):
+    return None
+
+
+def _check_structure(workdir: paths.Path, config: ml_collections.ConfigDict, params, width: int) -> None:
+  """Raises unless the checkpoint's parameters are those of the model the config builds."""
+  model = train_lib.build_model(config, 1)
+  table = jax.ShapeDtypeStruct((2, width), jnp.float32)
+  want = jax.eval_shape(lambda t: recommender_lib.init_variables(model, jax.random.key(0), t), table)
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+  if shapes(want["params"]) != shapes(params):
+    raise NotAFinishedRunError(f"{workdir}: the best checkpoint's parameters do not fit the model of its "
+                               "results.json config (another run's checkpoint?)")
+
+
+def catalogue_domain(catalogue: catalogue_lib.Catalogue) -> types.DomainData:
+  """The catalogue as an interaction-free domain named catalogue-<name>: what the embedding cache keys
+  (encoders/embed.py), in its own folder beside the run's domains."""
+  return types.DomainData(
+      name=f"catalogue-{catalogue.name}",
+      item_tokens=np.concatenate([np.array(["[PAD]"], object), catalogue.item_ids]),
+      item_fields={}, item_text=np.concatenate([np.array([""], object), catalogue.item_text]),
+      user_tokens=np.array([], object), offsets=np.zeros(1, np.int64), items=np.zeros(0, np.int32))
+
+
+@dataclasses.dataclass
+class _Prepared:
+  """One catalogue on device: its model, transformed table, item vectors and their blocks."""
+
+  catalogue: catalogue_lib.Catalogue
+  model: recommender_lib.Recommender
+  table: jax.Array  # [N+1, H]
+  items: jax.Array  # [N+1, D]
+  blocks: jax.Array  # [M, R, D]
+
+
+class Run:
+  """A finished run that recommends; see the module docstring. Build it with `load`."""
+
+  def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict, params,
+               seq_transfer: transfer_lib.SequenceTransfer | None,
+               settings: ml_collections.ConfigDict | None = None, cache_root: str | os.PathLike | None = None,
+               progress: bool = True):
+    self.workdir = paths.as_path(workdir)
+    self.config = config
+    self.params = params
+    self.seq_transfer = seq_transfer
+    self.settings = settings if settings is not None else serving_config.get_config()
+    self.cache_root = paths.as_path(cache_root) if cache_root else self.workdir
+    self.progress = progress
+    self.table_width = _table_width(params)
+    self._prepared: _Prepared | None = None
+
+  @property
+  def head(self) -> str:
+    """The user head scored: 'fused' (g = W_f [y; s~]) with a sequence-level step, else 'plain' (y)."""
+    return transfer_lib.main_head(self.seq_transfer)
+
+  # -- catalogues -------------------------------------------------------------------------------------------
+
+  def catalogue(self, path: str | os.PathLike, name: str | None = None) -> catalogue_lib.Catalogue:
+    """read_catalogue with this run's id field and text template."""
+    return catalogue_lib.read_catalogue(path, self.config, name)
+
+  def histories(self, source, catalogue: catalogue_lib.Catalogue, on_unknown: str = "error"):
+    """read_histories against `catalogue` with this run's field names."""
+    return histories_lib.read_histories(source, catalogue, self.config, on_unknown)
+
+  def embeddings(self, catalogue: catalogue_lib.Catalogue) -> np.ndarray:
+    """[N+1, H] frozen rows of the catalogue (before the table transform): its own table, or its texts
+    embedded with the run's encoder settings through the embedding cache under cache_root."""
+    from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top  (loads encoder code)
+    if catalogue.table is not None:
+      table, where = np.asarray(catalogue.table, np.float32), "the catalogue's own table"
+    else:
+      domain = catalogue_domain(catalogue)
+      table = embed.domain_embeddings(self.config, domain, os.fspath(self.cache_root))
+      where = os.fspath(embed.cache_dir(os.fspath(self.cache_root), domain.name))
+    if self.table_width is not None and table.shape[1] != self.table_width:
+      raise ValueError(f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) "
+                       f"but the run's model reads {self.table_width}-wide rows of encoder "
+                       f"{self.config.encoder.model!r}: embed it with the run's encoder settings")
+    return table
+
+  def _prepare(self, catalogue: catalogue_lib.Catalogue) -> _Prepared:
+    if self._prepared is not None and self._prepared.catalogue is catalogue:
+      return self._prepared
+    self._prepared = None  # drop the previous catalogue's device arrays first
+    table = jnp.asarray(text_space.transform_table(jnp.asarray(self.embeddings(catalogue)),
+                                                   str(self.config.model.get("table_transform", "none"))))
+    # Sized by the catalogue: BERT4Rec's mask token is num_items + 1, which must never be a real item.
+    model = train_lib.build_model(self.config, catalogue.num_items)
+    items = transfer_lib.item_vectors(model, self.params, table)
+    items_host = np.asarray(items)
+    if not np.isfinite(items_host).all():
+      raise FloatingPointError(f"the run's item vectors of catalogue {catalogue.name!r} are not finite")
+    rows = min(int(self.settings.item_block_rows) or catalogue.num_items + 1, catalogue.num_items + 1)
+    blocks = jax.device_put(topk.pad_blocks(items_host, rows))
+    self._prepared = _Prepared(catalogue, model, table, items, blocks)
+    return self._prepared
+
+  def item_vectors(self, catalogue: catalogue_lib.Catalogue) -> np.ndarray:
+    """[N, D] float32: the vectors every item is scored with, in catalogue order (no padding row)."""
+    return np.asarray(self._prepare(catalogue).items)[1:]
+
+  # -- users ------------------------------------------------------------------------------------------------
+
+  def _resolve(self, histories, catalogue) -> histories_lib.Histories:
+    if isinstance(histories, histories_lib.Histories):
+      if catalogue is not None and histories.catalogue is not catalogue:
+        raise ValueError("these histories index another catalogue than the one given")
+      return histories
+    if catalogue is None:
+      raise ValueError("histories given as a file or mapping need the catalogue their ids belong to")
+    if not isinstance(catalogue, catalogue_lib.Catalogue):
+      catalogue = self.catalogue(catalogue)
+    return self.histories(histories, catalogue)
+
+  def _batch_size(self, num_users: int) -> int:
+    batch = int(self.settings.user_batch_size) or int(self.config.eval.batch_size)
+    if batch < 1:
+      raise ValueError(f"user batch size must be >= 1, got {batch}")
+    return min(batch, num_users)
+
+  def _user_batches(self, histories: histories_lib.Histories,
+                    prepared: _Prepared) -> Iterator[tuple[np.ndarray, int, jax.Array]]:
+    """(users_B, real rows, user_BxD on device) per fixed-size batch, by input length bucket."""
+    max_len = int(self.config.data.max_len)
+    inputs_UxL = types.right_aligned([histories.history(u) for u in range(histories.num_users)], max_len)
+    buckets = self.settings.length_buckets
+    buckets = tuple(self.config.eval.get("length_buckets", ()) if buckets is None else buckets)
+    heads_fn = transfer_lib.user_heads_fn(prepared.model, self.params, prepared.table, self.seq_transfer)
+    head, batch = self.head, self._batch_size(histories.num_users)
+    for width, group in evaluate_lib.length_groups(inputs_UxL, buckets):
+      for lo in range(0, len(group), batch):
+        real = group[lo:lo + batch]
+        users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])
+        yield users_B, len(real), heads_fn(jax.device_put(inputs_UxL[users_B, max_len - width:]))[head]
+
+  def user_vectors(self, histories, catalogue: catalogue_lib.Catalogue | None = None) -> np.ndarray:
+    """[U, D] float32 user vectors (the run's main head), in the order of the histories."""
+    histories = self._resolve(histories, catalogue)
+    prepared = self._prepare(histories.catalogue)
+    out = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
+    with tqdm.tqdm(total=histories.num_users, unit="user", desc="user vectors", disable=not self.progress,
+                   dynamic_ncols=True, mininterval=1.0) as bar:
+      for users_B, real, user_BxD in self._user_batches(histories, prepared):
+        out[users_B[:real]] = np.asarray(user_BxD)[:real]
+        bar.update(real)
+    return out
+
+  # -- recommendations --------------------------------------------------------------------------------------
+
+  def recommend(self, histories, catalogue: catalogue_lib.Catalogue | str | os.PathLike | None = None,
+                k: int = 20, exclude_history: bool = True) -> Recommendations:
+    """The k best items of the catalogue for every user (see Recommendations).
+
+    Args:
+      histories: Histories, or a .jsonl / .inter file or {user_id: [item ids]} (resolved against
+        `catalogue`, unknown ids an error).
+      catalogue: the Catalogue (or a catalogue file) the histories' ids belong to; default theirs.
+      k: list length; at most the catalogue's size.
+      exclude_history: leave each user's own history out of the list (as evaluation's full protocol masks
+        it); False ranks every item.
+    """
+    histories = self._resolve(histories, catalogue)
+    catalogue = histories.catalogue
+    if int(k) < 1:
+      raise ValueError(f"k must be >= 1, got {k}")
+    k = min(int(k), catalogue.num_items)
+    prepared = self._prepare(catalogue)
+    multiple = int(self.settings.history_width_multiple)
+
+    def batches():
+      for users_B, real, user_BxD in self._user_batches(histories, prepared):
+        hist_BxW = (histories.exclusion_rows(users_B, multiple) if exclude_history
+                    else np.zeros((len(users_B), 1), np.int32))
+        yield users_B, real, user_BxD, hist_BxW
+
+    scores_UxK, rows_UxK = topk.rank(batches(), prepared.blocks, catalogue.num_items, histories.num_users, k,
+                                     precision=str(self.config.eval.get("score_precision", "highest")),
+                                     progress=self.progress)
+    if np.isnan(scores_UxK).any():
+      user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
+      raise FloatingPointError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
+    ids = np.concatenate([np.array([None], object), catalogue.item_ids])[rows_UxK]
+    return Recommendations(item_ids=ids, scores=scores_UxK)
+
+
+def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None = None,
+         cache_root: str | os.PathLike | None = None, progress: bool = True) -> Run:
+  """A finished run of `python -m recg_jax.main` (or of the experiment grid) in workdir, ready to score.
+
+  Args:
+    workdir: the run's folder (results.json, checkpoints/best, transfer/).
+    settings: configs/serving.py's fields (batch and block sizes); default its defaults.
+    cache_root: the folder whose cache/embeddings/ keeps catalogue embeddings; default workdir (a run of
+      the experiment grid shares the grid folder's cache).
+    progress: show progress bars.
+  """
+  workdir = paths.as_path(workdir)
+  if not workdir.is_dir():
+    raise NotAFinishedRunError(f"{workdir} is not a finished run: no such folder")
+  config, records = _read_config(workdir)
+  variant = str(config.model.variant)
+  if variant == "id":
+    raise NotAFinishedRunError(f"{workdir}: variant 'id' learned one vector per item of its source, so it "
+                               "cannot score items it has never seen; use a 'sem', 'recg' or text-space run")
+  params: dict = {}
+  if variant != "text_knn":
+    params = _restore_params(workdir, config)
+    width = _table_width(params)
+    if width is None:
+      raise NotAFinishedRunError(f"{workdir}: its best checkpoint has no item projection (items/W_p)")
+    _check_structure(workdir, config, params, width)
+  seq_transfer = None
+  zero_shot = any(r.get("stage") == "zero_shot" for r in records)
+  if transfer_lib.sequence_step_enabled(config) and zero_shot:
+    seq_transfer = transfer_lib.load_sequence_transfer(workdir)
+    if seq_transfer is None:
+      raise NotAFinishedRunError(
+          f"{workdir}: its evaluation scored with a sequence-level step (RecG), but the run has no saved "
+          f"centres and W_f ({workdir / transfer_lib.TRANSFER_DIR}; runs finished before they were saved "
+          "lack it): run its `python -m recg_jax.main` command again, which re-evaluates a finished run "
+          "and saves them")
+  return Run(workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root,
+             progress=progress)
