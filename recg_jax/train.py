@@ -319,7 +319,7 @@ def _member_step_fn(model: recommender_lib.Recommender, config: ml_collections.C
   if loss_kind not in ("bpr", "softmax"):
     raise ValueError(f"config.train.loss={loss_kind!r}: expected 'bpr' or 'softmax'")
   scoring = candidate_scoring(config)
-  mask_id = recommender_lib.mask_token_id(num_items)
+  mask_id = recommender_lib.MASK_TOKEN_ID
   num_negatives, samples_per_domain = int(tc.num_negatives), int(gc.samples_per_domain)
 
   def step(state: TrainState, batch, tables, key, hp):

@@ -14,7 +14,7 @@ from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
 from recg_jax.models import sasrec as sasrec_lib
-from recg_jax.models.recommender import Recommender, init_variables, mask_token_id
+from recg_jax.models.recommender import MASK_TOKEN_ID, Recommender, init_variables
 
 D, L, I, H = 16, 8, 20, 12  # hidden, max_len, items, frozen-table width
 HISTORY = np.array([3, 7, 2, 9, 4], np.int32)
@@ -242,6 +242,19 @@ def test_sequence_fusion_starts_as_identity():
   np.testing.assert_array_equal(fusion.apply({"params": params}, y, s), y)
 
 
+def test_bert4rec_reads_item_num_items_plus_one_of_a_larger_target(built, table):
+  # Zero-shot, a model trained on I items meets a target with more: its item I + 1 is a real item, read
+  # from the target's table, never the mask.
+  model, variables = built["bert4rec"]
+  rng = np.random.default_rng(3)
+  target = jnp.asarray(np.concatenate([table, rng.normal(size=(4, table.shape[1]))]).astype(np.float32))
+  seq = _pad(np.append(HISTORY, I + 1), L)
+  other = target.at[I + 1].set(jnp.asarray(rng.normal(size=table.shape[1]), jnp.float32))
+  a = model.apply(variables, seq, target, False)
+  b = model.apply(variables, seq, other, False)
+  assert np.abs(np.asarray(a - b)).max() > 1e-4
+
+
 def test_dropout_only_in_training(built, table):
   model, variables = built["sasrec"]
   seq = _full_seq()
@@ -254,8 +267,7 @@ def test_dropout_only_in_training(built, table):
 
 def test_cloze_mask_token_and_inference(built, table):
   model, variables = built["bert4rec"]
-  mask_id = mask_token_id(I)
-  assert mask_id == I + 1
+  mask_id = MASK_TOKEN_ID
   seq = _pad(HISTORY, L)
   masked = seq.at[0, -2].set(mask_id)
   hidden = model.apply(variables, masked, table, False, method=Recommender.encode_positions)

@@ -2,7 +2,7 @@
 
 Bidirectional self-attention with a padding mask, post-LN by default (BERT), FFN d -> 4d with GELU.
 The authors' LLM-RecG code trains it with next-item BPR at the last position (our default); the Cloze
-objective is an option: the training pipeline masks items with the token `mask_token_id(num_items)`, which
+objective is an option: the training pipeline masks items with the token `MASK_TOKEN_ID`, which
 the Recommender replaces with a learned vector in input space, and the loss scores each masked position
 against its original item.
 """
@@ -15,9 +15,10 @@ import jax
 from recg_jax.models import sasrec
 
 
-def mask_token_id(num_items: int) -> int:
-  """The Cloze mask token: one past the last real item (items are 1..num_items, 0 is padding)."""
-  return int(num_items) + 1
+# The Cloze mask token, one id for every domain and past any real item (items are 1..num_items, 0 is
+# padding). An id derived from the catalogue's size (num_items + 1) would be a real item of any larger
+# domain, which a model trained on a small source would read as its mask zero-shot.
+MASK_TOKEN_ID = 2**31 - 1  # int32's largest: inputs are int32
 
 
 class BERT4Rec(nn.Module):

@@ -17,7 +17,7 @@ API (every method is pure; call it as `model.apply(variables, ..., method=...)`,
   model.is_causal                                      True for sasrec and gru4rec
   model.output_dim(H)                                  width of user and candidate vectors (d_l, or the
                                                        table's H in the text space; H + d_l for 'mix')
-  mask_token_id(num_items) = num_items + 1             the BERT4Rec Cloze mask token
+  MASK_TOKEN_ID = 2**31 - 1                            the BERT4Rec Cloze mask token (any domain)
 
   scores_BxN = user_BxD @ items_NxD.T
 
@@ -33,7 +33,7 @@ Conventions:
   all prefixes can be trained in one pass. For bert4rec (not causal) position t sees the whole sequence,
   including later items: next-item training over all prefixes from one encode_positions call would leak
   the targets; give each prefix its own row, use the last target only, or the Cloze objective.
-- Cloze (`cloze=True`, bert4rec only): inputs equal to mask_token_id(num_items) are replaced by a learned
+- Cloze (`cloze=True`, bert4rec only): inputs equal to MASK_TOKEN_ID are replaced by a learned
   vector in input space, and __call__ drops the oldest item, appends the mask token and reads the output
   there (BERT4Rec inference). encode_positions never shifts. Without cloze, the mask token is still
   understood by encode_positions (the learned vector exists for every bert4rec model).
@@ -60,7 +60,7 @@ BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 VARIANTS = heads.VARIANTS + ("text_knn",)
 SCORE_SPACES = ("projected", "text")
 TEXT_USERS = ("readout", "residual", "attention", "mix")
-mask_token_id = bert4rec_lib.mask_token_id
+MASK_TOKEN_ID = bert4rec_lib.MASK_TOKEN_ID
 
 
 class Recommender(nn.Module):
@@ -196,7 +196,7 @@ class Recommender(nn.Module):
     seq_BxL = seq_BxL.astype(jnp.int32)
     valid_BxL = seq_BxL > 0
     if self.backbone == "bert4rec":
-      is_mask_BxL = seq_BxL == mask_token_id(self.num_items)
+      is_mask_BxL = seq_BxL == MASK_TOKEN_ID
       # The table has no mask row: look up the padding row there, then swap in the learned vector.
       x_BxLxD = self.items(jnp.where(is_mask_BxL, 0, seq_BxL), table_NxH, train)
       x_BxLxD = jnp.where(is_mask_BxL[..., None], self.mask_vector.astype(x_BxLxD.dtype), x_BxLxD)
@@ -227,7 +227,7 @@ class Recommender(nn.Module):
                train: bool = False) -> jax.Array:
     """User vectors user_BxD: the output at position L-1 (the newest item, or the appended mask)."""
     if self.cloze:
-      mask_B1 = jnp.full((seq_BxL.shape[0], 1), mask_token_id(self.num_items), seq_BxL.dtype)
+      mask_B1 = jnp.full((seq_BxL.shape[0], 1), MASK_TOKEN_ID, seq_BxL.dtype)
       seq_BxL = jnp.concatenate([seq_BxL[:, 1:], mask_B1], axis=1)
     return self.encode_positions(seq_BxL, table_NxH, train)[:, -1]
 
