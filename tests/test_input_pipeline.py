@@ -104,6 +104,21 @@ def test_epoch_batches_cover_rows_once_and_pad():
   assert sorted(map(tuple, got)) == sorted(map(tuple, want))
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_process_parts_of_every_batch_join_to_the_whole_batch(processes):
+  # Each process builds only its rows of every global batch; in process order they are the batch.
+  rows = ip.build_rows(_many_users(), max_len=5, length_buckets=(2,))
+  batch_size = 8
+  per = batch_size // processes
+  whole = list(ip.epoch_batches(rows, batch_size, seed=3, epoch=1))
+  parts = [list(ip.epoch_batches(rows, batch_size, seed=3, epoch=1, part=slice(p * per, (p + 1) * per)))
+           for p in range(processes)]
+  assert any(b["weights"].sum(axis=-1).min() == 0 for b in whole)  # a padded batch is among them
+  for b, batch in enumerate(whole):
+    for key, value in batch.items():
+      np.testing.assert_array_equal(np.concatenate([part[b][key] for part in parts]), value, err_msg=key)
+
+
 def test_epoch_order_is_a_function_of_seed_and_epoch():
   rows = ip.build_rows(_many_users(), max_len=5)
   first = lambda seed, epoch: next(ip.epoch_batches(rows, 8, seed, epoch))["inputs"]
