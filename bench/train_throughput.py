@@ -5,6 +5,8 @@
   python bench/train_throughput.py --synthetic                      # Games-sized generated data
   python bench/train_throughput.py --backbones=sasrec --batch_sizes=128 --variant=sem --baseline
       # also the unbucketed, full-catalogue setup, side by side in the same process
+  python bench/train_throughput.py --backbones=sasrec --batch_sizes=128 --compute_dtypes=float32,bfloat16
+      # each setup in every listed train.compute_dtype, side by side in the same process
 
 Games comes from recg_jax.data.prepare (the RecBole folders under RECG_DATA_ROOT);
 --synthetic (or no data found) uses generated data with Games' sizes after 5-core filtering (50,335 users,
@@ -29,6 +31,9 @@ whole catalogue projected every step (train.candidate_scores=full), for a side-b
 shared machine compare the two only within one invocation; the process CPU seconds (epoch_cpu_s,
 eval_cpu_s; all threads) move less with the machine's load than wall time. Prints one JSON line per
 configuration (also appended to --out), the 1-minute load average, and a markdown table.
+
+--compute_dtypes runs every setup once per listed train.compute_dtype (mixed precision), one after the
+other for each backbone and batch size, so that they share the process, the data and the thread count.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def random_table(num_items: int, seed: int) -> np.ndarray:
 
 
 def bench_config(backbone: str, variant: str, batch_size: int, length_buckets=None, eval_length_buckets=None,
-                 candidate_scores=None):
+                 candidate_scores=None, compute_dtype=None):
   """The benchmarked run's config; None keeps the configs/default.py value of a field."""
   config = default.get_config()
   config.data.source, config.data.targets, config.data.auxiliary = "Games", tuple(AUX_ITEMS), ()
@@ -76,6 +81,8 @@ def bench_config(backbone: str, variant: str, batch_size: int, length_buckets=No
     config.eval.length_buckets = tuple(eval_length_buckets)
   if candidate_scores is not None:
     config.train.candidate_scores = candidate_scores
+  if compute_dtype is not None:
+    config.train.compute_dtype = compute_dtype
   return config
 
 
@@ -142,7 +149,7 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
   return {
       "backbone": backbone, "variant": variant, "batch_size": batch_size, "training_rows": rows.num_rows,
       "length_buckets": list(config.train.length_buckets),
-      "candidate_scores": config.train.candidate_scores,
+      "candidate_scores": config.train.candidate_scores, "compute_dtype": config.train.compute_dtype,
       "eval_length_buckets": list(config.eval.length_buckets),
       "train_sequences_per_s": round(rows.num_rows / epoch_s, 1),
       "train_targets_per_s": round(rows.num_targets / epoch_s, 1),
@@ -174,6 +181,8 @@ def main() -> None:
                       help="comma-separated widths; empty = none (default: eval.length_buckets)")
   parser.add_argument("--candidate_scores", default=None, choices=("auto", "factored", "gather", "full"),
                       help="train.candidate_scores (default: configs/default.py)")
+  parser.add_argument("--compute_dtypes", default="float32",
+                      help="comma-separated train.compute_dtype values, each run side by side (float32, bfloat16)")
   parser.add_argument("--baseline", action="store_true",
                       help="also run without buckets, with the full-catalogue projection every step")
   parser.add_argument("--windows", type=int, default=3)
@@ -192,6 +201,7 @@ def main() -> None:
   setups.append({"length_buckets": _buckets_arg(args.length_buckets),
                  "eval_length_buckets": _buckets_arg(args.eval_length_buckets),
                  "candidate_scores": args.candidate_scores})
+  setups = [{**setup, "compute_dtype": dtype} for setup in setups for dtype in args.compute_dtypes.split(",")]
   results = []
   load_before = os.getloadavg()[0]
   for backbone in args.backbones.split(","):
@@ -209,13 +219,13 @@ def main() -> None:
   print(f"\n{data}, {device}, d=256, 2 layers, 2 heads, max_len 50, variant {args.variant}, random 384-d "
         f"tables; medians; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
         f"({os.cpu_count()} CPUs)")
-  print("| backbone | batch | length buckets | candidate scores | train seq/s | train targets/s | epoch s "
-        "(CPU s) | eval users/s (full + sampled100) | eval s (CPU s) | eval buckets |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("| backbone | batch | length buckets | candidate scores | compute dtype | train seq/s | train targets/s "
+        "| epoch s (CPU s) | eval users/s (full + sampled100) | eval s (CPU s) | eval buckets |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   fmt = lambda b: ",".join(map(str, b)) or "none"
   for r in results:
     print(f"| {r['backbone']} | {r['batch_size']} | {fmt(r['length_buckets'])} | {r['candidate_scores']} | "
-          f"{r['train_sequences_per_s']:,.0f} | {r['train_targets_per_s']:,.0f} | {r['epoch_s']:,.0f} "
+          f"{r['compute_dtype']} | {r['train_sequences_per_s']:,.0f} | {r['train_targets_per_s']:,.0f} | {r['epoch_s']:,.0f} "
           f"({r['epoch_cpu_s']:,.0f}) | {r['eval_users_per_s'] or 0:,.0f} | {r['eval_s'] or 0:.1f} "
           f"({r['eval_cpu_s'] or 0:.1f}) | {fmt(r['eval_length_buckets'])} |")
 

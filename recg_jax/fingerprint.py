@@ -20,6 +20,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "model.sasrec_activation": "relu",
     "model.sasrec_ln_epsilon": 1e-6,
     "model.sasrec_init_std": 0.0,
+    "train.compute_dtype": "float32",
 }
 _MISSING = object()
 

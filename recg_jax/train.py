@@ -452,8 +452,9 @@ def make_mesh() -> jax.sharding.Mesh:
 
 def build_model(config: ml_collections.ConfigDict, num_items: int) -> recommender_lib.Recommender:
   cloze = config.model.backbone == "bert4rec" and config.train.bert4rec_objective == "cloze"
-  return recommender_lib.Recommender.from_config(config.model, num_items, int(config.data.max_len),
-                                                 cloze=cloze)
+  return recommender_lib.Recommender.from_config(
+      config.model, num_items, int(config.data.max_len), cloze=cloze,
+      compute_dtype_name=str(config.train.get("compute_dtype", "float32")))
 
 
 def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recommender,

@@ -9,8 +9,11 @@ against its original item.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from recg_jax.models import sasrec
 
@@ -30,12 +33,13 @@ class BERT4Rec(nn.Module):
   dropout: float
   max_len: int
   pre_ln: bool = False
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32 (sasrec.py)
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     return sasrec.TransformerEncoder(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                                      num_heads=self.num_heads, dropout=self.dropout,
                                      max_len=self.max_len, pre_ln=self.pre_ln, causal=False,
-                                     ffn_dim=4 * self.hidden_dim, activation=nn.gelu,
+                                     ffn_dim=4 * self.hidden_dim, activation=nn.gelu, dtype=self.dtype,
                                      name="transformer")(x_BxLxD, valid_BxL, train)
 

@@ -12,11 +12,18 @@ the candidates' own space) and W_a enters only as training moves the merge away 
 or the authors' code, a variant for studying RecG against Sem.
 The padding item 0 gives a zero input and a zero candidate vector in every variant.
 
+`dtype` is the compute dtype (config.train.compute_dtype): the frozen float32 rows are cast to it where they
+enter, and the sequence inputs come out in it. Parameters stay float32, and the candidate vectors and the
+alignment projection come out in float32 whatever the compute dtype, so that scores, BPR / softmax and
+L_gen are computed in float32.
+
 SequenceFusion is the sequence-level transfer map g = W_f [y; s~] (no bias), initialised to [I | 0] so it
 starts as the identity on y.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,29 +45,30 @@ class ItemProjection(nn.Module):
   features: int  # d_l
   emb_dropout: float = 0.0
   merge_init: str = "default"  # 'recg': 'default' (lecun normal) or 'identity' ([I | 0]: input = W_p e at start)
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32
 
   def setup(self):
     if self.variant not in VARIANTS:
       raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
     if self.variant == "id":
       self.item_embedding = nn.Embed(self.num_items + 1, self.features,
-                                     embedding_init=nn.initializers.normal(0.02))
+                                     embedding_init=nn.initializers.normal(0.02), dtype=self.dtype)
     else:
-      self.W_p = nn.Dense(self.features)
+      self.W_p = nn.Dense(self.features, dtype=self.dtype)
       if self.variant == "recg":
-        self.W_a = nn.Dense(self.features)
+        self.W_a = nn.Dense(self.features, dtype=self.dtype)
         if self.merge_init not in MERGE_INITS:
           raise ValueError(f"config.model.merge_init must be one of {MERGE_INITS}, got {self.merge_init!r}")
         init = identity_concat_init if self.merge_init == "identity" else nn.linear.default_kernel_init
-        self.merge = nn.Dense(self.features, kernel_init=init)
+        self.merge = nn.Dense(self.features, kernel_init=init, dtype=self.dtype)
     self.drop = nn.Dropout(self.emb_dropout)
 
   def _lookup(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
     if table_NxH is None or table_NxH.ndim != 2:
       raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
                        f"{None if table_NxH is None else table_NxH.shape}")
-    # Gather before projecting: B*L rows is far fewer than a whole catalogue of N rows.
-    return jnp.take(jax.lax.stop_gradient(table_NxH), seq_BxL, axis=0, mode="clip")
+    # Gather before projecting (and casting): B*L rows is far fewer than a whole catalogue of N rows.
+    return jnp.take(jax.lax.stop_gradient(table_NxH), seq_BxL, axis=0, mode="clip").astype(self.dtype)
 
   def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool) -> jax.Array:
     """Sequence inputs x_BxLxD; zero where seq_BxL == 0."""
@@ -78,30 +86,32 @@ class ItemProjection(nn.Module):
     return jnp.where(valid_BxLx1, x, 0.0)
 
   def item_vectors(self, table_NxH: jax.Array | None) -> jax.Array:
-    """Candidate vectors items_NxD (no dropout), row 0 = 0."""
+    """Candidate vectors items_NxD (no dropout, float32), row 0 = 0."""
     if self.variant == "id":
       return _zero_padding_row(self.item_embedding.embedding)
     if table_NxH is None or table_NxH.ndim != 2:
       raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
                        f"{None if table_NxH is None else table_NxH.shape}")
-    return _zero_padding_row(self.W_p(jax.lax.stop_gradient(table_NxH)))
+    items_NxD = self.W_p(jax.lax.stop_gradient(table_NxH).astype(self.dtype))
+    return _zero_padding_row(items_NxD.astype(jnp.float32))
 
   def candidate_vectors(self, ids: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
-    """Candidate vectors of the given item ids, shape ids.shape + (D,), zero where ids == 0.
+    """Candidate vectors of the given item ids, shape ids.shape + (D,), float32, zero where ids == 0.
 
     Equal to item_vectors(table)[ids], without projecting the whole catalogue.
     """
     if self.variant == "id":
-      x = self.item_embedding(ids)
+      # The float32 table itself, as item_vectors: Embed would cast the rows to the compute dtype.
+      x = jnp.take(self.item_embedding.embedding, ids, axis=0)
     else:
-      x = self.W_p(self._lookup(ids, table_NxH))
+      x = self.W_p(self._lookup(ids, table_NxH)).astype(jnp.float32)
     return jnp.where((ids > 0)[..., None], x, 0.0)
 
   def align(self, rows_MxH: jax.Array) -> jax.Array:
-    """z_MxD = W_a e + b_a, the space of the generalization loss ('recg' only)."""
+    """z_MxD = W_a e + b_a (float32), the space of the generalization loss ('recg' only)."""
     if self.variant != "recg":
       raise ValueError(f"align() exists only for variant 'recg', not {self.variant!r}")
-    return self.W_a(jax.lax.stop_gradient(rows_MxH))
+    return self.W_a(jax.lax.stop_gradient(rows_MxH).astype(self.dtype)).astype(jnp.float32)
 
 
 def identity_concat_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:

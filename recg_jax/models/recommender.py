@@ -38,6 +38,10 @@ Conventions:
   there (BERT4Rec inference). encode_positions never shifts. Without cloze, the mask token is still
   understood by encode_positions (the learned vector exists for every bert4rec model).
 - Padding positions produce zero inputs and zero outputs.
+- Mixed precision (`dtype`, from config.train.compute_dtype): the item heads and the backbone compute in
+  `dtype` (the frozen float32 rows are cast where they enter); parameters are float32, and what leaves the
+  model (user vectors, per-position outputs, candidate vectors, the alignment projection) is float32, so
+  scores, losses and metrics are computed in float32 in any case. dtype float32 is the plain model.
 """
 
 from __future__ import annotations
@@ -61,6 +65,15 @@ VARIANTS = heads.VARIANTS + ("text_knn",)
 SCORE_SPACES = ("projected", "text")
 TEXT_USERS = ("readout", "residual", "attention", "mix")
 MASK_TOKEN_ID = bert4rec_lib.MASK_TOKEN_ID
+# config.train.compute_dtype -> the dtype of activations and matmuls (parameters stay float32).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Any:
+  """The compute dtype named by config.train.compute_dtype."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.train.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+  return COMPUTE_DTYPES[name]
 
 
 class Recommender(nn.Module):
@@ -100,11 +113,14 @@ class Recommender(nn.Module):
   sasrec_activation: str = "relu"
   sasrec_ln_epsilon: float = 1e-6
   sasrec_init_std: float = 0.0
+  # Compute dtype of the heads and the backbone (COMPUTE_DTYPES); parameters and outputs are float32.
+  dtype: Any = jnp.float32
 
   @classmethod
   def from_config(cls, model_config: Any, num_items: int, max_len: int, *,
-                  cloze: bool = False) -> "Recommender":
-    """Builds the model from config.model. `cloze` = (config.train.bert4rec_objective == 'cloze')."""
+                  cloze: bool = False, compute_dtype_name: str = "float32") -> "Recommender":
+    """Builds the model from config.model. `cloze` = (config.train.bert4rec_objective == 'cloze'),
+    `compute_dtype_name` = config.train.compute_dtype."""
     return cls(backbone=str(model_config.backbone), variant=str(model_config.variant),
                num_items=int(num_items), hidden_dim=int(model_config.hidden_dim),
                num_layers=int(model_config.num_layers), num_heads=int(model_config.num_heads),
@@ -119,7 +135,8 @@ class Recommender(nn.Module):
                sasrec_ffn_multiplier=int(model_config.get("sasrec_ffn_multiplier", 1)),
                sasrec_activation=str(model_config.get("sasrec_activation", "relu")),
                sasrec_ln_epsilon=float(model_config.get("sasrec_ln_epsilon", 1e-6)),
-               sasrec_init_std=float(model_config.get("sasrec_init_std", 0.0)))
+               sasrec_init_std=float(model_config.get("sasrec_init_std", 0.0)),
+               dtype=compute_dtype(str(compute_dtype_name)))
 
   @property
   def is_causal(self) -> bool:
@@ -157,24 +174,28 @@ class Recommender(nn.Module):
       raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {self.text_user!r}")
     if self.text_user != "readout" and self.score_space != "text":
       raise ValueError(f"config.model.text_user={self.text_user!r} needs config.model.score_space='text'")
+    if jnp.dtype(self.dtype).name not in COMPUTE_DTYPES:
+      raise ValueError(f"Recommender.dtype (config.train.compute_dtype) must be one of "
+                       f"{tuple(COMPUTE_DTYPES)}, got {self.dtype!r}")
     if self.variant == "text_knn":
       return  # no parameters
     self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
                                       features=self.hidden_dim, emb_dropout=self.emb_dropout,
-                                      merge_init=self.merge_init, name="items")
+                                      merge_init=self.merge_init, dtype=self.dtype, name="items")
     if self.backbone == "gru4rec":
       self.encoder = gru4rec_lib.GRU4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                                         dropout=self.dropout, name="encoder")
+                                         dropout=self.dropout, dtype=self.dtype, name="encoder")
     elif self.backbone == "sasrec":
       self.encoder = sasrec_lib.SASRec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                                        num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
                                        pre_ln=self.pre_ln, ffn_multiplier=self.sasrec_ffn_multiplier,
                                        activation=self.sasrec_activation, ln_epsilon=self.sasrec_ln_epsilon,
-                                       init_std=self.sasrec_init_std, name="encoder")
+                                       init_std=self.sasrec_init_std, dtype=self.dtype, name="encoder")
     else:
       self.encoder = bert4rec_lib.BERT4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                                            num_heads=self.num_heads, dropout=self.dropout,
-                                           max_len=self.max_len, pre_ln=self.pre_ln, name="encoder")
+                                           max_len=self.max_len, pre_ln=self.pre_ln, dtype=self.dtype,
+                                           name="encoder")
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
     if self.score_space == "text":
@@ -183,10 +204,10 @@ class Recommender(nn.Module):
             -jnp.log(self.text_temperature)), ())
       elif self.text_user == "attention":
         self.readout = HistoryAttention(decay=self.knn_decay, temperature=self.text_temperature,
-                                        name="readout")
+                                        dtype=self.dtype, name="readout")
       else:
         self.readout = TextReadout(zero_init=self.text_user == "residual",
-                                   temperature=self.text_temperature, name="readout")
+                                   temperature=self.text_temperature, dtype=self.dtype, name="readout")
 
   def _inputs(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
               train: bool) -> tuple[jax.Array, jax.Array]:
@@ -210,7 +231,7 @@ class Recommender(nn.Module):
     if self.variant == "text_knn":
       return text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
     x_BxLxD, valid_BxL = self._inputs(seq_BxL, table_NxH, train)
-    hidden_BxLxD = self.encoder(x_BxLxD, valid_BxL, train)
+    hidden_BxLxD = self.encoder(x_BxLxD, valid_BxL, train).astype(jnp.float32)
     if self.score_space != "text":
       return hidden_BxLxD
     if self.text_user == "mix":
@@ -268,6 +289,7 @@ class TextReadout(nn.Module):
 
   zero_init: bool = False
   temperature: float = 0.05
+  dtype: Any = jnp.float32  # of W_o; the cosine and its norm are float32
 
   @nn.compact
   def __call__(self, hidden_BxLxD: jax.Array, valid_BxL: jax.Array, width: int,
@@ -275,7 +297,7 @@ class TextReadout(nn.Module):
     if not self.temperature > 0:
       raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
     init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
-    u = nn.Dense(width, kernel_init=init, name="W_o")(hidden_BxLxD)
+    u = nn.Dense(width, kernel_init=init, dtype=self.dtype, name="W_o")(hidden_BxLxD).astype(jnp.float32)
     if base_BxLxH is not None:
       u = u + base_BxLxH
     log_scale = self.param("log_scale", nn.initializers.constant(-jnp.log(self.temperature)), ())
@@ -296,14 +318,15 @@ class HistoryAttention(nn.Module):
 
   decay: float = 0.5
   temperature: float = 0.05
+  dtype: Any = jnp.float32  # of W_q and W_k; the logits, softmax and the mix of rows are float32
 
   @nn.compact
   def __call__(self, hidden_BxLxD: jax.Array, seq_BxL: jax.Array, table_NxH: jax.Array) -> jax.Array:
     if not self.temperature > 0:
       raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
     d = hidden_BxLxD.shape[-1]
-    q = nn.Dense(d, kernel_init=nn.initializers.zeros, name="W_q")(hidden_BxLxD)
-    k = nn.Dense(d, name="W_k")(hidden_BxLxD)
+    q = nn.Dense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="W_q")(hidden_BxLxD)
+    k = nn.Dense(d, dtype=self.dtype, name="W_k")(hidden_BxLxD)
     length = seq_BxL.shape[1]
     t = jnp.arange(length)
     age_LxL = (t[:, None] - t[None, :]).astype(jnp.float32)
@@ -311,7 +334,7 @@ class HistoryAttention(nn.Module):
     prior_LxL = age_LxL * jnp.log(jnp.maximum(jnp.float32(self.decay), 1e-6))
     valid_BxL = seq_BxL > 0
     allowed_BxLxL = (age_LxL >= 0)[None] & valid_BxL[:, None, :]
-    logits = jnp.einsum("btd,bsd->bts", q, k) / jnp.sqrt(jnp.float32(d)) + prior_LxL
+    logits = jnp.einsum("btd,bsd->bts", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d)) + prior_LxL
     logits = jnp.where(allowed_BxLxL, logits, -1e9)
     weights_BxLxL = jax.nn.softmax(logits, axis=-1)
     rows_BxLxH = jnp.take(table_NxH, seq_BxL.astype(jnp.int32), axis=0, mode="clip")

@@ -19,12 +19,16 @@ Choices (docs/method.md step 4 and the table of code differences):
   d -> 4d with (exact) GELU, LayerNorm epsilon 1e-12 and N(0, 0.02) weights: each is a field
   (ffn_multiplier, activation, ln_epsilon, init_std; config.model.sasrec_*). BERT4Rec's FFN is d -> 4d
   with GELU.
+- `dtype` is the compute dtype (config.train.compute_dtype): inputs are cast to it on entry and every
+  matmul, activation and the residual stream run in it; parameters stay float32. Flax's LayerNorm computes
+  its mean and variance in float32 whatever the dtype, and the attention softmax is forced to float32
+  (force_fp32_for_softmax; a no-op in float32), so half precision never reaches a normalisation.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -42,6 +46,7 @@ class TransformerBlock(nn.Module):
   activation: Callable[[jax.Array], jax.Array]
   ln_epsilon: float = 1e-6
   init_std: float = 0.0  # > 0: every kernel drawn from N(0, init_std^2) (RecBole); 0: flax's defaults
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, train: bool) -> jax.Array:
@@ -50,15 +55,15 @@ class TransformerBlock(nn.Module):
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, qkv_features=self.hidden_dim, out_features=self.hidden_dim,
         dropout_rate=self.dropout, broadcast_dropout=False, deterministic=det, kernel_init=kernel,
-        name="attention")
-    ln_attn = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_attention")
-    ln_ffn = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_ffn")
+        dtype=self.dtype, force_fp32_for_softmax=True, name="attention")
+    ln_attn = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_attention")
+    ln_ffn = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_ffn")
 
     def ffn(h):
-      h = nn.Dense(self.ffn_dim, kernel_init=kernel, name="ffn_in")(h)
+      h = nn.Dense(self.ffn_dim, kernel_init=kernel, dtype=self.dtype, name="ffn_in")(h)
       h = self.activation(h)
       h = nn.Dropout(self.dropout)(h, deterministic=det)
-      return nn.Dense(self.hidden_dim, kernel_init=kernel, name="ffn_out")(h)
+      return nn.Dense(self.hidden_dim, kernel_init=kernel, dtype=self.dtype, name="ffn_out")(h)
 
     if self.pre_ln:
       h = ln_attn(x_BxLxD)
@@ -84,6 +89,7 @@ class TransformerEncoder(nn.Module):
   activation: Callable[[jax.Array], jax.Array]
   ln_epsilon: float = 1e-6
   init_std: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
@@ -99,11 +105,11 @@ class TransformerEncoder(nn.Module):
     valid_BxLx1 = valid_BxL[..., None]
     positions_L = jnp.arange(length) + (self.max_len - length)  # right-aligned: newest at max_len - 1
     pos_LxD = nn.Embed(self.max_len, self.hidden_dim,
-                       embedding_init=nn.initializers.normal(self.init_std or 0.02),
+                       embedding_init=nn.initializers.normal(self.init_std or 0.02), dtype=self.dtype,
                        name="position_embedding")(positions_L)
-    x = x_BxLxD + pos_LxD[None].astype(x_BxLxD.dtype)
+    x = x_BxLxD.astype(self.dtype) + pos_LxD[None]
     if not self.pre_ln:
-      x = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_input")(x)
+      x = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_input")(x)
     x = jnp.where(valid_BxLx1, x, 0.0)
 
     mask = nn.make_attention_mask(valid_BxL, valid_BxL)  # [B, 1, L, L]: both ends real
@@ -112,11 +118,12 @@ class TransformerEncoder(nn.Module):
     for i in range(self.num_layers):
       x = TransformerBlock(hidden_dim=self.hidden_dim, num_heads=self.num_heads, dropout=self.dropout,
                            pre_ln=self.pre_ln, ffn_dim=self.ffn_dim, activation=self.activation,
-                           ln_epsilon=self.ln_epsilon, init_std=self.init_std,
+                           ln_epsilon=self.ln_epsilon, init_std=self.init_std, dtype=self.dtype,
                            name=f"block_{i}")(x, mask, train)
       x = jnp.where(valid_BxLx1, x, 0.0)
     if self.pre_ln:
-      x = jnp.where(valid_BxLx1, nn.LayerNorm(epsilon=self.ln_epsilon, name="ln_final")(x), 0.0)
+      x = jnp.where(valid_BxLx1, nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype,
+                                              name="ln_final")(x), 0.0)
     return x
 
 
@@ -133,6 +140,7 @@ class SASRec(nn.Module):
   activation: str = "relu"  # relu | gelu (exact, as RecBole's)
   ln_epsilon: float = 1e-6
   init_std: float = 0.0
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
@@ -145,7 +153,8 @@ class SASRec(nn.Module):
                               num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
                               pre_ln=self.pre_ln, causal=True, ffn_dim=self.ffn_multiplier * self.hidden_dim,
                               activation=ACTIVATIONS[self.activation], ln_epsilon=self.ln_epsilon,
-                              init_std=self.init_std, name="transformer")(x_BxLxD, valid_BxL, train)
+                              init_std=self.init_std, dtype=self.dtype, name="transformer")(
+                                  x_BxLxD, valid_BxL, train)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
