@@ -96,3 +96,17 @@ def test_results_and_plots_write_into_the_bucket(bucket, tiny_config):
                                 ["full/ndcg@10"], "gs://bucket/run/plots/alpha.png")
   assert str(png) == "gs://bucket/run/plots/alpha.png"
   assert bucket.cat("gs://bucket/run/plots/alpha.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_raw_amazon2023_files_are_read_from_the_bucket(bucket, tmp_path, gz):
+  import test_data_amazon2023 as amazon  # pylint: disable=g-import-not-at-top
+  from recg_jax.data import amazon2023  # pylint: disable=g-import-not-at-top
+  amazon.write_category(paths.as_path("gs://bucket/raw"), "Tools", gz=gz)
+  amazon.write_category(tmp_path, "Tools", gz=gz)
+  config = amazon.config_for(tmp_path)
+  remote = amazon2023.read_amazon2023("gs://bucket/raw", "Tools", config.data)
+  local = amazon2023.read_amazon2023(tmp_path, "Tools", config.data)
+  assert remote.user_tokens.tolist() == local.user_tokens.tolist()
+  assert remote.item_fields["title"].tolist() == local.item_fields["title"].tolist()
+  assert remote.num_interactions == local.num_interactions > 0

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import array
 import calendar
+import contextlib
 import gzip
 import json
 import os
-import pathlib
 from collections.abc import Iterator
 
 import ml_collections
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from recg_jax import paths
 from recg_jax.data import download
 from recg_jax.data.errors import DataError
 from recg_jax.data.raw import RawDomain
@@ -47,13 +48,13 @@ def file_names(category: str) -> dict[str, str]:
 
 
 def find_files(raw_dir: str | os.PathLike[str], category: str,
-               amazon_config: ml_collections.ConfigDict | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+               amazon_config: ml_collections.ConfigDict | None = None) -> tuple[paths.Path, paths.Path]:
   """(reviews, meta) paths in raw_dir, plain `.jsonl` preferred over `.jsonl.gz`.
 
   Missing files are downloaded from amazon_config.url_template when amazon_config.download is set;
   otherwise they raise DataError.
   """
-  raw_dir = pathlib.Path(raw_dir)
+  raw_dir = paths.as_path(raw_dir)
   found = []
   for kind, name in file_names(category).items():
     plain = raw_dir / name[:-len(".gz")]
@@ -62,6 +63,10 @@ def find_files(raw_dir: str | os.PathLike[str], category: str,
     elif (raw_dir / name).is_file():
       found.append(raw_dir / name)
     elif amazon_config is not None and amazon_config.download:
+      if paths.is_remote(raw_dir):
+        raise DataError("data.amazon2023.download writes to a local folder (it resumes by appending); "
+                        "download where the files are read locally, then copy them to the bucket",
+                        path=raw_dir, field="data.amazon2023.download")
       url = amazon_config.url_template.format(kind=kind, file=name)
       found.append(download.download_file(url, raw_dir / name))
     else:
@@ -70,11 +75,11 @@ def find_files(raw_dir: str | os.PathLike[str], category: str,
   return found[0], found[1]
 
 
-def _json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+def _json_lines(path: paths.Path) -> Iterator[tuple[int, dict]]:
   """Yields (1-based line number, object) for every non-blank line, decoding one line at a time."""
-  opener = gzip.open if path.name.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
+    with path.open("rb") as stored, (gzip.GzipFile(fileobj=stored) if path.name.endswith(".gz")
+                                     else contextlib.nullcontext(stored)) as f:
       for number, raw in enumerate(f, start=1):
         if not raw.strip():
           continue
@@ -92,14 +97,14 @@ def _json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
     raise DataError(f"could not read: {e}", path=path) from None
 
 
-def _string(obj: dict, key: str, path: pathlib.Path, number: int) -> str:
+def _string(obj: dict, key: str, path: paths.Path, number: int) -> str:
   value = obj.get(key)
   if not isinstance(value, str) or not value:
     raise DataError("missing or not a non-empty string", path=path, line=number, field=key)
   return value
 
 
-def _timestamp(obj: dict, path: pathlib.Path, number: int) -> int:
+def _timestamp(obj: dict, path: paths.Path, number: int) -> int:
   value = obj.get("timestamp")
   if isinstance(value, str):
     try:
@@ -139,17 +144,17 @@ class _Codes:
     return table[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _arrow_batches(path: pathlib.Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _arrow_batches(path: paths.Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
   """Streams record batches holding only `schema`'s keys (the rest of each object is skipped)."""
   compression = "gzip" if path.name.endswith(".gz") else None
-  with pa.input_stream(str(path), compression=compression) as stream:
+  with path.open("rb") as stored, pa.input_stream(stored, compression=compression) as stream:
     reader = pajson.open_json(
         stream, read_options=pajson.ReadOptions(block_size=_BLOCK),
         parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
     yield from reader
 
 
-def _reviews_arrow(path: pathlib.Path, cutoff_ms: int | None):
+def _reviews_arrow(path: paths.Path, cutoff_ms: int | None):
   schema = pa.schema([("user_id", pa.string()), ("parent_asin", pa.string()), ("timestamp", pa.int64())])
   users, items = _Codes(), _Codes()
   user_parts, item_parts, time_parts = [], [], []
@@ -170,7 +175,7 @@ def _reviews_arrow(path: pathlib.Path, cutoff_ms: int | None):
   return users.index, items.index, cat(user_parts), cat(item_parts), cat(time_parts)
 
 
-def _reviews_lines(path: pathlib.Path, cutoff_ms: int | None):
+def _reviews_lines(path: paths.Path, cutoff_ms: int | None):
   users: dict[str, int] = {}
   items: dict[str, int] = {}
   user_codes, item_codes, times = array.array("q"), array.array("q"), array.array("q")
@@ -187,7 +192,7 @@ def _reviews_lines(path: pathlib.Path, cutoff_ms: int | None):
   return users, items, as_np(user_codes), as_np(item_codes), as_np(times)
 
 
-def _meta_arrow(path: pathlib.Path, items: dict[str, int], meta_fields: list[tuple[str, str]]):
+def _meta_arrow(path: paths.Path, items: dict[str, int], meta_fields: list[tuple[str, str]]):
   keys = sorted({key for key, _ in meta_fields})
   if not set(keys) <= set(_META_TYPES):
     raise _Fallback  # free-form keys (e.g. `details`) are read by the line reader
@@ -214,7 +219,7 @@ def _meta_arrow(path: pathlib.Path, items: dict[str, int], meta_fields: list[tup
   return fields
 
 
-def _meta_lines(path: pathlib.Path, items: dict[str, int], meta_fields: list[tuple[str, str]]):
+def _meta_lines(path: paths.Path, items: dict[str, int], meta_fields: list[tuple[str, str]]):
   fields = {name: [""] * len(items) for _, name in meta_fields}
   seen = np.zeros(len(items), bool)
   for number, obj in _json_lines(path):
