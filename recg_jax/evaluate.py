@@ -432,6 +432,9 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   num_items, num_users = domain.num_items, domain.num_users
   if num_users == 0:
     raise ValueError(f"domain {domain.name!r} has no users to evaluate")
+  if num_users < jax.process_count():  # a process without users would never join the ranks' sum
+    raise ValueError(f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
+                     f"{jax.process_count()} processes that share them")
   if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
     raise ValueError(f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
                      f"[{num_items + 1}, D] (row 0 = padding)")
