@@ -67,11 +67,12 @@ def check_batch_size(batch_size: int, field: str = "train.batch_size") -> None:
                      "every process must contribute an equal share of each global batch")
 
 
-def process_share(num: int) -> slice:
-  """This process's contiguous block of `num` things (rows, items, users): nearly equal blocks, in order."""
-  count, index = jax.process_count(), jax.process_index()
-  per = -(-num // count)
-  return slice(min(index * per, num), min((index + 1) * per, num))
+def process_share(num: int, index: int | None = None) -> slice:
+  """Process `index`'s (default: this one's) contiguous block of `num` things (items, users), in process
+  order; block sizes differ by at most one, so with num >= process_count none is empty."""
+  count = jax.process_count()
+  index = jax.process_index() if index is None else index
+  return slice(index * num // count, (index + 1) * num // count)
 
 
 def local_rows(global_size: int) -> slice:
@@ -96,10 +97,12 @@ def gather_rows(local_NxD: np.ndarray, total: int) -> np.ndarray:
   """Concatenates every process's `process_share(total)` block, in process order, on every process."""
   if not multi():
     return local_NxD
-  per = -(-total // jax.process_count())
+  per = -(-total // jax.process_count())  # every block padded to one size for the all-gather
   padded = np.zeros((per,) + local_NxD.shape[1:], local_NxD.dtype)
   padded[:len(local_NxD)] = local_NxD
-  return np.asarray(multihost_utils.process_allgather(padded, tiled=True))[:total]
+  blocks = np.asarray(multihost_utils.process_allgather(padded))  # [processes, per, ...]
+  sizes = [process_share(total, i).stop - process_share(total, i).start for i in range(len(blocks))]
+  return np.concatenate([block[:size] for block, size in zip(blocks, sizes)])
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:

@@ -432,7 +432,7 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   num_items, num_users = domain.num_items, domain.num_users
   if num_users == 0:
     raise ValueError(f"domain {domain.name!r} has no users to evaluate")
-  if num_users < jax.process_count():  # a process without users would never join the ranks' sum
+  if num_users < jax.process_count():  # a process without users would not know the heads to sum
     raise ValueError(f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
                      f"{jax.process_count()} processes that share them")
   if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
@@ -465,12 +465,17 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
 
   groups = length_groups(inputs_UxL, eval_config.get("length_buckets", ()))
+  if distributed.multi():
+    # Each process takes a block of the users in group order, so that every process has some.
+    order = np.concatenate([g for _, g in groups])
+    mine = np.zeros(num_users, bool)
+    mine[order[distributed.process_share(len(order))]] = True
+    groups = [(w, g[mine[g]]) for w, g in groups]
   max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     pending = []  # device results; synced once at the end so host batching overlaps device work
     for seq_width, group in groups:
-      group = group[distributed.process_share(len(group))]
       for lo in range(0, len(group), batch):
         real = group[lo:lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped

@@ -176,3 +176,42 @@ def test_batch_not_divisible_by_processes_is_an_error_in_check_batch_size(monkey
   with pytest.raises(ValueError, match=r"train.batch_size=64 is not a multiple of the number of processes \(3\)"):
     distributed.check_batch_size(64)
   distributed.check_batch_size(96)
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_process_shares_tile_in_order_and_none_is_empty(monkeypatch, count):
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: count)
+  for num in (count, 7, 40):
+    blocks = [distributed.process_share(num, i) for i in range(count)]
+    assert blocks[0].start == 0 and blocks[-1].stop == num
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+    sizes = [b.stop - b.start for b in blocks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+_GATHER_WORKER = """
+import sys
+import numpy as np
+from recg_jax import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+total = 7  # blocks of 3 and 4 rows
+rows = np.arange(total * 2, dtype=np.float32).reshape(total, 2)
+mine = rows[distributed.process_share(total)]
+np.testing.assert_array_equal(distributed.gather_rows(mine, total), rows)
+ones = np.zeros(total, np.float32)
+ones[distributed.process_share(total)] = 1.0
+np.testing.assert_array_equal(distributed.sum_over_processes(ones), np.ones(total, np.float32))
+print("ok", flush=True)
+"""
+
+
+def test_gather_rows_and_sums_across_two_processes(tmp_path):
+  port = _free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", _GATHER_WORKER, f"127.0.0.1:{port}", str(i)], cwd=_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and out.strip().endswith("ok"), out[-3000:]
+
