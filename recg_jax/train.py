@@ -711,9 +711,9 @@ class Checkpoints:
       if diff:
         raise ValueError(f"{self.root} holds a checkpoint of a different run (differs in {diff}); use a "
                          "fresh workdir or restore the config")
-    if distributed.is_primary():
+    if distributed.is_primary():  # atomically: another process may be reading the previous one
       self.root.mkdir(parents=True, exist_ok=True)
-      path.write_text(json.dumps(signature, indent=1, sort_keys=True))
+      paths.write_text_atomic(path, json.dumps(signature, indent=1, sort_keys=True))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
