@@ -157,6 +157,16 @@ def test_exported_vectors_reproduce_the_scores(finished_run, beta_files, tmp_pat
     np.testing.assert_allclose(record["scores"], best, rtol=1e-5, atol=1e-6)
 
 
+def test_vectors_from_the_ranking_pass_equal_user_vectors(finished_run, beta_files):
+  _, workdir = finished_run
+  run = serving.load(workdir, progress=False)
+  catalogue = run.catalogue(beta_files[0])
+  histories = run.histories(beta_files[1], catalogue)
+  recs, users = run.recommend_with_user_vectors(histories, k=5)
+  np.testing.assert_array_equal(users, run.user_vectors(histories))
+  np.testing.assert_array_equal(recs.item_ids, run.recommend(histories, k=5).item_ids)
+
+
 def test_history_is_left_out_unless_kept(finished_run, tiny_problem):
   config, workdir = finished_run
   domains, tables = tiny_problem

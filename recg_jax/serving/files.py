@@ -47,7 +47,7 @@ def recommend_files(workdir: str | os.PathLike, catalogue: str | os.PathLike, hi
     log(f"[recommend] skipped {users.unknown_skipped:,} history items not in the catalogue; "
         f"{users.users_dropped:,} users had none left and get no list")
   start = time.perf_counter()
-  recs = run.recommend(users, k=top_k, exclude_history=not keep_history)
+  recs, users_UxD = run.recommend_with_user_vectors(users, k=top_k, exclude_history=not keep_history)
   seconds = time.perf_counter() - start
   path = output.write_recommendations(out, users.user_ids, recs.item_ids, recs.scores, fmt)
   log(f"[recommend] wrote {path}: top {recs.scores.shape[1]} for {users.num_users:,} users in "
@@ -57,7 +57,7 @@ def recommend_files(workdir: str | os.PathLike, catalogue: str | os.PathLike, hi
     about = {"run": os.fspath(run.workdir), "head": run.head, "catalogue": items.name,
              "history_excluded_from_lists": not keep_history}
     folder = output.write_export(export, items.item_ids, run.item_vectors(items), users.user_ids,
-                                 run.user_vectors(users), about=about)
+                                 users_UxD, about=about)
     log(f"[recommend] wrote the item and user vectors to {folder}")
   return Summary(out=path, export=folder, users=users.num_users, items=items.num_items,
                  k=recs.scores.shape[1], unknown_skipped=users.unknown_skipped,

@@ -178,7 +178,7 @@ class Run:
     self._prepared = None  # drop the previous catalogue's device arrays first
     table = jnp.asarray(text_space.transform_table(jnp.asarray(self.embeddings(catalogue)),
                                                    str(self.config.model.get("table_transform", "none"))))
-    # Sized by the catalogue: BERT4Rec's mask token is num_items + 1, which must never be a real item.
+    # num_items sizes only an ID table, which a served variant does not have.
     model = train_lib.build_model(self.config, catalogue.num_items)
     items = transfer_lib.item_vectors(model, self.params, table)
     items_host = np.asarray(items)
@@ -253,6 +253,12 @@ class Run:
       exclude_history: leave each user's own history out of the list (as evaluation's full protocol masks
         it); False ranks every item.
     """
+    return self.recommend_with_user_vectors(histories, catalogue, k, exclude_history)[0]
+
+  def recommend_with_user_vectors(self, histories, catalogue=None, k: int = 20,
+                                  exclude_history: bool = True) -> tuple[Recommendations, np.ndarray]:
+    """recommend, and the [U, D] user vectors the lists were ranked with (user_vectors' values, from the
+    same pass of the model)."""
     histories = self._resolve(histories, catalogue)
     catalogue = histories.catalogue
     if int(k) < 1:
@@ -260,9 +266,11 @@ class Run:
     k = min(int(k), catalogue.num_items)
     prepared = self._prepare(catalogue)
     multiple = int(self.settings.history_width_multiple)
+    kept = []  # (users, real rows, user vectors on device), read back after the ranking
 
     def batches():
       for users_B, real, user_BxD in self._user_batches(histories, prepared):
+        kept.append((users_B, real, user_BxD))
         hist_BxW = (histories.exclusion_rows(users_B, multiple) if exclude_history
                     else np.zeros((len(users_B), 1), np.int32))
         yield users_B, real, user_BxD, hist_BxW
@@ -274,7 +282,10 @@ class Run:
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
       raise FloatingPointError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
     ids = np.concatenate([np.array([None], object), catalogue.item_ids])[rows_UxK]
-    return Recommendations(item_ids=ids, scores=scores_UxK)
+    users_UxD = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
+    for users_B, real, user_BxD in kept:
+      users_UxD[users_B[:real]] = np.asarray(user_BxD)[:real]
+    return Recommendations(item_ids=ids, scores=scores_UxK), users_UxD
 
 
 def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None = None,
