@@ -127,8 +127,11 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path_factory, two_
     assert got_m[domain].keys() == metrics.keys()
     np.testing.assert_allclose([got_m[domain][k] for k in metrics], list(metrics.values()), atol=1e-6,
                                err_msg=domain)
-  # Only process 0 wrote files and results; both processes took part.
+  # Both processes took part; only process 0 wrote the log (a second writer would repeat every record).
   assert "process 1/2" in _log(two_process_run, 1) and "process 0/2" in _log(two_process_run, 0)
+  records = driver.read_jsonl(two_process_run / "metrics.jsonl")
+  keys = [(r["kind"], r["step"]) for r in records]
+  assert len(keys) == len(set(keys)), keys
 
 
 @pytest.mark.slow

@@ -110,3 +110,13 @@ def test_raw_amazon2023_files_are_read_from_the_bucket(bucket, tmp_path, gz):
   assert remote.user_tokens.tolist() == local.user_tokens.tolist()
   assert remote.item_fields["title"].tolist() == local.item_fields["title"].tolist()
   assert remote.num_interactions == local.num_interactions > 0
+
+
+def test_the_downloader_refuses_a_remote_folder(bucket):
+  import test_data_amazon2023 as amazon  # pylint: disable=g-import-not-at-top
+  from recg_jax.data import amazon2023  # pylint: disable=g-import-not-at-top
+  from recg_jax.data.errors import DataError  # pylint: disable=g-import-not-at-top
+  config = amazon.config_for("gs://bucket/raw")
+  config.data.amazon2023.download = True
+  with pytest.raises(DataError, match="writes to a local folder"):
+    amazon2023.find_files("gs://bucket/raw", "Tools", config.data.amazon2023)
