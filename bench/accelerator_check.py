@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import encoders  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.encoders import llama  # pylint: disable=g-import-not-at-top,wrong-import-position

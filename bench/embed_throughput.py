@@ -59,7 +59,7 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from recg_jax.config import default  # pylint: disable=g-import-not-at-top
   from recg_jax.encoders import embed, load_encoder, sources  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()

@@ -28,7 +28,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default  # pylint: disable=g-import-not-at-top
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top
+from recg_jax import eval_negatives as negatives
 from recg_jax import evaluate as ev
 from recg_jax.data import types
 from games import games_domain  # pylint: disable=g-import-not-at-top
@@ -70,7 +71,7 @@ def main() -> None:
     warm_cpu.append(time.process_time() - c0)
     assert again == metrics, "evaluation is not deterministic"
   t0 = time.perf_counter()
-  ev.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
+  negatives.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
   sampling = time.perf_counter() - t0
   best = min(warm) if warm else cold
   print(json.dumps({

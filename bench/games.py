@@ -11,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs import default  # pylint: disable=wrong-import-position
+from recg_jax.config import default  # pylint: disable=wrong-import-position
 from recg_jax.data import types  # pylint: disable=wrong-import-position
 
 GAMES_USERS, GAMES_ITEMS, GAMES_INTERACTIONS = 50_335, 16_428, 437_772

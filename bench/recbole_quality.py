@@ -34,7 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from recbole_side_by_side import recbole_config_dict  # pylint: disable=wrong-import-position
 
 from configs import amazon_shared  # pylint: disable=wrong-import-position
-from configs import default  # pylint: disable=wrong-import-position
+from recg_jax.config import default  # pylint: disable=wrong-import-position
 
 RECBOLE_BLOCKS = {"model.sasrec_ffn_multiplier": 4, "model.sasrec_activation": "gelu",
                   "model.sasrec_ln_epsilon": 1e-12, "model.sasrec_init_std": 0.02}
@@ -83,7 +83,7 @@ def run_recbole(root: str, domain: str, args, workdir: str) -> dict:
 
 def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   from recg_jax import pipeline  # pylint: disable=g-import-not-at-top
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  from recg_jax import training
   name, _, overrides = spec.partition(":")
   config = amazon_shared.get_config(f"source={domain}")
   config.data.root = root
@@ -106,7 +106,7 @@ def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   run_dir = pathlib.Path(workdir) / name
   domains = pipeline.prepare_data(config, pathlib.Path(workdir))
   t0 = time.perf_counter()
-  result = train.train_and_evaluate(config, run_dir, domains, None)
+  result = training.train_and_evaluate(config, run_dir, domains, None)
   total = time.perf_counter() - t0
   valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
            if '"kind": "valid"' in line]

@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from games import games_domain  # pylint: disable=wrong-import-position
 from train_throughput import run_one  # pylint: disable=wrong-import-position
 
-from configs import default  # pylint: disable=wrong-import-position
+from recg_jax.config import default  # pylint: disable=wrong-import-position
 
 
 def recbole_config_dict(root: str, workdir: str, overrides: dict) -> dict:

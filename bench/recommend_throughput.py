@@ -42,7 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SIDES = ("blocked", "full")
 STAGES = ("games", "1m")
@@ -54,7 +54,7 @@ def _maxrss_mib() -> float:
 
 
 def _settings(args, side: str):
-  from configs import serving as serving_config  # pylint: disable=g-import-not-at-top
+  from recg_jax.config import serving as serving_config  # pylint: disable=g-import-not-at-top
   settings = serving_config.get_config()
   settings.user_batch_size = args.user_batch
   settings.item_block_rows = args.block_rows if side == "blocked" else 0

@@ -52,9 +52,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recg_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax import evaluate as evaluate_lib
+from recg_jax.training import members as members_lib
+from recg_jax.training import trainer as trainer_lib
 from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
 from games import AUX_ITEMS, TABLE_DIM, games_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -99,7 +101,7 @@ def _per_bucket_batches(rows, batch_size: int, width: int):
 
 def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) -> dict:
   config = bench_config(backbone, variant, batch_size, **setup)
-  trainer = train.create_trainer(config, domain, tables if variant != "id" else None)
+  trainer = trainer_lib.create_trainer(config, domain, tables if variant != "id" else None)
   rows = trainer.rows
   state = trainer.state
   trainer.state = None
@@ -132,17 +134,16 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
   epoch_s = sum(b["batches"] * b["step_ms"] / 1000 for b in buckets)
   epoch_cpu_s = sum(b["batches"] * b["step_cpu_ms"] / 1000 for b in buckets)
 
-  eval_fns = train.make_eval_fns(trainer.model)
   split = types.leave_one_out(domain, "valid", int(config.data.max_len))
   table = trainer.tables_on_device["source"]
   t0 = time.perf_counter()
-  params = train.member_tree(state.params, 0)
-  train.evaluate_split(eval_fns, params, table, split, domain, config.eval, trainer.mesh)
+  params = members_lib.member_tree(state.params, 0)
+  evaluate_lib.evaluate_split(trainer.model, params, table, split, domain, config.eval, trainer.mesh)
   eval_cold_s = time.perf_counter() - t0
   eval_times, eval_cpu = [], []
   for _ in range(args.eval_repeats):
     t0, c0 = time.perf_counter(), time.process_time()
-    train.evaluate_split(eval_fns, params, table, split, domain, config.eval, trainer.mesh)
+    evaluate_lib.evaluate_split(trainer.model, params, table, split, domain, config.eval, trainer.mesh)
     eval_times.append(time.perf_counter() - t0)
     eval_cpu.append(time.process_time() - c0)
   eval_s = statistics.median(eval_times) if eval_times else None

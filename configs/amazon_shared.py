@@ -4,13 +4,13 @@ Default: source Scientific, targets Office and Games. Choose others with a confi
   --config=configs/amazon_shared.py:source=Office,targets=Scientific+Games
 """
 
-from configs import default
+from recg_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.format = "recbole"
   config.data.source = "Scientific"
   config.data.targets = ("Office", "Games")
   config.experiment.name = "amazon_shared"
-  return default.apply_config_arg(config, arg)
+  return config_lib.apply_config_arg(config, arg)

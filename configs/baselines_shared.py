@@ -9,12 +9,12 @@ Scientific and Scientific ← Office are reported (docs/method.md). `:paper_size
 two heads, lr 1e-3, patience 10, up to 200 epochs.
 """
 
-from configs import default
+from recg_jax import config as config_lib
 from configs import grid_shared
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.format = "recbole"
   config.data.source = grid_shared.DOMAINS[0]
   config.data.targets = grid_shared.DOMAINS[1:]
@@ -37,4 +37,4 @@ def get_config(arg: str | None = None):
     grid_shared.reduced_sizes(config)
     if preset not in ("", "reduced"):
       rest = arg  # no preset named: the whole argument is overrides
-  return default.apply_config_arg(config, rest or None)
+  return config_lib.apply_config_arg(config, rest or None)

@@ -4,11 +4,11 @@ Books is tens of GB: the reader streams it, keeps reviews from data.amazon2023.m
 number of users (seeded) so that preprocessing fits a workstation.
 """
 
-from configs import default
+from recg_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.format = "amazon2023"
   config.data.source = "Books"
   config.data.targets = ("Movies_and_TV",)
@@ -17,4 +17,4 @@ def get_config(arg: str | None = None):
   config.data.amazon2023.min_year = 2018
   config.data.amazon2023.max_users = 200_000
   config.experiment.name = "books_to_movies"
-  return default.apply_config_arg(config, arg)
+  return config_lib.apply_config_arg(config, arg)

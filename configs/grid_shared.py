@@ -3,8 +3,8 @@
 `python -m recg_jax.experiments --config=configs/grid_shared.py --workdir=DIR`
 
 Full grid (default): 3 sources x 3 backbones x {ID, Sem, RecG} x 3 seeds with text_knn beside them (no
-training, once per source and seed), the five ablations and the
-paper's alpha grid for SASRec trained on Scientific, at the paper's model sizes (configs/default.py). The
+training, once per source and seed), the five ablations and the paper's alpha grid for SASRec trained on
+Scientific, at the paper's model sizes (the defaults, recg_jax/config/default.py). The
 paper's Table 5 ablates BERT4Rec (IS -> VG): `--config.experiment.ablation_backbone=bert4rec`, about five
 times the cost on a CPU (BERT4Rec trains on one row per prefix). Drop the ID runs with
 `--config.experiment.variants='("sem","recg","text_knn")'`.
@@ -28,14 +28,14 @@ jobs on the same 2 cores). Any field can still be overridden after the preset, e
 `--config.experiment.seeds='(0,1)'`.
 """
 
-from configs import default
+from recg_jax import config as config_lib
 
 DOMAINS = ("Scientific", "Office", "Games")
 PAPER_ALPHAS = (5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4)
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.format = "recbole"
   config.data.source = DOMAINS[0]
   config.data.targets = DOMAINS[1:]
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None):
     ec.ablation_seeds = (0,)
   elif preset not in ("", "full"):
     rest = arg
-  return default.apply_config_arg(config, rest or None)
+  return config_lib.apply_config_arg(config, rest or None)
 
 
 def _reduced(config) -> None:

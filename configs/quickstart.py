@@ -3,11 +3,11 @@
 Results from this config are on synthetic data and are labelled so.
 """
 
-from configs import default
+from recg_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.format = "synthetic"
   config.data.source = "Alpha"
   config.data.targets = ("Beta", "Gamma")
@@ -28,4 +28,4 @@ def get_config(arg: str | None = None):
   config.transfer.wf_epochs = 2
   config.eval.batch_size = 256
   config.experiment.name = "quickstart"
-  return default.apply_config_arg(config, arg)
+  return config_lib.apply_config_arg(config, arg)

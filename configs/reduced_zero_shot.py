@@ -15,10 +15,10 @@ This is the experiment of notebooks/colab_reproduction.ipynb; any field can stil
 """
 
 from configs import amazon_shared
-from configs import default
 from configs import grid_shared
 from configs import paper
 from configs import quickstart
+from recg_jax import config as config_lib
 
 DATA_CHOICES = ("synthetic", "recbole", "amazon2023")
 # Users kept per Amazon 2023 domain (seeded sample, before k-core filtering): the whole categories have
@@ -48,4 +48,4 @@ def get_config(arg: str | None = None):
   ec.seeds = (0,)
   ec.ablations = ()
   ec.alphas = ()
-  return default.apply_config_arg(config, rest or None)
+  return config_lib.apply_config_arg(config, rest or None)

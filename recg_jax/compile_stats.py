@@ -12,10 +12,15 @@ event per persistent-cache hit, so a runner can report compiles per run and per 
 
 programs = compiles + cache_hits; compile_s counts both. A program already in memory (a jitted function
 called again with the same shapes) is none of these.
+
+TRACE_COUNTS counts the traces of the project's own jitted functions ('train_step', 'user_fn'): a Python
+side effect inside the traced function runs once per trace, never per call, so a retrace per batch
+would show up there (tests assert one trace per run and input width).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 
 import jax
@@ -23,6 +28,8 @@ import jax
 # Event names of jax._src.dispatch / jax._src.compiler (stable since jax 0.4.2x).
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+TRACE_COUNTS: collections.Counter = collections.Counter()
 
 _lock = threading.Lock()
 _totals = {"programs": 0, "compile_s": 0.0, "cache_hits": 0}

@@ -49,6 +49,13 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(message: str) -> None:
+  """Console output a user reads (stage lines, tables): printed by the primary process only, so that a run
+  of several processes prints it once."""
+  if is_primary():
+    print(message, flush=True)
+
+
 def multi() -> bool:
   return jax.process_count() > 1
 

@@ -18,7 +18,7 @@ Protocols:
               from the candidates, except the target itself: an item bought again is still a hit. Without
               it nothing is removed.
   sampled<N>  the target against N negatives drawn once per user (seeded) from the items outside the
-              user's whole sequence (`sample_eval_negatives`). Their scores are gathered from the same
+              user's whole sequence (eval_negatives.py). Their scores are gathered from the same
               full score matrix, so the model runs once per user for both protocols.
 
 Users are grouped by input length into eval.length_buckets (padded widths, capped at the split's input
@@ -36,13 +36,11 @@ all its competitors always come from one matrix product and ties are exact.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
-import hashlib
 import math
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
@@ -50,10 +48,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from recg_jax import compile_stats
 from recg_jax import distributed
+from recg_jax import eval_negatives as negatives_lib
 from recg_jax import input_pipeline
 from recg_jax.data.types import DomainData
 from recg_jax.data.types import EvalSplit
+from recg_jax.models import recommender as recommender_lib
 
 _SAMPLED_RE = re.compile(r"^sampled(\d*)$")
 _PRECISIONS = {
@@ -112,132 +113,6 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]
     out[f"recall@{k}"] = float(recall.mean())
     out[f"ndcg@{k}"] = float(ndcg.mean())
   return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampled negatives.
-
-
-def _history_keys(domain: DomainData) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted unique user * (I+1) + item keys of every interaction, and distinct items per user [U]."""
-  width = domain.num_items + 1
-  users = np.repeat(np.arange(domain.num_users, dtype=np.int64), domain.lengths)
-  keys = np.sort(users * width + domain.items.astype(np.int64))
-  keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-  distinct_U = np.bincount(keys // width, minlength=domain.num_users)
-  return keys, distinct_U
-
-
-def _first_distinct(cand_RxM: np.ndarray, users_R: np.ndarray, keys: np.ndarray, width: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per row, the first k draws (in draw order) that are outside the user's history and not repeats.
-
-  The first k distinct accepted draws of a uniform stream are a uniform k-subset of the accepted items.
-  Returns (rows that got k: bool [R], their picks [n_ok, k]).
-  """
-  rows, draws = cand_RxM.shape
-  shift = max(1, int(draws - 1).bit_length())
-  # Sorting (item, draw position) packed in one int64 finds repeats, keeps the earliest draw of each item
-  # first, and makes the history lookups below run over sorted queries.
-  packed_RxM = np.sort((cand_RxM << shift) | np.arange(draws, dtype=np.int64), axis=1)
-  items_RxM, pos_RxM = packed_RxM >> shift, packed_RxM & ((1 << shift) - 1)
-  query_RxM = users_R[:, None].astype(np.int64) * width + items_RxM
-  found = np.minimum(np.searchsorted(keys, query_RxM.ravel()), keys.size - 1).reshape(rows, draws)
-  keep_sorted = keys[found] != query_RxM
-  keep_sorted[:, 1:] &= items_RxM[:, 1:] != items_RxM[:, :-1]
-  keep = np.empty_like(keep_sorted)
-  np.put_along_axis(keep, pos_RxM, keep_sorted, axis=1)  # back to draw order
-  count = np.cumsum(keep, axis=1, dtype=np.int32)
-  ok_R = count[:, -1] >= k
-  take = keep[ok_R] & (count[ok_R] <= k)
-  return ok_R, cand_RxM[ok_R][take].reshape(-1, k).astype(np.int32)
-
-
-def _dense_negatives(rng: np.random.Generator, domain: DomainData, users: np.ndarray, k: int) -> np.ndarray:
-  """Exact sampling through random keys over the whole catalogue, for users with a large history share."""
-  width = domain.num_items + 1
-  out = np.empty((len(users), k), np.int32)
-  step = max(1, (1 << 22) // width)  # bound the key matrix to ~32 MB
-  for lo in range(0, len(users), step):
-    chunk = users[lo:lo + step]
-    keys_RxN = rng.random((len(chunk), width))
-    keys_RxN[:, 0] = np.inf
-    lens = domain.lengths[chunk]
-    rows = np.repeat(np.arange(len(chunk)), lens)
-    starts = np.repeat(domain.offsets[chunk], lens)
-    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    keys_RxN[rows, domain.items[starts + pos]] = np.inf
-    out[lo:lo + len(chunk)] = np.argpartition(keys_RxN, k - 1, axis=1)[:, :k]
-  return out
-
-
-def sample_eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> np.ndarray:
-  """[U, num_negatives] int32 negatives per user: distinct, uniform over items outside the whole sequence.
-
-  Vectorised rejection sampling: draw a few more candidates than needed per user, reject those in the
-  user's sequence (binary search in the sorted user*(I+1)+item keys) and repeats, keep the first
-  `num_negatives`; the rare rows left short are redrawn with twice as many candidates. Users whose sequence
-  covers a large share of the catalogue are sampled exactly over the catalogue instead. The result is a
-  function of (domain, num_negatives, seed) only.
-  """
-  k = int(num_negatives)
-  if k <= 0:
-    raise ValueError(f"num_negatives must be positive, got {num_negatives}")
-  num_items = domain.num_items
-  keys, distinct_U = _history_keys(domain)
-  short = np.nonzero(distinct_U + k > num_items)[0]
-  if short.size:
-    u = int(short[0])
-    raise ValueError(
-        f"domain {domain.name!r}: cannot draw {k} negatives outside the history of user "
-        f"{domain.user_tokens[u]!r} (index {u}, {distinct_U[u]} distinct items) from a catalogue of "
-        f"{num_items} items ({short.size} users affected); lower eval.num_sampled_negatives or drop the "
-        f"sampled protocol from eval.protocols")
-  rng = np.random.default_rng(seed)
-  width = num_items + 1
-  out = np.zeros((domain.num_users, k), np.int32)
-  # Draws needed so that k distinct accepted ones arrive with overwhelming probability.
-  accept_U = (num_items - distinct_U) / num_items
-  draws_U = np.ceil((k + 4.0 * math.sqrt(k) + 8.0) / accept_U).astype(np.int64)
-  dense = draws_U > num_items // 4  # rejection gets slow (and repeats common): sample exactly
-  todo = np.nonzero(~dense)[0]
-  draws = int(draws_U[todo].max()) if todo.size else 0
-  for _ in range(4):
-    if not todo.size:
-      break
-    cand = rng.integers(1, width, size=(todo.size, draws), dtype=np.int64)
-    ok, picks = _first_distinct(cand, todo, keys, width, k)
-    out[todo[ok]] = picks
-    todo = todo[~ok]
-    draws *= 2
-  dense_users = np.concatenate([np.nonzero(dense)[0], todo])
-  if dense_users.size:
-    out[dense_users] = _dense_negatives(rng, domain, dense_users, k)
-  return out
-
-
-_NEGATIVES_CACHE: collections.OrderedDict = collections.OrderedDict()
-_NEGATIVES_CACHE_SIZE = 8
-
-
-def _fingerprint(domain: DomainData) -> tuple:
-  digest = hashlib.blake2b(np.ascontiguousarray(domain.items).tobytes(), digest_size=16)
-  digest.update(np.ascontiguousarray(domain.offsets).tobytes())
-  return (domain.name, domain.num_items, domain.num_users, digest.hexdigest())
-
-
-def eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> np.ndarray:
-  """`sample_eval_negatives`, memoised on the domain's content: early stopping asks every epoch."""
-  key = (_fingerprint(domain), int(num_negatives), int(seed))
-  if key in _NEGATIVES_CACHE:
-    _NEGATIVES_CACHE.move_to_end(key)
-    return _NEGATIVES_CACHE[key]
-  negs = sample_eval_negatives(domain, num_negatives, seed)
-  negs.setflags(write=False)
-  _NEGATIVES_CACHE[key] = negs
-  if len(_NEGATIVES_CACHE) > _NEGATIVES_CACHE_SIZE:
-    _NEGATIVES_CACHE.popitem(last=False)
-  return negs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -385,8 +260,8 @@ def _geometry(eval_config: ml_collections.ConfigDict, num_items: int, num_users:
   if batch <= 0:
     raise ValueError(f"eval.batch_size must be positive, got {batch}")
   per_device = -(-min(batch, num_users) // shards)  # no point padding a tiny domain up to a large batch
-  block = int(eval_config.get("score_block_rows", 0) or 0) or per_device
-  cap = int(eval_config.get("max_scores_per_block", 0) or 0)
+  block = int(eval_config.score_block_rows) or per_device
+  cap = int(eval_config.max_scores_per_block)
   if block < 0 or cap < 0:
     raise ValueError(f"eval.score_block_rows ({block}) and eval.max_scores_per_block ({cap}) must be >= 0")
   if cap and block * (num_items + 1) > cap:
@@ -412,6 +287,62 @@ def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
   return heads[""]
 
 
+def _check_domain(domain: DomainData, item_vecs_NxD) -> None:
+  num_items, num_users = domain.num_items, domain.num_users
+  if num_users == 0:
+    raise ValueError(f"domain {domain.name!r} has no users to evaluate")
+  if num_users < jax.process_count():  # a process without users would not know the heads to sum
+    raise ValueError(f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
+                     f"{jax.process_count()} processes that share them")
+  if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
+    raise ValueError(f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
+                     f"[{num_items + 1}, D] (row 0 = padding)")
+
+
+def _placement(mesh: jax.sharding.Mesh | None, item_vecs_NxD) -> tuple[jax.sharding.Mesh | None, int, Any,
+                                                                         Callable]:
+  """(mesh, shards, items on device, put for user rows): users sharded over the mesh's 'data' axis."""
+  if mesh is not None and distributed.multi():
+    mesh = distributed.local_mesh()  # each process ranks its own users on its own devices
+  if mesh is None:
+    # device_put, not jnp.asarray: on numpy input the latter dispatches a conversion op (a few ms each on
+    # CPU, once per batch and array: measured 14% of a reduced-size run).
+    return None, 1, jax.device_put(item_vecs_NxD), jax.device_put
+  if "data" not in mesh.axis_names:
+    raise ValueError(f"mesh axes {mesh.axis_names} have no 'data' axis to shard users over")
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  items = jax.device_put(item_vecs_NxD, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return mesh, mesh.shape["data"], items, lambda x: jax.device_put(x, rows)
+
+
+def _my_groups(inputs_UxL: np.ndarray, length_buckets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+  """length_groups; across processes, each process's block of the users in group order (so that every
+  process has some)."""
+  groups = length_groups(inputs_UxL, length_buckets)
+  if not distributed.multi():
+    return groups
+  order = np.concatenate([g for _, g in groups])
+  mine = np.zeros(len(inputs_UxL), bool)
+  mine[order[distributed.process_share(len(order))]] = True
+  return [(w, g[mine[g]]) for w, g in groups]
+
+
+def _collect(pending: list, names: dict[str, str | None], num_users: int) -> dict[str, dict[str, np.ndarray]]:
+  """{head: {protocol name: ranks_U}} from the batches' device results (summed over processes)."""
+  ranks: dict[str, dict[str, np.ndarray]] = {}
+  for real, head, out in pending:
+    for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
+      if key in out:
+        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.zeros(num_users, np.float32))
+        ranks_U[real] = np.asarray(out[key])[:len(real)]
+  if distributed.multi():
+    # Each process filled its own users and left zeros elsewhere: the sum holds every user's rank. Every
+    # process has every head and protocol (the heads come from the model, not from its users).
+    ranks = {head: {name: distributed.sum_over_processes(r) for name, r in by_name.items()}
+             for head, by_name in ranks.items()}
+  return ranks
+
+
 def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
                item_vecs_NxD,
                split: EvalSplit,
@@ -426,56 +357,25 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   num_sampled = int(eval_config.num_sampled_negatives)
   run_full, sampled_name = _parse_protocols(protocols, num_sampled)
   mask = bool(eval_config.mask_history) and run_full
-  precision = str(eval_config.get("score_precision", "highest"))
+  precision = str(eval_config.score_precision)
   if precision not in _PRECISIONS:
     raise ValueError(f"eval.score_precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
-  num_items, num_users = domain.num_items, domain.num_users
-  if num_users == 0:
-    raise ValueError(f"domain {domain.name!r} has no users to evaluate")
-  if num_users < jax.process_count():  # a process without users would not know the heads to sum
-    raise ValueError(f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
-                     f"{jax.process_count()} processes that share them")
-  if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
-    raise ValueError(f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
-                     f"[{num_items + 1}, D] (row 0 = padding)")
+  _check_domain(domain, item_vecs_NxD)
   end_U = _target_positions(split, domain)
   targets_U = np.asarray(split.targets_U, np.int32)
   inputs_UxL = np.asarray(split.inputs_UxL, np.int32)
   # One history width for every split of the domain, so valid and test share a compiled shape.
   width = max(1, int(domain.lengths.max()) - 1) if mask else 1
-  negs_UxK = (eval_negatives(domain, num_sampled, int(eval_config.seed)) if sampled_name
-              else np.ones((num_users, 1), np.int32))
-
-  if mesh is not None and distributed.multi():
-    mesh = distributed.local_mesh()  # each process ranks its own users on its own devices
-  if mesh is not None:
-    if "data" not in mesh.axis_names:
-      raise ValueError(f"mesh axes {mesh.axis_names} have no 'data' axis to shard users over")
-    shards = mesh.shape["data"]
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    items = jax.device_put(item_vecs_NxD, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    put = lambda x: jax.device_put(x, rows)
-  else:
-    shards = 1
-    # device_put, not jnp.asarray: on numpy input the latter dispatches a conversion op (a few ms each on
-    # CPU, once per batch and array: measured 14% of a reduced-size run).
-    items = jax.device_put(item_vecs_NxD)
-    put = jax.device_put
-  batch, steps = _geometry(eval_config, num_items, num_users, shards)
+  negs_UxK = (negatives_lib.eval_negatives(domain, num_sampled, int(eval_config.seed)) if sampled_name
+              else np.ones((domain.num_users, 1), np.int32))
+  mesh, shards, items, put = _placement(mesh, item_vecs_NxD)
+  batch, steps = _geometry(eval_config, domain.num_items, domain.num_users, shards)
   ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
-
-  groups = length_groups(inputs_UxL, eval_config.get("length_buckets", ()))
-  if distributed.multi():
-    # Each process takes a block of the users in group order, so that every process has some.
-    order = np.concatenate([g for _, g in groups])
-    mine = np.zeros(num_users, bool)
-    mine[order[distributed.process_share(len(order))]] = True
-    groups = [(w, g[mine[g]]) for w, g in groups]
   max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     pending = []  # device results; synced once at the end so host batching overlaps device work
-    for seq_width, group in groups:
+    for seq_width, group in _my_groups(inputs_UxL, eval_config.length_buckets):
       for lo in range(0, len(group), batch):
         real = group[lo:lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped
@@ -488,20 +388,7 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
             raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, "
                              f"{items.shape[1]}] to score against item vectors {items.shape}")
           pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
-
-  names = {"full": "full", "sampled": sampled_name}
-  ranks: dict[str, dict[str, np.ndarray]] = {}
-  for real, head, out in pending:
-    for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
-      if key in out:
-        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.zeros(num_users, np.float32))
-        ranks_U[real] = np.asarray(out[key])[:len(real)]
-  if distributed.multi():
-    # Each process filled its own users and left zeros elsewhere: the sum holds every user's rank. Every
-    # process has every head and protocol (the heads come from the model, not from its users).
-    ranks = {head: {name: distributed.sum_over_processes(r) for name, r in by_name.items()}
-             for head, by_name in ranks.items()}
-  return ranks
+  return _collect(pending, {"full": "full", "sampled": sampled_name}, domain.num_users)
 
 
 def evaluate(user_fn: Callable[[jax.Array], jax.Array],
@@ -584,3 +471,33 @@ def random_expectation(split: EvalSplit, domain: DomainData,
       out[f"{name}/recall@{k}"] = float(np.mean(top_U / c_U))
       out[f"{name}/ndcg@{k}"] = float(np.mean(gains_K[top_U - 1] / c_U))
   return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A model's evaluation programs.
+
+
+@functools.cache
+def eval_programs(model: recommender_lib.Recommender) -> tuple[Callable, Callable]:
+  """(user_jit(params, table, seq) -> user_BxD, items_jit(params, table) -> items_NxD) of a Recommender.
+
+  user_jit is traced once per input width (one per eval length bucket), items_jit once per table shape,
+  in this process: an equal model gets the same jitted functions back.
+  """
+  def user_fn(params, table, seq):
+    compile_stats.TRACE_COUNTS["user_fn"] += 1
+    return model.apply({"params": params}, seq, table, False)
+
+  items_jit = jax.jit(lambda params, table: model.apply({"params": params}, table,
+                                                        method=recommender_lib.Recommender.item_vectors))
+  return jax.jit(user_fn), items_jit
+
+
+def evaluate_split(model: recommender_lib.Recommender, params, table, split: EvalSplit, domain: DomainData,
+                   eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None) -> dict[str, float]:
+  """`evaluate` of a Recommender's parameters with `table` swapped in (its eval_programs)."""
+  user_jit, items_jit = eval_programs(model)
+  # Across processes, each ranks its own users on its own devices, with local copies of the parameters.
+  params, table = distributed.host_copy((params, table))
+  return evaluate(lambda seq: user_jit(params, table, seq), items_jit(params, table), split, domain,
+                  eval_config, mesh=mesh)

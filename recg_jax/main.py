@@ -1,19 +1,20 @@
-"""Command-line entry point: `python -m recg_jax.main --config=configs/quickstart.py --workdir=DIR`.
+"""Command line: `python -m recg_jax.main --config=configs/quickstart.py --workdir=DIR` (or `recg-jax`).
 
-Any config field can be overridden with `--config.section.field=value`; the config is locked, so a
-misspelt field is an error rather than a silent no-op.
+Runs the stages of recg_jax.pipeline up to config.experiment.mode. Any config field can be overridden with
+`--config.section.field=value`; the config is locked, so a misspelt field is an error rather than a silent
+no-op.
 """
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-from ml_collections import config_flags
 
+from recg_jax import cli
 from recg_jax import distributed
 from recg_jax import pipeline
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, checkpoints, logs and results.")
+_CONFIG = cli.config_file_flag()
+_WORKDIR = cli.workdir_flag("Directory for caches, checkpoints, logs and results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Join the other processes first (jax.distributed.initialize): one process per host on TPU pods and GPU "
@@ -24,16 +25,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (--distributed).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1 "
                                    "(--distributed).")
-config_flags.DEFINE_config_file("config", None, "Path to a config file (file.py or file.py:arg).",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, XLA) hides the stage output
+  cli.start(argv, required=("config", "workdir"))
   explicit = [f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)]
   if any(explicit) and not _DISTRIBUTED.value:
     raise app.UsageError("--coordinator_address / --num_processes / --process_id need --distributed")
@@ -41,8 +36,12 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   print(f"process {jax.process_index()}/{jax.process_count()}, local devices: {jax.local_devices()}",
         flush=True)
-  pipeline.run(flags.FLAGS.config, _WORKDIR.value)
+  pipeline.run(_CONFIG.value, _WORKDIR.value)
+
+
+def entry() -> None:
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry()

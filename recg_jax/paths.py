@@ -11,8 +11,9 @@ Remote file systems have no append and no atomic rename of folders, so writers h
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Callable, IO, Union
+from typing import Any, Callable, IO, Union
 
 from etils import epath
 
@@ -51,3 +52,9 @@ def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb") 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
   write_atomic(path, lambda f: f.write(text), mode="w")
+
+
+def write_json_atomic(path: PathLike, payload: Any, indent: int = 1, sort_keys: bool = False) -> None:
+  """payload as UTF-8 JSON (objects it cannot encode as their str), written atomically."""
+  write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                                     default=str) + "\n")

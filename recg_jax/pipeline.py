@@ -1,30 +1,37 @@
-"""The stages of a run, in order. Each reads the cache of the stage before it and can be re-run alone.
+"""The stages of a run, in order, and the one way a model is run through them.
 
-experiment.mode selects how far a run goes:
+experiment.mode selects how far `run` (the `main` command) goes:
   data       prepare every configured domain and print the per-domain table;
   embed      + embed every item of every domain with the frozen text encoder (cached);
   in_domain  + train on the source and evaluate its test split;
   zero_shot  + sequence-level transfer and zero-shot evaluation on every target (the full method).
+
+`train_and_transfer` takes one model, or several that differ only in traced fields (recg_jax/config/
+roles.py), from prepared domains and tables to their result records: `text_knn` is evaluated without
+training, every other variant is trained (together, as members of one stacked step) and, in zero_shot
+mode, transferred (recg_jax/transfer.py) to every target. `main`, the experiment grid and the studies all
+run their models through it. Each stage reads the cache of the stage before it and can be re-run alone.
 """
 
 from __future__ import annotations
 
+import traceback
+from typing import Sequence
 
 import ml_collections
+import numpy as np
 
 from recg_jax import distributed
 from recg_jax import paths
+from recg_jax import results as results_lib
+from recg_jax.data import types
 
 MODES = ("data", "embed", "in_domain", "zero_shot")
+# A record list per run, or the exception the run ended with.
+Outcome = list[dict] | Exception
 
 
-def _say(message: str) -> None:
-  """Stage output a user reads on the console (from the primary process only)."""
-  if distributed.is_primary():
-    print(message, flush=True)
-
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: paths.Path):
+def prepare_data(config: ml_collections.ConfigDict, workdir: paths.Path) -> dict[str, types.DomainData]:
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
   # The primary process builds the caches; the others read them once it is done.
   if distributed.is_primary():
@@ -32,23 +39,24 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: paths.Path):
   distributed.barrier("data caches")
   if not distributed.is_primary():
     domains = prepare.load_domains(config, workdir, log=lambda _: None)
-  _say(prepare.domain_table(domains))
+  distributed.say(prepare.domain_table(domains))
   return domains
 
 
-def embed_domains(config: ml_collections.ConfigDict, workdir: paths.Path, domains):
+def embed_domains(config: ml_collections.ConfigDict, workdir: paths.Path,
+                  domains: dict[str, types.DomainData]) -> dict[str, np.ndarray]:
   """Frozen LLM table per domain ([I+1, H], row 0 zeros), computed once and cached."""
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
   return {name: embed.domain_embeddings(config, domain, workdir) for name, domain in domains.items()}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
+  """The stages up to config.experiment.mode; the run's result records (None for 'data' and 'embed')."""
   mode = config.experiment.mode
   if mode not in MODES:
     raise ValueError(f"experiment.mode={mode!r}: expected one of {MODES}")
   workdir_path = paths.as_path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-
   domains = prepare_data(config, workdir_path)
   if mode == "data":
     return None
@@ -57,19 +65,131 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     tables = embed_domains(config, workdir_path, domains)
   if mode == "embed":
     return None
-  if tables is not None:
-    from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
-    tables = text_space.transform_tables(tables, str(config.model.table_transform))
-  if mode == "in_domain" and config.model.variant == "text_knn":
-    from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-    return transfer.evaluate_untrained(config, workdir_path, domains, tables, zero_shot=False)
-  if mode == "in_domain":
-    from recg_jax import results  # pylint: disable=g-import-not-at-top
-    from recg_jax import train  # pylint: disable=g-import-not-at-top
-    trained = train.train_and_evaluate(config, workdir_path, domains, tables)
-    if distributed.is_primary():  # the file its process wrote
-      _say(results.format_summary(results.read_records(workdir_path / "results.json")))
-      _say(f"[results] {workdir_path / 'results.md'}")
-    return trained
+  outcome, = train_and_transfer([config], [workdir_path], domains, tables)
+  if isinstance(outcome, Exception):
+    raise outcome
+  return outcome
+
+
+def run_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The domains a run reads: its source, targets and auxiliary domains, without repeats."""
+  return tuple(dict.fromkeys([config.data.source, *config.data.targets, *config.data.auxiliary]))
+
+
+def model_tables(config: ml_collections.ConfigDict,
+                 tables: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+  """The frozen tables of the run's domains as its model reads them (model.table_transform applied);
+  None for variant 'id', which reads no table."""
+  if config.model.variant == "id" or tables is None:
+    return None
+  from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
+  names = [n for n in run_domains(config) if n in tables]
+  return text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
+
+
+def train_and_transfer(configs: Sequence[ml_collections.ConfigDict],
+                       workdirs: Sequence[str | paths.Path],
+                       domains: dict[str, types.DomainData],
+                       tables: dict[str, np.ndarray] | None,
+                       group_dir: str | paths.Path | None = None) -> list[Outcome]:
+  """Runs models that differ only in traced fields through training and transfer; one outcome per model.
+
+  Each config's experiment.mode decides how far it goes: 'in_domain' trains and tests on the source,
+  'zero_shot' also fits the sequence-level step (RecG) and evaluates every target. Variant 'text_knn'
+  trains nothing. Every run writes results.json / results.md in its workdir. `domains` and `tables` may
+  hold more domains than a run reads (the grid loads them all once). Runs trained together keep their
+  shared checkpoint in group_dir. A member's failure after training is its outcome alone; a failure of
+  the group's training is raised.
+  """
+  configs, workdirs = list(configs), [paths.as_path(w) for w in workdirs]
+  config = configs[0]
+  zero_shot = str(config.experiment.mode) == "zero_shot"
+  if zero_shot and config.model.variant == "id":
+    raise ValueError("config.model.variant='id' has no item text, so it cannot transfer to another domain: "
+                     "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
+  run_tables = model_tables(config, tables)
+  names = run_domains(config) if config.model.variant != "id" else (config.data.source,)
+  missing = [n for n in names if n not in domains]
+  if missing:
+    raise ValueError(f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})")
+  run_domains_ = {n: domains[n] for n in names}
+  if config.model.variant == "text_knn":
+    return [_outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
+            for c, w in zip(configs, workdirs)]
+  from recg_jax import training  # pylint: disable=g-import-not-at-top
+  trained = training.train_members(configs, workdirs, run_domains_, run_tables, group_dir=group_dir)
+  outcomes: list[Outcome] = []
+  for c, w, result in zip(configs, workdirs, trained):
+    if result.error:
+      outcomes.append(training.NonFiniteLossError(result.error))
+    elif zero_shot:
+      outcomes.append(_outcome(lambda c=c, w=w, r=result: transfer_trained(c, w, run_domains_, run_tables, r)))
+    else:
+      records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
+      results_lib.print_summary(records, w / "results.md")
+      outcomes.append(records)
+  return outcomes
+
+
+def _outcome(run_one) -> Outcome:
+  """run_one()'s records, or the exception it raised (with its traceback, for the grid's failure marker)."""
+  try:
+    return run_one()
+  except Exception as e:  # pylint: disable=broad-except  (one run's failure is that run's alone)
+    e.traceback = traceback.format_exc()
+    return e
+
+
+def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
+                       domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
+                       zero_shot: bool = True) -> list[dict]:
+  """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
+  zero_shot, every target's test split, through the same evaluation as the trained models. Writes
+  results.json / results.md in workdir and returns the records."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-  return transfer.run_zero_shot(config, workdir_path, domains, tables)
+  variant = str(config.model.variant)
+  if variant != "text_knn":
+    raise ValueError(f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
+                     f"{variant!r}")
+  source = config.data.source
+  missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
+  if missing:
+    raise ValueError(f"variant 'text_knn' needs the frozen tables of {missing}")
+  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+  model, params = recommender.build_model(config, domains[source].num_items), {}
+  source_metrics = {}
+  for split in ("valid", "test"):
+    m = transfer.evaluate_domain(config, model, params, tables[source], domains[source], None, split)
+    source_metrics.update({f"{split}/{k}": v for k, v in m.items()})
+  records = [results_lib.make_record(config, "in_domain", source, source_metrics, extra={"trained": False})]
+  for target in (config.data.targets if zero_shot else ()):
+    m = transfer.evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
+    records.append(results_lib.make_record(config, "zero_shot", target,
+                                           {f"zero_shot/{k}": v for k, v in m.items()}))
+  results_lib.write_and_print(workdir, records, config)
+  return records
+
+
+def transfer_trained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
+                     domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
+                     trained) -> list[dict]:
+  """After training (alone or as a member of training.train_members): the sequence-level step, the source
+  test split and every target; writes results.json / results.md in workdir and returns the records."""
+  from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+  workdir = paths.as_path(workdir)
+  source = config.data.source
+  seq_transfer = None
+  if transfer.sequence_step_enabled(config):
+    seq_transfer = transfer.fit_sequence_transfer(config, trained.model, trained.params, tables[source],
+                                                  domains[source])
+    transfer.save_sequence_transfer(workdir, seq_transfer)
+  records = [results_lib.make_record(
+      config, "in_domain", source,
+      transfer.source_metrics(config, trained, tables[source], domains[source], seq_transfer),
+      extra={"best_epoch": trained.best_epoch, "stop_reason": trained.stop_reason})]
+  for target in config.data.targets:
+    metrics = transfer.target_metrics(config, trained.model, trained.params, tables[target], domains[target],
+                                      seq_transfer)
+    records.append(results_lib.make_record(config, "zero_shot", target, metrics))
+  results_lib.write_and_print(workdir, records, config)
+  return records

@@ -7,23 +7,23 @@ RUN is a finished run of `python -m recg_jax.main` (nothing is trained or fitted
 (.item, .jsonl or .csv) is embedded with the run's encoder settings into the run's embedding cache; the
 histories (.jsonl or .inter) name items of that catalogue, oldest first. The output (JSONL, or CSV with
 --format=csv or a .csv name) is written atomically; --export=DIR also writes the item and user vectors the
-scores come from. `--config.<field>=value` sets the batch and block sizes of configs/serving.py. This is
-a thin wrapper over recg_jax.serving (serving.recommend_files).
+scores come from. `--config.<field>=value` sets the batch and block sizes of recg_jax/config/serving.py.
+This is a thin wrapper over recg_jax.serving (serving.recommend_files); `recg-jax-recommend` once installed.
 """
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from configs import serving as serving_config
+from recg_jax import cli
 from recg_jax import serving
+from recg_jax.config import serving as serving_config
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import output
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's folder.")
+_WORKDIR = cli.workdir_flag("A finished run's folder.")
 _CATALOGUE = flags.DEFINE_string("catalogue", None,
                                  "Items to recommend: a RecBole .item, .jsonl or .csv file.")
 _HISTORIES = flags.DEFINE_string("histories", None,
@@ -44,14 +44,11 @@ _CACHE_ROOT = flags.DEFINE_string("cache_root", "",
                                   "Folder whose cache/embeddings/ keeps catalogue embeddings; default the "
                                   "run's folder (a run of the experiment grid: the grid's folder).")
 config_flags.DEFINE_config_dict("config", serving_config.get_config(), "Batch and block sizes.")
-flags.mark_flags_as_required(["workdir", "catalogue", "histories", "out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax's notes on reading a checkpoint would hide the output
+  # orbax's notes on reading a checkpoint would hide the output: errors only.
+  cli.start(argv, required=("workdir", "catalogue", "histories", "out"), quiet=logging.ERROR)
   try:
     serving.recommend_files(
         _WORKDIR.value, _CATALOGUE.value, _HISTORIES.value, _OUT.value, top_k=_TOP_K.value, fmt=_FORMAT.value,
@@ -61,5 +58,9 @@ def main(argv):
     sys.exit(f"recommend: {e}")
 
 
+def entry() -> None:
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  entry()

@@ -48,8 +48,8 @@ def loss_name(config: ml_collections.ConfigDict) -> str:
   """The training objective in words, e.g. 'BPR (5 uniform negatives), all prefixes + L_gen(...)'."""
   tc, mc = config.train, config.model
   if mc.variant == "text_knn":
-    return (f"none: no training (cosine with the history mean, knn_decay={mc.get('knn_decay', 0.5)}, "
-            f"table_transform={mc.get('table_transform', 'none')})")
+    return (f"none: no training (cosine with the history mean, knn_decay={mc.knn_decay}, "
+            f"table_transform={mc.table_transform})")
   if tc.loss == "bpr":
     rec = f"BPR ({tc.num_negatives} uniform negatives outside the history)"
   else:
@@ -69,7 +69,7 @@ def loss_name(config: ml_collections.ConfigDict) -> str:
     sign = "+" if int(gc.inter_sign) > 0 else "-"
     extra = f", {', '.join(terms)}" if terms else ""
     name += f" + L_gen(alpha={gc.alpha}, tau={gc.tau}, inter_sign={sign}1, B={gc.samples_per_domain}{extra})"
-  if mc.get("score_space", "projected") == "text":
+  if mc.score_space == "text":
     name += f"; scored in the text space (text_user={mc.text_user}, table_transform={mc.table_transform})"
   return name
 
@@ -85,7 +85,7 @@ def config_summary(config: ml_collections.ConfigDict) -> str:
            f"max_len={dc.max_len}", f"epochs<={tc.num_epochs}", f"patience={tc.patience}", f"seed={tc.seed}"]
   if mc.variant != "id":
     parts.append(f"encoder={config.encoder.model} ({config.encoder.pooling})")
-  if mc.variant == "recg" and config.get("transfer") is not None:
+  if mc.variant == "recg":
     parts.append(f"clusters={config.transfer.num_clusters}" if config.transfer.enabled else "no seq step")
   return " ".join(parts)
 
@@ -221,6 +221,20 @@ def write_results(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
   json_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
   md_path.write_text(render_markdown(records, config, title), encoding="utf-8")
   return json_path, md_path
+
+
+def print_summary(records: Sequence[dict[str, Any]], md_path: str | paths.Path) -> None:
+  """The console summary of a run's records and where its tables are (from the primary process only)."""
+  if distributed.is_primary():
+    print(format_summary(records), flush=True)
+    print(f"[results] {md_path}", flush=True)
+
+
+def write_and_print(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
+                    config: ml_collections.ConfigDict) -> None:
+  """write_results, then print_summary."""
+  _, md_path = write_results(workdir, records, config)
+  print_summary(records, md_path)
 
 
 def read_records(path: str | paths.Path) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ training user and W_f is fitted on those vectors: one small jitted step, no pass
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -29,9 +30,8 @@ from recg_jax import clustering
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import losses
 from recg_jax import paths
-from recg_jax import results as results_lib
-from recg_jax import train as train_lib
 from recg_jax.data import types
+from recg_jax.errors import NonFiniteLossError
 from recg_jax.models import heads
 from recg_jax.models import recommender as recommender_lib
 
@@ -88,34 +88,29 @@ def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray,
 
 def user_vector_fn(model: recommender_lib.Recommender, params, table_NxH) -> Callable[[jax.Array], jax.Array]:
   """seq_BxL -> y_BxD for a frozen model and one domain's table (eval mode, jitted once per model)."""
-  user_jit, _ = train_lib.make_eval_fns(model)
+  user_jit, _ = evaluate_lib.eval_programs(model)
   return lambda seq_BxL: user_jit(params, table_NxH, seq_BxL)
 
 
 def item_vectors(model: recommender_lib.Recommender, params, table_NxH) -> jax.Array:
   """items_NxD of one domain's table (jitted once per model and table shape)."""
-  _, items_jit = train_lib.make_eval_fns(model)
+  _, items_jit = evaluate_lib.eval_programs(model)
   return items_jit(params, jnp.asarray(table_NxH))
 
 
-# Jitted head functions by (model, fusion width): the centres and W_f are arguments, not constants, so
-# every run and target of an equal model reuses the compiled programs.
-_HEADS_PROGRAMS: dict[tuple, Callable] = {}
-
-
+@functools.cache
 def _heads_program(model: recommender_lib.Recommender, width: int) -> Callable:
-  key = (model, width)
-  if key not in _HEADS_PROGRAMS:
-    fusion = heads.SequenceFusion(features=width)
+  """The jitted heads of a model and fusion width: the centres and W_f are arguments, not constants, so
+  every run and target of an equal model reuses the compiled programs."""
+  fusion = heads.SequenceFusion(features=width)
 
-    def apply(p, fp, centres, t, seq):
-      y = model.apply({"params": p}, seq, t, False)
-      if fp is None:
-        return {"plain": y}
-      return {"plain": y, "fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))}
+  def apply(p, fp, centres, t, seq):
+    y = model.apply({"params": p}, seq, t, False)
+    if fp is None:
+      return {"plain": y}
+    return {"plain": y, "fused": fusion.apply({"params": fp}, y, clustering.aggregate(y, centres))}
 
-    _HEADS_PROGRAMS[key] = jax.jit(apply)
-  return _HEADS_PROGRAMS[key]
+  return jax.jit(apply)
 
 
 def user_heads_fn(model: recommender_lib.Recommender, params, table_NxH,
@@ -133,13 +128,6 @@ def main_head(seq_transfer: SequenceTransfer | None) -> str:
   return "plain" if seq_transfer is None else "fused"
 
 
-def fused_user_fn(model: recommender_lib.Recommender, params, table_NxH,
-                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], jax.Array]:
-  """seq_BxL -> g_BxD = W_f [y; s~] (or y when there is no sequence-level step)."""
-  heads_fn, head = user_heads_fn(model, params, table_NxH, seq_transfer), main_head(seq_transfer)
-  return lambda seq_BxL: heads_fn(seq_BxL)[head]
-
-
 def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(inputs_UxL, targets_U, histories_UxL): the last training target of each user whose training part
   has at least two items. The validation and test items are never used."""
@@ -151,33 +139,28 @@ def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarra
 
 _aggregate = jax.jit(clustering.aggregate)
 
-# W_f steps by (width, negatives, catalogue size, learning rate): the item vectors are an argument.
-_WF_PROGRAMS: dict[tuple, tuple[Callable, optax.GradientTransformation]] = {}
-
-
+@functools.cache
 def _wf_step_program(width: int, num_neg: int, num_items: int,
                      learning_rate: float) -> tuple[Callable, optax.GradientTransformation]:
-  """(step(fp, opt, items_IxD, y, s, target, history, weight, key) -> (fp, opt, loss), optimizer)."""
-  key = (width, num_neg, num_items, learning_rate)
-  if key not in _WF_PROGRAMS:
-    fusion = heads.SequenceFusion(features=width)
-    optimizer = optax.adam(learning_rate)
+  """(step(fp, opt, items_IxD, y, s, target, history, weight, key) -> (fp, opt, loss), optimizer), one
+  per width, negatives, catalogue size and learning rate (the item vectors are an argument)."""
+  fusion = heads.SequenceFusion(features=width)
+  optimizer = optax.adam(learning_rate)
 
-    @jax.jit
-    def step(fp, opt, items_IxD, y, s, target, history, weight, key):
-      negs_Bx1xK = losses.sample_negatives(key, target[:, None], num_items, num_neg, history)
+  @jax.jit
+  def step(fp, opt, items_IxD, y, s, target, history, weight, key):
+    negs_Bx1xK = losses.sample_negatives(key, target[:, None], num_items, num_neg, history)
 
-      def loss_fn(fp):
-        g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
-        return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK],
-                               weight[:, None])
+    def loss_fn(fp):
+      g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
+      return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK],
+                             weight[:, None])
 
-      loss, grads = jax.value_and_grad(loss_fn)(fp)
-      updates, opt = optimizer.update(grads, opt, fp)
-      return optax.apply_updates(fp, updates), opt, loss
+    loss, grads = jax.value_and_grad(loss_fn)(fp)
+    updates, opt = optimizer.update(grads, opt, fp)
+    return optax.apply_updates(fp, updates), opt, loss
 
-    _WF_PROGRAMS[key] = (step, optimizer)
-  return _WF_PROGRAMS[key]
+  return step, optimizer
 
 
 def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
@@ -231,7 +214,7 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
       epoch_loss.append(loss)
     mean_loss = float(np.mean(jax.device_get(epoch_loss)))
     if not np.isfinite(mean_loss):
-      raise train_lib.NonFiniteLossError(f"W_f training loss is {mean_loss} in epoch {epoch}: lower "
+      raise NonFiniteLossError(f"W_f training loss is {mean_loss} in epoch {epoch}: lower "
                                          "config.transfer.wf_learning_rate")
     logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
   return SequenceTransfer(centres_KxD=centres, fusion_params=jax.device_get(fusion_params),
@@ -282,95 +265,34 @@ def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
   return config.model.variant == "recg" and bool(config.transfer.enabled)
 
 
-def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
-                       domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
-                       zero_shot: bool = True) -> list[dict]:
-  """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
-  zero_shot, every target's test split, through the same evaluation as the trained models. Writes
-  results.json / results.md in workdir and returns the records."""
-  variant = str(config.model.variant)
-  if variant != "text_knn":
-    raise ValueError(f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
-                     f"{variant!r}")
-  workdir = paths.as_path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  source = config.data.source
-  missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
-  if missing:
-    raise ValueError(f"variant 'text_knn' needs the frozen tables of {missing}")
-  model = train_lib.build_model(config, domains[source].num_items)
-  params: dict = {}
-  source_metrics = {}
-  for split in ("valid", "test"):
-    m = evaluate_domain(config, model, params, tables[source], domains[source], None, split)
-    source_metrics.update({f"{split}/{k}": v for k, v in m.items()})
-  records = [results_lib.make_record(config, "in_domain", source, source_metrics,
-                                     extra={"trained": False})]
-  for target in (config.data.targets if zero_shot else ()):
-    m = evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
-    records.append(results_lib.make_record(config, "zero_shot", target,
-                                           {f"zero_shot/{k}": v for k, v in m.items()}))
-  _, md_path = results_lib.write_results(workdir, records, config)
-  print(results_lib.format_summary(records), flush=True)
-  print(f"[results] {md_path}", flush=True)
-  return records
+def source_metrics(config: ml_collections.ConfigDict, trained, table_NxH, domain: types.DomainData,
+                   seq_transfer: SequenceTransfer | None) -> dict[str, float]:
+  """The source's metrics of a trained run (training.TrainResult): its best validation and test metrics,
+  and with a sequence-level step the method's test metrics as `test/...`, the trained model alone then
+  being `test_no_seq/...`."""
+  metrics = dict(trained.metrics)
+  if seq_transfer is None:
+    return metrics
+  metrics = {k.replace("test/", "test_no_seq/", 1) if k.startswith("test/") else k: v
+             for k, v in metrics.items()}
+  fused = evaluate_domain(config, trained.model, trained.params, table_NxH, domain, seq_transfer, "test")
+  metrics.update({f"test/{k}": v for k, v in fused.items()})
+  return metrics
 
 
-def run_zero_shot(config: ml_collections.ConfigDict, workdir: str | paths.Path,
-                  domains: dict[str, types.DomainData], tables: dict[str, np.ndarray] | None) -> list[dict]:
-  """Trains on the source, fits the sequence-level step, evaluates the source test split and every target.
-
-  Returns the result records (results.make_record) and writes results.json / results.md in workdir.
-  """
-  if config.model.variant == "id":
-    raise ValueError("config.model.variant='id' has no item text, so it cannot transfer to another domain: "
-                     "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
-  if config.model.variant == "text_knn":
-    return evaluate_untrained(config, workdir, domains, tables, zero_shot=True)
-  trained = train_lib.train_and_evaluate(config, workdir, domains, tables)
-  return evaluate_trained(config, workdir, domains, tables, trained)
-
-
-def evaluate_trained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
-                     domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
-                     trained: train_lib.TrainResult) -> list[dict]:
-  """run_zero_shot after training: the sequence-level step, the source test split and every target, for
-  a run trained alone or as a member of train_lib.train_members."""
-  workdir = paths.as_path(workdir)
-  source = config.data.source
-  model, params = trained.model, trained.params
-  seq_transfer = None
-  if sequence_step_enabled(config):
-    seq_transfer = fit_sequence_transfer(config, model, params, tables[source], domains[source])
-    save_sequence_transfer(workdir, seq_transfer)
-
-  records = []
-  source_metrics = dict(trained.metrics)
+def target_metrics(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
+                   domain: types.DomainData, seq_transfer: SequenceTransfer | None) -> dict[str, float]:
+  """Zero-shot metrics of one target, from one pass of the model: the method as `zero_shot/...` (fused,
+  or plain without a sequence-level step), with one the trained model alone as `zero_shot_no_seq/...`,
+  and with transfer.target_model_weights the trained share scaled on the target as `zero_shot_w<w>/...`
+  (the weight is chosen on a validation domain by the baselines study, never on the reported target)."""
+  weights = tuple(float(w) for w in config.transfer.target_model_weights)
+  by_head = evaluate_domain_heads(config, model, params, table_NxH, domain, seq_transfer, "test",
+                                  model_weights=weights)
+  head = main_head(seq_transfer)
+  metrics = {f"zero_shot/{k}": v for k, v in by_head[head].items()}
   if seq_transfer is not None:
-    # The trained model alone is `test/...`; with the sequence-level step it is the method's number.
-    source_metrics = {k.replace("test/", "test_no_seq/", 1) if k.startswith("test/") else k: v
-                      for k, v in source_metrics.items()}
-    fused = evaluate_domain(config, model, params, tables[source], domains[source], seq_transfer, "test")
-    source_metrics.update({f"test/{k}": v for k, v in fused.items()})
-  records.append(results_lib.make_record(config, "in_domain", source, source_metrics,
-                                         extra={"best_epoch": trained.best_epoch,
-                                                "stop_reason": trained.stop_reason}))
-  for target in config.data.targets:
-    # One pass scores the method (fused, or plain without a sequence-level step) and, with one, the
-    # trained model alone.
-    # With target_model_weights, the same pass also scores the trained share scaled on the target (the
-    # weight is chosen on a validation domain by recg_jax.baselines, never on the reported target).
-    weights = tuple(float(w) for w in config.transfer.get("target_model_weights", ()))
-    by_head = evaluate_domain_heads(config, model, params, tables[target], domains[target], seq_transfer,
-                                    "test", model_weights=weights)
-    head = main_head(seq_transfer)
-    metrics = {f"zero_shot/{k}": v for k, v in by_head[head].items()}
-    if seq_transfer is not None:
-      metrics.update({f"zero_shot_no_seq/{k}": v for k, v in by_head["plain"].items()})
-    for w in weights:
-      metrics.update({f"zero_shot_w{w:g}/{k}": v for k, v in by_head[weighted_head(head, w)].items()})
-    records.append(results_lib.make_record(config, "zero_shot", target, metrics))
-  _, md_path = results_lib.write_results(workdir, records, config)
-  print(results_lib.format_summary(records), flush=True)
-  print(f"[results] {md_path}", flush=True)
-  return records
+    metrics.update({f"zero_shot_no_seq/{k}": v for k, v in by_head["plain"].items()})
+  for w in weights:
+    metrics.update({f"zero_shot_w{w:g}/{k}": v for k, v in by_head[weighted_head(head, w)].items()})
+  return metrics

@@ -1,8 +1,8 @@
 """Tiny training fixtures shared by the training tests, and a subprocess driver.
 
-As a module: `tiny_domains()`, `tiny_tables()` and `tiny_config()` build a three-domain problem small
-enough to train in seconds on CPU (D=16, L=8, one layer). Sequences follow a noisy "next item = item + 1"
-walk, so a model that learns anything beats chance by far.
+As a module: `tiny_domains()` and `tiny_tables()` build a three-domain problem that the tests' one tiny
+config (conftest.tiny_config: D=16, L=8, one layer) trains in seconds on a CPU. Sequences follow a noisy
+"next item = item + 1" walk, so a model that learns anything beats chance by far.
 
 As a script: `python tests/_train_driver.py WORKDIR OUT_JSON [key=value ...]` runs train_and_evaluate on
 that problem (overrides are config paths such as train.num_epochs=3) and writes the returned metrics to
@@ -24,7 +24,9 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import FAST_COMPILE_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import read_jsonl  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from conftest import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DOMAINS = ("Alpha", "Beta", "Gamma")
@@ -67,46 +69,15 @@ def tiny_tables(domains: dict[str, types.DomainData], dim: int = 24, seed: int =
   return out
 
 
-def tiny_config(**overrides):
-  config = default_config.get_config()
-  config.data.format = "synthetic"
-  config.data.source = DOMAINS[0]
-  config.data.targets = DOMAINS[1:]
-  config.data.max_len = 8
-  config.model.hidden_dim = 16
-  config.model.num_layers = 1
-  config.model.num_heads = 2
-  config.model.dropout = 0.1
-  config.model.emb_dropout = 0.1
-  config.train.batch_size = 16
-  config.train.num_epochs = 4
-  config.train.learning_rate = 3e-3
-  config.train.log_every_steps = 2
-  config.train.checkpoint_every_steps = 0
-  config.train.prefetch = 2
-  config.train.patience = 10
-  # Two length buckets, 4 and 8 (= max_len), in training and evaluation: every run exercises bucketing.
-  config.train.length_buckets = (4,)
-  config.eval.length_buckets = (4,)
-  config.gen_loss.samples_per_domain = 8
-  config.eval.protocols = ("full", "sampled10")
-  config.eval.num_sampled_negatives = 10
-  config.eval.ks = (5, 10)
-  config.eval.batch_size = 32
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    config[section][field] = value
-  return config
-
-
 def tiny_layout(**overrides) -> dict[str, int]:
   """What a tiny_config(**overrides) run does per epoch: steps, and train / eval input widths in use."""
   from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  from recg_jax.models import recommender as recommender_lib  # pylint: disable=g-import-not-at-top
+  from recg_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config(**overrides)
   domain = tiny_domains()[config.data.source]
-  rows = train.build_rows(config, train.build_model(config, domain.num_items), domain)
+  rows = trainer_lib.build_rows(config, recommender_lib.build_model(config, domain.num_items), domain)
   eval_widths = {w for split in ("valid", "test")
                  for w, _ in evaluate.length_groups(
                      types.leave_one_out(domain, split, config.data.max_len).inputs_UxL,
@@ -161,7 +132,8 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  from recg_jax import compile_stats  # pylint: disable=g-import-not-at-top
+  from recg_jax import training  # pylint: disable=g-import-not-at-top
   delay = float(os.environ.get("RECG_TEST_STEP_DELAY", "0"))
   if delay:
     # Slows the host pipeline so a test can kill the run between two checkpoints.
@@ -178,17 +150,12 @@ def main(argv: list[str]) -> None:
   tables = None if config.model.variant == "id" else tiny_tables(domains)
   if poison and tables is not None:
     tables = {k: np.full_like(v, np.nan) for k, v in tables.items()}
-  result = train.train_and_evaluate(config, workdir, domains, tables)
+  result = training.train_and_evaluate(config, workdir, domains, tables)
   np.savez(out_json + ".params.npz", **params_by_path(result.params))
   payload = {"metrics": result.metrics, "best_step": result.best_step, "epochs": result.epochs,
              "stop_reason": result.stop_reason, "devices": len(jax.devices()),
-             "trace_counts": dict(train.TRACE_COUNTS)}
+             "trace_counts": dict(compile_stats.TRACE_COUNTS)}
   pathlib.Path(out_json).write_text(json.dumps(payload))
-
-
-# Tiny models compile ~3x faster without LLVM's optimisation passes, and run fast enough anyway.
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                      " --xla_cpu_use_fusion_emitters=false")
 
 
 def cache_env(tmp_path_factory) -> dict[str, str]:
@@ -199,10 +166,6 @@ def cache_env(tmp_path_factory) -> dict[str, str]:
   path = tmp_path_factory.getbasetemp() / "xla_cache"
   path.mkdir(exist_ok=True)
   return {"JAX_COMPILATION_CACHE_DIR": str(path), "XLA_FLAGS": FAST_COMPILE_FLAGS}
-
-
-def read_jsonl(path) -> list[dict]:
-  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
 
 
 def run(workdir, out_json, *args: str, env: dict[str, str] | None = None, timeout: float = 240,

@@ -9,6 +9,7 @@ they start (results stay within every test's tolerance):
     each other (t-SNE of 60 points took 2 to 15 s with threads, under 2 s without).
 """
 
+import json
 import os
 import pathlib
 
@@ -23,6 +24,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon"
+
+
+def read_jsonl(path) -> list[dict]:
+  """The records of a JSON-lines file (metrics.jsonl, recommendations)."""
+  return [json.loads(line) for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+          if line.strip()]
 
 
 def shared_data_root() -> pathlib.Path | None:
@@ -40,7 +47,21 @@ def data_root() -> pathlib.Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The tiny three-domain training problem of tests/_train_driver.py, shared by the training-level tests.
+# The one tiny config of the tests, and the tiny three-domain training problem of tests/_train_driver.py.
+
+# D=16, L=8, one layer, three domains: trains in seconds on a CPU. Two length buckets, 4 and 8 (= max_len),
+# in training and evaluation: every run exercises bucketing.
+TINY = {
+    "data.format": "synthetic", "data.source": "Alpha", "data.targets": ("Beta", "Gamma"), "data.max_len": 8,
+    "model.hidden_dim": 16, "model.num_layers": 1, "model.num_heads": 2, "model.dropout": 0.1,
+    "model.emb_dropout": 0.1,
+    "train.batch_size": 16, "train.num_epochs": 4, "train.learning_rate": 3e-3, "train.log_every_steps": 2,
+    "train.checkpoint_every_steps": 0, "train.prefetch": 2, "train.patience": 10,
+    "train.length_buckets": (4,), "eval.length_buckets": (4,),
+    "gen_loss.samples_per_domain": 8,
+    "eval.protocols": ("full", "sampled10"), "eval.num_sampled_negatives": 10, "eval.ks": (5, 10),
+    "eval.batch_size": 32,
+}
 
 # A whole pipeline run on top of the tiny config: generated synthetic data (3 domains x 40 items) embedded
 # by the packaged MiniLM, one compiled step shape, a small sequence-level transfer step.
@@ -57,34 +78,54 @@ TINY_TRAINED_OVERRIDES = {
     "transfer.num_clusters": 4, "transfer.kmeans_restarts": 1, "transfer.wf_epochs": 2,
 }
 
+# The tiny grid (tests/test_experiments.py): on the pipeline config, ID, Sem, RecG and text_knn on one
+# source with two seeds, one ablation and one alpha-sweep point on one seed.
+TINY_GRID = {
+    "train.batch_size": 32, "transfer.wf_epochs": 1, "eval.batch_size": 64,
+    "experiment.name": "tiny_grid", "experiment.sources": ("Alpha",), "experiment.backbones": ("sasrec",),
+    "experiment.variants": ("id", "sem", "recg", "text_knn"), "experiment.seeds": (0, 1),
+    "experiment.ablations": ("no_intra", "no_seq"), "experiment.alphas": (0.01, 0.001),
+    "experiment.ablation_seeds": (0,), "experiment.plot_items_per_domain": 30,
+}
 
-def make_tiny_config(pipeline: bool = False, **overrides):
-  """tests/_train_driver.py's tiny config (D=16, L=8, one layer), then overrides by config path.
+# The tiny baselines study (tests/test_baselines.py): on the pipeline config, three presets, two seeds.
+TINY_STUDY = {
+    "train.batch_size": 32, "train.num_epochs": 1, "eval.batch_size": 64,
+    "experiment.name": "tiny_baselines", "experiment.domains": ("Alpha", "Beta", "Gamma"),
+    "experiment.sources": ("Alpha",), "experiment.seeds": (0, 1),
+    "experiment.presets": ("text_knn", "sem", "text_mix"), "experiment.validation_domain": "Gamma",
+}
+
+
+def tiny_config(pipeline: bool = False, **overrides):
+  """The tiny config (TINY), then overrides by config path (any depth) through the package's one override
+  helper.
 
   Args:
     pipeline: also apply TINY_PIPELINE_OVERRIDES (for runs that generate and embed their own data).
-    **overrides: config paths of any depth, e.g. **{"train.num_epochs": 1, "data.synthetic.num_items": 30}.
+    **overrides: config paths, e.g. **{"train.num_epochs": 1, "data.synthetic.num_items": 30}.
 
   Returns:
     A new ConfigDict (a test may change it).
   """
-  import _train_driver  # pylint: disable=g-import-not-at-top
-  config = _train_driver.tiny_config()
-  for path, value in {**(TINY_PIPELINE_OVERRIDES if pipeline else {}), **overrides}.items():
-    *parents, field = path.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    if field not in node:
-      raise KeyError(f"no config field {path!r}")
-    node[field] = value
-  return config
+  from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.override(config_lib.get_config(), TINY, what="the tiny config")
+  if pipeline:
+    config_lib.override(config, TINY_PIPELINE_OVERRIDES, what="the tiny pipeline config")
+  return config_lib.override(config, overrides, what="a test")
 
 
-@pytest.fixture(scope="session")
-def tiny_config():
-  """make_tiny_config, as a fixture: tiny_config(**{"train.num_epochs": 1})."""
-  return make_tiny_config
+def get_config(arg: str | None = None):
+  """This module as a config file of the command lines: `--config=tests/conftest.py:grid` (or `:study`,
+  or no argument for the tiny pipeline config)."""
+  extra = {"grid": TINY_GRID, "study": TINY_STUDY, None: {}, "": {}}[arg]
+  return tiny_config(pipeline=True, **extra)
+
+
+@pytest.fixture(name="tiny_config", scope="session")
+def tiny_config_fixture():
+  """tiny_config, as a fixture: tiny_config(**{"train.num_epochs": 1})."""
+  return tiny_config
 
 
 def _read_only(array):
@@ -118,10 +159,10 @@ def tiny_trained_run(tmp_path_factory, tiny_problem):
   """One tiny SASRec-RecG trained on Alpha for two epochs (one compiled step shape), once per session:
   (config, TrainResult). Read it through `tiny_trained`, which gives each test its own config copy."""
   import jax  # pylint: disable=g-import-not-at-top
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
-  config = make_tiny_config(**TINY_TRAINED_OVERRIDES)
+  from recg_jax import training
+  config = tiny_config(**TINY_TRAINED_OVERRIDES)
   domains, tables = tiny_problem
-  result = train.train_and_evaluate(config, tmp_path_factory.mktemp("tiny_trained"), domains, tables)
+  result = training.train_and_evaluate(config, tmp_path_factory.mktemp("tiny_trained"), domains, tables)
   for leaf in jax.tree_util.tree_leaves(result.params):
     if isinstance(leaf, np.ndarray):
       leaf.flags.writeable = False

@@ -1,4 +1,4 @@
-"""The study of trained models against text_knn (recg_jax/baselines.py): plan, tests, weight choice, the study
+"""The study of trained models against text_knn (recg_jax/grid/baselines.py): plan, tests, weight choice, the study
 with made-up runs (markers, restart, tables), and one tiny study end to end (synthetic data, the packaged
 MiniLM, d=16, one epoch; slow)."""
 
@@ -10,41 +10,18 @@ import pytest
 from scipy import stats
 
 from configs import baselines_shared
-from configs import default as default_config
-from recg_jax import baselines
+from recg_jax.config import default as default_config
+from recg_jax import config as config_lib
+from recg_jax.grid import baselines
 from recg_jax import pipeline
 from recg_jax import results as results_lib
+import conftest
 from _grid_fakes import fake_runs
+from _grid_fakes import made_up
 
 
 def _tiny_config():
-  c = default_config.get_config()
-  c.data.format = "synthetic"
-  c.data.source = "Alpha"
-  c.data.targets = ("Beta", "Gamma")
-  c.data.synthetic.num_users = 60
-  c.data.synthetic.num_items = 40
-  c.data.max_len = 8
-  c.text.max_tokens = 32
-  c.encoder.bucket_sizes = (32,)
-  c.model.hidden_dim = 16
-  c.model.num_layers = 1
-  c.train.batch_size = 32
-  c.train.num_epochs = 1
-  c.train.learning_rate = 3e-3
-  c.train.checkpoint_every_steps = 0
-  c.train.length_buckets = ()
-  c.eval.length_buckets = ()
-  c.eval.protocols = ("full", "sampled10")
-  c.eval.num_sampled_negatives = 10
-  c.eval.batch_size = 64
-  c.experiment.name = "tiny_baselines"
-  c.experiment.domains = ("Alpha", "Beta", "Gamma")
-  c.experiment.sources = ("Alpha",)
-  c.experiment.seeds = (0, 1)
-  c.experiment.presets = ("text_knn", "sem", "text_mix")
-  c.experiment.validation_domain = "Gamma"
-  return c
+  return conftest.get_config("study")
 
 
 def test_plan_runs_text_knn_once_and_every_trained_preset_per_seed():
@@ -78,39 +55,8 @@ def test_weight_is_chosen_on_the_validation_domain_only():
   assert baselines.choose_weights(values, ["mix"], ["V"], "V", "full/ndcg@10") == {}
 
 
-def _made_up(preset, domain, seed, key):
-  h = zlib.crc32(f"{preset}|{domain}|{key}".encode())
-  return 0.05 + (h % 500) / 1000 + seed * (1 + (h >> 9) % 89) / 10000
-
-
-def _made_up_run(calls):
-  """An execute_run that trains nothing: records per domain as the real ones lay them out, made-up
-  numbers; text_knn has one value (seed 0), and a mix run at target weight 0 scores as text_knn."""
-
-  def execute_run(config, spec, run_dir, domains, tables):
-    del domains, tables
-    preset = run_dir.parent.name
-    calls.append(run_dir)
-    keys = [f"{p}/{m}@{k}" for p in config.eval.protocols for m in ("recall", "ndcg") for k in config.eval.ks]
-    records = []
-    for domain in (config.data.source, *config.data.targets):
-      split = "test" if domain == config.data.source else "zero_shot"
-      metrics = {f"{split}/{k}": _made_up(preset, domain, spec.seed, k) for k in keys}
-      if split == "zero_shot":
-        for w in config.transfer.target_model_weights:
-          metrics.update({f"zero_shot_w{w:g}/{k}": _made_up("text_knn", domain, 0, k) if w == 0 else
-                          _made_up(f"{preset}@w{w:g}", domain, spec.seed, k) for k in keys})
-      records.append({"stage": "in_domain" if split == "test" else "zero_shot", "domain": domain,
-                      "source": spec.source, "backbone": spec.backbone, "variant": spec.variant,
-                      "seed": spec.seed, "metrics": metrics, "extra": {}})
-    (run_dir / "results.json").write_text(json.dumps(records))
-    return records
-
-  return execute_run
-
-
 def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypatch):
-  fake_runs(monkeypatch, _made_up_run(calls := []))
+  fake_runs(monkeypatch, calls := [])
   monkeypatch.setattr(pipeline, "embed_domains", lambda config, workdir, domains: {
       name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()})
   config = _tiny_config()
@@ -127,7 +73,7 @@ def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypat
     assert f"| `{preset}` |" in md
   # text_mix's target weight: the best mean NDCG@10 on the validation pair Gamma ← Alpha (weight 1 is the
   # run's own zero-shot numbers, weight 0 scores as text_knn).
-  mean = lambda setting, seeds: np.mean([_made_up(setting, "Gamma", s, "full/ndcg@10") for s in seeds])
+  mean = lambda setting, seeds: np.mean([made_up(setting, "Gamma", s, "full/ndcg@10") for s in seeds])
   candidates = {1.0: mean("text_mix", (0, 1)), 0.0: mean("text_knn", (0,)),
                 0.25: mean("text_mix@w0.25", (0, 1)), 0.5: mean("text_mix@w0.5", (0, 1))}
   best = max(candidates, key=lambda w: (candidates[w], -w))
@@ -135,7 +81,7 @@ def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypat
   assert md.count("| random (expected) |") == 4  # one row in each protocol x metric table
   assert md.count("## `full`") == 2 and md.count("## `sampled10`") == 2
   # Sem's cell of Beta ← Alpha, Recall@10 under `full`: mean ± std of the two seeds.
-  sem = [_made_up("sem", "Beta", s, "full/recall@10") for s in (0, 1)]
+  sem = [made_up("sem", "Beta", s, "full/recall@10") for s in (0, 1)]
   lines = md.split("## `full`, Recall@10 (%)")[1].split("## ")[0].strip().splitlines()
   column = lines[0].split(" | ").index("Beta ← Alpha")
   (row,) = [l for l in lines if l.startswith("| `sem` |")]
@@ -193,11 +139,11 @@ def test_text_knn_needs_no_training_and_mix_at_weight_zero_is_text_knn(study):
 
 
 def test_presets_apply_from_a_config_argument():
-  config = default_config.apply_config_arg(default_config.get_config(), "preset=text_mix,source=Office")
+  config = config_lib.apply_config_arg(default_config.get_config(), "preset=text_mix,source=Office")
   assert (config.model.variant, config.model.score_space, config.model.text_user, config.train.loss,
           config.data.source) == ("sem", "text", "mix", "softmax", "Office")
   with pytest.raises(ValueError, match="preset='nope'"):
-    default_config.apply_config_arg(default_config.get_config(), "preset=nope")
+    config_lib.apply_config_arg(default_config.get_config(), "preset=nope")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from configs import default
+from recg_jax.config import default
 from recg_jax.data import amazon2023
 from recg_jax.data import download
 from recg_jax.data import prepare

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from configs import default
+from recg_jax.config import default
 from recg_jax.data import prepare
 from recg_jax.data import recbole
 from recg_jax.data.errors import DataError

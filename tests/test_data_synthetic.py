@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import default
+from recg_jax.config import default
 from recg_jax.data import prepare
 from recg_jax.data import synthetic
 from recg_jax.data.errors import DataError

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from configs import default
+from recg_jax.config import default
 from recg_jax import encoders
 from recg_jax.data.types import DomainData
 from recg_jax.encoders import embed, pooling, sources
@@ -208,7 +208,7 @@ def test_texts_hash_is_length_prefixed():
 _SHARDED_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
-    from configs import default
+    from recg_jax.config import default
     from recg_jax import encoders
     from recg_jax.encoders import embed
     assert jax.local_device_count() == 8, jax.devices()

@@ -16,7 +16,7 @@ import tokenizers
 from tokenizers import models as tok_models
 from tokenizers import normalizers, pre_tokenizers, processors
 
-from configs import default
+from recg_jax.config import default
 from recg_jax import encoders
 from recg_jax.encoders import bert, embed, sources
 

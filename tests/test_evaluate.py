@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from recg_jax.config import default
+from recg_jax import eval_negatives as negatives
 from recg_jax import evaluate as ev
 from recg_jax.data import types
 
@@ -147,7 +148,7 @@ def test_rank_independent_of_target_position():
 @pytest.mark.parametrize("num_items,k", [(200, 20), (40, 10)])  # rejection path, exact (dense) path
 def test_negatives_outside_history_distinct_uniform(num_items, k):
   domain = make_domain(num_users=1500, num_items=num_items, min_len=5, max_len=16, seed=3)
-  negs = ev.sample_eval_negatives(domain, k, seed=7)
+  negs = negatives.sample_eval_negatives(domain, k, seed=7)
   assert negs.shape == (1500, k) and negs.dtype == np.int32
   assert negs.min() >= 1 and negs.max() <= num_items
   sorted_negs = np.sort(negs, axis=1)
@@ -169,23 +170,23 @@ def test_first_distinct_keeps_draw_order():
   keys = np.array([2, 5, 17], np.int64)
   cand = np.array([[5, 3, 3, 9, 2, 1, 4],   # accepted in order: 3, 9, 1, 4
                    [7, 7, 8, 8, 7, 8, 6]])  # accepted: 8, 6 -> too few for k = 3
-  ok, picks = ev._first_distinct(cand, np.array([0, 1]), keys, 10, 3)
+  ok, picks = negatives._first_distinct(cand, np.array([0, 1]), keys, 10, 3)
   np.testing.assert_array_equal(ok, [True, False])
   np.testing.assert_array_equal(picks, [[3, 9, 1]])
 
 
 def test_negatives_seeded():
   domain = make_domain()
-  a = ev.sample_eval_negatives(domain, NUM_NEG, seed=5)
-  np.testing.assert_array_equal(a, ev.sample_eval_negatives(domain, NUM_NEG, seed=5))
-  assert not np.array_equal(a, ev.sample_eval_negatives(domain, NUM_NEG, seed=6))
-  np.testing.assert_array_equal(ev.eval_negatives(domain, NUM_NEG, 5), a)
+  a = negatives.sample_eval_negatives(domain, NUM_NEG, seed=5)
+  np.testing.assert_array_equal(a, negatives.sample_eval_negatives(domain, NUM_NEG, seed=5))
+  assert not np.array_equal(a, negatives.sample_eval_negatives(domain, NUM_NEG, seed=6))
+  np.testing.assert_array_equal(negatives.eval_negatives(domain, NUM_NEG, 5), a)
 
 
 def test_negatives_catalogue_too_small():
   domain = make_domain(num_users=4, num_items=12, min_len=10, max_len=12)
   with pytest.raises(ValueError, match="cannot draw 8 negatives"):
-    ev.sample_eval_negatives(domain, 8, seed=0)
+    negatives.sample_eval_negatives(domain, 8, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_matches_bruteforce(setup, split_name, mask):
   split = types.leave_one_out(domain, split_name, MAX_LEN)
   config = make_config(mask_history=mask)
   ranks = ev.user_ranks(user_fn, item_vecs, split, domain, config)
-  negs = ev.sample_eval_negatives(domain, NUM_NEG, config.seed)
+  negs = negatives.sample_eval_negatives(domain, NUM_NEG, config.seed)
   full, sampled = reference_ranks(domain, split_name, user_vectors_np(in_table, split.inputs_UxL),
                                   item_vecs, negs, mask)
   np.testing.assert_array_equal(ranks["full"], full)
@@ -283,7 +284,7 @@ def test_length_buckets_give_the_same_ranks(setup, split_name):
   # And the unbucketed ranks are right: against the per-user reference.
   user_vecs = np.stack([in_table[row[row > 0]].sum(axis=0) for row in split.inputs_UxL])
   full, sampled = reference_ranks(domain, split_name, user_vecs, item_vecs,
-                                  ev.sample_eval_negatives(domain, NUM_NEG, make_config().seed), True)
+                                  negatives.sample_eval_negatives(domain, NUM_NEG, make_config().seed), True)
   np.testing.assert_array_equal(plain["full"], full)
   np.testing.assert_array_equal(plain[f"sampled{NUM_NEG}"], sampled)
 
@@ -345,7 +346,7 @@ def test_sharded_equals_unsharded(setup):
   assert out["Explicit"] == out["plain"] and out["Auto"] == out["plain"]
   split = types.leave_one_out(domain, "test", MAX_LEN)
   full, _ = reference_ranks(domain, "test", user_vectors_np(in_table, split.inputs_UxL), item_vecs,
-                            ev.sample_eval_negatives(domain, NUM_NEG, default.get_eval_config().seed), True)
+                            negatives.sample_eval_negatives(domain, NUM_NEG, default.get_eval_config().seed), True)
   np.testing.assert_array_equal(out["plain"]["full"], full)
 
 
@@ -362,7 +363,7 @@ def test_real_domain_matches_reference(data_root, tmp_path):
   eval_config = default.get_eval_config()
   split = types.leave_one_out(domain, "test", config.data.max_len)
   ranks = ev.user_ranks(make_user_fn(table), item_vecs, split, domain, eval_config)
-  negs = ev.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
+  negs = negatives.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
   users = user_vectors_np(table, split.inputs_UxL).astype(np.int64)
   scores_UxN = users @ item_vecs.astype(np.int64).T
   for u in range(domain.num_users):

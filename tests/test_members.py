@@ -1,10 +1,11 @@
-"""Runs trained together (train.train_members) equal the same runs trained alone; one program per shape."""
+"""Runs trained together (training.train_members) equal the same runs trained alone; one program per shape."""
 
 import numpy as np
 import pytest
 
 from recg_jax import compile_stats
-from recg_jax import train
+from recg_jax.training import members as members_lib
+from recg_jax import training
 import _train_driver as driver
 
 EPOCHS = 3
@@ -23,7 +24,7 @@ def alone(tiny_problem, tmp_path_factory):
              _config(**{"train.seed": 2, "gen_loss.alpha": 0.05, "train.learning_rate": 1e-2}),
              _config(**{"train.seed": 3, "train.learning_rate": 0.0})]
   root = tmp_path_factory.mktemp("alone")
-  return members, [train.train_and_evaluate(m, root / f"run{i}", domains, tables)
+  return members, [training.train_and_evaluate(m, root / f"run{i}", domains, tables)
                    for i, m in enumerate(members)]
 
 
@@ -35,7 +36,7 @@ def test_stacked_members_equal_separate_runs(tiny_problem, alone, tmp_path, axis
   members = [m.copy_and_resolve_references() for m in members]
   for m in members:
     m.train.member_axis = axis
-  together = train.train_members(members, [tmp_path / f"member{i}" for i in range(4)], domains, tables,
+  together = training.train_members(members, [tmp_path / f"member{i}" for i in range(4)], domains, tables,
                                  group_dir=tmp_path / "group")
   for a, t in zip(alone, together):
     assert not t.error
@@ -62,35 +63,35 @@ def test_stacked_members_equal_separate_runs(tiny_problem, alone, tmp_path, axis
 def test_traced_fields_reuse_the_compiled_step(tiny_problem, tmp_path):
   domains, tables = tiny_problem
   compile_stats.install()
-  train.train_and_evaluate(_config(**{"train.num_epochs": 1}), tmp_path / "a", domains, tables)
-  traces, compiles = train.TRACE_COUNTS["train_step"], compile_stats.snapshot()["compiles"]
+  training.train_and_evaluate(_config(**{"train.num_epochs": 1}), tmp_path / "a", domains, tables)
+  traces, compiles = compile_stats.TRACE_COUNTS["train_step"], compile_stats.snapshot()["compiles"]
   # Another seed, alpha, tau, learning rate, inter sign and L_gen switches: no new trace, no new compile.
   again = _config(**{"train.num_epochs": 1, "train.seed": 5, "gen_loss.alpha": 0.2, "gen_loss.tau": 0.5,
                      "train.learning_rate": 1e-4, "gen_loss.inter_sign": -1, "gen_loss.use_intra": False})
-  train.train_and_evaluate(again, tmp_path / "b", domains, tables)
-  assert train.TRACE_COUNTS["train_step"] == traces
+  training.train_and_evaluate(again, tmp_path / "b", domains, tables)
+  assert compile_stats.TRACE_COUNTS["train_step"] == traces
   assert compile_stats.snapshot()["compiles"] == compiles
   # A different shape is a different program: one trace per length bucket.
-  train.train_and_evaluate(_config(**{"train.num_epochs": 1, "model.hidden_dim": 8}), tmp_path / "c",
+  training.train_and_evaluate(_config(**{"train.num_epochs": 1, "model.hidden_dim": 8}), tmp_path / "c",
                            domains, tables)
-  assert train.TRACE_COUNTS["train_step"] == traces + driver.tiny_layout()["train_widths"]
+  assert compile_stats.TRACE_COUNTS["train_step"] == traces + driver.tiny_layout()["train_widths"]
 
 
 def test_members_must_differ_only_in_traced_fields():
   with pytest.raises(ValueError, match=r"member 1 differs .*model.hidden_dim"):
-    train.check_members([_config(), _config(**{"model.hidden_dim": 32})])
+    members_lib.check_members([_config(), _config(**{"model.hidden_dim": 32})])
   with pytest.raises(ValueError, match=r"optimizer_structure"):
-    train.check_members([_config(), _config(**{"train.grad_clip": 1.0})])
-  train.check_members([_config(), _config(**{"train.seed": 3, "gen_loss.tau": 0.3})])
+    members_lib.check_members([_config(), _config(**{"train.grad_clip": 1.0})])
+  members_lib.check_members([_config(), _config(**{"train.seed": 3, "gen_loss.tau": 0.3})])
 
 
 @pytest.mark.slow
 def test_a_diverging_member_stops_alone(tiny_problem, tmp_path):
   domains, tables = tiny_problem
   members = [_config(**{"train.seed": 0}), _config(**{"train.seed": 1, "train.learning_rate": 1e30})]
-  together = train.train_members(members, [tmp_path / "m0", tmp_path / "m1"], domains, tables,
+  together = training.train_members(members, [tmp_path / "m0", tmp_path / "m1"], domains, tables,
                                  group_dir=tmp_path / "group")
-  alone = train.train_and_evaluate(members[0], tmp_path / "alone", domains, tables)
+  alone = training.train_and_evaluate(members[0], tmp_path / "alone", domains, tables)
   assert together[1].error.startswith("training loss is") and together[1].params is None
   assert not together[0].error
   for k in alone.metrics:

@@ -23,11 +23,11 @@ _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     import _train_driver as driver
-    from recg_jax import train
+    from recg_jax import training
     assert jax.device_count() == 2, jax.devices()
     workdir, overrides = sys.argv[2], json.loads(sys.argv[3])
     domains = driver.tiny_domains()
-    result = train.train_and_evaluate(driver.tiny_config(**overrides), workdir, domains,
+    result = training.train_and_evaluate(driver.tiny_config(**overrides), workdir, domains,
                                       driver.tiny_tables(domains))
     np.savez(workdir + ".npz", **driver.params_by_path(result.params))
     with open(workdir + ".json", "w") as f:

@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recg_jax import fingerprint
 from recg_jax import input_pipeline
-from recg_jax import train
+from recg_jax import evaluate as evaluate_lib
+from recg_jax.config import roles
+from recg_jax.models import recommender as recommender_lib
+from recg_jax.training import members as members_lib
+from recg_jax.training import trainer as trainer_lib
 from recg_jax.data import types
 from recg_jax.models import recommender
 
@@ -33,19 +36,18 @@ def _run(make_config, domains, tables, dtype: str):
   """Trains the tiny SASRec-RecG in `dtype` for EPOCHS on fixed batches: (trainer, state, losses, metrics)."""
   config = make_config(**{"train.compute_dtype": dtype, "train.length_buckets": (), "eval.length_buckets": ()})
   domain = domains[config.data.source]
-  trainer = train.create_trainer(config, domain, tables)
+  trainer = trainer_lib.create_trainer(config, domain, tables)
   state, losses = trainer.state, []
   for epoch in range(EPOCHS):
     for batch in input_pipeline.stacked_epoch_batches(trainer.rows, int(config.train.batch_size),
                                                       trainer.seeds, epoch):
       state, metrics = trainer.step(state, input_pipeline.put_batch(batch, trainer.batch_sharding))
       losses.append(float(metrics["loss"][0]))
-  eval_fns = train.make_eval_fns(trainer.model)
-  params = train.member_tree(state.params, 0)
+  params = members_lib.member_tree(state.params, 0)
   evaluated = {}
   for split in ("valid", "test"):
     eval_split = types.leave_one_out(domain, split, int(config.data.max_len))
-    values = train.evaluate_split(eval_fns, params, trainer.tables_on_device["source"], eval_split, domain,
+    values = evaluate_lib.evaluate_split(trainer.model, params, trainer.tables_on_device["source"], eval_split, domain,
                                   config.eval, trainer.mesh)
     evaluated.update({f"{split}/{k}": v for k, v in values.items()})
   return trainer, state, np.asarray(losses), evaluated
@@ -71,27 +73,27 @@ def _equations(jaxpr):
 
 
 def test_default_is_float32_and_other_names_are_rejected(tiny_config):
-  default_model = train.build_model(tiny_config(), 30)
+  default_model = recommender_lib.build_model(tiny_config(), 30)
   assert default_model.dtype is jnp.float32
   # The float32 flag builds the very model (and so the very compiled programs) of a config without it.
-  assert train.build_model(tiny_config(**{"train.compute_dtype": "float32"}), 30) == default_model
-  assert train.build_model(tiny_config(**{"train.compute_dtype": "bfloat16"}), 30).dtype is jnp.bfloat16
+  assert recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "float32"}), 30) == default_model
+  assert recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "bfloat16"}), 30).dtype is jnp.bfloat16
   with pytest.raises(ValueError, match=r"config\.train\.compute_dtype .*'float16'"):
-    train.build_model(tiny_config(**{"train.compute_dtype": "float16"}), 30)
+    recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "float16"}), 30)
 
 
 def test_runs_recorded_before_the_flag_resume_only_in_float32(tiny_config):
-  stored = json.loads(json.dumps(train.run_signature(tiny_config())))
+  stored = json.loads(json.dumps(roles.run_signature(tiny_config())))
   del stored["train"]["compute_dtype"]  # a checkpoint written before the field existed
-  assert fingerprint.diff(stored, train.run_signature(tiny_config())) == []
-  bf16 = train.run_signature(tiny_config(**{"train.compute_dtype": "bfloat16"}))
-  assert fingerprint.diff(stored, bf16) == ["train.compute_dtype"]
+  assert roles.recorded_diff(stored, tiny_config(), roles.run_signature) == []
+  bf16 = tiny_config(**{"train.compute_dtype": "bfloat16"})
+  assert roles.recorded_diff(stored, bf16, roles.run_signature) == ["train.compute_dtype"]
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
 def test_bfloat16_activations_and_float32_outputs(tiny_config, tiny_problem, backbone):
   _, tables = tiny_problem
-  model = train.build_model(tiny_config(**{"model.backbone": backbone, "train.compute_dtype": "bfloat16"}), 30)
+  model = recommender_lib.build_model(tiny_config(**{"model.backbone": backbone, "train.compute_dtype": "bfloat16"}), 30)
   table = jnp.asarray(tables["Alpha"])
   seq = jnp.ones((4, 8), jnp.int32)
   # Shapes and dtypes only (eval_shape): nothing is computed.

@@ -4,17 +4,17 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from recg_jax import config as config_lib
 from recg_jax import losses
 from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
 from recg_jax.models import sasrec as sasrec_lib
-from recg_jax.models.recommender import MASK_TOKEN_ID, Recommender, init_variables
+from recg_jax.models.recommender import MASK_TOKEN_ID, Recommender, build_model, init_variables
 
 D, L, I, H = 16, 8, 20, 12  # hidden, max_len, items, frozen-table width
 HISTORY = np.array([3, 7, 2, 9, 4], np.int32)
@@ -286,11 +286,12 @@ def test_cloze_mask_token_and_inference(built, table):
   np.testing.assert_array_equal(user, expected)
 
 
-def test_from_config_and_validation():
-  cfg = ml_collections.ConfigDict(dict(backbone="gru4rec", variant="id", hidden_dim=D, num_layers=1,
-                                       num_heads=2, dropout=0.1, emb_dropout=0.3, pre_ln=True,
-                                       mask_prob=0.2))
-  model = Recommender.from_config(cfg, num_items=I, max_len=L)
+def test_build_model_and_validation():
+  cfg = config_lib.override(config_lib.get_config(), {
+      "model.backbone": "gru4rec", "model.variant": "id", "model.hidden_dim": D, "model.num_layers": 1,
+      "model.num_heads": 2, "model.dropout": 0.1, "model.emb_dropout": 0.3, "model.pre_ln": True,
+      "data.max_len": L})
+  model = build_model(cfg, num_items=I)
   assert (model.backbone, model.variant, model.num_items, model.hidden_dim, model.num_layers,
           model.emb_dropout, model.max_len, model.pre_ln, model.cloze) == (
               "gru4rec", "id", I, D, 1, 0.3, L, True, False)

@@ -19,9 +19,7 @@ from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import plots
 from recg_jax import results
-from recg_jax import train
-
-
+from recg_jax.training import metric_log
 class _FakeBucket(memory.MemoryFileSystem):
   """Its own store, so the test leaves fsspec's shared memory file system alone. Keys keep the scheme:
   'gs://bucket/run/...'."""
@@ -73,14 +71,14 @@ def test_data_and_embedding_stages_write_into_the_bucket(bucket, tiny_config, tm
 
 
 def test_metric_log_rewrites_a_remote_file_and_trims_on_resume(bucket):
-  log = train.MetricLog(paths.as_path("gs://bucket/run"), resume_step=0)
+  log = metric_log.MetricLog(paths.as_path("gs://bucket/run"), resume_step=0)
   for step in (1, 2, 3):
     log.write("train", step, {"loss": 1.0 / step})
   log.write("valid", 3, {"valid/full/ndcg@10": 0.5})  # an evaluation syncs the file at once
   assert [json.loads(line)["step"] for line in bucket.cat("gs://bucket/run/metrics.jsonl").splitlines()] == [
       1, 2, 3, 3]
   log.close()
-  resumed = train.MetricLog(paths.as_path("gs://bucket/run"), resume_step=2)
+  resumed = metric_log.MetricLog(paths.as_path("gs://bucket/run"), resume_step=2)
   resumed.close()
   assert [json.loads(line)["step"] for line in bucket.cat("gs://bucket/run/metrics.jsonl").splitlines()] == [1, 2]
 

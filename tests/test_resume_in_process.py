@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recg_jax import input_pipeline
-from recg_jax import train
+from recg_jax import training
 import _train_driver as driver
 
 # Two epochs of 4 steps (48 users, batch 16, two length buckets); a checkpoint every 2 steps.
@@ -43,17 +43,17 @@ def test_stopped_mid_epoch_then_resumed_is_exact(tiny_config, tiny_problem, tmp_
   domains, tables = tiny_problem
   spe = driver.tiny_layout(**OVERRIDES)["steps_per_epoch"]
   assert spe == 4
-  want = train.train_and_evaluate(tiny_config(**OVERRIDES), tmp_path / "ref", domains, tables)
+  want = training.train_and_evaluate(tiny_config(**OVERRIDES), tmp_path / "ref", domains, tables)
 
   workdir = tmp_path / "stopped"
   _stop_after(monkeypatch, spe + 3)  # the 4th batch of the second epoch never comes
   with pytest.raises(Stopped):
-    train.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
+    training.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
   monkeypatch.undo()
   assert _latest_steps(workdir)[-1] == spe + 2  # the mid-epoch checkpoint, one step before the stop
   capsys.readouterr()
 
-  got = train.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
+  got = training.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
   assert f"from step {spe + 2} (epoch 1, batch 2)" in capsys.readouterr().out
   assert got.metrics == want.metrics  # exact, not approximate
   assert (got.best_step, got.epochs) == (want.best_step, want.epochs)

@@ -15,10 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import serving as serving_config
+from conftest import read_jsonl
+
+from recg_jax.config import serving as serving_config
 from recg_jax import encoders
 from recg_jax import evaluate
-from recg_jax import train
+from recg_jax import pipeline
+from recg_jax.models import recommender as recommender_lib
 from recg_jax import transfer
 from recg_jax.data import types
 from recg_jax.data.errors import DataError
@@ -39,7 +42,7 @@ def finished_run(tmp_path_factory, tiny_trained_run, tiny_problem):
   workdir = tmp_path_factory.mktemp("finished_run")
   shutil.copytree(result.workdir / "checkpoints", workdir / "checkpoints")
   domains, tables = tiny_problem
-  transfer.evaluate_trained(config, workdir, domains, tables, result)
+  pipeline.transfer_trained(config, workdir, domains, tables, result)
   return config, workdir
 
 
@@ -84,13 +87,14 @@ def beta_files(finished_run, tiny_problem, tmp_path):
 
 
 def evaluation_ranks(config, workdir, domain, table):
-  """Evaluation's `full` ranks of the test targets, as transfer.evaluate_trained scores a target: the run's
+  """Evaluation's `full` ranks of the test targets, as pipeline.transfer_trained scores a target: the run's
   best parameters and saved sequence-level step, the table transformed as the pipeline does."""
   run = serving.load(workdir, progress=False)
   table = text_space.transform_tables({"t": table}, config.model.table_transform)["t"]
-  model = train.build_model(config, domain.num_items)
+  model = recommender_lib.build_model(config, domain.num_items)
   split = types.leave_one_out(domain, "test", config.data.max_len)
-  user_fn = transfer.fused_user_fn(model, run.params, jax.numpy.asarray(table), run.seq_transfer)
+  heads_fn = transfer.user_heads_fn(model, run.params, jax.numpy.asarray(table), run.seq_transfer)
+  user_fn = lambda seq_BxL: heads_fn(seq_BxL)[transfer.main_head(run.seq_transfer)]
   items = transfer.item_vectors(model, run.params, table)
   return evaluate.user_ranks(user_fn, items, split, domain, config.eval, protocols=("full",))["full"], split
 
@@ -101,7 +105,7 @@ def test_full_lists_rank_each_test_item_as_evaluation_does(finished_run, tiny_pr
   beta = domains["Beta"]
   summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items,
                                     progress=False, log=lambda _: None)
-  lists = {r["user_id"]: r for r in output.read_jsonl(summary.out)}
+  lists = {r["user_id"]: r for r in read_jsonl(summary.out)}
   want, split = evaluation_ranks(config, workdir, beta, tables["Beta"])
   compared = 0
   for u, user in enumerate(beta.user_tokens):
@@ -125,7 +129,7 @@ def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_
   beta = tiny_problem[0]["Beta"]
   summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items,
                                     keep_history=True, progress=False, log=lambda _: None)
-  lists = {r["user_id"]: r for r in output.read_jsonl(summary.out)}
+  lists = {r["user_id"]: r for r in read_jsonl(summary.out)}
   ranks = []
   for u, user in enumerate(beta.user_tokens):
     target = beta.item_tokens[beta.history(u)[-1]]
@@ -146,9 +150,9 @@ def test_exported_vectors_reproduce_the_scores(finished_run, beta_files, tmp_pat
   items, users = np.load(folder / "items.npy"), np.load(folder / "users.npy")
   item_ids = json.loads((folder / "item_ids.json").read_text())
   user_ids = json.loads((folder / "user_ids.json").read_text())
-  histories = {r["user_id"]: set(r["items"]) for r in output.read_jsonl(beta_files[1])}
+  histories = {r["user_id"]: set(r["items"]) for r in read_jsonl(beta_files[1])}
   scores = users @ items.T
-  for record in output.read_jsonl(summary.out):
+  for record in read_jsonl(summary.out):
     row = scores[user_ids.index(record["user_id"])]
     np.testing.assert_allclose([row[item_ids.index(i)] for i in record["items"]], record["scores"],
                                rtol=1e-5, atol=1e-6)
@@ -200,7 +204,7 @@ def test_length_buckets_change_no_user_vector(finished_run, tiny_problem):
 def test_text_knn_run_scores_by_its_history_mean_without_a_checkpoint(tiny_config, tiny_problem, tmp_path):
   config = tiny_config(**{"model.variant": "text_knn", "eval.length_buckets": ()})
   domains, tables = tiny_problem
-  transfer.evaluate_untrained(config, tmp_path, domains, tables)  # what `main` does for text_knn
+  pipeline.evaluate_untrained(config, tmp_path, domains, tables)  # what `main` does for text_knn
   beta, table = domains["Beta"], tables["Beta"]
   run = serving.load(tmp_path, progress=False)
   catalogue = serving.Catalogue("beta", beta.item_tokens[1:], beta.item_text[1:], table=table)
@@ -422,7 +426,7 @@ def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path
   table = np.load(embed.cache_dir(workdir, "catalogue-beta") / "embeddings.npy")
   np.testing.assert_array_equal(table, np.load(embed.cache_dir(workdir, "Beta") / "embeddings.npy"))
   want, split = evaluation_ranks(config, workdir, beta, table)
-  lists = {r["user_id"]: r for r in output.read_jsonl(out)}
+  lists = {r["user_id"]: r for r in read_jsonl(out)}
   compared = 0
   for u, user in enumerate(beta.user_tokens):
     target = beta.item_tokens[split.targets_U[u]]

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default as default_config
-from recg_jax import train as train_lib
+from recg_jax.config import default as default_config
+from recg_jax.training import step as step_lib
 from recg_jax.models import text_space
 from recg_jax.models.recommender import Recommender, init_variables
 
@@ -153,10 +153,10 @@ def test_candidate_scoring_resolves_for_text_space():
   config = default_config.get_config()
   config.model.variant = "sem"
   config.model.score_space = "text"
-  assert train_lib.candidate_scoring(config) == "gather"
+  assert step_lib.candidate_scoring(config) == "gather"
   config.train.candidate_scores = "factored"
   with pytest.raises(ValueError, match="frozen rows"):
-    train_lib.candidate_scoring(config)
+    step_lib.candidate_scoring(config)
   config.model.score_space = "projected"
-  assert train_lib.candidate_scoring(config) == "factored"
+  assert step_lib.candidate_scoring(config) == "factored"
   assert isinstance(config, ml_collections.ConfigDict)

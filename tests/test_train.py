@@ -1,4 +1,4 @@
-"""Training loop, train step, optimiser, step tables and results files (recg_jax/train.py, results.py).
+"""Training loop, train step, optimiser, step tables and results files (recg_jax/training/, results.py).
 
 The end-to-end run happens once, in a subprocess sharing a persistent XLA cache with the resume and mesh
 tests, so the tiny model's train step is compiled once for all of them.
@@ -14,7 +14,12 @@ import optax
 import pytest
 
 from recg_jax import results
-from recg_jax import train
+from recg_jax import training
+from recg_jax.models import recommender as recommender_lib
+from recg_jax.training import checkpoints as checkpoints_lib
+from recg_jax.training import metric_log
+from recg_jax.training import optimizer as optimizer_lib
+from recg_jax.training import step as step_lib
 import _train_driver as driver
 
 
@@ -71,30 +76,44 @@ def test_checkpoints_and_results_files(tiny_run):
     assert needle in md, needle
 
 
-def test_resume_rejects_a_different_run(tiny_run):
+def test_resume_rejects_a_different_run(tiny_run, tiny_config):
   workdir, _, _ = tiny_run
-  config = driver.tiny_config(**{"model.hidden_dim": 32})
+  config = tiny_config(**{"model.hidden_dim": 32})
   with pytest.raises(ValueError, match=r"different run .*model.hidden_dim"):
-    train.Checkpoints(workdir, config)
+    checkpoints_lib.Checkpoints(workdir, config)
   # Fields that do not change the computation may change between a run and its resumption.
-  train.Checkpoints(workdir, driver.tiny_config(**{"train.num_epochs": 9})).close()
+  checkpoints_lib.Checkpoints(workdir, tiny_config(**{"train.num_epochs": 9})).close()
+
+
+def _optimizer_config(**fields):
+  return ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 0, "decay": "constant",
+                                    "weight_decay": 0.0, "grad_clip": 0.0, **fields})
+
+
+def _schedule(c, total_steps):
+  hparams, decay = optimizer_lib.optimizer_hparams(c, total_steps), optimizer_lib.decay_kind(c)
+  return lambda count: optimizer_lib.learning_rate_at(count, hparams, decay)
+
+
+def _optimizer(c, total_steps):
+  return optimizer_lib.build_optimizer(optimizer_lib.OptimizerStructure.from_config(c),
+                                       optimizer_lib.optimizer_hparams(c, total_steps))
 
 
 def test_learning_rate_schedule():
-  c = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 10, "decay": "cosine"})
-  s = train.learning_rate_schedule(c, total_steps=110)
+  c = _optimizer_config(warmup_steps=10, decay="cosine")
+  s = _schedule(c, total_steps=110)
   np.testing.assert_allclose([s(0), s(5), s(10), s(60), s(110)], [0, 5e-4, 1e-3, 5e-4, 0], atol=1e-9)
   c.decay, c.warmup_steps = "constant", 0
-  assert float(train.learning_rate_schedule(c, 5)(3)) == pytest.approx(1e-3)
+  assert float(_schedule(c, 5)(3)) == pytest.approx(1e-3)
   c.decay = "linear"
   with pytest.raises(ValueError, match="config.train.decay"):
-    train.learning_rate_schedule(c, 5)
+    _schedule(c, 5)
 
 
 def test_optimizer_weight_decay_skips_vectors_and_clips():
-  c = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 0, "decay": "constant",
-                                 "weight_decay": 0.5, "grad_clip": 1.0})
-  opt = train.make_optimizer(c, 10)
+  c = _optimizer_config(learning_rate=0.1, weight_decay=0.5, grad_clip=1.0)
+  opt = _optimizer(c, 10)
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
   zero = jax.tree.map(jnp.zeros_like, params)
   updates, _ = opt.update(zero, opt.init(params), params)
@@ -111,41 +130,40 @@ def test_optimizer_weight_decay_skips_vectors_and_clips():
       out, state = tx.update(g, state, params)
     return out
 
-  got = run(train.make_optimizer(c, 10))
+  got = run(_optimizer(c, 10))
   want = run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.1)))
   plain = run(optax.adam(0.1))
   np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
   assert not np.allclose(got["w"], plain["w"], rtol=1e-3)
 
 
-def test_step_tables_stack_and_validate():
-  domains = driver.tiny_domains()
-  tables = driver.tiny_tables(domains)
-  config = driver.tiny_config()
-  st = train.build_step_tables(config, tables)
+def test_step_tables_stack_and_validate(tiny_config, tiny_problem):
+  _, tables = tiny_problem
+  config = tiny_config()
+  st = step_lib.build_step_tables(config, tables)
   assert st.gen_domains == ("Alpha", "Beta", "Gamma") and st.gen_counts == (30, 34, 38)
   gen = st.arrays["gen"]
   assert gen.shape == (3, 39, 24)
   np.testing.assert_array_equal(gen[1, :35], tables["Beta"])
   assert not gen[0, 31:].any()  # padding rows beyond a domain's items are zero and never sampled
-  assert "gen" not in train.build_step_tables(driver.tiny_config(**{"model.variant": "sem"}), tables).arrays
-  assert train.build_step_tables(driver.tiny_config(**{"model.variant": "id"}), None).arrays == {"source": None}
+  assert "gen" not in step_lib.build_step_tables(tiny_config(**{"model.variant": "sem"}), tables).arrays
+  assert step_lib.build_step_tables(tiny_config(**{"model.variant": "id"}), None).arrays == {"source": None}
   with pytest.raises(ValueError, match=r"no embedding table was given for \['Gamma'\]"):
-    train.build_step_tables(config, {k: v for k, v in tables.items() if k != "Gamma"})
+    step_lib.build_step_tables(config, {k: v for k, v in tables.items() if k != "Gamma"})
   with pytest.raises(ValueError, match="disagree on their width"):
-    train.build_step_tables(config, {**tables, "Beta": tables["Beta"][:, :8]})
+    step_lib.build_step_tables(config, {**tables, "Beta": tables["Beta"][:, :8]})
   with pytest.raises(ValueError, match="source domain 'Alpha'"):
-    train.build_step_tables(config, None)
+    step_lib.build_step_tables(config, None)
 
 
-def test_loss_name_and_table_formatting():
-  config = driver.tiny_config(**{"model.backbone": "bert4rec", "train.bert4rec_objective": "cloze",
+def test_loss_name_and_table_formatting(tiny_config):
+  config = tiny_config(**{"model.backbone": "bert4rec", "train.bert4rec_objective": "cloze",
                                   "train.loss": "softmax", "gen_loss.use_inter": False,
                                   "gen_loss.inter_sign": -1})
   name = results.loss_name(config)
   assert name.startswith("full softmax cross-entropy, Cloze (mask_prob=0.2")
   assert "inter_sign=-1" in name and "no inter" in name
-  assert "L_gen" not in results.loss_name(driver.tiny_config(**{"model.variant": "sem"}))
+  assert "L_gen" not in results.loss_name(tiny_config(**{"model.variant": "sem"}))
   rec = results.make_record(config, "zero_shot", "Beta", {"zero_shot/full/recall@10": [0.1234, 0.01],
                                                           "zero_shot/full/ndcg@10": 0.05})
   table = results.format_table([rec])
@@ -153,36 +171,35 @@ def test_loss_name_and_table_formatting():
   assert table.index("full R@10") < table.index("full N@10")
 
 
-def test_candidate_scores_agree_across_modes():
+def test_candidate_scores_agree_across_modes(tiny_config, tiny_problem):
   """factored <W_p^T y, e> + <y, b_p>, gathered and full-catalogue scoring give the same BPR scores."""
-  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
-  domain = driver.tiny_domains()["Alpha"]
-  table = jnp.asarray(driver.tiny_tables({"Alpha": domain})["Alpha"])
+  domains, tables = tiny_problem
+  domain, table = domains["Alpha"], jnp.asarray(tables["Alpha"])
   rng = np.random.default_rng(0)
   ids = rng.integers(0, domain.num_items + 1, (3, 4, 6)).astype(np.int32)
   ids[0, 0, 0] = 0  # a padding target scores 0 in every mode
   hidden = jnp.asarray(rng.normal(size=(3, 4, 16)).astype(np.float32))
-  scores = jax.jit(train.candidate_scores, static_argnums=(0, 5))
+  scores = jax.jit(step_lib.candidate_scores, static_argnums=(0, 5))
   # (recg scores with the same W_p as sem; its factored path runs in the driver runs, on 8 devices too.)
   for variant in ("sem", "id"):
-    config = driver.tiny_config(**{"model.variant": variant})
-    model = train.build_model(config, domain.num_items)
-    variables = jax.jit(recommender.init_variables, static_argnums=0)(model, jax.random.key(1), table)
+    config = tiny_config(**{"model.variant": variant})
+    model = recommender_lib.build_model(config, domain.num_items)
+    variables = jax.jit(recommender_lib.init_variables, static_argnums=0)(model, jax.random.key(1), table)
     # Non-zero biases, so the <y, b_p> term is exercised.
     variables = jax.tree.map(lambda x: x + 0.1 if x.ndim == 1 else x, variables)
     modes = ("factored", "gather", "full") if variant != "id" else ("gather", "full")
     got = {m: np.asarray(scores(model, variables, hidden, jnp.asarray(ids), table, m)) for m in modes}
-    items = jax.jit(lambda v: model.apply(v, table, method=recommender.Recommender.item_vectors))(variables)
+    items = jax.jit(lambda v: model.apply(v, table, method=recommender_lib.Recommender.item_vectors))(variables)
     want = np.einsum("bpd,bpcd->bpc", np.asarray(hidden), np.asarray(items)[ids])
     for m in modes:
       np.testing.assert_allclose(got[m], want, rtol=1e-5, atol=1e-5, err_msg=f"{variant} {m}")
       assert got[m][0, 0, 0] == 0.0
-    assert train.candidate_scoring(config) == ("full" if variant == "id" else "factored")
+    assert step_lib.candidate_scoring(config) == ("full" if variant == "id" else "factored")
   with pytest.raises(ValueError, match="needs a frozen table"):
-    train.candidate_scoring(driver.tiny_config(**{"model.variant": "id",
+    step_lib.candidate_scoring(tiny_config(**{"model.variant": "id",
                                                   "train.candidate_scores": "factored"}))
   with pytest.raises(ValueError, match="config.train.candidate_scores"):
-    train.candidate_scoring(driver.tiny_config(**{"train.candidate_scores": "sparse"}))
+    step_lib.candidate_scoring(tiny_config(**{"train.candidate_scores": "sparse"}))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -191,14 +208,14 @@ def test_candidate_scores_agree_across_modes():
     {"model.backbone": "bert4rec", "model.variant": "sem"},
     {"model.backbone": "gru4rec", "model.variant": "recg", "train.targets": "last"},
 ], ids=["bert4rec-id-cloze-softmax", "bert4rec-sem-prefixes", "gru4rec-recg-last"])
-def test_other_backbones_objectives_and_losses_train(tmp_path, overrides):
-  domains = driver.tiny_domains()
+def test_other_backbones_objectives_and_losses_train(tmp_path, overrides, tiny_config, tiny_problem):
+  domains, tiny_tables = tiny_problem
   # One length bucket: a compile per bucket would dominate these runs (bucketed batches of every row
   # layout are checked in test_input_pipeline.py, bucketed training end to end by the driver runs).
-  config = driver.tiny_config(**overrides, **{"train.num_epochs": 3, "train.length_buckets": (),
+  config = tiny_config(**overrides, **{"train.num_epochs": 3, "train.length_buckets": (),
                                              "eval.length_buckets": ()})
-  tables = None if config.model.variant == "id" else driver.tiny_tables(domains)
-  result = train.train_and_evaluate(config, tmp_path, domains, tables)
+  tables = None if config.model.variant == "id" else tiny_tables
+  result = training.train_and_evaluate(config, tmp_path, domains, tables)
   events = driver.read_jsonl(tmp_path / "metrics.jsonl")
   setup = events[0]
   lengths = domains["Alpha"].lengths - 2  # training part of every user
@@ -216,5 +233,5 @@ def test_other_backbones_objectives_and_losses_train(tmp_path, overrides):
 
 
 def test_tensorboard_tags_have_one_prefix_and_no_at_sign():
-  assert train.tensorboard_tag("valid", "valid/full/ndcg@10") == "valid/full/ndcg_at_10"
-  assert train.tensorboard_tag("train", "loss") == "train/loss"
+  assert metric_log.tensorboard_tag("valid", "valid/full/ndcg@10") == "valid/full/ndcg_at_10"
+  assert metric_log.tensorboard_tag("train", "loss") == "train/loss"

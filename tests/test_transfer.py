@@ -44,9 +44,10 @@ def trained(tiny_trained, tiny_problem):
 
 
 def test_trained_run_reports_source_and_every_target(trained, tmp_path):
-  """What run_zero_shot does after training (the slow pipeline test above runs it all from a config)."""
+  """What train_and_transfer does after training (the slow pipeline test above runs it all from a
+  config)."""
   config, domains, tables, result = trained
-  records = transfer.evaluate_trained(config, tmp_path, domains, tables, result)
+  records = pipeline.transfer_trained(config, tmp_path, domains, tables, result)
   assert [(r["stage"], r["domain"]) for r in records] == [("in_domain", "Alpha"), ("zero_shot", "Beta"),
                                                            ("zero_shot", "Gamma")]
   for r in records:
@@ -94,8 +95,8 @@ def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
   identity = transfer.SequenceTransfer(centres_KxD=seq.centres_KxD, inertia=seq.inertia,
                                        fusion_params={"W_f": {"kernel": kernel}})
   seq_BxL = np.asarray(domains["Beta"].items[:8].reshape(1, 8), np.int32)
-  plain = transfer.fused_user_fn(result.model, result.params, tables["Beta"], None)(seq_BxL)
-  fused = transfer.fused_user_fn(result.model, result.params, tables["Beta"], identity)(seq_BxL)
+  plain = transfer.user_heads_fn(result.model, result.params, tables["Beta"], None)(seq_BxL)["plain"]
+  fused = transfer.user_heads_fn(result.model, result.params, tables["Beta"], identity)(seq_BxL)["fused"]
   np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=1e-5, atol=1e-6)
   # Training moved W_f away from [I | 0].
   assert not np.allclose(seq.fusion_params["W_f"]["kernel"], kernel)
@@ -104,4 +105,4 @@ def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
 def test_id_variant_refuses_zero_shot(tmp_path, tiny_config):
   config = tiny_config(**{"model.variant": "id"})
   with pytest.raises(ValueError, match="cannot transfer"):
-    transfer.run_zero_shot(config, tmp_path, {}, None)
+    pipeline.train_and_transfer([config], [tmp_path], {}, None)

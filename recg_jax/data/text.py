@@ -70,23 +70,3 @@ def render_rows(fields: Mapping[str, np.ndarray], text_config: ml_collections.Co
     else:
       texts[i] = text_config.paper_prompt.format_map(_BlankMissing(values))
   return texts, has_text
-
-
-def render_item_texts(fields: Mapping[str, np.ndarray], text_config: ml_collections.ConfigDict,
-                      text_fields: Sequence[str]) -> np.ndarray:
-  """Item texts for a DomainData-style table whose row 0 is the padding item.
-
-  Args:
-    fields: field name -> [I+1] strings, row 0 = "" (padding).
-    text_config: config.text.
-    text_fields: config.data.text_fields (order of the `fields` template).
-
-  Returns:
-    [I+1] object array; row 0 = "". `fields` template: "title: X; brand: Y; ..." in `text_fields` order
-    with empty fields dropped; `paper`: text_config.paper_prompt with missing fields as "". An item
-    with no text gets text_config.empty_fallback.
-  """
-  texts, _ = render_rows(fields, text_config, text_fields)
-  if len(texts):
-    texts[0] = ""
-  return texts

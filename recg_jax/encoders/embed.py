@@ -382,7 +382,7 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
     # The manifest goes last: a crash mid-write leaves no manifest, hence a rebuild, never a stale table.
     (folder / "manifest.json").unlink(missing_ok=True)
     paths.write_atomic(folder / "embeddings.npy", lambda f: np.save(f, table))
-    paths.write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    paths.write_json_atomic(folder / "manifest.json", manifest, indent=2, sort_keys=True)
     print(f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
           flush=True)
   distributed.barrier(f"embeddings {domain.name}")

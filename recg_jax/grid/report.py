@@ -199,12 +199,6 @@ SECTIONS = (("zero_shot", "Zero-shot (as the paper's Table 3)"),
             ("alpha", "Alpha sensitivity"))
 
 
-def render_tables(aggregates, markers, grid_meta, config, missing=(), failed=(),
-                  ablation_aggregates=None) -> str:
-  """The whole results.md. The ablation and alpha tables read ablation_aggregates (default: aggregates)."""
-  return render_sections(aggregates, markers, grid_meta, config, missing, failed, ablation_aggregates)[""]
-
-
 def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(),
                     ablation_aggregates=None) -> dict[str, str]:
   """{'': the whole results.md, section name: that table alone with the same header and footnotes} for

@@ -1,13 +1,12 @@
 """Running an experiment grid: every unfinished run of the plan, its completion marker, then tables and plots.
 
 run_grid prepares data and embeddings once for the whole grid, runs this process's share of the plan
-(recg_jax.grid.planning) as groups of runs trained together (execute_members: runs that differ only in
-seeds, alphas or the L_gen switches share one compiled program over stacked parameters) or one at a time
-(execute_run), and writes done.json beside a finished
-run's results (failed.json beside a run that raised), so a restarted grid skips what is finished; then it
-aggregates every finished run of the plan (recg_jax.grid.stats) into the tables (recg_jax.grid.report)
-and figures (recg_jax.grid.figures). The baselines study (recg_jax.baselines) runs its runs through the
-same execute_run and markers.
+(recg_jax.grid.planning) in groups trained together (runs that differ only in seeds, alphas or the L_gen
+switches share one compiled program over stacked parameters; pipeline.train_and_transfer runs each group),
+and writes done.json beside a finished run's results (failed.json beside a run that raised), so a
+restarted grid skips what is finished; then it aggregates every finished run of the plan
+(recg_jax.grid.stats) into the tables (recg_jax.grid.report) and figures (recg_jax.grid.figures). The
+baselines study (recg_jax.grid.baselines) runs its runs through the same run_pending and markers.
 """
 
 from __future__ import annotations
@@ -22,15 +21,16 @@ import os
 import platform
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
 from recg_jax import compile_stats
-from recg_jax import fingerprint as fingerprint_lib
+from recg_jax import distributed
 from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import results as results_lib
+from recg_jax.config import roles
 from recg_jax.grid import figures
 from recg_jax.grid import planning
 from recg_jax.grid import report
@@ -58,63 +58,6 @@ def read_done(run_dir: paths.Path) -> dict[str, Any] | None:
     return None
 
 
-def atomic_json(path: paths.Path, payload: Any) -> None:
-  paths.write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n")
-
-
-def execute_run(config: ml_collections.ConfigDict, spec: planning.RunSpec, run_dir: paths.Path,
-                domains: dict, tables: dict | None) -> list[dict[str, Any]]:
-  """Trains and evaluates one run in run_dir; returns its result records."""
-  names = [config.data.source, *config.data.targets]
-  run_domains = {n: domains[n] for n in names}
-  if spec.variant == "id":
-    from recg_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, run_dir, {spec.source: domains[spec.source]}, None)
-    return results_lib.read_records(run_dir / "results.json")
-  from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-  from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
-  run_tables = text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
-  return transfer.run_zero_shot(config, run_dir, run_domains, run_tables)
-
-
-def execute_members(configs: list[ml_collections.ConfigDict], specs: list[planning.RunSpec],
-                    run_dirs: list[paths.Path], domains: dict, tables: dict | None,
-                    group_dir: paths.Path) -> list[list[dict[str, Any]] | Exception]:
-  """Trains runs that differ only in traced fields together (recg_jax.train.train_members), then
-  evaluates each as execute_run would; returns each run's records, or the exception it ended with."""
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
-  from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-  from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
-  config = configs[0]
-  names = [config.data.source, *config.data.targets]
-  if specs[0].variant == "id":
-    trained = train.train_members(configs, run_dirs, {config.data.source: domains[config.data.source]}, None,
-                                  group_dir=group_dir)
-  else:
-    run_tables = text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
-    run_domains = {n: domains[n] for n in names}
-    trained = train.train_members(configs, run_dirs, run_domains, run_tables, group_dir=group_dir)
-  outcomes: list[list[dict[str, Any]] | Exception] = []
-  for rc, run_dir, result in zip(configs, run_dirs, trained):
-    if result.error:
-      outcomes.append(train.NonFiniteLossError(result.error))
-    elif specs[0].variant == "id":
-      outcomes.append(results_lib.read_records(run_dir / "results.json"))
-    else:
-      try:
-        outcomes.append(transfer.evaluate_trained(rc, run_dir, run_domains, run_tables, result))
-      except Exception as e:  # pylint: disable=broad-except  (one member's failure is that run's alone)
-        e.traceback = traceback.format_exc()
-        outcomes.append(e)
-  return outcomes
-
-
-def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
-  """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
-  members resumes it)."""
-  return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
-
-
 @dataclasses.dataclass
 class PendingRun:
   """A run to execute: its config, spec, folder, log tag, table setting and folder relative to the grid."""
@@ -125,6 +68,19 @@ class PendingRun:
   tag: str
   setting: str
   relpath: str
+
+
+def execute(runs: list[PendingRun], domains: dict, tables: dict | None,
+            group_dir: paths.Path) -> list[pipeline.Outcome]:
+  """Each run's records, or the exception it ended with: one run alone, or a group trained together."""
+  return pipeline.train_and_transfer([r.config for r in runs], [r.run_dir for r in runs], domains, tables,
+                                     group_dir=group_dir if len(runs) > 1 else None)
+
+
+def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
+  """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
+  members resumes it)."""
+  return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
 
 
 def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, workdir: paths.Path,
@@ -141,17 +97,12 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
   for group in planning.member_groups([(p.config, p) for p in pending], group_size):
     runs = [p for _, p in group]
     for run in runs:
-      _say(f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
+      distributed.say(f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
            + (f", one of {len(runs)} trained together" if len(runs) > 1 else ""))
       run.run_dir.mkdir(parents=True, exist_ok=True)
     t0, compiles0, traces0 = time.perf_counter(), compile_stats.snapshot(), _step_traces()
     try:
-      if len(runs) == 1:
-        outcomes = [execute_run(runs[0].config, runs[0].spec, runs[0].run_dir, domains, tables)]
-      else:
-        outcomes = execute_members([r.config for r in runs], [r.spec for r in runs],
-                                   [r.run_dir for r in runs], domains, tables,
-                                   group_dir_of(workdir, [r.relpath for r in runs]))
+      outcomes = execute(runs, domains, tables, group_dir_of(workdir, [r.relpath for r in runs]))
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
       e.traceback = traceback.format_exc()
       outcomes = [e] * len(runs)
@@ -161,31 +112,78 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
     for run, outcome in zip(runs, outcomes):
       if isinstance(outcome, Exception):
         failed.append(run.relpath)
-        atomic_json(run.run_dir / FAILED, {"spec": run.spec.to_dict(), "error": repr(outcome),
+        paths.write_json_atomic(run.run_dir / FAILED, {"spec": run.spec.to_dict(), "error": repr(outcome),
                                             "traceback": getattr(outcome, "traceback", "")})
-        _say(f"{run.tag}: FAILED ({outcome!r}); details in {run.run_dir / FAILED}")
+        distributed.say(f"{run.tag}: FAILED ({outcome!r}); details in {run.run_dir / FAILED}")
         continue
       (run.run_dir / FAILED).unlink(missing_ok=True)
       # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
-      atomic_json(run.run_dir / DONE, {
+      paths.write_json_atomic(run.run_dir / DONE, {
           "spec": run.spec.to_dict(), "setting": run.setting, "relpath": run.relpath, "records": outcome,
           "elapsed_s": elapsed / len(runs), "machine": machine,
           "group": {"size": len(runs), "elapsed_s": elapsed, "compiles": compiles,
                     "members": [r.relpath for r in runs]},
-          "fingerprint": planning.run_fingerprint(run.config), "config": results_lib.config_dict(run.config),
+          "fingerprint": roles.fingerprint(run.config), "config": results_lib.config_dict(run.config),
           "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
       ran.append(run.relpath)
       together = f" (its group of {len(runs)}: {elapsed:.1f}s)" if len(runs) > 1 else ""
-      _say(f"{run.tag}: done in {elapsed / len(runs):.1f}s{together}")
-    _say(f"{prefix} {_compiles_line(compiles)} for {len(runs)} run(s); "
+      distributed.say(f"{run.tag}: done in {elapsed / len(runs):.1f}s{together}")
+    distributed.say(f"{prefix} {_compiles_line(compiles)} for {len(runs)} run(s); "
          f"{(time.perf_counter() - start) / 60:.1f} min in this invocation")
     if after_each is not None:
       after_each()
   return ran, failed
 
 
-def _say(message: str) -> None:
-  print(message, flush=True)
+def load_domains(config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str],
+                 with_tables: bool) -> tuple[dict, dict | None]:
+  """Every domain of a grid or study once, in its order, with its folder as the cache root: (domains,
+  frozen tables or None)."""
+  all_config = copy.deepcopy(config)
+  all_config.data.source, all_config.data.targets = order[0], tuple(order[1:])
+  all_config.data.auxiliary = ()
+  domains = pipeline.prepare_data(all_config, workdir)
+  return domains, pipeline.embed_domains(all_config, workdir, domains) if with_tables else None
+
+
+def finished(run_dir: paths.Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether run_dir holds a finished run of `config`; one finished under another config is an error."""
+  done = read_done(run_dir)
+  if done is None:
+    return False
+  diff = roles.recorded_diff(done.get("fingerprint") or {}, config, roles.fingerprint)
+  if diff:
+    raise ValueError(f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
+                     "use a fresh --workdir, or delete that run folder to run it again")
+  return True
+
+
+def _grid_meta(config, command: str, axes: dict, specs: list, domains: dict) -> dict[str, Any]:
+  from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  return {"command": command, "machine": machine_info(), "axes": {k: list(v) for k, v in axes.items()},
+          "planned": [s.relpath.as_posix() for s in specs], "domain_table": prepare.domain_table(domains),
+          "data": results_lib.data_label(config), "data_format": str(config.data.format),
+          "config": results_lib.config_dict(config),
+          "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _todo(config, specs, axes, workdir: paths.Path, aggregate_only: bool) -> tuple[list[PendingRun], list[str]]:
+  """(runs of this shard to execute, relpaths skipped as finished)."""
+  mine = planning.shard_of(specs, config)
+  if int(config.experiment.num_shards) > 1:
+    distributed.say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: "
+                    f"{len(mine)} of {len(specs)} runs")
+  todo, skipped = [], []
+  for i, spec in enumerate(mine, 1):
+    run_dir = workdir / spec.relpath
+    rc = planning.run_config(config, spec, axes["domains"])
+    tag = f"[grid] {i}/{len(mine)} {spec.relpath.as_posix()}"
+    if finished(run_dir, rc):
+      distributed.say(f"{tag}: skip (finished, {DONE} present)")
+      skipped.append(spec.relpath.as_posix())
+    elif not aggregate_only:
+      todo.append(PendingRun(rc, spec, run_dir, tag, spec.setting, spec.relpath.as_posix()))
+  return todo, skipped
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
@@ -193,60 +191,24 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   """Runs every unfinished run of the grid, then writes the tables and plots.
 
   Runs that differ only in traced fields (seeds, alphas, L_gen switches) train together, up to
-  config.experiment.member_group_size at a time (execute_members); every other run goes through
-  execute_run. Returns {'ran': [relpath, ...], 'skipped', 'failed', 'missing', 'tables': path, 'csv',
-  'plots', 'compiles': XLA compiles and their seconds in this invocation}.
+  config.experiment.member_group_size at a time. Returns {'ran': [relpath, ...], 'skipped', 'failed',
+  'missing', 'tables': path, 'csv', 'plots', 'compiles': XLA compiles and their seconds in this
+  invocation}.
   """
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   axes = planning.grid_axes(config)
   specs = planning.plan_runs(config)
-  # Load every domain once, with the grid folder as the cache root, in the grid's domain order.
-  all_config = copy.deepcopy(config)
-  all_config.data.source = axes["domains"][0]
-  all_config.data.targets = axes["domains"][1:]
-  all_config.data.auxiliary = ()
-  domains = pipeline.prepare_data(all_config, workdir)
-  from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  needs_tables = any(s.variant != "id" for s in specs)
-  tables = pipeline.embed_domains(all_config, workdir, domains) if needs_tables else None
-  info = machine_info()
-  grid_meta = {"command": command, "machine": info, "axes": {k: list(v) for k, v in axes.items()},
-               "planned": [s.relpath.as_posix() for s in specs],
-               "domain_table": prepare.domain_table(domains),
-               "data": results_lib.data_label(config), "data_format": str(config.data.format),
-               "config": results_lib.config_dict(config),
-               "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  atomic_json(workdir / "grid.json", grid_meta)
+  domains, tables = load_domains(config, workdir, axes["domains"], any(s.variant != "id" for s in specs))
+  grid_meta = _grid_meta(config, command, axes, specs, domains)
+  paths.write_json_atomic(workdir / "grid.json", grid_meta)
 
-  ran, skipped = [], []
   start = time.perf_counter()
   compile_stats.install()
   compiles_before, traces_before = compile_stats.snapshot(), _step_traces()
-  mine = planning.shard_of(specs, config)
-  if int(config.experiment.num_shards) > 1:
-    _say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: {len(mine)} of "
-         f"{len(specs)} runs")
-  todo: list[PendingRun] = []
-  for i, spec in enumerate(mine, 1):
-    run_dir = workdir / spec.relpath
-    rc = planning.run_config(config, spec, axes["domains"])
-    done = read_done(run_dir)
-    tag = f"[grid] {i}/{len(mine)} {spec.relpath.as_posix()}"
-    if done is not None:
-      diff = fingerprint_lib.diff(done.get("fingerprint"), planning.run_fingerprint(rc))
-      if diff:
-        raise ValueError(f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
-                         "use a fresh --workdir, or delete that run folder to run it again")
-      _say(f"{tag}: skip (finished, {DONE} present)")
-      skipped.append(spec.relpath.as_posix())
-      continue
-    if not aggregate_only:
-      todo.append(PendingRun(rc, spec, run_dir, tag, spec.setting, spec.relpath.as_posix()))
-
-  done_now, failed = run_pending(todo, domains, tables, workdir, info,
-                                 int(config.experiment.member_group_size), "[grid]")
-  ran += done_now
+  todo, skipped = _todo(config, specs, axes, workdir, aggregate_only)
+  ran, failed = run_pending(todo, domains, tables, workdir, grid_meta["machine"],
+                            int(config.experiment.member_group_size), "[grid]")
   compiled = {**compile_stats.since(compiles_before), "train_step_traces": _step_traces() - traces_before}
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
@@ -256,9 +218,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   aggregates, ablation_aggregates = stats.aggregate_grid(stats.observations(markers), axes)
   md_path, csv_path = report.write_tables(workdir, aggregates, markers, grid_meta, config, missing=missing,
                                           failed=failed, ablation_aggregates=ablation_aggregates)
-  _say(f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} missing; "
-       f"{_compiles_line(compiled)} in "
-       f"{(time.perf_counter() - start) / 60:.1f} min; tables: {md_path} and {csv_path}")
+  distributed.say(f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} "
+                  f"missing; {_compiles_line(compiled)} in {(time.perf_counter() - start) / 60:.1f} min; "
+                  f"tables: {md_path} and {csv_path}")
   plots_written: list[str] = []
   if make_plots:
     plots_written = figures.write_plots(workdir, config, aggregates, ablation_aggregates, markers, domains,
@@ -269,8 +231,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
 
 def _step_traces() -> int:
   """Train-step programs built so far in this process (one per program key, member count and bucket)."""
-  from recg_jax import train  # pylint: disable=g-import-not-at-top
-  return int(train.TRACE_COUNTS["train_step"])
+  return int(compile_stats.TRACE_COUNTS["train_step"])
 
 
 def _compiles_line(c: dict[str, float]) -> str:

@@ -3,7 +3,7 @@
 API (every method is pure; call it as `model.apply(variables, ..., method=...)`, and pass
 `rngs={'dropout': key}` when `train=True`):
 
-  model = Recommender.from_config(config.model, num_items, max_len)   # or Recommender(...) directly
+  model = build_model(config, num_items)   # or Recommender(...) directly
   variables = model.init({'params': key}, seq_BxL, table_NxH)          # or init_variables(model, key, table)
 
   model.apply(v, seq_BxL, table_NxH, train)          -> user_BxD     output at position L-1
@@ -115,28 +115,6 @@ class Recommender(nn.Module):
   sasrec_init_std: float = 0.0
   # Compute dtype of the heads and the backbone (COMPUTE_DTYPES); parameters and outputs are float32.
   dtype: Any = jnp.float32
-
-  @classmethod
-  def from_config(cls, model_config: Any, num_items: int, max_len: int, *,
-                  cloze: bool = False, compute_dtype_name: str = "float32") -> "Recommender":
-    """Builds the model from config.model. `cloze` = (config.train.bert4rec_objective == 'cloze'),
-    `compute_dtype_name` = config.train.compute_dtype."""
-    return cls(backbone=str(model_config.backbone), variant=str(model_config.variant),
-               num_items=int(num_items), hidden_dim=int(model_config.hidden_dim),
-               num_layers=int(model_config.num_layers), num_heads=int(model_config.num_heads),
-               dropout=float(model_config.dropout), emb_dropout=float(model_config.emb_dropout),
-               max_len=int(max_len), pre_ln=bool(model_config.pre_ln),
-               merge_init=str(model_config.get("merge_init", "default")),
-               cloze=bool(cloze) and str(model_config.backbone) == "bert4rec",
-               score_space=str(model_config.get("score_space", "projected")),
-               text_user=str(model_config.get("text_user", "readout")),
-               knn_decay=float(model_config.get("knn_decay", 0.5)),
-               text_temperature=float(model_config.get("text_temperature", 0.05)),
-               sasrec_ffn_multiplier=int(model_config.get("sasrec_ffn_multiplier", 1)),
-               sasrec_activation=str(model_config.get("sasrec_activation", "relu")),
-               sasrec_ln_epsilon=float(model_config.get("sasrec_ln_epsilon", 1e-6)),
-               sasrec_init_std=float(model_config.get("sasrec_init_std", 0.0)),
-               dtype=compute_dtype(str(compute_dtype_name)))
 
   @property
   def is_causal(self) -> bool:
@@ -341,6 +319,23 @@ class HistoryAttention(nn.Module):
     u = jnp.einsum("bts,bsh->bth", weights_BxLxL, jnp.where(valid_BxL[..., None], rows_BxLxH, 0.0))
     log_scale = self.param("log_scale", nn.initializers.constant(-jnp.log(self.temperature)), ())
     return jnp.where(valid_BxL[..., None], _scaled_unit(u, log_scale), 0.0)
+
+
+def build_model(config: Any, num_items: int) -> Recommender:
+  """The model a run's config describes (config.model, with data.max_len, the BERT4Rec objective and
+  train.compute_dtype), for a domain of num_items items (only an ID table depends on it)."""
+  mc = config.model
+  return Recommender(backbone=str(mc.backbone), variant=str(mc.variant), num_items=int(num_items),
+                     hidden_dim=int(mc.hidden_dim), num_layers=int(mc.num_layers), num_heads=int(mc.num_heads),
+                     dropout=float(mc.dropout), emb_dropout=float(mc.emb_dropout),
+                     max_len=int(config.data.max_len), pre_ln=bool(mc.pre_ln), merge_init=str(mc.merge_init),
+                     cloze=str(mc.backbone) == "bert4rec" and config.train.bert4rec_objective == "cloze",
+                     score_space=str(mc.score_space), text_user=str(mc.text_user),
+                     knn_decay=float(mc.knn_decay), text_temperature=float(mc.text_temperature),
+                     sasrec_ffn_multiplier=int(mc.sasrec_ffn_multiplier),
+                     sasrec_activation=str(mc.sasrec_activation), sasrec_ln_epsilon=float(mc.sasrec_ln_epsilon),
+                     sasrec_init_std=float(mc.sasrec_init_std),
+                     dtype=compute_dtype(str(config.train.compute_dtype)))
 
 
 def init_variables(model: Recommender, key: jax.Array, table_NxH: jax.Array | None,

@@ -65,7 +65,7 @@ def _save_npy(path: paths.Path, array: np.ndarray) -> None:
 
 
 def _save_json(path: paths.Path, value) -> None:
-  atomic_write(path, lambda f: f.write(json.dumps(value, ensure_ascii=False, indent=1) + "\n"))
+  paths.write_json_atomic(path, value)
 
 
 def write_export(folder: str | os.PathLike, item_ids: np.ndarray, items_NxD: np.ndarray, user_ids: np.ndarray,
@@ -88,9 +88,3 @@ def write_export(folder: str | os.PathLike, item_ids: np.ndarray, items_NxD: np.
       "users": {"file": "users.npy", "ids": "user_ids.json", "shape": list(users_UxD.shape)},
       **about})
   return folder
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """The records of a recommendations JSONL file."""
-  text = paths.as_path(path).read_text(encoding="utf-8")
-  return [json.loads(line) for line in io.StringIO(text) if line.strip()]

@@ -26,11 +26,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 
-from configs import serving as serving_config
+from recg_jax import config as config_lib
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import paths
-from recg_jax import train as train_lib
 from recg_jax import transfer as transfer_lib
+from recg_jax.config import serving as serving_config
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.models import text_space
@@ -61,13 +61,13 @@ def _read_config(workdir: paths.Path) -> tuple[ml_collections.ConfigDict, list[d
                                "at its end: `python -m recg_jax.main --config=... --workdir=DIR`)")
   try:
     payload = json.loads(path.read_text(encoding="utf-8"))
-    return ml_collections.ConfigDict(payload["config"]), list(payload["records"])
+    return config_lib.from_record(payload["config"]), list(payload["records"])
   except (ValueError, KeyError, TypeError) as e:
     raise NotAFinishedRunError(f"{path}: not a results file of a run ({type(e).__name__}: {e})") from None
 
 
 def _restore_params(workdir: paths.Path, config: ml_collections.ConfigDict) -> Any:
-  """The run's best parameters (train.Checkpoints' `best`), restored as saved: host arrays."""
+  """The run's best parameters (training.checkpoints' `best`), restored as saved: host arrays."""
   folder = workdir.absolute() / "checkpoints" / "best"
   metric = str(config.eval.select_metric)
   if not folder.is_dir():
@@ -94,7 +94,7 @@ def _table_width(params) -> int | None:
 
 def _check_structure(workdir: paths.Path, config: ml_collections.ConfigDict, params, width: int) -> None:
   """Raises unless the checkpoint's parameters are those of the model the config builds."""
-  model = train_lib.build_model(config, 1)
+  model = recommender_lib.build_model(config, 1)
   table = jax.ShapeDtypeStruct((2, width), jnp.float32)
   want = jax.eval_shape(lambda t: recommender_lib.init_variables(model, jax.random.key(0), t), table)
   shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
@@ -177,9 +177,9 @@ class Run:
       return self._prepared
     self._prepared = None  # drop the previous catalogue's device arrays first
     table = jnp.asarray(text_space.transform_table(jnp.asarray(self.embeddings(catalogue)),
-                                                   str(self.config.model.get("table_transform", "none"))))
+                                                   str(self.config.model.table_transform)))
     # num_items sizes only an ID table, which a served variant does not have.
-    model = train_lib.build_model(self.config, catalogue.num_items)
+    model = recommender_lib.build_model(self.config, catalogue.num_items)
     items = transfer_lib.item_vectors(model, self.params, table)
     items_host = np.asarray(items)
     if not np.isfinite(items_host).all():
@@ -218,7 +218,7 @@ class Run:
     max_len = int(self.config.data.max_len)
     inputs_UxL = types.right_aligned([histories.history(u) for u in range(histories.num_users)], max_len)
     buckets = self.settings.length_buckets
-    buckets = tuple(self.config.eval.get("length_buckets", ()) if buckets is None else buckets)
+    buckets = tuple(self.config.eval.length_buckets if buckets is None else buckets)
     heads_fn = transfer_lib.user_heads_fn(prepared.model, self.params, prepared.table, self.seq_transfer)
     head, batch = self.head, self._batch_size(histories.num_users)
     for width, group in evaluate_lib.length_groups(inputs_UxL, buckets):
@@ -276,7 +276,7 @@ class Run:
         yield users_B, real, user_BxD, hist_BxW
 
     scores_UxK, rows_UxK = topk.rank(batches(), prepared.blocks, catalogue.num_items, histories.num_users, k,
-                                     precision=str(self.config.eval.get("score_precision", "highest")),
+                                     precision=str(self.config.eval.score_precision),
                                      progress=self.progress)
     if np.isnan(scores_UxK).any():
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
@@ -294,7 +294,7 @@ def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None 
 
   Args:
     workdir: the run's folder (results.json, checkpoints/best, transfer/).
-    settings: configs/serving.py's fields (batch and block sizes); default its defaults.
+    settings: recg_jax/config/serving.py's fields (batch and block sizes); default its defaults.
     cache_root: the folder whose cache/embeddings/ keeps catalogue embeddings; default workdir (a run of
       the experiment grid shares the grid folder's cache).
     progress: show progress bars.

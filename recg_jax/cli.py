@@ -1,0 +1,83 @@
+"""What the command lines share: their common flags (defined once per process, whichever command imports
+them first), the start of a command (unexpected arguments, quiet library logging), the persistent
+compilation cache, the command a study records to regenerate itself, and the entry point.
+
+The commands (`main`, `experiments`, `baselines`, `recommend`) are thin shells over the libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from recg_jax import paths
+
+_DEFINED: dict[str, Any] = {}
+
+
+def _once(name: str, define: Callable[[], Any]) -> Any:
+  """The flag holder of `name`, defined on the first call (absl allows one definition per process)."""
+  if name not in _DEFINED:
+    _DEFINED[name] = define()
+  return _DEFINED[name]
+
+
+def config_file_flag() -> Any:
+  return _once("config", lambda: config_flags.DEFINE_config_file(
+      "config", None, "Path to a config file (file.py or file.py:arg).", lock_config=True))
+
+
+def workdir_flag(help_text: str) -> flags.FlagHolder:
+  return _once("workdir", lambda: flags.DEFINE_string("workdir", None, help_text))
+
+
+def aggregate_only_flag() -> flags.FlagHolder:
+  return _once("aggregate_only", lambda: flags.DEFINE_bool(
+      "aggregate_only", False, "Train nothing: rebuild the tables (and plots) from the finished runs."))
+
+
+def start(argv: Sequence[str], required: Sequence[str] = (), quiet: int = logging.WARNING) -> None:
+  """Refuses stray arguments and missing required flags; unless --verbosity was given, keeps libraries'
+  INFO lines (orbax, XLA) out of the command's own output."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  missing = [f"--{name}" for name in required if flags.FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(quiet)
+
+
+def use_compilation_cache(workdir: str) -> None:
+  """Keeps compiled programs in <workdir>/cache/xla across restarts (and across shards sharing the
+  workdir), unless JAX_COMPILATION_CACHE_DIR names another folder."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  jax.config.update("jax_compilation_cache_dir", str(paths.absolute(workdir) / "cache" / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# Flags that choose how one invocation works (its shard, aggregation only, plots, embeddings from the cache
+# alone), not what it computes: left out of the command a study records.
+INVOCATION_FLAGS = ("--aggregate_only", "--noaggregate_only", "--plots", "--noplots",
+                    "--config.experiment.shard_index", "--config.experiment.num_shards",
+                    "--config.encoder.cache_only")
+
+
+def recorded_command(module: str, argv: Sequence[str]) -> str:
+  """`python -m <module> <argv>` without INVOCATION_FLAGS: the command that regenerates a whole study."""
+  kept = [a for a in argv if not any(a == f or a.startswith(f + "=") for f in INVOCATION_FLAGS)]
+  return shlex.join(["python", "-m", module, *kept])
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """Runs a command's main under absl (flags parsed, exit status set)."""
+  app.run(main)

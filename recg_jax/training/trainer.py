@@ -1,0 +1,112 @@
+"""What S runs trained together need before their first step: the model, its training rows, the compiled
+step, the tables on device, and the stacked initial state, step keys and hyperparameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from recg_jax import distributed
+from recg_jax import input_pipeline
+from recg_jax.data import types
+from recg_jax.models import recommender as recommender_lib
+from recg_jax.training import members as members_lib
+from recg_jax.training import optimizer as optimizer_lib
+from recg_jax.training import step as step_lib
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """All devices on one 'data' axis: the batch is sharded, parameters and tables are replicated."""
+  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+
+
+def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recommender,
+               domain: types.DomainData) -> input_pipeline.TrainingRows:
+  return input_pipeline.build_rows(domain, int(config.data.max_len), str(config.train.targets),
+                                   causal=model.is_causal, objective=str(config.train.bert4rec_objective),
+                                   length_buckets=tuple(config.train.length_buckets))
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The compiled pieces of S runs trained together (S = 1 for a single run)."""
+
+  configs: list[ml_collections.ConfigDict]  # one per member; they differ only in traced fields
+  model: recommender_lib.Recommender
+  rows: input_pipeline.TrainingRows
+  mesh: jax.sharding.Mesh
+  step_tables: step_lib.StepTables
+  tables_on_device: dict[str, jax.Array | None]
+  state: step_lib.TrainState | None  # every leaf [S, ...]; None once handed to the loop (donated)
+  train_step: Callable
+  step_keys: jax.Array  # [S]
+  hparams: dict[str, jax.Array]  # each [S]
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.configs[0]
+
+  @property
+  def seeds(self) -> tuple[int, ...]:
+    return tuple(int(c.train.seed) for c in self.configs)
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    """Of the [S, B, ...] batches."""
+    return members_lib.stacked_batch_sharding(self.mesh)
+
+  def step(self, state: step_lib.TrainState, batch) -> tuple[step_lib.TrainState, dict[str, jax.Array]]:
+    return self.train_step(state, batch, self.tables_on_device, self.step_keys, self.hparams)
+
+
+def _check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  distributed.check_batch_size(batch_size)
+  if batch_size % mesh.shape["data"]:
+    raise ValueError(f"config.train.batch_size={batch_size} must be a multiple of the number of devices "
+                     f"on the 'data' axis ({mesh.shape['data']})")
+
+
+def create_trainer(config: ml_collections.ConfigDict,
+                   domain: types.DomainData,
+                   tables: dict[str, np.ndarray] | None,
+                   mesh: jax.sharding.Mesh | None = None,
+                   members: Sequence[ml_collections.ConfigDict] | None = None) -> Trainer:
+  """Builds the model, the training rows, the stacked initial TrainState and the jitted step.
+
+  members: the configs trained together (default: [config]); they may differ only in traced fields.
+  Member s starts from the parameters and keys a run of members[s] alone would start from.
+  """
+  members = list(members or [config])
+  members_lib.check_members(members)
+  config = members[0]
+  mesh = mesh or make_mesh()
+  _check_batch(int(config.train.batch_size), mesh)
+  model = recommender_lib.build_model(config, domain.num_items)
+  rows = build_rows(config, model, domain)
+  step_tables = step_lib.build_step_tables(config, tables)
+  source_table = step_tables.arrays["source"]
+  if source_table is not None and source_table.shape[0] != domain.num_items + 1:
+    raise ValueError(f"the table of {domain.name!r} has {source_table.shape[0]} rows; the domain has "
+                     f"{domain.num_items} items (+1 padding row expected)")
+  spe = input_pipeline.steps_per_epoch(rows, int(config.train.batch_size))
+  total_steps = spe * int(config.train.num_epochs)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  keys = [jax.random.split(jax.random.key(int(m.train.seed))) for m in members]
+  tables_on_device = distributed.put(step_tables.arrays, replicated)
+  init = step_lib.init_program(model, optimizer_lib.OptimizerStructure.from_config(config.train), mesh)
+  state = init(distributed.put(jnp.stack([k[0] for k in keys]), replicated), tables_on_device["source"])
+  hparams = [members_lib.step_hparams(m, total_steps) for m in members]
+  stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
+  spec = step_lib.StepSpec.create(model, config, rows, step_tables)
+  return Trainer(configs=members, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
+                 tables_on_device=tables_on_device, state=state, train_step=step_lib.compiled_step(spec, mesh),
+                 step_keys=distributed.put(jnp.stack([k[1] for k in keys]), replicated),
+                 hparams=distributed.put(stacked_hparams, replicated), steps_per_epoch=spe,
+                 total_steps=total_steps)
