@@ -11,7 +11,7 @@ alternate over rounds:
          run's width (embedding a million texts with MiniLM takes hours on a CPU), the run's user vectors
          of the first --users_1m Games users, their Games histories excluded. Users/s of topk.rank.
 
-Sides: `blocked` (configs/serving.py's item_block_rows) and `full` (item_block_rows=0: the whole
+Sides: `blocked` (recg_jax/config/serving.py's item_block_rows) and `full` (item_block_rows=0: the whole
 catalogue as one block, i.e. one [batch, N] score matrix and one lax.top_k, the naive form). Each process
 times --repeats warm calls after one cold call (compiling, and embedding when not cached) and reports the
 median; the report gives the median over rounds. Memory: the process's peak resident set (ru_maxrss), its

@@ -16,7 +16,7 @@ The frozen item tables are RANDOM 384-d unit vectors (MiniLM's width), not MiniL
 does not depend on their values. With --variant=recg (default) the step includes L_gen over three domains:
 Games plus two random tables sized like Scientific (4,344 items) and Office (2,420).
 
-Batches are length-bucketed as in training (train.length_buckets, default from configs/default.py;
+Batches are length-bucketed as in training (train.length_buckets, default from recg_jax/config/default.py;
 --length_buckets overrides it, an empty value means no bucketing: every row padded to max_len). Each
 bucket width has its own step shape and cost, so it is timed on its own: after one warm-up step (the
 compile), --windows timed windows of --steps steps each of that bucket's batches, median step time. The
@@ -70,7 +70,7 @@ def random_table(num_items: int, seed: int) -> np.ndarray:
 
 def bench_config(backbone: str, variant: str, batch_size: int, length_buckets=None, eval_length_buckets=None,
                  candidate_scores=None, compute_dtype=None):
-  """The benchmarked run's config; None keeps the configs/default.py value of a field."""
+  """The benchmarked run's config; None keeps the default value of a field (recg_jax/config/default.py)."""
   config = default.get_config()
   config.data.source, config.data.targets, config.data.auxiliary = "Games", tuple(AUX_ITEMS), ()
   config.data.max_len = 50
@@ -181,7 +181,7 @@ def main() -> None:
   parser.add_argument("--eval_length_buckets", default=None,
                       help="comma-separated widths; empty = none (default: eval.length_buckets)")
   parser.add_argument("--candidate_scores", default=None, choices=("auto", "factored", "gather", "full"),
-                      help="train.candidate_scores (default: configs/default.py)")
+                      help="train.candidate_scores (default: the config's)")
   parser.add_argument("--compute_dtypes", default="float32",
                       help="comma-separated train.compute_dtype values, each run side by side (float32, bfloat16)")
   parser.add_argument("--baseline", action="store_true",

@@ -1,4 +1,5 @@
-"""Trained models against the training-free text_knn on the shared Amazon data (recg_jax/baselines.py).
+"""Trained models against the training-free text_knn on the shared Amazon data (the baselines study,
+recg_jax/grid/baselines.py).
 
 `python -m recg_jax.baselines --config=configs/baselines_shared.py --workdir=DIR`
 

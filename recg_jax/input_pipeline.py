@@ -33,8 +33,8 @@ Epoch order (`epoch_plan`), a pure function of (seed, epoch): the rows of each b
 seed and epoch), cut into batches of B (the bucket's last partial batch is padded with zero rows of weight
 0), then the order of all batches of all buckets is shuffled by epoch alone. The number of batches per
 bucket does not depend on the seed, so the sequence of batch widths is the same for every seed: runs
-that differ only in their seed train together as one program over stacked parameters (train.py), each on
-its own rows, at the same width at every step. With a single bucket the batch order is left as cut
+that differ only in their seed train together as one program over stacked parameters
+(recg_jax/training/), each on its own rows, at the same width at every step. With a single bucket the batch order is left as cut
 (already random), which is the unbucketed pipeline. Position (epoch, batch index) fully determines a
 batch, so resuming mid-epoch only needs the batch index.
 """

@@ -10,6 +10,7 @@ import json
 import pathlib
 import re
 import shlex
+import tomllib
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -64,13 +65,17 @@ def _pip_installs(text: str) -> list[list[str]]:
 
 
 def _installed_by(args: list[str]) -> list[Requirement]:
-  """What `pip install ARGS` asks for: the files' requirements (-r) and the packages named."""
+  """What `pip install ARGS` asks for: the files' requirements (-r), the packages named, and for the
+  project itself (`.`) its dependencies, which pyproject.toml takes from requirements.txt (none with
+  --no-deps)."""
   found, it = [], iter(args)
   for arg in it:
     if arg in ("-r", "--requirement"):
       path = _ROOT / next(it)
       assert path.is_file(), f"pip install -r {path.name}: no such file"
       found += _requirements(path)
+    elif arg == ".":
+      found += [] if "--no-deps" in args else _requirements(_ROOT / "requirements.txt")
     elif not arg.startswith("-"):
       found.append(Requirement(arg))
   return found
@@ -107,6 +112,14 @@ def test_notebook_installs_existing_requirements_files():
   named = set(re.findall(r"requirements[\w-]*\.txt", code))
   assert set(_TARGETS) <= named
   assert all((_ROOT / name).is_file() for name in named)
+
+
+def test_the_project_installs_the_runtime_requirements():
+  pyproject = tomllib.loads((_ROOT / "pyproject.toml").read_text())
+  assert pyproject["project"]["dynamic"] == ["dependencies"]
+  assert pyproject["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}
+  assert _installed_by(["-e", "."]) == _requirements(_ROOT / "requirements.txt")
+  assert _installed_by(["--no-deps", "-e", "."]) == []
 
 
 def test_an_unbounded_jax_build_is_caught():
