@@ -199,6 +199,50 @@ SECTIONS = (("zero_shot", "Zero-shot (as the paper's Table 3)"),
             ("alpha", "Alpha sensitivity"))
 
 
+def _header_lines(markers, grid_meta, config, axes, missing, failed) -> list[str]:
+  """The title and the bullet list every table file starts with (command, data, seeds, machine, runs)."""
+  machines = sorted({machine_line(m["machine"]) for m in markers if "machine" in m})
+  total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
+  data = grid_meta.get("data", "")
+  protocols = tuple(config.eval.protocols)
+  return [f"# Experiment grid: {config.experiment.name or 'grid'}", "",
+          f"- regenerate: `{grid_meta.get('command') or '(not recorded)'}` — finished runs are skipped, "
+          "so on a complete grid this only rebuilds these tables and the plots (add `--aggregate_only` to "
+          "never train)",
+          f"- data: {data}" + (f" (`{config.data.format}`)" if data != config.data.format else
+                               f" files under `{config.data.root}`" if config.data.root else "")
+          + f"; domains {', '.join(axes['domains'])}; sources {', '.join(axes['sources'])}; each source's "
+          "targets are the other domains, which are also its generalization-loss domains",
+          f"- seeds: {', '.join(map(str, axes['seeds']))} (ablations and alpha sweep: "
+          f"{', '.join(map(str, axes['ablation_seeds']))}); mean ± sample std over seeds; p = paired "
+          "t-test of RecG against Sem over the seeds both ran (scipy.stats.ttest_rel, shown from 2 seeds); "
+          "gain = relative gain of the mean over Sem",
+          f"- backbones: {', '.join(axes['backbones'])}; variants: {', '.join(axes['variants'])}",
+          f"- machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
+          f"- runs: {len(markers)} finished ({total_s / 3600:.2f} h of run time)"
+          + (f"; {len(missing)} not finished" if missing else "")
+          + (f"; failed in this invocation: {', '.join(failed)}" if failed else ""),
+          f"- model: {summary_without_seed(config)}",
+          f"- metrics in %; protocols {', '.join(f'`{p}`' for p in protocols)} (defined at the end); "
+          "'RecG w/o seq' is the same trained RecG model scored without the sequence-level step (k-means "
+          "centres + W_f)",
+          "- figures: plots/pairs_<protocol>.png (RecG vs Sem per pair), plots/alpha_<protocol>.png (alpha "
+          "sweep), plots/items_pca.png (item spaces of Sem and RecG, coloured by domain); results.csv holds "
+          "every aggregate ('#' lines first: read it with `comment='#'`)",
+          ""]
+
+
+def _footer_lines(config) -> list[str]:
+  footer = ["## Protocols", ""]
+  footer += [f"- `{p}`: {text}" for p, text in results_lib.protocol_descriptions(config.eval).items()]
+  return footer + [
+      "- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target.",
+      f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
+      f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
+      "- every metric of every run, and every K, is in results.csv; each run's own results.md holds "
+      "its full config.", ""]
+
+
 def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(),
                     ablation_aggregates=None) -> dict[str, str]:
   """{'': the whole results.md, section name: that table alone with the same header and footnotes} for
@@ -207,34 +251,7 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
   axes = {k: tuple(v) for k, v in grid_meta["axes"].items()}
   protocols = tuple(config.eval.protocols)
   metrics = table_metrics(config)
-  machines = sorted({machine_line(m["machine"]) for m in markers if "machine" in m})
-  total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
-  data = grid_meta.get("data", "")
-  lines = [f"# Experiment grid: {config.experiment.name or 'grid'}", "",
-           f"- regenerate: `{grid_meta.get('command') or '(not recorded)'}` — finished runs are skipped, "
-           "so on a complete grid this only rebuilds these tables and the plots (add `--aggregate_only` to "
-           "never train)",
-           f"- data: {data}" + (f" (`{config.data.format}`)" if data != config.data.format else
-                                f" files under `{config.data.root}`" if config.data.root else "")
-           + f"; domains {', '.join(axes['domains'])}; sources {', '.join(axes['sources'])}; each source's "
-           "targets are the other domains, which are also its generalization-loss domains",
-           f"- seeds: {', '.join(map(str, axes['seeds']))} (ablations and alpha sweep: "
-           f"{', '.join(map(str, axes['ablation_seeds']))}); mean ± sample std over seeds; p = paired "
-           "t-test of RecG against Sem over the seeds both ran (scipy.stats.ttest_rel, shown from 2 seeds); "
-           "gain = relative gain of the mean over Sem",
-           f"- backbones: {', '.join(axes['backbones'])}; variants: {', '.join(axes['variants'])}",
-           f"- machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
-           f"- runs: {len(markers)} finished ({total_s / 3600:.2f} h of run time)"
-           + (f"; {len(missing)} not finished" if missing else "")
-           + (f"; failed in this invocation: {', '.join(failed)}" if failed else ""),
-           f"- model: {summary_without_seed(config)}",
-           f"- metrics in %; protocols {', '.join(f'`{p}`' for p in protocols)} (defined at the end); "
-           "'RecG w/o seq' is the same trained RecG model scored without the sequence-level step (k-means "
-           "centres + W_f)",
-           "- figures: plots/pairs_<protocol>.png (RecG vs Sem per pair), plots/alpha_<protocol>.png (alpha "
-           "sweep), plots/items_pca.png (item spaces of Sem and RecG, coloured by domain); results.csv holds "
-           "every aggregate ('#' lines first: read it with `comment='#'`)",
-           ""]
+  lines = _header_lines(markers, grid_meta, config, axes, missing, failed)
   header = lines[1:]
   data = ["## Data", "", grid_meta["domain_table"], ""] if grid_meta.get("domain_table") else []
   bodies = {"zero_shot": zero_shot_tables(aggregates, axes, protocols, metrics),
@@ -242,13 +259,7 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
             "ablations": ablation_tables(ablation_aggregates, axes, protocols, metrics),
             "alpha": alpha_tables(ablation_aggregates, axes, protocols, metrics, float(config.gen_loss.alpha))}
   titles = dict(SECTIONS)
-  footer = ["## Protocols", ""]
-  footer += [f"- `{p}`: {text}" for p, text in results_lib.protocol_descriptions(config.eval).items()]
-  footer += ["- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target.",
-             f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
-             f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
-             "- every metric of every run, and every K, is in results.csv; each run's own results.md holds "
-             "its full config.", ""]
+  footer = _footer_lines(config)
   lines += data
   for name, _ in SECTIONS:
     if bodies[name]:
@@ -257,8 +268,9 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
     lines += ["## Runs not finished", ""] + [f"- `{m}`" for m in missing] + [""]
   lines += ["## Runs", ""]
   lines += markdown_table(["run", "seconds", "best epoch", "stop"],
-                  [[m["relpath"], f"{float(m.get('elapsed_s', 0)):.0f}", str(_first_extra(m, "best_epoch")),
-                    str(_first_extra(m, "stop_reason"))] for m in markers])
+                          [[m["relpath"], f"{float(m.get('elapsed_s', 0)):.0f}",
+                            str(_first_extra(m, "best_epoch")), str(_first_extra(m, "stop_reason"))]
+                           for m in markers])
   lines += [""] + footer
   out = {"": "\n".join(lines)}
   for name, _ in SECTIONS:

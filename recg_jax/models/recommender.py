@@ -132,48 +132,13 @@ class Recommender(nn.Module):
     return table_width if self.in_text_space else self.hidden_dim
 
   def setup(self):
-    if self.backbone not in BACKBONES:
-      raise ValueError(f"config.model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
-    if self.variant not in VARIANTS:
-      raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
-    if self.num_items < 1:
-      raise ValueError(f"num_items must be >= 1, got {self.num_items}")
-    if self.cloze and self.backbone != "bert4rec":
-      raise ValueError(f"cloze=True needs backbone 'bert4rec', got {self.backbone!r}")
-    if self.score_space not in SCORE_SPACES:
-      raise ValueError(f"config.model.score_space must be one of {SCORE_SPACES}, got {self.score_space!r}")
-    if self.score_space == "text" and self.variant not in ("sem", "recg"):
-      raise ValueError(f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
-                       f"{self.variant!r}")
-    if self.score_space == "text" and self.cloze:
-      raise ValueError("config.model.score_space='text' does not support the Cloze objective (the mask token "
-                       "has no row in the frozen table)")
-    if self.text_user not in TEXT_USERS:
-      raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {self.text_user!r}")
-    if self.text_user != "readout" and self.score_space != "text":
-      raise ValueError(f"config.model.text_user={self.text_user!r} needs config.model.score_space='text'")
-    if jnp.dtype(self.dtype).name not in COMPUTE_DTYPES:
-      raise ValueError(f"Recommender.dtype (config.train.compute_dtype) must be one of "
-                       f"{tuple(COMPUTE_DTYPES)}, got {self.dtype!r}")
+    _check_fields(self)
     if self.variant == "text_knn":
       return  # no parameters
     self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
                                       features=self.hidden_dim, emb_dropout=self.emb_dropout,
                                       merge_init=self.merge_init, dtype=self.dtype, name="items")
-    if self.backbone == "gru4rec":
-      self.encoder = gru4rec_lib.GRU4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                                         dropout=self.dropout, dtype=self.dtype, name="encoder")
-    elif self.backbone == "sasrec":
-      self.encoder = sasrec_lib.SASRec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                                       num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
-                                       pre_ln=self.pre_ln, ffn_multiplier=self.sasrec_ffn_multiplier,
-                                       activation=self.sasrec_activation, ln_epsilon=self.sasrec_ln_epsilon,
-                                       init_std=self.sasrec_init_std, dtype=self.dtype, name="encoder")
-    else:
-      self.encoder = bert4rec_lib.BERT4Rec(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                                           num_heads=self.num_heads, dropout=self.dropout,
-                                           max_len=self.max_len, pre_ln=self.pre_ln, dtype=self.dtype,
-                                           name="encoder")
+    self.encoder = _backbone(self)
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
     if self.score_space == "text":
@@ -252,6 +217,51 @@ class Recommender(nn.Module):
   def align(self, table_rows_MxH: jax.Array) -> jax.Array:
     """The alignment projection z_MxD = W_a e + b_a (variant 'recg' only), for the generalization loss."""
     return self.items.align(table_rows_MxH)
+
+
+def _check_fields(m: Recommender) -> None:
+  """Raises on a field combination the model cannot build (named by its config field)."""
+  if m.backbone not in BACKBONES:
+    raise ValueError(f"config.model.backbone must be one of {BACKBONES}, got {m.backbone!r}")
+  if m.variant not in VARIANTS:
+    raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {m.variant!r}")
+  if m.num_items < 1:
+    raise ValueError(f"num_items must be >= 1, got {m.num_items}")
+  if m.cloze and m.backbone != "bert4rec":
+    raise ValueError(f"cloze=True needs backbone 'bert4rec', got {m.backbone!r}")
+  if m.score_space not in SCORE_SPACES:
+    raise ValueError(f"config.model.score_space must be one of {SCORE_SPACES}, got {m.score_space!r}")
+  if m.score_space == "text" and m.variant not in ("sem", "recg"):
+    raise ValueError(f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
+                     f"{m.variant!r}")
+  if m.score_space == "text" and m.cloze:
+    raise ValueError("config.model.score_space='text' does not support the Cloze objective (the mask token "
+                     "has no row in the frozen table)")
+  if m.text_user not in TEXT_USERS:
+    raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {m.text_user!r}")
+  if m.text_user != "readout" and m.score_space != "text":
+    raise ValueError(f"config.model.text_user={m.text_user!r} needs config.model.score_space='text'")
+  if jnp.dtype(m.dtype).name not in COMPUTE_DTYPES:
+    raise ValueError(f"Recommender.dtype (config.train.compute_dtype) must be one of "
+                     f"{tuple(COMPUTE_DTYPES)}, got {m.dtype!r}")
+
+
+def _backbone(m: Recommender) -> nn.Module:
+  """The sequence model of m.backbone, named 'encoder' (built inside Recommender.setup)."""
+  if m.backbone == "gru4rec":
+    return gru4rec_lib.GRU4Rec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+                                       dropout=m.dropout, dtype=m.dtype, name="encoder")
+  elif m.backbone == "sasrec":
+    return sasrec_lib.SASRec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+                                     num_heads=m.num_heads, dropout=m.dropout, max_len=m.max_len,
+                                     pre_ln=m.pre_ln, ffn_multiplier=m.sasrec_ffn_multiplier,
+                                     activation=m.sasrec_activation, ln_epsilon=m.sasrec_ln_epsilon,
+                                     init_std=m.sasrec_init_std, dtype=m.dtype, name="encoder")
+  else:
+    return bert4rec_lib.BERT4Rec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+                                         num_heads=m.num_heads, dropout=m.dropout,
+                                         max_len=m.max_len, pre_ln=m.pre_ln, dtype=m.dtype,
+                                         name="encoder")
 
 
 def _frozen(table_NxH: jax.Array | None) -> jax.Array:
