@@ -26,8 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import encoders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.encoders import llama  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -51,11 +51,19 @@ def random_decoder_tensors(hf: dict, seed: int = 0) -> dict[str, np.ndarray]:
   t = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": np.ones(h, np.float32)}
   for i in range(hf["num_hidden_layers"]):
     p = f"model.layers.{i}."
-    t.update({p + "self_attn.q_proj.weight": w(q, h), p + "self_attn.k_proj.weight": w(kv, h),
-              p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, q),
-              p + "mlp.gate_proj.weight": w(f, h), p + "mlp.up_proj.weight": w(f, h),
-              p + "mlp.down_proj.weight": w(h, f), p + "input_layernorm.weight": np.ones(h, np.float32),
-              p + "post_attention_layernorm.weight": np.ones(h, np.float32)})
+    t.update(
+        {
+            p + "self_attn.q_proj.weight": w(q, h),
+            p + "self_attn.k_proj.weight": w(kv, h),
+            p + "self_attn.v_proj.weight": w(kv, h),
+            p + "self_attn.o_proj.weight": w(h, q),
+            p + "mlp.gate_proj.weight": w(f, h),
+            p + "mlp.up_proj.weight": w(f, h),
+            p + "mlp.down_proj.weight": w(h, f),
+            p + "input_layernorm.weight": np.ones(h, np.float32),
+            p + "post_attention_layernorm.weight": np.ones(h, np.float32),
+        }
+    )
   return t
 
 
@@ -67,9 +75,12 @@ def main():
   parser.add_argument("--decoder_tokenizer", default="")
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--runs", type=int, default=3)
-  parser.add_argument("--torch", action="store_true",
-                      help="also time sentence-transformers (PyTorch, float32, same texts and batch size) "
-                           "on the default torch device")
+  parser.add_argument(
+      "--torch",
+      action="store_true",
+      help="also time sentence-transformers (PyTorch, float32, same texts and batch size) "
+      "on the default torch device",
+  )
   args = parser.parse_args()
 
   texts = pathlib.Path(args.texts_file).read_text(encoding="utf-8").splitlines()
@@ -83,8 +94,9 @@ def main():
   outputs = {}
   for dtype in ("float32", "bfloat16"):
     config.encoder.dtype = dtype
-    seconds, outputs[dtype] = timed(lambda: embed.embed_texts(encoder, texts, config.encoder, config.text,
-                                                              progress=False), args.runs)
+    seconds, outputs[dtype] = timed(
+        lambda: embed.embed_texts(encoder, texts, config.encoder, config.text, progress=False), args.runs
+    )
     report[f"bert_{dtype}_items_per_s"] = len(texts) / seconds
     print(f"{encoder.model_id} {dtype}: {len(texts) / seconds:,.0f} items/s", flush=True)
   a, b = outputs["float32"], outputs["bfloat16"]
@@ -92,14 +104,22 @@ def main():
   top_a = np.argsort(-(a @ a.T), axis=1)[:, 1:11]
   top_b = np.argsort(-(b @ b.T), axis=1)[:, 1:11]
   overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top_a, top_b)])
-  report.update(bf16_max_abs_diff=float(np.max(np.abs(a - b))), bf16_min_cosine=float(cos.min()),
-                bf16_mean_cosine=float(cos.mean()), bf16_top10_neighbour_overlap=float(overlap))
-  print(f"bf16 vs f32: max abs diff {report['bf16_max_abs_diff']:.2e}, min cosine {cos.min():.6f}, "
-        f"mean cosine {cos.mean():.6f}, top-10 neighbour overlap {overlap:.3f}", flush=True)
+  report.update(
+      bf16_max_abs_diff=float(np.max(np.abs(a - b))),
+      bf16_min_cosine=float(cos.min()),
+      bf16_mean_cosine=float(cos.mean()),
+      bf16_top10_neighbour_overlap=float(overlap),
+  )
+  print(
+      f"bf16 vs f32: max abs diff {report['bf16_max_abs_diff']:.2e}, min cosine {cos.min():.6f}, "
+      f"mean cosine {cos.mean():.6f}, top-10 neighbour overlap {overlap:.3f}",
+      flush=True,
+  )
 
   if args.torch:
-    import torch  # pylint: disable=g-import-not-at-top
     from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     st = SentenceTransformer(args.model, device=device, model_kwargs={"torch_dtype": torch.float32})
     st.max_seq_length = int(config.text.max_tokens)
@@ -114,26 +134,40 @@ def main():
     report["torch_float32_items_per_s"] = len(texts) / seconds
     report["ours_vs_torch_float32"] = report["bert_float32_items_per_s"] / report["torch_float32_items_per_s"]
     report["max_abs_diff_vs_torch"] = float(np.max(np.abs(ref - a)))
-    print(f"sentence-transformers float32 on {device}: {len(texts) / seconds:,.0f} items/s; ours/torch "
-          f"{report['ours_vs_torch_float32']:.2f}x; max abs diff {report['max_abs_diff_vs_torch']:.2e}",
-          flush=True)
+    print(
+        f"sentence-transformers float32 on {device}: {len(texts) / seconds:,.0f} items/s; ours/torch "
+        f"{report['ours_vs_torch_float32']:.2f}x; max abs diff {report['max_abs_diff_vs_torch']:.2e}",
+        flush=True,
+    )
 
   if args.decoder_config:
     from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+
     hf = json.loads(pathlib.Path(args.decoder_config).read_text())
     config.encoder.dtype = "bfloat16"
     config.encoder.attention = "bidirectional"
     module, params = llama.build(hf, random_decoder_tensors(hf), config.encoder)
-    decoder = encoders.Encoder(module=module, params=params,
-                               tokenizer=Tokenizer.from_file(args.decoder_tokenizer),
-                               hidden_dim=hf["hidden_size"], model_id="random SmolLM2-135M shapes",
-                               weights_hash="random", pooling="mean", normalize=True, family="decoder",
-                               model_type="llama")
-    seconds, _ = timed(lambda: embed.embed_texts(decoder, texts, config.encoder, config.text,
-                                                 progress=False), args.runs)
+    decoder = encoders.Encoder(
+        module=module,
+        params=params,
+        tokenizer=Tokenizer.from_file(args.decoder_tokenizer),
+        hidden_dim=hf["hidden_size"],
+        model_id="random SmolLM2-135M shapes",
+        weights_hash="random",
+        pooling="mean",
+        normalize=True,
+        family="decoder",
+        model_type="llama",
+    )
+    seconds, _ = timed(
+        lambda: embed.embed_texts(decoder, texts, config.encoder, config.text, progress=False), args.runs
+    )
     report["smollm2_shapes_bf16_items_per_s"] = len(texts) / seconds
-    print(f"SmolLM2-135M shapes (random weights), bf16, bidirectional, mean: "
-          f"{len(texts) / seconds:,.0f} items/s", flush=True)
+    print(
+        f"SmolLM2-135M shapes (random weights), bf16, bidirectional, mean: "
+        f"{len(texts) / seconds:,.0f} items/s",
+        flush=True,
+    )
   print(json.dumps(report), flush=True)
 
 

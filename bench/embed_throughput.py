@@ -33,8 +33,11 @@ def parse_args():
   p.add_argument("--dtype", default=None, help="float32 | bfloat16; default: config.encoder.dtype")
   p.add_argument("--max_items", type=int, default=0, help="embed only the first N items (0 = all)")
   p.add_argument("--model", default=None, help="default: config.encoder.model")
-  p.add_argument("--texts_file", default=None,
-                 help="embed these texts (one per line) instead of a catalogue read from --data_root")
+  p.add_argument(
+      "--texts_file",
+      default=None,
+      help="embed these texts (one per line) instead of a catalogue read from --data_root",
+  )
   p.add_argument("--skip_torch", action="store_true")
   return p.parse_args()
 
@@ -44,6 +47,7 @@ def item_texts(config, data_root: str, domain: str) -> tuple[list[str], str]:
   config.data.root = data_root
   with tempfile.TemporaryDirectory() as workdir:
     from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
     data = prepare.load_domain(config, domain, workdir, log=lambda s: None)
   return [str(t) for t in data.item_text[1:]], "recg_jax.data.prepare.load_domain"
 
@@ -52,15 +56,18 @@ def main():
   args = parse_args()
   # Pin both frameworks to the same cores before either starts its thread pools: XLA's CPU client sizes
   # its pool from the affinity mask, torch is told explicitly.
-  cores = sorted(os.sched_getaffinity(0))[:args.threads]
+  cores = sorted(os.sched_getaffinity(0))[: args.threads]
   os.sched_setaffinity(0, cores)
   os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
   os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from recg_jax.config import default  # pylint: disable=g-import-not-at-top
-  from recg_jax.encoders import embed, load_encoder, sources  # pylint: disable=g-import-not-at-top
+  from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
+  from recg_jax.encoders import load_encoder  # pylint: disable=g-import-not-at-top
+  from recg_jax.encoders import sources  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   if args.batch_size:
@@ -79,28 +86,36 @@ def main():
   else:
     sys.exit("set RECG_DATA_ROOT or --data_root to the folder holding the RecBole domains")
   if args.max_items:
-    texts = texts[:args.max_items]
+    texts = texts[: args.max_items]
   what = "texts" if args.texts_file else args.domain
-  print(f"{len(texts)} items ({what}, read with {reader}); {len(cores)} thread(s) on cores {cores}; "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {config.encoder.batch_size}, buckets "
-        f"{tuple(config.encoder.bucket_sizes)}, dtype {config.encoder.dtype}, max_tokens "
-        f"{config.text.max_tokens}", flush=True)
+  print(
+      f"{len(texts)} items ({what}, read with {reader}); {len(cores)} thread(s) on cores {cores}; "
+      f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {config.encoder.batch_size}, buckets "
+      f"{tuple(config.encoder.bucket_sizes)}, dtype {config.encoder.dtype}, max_tokens "
+      f"{config.text.max_tokens}",
+      flush=True,
+  )
 
   encoder = load_encoder(config.encoder)
   options = embed.compiler_options(config.encoder.dtype, config.encoder.xla_cpu_tuning)
   print(f"XLA compiler options: {options}", flush=True)
-  lengths = embed.tokenize(encoder.tokenizer, embed.prepare_texts(texts, config.text.empty_fallback),
-                           config.text.max_tokens)[1]
-  print(f"tokens per item: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
-        f"{(lengths >= config.text.max_tokens).mean():.1%} truncated at {config.text.max_tokens}", flush=True)
+  lengths = embed.tokenize(
+      encoder.tokenizer, embed.prepare_texts(texts, config.text.empty_fallback), config.text.max_tokens
+  )[1]
+  print(
+      f"tokens per item: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
+      f"{(lengths >= config.text.max_tokens).mean():.1%} truncated at {config.text.max_tokens}",
+      flush=True,
+  )
 
   def run_ours():
     return embed.embed_texts(encoder, texts, config.encoder, config.text, progress=False)
 
   runners = {"recg_jax (flax)": run_ours}
   if not args.skip_torch:
-    import torch  # pylint: disable=g-import-not-at-top
     from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+
     torch.set_num_threads(args.threads)
     folder = sources.resolve(config.encoder.model, config.encoder.revision).path
     st = SentenceTransformer(str(folder), device="cpu")
@@ -109,8 +124,13 @@ def main():
 
     def run_torch():
       with torch.inference_mode():
-        return st.encode(st_texts, batch_size=config.encoder.batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
+        return st.encode(
+            st_texts,
+            batch_size=config.encoder.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
 
     runners["torch sentence-transformers"] = run_torch
 
@@ -131,14 +151,18 @@ def main():
   for name, ts in times.items():
     rates[name] = len(texts) / statistics.median(ts)
     cpu_rates[name] = len(texts) / statistics.median(cpu[name])
-    print(f"{name:30s} {rates[name]:8.1f} items/s  (median of {len(ts)}: "
-          f"{', '.join(f'{t:.2f}s' for t in ts)}); {cpu_rates[name]:.1f} items per CPU-second")
+    print(
+        f"{name:30s} {rates[name]:8.1f} items/s  (median of {len(ts)}: "
+        f"{', '.join(f'{t:.2f}s' for t in ts)}); {cpu_rates[name]:.1f} items per CPU-second"
+    )
   if len(rates) == 2:
     (ours, ref), (ours_cpu, ref_cpu) = rates.values(), cpu_rates.values()
     a, b = outputs.values()
     cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    print(f"speed ratio ours/torch: {ours / ref:.2f}x wall, {ours_cpu / ref_cpu:.2f}x CPU time; "
-          f"max abs diff of normalised embeddings {np.abs(a - b).max():.2e}, min cosine {cos.min():.6f}")
+    print(
+        f"speed ratio ours/torch: {ours / ref:.2f}x wall, {ours_cpu / ref_cpu:.2f}x CPU time; "
+        f"max abs diff of normalised embeddings {np.abs(a - b).max():.2e}, min cosine {cos.min():.6f}"
+    )
 
 
 if __name__ == "__main__":

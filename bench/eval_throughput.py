@@ -1,8 +1,8 @@
 """Throughput of full evaluation (both protocols, history masking) on a Games-sized domain.
 
 Scores every user against every item with random user and item vectors (no model: the user vector is
-looked up by the last input item), so it measures the evaluation machinery alone: batching, one [B, I+1] matrix product per batch, masking, ranking, gathering
-the sampled candidates, metrics.
+looked up by the last input item), so it measures the evaluation machinery alone: batching, one [B, I+1]
+matrix product per batch, masking, ranking, gathering the sampled candidates, metrics.
 
   python bench/eval_throughput.py                       # Games via recg_jax.data if the data is reachable
   python bench/eval_throughput.py --synthetic           # Games-like sizes, generated
@@ -28,11 +28,13 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from recg_jax.config import default  # pylint: disable=g-import-not-at-top
 from recg_jax import eval_negatives as negatives
 from recg_jax import evaluate as ev
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top
 from recg_jax.data import types
+
 from games import games_domain  # pylint: disable=g-import-not-at-top
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,16 +76,28 @@ def main() -> None:
   negatives.sample_eval_negatives(domain, eval_config.num_sampled_negatives, eval_config.seed)
   sampling = time.perf_counter() - t0
   best = min(warm) if warm else cold
-  print(json.dumps({
-      "data": source, "users": domain.num_users, "items": domain.num_items, "dim": args.dim,
-      "batch_size": args.batch_size, "protocols": list(eval_config.protocols),
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-      "score_block_rows": args.score_block_rows, "cpu_count": os.cpu_count(),
-      "load_avg_1m": round(os.getloadavg()[0], 2),
-      "negatives_s": round(sampling, 3), "cold_s": round(cold, 3), "warm_s": round(best, 3),
-      "warm_cpu_s": round(min(warm_cpu), 3) if warm_cpu else None,
-      "users_per_s": round(domain.num_users / best), "full/ndcg@10": round(metrics["full/ndcg@10"], 5),
-  }))
+  print(
+      json.dumps(
+          {
+              "data": source,
+              "users": domain.num_users,
+              "items": domain.num_items,
+              "dim": args.dim,
+              "batch_size": args.batch_size,
+              "protocols": list(eval_config.protocols),
+              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+              "score_block_rows": args.score_block_rows,
+              "cpu_count": os.cpu_count(),
+              "load_avg_1m": round(os.getloadavg()[0], 2),
+              "negatives_s": round(sampling, 3),
+              "cold_s": round(cold, 3),
+              "warm_s": round(best, 3),
+              "warm_cpu_s": round(min(warm_cpu), 3) if warm_cpu else None,
+              "users_per_s": round(domain.num_users / best),
+              "full/ndcg@10": round(metrics["full/ndcg@10"], 5),
+          }
+      )
+  )
 
 
 if __name__ == "__main__":

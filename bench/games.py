@@ -26,13 +26,20 @@ def synthetic_games(seed: int = 0) -> types.DomainData:
   lengths = np.clip(5 + extra, 5, 50)
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
   popularity = 1.0 / np.arange(1, GAMES_ITEMS + 1) ** 0.8
-  items = rng.choice(np.arange(1, GAMES_ITEMS + 1), size=int(offsets[-1]),
-                     p=popularity / popularity.sum()).astype(np.int32)
+  items = rng.choice(
+      np.arange(1, GAMES_ITEMS + 1), size=int(offsets[-1]), p=popularity / popularity.sum()
+  ).astype(np.int32)
   empty = np.array([""] * (GAMES_ITEMS + 1), dtype=object)
-  return types.DomainData(name="Games", item_tokens=np.arange(GAMES_ITEMS + 1).astype(str).astype(object),
-                          item_fields={}, item_text=empty,
-                          user_tokens=np.arange(GAMES_USERS).astype(str).astype(object), offsets=offsets,
-                          items=items, synthetic=True)
+  return types.DomainData(
+      name="Games",
+      item_tokens=np.arange(GAMES_ITEMS + 1).astype(str).astype(object),
+      item_fields={},
+      item_text=empty,
+      user_tokens=np.arange(GAMES_USERS).astype(str).astype(object),
+      offsets=offsets,
+      items=items,
+      synthetic=True,
+  )
 
 
 def load_games(workdir: str) -> types.DomainData | None:
@@ -40,6 +47,7 @@ def load_games(workdir: str) -> types.DomainData | None:
   if not root:
     return None
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   config = default.get_config()
   config.data.root = root
   config.data.source, config.data.targets, config.data.auxiliary = "Games", (), ()

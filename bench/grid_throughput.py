@@ -42,6 +42,7 @@ def _child(argv: list[str]) -> None:
   src, stats_path, args = argv[0], pathlib.Path(argv[1]), argv[2:]
   sys.path.insert(0, src)
   import jax  # pylint: disable=g-import-not-at-top
+
   totals = collections.Counter()
 
   def on_duration(event, duration_secs, **_):
@@ -75,13 +76,15 @@ def _run(cmd: list[str], cwd: pathlib.Path, log: pathlib.Path) -> float:
 
 def _source(workdir: pathlib.Path, side: str, rev: str) -> pathlib.Path:
   """A detached worktree of `rev` in DIR/src_<side>."""
-  rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
-                       capture_output=True, text=True).stdout.strip()
+  rev = subprocess.run(
+      ["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True, capture_output=True, text=True
+  ).stdout.strip()
   src = workdir / f"src_{side}"
   if not (src / "recg_jax").is_dir():
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), rev], check=True)
-  head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True,
-                        capture_output=True, text=True).stdout.strip()
+  head = subprocess.run(
+      ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+  ).stdout.strip()
   if not rev.startswith(head) and not head.startswith(rev):
     raise SystemExit(f"{src} holds {head}, not {rev}: remove it (git worktree remove) or pass its revision")
   return src
@@ -100,14 +103,20 @@ def _metrics_of(workdir: pathlib.Path) -> dict[tuple[str, str, str], float]:
   return out
 
 
-def _report(workdir: pathlib.Path, sides: dict[str, list[dict]], args, baseline_rev: str,
-            current_rev: str) -> str:
-  lines = [f"# Grid throughput: `{args.config}` {' '.join(args.set)}", "",
-           f"- command: `python bench/grid_throughput.py {' '.join(sys.argv[1:])}`",
-           f"- baseline: the runner at revision {baseline_rev}; current: revision {current_rev}",
-           f"- machine: {os.cpu_count()} CPUs; repeats alternate the order of the two sides", "",
-           "| side | repeats | runs | median wall (s) | runs/hour | XLA compiles | persistent-cache loads |"
-           " compile s |", "|---|---|---|---|---|---|---|---|"]
+def _report(
+    workdir: pathlib.Path, sides: dict[str, list[dict]], args, baseline_rev: str, current_rev: str
+) -> str:
+  lines = [
+      f"# Grid throughput: `{args.config}` {' '.join(args.set)}",
+      "",
+      f"- command: `python bench/grid_throughput.py {' '.join(sys.argv[1:])}`",
+      f"- baseline: the runner at revision {baseline_rev}; current: revision {current_rev}",
+      f"- machine: {os.cpu_count()} CPUs; repeats alternate the order of the two sides",
+      "",
+      "| side | repeats | runs | median wall (s) | runs/hour | XLA compiles | persistent-cache loads |"
+      " compile s |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
   med = {}
   for side, timings in sides.items():
     if not timings:
@@ -115,24 +124,41 @@ def _report(workdir: pathlib.Path, sides: dict[str, list[dict]], args, baseline_
     wall = statistics.median(t["wall_s"] for t in timings)
     runs = timings[0]["runs"]
     med[side] = wall
-    lines.append(f"| {side} | {len(timings)} | {runs} | {wall:.0f} | {3600 * runs / wall:.1f} | "
-                 f"{statistics.median(t['compiles'].get('compiles', 0) for t in timings):.0f} | "
-                 f"{statistics.median(t['compiles'].get('cache_hits', 0) for t in timings):.0f} | "
-                 f"{statistics.median(t['compiles'].get('compile_s', 0) for t in timings):.0f} |")
+    lines.append(
+        f"| {side} | {len(timings)} | {runs} | {wall:.0f} | {3600 * runs / wall:.1f} | "
+        f"{statistics.median(t['compiles'].get('compiles', 0) for t in timings):.0f} | "
+        f"{statistics.median(t['compiles'].get('cache_hits', 0) for t in timings):.0f} | "
+        f"{statistics.median(t['compiles'].get('compile_s', 0) for t in timings):.0f} |"
+    )
   if len(med) == 2:
-    lines += ["", f"Speed-up (median baseline wall / median current wall): "
-              f"**{med['baseline'] / med['current']:.2f}x**"]
+    lines += [
+        "",
+        f"Speed-up (median baseline wall / median current wall): "
+        f"**{med['baseline'] / med['current']:.2f}x**",
+    ]
   values = collections.defaultdict(lambda: collections.defaultdict(list))
   for side, timings in sides.items():
     for t in timings:
       for (setting, stage, domain, _), v in _metrics_of(pathlib.Path(t["workdir"])).items():
         values[(setting, stage, domain)][side].append(v)
-  lines += ["", "Full-ranking NDCG@10 (%), mean ± std over seeds and repeats:", "",
-            "| run | stage | domain | baseline | current |", "|---|---|---|---|---|"]
-  fmt = lambda v: (f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v):.2f}" if len(v) > 1
-                   else f"{100 * v[0]:.2f}" if v else "—")
+  lines += [
+      "",
+      "Full-ranking NDCG@10 (%), mean ± std over seeds and repeats:",
+      "",
+      "| run | stage | domain | baseline | current |",
+      "|---|---|---|---|---|",
+  ]
+  fmt = lambda v: (
+      f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v):.2f}"
+      if len(v) > 1
+      else f"{100 * v[0]:.2f}"
+      if v
+      else "—"
+  )
   for (setting, stage, domain), by_side in sorted(values.items()):
-    lines.append(f"| {setting} | {stage} | {domain} | {fmt(by_side['baseline'])} | {fmt(by_side['current'])} |")
+    lines.append(
+        f"| {setting} | {stage} | {domain} | {fmt(by_side['baseline'])} | {fmt(by_side['current'])} |"
+    )
   text = "\n".join(lines) + "\n"
   (workdir / "grid_throughput.md").write_text(text)
   return text
@@ -145,21 +171,35 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
   parser.add_argument("--workdir", required=True, type=pathlib.Path)
   parser.add_argument("--config", default="configs/grid_shared.py:reduced_scientific")
-  parser.add_argument("--set", action="append", default=[],
-                      help="a config override for both sides, e.g. experiment.seeds='(0,1)'")
+  parser.add_argument(
+      "--set",
+      action="append",
+      default=[],
+      help="a config override for both sides, e.g. experiment.seeds='(0,1)'",
+  )
   parser.add_argument("--baseline_rev", default=DEFAULT_BASELINE)
   parser.add_argument("--current_rev", default="HEAD")
   parser.add_argument("--repeats", type=int, default=2)
-  parser.add_argument("--cache_from", type=pathlib.Path, default=None,
-                      help="a grid folder whose cache/data and cache/embeddings seed DIR/warm (entries are "
-                           "keyed by their inputs and config, so a stale one is simply not used)")
+  parser.add_argument(
+      "--cache_from",
+      type=pathlib.Path,
+      default=None,
+      help="a grid folder whose cache/data and cache/embeddings seed DIR/warm (entries are "
+      "keyed by their inputs and config, so a stale one is simply not used)",
+  )
   args = parser.parse_args()
   workdir = args.workdir.absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  sources = {"baseline": _source(workdir, "baseline", args.baseline_rev),
-             "current": _source(workdir, "current", args.current_rev)}
-  revs = {side: subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True,
-                               capture_output=True, text=True).stdout.strip() for side, src in sources.items()}
+  sources = {
+      "baseline": _source(workdir, "baseline", args.baseline_rev),
+      "current": _source(workdir, "current", args.current_rev),
+  }
+  revs = {
+      side: subprocess.run(
+          ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+      ).stdout.strip()
+      for side, src in sources.items()
+  }
   overrides = [f"--config.{s}" for s in args.set]
   grid_args = lambda wd: [f"--config={args.config}", f"--workdir={wd}", "--noplots", *overrides]
 
@@ -170,8 +210,11 @@ def main() -> None:
         if (args.cache_from / "cache" / part).is_dir():
           shutil.copytree(args.cache_from / "cache" / part, warm / "cache" / part, dirs_exist_ok=True)
     print(f"[bench] preparing data and embeddings once in {warm}", flush=True)
-    _run([sys.executable, "-m", "recg_jax.experiments", *grid_args(warm), "--aggregate_only"],
-         sources["current"], workdir / "warm.log")
+    _run(
+        [sys.executable, "-m", "recg_jax.experiments", *grid_args(warm), "--aggregate_only"],
+        sources["current"],
+        workdir / "warm.log",
+    )
 
   sides: dict[str, list[dict]] = {"baseline": [], "current": []}
   for r in range(args.repeats):
@@ -186,11 +229,26 @@ def main() -> None:
         src = sources[side]
         stats = wd / "compiles.json"
         print(f"[bench] repeat {r}: {side}", flush=True)
-        wall = _run([sys.executable, str(pathlib.Path(__file__).resolve()), "child", str(src), str(stats),
-                     *grid_args(wd)], src, wd.with_suffix(".log"))
-        timing = {"side": side, "repeat": r, "wall_s": wall, "workdir": str(wd),
-                  "runs": len(list((wd / "runs").glob("**/done.json"))),
-                  "compiles": json.loads(stats.read_text())}
+        wall = _run(
+            [
+                sys.executable,
+                str(pathlib.Path(__file__).resolve()),
+                "child",
+                str(src),
+                str(stats),
+                *grid_args(wd),
+            ],
+            src,
+            wd.with_suffix(".log"),
+        )
+        timing = {
+            "side": side,
+            "repeat": r,
+            "wall_s": wall,
+            "workdir": str(wd),
+            "runs": len(list((wd / "runs").glob("**/done.json"))),
+            "compiles": json.loads(stats.read_text()),
+        }
         timing_path.write_text(json.dumps(timing, indent=1))
         print(f"[bench] repeat {r}: {side} took {wall:.0f}s", flush=True)
       sides[side].append(json.loads(timing_path.read_text()))

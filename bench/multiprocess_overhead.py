@@ -39,21 +39,42 @@ def _run(setup: str, workdir: pathlib.Path, epochs: int, warm_cache: pathlib.Pat
     shutil.rmtree(workdir)
   if warm_cache is not None:
     shutil.copytree(warm_cache, workdir / "cache")
-  base = [sys.executable, "-m", "recg_jax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-          "--config.experiment.mode=in_domain", f"--config.train.num_epochs={epochs}",
-          f"--config.train.patience={epochs}", "--config.train.checkpoint_every_steps=0"]
+  base = [
+      sys.executable,
+      "-m",
+      "recg_jax.main",
+      "--config=configs/quickstart.py",
+      f"--workdir={workdir}",
+      "--config.experiment.mode=in_domain",
+      f"--config.train.num_epochs={epochs}",
+      f"--config.train.patience={epochs}",
+      "--config.train.checkpoint_every_steps=0",
+  ]
   devices = 2 if setup == SETUPS[1] else 1
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
+  env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
+  }
   if setup == SETUPS[2]:
     port = _free_port()
-    cmds = [base + ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}"] for i in range(2)]
+    cmds = [
+        base
+        + [
+            "--distributed",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ]
+        for i in range(2)
+    ]
   else:
     cmds = [base]
   start = time.perf_counter()
-  procs = [subprocess.Popen(c, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True) for c in cmds]
+  procs = [
+      subprocess.Popen(c, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for c in cmds
+  ]
   for p in procs:
     _, err = p.communicate()
     if p.returncode:
@@ -77,8 +98,11 @@ def main() -> None:
   root = pathlib.Path(args.workdir)
   warm = root / "warm"
   _run(SETUPS[0], warm, 1, None)  # data and embedding caches for every later run
-  spe = next(json.loads(line)["steps_per_epoch"] for line in (warm / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["kind"] == "setup")
+  spe = next(
+      json.loads(line)["steps_per_epoch"]
+      for line in (warm / "metrics.jsonl").read_text().splitlines()
+      if json.loads(line)["kind"] == "setup"
+  )
   walls = {s: [] for s in SETUPS}
   rates = {s: [] for s in SETUPS}
   for r in range(args.repeats):
@@ -86,20 +110,35 @@ def main() -> None:
       wd = root / f"run{i}"
       walls[setup].append(_run(setup, wd, args.epochs, warm / "cache"))
       rates[setup].append(_steady_rate(wd, spe))
-      print(json.dumps({"repeat": r, "setup": setup, "wall_s": round(walls[setup][-1], 2),
-                        "sequences_per_s": round(rates[setup][-1], 1), "load": os.getloadavg()[0]}),
-            flush=True)
+      print(
+          json.dumps(
+              {
+                  "repeat": r,
+                  "setup": setup,
+                  "wall_s": round(walls[setup][-1], 2),
+                  "sequences_per_s": round(rates[setup][-1], 1),
+                  "load": os.getloadavg()[0],
+              }
+          ),
+          flush=True,
+      )
   base_rate = statistics.median(rates[SETUPS[0]])
-  lines = [f"# Several processes on one CPU ({os.cpu_count()} cores)", "",
-           f"`python bench/multiprocess_overhead.py --workdir=DIR --repeats={args.repeats} --epochs={args.epochs}`"
-           f" (configs/quickstart.py, in-domain, {args.epochs} epochs, medians of {args.repeats} alternating "
-           "repeats)", "",
-           "| setup | wall time of the command | training sequences/s after epoch 1 | vs one process, one device |",
-           "|---|---|---|---|"]
+  lines = [
+      f"# Several processes on one CPU ({os.cpu_count()} cores)",
+      "",
+      f"`python bench/multiprocess_overhead.py --workdir=DIR --repeats={args.repeats} --epochs={args.epochs}`"
+      f" (configs/quickstart.py, in-domain, {args.epochs} epochs, medians of {args.repeats} alternating "
+      "repeats)",
+      "",
+      "| setup | wall time of the command | training sequences/s after epoch 1 "
+      "| vs one process, one device |",
+      "|---|---|---|---|",
+  ]
   for setup in SETUPS:
     rate = statistics.median(rates[setup])
-    lines.append(f"| {setup} | {statistics.median(walls[setup]):.1f} s | {rate:,.0f} | "
-                 f"{rate / base_rate:.2f}x |")
+    lines.append(
+        f"| {setup} | {statistics.median(walls[setup]):.1f} s | {rate:,.0f} | " f"{rate / base_rate:.2f}x |"
+    )
   text = "\n".join(lines) + "\n"
   print(text)
   out = _ROOT / args.out

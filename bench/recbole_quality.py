@@ -27,37 +27,62 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from recbole_side_by_side import recbole_config_dict  # pylint: disable=wrong-import-position
 
 from configs import amazon_shared  # pylint: disable=wrong-import-position
 from recg_jax.config import default  # pylint: disable=wrong-import-position
 
-RECBOLE_BLOCKS = {"model.sasrec_ffn_multiplier": 4, "model.sasrec_activation": "gelu",
-                  "model.sasrec_ln_epsilon": 1e-12, "model.sasrec_init_std": 0.02}
+from recbole_side_by_side import recbole_config_dict  # pylint: disable=wrong-import-position
+
+RECBOLE_BLOCKS = {
+    "model.sasrec_ffn_multiplier": 4,
+    "model.sasrec_activation": "gelu",
+    "model.sasrec_ln_epsilon": 1e-12,
+    "model.sasrec_init_std": 0.02,
+}
 DEFAULT_OURS = (
     "ours",
     "recbole_blocks:" + ",".join(f"{k}={v}" for k, v in RECBOLE_BLOCKS.items()),
-    "recbole_blocks_batch32:" + ",".join(f"{k}={v}" for k, v in RECBOLE_BLOCKS.items())
+    "recbole_blocks_batch32:"
+    + ",".join(f"{k}={v}" for k, v in RECBOLE_BLOCKS.items())
     + ",train.batch_size=32",
 )
 
 
 def run_recbole(root: str, domain: str, args, workdir: str) -> dict:
   from recbole.config import Config  # pylint: disable=g-import-not-at-top
-  from recbole.data import create_dataset, data_preparation  # pylint: disable=g-import-not-at-top
+  from recbole.data import create_dataset  # pylint: disable=g-import-not-at-top
+  from recbole.data import data_preparation  # pylint: disable=g-import-not-at-top
   from recbole.model.sequential_recommender import SASRec  # pylint: disable=g-import-not-at-top
   from recbole.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from recbole.utils import init_seed  # pylint: disable=g-import-not-at-top
 
-  config = Config(model="SASRec", dataset=domain, config_dict=recbole_config_dict(root, workdir, {
-      "seed": args.seed, "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2,
-      "n_heads": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,
-      "loss_type": "CE", "train_neg_sample_args": None, "train_batch_size": args.batch,
-      "learning_rate": 1e-3, "epochs": args.max_epochs, "stopping_step": args.patience, "eval_step": 1}))
+  config = Config(
+      model="SASRec",
+      dataset=domain,
+      config_dict=recbole_config_dict(
+          root,
+          workdir,
+          {
+              "seed": args.seed,
+              "MAX_ITEM_LIST_LENGTH": 50,
+              "hidden_size": 64,
+              "inner_size": 256,
+              "n_layers": 2,
+              "n_heads": 2,
+              "hidden_act": "gelu",
+              "layer_norm_eps": 1e-12,
+              "initializer_range": 0.02,
+              "loss_type": "CE",
+              "train_neg_sample_args": None,
+              "train_batch_size": args.batch,
+              "learning_rate": 1e-3,
+              "epochs": args.max_epochs,
+              "stopping_step": args.patience,
+              "eval_step": 1,
+          },
+      ),
+  )
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -75,15 +100,25 @@ def run_recbole(root: str, domain: str, args, workdir: str) -> dict:
   trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False, callback_fn=on_epoch)
   total = time.perf_counter() - t0
   test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-  return {"side": "recbole", "name": "recbole", "test_ndcg@10": float(test["ndcg@10"]),
-          "test_recall@10": float(test["recall@10"]), "best_valid_ndcg@10": best["score"],
-          "best_epoch": best["epoch"] + 1, "epochs": len(times), "time_to_best_s": times.get(best["epoch"]),
-          "total_s": total, "users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1)}
+  return {
+      "side": "recbole",
+      "name": "recbole",
+      "test_ndcg@10": float(test["ndcg@10"]),
+      "test_recall@10": float(test["recall@10"]),
+      "best_valid_ndcg@10": best["score"],
+      "best_epoch": best["epoch"] + 1,
+      "epochs": len(times),
+      "time_to_best_s": times.get(best["epoch"]),
+      "total_s": total,
+      "users": int(dataset.user_num - 1),
+      "items": int(dataset.item_num - 1),
+  }
 
 
 def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   from recg_jax import pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax import training
+
   name, _, overrides = spec.partition(":")
   config = amazon_shared.get_config(f"source={domain}")
   config.data.root = root
@@ -108,14 +143,26 @@ def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   t0 = time.perf_counter()
   result = training.train_and_evaluate(config, run_dir, domains, None)
   total = time.perf_counter() - t0
-  valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-           if '"kind": "valid"' in line]
+  valid = [
+      json.loads(line)
+      for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+      if '"kind": "valid"' in line
+  ]
   best = next(v for v in valid if v["epoch"] == result.best_epoch)
-  return {"side": "ours", "name": name, "test_ndcg@10": result.metrics["test/full/ndcg@10"],
-          "test_recall@10": result.metrics["test/full/recall@10"],
-          "best_valid_ndcg@10": result.metrics["valid/full/ndcg@10"], "best_epoch": result.best_epoch,
-          "epochs": result.epochs, "time_to_best_s": best.get("elapsed_s"), "total_s": total,
-          "overrides": overrides, "users": domains[domain].num_users, "items": domains[domain].num_items}
+  return {
+      "side": "ours",
+      "name": name,
+      "test_ndcg@10": result.metrics["test/full/ndcg@10"],
+      "test_recall@10": result.metrics["test/full/recall@10"],
+      "best_valid_ndcg@10": result.metrics["valid/full/ndcg@10"],
+      "best_epoch": result.best_epoch,
+      "epochs": result.epochs,
+      "time_to_best_s": best.get("elapsed_s"),
+      "total_s": total,
+      "overrides": overrides,
+      "users": domains[domain].num_users,
+      "items": domains[domain].num_items,
+  }
 
 
 def main() -> None:
@@ -132,32 +179,43 @@ def main() -> None:
   args = parser.parse_args()
   root = os.environ.get(default.DATA_ROOT_ENV, "")
   if not root or not (pathlib.Path(root) / args.domain / f"{args.domain}.inter").is_file():
-    raise SystemExit(f"set {default.DATA_ROOT_ENV} to the folder that holds {args.domain}/{args.domain}.inter")
+    raise SystemExit(
+        f"set {default.DATA_ROOT_ENV} to the folder that holds {args.domain}/{args.domain}.inter"
+    )
   root = str(pathlib.Path(root).absolute())
   out = str(pathlib.Path(args.out).absolute()) if args.out else ""
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ into the working directory
-    jobs = ([] if args.skip_recbole else [lambda: run_recbole(root, args.domain, args, tmp)])
+    jobs = [] if args.skip_recbole else [lambda: run_recbole(root, args.domain, args, tmp)]
     jobs += [lambda s=s: run_ours(root, args.domain, s, args, tmp) for s in args.ours]
     for job in jobs:
-      r = dict(job(), domain=args.domain, seed=args.seed, cpus=os.cpu_count(),
-               load_avg_1m=round(os.getloadavg()[0], 2))
+      r = dict(
+          job(),
+          domain=args.domain,
+          seed=args.seed,
+          cpus=os.cpu_count(),
+          load_avg_1m=round(os.getloadavg()[0], 2),
+      )
       print(json.dumps(r), flush=True)
       rows.append(r)
       if out:
         with open(out, "a", encoding="utf-8") as f:
           f.write(json.dumps(r) + "\n")
   ref = next((r for r in rows if r["side"] == "recbole"), None)
-  print(f"\nSASRec (ID) on {args.domain}, d=64, 2 layers, 2 heads, softmax, lr 1e-3, dropout 0.5, patience "
-        f"{args.patience}, seed {args.seed}, {os.cpu_count()} CPUs; full ranking, history masked")
+  print(
+      f"\nSASRec (ID) on {args.domain}, d=64, 2 layers, 2 heads, softmax, lr 1e-3, dropout 0.5, patience "
+      f"{args.patience}, seed {args.seed}, {os.cpu_count()} CPUs; full ranking, history masked"
+  )
   print("| run | test NDCG@10 | vs RecBole | test Recall@10 | best epoch | time to best, s |")
   print("|---|---|---|---|---|---|")
   for r in rows:
     rel = f"{100 * (r['test_ndcg@10'] / ref['test_ndcg@10'] - 1):+.1f}%" if ref else "—"
     tb = f"{r['time_to_best_s']:.0f}" if r.get("time_to_best_s") is not None else "—"
-    print(f"| {r['name']} | {100 * r['test_ndcg@10']:.2f} | {rel} | {100 * r['test_recall@10']:.2f} | "
-          f"{r['best_epoch']} | {tb} |")
+    print(
+        f"| {r['name']} | {100 * r['test_ndcg@10']:.2f} | {rel} | {100 * r['test_recall@10']:.2f} | "
+        f"{r['best_epoch']} | {tb} |"
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from games import games_domain  # pylint: disable=wrong-import-position
 from train_throughput import run_one  # pylint: disable=wrong-import-position
 
 from recg_jax.config import default  # pylint: disable=wrong-import-position
+
+from games import games_domain  # pylint: disable=wrong-import-position
 
 
 def recbole_config_dict(root: str, workdir: str, overrides: dict) -> dict:
@@ -51,37 +52,73 @@ def recbole_config_dict(root: str, workdir: str, overrides: dict) -> dict:
   fields, 5-core, leave-one-out by time, full ranking, Recall/NDCG@10), updated with `overrides`.
   Also sets torch's thread count and the NumPy 1 aliases RecBole 1.2.1 needs."""
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count() or 1)
   # RecBole 1.2.1 predates NumPy 2: its Config re-creates NumPy 1 aliases from names NumPy 2 removed.
   for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
     if old not in np.__dict__:
       setattr(np, old, new)
   return {
-      "data_path": root, "checkpoint_dir": workdir, "device": "cpu", "use_gpu": False, "gpu_id": "",
-      "show_progress": False, "save_dataset": False, "save_dataloaders": False,
-      "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+      "data_path": root,
+      "checkpoint_dir": workdir,
+      "device": "cpu",
+      "use_gpu": False,
+      "gpu_id": "",
+      "show_progress": False,
+      "save_dataset": False,
+      "save_dataloaders": False,
+      "USER_ID_FIELD": "user_id",
+      "ITEM_ID_FIELD": "item_id",
+      "TIME_FIELD": "timestamp",
       "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-      "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
-      "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "eval_batch_size": 4096,
+      "user_inter_num_interval": "[5,inf)",
+      "item_inter_num_interval": "[5,inf)",
+      "hidden_dropout_prob": 0.5,
+      "attn_dropout_prob": 0.5,
+      "eval_batch_size": 4096,
       "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-      "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", **overrides}
+      "metrics": ["Recall", "NDCG"],
+      "topk": [10],
+      "valid_metric": "NDCG@10",
+      **overrides,
+  }
 
 
 def recbole_setup(root: str, hidden: int, layers: int, heads: int, batch: int, max_len: int, workdir: str):
   """(config, train_data, test_data, trainer, dataset) of RecBole's SASRec on Games."""
-  import torch  # pylint: disable=g-import-not-at-top
   from recbole.config import Config  # pylint: disable=g-import-not-at-top
-  from recbole.data import create_dataset, data_preparation  # pylint: disable=g-import-not-at-top
+  from recbole.data import create_dataset  # pylint: disable=g-import-not-at-top
+  from recbole.data import data_preparation  # pylint: disable=g-import-not-at-top
   from recbole.model.sequential_recommender import SASRec  # pylint: disable=g-import-not-at-top
   from recbole.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from recbole.utils import init_seed  # pylint: disable=g-import-not-at-top
 
-  config = Config(model="SASRec", dataset="Games", config_dict=recbole_config_dict(root, workdir, {
-      "seed": 0, "MAX_ITEM_LIST_LENGTH": max_len, "hidden_size": hidden, "inner_size": hidden,
-      "n_layers": layers, "n_heads": heads, "loss_type": "BPR",
-      "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1, "alpha": 1.0,
-                                "dynamic": False, "candidate_num": 0},
-      "train_batch_size": batch, "learning_rate": 1e-4}))
+  config = Config(
+      model="SASRec",
+      dataset="Games",
+      config_dict=recbole_config_dict(
+          root,
+          workdir,
+          {
+              "seed": 0,
+              "MAX_ITEM_LIST_LENGTH": max_len,
+              "hidden_size": hidden,
+              "inner_size": hidden,
+              "n_layers": layers,
+              "n_heads": heads,
+              "loss_type": "BPR",
+              "train_neg_sample_args": {
+                  "distribution": "uniform",
+                  "sample_num": 1,
+                  "alpha": 1.0,
+                  "dynamic": False,
+                  "candidate_num": 0,
+              },
+              "train_batch_size": batch,
+              "learning_rate": 1e-4,
+          },
+      ),
+  )
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train_data, _, test_data = data_preparation(config, dataset)
@@ -93,6 +130,7 @@ def recbole_setup(root: str, hidden: int, layers: int, heads: int, batch: int, m
 def recbole_round(setup, args) -> dict:
   """Median step time over windows of RecBole training batches, then one full evaluation."""
   import torch  # pylint: disable=g-import-not-at-top
+
   config, train_data, test_data, trainer, dataset = setup
   model = trainer.model
   model.train()
@@ -125,17 +163,26 @@ def recbole_round(setup, args) -> dict:
   with torch.no_grad():
     result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
   eval_s = time.perf_counter() - t0
-  return {"side": "recbole", "train_targets_per_s": round(statistics.median(rates), 1),
-          "eval_s": round(eval_s, 2), "eval_users": int(dataset.user_num - 1),
-          "test_ndcg@10_untrained": round(float(result["ndcg@10"]), 5)}
+  return {
+      "side": "recbole",
+      "train_targets_per_s": round(statistics.median(rates), 1),
+      "eval_s": round(eval_s, 2),
+      "eval_users": int(dataset.user_num - 1),
+      "test_ndcg@10_untrained": round(float(result["ndcg@10"]), 5),
+  }
 
 
 def ours_round(domain, args) -> dict:
   bench_args = pytypes.SimpleNamespace(windows=args.windows, steps=args.ours_steps, eval_repeats=1)
   r = run_one(domain, {}, "sasrec", "id", args.batch, bench_args, {})
-  return {"side": "ours", "train_targets_per_s": r["train_targets_per_s"],
-          "train_sequences_per_s": r["train_sequences_per_s"], "eval_s": r["eval_s"],
-          "eval_users": domain.num_users, "warmup_s": r["warmup_s"]}
+  return {
+      "side": "ours",
+      "train_targets_per_s": r["train_targets_per_s"],
+      "train_sequences_per_s": r["train_sequences_per_s"],
+      "eval_s": r["eval_s"],
+      "eval_users": domain.num_users,
+      "warmup_s": r["warmup_s"],
+  }
 
 
 def main() -> None:
@@ -157,8 +204,11 @@ def main() -> None:
     os.chdir(tmp)  # RecBole writes log/ and log_tensorboard/ into the working directory
     domain, label = games_domain(False, tmp)
     setup = recbole_setup(root, 256, 2, 2, args.batch, 50, tmp)
-    print(f"RecBole Games: {setup[4].user_num - 1} users, {setup[4].item_num - 1} items; ours ({label}): "
-          f"{domain.num_users} users, {domain.num_items} items", flush=True)
+    print(
+        f"RecBole Games: {setup[4].user_num - 1} users, {setup[4].item_num - 1} items; ours ({label}): "
+        f"{domain.num_users} users, {domain.num_items} items",
+        flush=True,
+    )
     rows = []
     for i in range(args.rounds):
       for fn in (lambda: recbole_round(setup, args), lambda: ours_round(domain, args)):
@@ -170,14 +220,18 @@ def main() -> None:
         rows.append(r)
 
   med = lambda side, key: statistics.median(r[key] for r in rows if r["side"] == side)
-  print(f"\nSASRec (ID), Games, d=256, 2 layers, 2 heads, max_len 50, batch {args.batch}, {os.cpu_count()} "
-        f"CPUs; medians of {args.rounds} alternating rounds")
+  print(
+      f"\nSASRec (ID), Games, d=256, 2 layers, 2 heads, max_len 50, batch {args.batch}, {os.cpu_count()} "
+      f"CPUs; medians of {args.rounds} alternating rounds"
+  )
   print("| side | training targets/s | full evaluation of all users, s |")
   print("|---|---|---|")
   for side in ("recbole", "ours"):
     print(f"| {side} | {med(side, 'train_targets_per_s'):,.0f} | {med(side, 'eval_s'):.1f} |")
-  print(f"| ours / RecBole | {med('ours', 'train_targets_per_s') / med('recbole', 'train_targets_per_s'):.1f}x "
-        f"| {med('recbole', 'eval_s') / med('ours', 'eval_s'):.1f}x faster |")
+  print(
+      f"| ours / RecBole | {med('ours', 'train_targets_per_s') / med('recbole', 'train_targets_per_s'):.1f}x "
+      f"| {med('recbole', 'eval_s') / med('ours', 'eval_s'):.1f}x faster |"
+  )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def _maxrss_mib() -> float:
 
 def _settings(args, side: str):
   from recg_jax.config import serving as serving_config  # pylint: disable=g-import-not-at-top
+
   settings = serving_config.get_config()
   settings.user_batch_size = args.user_batch
   settings.item_block_rows = args.block_rows if side == "blocked" else 0
@@ -63,26 +64,35 @@ def _settings(args, side: str):
 
 def _xla_temp_mib(blocks, batch: int, dim: int, hist_width: int, num_items: int, k: int) -> float:
   import jax  # pylint: disable=g-import-not-at-top
+
   from recg_jax.serving import topk  # pylint: disable=g-import-not-at-top
+
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
-  compiled = topk.blocked_top_k.lower(spec((batch, dim), np.float32), blocks,
-                                      spec((batch, hist_width), np.int32), np.int32(num_items), k=k).compile()
+  compiled = topk.blocked_top_k.lower(
+      spec((batch, dim), np.float32), blocks, spec((batch, hist_width), np.int32), np.int32(num_items), k=k
+  ).compile()
   return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
 def _first_users(histories, n: int):
   n = min(n, histories.num_users)
   end = int(histories.offsets[n])
-  return dataclasses.replace(histories, user_ids=histories.user_ids[:n], offsets=histories.offsets[:n + 1],
-                             items=histories.items[:end])
+  return dataclasses.replace(
+      histories,
+      user_ids=histories.user_ids[:n],
+      offsets=histories.offsets[: n + 1],
+      items=histories.items[:end],
+  )
 
 
 def child(args) -> dict:
   """One side of one stage, in this process: prints its figures as one JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from recg_jax import results as results_lib  # pylint: disable=g-import-not-at-top
   from recg_jax import serving  # pylint: disable=g-import-not-at-top
   from recg_jax.serving import topk  # pylint: disable=g-import-not-at-top
+
   stage, side = args.child.split(":")
   root = pathlib.Path(os.environ.get(default.DATA_ROOT_ENV, "")) / "Games"
   run = serving.load(args.workdir, settings=_settings(args, side), progress=False)
@@ -98,10 +108,18 @@ def child(args) -> dict:
   items = run.item_vectors(catalogue)  # embeds (or reads the cache) and projects the catalogue
   prepare_s = time.perf_counter() - t0
   dim, k, batch = items.shape[1], args.k, min(args.user_batch, histories.num_users)
-  out = {"stage": stage, "side": side, "run": f"{run.config.model.backbone}-{run.config.model.variant} "
-         f"({results_lib.config_summary(run.config)}), source {run.config.data.source}, {run.head} head",
-         "dim": dim, "k": k, "user_batch": batch, "read_s": read_s,
-         "embed_and_project_s": prepare_s, "devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
+  out = {
+      "stage": stage,
+      "side": side,
+      "run": f"{run.config.model.backbone}-{run.config.model.variant} "
+      f"({results_lib.config_summary(run.config)}), source {run.config.data.source}, {run.head} head",
+      "dim": dim,
+      "k": k,
+      "user_batch": batch,
+      "read_s": read_s,
+      "embed_and_project_s": prepare_s,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+  }
 
   if stage == "games":
     users, num_items = histories.num_users, catalogue.num_items
@@ -121,8 +139,12 @@ def child(args) -> dict:
     def batches():
       for lo in range(0, users, batch):
         users_B = np.minimum(np.arange(lo, lo + batch), users - 1)
-        yield (users_B, min(batch, users - lo), jax.device_put(user_UxD[users_B]),
-               subset.exclusion_rows(users_B, 64))
+        yield (
+            users_B,
+            min(batch, users - lo),
+            jax.device_put(user_UxD[users_B]),
+            subset.exclusion_rows(users_B, 64),
+        )
 
     call = lambda: topk.rank(batches(), blocks, num_items, users, k)
     histories = subset
@@ -138,15 +160,28 @@ def child(args) -> dict:
     t0 = time.perf_counter()
     call()
     times.append(time.perf_counter() - t0)
-  out.update(seconds=times, median_s=statistics.median(times), users_per_s=users / statistics.median(times),
-             maxrss_mib=_maxrss_mib(), rss_growth_mib=_maxrss_mib() - rss_before)
+  out.update(
+      seconds=times,
+      median_s=statistics.median(times),
+      users_per_s=users / statistics.median(times),
+      maxrss_mib=_maxrss_mib(),
+      rss_growth_mib=_maxrss_mib() - rss_before,
+  )
   return out
 
 
 def _run_child(args, stage: str, side: str) -> dict:
-  cmd = [sys.executable, __file__, f"--child={stage}:{side}", f"--workdir={args.workdir}",
-         f"--repeats={args.repeats}", f"--k={args.k}", f"--user_batch={args.user_batch}",
-         f"--block_rows={args.block_rows}", f"--users_1m={args.users_1m}"]
+  cmd = [
+      sys.executable,
+      __file__,
+      f"--child={stage}:{side}",
+      f"--workdir={args.workdir}",
+      f"--repeats={args.repeats}",
+      f"--k={args.k}",
+      f"--user_batch={args.user_batch}",
+      f"--block_rows={args.block_rows}",
+      f"--users_1m={args.users_1m}",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"{stage}:{side} failed:\n{proc.stderr[-4000:]}")
@@ -156,12 +191,16 @@ def _run_child(args, stage: str, side: str) -> dict:
 
 
 def _report(args, results: list[dict], embed_s: float, wall_s: float) -> str:
-  by = {(s, side): [r for r in results if r["stage"] == s and r["side"] == side]
-        for s in STAGES for side in SIDES}
+  by = {
+      (s, side): [r for r in results if r["stage"] == s and r["side"] == side]
+      for s in STAGES
+      for side in SIDES
+  }
   med = lambda rs, key: statistics.median(r[key] for r in rs)
   first = results[0]
   lines = [
-      "# Recommendation throughput: blocked top-k against one full score matrix", "",
+      "# Recommendation throughput: blocked top-k against one full score matrix",
+      "",
       f"- command: `python bench/recommend_throughput.py --workdir=RUN --rounds={args.rounds} "
       f"--repeats={args.repeats} --k={args.k} --user_batch={args.user_batch} --block_rows={args.block_rows} "
       f"--users_1m={args.users_1m}`",
@@ -175,24 +214,33 @@ def _report(args, results: list[dict], embed_s: float, wall_s: float) -> str:
       f"1m: top-k alone over {ITEMS_1M:,} generated item vectors (seeded random, not embedded texts) for the "
       f"first {args.users_1m:,} Games users' real vectors",
       f"- each cell: median over {args.rounds} processes (sides alternating) of each process's median of "
-      f"{args.repeats} warm calls", "",
+      f"{args.repeats} warm calls",
+      "",
       "| catalogue | items | users | side | users/s | ratio | peak RSS (MiB) | "
       "RSS growth while ranking (MiB) | "
-      "XLA temp buffers per call (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+      "XLA temp buffers per call (MiB) |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
   for stage in STAGES:
     base = med(by[(stage, "full")], "users_per_s")
     for side in SIDES:
       rs = by[(stage, side)]
-      lines.append(f"| {stage} | {rs[0]['items']:,} | {rs[0]['users']:,} | {side} | "
-                   f"{med(rs, 'users_per_s'):,.0f} | "
-                   f"{med(rs, 'users_per_s') / base:.2f}x | {med(rs, 'maxrss_mib'):,.0f} | "
-                   f"{med(rs, 'rss_growth_mib'):,.0f} | {med(rs, 'xla_temp_mib'):,.1f} |")
+      lines.append(
+          f"| {stage} | {rs[0]['items']:,} | {rs[0]['users']:,} | {side} | "
+          f"{med(rs, 'users_per_s'):,.0f} | "
+          f"{med(rs, 'users_per_s') / base:.2f}x | {med(rs, 'maxrss_mib'):,.0f} | "
+          f"{med(rs, 'rss_growth_mib'):,.0f} | {med(rs, 'xla_temp_mib'):,.1f} |"
+      )
   cold = [r for r in results if r["stage"] == "games"]
-  lines += ["", f"Games, first call in a process (compiling included): {med(cold, 'cold_s'):.1f} s; reading "
-            f"Games.item and Games.inter: {med(cold, 'read_s'):.1f} s; reading the catalogue's embeddings "
-            "from "
-            f"the cache and projecting them: {med(cold, 'embed_and_project_s'):.1f} s; before the rounds, "
-            f"embedding Games.item (or finding it cached): {embed_s:.0f} s.", ""]
+  lines += [
+      "",
+      f"Games, first call in a process (compiling included): {med(cold, 'cold_s'):.1f} s; reading "
+      f"Games.item and Games.inter: {med(cold, 'read_s'):.1f} s; reading the catalogue's embeddings "
+      "from "
+      f"the cache and projecting them: {med(cold, 'embed_and_project_s'):.1f} s; before the rounds, "
+      f"embedding Games.item (or finding it cached): {embed_s:.0f} s.",
+      "",
+  ]
   return "\n".join(lines)
 
 

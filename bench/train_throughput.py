@@ -52,13 +52,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import evaluate as evaluate_lib
+from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.config import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.training import members as members_lib
 from recg_jax.training import trainer as trainer_lib
-from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
-from games import AUX_ITEMS, TABLE_DIM, games_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from games import AUX_ITEMS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from games import games_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from games import TABLE_DIM  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def random_table(num_items: int, seed: int) -> np.ndarray:
@@ -68,8 +71,15 @@ def random_table(num_items: int, seed: int) -> np.ndarray:
   return t
 
 
-def bench_config(backbone: str, variant: str, batch_size: int, length_buckets=None, eval_length_buckets=None,
-                 candidate_scores=None, compute_dtype=None):
+def bench_config(
+    backbone: str,
+    variant: str,
+    batch_size: int,
+    length_buckets=None,
+    eval_length_buckets=None,
+    candidate_scores=None,
+    compute_dtype=None,
+):
   """The benchmarked run's config; None keeps the default value of a field (recg_jax/config/default.py)."""
   config = default.get_config()
   config.data.source, config.data.targets, config.data.auxiliary = "Games", tuple(AUX_ITEMS), ()
@@ -128,9 +138,14 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
       times.append((time.perf_counter() - t0) / args.steps)
       cpu_times.append((time.process_time() - c0) / args.steps)
     stream.close()
-    buckets.append({"width": width, "batches": batches_per_width[width],
-                    "step_ms": round(1000 * statistics.median(times), 1),
-                    "step_cpu_ms": round(1000 * statistics.median(cpu_times), 1)})
+    buckets.append(
+        {
+            "width": width,
+            "batches": batches_per_width[width],
+            "step_ms": round(1000 * statistics.median(times), 1),
+            "step_cpu_ms": round(1000 * statistics.median(cpu_times), 1),
+        }
+    )
   epoch_s = sum(b["batches"] * b["step_ms"] / 1000 for b in buckets)
   epoch_cpu_s = sum(b["batches"] * b["step_cpu_ms"] / 1000 for b in buckets)
 
@@ -148,18 +163,26 @@ def run_one(domain, tables, backbone, variant, batch_size, args, setup: dict) ->
     eval_cpu.append(time.process_time() - c0)
   eval_s = statistics.median(eval_times) if eval_times else None
   return {
-      "backbone": backbone, "variant": variant, "batch_size": batch_size, "training_rows": rows.num_rows,
+      "backbone": backbone,
+      "variant": variant,
+      "batch_size": batch_size,
+      "training_rows": rows.num_rows,
       "length_buckets": list(config.train.length_buckets),
-      "candidate_scores": config.train.candidate_scores, "compute_dtype": config.train.compute_dtype,
+      "candidate_scores": config.train.candidate_scores,
+      "compute_dtype": config.train.compute_dtype,
       "eval_length_buckets": list(config.eval.length_buckets),
       "train_sequences_per_s": round(rows.num_rows / epoch_s, 1),
       "train_targets_per_s": round(rows.num_targets / epoch_s, 1),
-      "epoch_s": round(epoch_s, 1), "epoch_cpu_s": round(epoch_cpu_s, 1), "buckets": buckets,
+      "epoch_s": round(epoch_s, 1),
+      "epoch_cpu_s": round(epoch_cpu_s, 1),
+      "buckets": buckets,
       "eval_users_per_s": round(domain.num_users / eval_s, 1) if eval_s else None,
       "eval_s": round(eval_s, 2) if eval_s else None,
       "eval_cpu_s": round(statistics.median(eval_cpu), 2) if eval_cpu else None,
-      "warmup_s": round(warmup_s, 2), "eval_cold_s": round(eval_cold_s, 2),
-      "windows": args.windows, "steps_per_window": args.steps,
+      "warmup_s": round(warmup_s, 2),
+      "eval_cold_s": round(eval_cold_s, 2),
+      "windows": args.windows,
+      "steps_per_window": args.steps,
   }
 
 
@@ -176,16 +199,32 @@ def main() -> None:
   parser.add_argument("--backbones", default="sasrec,bert4rec,gru4rec")
   parser.add_argument("--batch_sizes", default="128,1024")
   parser.add_argument("--variant", default="recg", choices=("id", "sem", "recg"))
-  parser.add_argument("--length_buckets", default=None,
-                      help="comma-separated widths; empty = no bucketing (default: train.length_buckets)")
-  parser.add_argument("--eval_length_buckets", default=None,
-                      help="comma-separated widths; empty = none (default: eval.length_buckets)")
-  parser.add_argument("--candidate_scores", default=None, choices=("auto", "factored", "gather", "full"),
-                      help="train.candidate_scores (default: the config's)")
-  parser.add_argument("--compute_dtypes", default="float32",
-                      help="comma-separated train.compute_dtype values, each run side by side (float32, bfloat16)")
-  parser.add_argument("--baseline", action="store_true",
-                      help="also run without buckets, with the full-catalogue projection every step")
+  parser.add_argument(
+      "--length_buckets",
+      default=None,
+      help="comma-separated widths; empty = no bucketing (default: train.length_buckets)",
+  )
+  parser.add_argument(
+      "--eval_length_buckets",
+      default=None,
+      help="comma-separated widths; empty = none (default: eval.length_buckets)",
+  )
+  parser.add_argument(
+      "--candidate_scores",
+      default=None,
+      choices=("auto", "factored", "gather", "full"),
+      help="train.candidate_scores (default: the config's)",
+  )
+  parser.add_argument(
+      "--compute_dtypes",
+      default="float32",
+      help="comma-separated train.compute_dtype values, each run side by side (float32, bfloat16)",
+  )
+  parser.add_argument(
+      "--baseline",
+      action="store_true",
+      help="also run without buckets, with the full-catalogue projection every step",
+  )
   parser.add_argument("--windows", type=int, default=3)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--eval_repeats", type=int, default=3)
@@ -199,9 +238,13 @@ def main() -> None:
   setups = []
   if args.baseline:
     setups.append({"length_buckets": (), "eval_length_buckets": (), "candidate_scores": "full"})
-  setups.append({"length_buckets": _buckets_arg(args.length_buckets),
-                 "eval_length_buckets": _buckets_arg(args.eval_length_buckets),
-                 "candidate_scores": args.candidate_scores})
+  setups.append(
+      {
+          "length_buckets": _buckets_arg(args.length_buckets),
+          "eval_length_buckets": _buckets_arg(args.eval_length_buckets),
+          "candidate_scores": args.candidate_scores,
+      }
+  )
   setups = [{**setup, "compute_dtype": dtype} for setup in setups for dtype in args.compute_dtypes.split(",")]
   results = []
   load_before = os.getloadavg()[0]
@@ -209,26 +252,40 @@ def main() -> None:
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
       for setup in setups:
         r = run_one(domain, tables, backbone, args.variant, batch_size, args, setup)
-        r.update(data=data, users=domain.num_users, items=domain.num_items, device=device,
-                 jax=jax.__version__, table="random 384-d (not MiniLM)",
-                 load_avg_1m=round(os.getloadavg()[0], 2))
+        r.update(
+            data=data,
+            users=domain.num_users,
+            items=domain.num_items,
+            device=device,
+            jax=jax.__version__,
+            table="random 384-d (not MiniLM)",
+            load_avg_1m=round(os.getloadavg()[0], 2),
+        )
         print(json.dumps(r), flush=True)
         if args.out:
           with open(args.out, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
         results.append(r)
-  print(f"\n{data}, {device}, d=256, 2 layers, 2 heads, max_len 50, variant {args.variant}, random 384-d "
-        f"tables; medians; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
-        f"({os.cpu_count()} CPUs)")
-  print("| backbone | batch | length buckets | candidate scores | compute dtype | train seq/s | train targets/s "
-        "| epoch s (CPU s) | eval users/s (full + sampled100) | eval s (CPU s) | eval buckets |")
+  print(
+      f"\n{data}, {device}, d=256, 2 layers, 2 heads, max_len 50, variant {args.variant}, random 384-d "
+      f"tables; medians; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+      f"({os.cpu_count()} CPUs)"
+  )
+  print(
+      "| backbone | batch | length buckets | candidate scores | compute dtype | train seq/s "
+      "| train targets/s | epoch s (CPU s) | eval users/s (full + sampled100) | eval s (CPU s) "
+      "| eval buckets |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   fmt = lambda b: ",".join(map(str, b)) or "none"
   for r in results:
-    print(f"| {r['backbone']} | {r['batch_size']} | {fmt(r['length_buckets'])} | {r['candidate_scores']} | "
-          f"{r['compute_dtype']} | {r['train_sequences_per_s']:,.0f} | {r['train_targets_per_s']:,.0f} | {r['epoch_s']:,.0f} "
-          f"({r['epoch_cpu_s']:,.0f}) | {r['eval_users_per_s'] or 0:,.0f} | {r['eval_s'] or 0:.1f} "
-          f"({r['eval_cpu_s'] or 0:.1f}) | {fmt(r['eval_length_buckets'])} |")
+    print(
+        f"| {r['backbone']} | {r['batch_size']} | {fmt(r['length_buckets'])} | {r['candidate_scores']} | "
+        f"{r['compute_dtype']} | {r['train_sequences_per_s']:,.0f} | {r['train_targets_per_s']:,.0f} | "
+        f"{r['epoch_s']:,.0f} "
+        f"({r['epoch_cpu_s']:,.0f}) | {r['eval_users_per_s'] or 0:,.0f} | {r['eval_s'] or 0:.1f} "
+        f"({r['eval_cpu_s'] or 0:.1f}) | {fmt(r['eval_length_buckets'])} |"
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ Scientific and Scientific ← Office are reported (docs/method.md). `:paper_size
 two heads, lr 1e-3, patience 10, up to 200 epochs.
 """
 
-from recg_jax import config as config_lib
 from configs import grid_shared
+from recg_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
@@ -24,8 +24,19 @@ def get_config(arg: str | None = None):
   ec.domains = grid_shared.DOMAINS
   ec.sources = ("Scientific", "Office")
   ec.seeds = (0, 1, 2)
-  ec.presets = ("text_knn", "text_knn_center", "sem", "recg", "sem_softmax", "text_residual",
-                "text_attention", "text_mix", "text_mix_center", "recg_text_mix", "recg_softmax")
+  ec.presets = (
+      "text_knn",
+      "text_knn_center",
+      "sem",
+      "recg",
+      "sem_softmax",
+      "text_residual",
+      "text_attention",
+      "text_mix",
+      "text_mix_center",
+      "recg_text_mix",
+      "recg_softmax",
+  )
   preset, _, rest = (arg or "").partition(",")
   if preset == "paper_sizes":
     # The Scientific source only, SASRec, the decisive presets (the time a 2-core CPU has).

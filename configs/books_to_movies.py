@@ -1,4 +1,4 @@
-"""Amazon Reviews 2023 Books -> Movies_and_TV, from raw files (downloaded, or a local data.amazon2023.raw_dir).
+"""Amazon Reviews 2023 Books -> Movies_and_TV, from raw files (downloaded, or local: data.amazon2023.raw_dir).
 
 Books is tens of GB: the reader streams it, keeps reviews from data.amazon2023.min_year on, and caps the
 number of users (seeded) so that preprocessing fits a workstation.

@@ -38,8 +38,9 @@ def get_config(arg: str | None = None):
     config.data.amazon2023.max_users = AMAZON2023_MAX_USERS
     grid_shared.reduced_sizes(config)
   else:
-    raise ValueError(f"config argument {choice!r}: expected one of {DATA_CHOICES}, then optional "
-                     "key=value pairs")
+    raise ValueError(
+        f"config argument {choice!r}: expected one of {DATA_CHOICES}, then optional " "key=value pairs"
+    )
   config.experiment.name = f"reduced_zero_shot_{choice}"
   ec = config.experiment
   ec.sources = (config.data.source,)

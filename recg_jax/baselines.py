@@ -22,9 +22,12 @@ _AGGREGATE_ONLY = cli.aggregate_only_flag()
 def main(argv):
   cli.start(argv, required=("config", "workdir"))
   cli.use_compilation_cache(_WORKDIR.value)
-  summary = baselines.run_study(_CONFIG.value, _WORKDIR.value,
-                                command=cli.recorded_command("recg_jax.baselines", sys.argv[1:]),
-                                aggregate_only=_AGGREGATE_ONLY.value)
+  summary = baselines.run_study(
+      _CONFIG.value,
+      _WORKDIR.value,
+      command=cli.recorded_command("recg_jax.baselines", sys.argv[1:]),
+      aggregate_only=_AGGREGATE_ONLY.value,
+  )
   print(f"[baselines] tables: {summary['tables']}", flush=True)
   if summary["failed"]:
     raise SystemExit(f"{len(summary['failed'])} run(s) failed: {summary['failed']}")

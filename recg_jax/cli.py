@@ -29,8 +29,12 @@ def _once(name: str, define: Callable[[], Any]) -> Any:
 
 
 def config_file_flag() -> Any:
-  return _once("config", lambda: config_flags.DEFINE_config_file(
-      "config", None, "Path to a config file (file.py or file.py:arg).", lock_config=True))
+  return _once(
+      "config",
+      lambda: config_flags.DEFINE_config_file(
+          "config", None, "Path to a config file (file.py or file.py:arg).", lock_config=True
+      ),
+  )
 
 
 def workdir_flag(help_text: str) -> flags.FlagHolder:
@@ -38,8 +42,12 @@ def workdir_flag(help_text: str) -> flags.FlagHolder:
 
 
 def aggregate_only_flag() -> flags.FlagHolder:
-  return _once("aggregate_only", lambda: flags.DEFINE_bool(
-      "aggregate_only", False, "Train nothing: rebuild the tables (and plots) from the finished runs."))
+  return _once(
+      "aggregate_only",
+      lambda: flags.DEFINE_bool(
+          "aggregate_only", False, "Train nothing: rebuild the tables (and plots) from the finished runs."
+      ),
+  )
 
 
 def start(argv: Sequence[str], required: Sequence[str] = (), quiet: int = logging.WARNING) -> None:
@@ -58,6 +66,7 @@ def use_compilation_cache(workdir: str) -> None:
   """Keeps compiled programs in <workdir>/cache/xla across restarts (and across shards sharing the
   workdir), unless JAX_COMPILATION_CACHE_DIR names another folder."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
   jax.config.update("jax_compilation_cache_dir", str(paths.absolute(workdir) / "cache" / "xla"))
@@ -67,9 +76,15 @@ def use_compilation_cache(workdir: str) -> None:
 
 # Flags that choose how one invocation works (its shard, aggregation only, plots, embeddings from the cache
 # alone), not what it computes: left out of the command a study records.
-INVOCATION_FLAGS = ("--aggregate_only", "--noaggregate_only", "--plots", "--noplots",
-                    "--config.experiment.shard_index", "--config.experiment.num_shards",
-                    "--config.encoder.cache_only")
+INVOCATION_FLAGS = (
+    "--aggregate_only",
+    "--noaggregate_only",
+    "--plots",
+    "--noplots",
+    "--config.experiment.shard_index",
+    "--config.experiment.num_shards",
+    "--config.encoder.cache_only",
+)
 
 
 def recorded_command(module: str, argv: Sequence[str]) -> str:

@@ -1,4 +1,4 @@
-"""K-means over user vectors and the attention read-out of the sequence-level transfer (docs/method.md step 7).
+"""K-means over user vectors and the attention read-out of the sequence-level transfer (method step 7).
 
 `kmeans` is Lloyd's algorithm in jnp with greedy k-means++ seeding (as in scikit-learn: each new centre is
 the best of `local_trials` candidates drawn proportionally to D^2), several restarts (the lowest inertia
@@ -123,7 +123,7 @@ def _kmeans_single(x_CxMxD, w_CxM, key, iters, tol_abs, n: int, k: int, local_tr
   def body(state):
     centres, it, _ = state
     new = _lloyd_update(x_CxMxD, xsq_CxM, w_CxM, centres)
-    shift = jnp.sum((new - centres)**2)
+    shift = jnp.sum((new - centres) ** 2)
     return new, it + 1, shift
 
   init = (centres, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))
@@ -152,14 +152,16 @@ def _check_points(x_NxD, name: str) -> jax.Array:
   return x
 
 
-def kmeans(x_NxD,
-           k: int,
-           key: jax.Array,
-           iters: int = 100,
-           restarts: int = 3,
-           tol: float = 1e-6,
-           chunk: int = 65536,
-           local_trials: int | None = None) -> tuple[jax.Array, float]:
+def kmeans(
+    x_NxD,
+    k: int,
+    key: jax.Array,
+    iters: int = 100,
+    restarts: int = 3,
+    tol: float = 1e-6,
+    chunk: int = 65536,
+    local_trials: int | None = None,
+) -> tuple[jax.Array, float]:
   """K-means (k-means++ seeding, Lloyd iterations, best of `restarts`) on the rows of x.
 
   Args:
@@ -180,8 +182,9 @@ def kmeans(x_NxD,
   x = _check_points(x_NxD, "kmeans")
   n = x.shape[0]
   if not 1 <= k <= n:
-    raise ValueError(f"kmeans: need 1 <= k <= number of points, got k={k}, N={n} "
-                     "(config.transfer.num_clusters)")
+    raise ValueError(
+        f"kmeans: need 1 <= k <= number of points, got k={k}, N={n} " "(config.transfer.num_clusters)"
+    )
   if iters < 0:
     raise ValueError(f"kmeans: iters must be >= 0, got {iters} (config.transfer.kmeans_iters)")
   if restarts < 1:
@@ -200,8 +203,16 @@ def kmeans(x_NxD,
   x_CxMxD, w_CxM = _chunked(xc, chunk)
   best_centres, best_inertia = None, math.inf
   for restart_key in jax.random.split(key, restarts):
-    centres, inertia, _ = _kmeans_single(x_CxMxD, w_CxM, restart_key, jnp.asarray(iters, jnp.int32),
-                                         tol_abs, n=n, k=k, local_trials=local_trials)
+    centres, inertia, _ = _kmeans_single(
+        x_CxMxD,
+        w_CxM,
+        restart_key,
+        jnp.asarray(iters, jnp.int32),
+        tol_abs,
+        n=n,
+        k=k,
+        local_trials=local_trials,
+    )
     inertia = float(inertia)
     if inertia < best_inertia:
       best_centres, best_inertia = centres, inertia
@@ -235,12 +246,10 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 def cluster_attention(user_BxD: jax.Array, centres_KxD: jax.Array) -> jax.Array:
   """a_BxK = softmax_k(cos(y_b, s_k)) (temperature 1, docs/method.md step 7b)."""
-  cos_BxK = jnp.einsum("bd,kd->bk", _normalize(user_BxD), _normalize(centres_KxD),
-                       precision=_HIGHEST)
+  cos_BxK = jnp.einsum("bd,kd->bk", _normalize(user_BxD), _normalize(centres_KxD), precision=_HIGHEST)
   return jax.nn.softmax(cos_BxK, axis=-1)
 
 
 def aggregate(user_BxD: jax.Array, centres_KxD: jax.Array) -> jax.Array:
   """s~_BxD = sum_k a_k s_k with a = cluster_attention(y, s); pure and jittable."""
-  return jnp.einsum("bk,kd->bd", cluster_attention(user_BxD, centres_KxD), centres_KxD,
-                    precision=_HIGHEST)
+  return jnp.einsum("bk,kd->bd", cluster_attention(user_BxD, centres_KxD), centres_KxD, precision=_HIGHEST)

@@ -27,8 +27,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
   """jax.distributed.initialize, with CPU collectives switched on for CPU-only processes.
 
   TPU pods and Slurm clusters need no arguments (JAX discovers them); local or other clusters pass all
@@ -36,12 +37,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
-    raise ValueError("--coordinator_address, --num_processes and --process_id go together: give all three "
-                     "(a local or unmanaged cluster) or none (TPU pods and Slurm are discovered)")
+    raise ValueError(
+        "--coordinator_address, --num_processes and --process_id go together: give all three "
+        "(a local or unmanaged cluster) or none (TPU pods and Slurm are discovered)"
+    )
   # Only the CPU client reads this; accelerator collectives (NCCL, ICI) are unaffected.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
 
 
 def is_primary() -> bool:
@@ -70,8 +74,10 @@ def check_batch_size(batch_size: int, field: str = "train.batch_size") -> None:
   """Each process contributes batch_size / process_count rows of every global batch."""
   count = jax.process_count()
   if batch_size % count:
-    raise ValueError(f"config.{field}={batch_size} is not a multiple of the number of processes ({count}): "
-                     "every process must contribute an equal share of each global batch")
+    raise ValueError(
+        f"config.{field}={batch_size} is not a multiple of the number of processes ({count}): "
+        "every process must contribute an equal share of each global batch"
+    )
 
 
 def process_share(num: int, index: int | None = None) -> slice:
@@ -89,8 +95,9 @@ def local_rows(global_size: int) -> slice:
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
-def global_batch(local: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding,
-                 axis: int) -> dict[str, jax.Array]:
+def global_batch(
+    local: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding, axis: int
+) -> dict[str, jax.Array]:
   """One global array per entry from this process's rows (`local_rows`) along `axis`."""
   out = {}
   for k, v in local.items():
@@ -106,7 +113,7 @@ def gather_rows(local_NxD: np.ndarray, total: int) -> np.ndarray:
     return local_NxD
   per = -(-total // jax.process_count())  # every block padded to one size for the all-gather
   padded = np.zeros((per,) + local_NxD.shape[1:], local_NxD.dtype)
-  padded[:len(local_NxD)] = local_NxD
+  padded[: len(local_NxD)] = local_NxD
   blocks = np.asarray(multihost_utils.process_allgather(padded))  # [processes, per, ...]
   sizes = [process_share(total, i).stop - process_share(total, i).start for i in range(len(blocks))]
   return np.concatenate([block[:size] for block, size in zip(blocks, sizes)])

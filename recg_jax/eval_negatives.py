@@ -23,8 +23,9 @@ def _history_keys(domain: DomainData) -> tuple[np.ndarray, np.ndarray]:
   return keys, distinct_U
 
 
-def _first_distinct(cand_RxM: np.ndarray, users_R: np.ndarray, keys: np.ndarray, width: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
+def _first_distinct(
+    cand_RxM: np.ndarray, users_R: np.ndarray, keys: np.ndarray, width: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Per row, the first k draws (in draw order) that are outside the user's history and not repeats.
 
   The first k distinct accepted draws of a uniform stream are a uniform k-subset of the accepted items.
@@ -54,7 +55,7 @@ def _dense_negatives(rng: np.random.Generator, domain: DomainData, users: np.nda
   out = np.empty((len(users), k), np.int32)
   step = max(1, (1 << 22) // width)  # bound the key matrix to ~32 MB
   for lo in range(0, len(users), step):
-    chunk = users[lo:lo + step]
+    chunk = users[lo : lo + step]
     keys_RxN = rng.random((len(chunk), width))
     keys_RxN[:, 0] = np.inf
     lens = domain.lengths[chunk]
@@ -62,7 +63,7 @@ def _dense_negatives(rng: np.random.Generator, domain: DomainData, users: np.nda
     starts = np.repeat(domain.offsets[chunk], lens)
     pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
     keys_RxN[rows, domain.items[starts + pos]] = np.inf
-    out[lo:lo + len(chunk)] = np.argpartition(keys_RxN, k - 1, axis=1)[:, :k]
+    out[lo : lo + len(chunk)] = np.argpartition(keys_RxN, k - 1, axis=1)[:, :k]
   return out
 
 
@@ -87,7 +88,8 @@ def sample_eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> 
         f"domain {domain.name!r}: cannot draw {k} negatives outside the history of user "
         f"{domain.user_tokens[u]!r} (index {u}, {distinct_U[u]} distinct items) from a catalogue of "
         f"{num_items} items ({short.size} users affected); lower eval.num_sampled_negatives or drop the "
-        f"sampled protocol from eval.protocols")
+        f"sampled protocol from eval.protocols"
+    )
   rng = np.random.default_rng(seed)
   width = num_items + 1
   out = np.zeros((domain.num_users, k), np.int32)
@@ -133,5 +135,3 @@ def eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> np.ndar
   if len(_NEGATIVES_CACHE) > _NEGATIVES_CACHE_SIZE:
     _NEGATIVES_CACHE.popitem(last=False)
   return negs
-
-

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -88,8 +87,12 @@ def ranks_from_scores(scores_BxC: jax.Array, target_col_B: jax.Array, valid_BxC:
   others_BxC = valid_BxC & (cols_C[None, :] != target_col_B[:, None])
   target_B1 = jnp.take_along_axis(scores_BxC, target_col_B[:, None], axis=1)
   # Twice the rank, as one integer reduction: 2 per strictly higher score, 1 per tie.
-  twice_B = jnp.sum(jnp.where(others_BxC & (scores_BxC > target_B1), 2, 0)
-                    + jnp.where(others_BxC & (scores_BxC == target_B1), 1, 0), axis=1, dtype=jnp.int32)
+  twice_B = jnp.sum(
+      jnp.where(others_BxC & (scores_BxC > target_B1), 2, 0)
+      + jnp.where(others_BxC & (scores_BxC == target_B1), 1, 0),
+      axis=1,
+      dtype=jnp.int32,
+  )
   has_nan_B = jnp.any(others_BxC & jnp.isnan(scores_BxC), axis=1) | jnp.isnan(target_B1[:, 0])
   return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
 
@@ -130,8 +133,10 @@ def _parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, 
     if not m:
       raise ValueError(f"eval.protocols: unknown protocol {p!r}; expected 'full' or 'sampled<N>'")
     if m.group(1) and int(m.group(1)) != num_sampled:
-      raise ValueError(f"eval.protocols names {p!r} but eval.num_sampled_negatives={num_sampled}; make "
-                       f"them agree (e.g. 'sampled{num_sampled}')")
+      raise ValueError(
+          f"eval.protocols names {p!r} but eval.num_sampled_negatives={num_sampled}; make "
+          f"them agree (e.g. 'sampled{num_sampled}')"
+      )
     sampled = f"sampled{num_sampled}"
   if not full and sampled is None:
     raise ValueError("eval.protocols is empty: name at least one of 'full', 'sampled<N>'")
@@ -146,8 +151,10 @@ def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
   """
   targets = np.asarray(split.targets_U)
   if targets.shape != (domain.num_users,) or split.inputs_UxL.shape[0] != domain.num_users:
-    raise ValueError(f"split of domain {domain.name!r} has {targets.shape} targets and inputs "
-                     f"{split.inputs_UxL.shape}; expected one row per user ({domain.num_users})")
+    raise ValueError(
+        f"split of domain {domain.name!r} has {targets.shape} targets and inputs "
+        f"{split.inputs_UxL.shape}; expected one row per user ({domain.num_users})"
+    )
   if np.any(domain.lengths < 2):
     raise ValueError(f"domain {domain.name!r}: every user needs at least 2 items for leave-one-out")
   last = domain.offsets[1:] - 1
@@ -155,9 +162,11 @@ def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
   bad = np.nonzero(domain.items[pos] != targets)[0]
   if bad.size:
     u = int(bad[0])
-    raise ValueError(f"domain {domain.name!r}: target {targets[u]} of user index {u} is neither the last "
-                     f"nor the second-to-last item of the user's sequence ({bad.size} users): the split "
-                     f"was not built from this domain by leave_one_out")
+    raise ValueError(
+        f"domain {domain.name!r}: target {targets[u]} of user index {u} is neither the last "
+        f"nor the second-to-last item of the user's sequence ({bad.size} users): the split "
+        f"was not built from this domain by leave_one_out"
+    )
   return pos.astype(np.int64)
 
 
@@ -173,8 +182,9 @@ def length_groups(inputs_UxL: np.ndarray, length_buckets: Sequence[int]) -> list
 
   Widths are `length_buckets` capped at L = inputs_UxL.shape[1], plus L itself (eval.length_buckets).
   """
-  widths = np.asarray(input_pipeline.bucket_widths(length_buckets, inputs_UxL.shape[1],
-                                                   field="eval.length_buckets"))
+  widths = np.asarray(
+      input_pipeline.bucket_widths(length_buckets, inputs_UxL.shape[1], field="eval.length_buckets")
+  )
   bucket_U = np.searchsorted(widths, input_lengths(inputs_UxL), side="left")
   return [(int(w), np.flatnonzero(bucket_U == b)) for b, w in enumerate(widths) if np.any(bucket_U == b)]
 
@@ -198,21 +208,31 @@ def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array 
   target_B1 = jnp.take_along_axis(scores_BxN, target_B[:, None], axis=1)
   # Twice the rank, in one fused integer reduction over the row: 2 per higher score, 1 per tie (minus the
   # target's tie with itself). The NaN check is a max, which propagates NaN.
-  twice_B = jnp.sum(jnp.where(scores_BxN > target_B1, 2, 0) + jnp.where(scores_BxN == target_B1, 1, 0),
-                    axis=1, dtype=jnp.int32) - 1
+  twice_B = (
+      jnp.sum(
+          jnp.where(scores_BxN > target_B1, 2, 0) + jnp.where(scores_BxN == target_B1, 1, 0),
+          axis=1,
+          dtype=jnp.int32,
+      )
+      - 1
+  )
   has_nan_B = jnp.isnan(jnp.max(scores_BxN, axis=1)) | jnp.isnan(target_B1[:, 0])
   excluded_BxE = jnp.zeros_like(target_B)[:, None]  # padding column
   keep_BxE = jnp.ones_like(excluded_BxE, bool)  # *_like: keeps the batch sharding of explicit meshes
   if hist_BxW is not None:
     sorted_BxW = jnp.sort(hist_BxW, axis=1)
     repeat_BxW = jnp.concatenate(
-        [jnp.zeros_like(sorted_BxW[:, :1], bool), sorted_BxW[:, 1:] == sorted_BxW[:, :-1]], axis=1)
+        [jnp.zeros_like(sorted_BxW[:, :1], bool), sorted_BxW[:, 1:] == sorted_BxW[:, :-1]], axis=1
+    )
     keep_hist_BxW = (sorted_BxW != 0) & (sorted_BxW != target_B[:, None]) & ~repeat_BxW
     excluded_BxE = jnp.concatenate([excluded_BxE, sorted_BxW], axis=1)
     keep_BxE = jnp.concatenate([keep_BxE, keep_hist_BxW], axis=1)
   ex_BxE = jnp.take_along_axis(scores_BxN, excluded_BxE, axis=1)
-  twice_B -= jnp.sum(jnp.where(keep_BxE & (ex_BxE > target_B1), 2, 0)
-                     + jnp.where(keep_BxE & (ex_BxE == target_B1), 1, 0), axis=1, dtype=jnp.int32)
+  twice_B -= jnp.sum(
+      jnp.where(keep_BxE & (ex_BxE > target_B1), 2, 0) + jnp.where(keep_BxE & (ex_BxE == target_B1), 1, 0),
+      axis=1,
+      dtype=jnp.int32,
+  )
   return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
 
 
@@ -227,14 +247,18 @@ def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int)
   prec = _PRECISIONS[precision]
 
   def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
-    scores_bxN = jax.lax.dot_general(user_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec,
-                                     preferred_element_type=jnp.float32)
+    scores_bxN = jax.lax.dot_general(
+        user_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
+    )
     out = {}
     if sampled:
       # Gathered from the same scores: negatives lie outside the sequence, the target is never masked.
       cand_bxC = jnp.concatenate([target_b[:, None], negs_bxK], axis=1)
-      out["sampled"] = ranks_from_scores(jnp.take_along_axis(scores_bxN, cand_bxC, axis=1),
-                                         jnp.zeros_like(target_b), jnp.ones_like(cand_bxC, bool))
+      out["sampled"] = ranks_from_scores(
+          jnp.take_along_axis(scores_bxN, cand_bxC, axis=1),
+          jnp.zeros_like(target_b),
+          jnp.ones_like(cand_bxC, bool),
+      )
     if full:
       out["full"] = _full_ranks(scores_bxN, target_b, hist_bxW if mask else None)
     return out
@@ -246,15 +270,18 @@ def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int)
     rows = user_BxD.shape[0] // steps
     split = lambda x: jnp.swapaxes(x.reshape((rows, steps) + x.shape[1:]), 0, 1)
     merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((rows * steps,) + x.shape[2:])
-    out = jax.lax.map(lambda xs: block(xs[0], items_NxD, *xs[1:]),
-                      tuple(split(x) for x in (user_BxD, target_B, hist_BxW, negs_BxK)))
+    out = jax.lax.map(
+        lambda xs: block(xs[0], items_NxD, *xs[1:]),
+        tuple(split(x) for x in (user_BxD, target_B, hist_BxW, negs_BxK)),
+    )
     return {name: merge(r) for name, r in out.items()}
 
   return jax.jit(fn)
 
 
-def _geometry(eval_config: ml_collections.ConfigDict, num_items: int, num_users: int,
-              shards: int) -> tuple[int, int]:
+def _geometry(
+    eval_config: ml_collections.ConfigDict, num_items: int, num_users: int, shards: int
+) -> tuple[int, int]:
   """(batch size, scoring steps per batch). The batch is rounded up to steps * block rows * shards."""
   batch = int(eval_config.batch_size)
   if batch <= 0:
@@ -266,24 +293,38 @@ def _geometry(eval_config: ml_collections.ConfigDict, num_items: int, num_users:
     raise ValueError(f"eval.score_block_rows ({block}) and eval.max_scores_per_block ({cap}) must be >= 0")
   if cap and block * (num_items + 1) > cap:
     smaller = max(1, cap // (num_items + 1))
-    logging.info("eval: %d score rows x %d items exceeds eval.max_scores_per_block=%d; scoring %d rows "
-                 "at a time", block, num_items + 1, cap, smaller)
+    logging.info(
+        "eval: %d score rows x %d items exceeds eval.max_scores_per_block=%d; scoring %d rows " "at a time",
+        block,
+        num_items + 1,
+        cap,
+        smaller,
+    )
     block = smaller
   block = min(block, per_device)
   steps = -(-per_device // block)
   return steps * block * shards, steps
 
 
-def user_ranks(user_fn: Callable[[jax.Array], jax.Array],
-               item_vecs_NxD,
-               split: EvalSplit,
-               domain: DomainData,
-               eval_config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh | None = None,
-               protocols: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def user_ranks(
+    user_fn: Callable[[jax.Array], jax.Array],
+    item_vecs_NxD,
+    split: EvalSplit,
+    domain: DomainData,
+    eval_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
   """Per-user 0-based half-tie ranks of the target, {protocol name: ranks_U float32}. Args as `evaluate`."""
-  heads = head_ranks(lambda seq: {"": user_fn(seq)}, item_vecs_NxD, split, domain, eval_config, mesh=mesh,
-                     protocols=protocols)
+  heads = head_ranks(
+      lambda seq: {"": user_fn(seq)},
+      item_vecs_NxD,
+      split,
+      domain,
+      eval_config,
+      mesh=mesh,
+      protocols=protocols,
+  )
   return heads[""]
 
 
@@ -292,15 +333,20 @@ def _check_domain(domain: DomainData, item_vecs_NxD) -> None:
   if num_users == 0:
     raise ValueError(f"domain {domain.name!r} has no users to evaluate")
   if num_users < jax.process_count():  # a process without users would not know the heads to sum
-    raise ValueError(f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
-                     f"{jax.process_count()} processes that share them")
+    raise ValueError(
+        f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
+        f"{jax.process_count()} processes that share them"
+    )
   if item_vecs_NxD.ndim != 2 or item_vecs_NxD.shape[0] != num_items + 1:
-    raise ValueError(f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
-                     f"[{num_items + 1}, D] (row 0 = padding)")
+    raise ValueError(
+        f"item_vecs_NxD has shape {item_vecs_NxD.shape}; domain {domain.name!r} needs "
+        f"[{num_items + 1}, D] (row 0 = padding)"
+    )
 
 
-def _placement(mesh: jax.sharding.Mesh | None, item_vecs_NxD) -> tuple[jax.sharding.Mesh | None, int, Any,
-                                                                         Callable]:
+def _placement(
+    mesh: jax.sharding.Mesh | None, item_vecs_NxD
+) -> tuple[jax.sharding.Mesh | None, int, Any, Callable]:
   """(mesh, shards, items on device, put for user rows): users sharded over the mesh's 'data' axis."""
   if mesh is not None and distributed.multi():
     mesh = distributed.local_mesh()  # each process ranks its own users on its own devices
@@ -334,22 +380,26 @@ def _collect(pending: list, names: dict[str, str | None], num_users: int) -> dic
     for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
       if key in out:
         ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.zeros(num_users, np.float32))
-        ranks_U[real] = np.asarray(out[key])[:len(real)]
+        ranks_U[real] = np.asarray(out[key])[: len(real)]
   if distributed.multi():
     # Each process filled its own users and left zeros elsewhere: the sum holds every user's rank. Every
     # process has every head and protocol (the heads come from the model, not from its users).
-    ranks = {head: {name: distributed.sum_over_processes(r) for name, r in by_name.items()}
-             for head, by_name in ranks.items()}
+    ranks = {
+        head: {name: distributed.sum_over_processes(r) for name, r in by_name.items()}
+        for head, by_name in ranks.items()
+    }
   return ranks
 
 
-def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
-               item_vecs_NxD,
-               split: EvalSplit,
-               domain: DomainData,
-               eval_config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh | None = None,
-               protocols: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def head_ranks(
+    user_fn: Callable[[jax.Array], dict[str, jax.Array]],
+    item_vecs_NxD,
+    split: EvalSplit,
+    domain: DomainData,
+    eval_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
   """As user_ranks, for a user_fn that returns several user vectors per row ({head: user_BxD}, e.g. with
   and without a final transform): the model runs once per batch and every head is ranked.
   Returns {head: {protocol name: ranks_U}}."""
@@ -366,8 +416,11 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
   inputs_UxL = np.asarray(split.inputs_UxL, np.int32)
   # One history width for every split of the domain, so valid and test share a compiled shape.
   width = max(1, int(domain.lengths.max()) - 1) if mask else 1
-  negs_UxK = (negatives_lib.eval_negatives(domain, num_sampled, int(eval_config.seed)) if sampled_name
-              else np.ones((domain.num_users, 1), np.int32))
+  negs_UxK = (
+      negatives_lib.eval_negatives(domain, num_sampled, int(eval_config.seed))
+      if sampled_name
+      else np.ones((domain.num_users, 1), np.int32)
+  )
   mesh, shards, items, put = _placement(mesh, item_vecs_NxD)
   batch, steps = _geometry(eval_config, domain.num_items, domain.num_users, shards)
   ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
@@ -377,27 +430,32 @@ def head_ranks(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
     pending = []  # device results; synced once at the end so host batching overlaps device work
     for seq_width, group in _my_groups(inputs_UxL, eval_config.length_buckets):
       for lo in range(0, len(group), batch):
-        real = group[lo:lo + batch]
+        real = group[lo : lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])  # padding rows are dropped
-        users_by_head = user_fn(put(inputs_UxL[users_B, max_len - seq_width:]))
-        hist_BxW = put(_history_rows(domain, users_B, end_U[users_B], width) if mask
-                       else np.zeros((batch, 1), np.int32))
+        users_by_head = user_fn(put(inputs_UxL[users_B, max_len - seq_width :]))
+        hist_BxW = put(
+            _history_rows(domain, users_B, end_U[users_B], width) if mask else np.zeros((batch, 1), np.int32)
+        )
         target_B, negs_BxK = put(targets_U[users_B]), put(negs_UxK[users_B])
         for head, user_BxD in users_by_head.items():
           if user_BxD.shape != (batch, items.shape[1]):
-            raise ValueError(f"user_fn returned shape {user_BxD.shape}; expected [{batch}, "
-                             f"{items.shape[1]}] to score against item vectors {items.shape}")
+            raise ValueError(
+                f"user_fn returned shape {user_BxD.shape}; expected [{batch}, "
+                f"{items.shape[1]}] to score against item vectors {items.shape}"
+            )
           pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
   return _collect(pending, {"full": "full", "sampled": sampled_name}, domain.num_users)
 
 
-def evaluate(user_fn: Callable[[jax.Array], jax.Array],
-             item_vecs_NxD,
-             split: EvalSplit,
-             domain: DomainData,
-             eval_config: ml_collections.ConfigDict,
-             mesh: jax.sharding.Mesh | None = None,
-             protocols: Sequence[str] | None = None) -> dict[str, float]:
+def evaluate(
+    user_fn: Callable[[jax.Array], jax.Array],
+    item_vecs_NxD,
+    split: EvalSplit,
+    domain: DomainData,
+    eval_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, float]:
   """Recall@K / NDCG@K of every protocol, averaged over all users of `split`.
 
   Args:
@@ -419,31 +477,37 @@ def evaluate(user_fn: Callable[[jax.Array], jax.Array],
   return _metrics(ranks, tuple(eval_config.ks))
 
 
-def evaluate_heads(user_fn: Callable[[jax.Array], dict[str, jax.Array]],
-                   item_vecs_NxD,
-                   split: EvalSplit,
-                   domain: DomainData,
-                   eval_config: ml_collections.ConfigDict,
-                   mesh: jax.sharding.Mesh | None = None,
-                   protocols: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def evaluate_heads(
+    user_fn: Callable[[jax.Array], dict[str, jax.Array]],
+    item_vecs_NxD,
+    split: EvalSplit,
+    domain: DomainData,
+    eval_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, dict[str, float]]:
   """`evaluate` for a user_fn returning {head: user_BxD}: {head: metrics}, one model pass per batch."""
   ranks = head_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
   return {head: _metrics(r, tuple(eval_config.ks)) for head, r in ranks.items()}
 
 
 def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
-  return {f"{name}/{metric}": value
-          for name, ranks_U in ranks.items()
-          for metric, value in metrics_from_ranks(ranks_U, ks).items()}
+  return {
+      f"{name}/{metric}": value
+      for name, ranks_U in ranks.items()
+      for metric, value in metrics_from_ranks(ranks_U, ks).items()
+  }
 
 
-def candidate_counts(split: EvalSplit, domain: DomainData,
-                     eval_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def candidate_counts(
+    split: EvalSplit, domain: DomainData, eval_config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
   """{protocol name: C_U}, the number of candidates each user's target is ranked among (itself included):
   under `full` the catalogue less the masked history (the distinct items before the target, the target
   excepted) as `evaluate` masks it, under `sampled<N>` N + 1."""
-  run_full, sampled_name = _parse_protocols(tuple(eval_config.protocols),
-                                            int(eval_config.num_sampled_negatives))
+  run_full, sampled_name = _parse_protocols(
+      tuple(eval_config.protocols), int(eval_config.num_sampled_negatives)
+  )
   counts: dict[str, np.ndarray] = {}
   if run_full:
     masked_U = np.zeros(domain.num_users, np.int64)
@@ -451,15 +515,16 @@ def candidate_counts(split: EvalSplit, domain: DomainData,
       end_U = _target_positions(split, domain)
       targets_U = np.asarray(split.targets_U)
       for u in range(domain.num_users):
-        masked_U[u] = len(np.setdiff1d(domain.items[domain.offsets[u]:end_U[u]], targets_U[u:u + 1]))
+        masked_U[u] = len(np.setdiff1d(domain.items[domain.offsets[u] : end_U[u]], targets_U[u : u + 1]))
     counts["full"] = domain.num_items - masked_U
   if sampled_name is not None:
     counts[sampled_name] = np.full(domain.num_users, int(eval_config.num_sampled_negatives) + 1, np.int64)
   return counts
 
 
-def random_expectation(split: EvalSplit, domain: DomainData,
-                       eval_config: ml_collections.ConfigDict) -> dict[str, float]:
+def random_expectation(
+    split: EvalSplit, domain: DomainData, eval_config: ml_collections.ConfigDict
+) -> dict[str, float]:
   """Recall@K / NDCG@K a uniformly random ranking reaches in expectation, per protocol, averaged over the
   users of `split`: with C candidates the target's rank is uniform on 0..C-1, so Recall@K = min(K, C) / C
   and NDCG@K = sum_{r < min(K, C)} 1 / log2(r + 2) / C (C from candidate_counts)."""
@@ -484,20 +549,37 @@ def eval_programs(model: recommender_lib.Recommender) -> tuple[Callable, Callabl
   user_jit is traced once per input width (one per eval length bucket), items_jit once per table shape,
   in this process: an equal model gets the same jitted functions back.
   """
+
   def user_fn(params, table, seq):
     compile_stats.TRACE_COUNTS["user_fn"] += 1
     return model.apply({"params": params}, seq, table, False)
 
-  items_jit = jax.jit(lambda params, table: model.apply({"params": params}, table,
-                                                        method=recommender_lib.Recommender.item_vectors))
+  items_jit = jax.jit(
+      lambda params, table: model.apply(
+          {"params": params}, table, method=recommender_lib.Recommender.item_vectors
+      )
+  )
   return jax.jit(user_fn), items_jit
 
 
-def evaluate_split(model: recommender_lib.Recommender, params, table, split: EvalSplit, domain: DomainData,
-                   eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None) -> dict[str, float]:
+def evaluate_split(
+    model: recommender_lib.Recommender,
+    params,
+    table,
+    split: EvalSplit,
+    domain: DomainData,
+    eval_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None,
+) -> dict[str, float]:
   """`evaluate` of a Recommender's parameters with `table` swapped in (its eval_programs)."""
   user_jit, items_jit = eval_programs(model)
   # Across processes, each ranks its own users on its own devices, with local copies of the parameters.
   params, table = distributed.host_copy((params, table))
-  return evaluate(lambda seq: user_jit(params, table, seq), items_jit(params, table), split, domain,
-                  eval_config, mesh=mesh)
+  return evaluate(
+      lambda seq: user_jit(params, table, seq),
+      items_jit(params, table),
+      split,
+      domain,
+      eval_config,
+      mesh=mesh,
+  )

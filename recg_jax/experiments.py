@@ -44,9 +44,13 @@ _PLOTS = flags.DEFINE_bool("plots", True, "Write DIR/plots/*.png after the table
 def main(argv):
   cli.start(argv, required=("config", "workdir"))
   cli.use_compilation_cache(_WORKDIR.value)
-  summary = runner.run_grid(_CONFIG.value, _WORKDIR.value,
-                            command=cli.recorded_command("recg_jax.experiments", sys.argv[1:]),
-                            aggregate_only=_AGGREGATE_ONLY.value, make_plots=_PLOTS.value)
+  summary = runner.run_grid(
+      _CONFIG.value,
+      _WORKDIR.value,
+      command=cli.recorded_command("recg_jax.experiments", sys.argv[1:]),
+      aggregate_only=_AGGREGATE_ONLY.value,
+      make_plots=_PLOTS.value,
+  )
   if summary["failed"]:
     raise SystemExit(f"{len(summary['failed'])} run(s) failed: {summary['failed']}")
 

@@ -14,8 +14,8 @@ term and its gradient are exactly zero: callers should train with at least 3 dom
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
+import warnings
 
 from absl import logging
 import jax
@@ -43,9 +43,11 @@ def check_num_domains(num_domains: int) -> bool:
     return True
   if num_domains not in _warned_num_domains:
     _warned_num_domains.add(num_domains)
-    message = (f"generalization loss with {num_domains} domain(s): the inter-domain entropy is identically "
-               "zero for D < 3 (docs/method.md step 6); add target or auxiliary domains (data.targets, "
-               "data.auxiliary) to use the inter-domain term")
+    message = (
+        f"generalization loss with {num_domains} domain(s): the inter-domain entropy is identically "
+        "zero for D < 3 (docs/method.md step 6); add target or auxiliary domains (data.targets, "
+        "data.auxiliary) to use the inter-domain term"
+    )
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     logging.warning(message)
   return False
@@ -68,11 +70,14 @@ def sample_domain_items(key: jax.Array, num_items_D: Sequence[int], samples_per_
     raise ValueError("sample_domain_items: num_items_D is empty; need at least one domain")
   bad = [n for n in num_items if n < 1]
   if bad:
-    raise ValueError(f"sample_domain_items: every domain needs at least one real item, got num_items_D="
-                     f"{num_items}")
+    raise ValueError(
+        f"sample_domain_items: every domain needs at least one real item, got num_items_D=" f"{num_items}"
+    )
   if samples_per_domain < 1:
-    raise ValueError(f"sample_domain_items: samples_per_domain must be >= 1, got {samples_per_domain} "
-                     "(config.gen_loss.samples_per_domain)")
+    raise ValueError(
+        f"sample_domain_items: samples_per_domain must be >= 1, got {samples_per_domain} "
+        "(config.gen_loss.samples_per_domain)"
+    )
   keys = jax.random.split(key, len(num_items))
   maxval_D = jnp.asarray(num_items, jnp.int32) + 1  # randint's maxval is exclusive
 
@@ -104,19 +109,15 @@ def inter_entropy(z_DxBxH: jax.Array, tau) -> jax.Array:
   """[D, B] entropy of each item's softmax over the other domains' centres (own domain masked out)."""
   num_domains = z_DxBxH.shape[0]
   centres_DxH = jnp.mean(z_DxBxH, axis=1)  # unnormalised z, as in docs/method.md; cos normalises below
-  cos_DxBxE = jnp.einsum("dih,eh->die", _normalize(z_DxBxH), _normalize(centres_DxH),
-                         precision=_HIGHEST)
+  cos_DxBxE = jnp.einsum("dih,eh->die", _normalize(z_DxBxH), _normalize(centres_DxH), precision=_HIGHEST)
   own_DxE = jnp.eye(num_domains, dtype=bool)[:, None, :]
   logits = jnp.where(own_DxE, _MASK_LOGIT, cos_DxBxE / tau)
   return _entropy(logits)
 
 
-def generalization_loss(z_DxBxH: jax.Array,
-                        alpha,
-                        tau,
-                        inter_sign=1,
-                        use_intra: bool = True,
-                        use_inter: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+def generalization_loss(
+    z_DxBxH: jax.Array, alpha, tau, inter_sign=1, use_intra: bool = True, use_inter: bool = True
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_gen of docs/method.md step 6 on the aligned vectors of B sampled items from each of D domains.
 
   Args:
@@ -132,15 +133,19 @@ def generalization_loss(z_DxBxH: jax.Array,
     (loss, metrics) with metrics 'h_intra', 'h_inter', 'beta', 'loss' (scalars).
   """
   if z_DxBxH.ndim != 3:
-    raise ValueError(f"generalization_loss: expected z of shape [domains, samples, dim], got "
-                     f"{z_DxBxH.shape}")
+    raise ValueError(
+        f"generalization_loss: expected z of shape [domains, samples, dim], got " f"{z_DxBxH.shape}"
+    )
   for name, gate in (("use_intra", use_intra), ("use_inter", use_inter)):
     if not isinstance(gate, (bool, jax.Array, np.ndarray)):
-      raise TypeError(f"generalization_loss: {name} must be a Python bool or a 0/1 array gate "
-                      f"(config.gen_loss.{name}), got {type(gate).__name__}")
+      raise TypeError(
+          f"generalization_loss: {name} must be a Python bool or a 0/1 array gate "
+          f"(config.gen_loss.{name}), got {type(gate).__name__}"
+      )
   if isinstance(inter_sign, (int, float)) and inter_sign not in (1, -1):
-    raise ValueError(f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} "
-                     "(config.gen_loss.inter_sign)")
+    raise ValueError(
+        f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} " "(config.gen_loss.inter_sign)"
+    )
   if isinstance(tau, (int, float)) and tau <= 0:
     raise ValueError(f"generalization_loss: tau must be > 0, got {tau} (config.gen_loss.tau)")
   num_domains, samples, _ = z_DxBxH.shape

@@ -34,9 +34,9 @@ seed and epoch), cut into batches of B (the bucket's last partial batch is padde
 0), then the order of all batches of all buckets is shuffled by epoch alone. The number of batches per
 bucket does not depend on the seed, so the sequence of batch widths is the same for every seed: runs
 that differ only in their seed train together as one program over stacked parameters
-(recg_jax/training/), each on its own rows, at the same width at every step. With a single bucket the batch order is left as cut
-(already random), which is the unbucketed pipeline. Position (epoch, batch index) fully determines a
-batch, so resuming mid-epoch only needs the batch index.
+(recg_jax/training/), each on its own rows, at the same width at every step. With a single bucket the
+batch order is left as cut (already random), which is the unbucketed pipeline. Position (epoch, batch
+index) fully determines a batch, so resuming mid-epoch only needs the batch index.
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ class TrainingRows:
       weights = ones[:, None]
     if width is not None and width < L:
       # Right-aligned rows of input length <= width have nothing but padding before these columns.
-      if inputs[:, :L - width].any():
+      if inputs[:, : L - width].any():
         raise ValueError(f"a row has more than {width} input items: it cannot be cut to width {width}")
-      inputs = inputs[:, L - width:]
+      inputs = inputs[:, L - width :]
       if self.per_position:
-        targets, weights = targets[:, L - width:], weights[:, L - width:]
+        targets, weights = targets[:, L - width :], weights[:, L - width :]
     return {
         "inputs": np.ascontiguousarray(inputs, np.int32),
         "targets": np.ascontiguousarray(targets, np.int32),
@@ -150,8 +150,9 @@ class TrainingRows:
     }
 
 
-def bucket_widths(length_buckets: Sequence[int], max_len: int,
-                  field: str = "train.length_buckets") -> tuple[int, ...]:
+def bucket_widths(
+    length_buckets: Sequence[int], max_len: int, field: str = "train.length_buckets"
+) -> tuple[int, ...]:
   """The padded input lengths in use: `length_buckets` capped at max_len, ascending, ending at max_len.
 
   An empty `length_buckets` gives (max_len,): no bucketing. `field` names the config field in errors.
@@ -159,18 +160,22 @@ def bucket_widths(length_buckets: Sequence[int], max_len: int,
   widths = {int(max_len)}
   for b in tuple(length_buckets):
     if isinstance(b, bool) or int(b) != b or int(b) < 1:
-      raise ValueError(f"config.{field}={tuple(length_buckets)!r}: expected positive integers (padded "
-                       f"input lengths, capped at data.max_len={max_len})")
+      raise ValueError(
+          f"config.{field}={tuple(length_buckets)!r}: expected positive integers (padded "
+          f"input lengths, capped at data.max_len={max_len})"
+      )
     widths.add(min(int(b), int(max_len)))
   return tuple(sorted(widths))
 
 
-def build_rows(domain: types.DomainData,
-               max_len: int,
-               targets: str = "all_prefixes",
-               causal: bool = True,
-               objective: str = "next_item",
-               length_buckets: Sequence[int] = ()) -> TrainingRows:
+def build_rows(
+    domain: types.DomainData,
+    max_len: int,
+    targets: str = "all_prefixes",
+    causal: bool = True,
+    objective: str = "next_item",
+    length_buckets: Sequence[int] = (),
+) -> TrainingRows:
   """Training rows of `domain` for one backbone/objective (see the module docstring).
 
   Args:
@@ -191,8 +196,10 @@ def build_rows(domain: types.DomainData,
   lengths = np.minimum(np.array([len(p) for p in parts], np.int64), max_len + 1)
   keep = lengths >= (1 if cloze else 2)  # a next-item row needs one input item and one target
   if not keep.any():
-    raise ValueError(f"domain {domain.name!r}: no user has a training part long enough to train on "
-                     "(need at least 2 items before the validation and test items)")
+    raise ValueError(
+        f"domain {domain.name!r}: no user has a training part long enough to train on "
+        "(need at least 2 items before the validation and test items)"
+    )
   window, lengths = window[keep], lengths[keep]
   users = np.arange(len(lengths))
   per_position = prefix = False
@@ -211,9 +218,16 @@ def build_rows(domain: types.DomainData,
     row_user = np.repeat(users, counts)
     first = np.cumsum(counts) - counts
     row_end = np.arange(int(counts.sum())) - np.repeat(first, counts) + 1
-  rows = TrainingRows(window_UxH=window, lengths_U=lengths, row_user_N=row_user.astype(np.int64),
-                      row_end_N=row_end.astype(np.int64), max_len=max_len, per_position=per_position,
-                      cloze=cloze, prefix=prefix)
+  rows = TrainingRows(
+      window_UxH=window,
+      lengths_U=lengths,
+      row_user_N=row_user.astype(np.int64),
+      row_end_N=row_end.astype(np.int64),
+      max_len=max_len,
+      per_position=per_position,
+      cloze=cloze,
+      prefix=prefix,
+  )
   widths = bucket_widths(length_buckets, max_len)
   bucket = np.searchsorted(np.asarray(widths), rows.input_lengths(), side="left").astype(np.int64)
   return dataclasses.replace(rows, row_bucket_N=bucket, widths=widths)
@@ -253,26 +267,38 @@ def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> li
   widths, bucket = _widths_and_buckets(rows)
   if len(widths) == 1:
     perm = epoch_permutation(rows.num_rows, seed, epoch)
-    return [(widths[0], perm[lo:lo + batch_size]) for lo in range(0, rows.num_rows, batch_size)]
+    return [(widths[0], perm[lo : lo + batch_size]) for lo in range(0, rows.num_rows, batch_size)]
   rng = np.random.default_rng([seed, epoch, 0x5EED, len(widths)])
   plan = []
   for b, width in enumerate(widths):
     members = rng.permutation(np.flatnonzero(bucket == b))
-    plan.extend((width, members[lo:lo + batch_size]) for lo in range(0, len(members), batch_size))
+    plan.extend((width, members[lo : lo + batch_size]) for lo in range(0, len(members), batch_size))
   order = np.random.default_rng([epoch, 0x5EED, len(widths), 0x0DE5]).permutation(len(plan))
   return [plan[i] for i in order]
 
 
-def stacked_epoch_batches(rows: TrainingRows, batch_size: int, seeds: Sequence[int], epoch: int,
-                          start_batch: int = 0, part: slice | None = None) -> Iterator[Batch]:
+def stacked_epoch_batches(
+    rows: TrainingRows,
+    batch_size: int,
+    seeds: Sequence[int],
+    epoch: int,
+    start_batch: int = 0,
+    part: slice | None = None,
+) -> Iterator[Batch]:
   """epoch_batches of several seeds, stacked: every array gets a leading seed axis [S, B, ...]."""
   streams = [epoch_batches(rows, batch_size, int(s), epoch, start_batch, part) for s in seeds]
   for batches in zip(*streams):
     yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
-def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
-                  start_batch: int = 0, part: slice | None = None) -> Iterator[Batch]:
+def epoch_batches(
+    rows: TrainingRows,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    part: slice | None = None,
+) -> Iterator[Batch]:
   """Fixed-size numpy batches of one epoch, from batch `start_batch` on (for mid-epoch resume).
 
   part: only these rows of every global batch (a process's share, distributed.local_rows); the rows of
@@ -281,7 +307,7 @@ def epoch_batches(rows: TrainingRows, batch_size: int, seed: int, epoch: int,
   part = part or slice(0, batch_size)
   for width, idx in epoch_plan(rows, batch_size, seed, epoch)[start_batch:]:
     padded = np.full(batch_size, -1, np.int64)  # -1 = a padding row of weight 0, at the batch's end
-    padded[:len(idx)] = idx
+    padded[: len(idx)] = idx
     mine = padded[part]
     real = mine[mine >= 0]
     batch = rows.gather(real if len(real) else idx[:1], width)
@@ -356,8 +382,14 @@ def prefetch(iterator: Iterator[Batch], size: int, sharding: jax.sharding.NamedS
     thread.join()
 
 
-def cloze_mask(key: jax.Array, inputs_BxL: jax.Array, weights_BxL: jax.Array, mask_prob: float,
-               mask_id: int, last_item_prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def cloze_mask(
+    key: jax.Array,
+    inputs_BxL: jax.Array,
+    weights_BxL: jax.Array,
+    mask_prob: float,
+    mask_id: int,
+    last_item_prob: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """BERT4Rec Cloze masking, on device (train.bert4rec_objective='cloze').
 
   Each real position is masked with probability `mask_prob` (model.mask_prob). With probability
@@ -380,4 +412,3 @@ def cloze_mask(key: jax.Array, inputs_BxL: jax.Array, weights_BxL: jax.Array, ma
   masked = jnp.where(masked.any(axis=1, keepdims=True), masked, last)
   inputs = jnp.where(masked, jnp.int32(mask_id), inputs_BxL)
   return inputs, inputs_BxL, weights_BxL * masked.astype(weights_BxL.dtype)
-

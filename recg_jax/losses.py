@@ -16,8 +16,13 @@ import jax.numpy as jnp
 _NO_ITEM = 1 << 30
 
 
-def sample_negatives(key: jax.Array, positives_BxP: jax.Array, num_items: int, num_negatives: int,
-                     history_BxL: jax.Array | None = None) -> jax.Array:
+def sample_negatives(
+    key: jax.Array,
+    positives_BxP: jax.Array,
+    num_items: int,
+    num_negatives: int,
+    history_BxL: jax.Array | None = None,
+) -> jax.Array:
   """Uniform negatives neg_BxPxK int32 in 1..num_items, outside each user's history and positives.
 
   The forbidden set of user b is {history_BxL[b]} | {positives_BxP[b]}, ignoring 0 (padding) and values
@@ -47,10 +52,12 @@ def sample_negatives(key: jax.Array, positives_BxP: jax.Array, num_items: int, n
   # Allowed items below each forbidden one (0-based j): f_j - 1 - j. Fillers stay far above any r.
   below_BxM = f_BxM - 1 - jnp.arange(f_BxM.shape[1], dtype=jnp.int32)[None, :]
   allowed_B = jnp.maximum(num_items - num_forbidden_B, 1)
-  r_BxPxK = jax.random.randint(key, (batch, num_pos, num_negatives), 0, allowed_B[:, None, None],
-                               dtype=jnp.int32)
+  r_BxPxK = jax.random.randint(
+      key, (batch, num_pos, num_negatives), 0, allowed_B[:, None, None], dtype=jnp.int32
+  )
   skip_BxPK = jax.vmap(lambda g, r: jnp.searchsorted(g, r, side="right"))(
-      below_BxM, r_BxPxK.reshape(batch, -1))
+      below_BxM, r_BxPxK.reshape(batch, -1)
+  )
   neg = r_BxPxK + 1 + skip_BxPK.reshape(r_BxPxK.shape).astype(jnp.int32)
   return jnp.minimum(neg, num_items)
 
@@ -70,8 +77,9 @@ def bpr_from_scores(pos_BxP: jax.Array, neg_BxPxK: jax.Array, mask_BxP: jax.Arra
   return _masked_mean(per_pair_BxP, mask_BxP)
 
 
-def bpr_loss(user_BxPxD: jax.Array, pos_vec_BxPxD: jax.Array, neg_vec_BxPxKxD: jax.Array,
-             mask_BxP: jax.Array) -> jax.Array:
+def bpr_loss(
+    user_BxPxD: jax.Array, pos_vec_BxPxD: jax.Array, neg_vec_BxPxKxD: jax.Array, mask_BxP: jax.Array
+) -> jax.Array:
   """BPR (the paper's L_rec): -mean over real (pair, negative) of log sigmoid(<y,pos> - <y,neg>).
 
   Args:
@@ -86,8 +94,9 @@ def bpr_loss(user_BxPxD: jax.Array, pos_vec_BxPxD: jax.Array, neg_vec_BxPxKxD: j
   return bpr_from_scores(pos_BxP, neg_BxPxK, mask_BxP)
 
 
-def softmax_loss(user_BxPxD: jax.Array, items_NxD: jax.Array, targets_BxP: jax.Array,
-                 mask_BxP: jax.Array) -> jax.Array:
+def softmax_loss(
+    user_BxPxD: jax.Array, items_NxD: jax.Array, targets_BxP: jax.Array, mask_BxP: jax.Array
+) -> jax.Array:
   """Full-catalogue cross-entropy: -mean over real pairs of log softmax_n(<y, items_n>)[target].
 
   The padding row 0 is never a class (its logit is set to the dtype's minimum before the softmax).

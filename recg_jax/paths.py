@@ -56,5 +56,6 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 def write_json_atomic(path: PathLike, payload: Any, indent: int = 1, sort_keys: bool = False) -> None:
   """payload as UTF-8 JSON (objects it cannot encode as their str), written atomically."""
-  write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
-                                     default=str) + "\n")
+  write_text_atomic(
+      path, json.dumps(payload, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str) + "\n"
+  )

@@ -43,10 +43,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: paths.Path) -> dict
   return domains
 
 
-def embed_domains(config: ml_collections.ConfigDict, workdir: paths.Path,
-                  domains: dict[str, types.DomainData]) -> dict[str, np.ndarray]:
+def embed_domains(
+    config: ml_collections.ConfigDict, workdir: paths.Path, domains: dict[str, types.DomainData]
+) -> dict[str, np.ndarray]:
   """Frozen LLM table per domain ([I+1, H], row 0 zeros), computed once and cached."""
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
+
   return {name: embed.domain_embeddings(config, domain, workdir) for name, domain in domains.items()}
 
 
@@ -65,7 +67,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
     tables = embed_domains(config, workdir_path, domains)
   if mode == "embed":
     return None
-  outcome, = train_and_transfer([config], [workdir_path], domains, tables)
+  (outcome,) = train_and_transfer([config], [workdir_path], domains, tables)
   if isinstance(outcome, Exception):
     raise outcome
   return outcome
@@ -76,22 +78,26 @@ def run_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(dict.fromkeys([config.data.source, *config.data.targets, *config.data.auxiliary]))
 
 
-def model_tables(config: ml_collections.ConfigDict,
-                 tables: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+def model_tables(
+    config: ml_collections.ConfigDict, tables: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray] | None:
   """The frozen tables of the run's domains as its model reads them (model.table_transform applied);
   None for variant 'id', which reads no table."""
   if config.model.variant == "id" or tables is None:
     return None
   from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
+
   names = [n for n in run_domains(config) if n in tables]
   return text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
 
 
-def train_and_transfer(configs: Sequence[ml_collections.ConfigDict],
-                       workdirs: Sequence[str | paths.Path],
-                       domains: dict[str, types.DomainData],
-                       tables: dict[str, np.ndarray] | None,
-                       group_dir: str | paths.Path | None = None) -> list[Outcome]:
+def train_and_transfer(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str | paths.Path],
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+    group_dir: str | paths.Path | None = None,
+) -> list[Outcome]:
   """Runs models that differ only in traced fields through training and transfer; one outcome per model.
 
   Each config's experiment.mode decides how far it goes: 'in_domain' trains and tests on the source,
@@ -105,8 +111,10 @@ def train_and_transfer(configs: Sequence[ml_collections.ConfigDict],
   config = configs[0]
   zero_shot = str(config.experiment.mode) == "zero_shot"
   if zero_shot and config.model.variant == "id":
-    raise ValueError("config.model.variant='id' has no item text, so it cannot transfer to another domain: "
-                     "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs")
+    raise ValueError(
+        "config.model.variant='id' has no item text, so it cannot transfer to another domain: "
+        "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs"
+    )
   run_tables = model_tables(config, tables)
   names = run_domains(config) if config.model.variant != "id" else (config.data.source,)
   missing = [n for n in names if n not in domains]
@@ -114,16 +122,21 @@ def train_and_transfer(configs: Sequence[ml_collections.ConfigDict],
     raise ValueError(f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})")
   run_domains_ = {n: domains[n] for n in names}
   if config.model.variant == "text_knn":
-    return [_outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
-            for c, w in zip(configs, workdirs)]
+    return [
+        _outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
+        for c, w in zip(configs, workdirs)
+    ]
   from recg_jax import training  # pylint: disable=g-import-not-at-top
+
   trained = training.train_members(configs, workdirs, run_domains_, run_tables, group_dir=group_dir)
   outcomes: list[Outcome] = []
   for c, w, result in zip(configs, workdirs, trained):
     if result.error:
       outcomes.append(training.NonFiniteLossError(result.error))
     elif zero_shot:
-      outcomes.append(_outcome(lambda c=c, w=w, r=result: transfer_trained(c, w, run_domains_, run_tables, r)))
+      outcomes.append(
+          _outcome(lambda c=c, w=w, r=result: transfer_trained(c, w, run_domains_, run_tables, r))
+      )
     else:
       records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
       results_lib.print_summary(records, w / "results.md")
@@ -140,22 +153,29 @@ def _outcome(run_one) -> Outcome:
     return e
 
 
-def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
-                       domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
-                       zero_shot: bool = True) -> list[dict]:
+def evaluate_untrained(
+    config: ml_collections.ConfigDict,
+    workdir: str | paths.Path,
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray],
+    zero_shot: bool = True,
+) -> list[dict]:
   """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
   zero_shot, every target's test split, through the same evaluation as the trained models. Writes
   results.json / results.md in workdir and returns the records."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+
   variant = str(config.model.variant)
   if variant != "text_knn":
-    raise ValueError(f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
-                     f"{variant!r}")
+    raise ValueError(
+        f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got " f"{variant!r}"
+    )
   source = config.data.source
   missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
   if missing:
     raise ValueError(f"variant 'text_knn' needs the frozen tables of {missing}")
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+
   model, params = recommender.build_model(config, domains[source].num_items), {}
   source_metrics = {}
   for split in ("valid", "test"):
@@ -164,32 +184,45 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str | paths.P
   records = [results_lib.make_record(config, "in_domain", source, source_metrics, extra={"trained": False})]
   for target in (config.data.targets if zero_shot else ()):
     m = transfer.evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
-    records.append(results_lib.make_record(config, "zero_shot", target,
-                                           {f"zero_shot/{k}": v for k, v in m.items()}))
+    records.append(
+        results_lib.make_record(config, "zero_shot", target, {f"zero_shot/{k}": v for k, v in m.items()})
+    )
   results_lib.write_and_print(workdir, records, config)
   return records
 
 
-def transfer_trained(config: ml_collections.ConfigDict, workdir: str | paths.Path,
-                     domains: dict[str, types.DomainData], tables: dict[str, np.ndarray],
-                     trained) -> list[dict]:
+def transfer_trained(
+    config: ml_collections.ConfigDict,
+    workdir: str | paths.Path,
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray],
+    trained,
+) -> list[dict]:
   """After training (alone or as a member of training.train_members): the sequence-level step, the source
   test split and every target; writes results.json / results.md in workdir and returns the records."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
+
   workdir = paths.as_path(workdir)
   source = config.data.source
   seq_transfer = None
   if transfer.sequence_step_enabled(config):
-    seq_transfer = transfer.fit_sequence_transfer(config, trained.model, trained.params, tables[source],
-                                                  domains[source])
+    seq_transfer = transfer.fit_sequence_transfer(
+        config, trained.model, trained.params, tables[source], domains[source]
+    )
     transfer.save_sequence_transfer(workdir, seq_transfer)
-  records = [results_lib.make_record(
-      config, "in_domain", source,
-      transfer.source_metrics(config, trained, tables[source], domains[source], seq_transfer),
-      extra={"best_epoch": trained.best_epoch, "stop_reason": trained.stop_reason})]
+  records = [
+      results_lib.make_record(
+          config,
+          "in_domain",
+          source,
+          transfer.source_metrics(config, trained, tables[source], domains[source], seq_transfer),
+          extra={"best_epoch": trained.best_epoch, "stop_reason": trained.stop_reason},
+      )
+  ]
   for target in config.data.targets:
-    metrics = transfer.target_metrics(config, trained.model, trained.params, tables[target], domains[target],
-                                      seq_transfer)
+    metrics = transfer.target_metrics(
+        config, trained.model, trained.params, tables[target], domains[target], seq_transfer
+    )
     records.append(results_lib.make_record(config, "zero_shot", target, metrics))
   results_lib.write_and_print(workdir, records, config)
   return records

@@ -38,6 +38,7 @@ def pca_2d(x_NxD: np.ndarray) -> np.ndarray:
 def tsne_2d(x_NxD: np.ndarray, seed: int = 0, max_iter: int = 1000) -> np.ndarray:
   """t-SNE to 2-D (sklearn), PCA-initialised; perplexity capped for small samples: [N, 2]."""
   from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+
   n = len(x_NxD)
   perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
   tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, max_iter=max_iter)
@@ -47,6 +48,7 @@ def tsne_2d(x_NxD: np.ndarray, seed: int = 0, max_iter: int = 1000) -> np.ndarra
 def domain_silhouette(points: dict[str, np.ndarray], seed: int = 0, max_points: int = 6000) -> float:
   """Cosine silhouette of the domain labels (sklearn), on at most max_points points (seeded sample)."""
   from sklearn.metrics import silhouette_score  # pylint: disable=g-import-not-at-top
+
   x = np.concatenate(list(points.values()))
   labels = np.concatenate([np.full(len(v), i) for i, v in enumerate(points.values())])
   if len(points) < 2 or len(x) <= len(points):
@@ -64,9 +66,14 @@ def _save(fig, path: str | os.PathLike) -> paths.Path:
   return path
 
 
-def embedding_projection(panels: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | os.PathLike,
-                         method: str = "pca", seed: int = 0, title: str = "",
-                         tsne_iters: int = 1000) -> paths.Path:
+def embedding_projection(
+    panels: Sequence[tuple[str, dict[str, np.ndarray]]],
+    path: str | os.PathLike,
+    method: str = "pca",
+    seed: int = 0,
+    title: str = "",
+    tsne_iters: int = 1000,
+) -> paths.Path:
   """One scatter per panel (title, {domain: items_NxD}); all domains of a panel are projected together.
 
   Colours are fixed per domain across panels.
@@ -84,11 +91,19 @@ def embedding_projection(panels: Sequence[tuple[str, dict[str, np.ndarray]]], pa
     start = 0
     for n in points:
       m = len(points[n])
-      ax.scatter(xy[start:start + m, 0], xy[start:start + m, 1], s=4, alpha=0.5, color=colours[n],
-                 label=f"{n} ({m})", rasterized=True)
+      ax.scatter(
+          xy[start : start + m, 0],
+          xy[start : start + m, 1],
+          s=4,
+          alpha=0.5,
+          color=colours[n],
+          label=f"{n} ({m})",
+          rasterized=True,
+      )
       start += m
-    ax.set_title(f"{panel_title}\ndomain silhouette (cosine) {domain_silhouette(points, seed):.3f}",
-                 fontsize=9)
+    ax.set_title(
+        f"{panel_title}\ndomain silhouette (cosine) {domain_silhouette(points, seed):.3f}", fontsize=9
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, markerscale=3, loc="best")
@@ -96,9 +111,13 @@ def embedding_projection(panels: Sequence[tuple[str, dict[str, np.ndarray]]], pa
   return _save(fig, path)
 
 
-def alpha_sensitivity(series: dict[str, dict[str, list[tuple[float, Stat]]]], metrics: Sequence[str],
-                      path: str | os.PathLike, title: str = "",
-                      default_alpha: float | None = None) -> paths.Path:
+def alpha_sensitivity(
+    series: dict[str, dict[str, list[tuple[float, Stat]]]],
+    metrics: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    default_alpha: float | None = None,
+) -> paths.Path:
   """One panel per metric: value (%) vs alpha on a log axis, one line per label (a target or the
   source's in-domain split), error bars = std over seeds.
 
@@ -113,8 +132,15 @@ def alpha_sensitivity(series: dict[str, dict[str, list[tuple[float, Stat]]]], me
       a = np.array([p[0] for p in points])
       mean = 100 * np.array([p[1][0] for p in points])
       std = 100 * np.array([p[1][1] or 0.0 for p in points])
-      ax.errorbar(a, mean, yerr=std, marker="o", capsize=3, label=label,
-                  linestyle="--" if "in-domain" in label else "-")
+      ax.errorbar(
+          a,
+          mean,
+          yerr=std,
+          marker="o",
+          capsize=3,
+          label=label,
+          linestyle="--" if "in-domain" in label else "-",
+      )
     if default_alpha is not None:
       ax.axvline(default_alpha, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
@@ -126,16 +152,26 @@ def alpha_sensitivity(series: dict[str, dict[str, list[tuple[float, Stat]]]], me
   return _save(fig, path)
 
 
-def pair_bars(bars: dict[str, dict[str, list[tuple[str, Stat | None, Stat | None]]]],
-              metrics: Sequence[str], path: str | os.PathLike, title: str = "") -> paths.Path:
+def pair_bars(
+    bars: dict[str, dict[str, list[tuple[str, Stat | None, Stat | None]]]],
+    metrics: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> paths.Path:
   """Grouped bars (%): Sem and RecG for every pair, one panel per (metric, backbone); error bars = std.
 
   bars: backbone -> metric -> [(pair label, sem (mean, std) or None, recg (mean, std) or None), ...].
   """
   backbones = list(bars)
-  fig, axes = plt.subplots(len(metrics), len(backbones), squeeze=False,
-                           figsize=(max(4.0, 1.1 * max(len(v) for b in bars.values() for v in b.values()))
-                                    * len(backbones), 3.2 * len(metrics)))
+  fig, axes = plt.subplots(
+      len(metrics),
+      len(backbones),
+      squeeze=False,
+      figsize=(
+          max(4.0, 1.1 * max(len(v) for b in bars.values() for v in b.values())) * len(backbones),
+          3.2 * len(metrics),
+      ),
+  )
   width = 0.38
   for col, backbone in enumerate(backbones):
     for row, metric in enumerate(metrics):

@@ -33,14 +33,19 @@ def protocol_descriptions(eval_config: ml_collections.ConfigDict) -> dict[str, s
   out = {}
   for p in eval_config.protocols:
     if p == "full":
-      masked = ("items of the input history masked (the target itself never)" if eval_config.mask_history
-                else "nothing masked")
+      masked = (
+          "items of the input history masked (the target itself never)"
+          if eval_config.mask_history
+          else "nothing masked"
+      )
       out[p] = f"full ranking: the target against every item of the domain, {masked}"
     else:
       m = re.match(r"^sampled(\d*)$", p)
       n = int(m.group(1)) if m and m.group(1) else int(eval_config.num_sampled_negatives)
-      out[p] = (f"sampled: the target against {n} negatives drawn uniformly once per user (seed "
-                f"{eval_config.seed}) from items outside the user's whole history (the paper's protocol)")
+      out[p] = (
+          f"sampled: the target against {n} negatives drawn uniformly once per user (seed "
+          f"{eval_config.seed}) from items outside the user's whole history (the paper's protocol)"
+      )
   return out
 
 
@@ -48,8 +53,10 @@ def loss_name(config: ml_collections.ConfigDict) -> str:
   """The training objective in words, e.g. 'BPR (5 uniform negatives), all prefixes + L_gen(...)'."""
   tc, mc = config.train, config.model
   if mc.variant == "text_knn":
-    return (f"none: no training (cosine with the history mean, knn_decay={mc.knn_decay}, "
-            f"table_transform={mc.table_transform})")
+    return (
+        f"none: no training (cosine with the history mean, knn_decay={mc.knn_decay}, "
+        f"table_transform={mc.table_transform})"
+    )
   if tc.loss == "bpr":
     rec = f"BPR ({tc.num_negatives} uniform negatives outside the history)"
   else:
@@ -78,11 +85,22 @@ def config_summary(config: ml_collections.ConfigDict) -> str:
   """A compact line with the fields that most change results."""
   mc, tc, dc = config.model, config.train, config.data
   if mc.variant == "text_knn":
-    return (f"text_knn (no training) knn_decay={mc.knn_decay} table_transform={mc.table_transform} "
-            f"max_len={dc.max_len} encoder={config.encoder.model} ({config.encoder.pooling})")
-  parts = [f"d={mc.hidden_dim}", f"layers={mc.num_layers}", f"heads={mc.num_heads}",
-           f"dropout={mc.dropout}/{mc.emb_dropout}", f"lr={tc.learning_rate}", f"batch={tc.batch_size}",
-           f"max_len={dc.max_len}", f"epochs<={tc.num_epochs}", f"patience={tc.patience}", f"seed={tc.seed}"]
+    return (
+        f"text_knn (no training) knn_decay={mc.knn_decay} table_transform={mc.table_transform} "
+        f"max_len={dc.max_len} encoder={config.encoder.model} ({config.encoder.pooling})"
+    )
+  parts = [
+      f"d={mc.hidden_dim}",
+      f"layers={mc.num_layers}",
+      f"heads={mc.num_heads}",
+      f"dropout={mc.dropout}/{mc.emb_dropout}",
+      f"lr={tc.learning_rate}",
+      f"batch={tc.batch_size}",
+      f"max_len={dc.max_len}",
+      f"epochs<={tc.num_epochs}",
+      f"patience={tc.patience}",
+      f"seed={tc.seed}",
+  ]
   if mc.variant != "id":
     parts.append(f"encoder={config.encoder.model} ({config.encoder.pooling})")
   if mc.variant == "recg":
@@ -100,8 +118,13 @@ def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-def make_record(config: ml_collections.ConfigDict, stage: str, domain: str, metrics: dict[str, Any],
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_record(
+    config: ml_collections.ConfigDict,
+    stage: str,
+    domain: str,
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
   """A results row for `domain` (the source for in-domain runs, a target for zero-shot ones)."""
   return {
       "stage": stage,
@@ -149,8 +172,12 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     cols = [(p, n, k) for s, p, n, k in keys if s == split]
     header = ["stage", "domain", "backbone", "variant", "loss", "seed"]
     header += [f"{p} {_SHORT.get(n, n)}@{k}" for p, n, k in cols] + ["config"]
-    lines = [f"**{split}** (metrics in %)", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        f"**{split}** (metrics in %)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     for r in records:
       if not any(f"{split}/{p}/{n}@{k}" in r["metrics"] for p, n, k in cols):
         continue
@@ -167,8 +194,11 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
 def format_summary(records: Sequence[dict[str, Any]], ks: Sequence[int] = (10,)) -> str:
   """A compact console table: one row per record, Recall/NDCG@K for each split and protocol."""
-  keys = [key for key in _metric_key_order([k for r in records for k in r["metrics"]])
-          if key[3] in ks and key[0] != "valid"]
+  keys = [
+      key
+      for key in _metric_key_order([k for r in records for k in r["metrics"]])
+      if key[3] in ks and key[0] != "valid"
+  ]
   header = ["stage", "domain", "model"] + [f"{s} {p} {_SHORT.get(n, n)}@{k}" for s, p, n, k in keys]
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   for r in records:
@@ -191,24 +221,34 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
   return items
 
 
-def render_markdown(records: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
-                    title: str = "Results") -> str:
+def render_markdown(
+    records: Sequence[dict[str, Any]], config: ml_collections.ConfigDict, title: str = "Results"
+) -> str:
   protocols = protocol_descriptions(config.eval)
   lines = [f"# {title}", "", format_table(records), "", "## Protocols", ""]
   lines += [f"- `{p}`: {text}" for p, text in protocols.items()]
-  lines += ["- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target; "
-            "Recall@K = HR@K (one target); NDCG@K = 1/log2(rank + 2) if rank < K.",
-            f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
-            f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
-            "", "## Config", "", "```"]
+  lines += [
+      "- rank = #candidates scoring strictly higher + 0.5 * #other candidates tied with the target; "
+      "Recall@K = HR@K (one target); NDCG@K = 1/log2(rank + 2) if rank < K.",
+      f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
+      f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
+      "",
+      "## Config",
+      "",
+      "```",
+  ]
   lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in _flat(config_dict(config))]
   lines += ["```", ""]
   return "\n".join(lines)
 
 
-def write_results(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
-                  config: ml_collections.ConfigDict, stem: str = "results",
-                  title: str = "Results") -> tuple[paths.Path, paths.Path]:
+def write_results(
+    workdir: str | paths.Path,
+    records: Sequence[dict[str, Any]],
+    config: ml_collections.ConfigDict,
+    stem: str = "results",
+    title: str = "Results",
+) -> tuple[paths.Path, paths.Path]:
   """Writes `<stem>.json` (records, protocols, config) and `<stem>.md` in workdir; returns both paths.
   Only the primary process writes (the others compute the same records)."""
   workdir = paths.as_path(workdir)
@@ -216,8 +256,11 @@ def write_results(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
   if not distributed.is_primary():
     return json_path, md_path
   workdir.mkdir(parents=True, exist_ok=True)
-  payload = {"records": list(records), "protocols": protocol_descriptions(config.eval),
-             "config": config_dict(config)}
+  payload = {
+      "records": list(records),
+      "protocols": protocol_descriptions(config.eval),
+      "config": config_dict(config),
+  }
   json_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
   md_path.write_text(render_markdown(records, config, title), encoding="utf-8")
   return json_path, md_path
@@ -230,8 +273,9 @@ def print_summary(records: Sequence[dict[str, Any]], md_path: str | paths.Path) 
     print(f"[results] {md_path}", flush=True)
 
 
-def write_and_print(workdir: str | paths.Path, records: Sequence[dict[str, Any]],
-                    config: ml_collections.ConfigDict) -> None:
+def write_and_print(
+    workdir: str | paths.Path, records: Sequence[dict[str, Any]], config: ml_collections.ConfigDict
+) -> None:
   """write_results, then print_summary."""
   _, md_path = write_results(workdir, records, config)
   print_summary(records, md_path)

@@ -54,9 +54,11 @@ def save_sequence_transfer(workdir: str | os.PathLike, seq_transfer: SequenceTra
   """Writes the centres and W_f as an orbax checkpoint in <workdir>/transfer (orbax renames a finished
   temporary folder into place, so a crash never leaves half of one); returns its path."""
   path = paths.absolute(workdir) / TRANSFER_DIR
-  tree = {"centres_KxD": np.asarray(seq_transfer.centres_KxD, np.float32),
-          "fusion_params": jax.device_get(seq_transfer.fusion_params),
-          "inertia": np.float32(seq_transfer.inertia)}
+  tree = {
+      "centres_KxD": np.asarray(seq_transfer.centres_KxD, np.float32),
+      "fusion_params": jax.device_get(seq_transfer.fusion_params),
+      "inertia": np.float32(seq_transfer.inertia),
+  }
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, tree, force=True)
   checkpointer.wait_until_finished()
@@ -69,8 +71,11 @@ def load_sequence_transfer(workdir: str | os.PathLike) -> SequenceTransfer | Non
   if not path.is_dir():
     return None
   tree = ocp.StandardCheckpointer().restore(path)
-  return SequenceTransfer(centres_KxD=np.asarray(tree["centres_KxD"]), fusion_params=tree["fusion_params"],
-                          inertia=float(tree["inertia"]))
+  return SequenceTransfer(
+      centres_KxD=np.asarray(tree["centres_KxD"]),
+      fusion_params=tree["fusion_params"],
+      inertia=float(tree["inertia"]),
+  )
 
 
 def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray, batch: int) -> np.ndarray:
@@ -78,7 +83,7 @@ def _batched_apply(fn: Callable[[jax.Array], jax.Array], inputs_NxL: np.ndarray,
   n = len(inputs_NxL)
   out = []
   for start in range(0, n, batch):
-    chunk = inputs_NxL[start:start + batch]
+    chunk = inputs_NxL[start : start + batch]
     real = len(chunk)
     if real < batch:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
@@ -113,8 +118,9 @@ def _heads_program(model: recommender_lib.Recommender, width: int) -> Callable:
   return jax.jit(apply)
 
 
-def user_heads_fn(model: recommender_lib.Recommender, params, table_NxH,
-                  seq_transfer: SequenceTransfer | None) -> Callable[[jax.Array], dict[str, jax.Array]]:
+def user_heads_fn(
+    model: recommender_lib.Recommender, params, table_NxH, seq_transfer: SequenceTransfer | None
+) -> Callable[[jax.Array], dict[str, jax.Array]]:
   """seq_BxL -> {'plain': y_BxD, 'fused': g_BxD = W_f [y; s~]} from one pass of the sequence model
   ('fused' only with a sequence-level step)."""
   apply = _heads_program(model, model.output_dim(table_NxH.shape[-1]))
@@ -139,9 +145,11 @@ def _wf_training_rows(domain: types.DomainData, max_len: int) -> tuple[np.ndarra
 
 _aggregate = jax.jit(clustering.aggregate)
 
+
 @functools.cache
-def _wf_step_program(width: int, num_neg: int, num_items: int,
-                     learning_rate: float) -> tuple[Callable, optax.GradientTransformation]:
+def _wf_step_program(
+    width: int, num_neg: int, num_items: int, learning_rate: float
+) -> tuple[Callable, optax.GradientTransformation]:
   """(step(fp, opt, items_IxD, y, s, target, history, weight, key) -> (fp, opt, loss), optimizer), one
   per width, negatives, catalogue size and learning rate (the item vectors are an argument)."""
   fusion = heads.SequenceFusion(features=width)
@@ -153,8 +161,7 @@ def _wf_step_program(width: int, num_neg: int, num_items: int,
 
     def loss_fn(fp):
       g_Bx1xD = fusion.apply({"params": fp}, y, s)[:, None, :]
-      return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK],
-                             weight[:, None])
+      return losses.bpr_loss(g_Bx1xD, items_IxD[target][:, None, :], items_IxD[negs_Bx1xK], weight[:, None])
 
     loss, grads = jax.value_and_grad(loss_fn)(fp)
     updates, opt = optimizer.update(grads, opt, fp)
@@ -163,8 +170,13 @@ def _wf_step_program(width: int, num_neg: int, num_items: int,
   return step, optimizer
 
 
-def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
-                          table_NxH, domain: types.DomainData) -> SequenceTransfer:
+def fit_sequence_transfer(
+    config: ml_collections.ConfigDict,
+    model: recommender_lib.Recommender,
+    params,
+    table_NxH,
+    domain: types.DomainData,
+) -> SequenceTransfer:
   """Steps 7a-c on the source domain: centres from k-means of source users, then W_f by BPR."""
   tc, max_len = config.transfer, int(config.data.max_len)
   key = jax.random.key(int(config.train.seed) + 7919)  # its own stream, reproducible from the run seed
@@ -175,12 +187,17 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
   # a. Source users' vectors from their training parts (the inputs of the validation split).
   y_UxD = _batched_apply(user_fn, types.leave_one_out(domain, "valid", max_len).inputs_UxL, batch)
   k = min(int(tc.num_clusters), len(y_UxD))
-  centres, inertia = clustering.kmeans(y_UxD, k, kmeans_key, iters=int(tc.kmeans_iters),
-                                       restarts=int(tc.kmeans_restarts), tol=float(tc.kmeans_tol),
-                                       chunk=int(tc.kmeans_chunk))
+  centres, inertia = clustering.kmeans(
+      y_UxD,
+      k,
+      kmeans_key,
+      iters=int(tc.kmeans_iters),
+      restarts=int(tc.kmeans_restarts),
+      tol=float(tc.kmeans_tol),
+      chunk=int(tc.kmeans_chunk),
+  )
   centres = np.asarray(centres)
-  print(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}",
-        flush=True)
+  print(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}", flush=True)
 
   # c. W_f on frozen y, s~ and item vectors.
   inputs, targets, hist = _wf_training_rows(domain, max_len)
@@ -190,8 +207,9 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
   width = model.output_dim(table_NxH.shape[-1])
   fusion = heads.SequenceFusion(features=width)
   fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
-  step, optimizer = _wf_step_program(width, int(config.train.num_negatives), domain.num_items,
-                                     float(tc.wf_learning_rate))
+  step, optimizer = _wf_step_program(
+      width, int(config.train.num_negatives), domain.num_items, float(tc.wf_learning_rate)
+  )
   opt_state = optimizer.init(fusion_params)
 
   bs = int(config.train.batch_size)
@@ -200,31 +218,50 @@ def fit_sequence_transfer(config: ml_collections.ConfigDict, model: recommender_
   step_index = 0
   for epoch in range(int(tc.wf_epochs)):
     order = rng.permutation(n)
-    order = np.concatenate([order, order[:(-n) % bs]])  # fixed shapes: pad with repeats, weight 0
+    order = np.concatenate([order, order[: (-n) % bs]])  # fixed shapes: pad with repeats, weight 0
     weight = np.ones(len(order), np.float32)
     weight[n:] = 0.0
     epoch_loss = []
-    for start in tqdm.trange(0, len(order), bs, desc=f"W_f epoch {epoch}", leave=False,
-                             dynamic_ncols=True, mininterval=1.0):
-      idx = order[start:start + bs]
+    for start in tqdm.trange(
+        0, len(order), bs, desc=f"W_f epoch {epoch}", leave=False, dynamic_ncols=True, mininterval=1.0
+    ):
+      idx = order[start : start + bs]
       fusion_params, opt_state, loss = step(
-          fusion_params, opt_state, items_IxD, y_NxD[idx], s_NxD[idx], targets[idx], hist[idx],
-          weight[start:start + bs], jax.random.fold_in(wf_key, step_index))
+          fusion_params,
+          opt_state,
+          items_IxD,
+          y_NxD[idx],
+          s_NxD[idx],
+          targets[idx],
+          hist[idx],
+          weight[start : start + bs],
+          jax.random.fold_in(wf_key, step_index),
+      )
       step_index += 1
       epoch_loss.append(loss)
     mean_loss = float(np.mean(jax.device_get(epoch_loss)))
     if not np.isfinite(mean_loss):
-      raise NonFiniteLossError(f"W_f training loss is {mean_loss} in epoch {epoch}: lower "
-                                         "config.transfer.wf_learning_rate")
+      raise NonFiniteLossError(
+          f"W_f training loss is {mean_loss} in epoch {epoch}: lower " "config.transfer.wf_learning_rate"
+      )
     logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
-  return SequenceTransfer(centres_KxD=centres, fusion_params=jax.device_get(fusion_params),
-                          inertia=float(inertia))
+  return SequenceTransfer(
+      centres_KxD=centres, fusion_params=jax.device_get(fusion_params), inertia=float(inertia)
+  )
 
 
-def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params,
-                          table_NxH, domain: types.DomainData, seq_transfer: SequenceTransfer | None,
-                          split: str, mesh=None, heads_wanted: tuple[str, ...] = ("fused", "plain"),
-                          model_weights: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
+def evaluate_domain_heads(
+    config: ml_collections.ConfigDict,
+    model: recommender_lib.Recommender,
+    params,
+    table_NxH,
+    domain: types.DomainData,
+    seq_transfer: SequenceTransfer | None,
+    split: str,
+    mesh=None,
+    heads_wanted: tuple[str, ...] = ("fused", "plain"),
+    model_weights: tuple[float, ...] = (),
+) -> dict[str, dict[str, float]]:
   """Both protocols on `domain`'s `split`, with `table_NxH` swapped in and every parameter unchanged, for
   each wanted head of user_heads_fn that exists: {head: metrics}, one pass of the sequence model per
   batch, one scoring per head. Each of model_weights (text_user 'mix' only) adds the head '<head>@w<w>':
@@ -243,8 +280,15 @@ def evaluate_domain_heads(config: ml_collections.ConfigDict, model: recommender_
 
     def user_fn(seq_BxL):
       users = plain_fn(seq_BxL)
-      return {**users, **{weighted_head(h, w): v.at[:, width:].multiply(w)
-                          for h, v in users.items() for w in model_weights}}
+      return {
+          **users,
+          **{
+              weighted_head(h, w): v.at[:, width:].multiply(w)
+              for h, v in users.items()
+              for w in model_weights
+          },
+      }
+
   return evaluate_lib.evaluate_heads(user_fn, items, rows, domain, config.eval, mesh=mesh)
 
 
@@ -252,43 +296,64 @@ def weighted_head(head: str, weight: float) -> str:
   return f"{head}@w{float(weight):g}"
 
 
-def evaluate_domain(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
-                    domain: types.DomainData, seq_transfer: SequenceTransfer | None, split: str,
-                    mesh=None) -> dict[str, float]:
+def evaluate_domain(
+    config: ml_collections.ConfigDict,
+    model: recommender_lib.Recommender,
+    params,
+    table_NxH,
+    domain: types.DomainData,
+    seq_transfer: SequenceTransfer | None,
+    split: str,
+    mesh=None,
+) -> dict[str, float]:
   """The method's metrics (with the sequence-level step when there is one); see evaluate_domain_heads."""
   head = main_head(seq_transfer)
-  return evaluate_domain_heads(config, model, params, table_NxH, domain, seq_transfer, split, mesh,
-                               heads_wanted=(head,))[head]
+  return evaluate_domain_heads(
+      config, model, params, table_NxH, domain, seq_transfer, split, mesh, heads_wanted=(head,)
+  )[head]
 
 
 def sequence_step_enabled(config: ml_collections.ConfigDict) -> bool:
   return config.model.variant == "recg" and bool(config.transfer.enabled)
 
 
-def source_metrics(config: ml_collections.ConfigDict, trained, table_NxH, domain: types.DomainData,
-                   seq_transfer: SequenceTransfer | None) -> dict[str, float]:
+def source_metrics(
+    config: ml_collections.ConfigDict,
+    trained,
+    table_NxH,
+    domain: types.DomainData,
+    seq_transfer: SequenceTransfer | None,
+) -> dict[str, float]:
   """The source's metrics of a trained run (training.TrainResult): its best validation and test metrics,
   and with a sequence-level step the method's test metrics as `test/...`, the trained model alone then
   being `test_no_seq/...`."""
   metrics = dict(trained.metrics)
   if seq_transfer is None:
     return metrics
-  metrics = {k.replace("test/", "test_no_seq/", 1) if k.startswith("test/") else k: v
-             for k, v in metrics.items()}
+  metrics = {
+      k.replace("test/", "test_no_seq/", 1) if k.startswith("test/") else k: v for k, v in metrics.items()
+  }
   fused = evaluate_domain(config, trained.model, trained.params, table_NxH, domain, seq_transfer, "test")
   metrics.update({f"test/{k}": v for k, v in fused.items()})
   return metrics
 
 
-def target_metrics(config: ml_collections.ConfigDict, model: recommender_lib.Recommender, params, table_NxH,
-                   domain: types.DomainData, seq_transfer: SequenceTransfer | None) -> dict[str, float]:
+def target_metrics(
+    config: ml_collections.ConfigDict,
+    model: recommender_lib.Recommender,
+    params,
+    table_NxH,
+    domain: types.DomainData,
+    seq_transfer: SequenceTransfer | None,
+) -> dict[str, float]:
   """Zero-shot metrics of one target, from one pass of the model: the method as `zero_shot/...` (fused,
   or plain without a sequence-level step), with one the trained model alone as `zero_shot_no_seq/...`,
   and with transfer.target_model_weights the trained share scaled on the target as `zero_shot_w<w>/...`
   (the weight is chosen on a validation domain by the baselines study, never on the reported target)."""
   weights = tuple(float(w) for w in config.transfer.target_model_weights)
-  by_head = evaluate_domain_heads(config, model, params, table_NxH, domain, seq_transfer, "test",
-                                  model_weights=weights)
+  by_head = evaluate_domain_heads(
+      config, model, params, table_NxH, domain, seq_transfer, "test", model_weights=weights
+  )
   head = main_head(seq_transfer)
   metrics = {f"zero_shot/{k}": v for k, v in by_head[head].items()}
   if seq_transfer is not None:

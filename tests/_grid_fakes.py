@@ -22,19 +22,37 @@ def made_up_records(run: runner.PendingRun) -> list[dict]:
   keys = [f"{p}/{m}@{k}" for p in config.eval.protocols for m in ("recall", "ndcg") for k in config.eval.ks]
   splits = {"in_domain": [("test", "")], "zero_shot": [("zero_shot", "")]}
   if spec.variant == "recg":
-    splits = {"in_domain": [("test", ""), ("test_no_seq", ":no_seq")],
-              "zero_shot": [("zero_shot", ""), ("zero_shot_no_seq", ":no_seq")]}
+    splits = {
+        "in_domain": [("test", ""), ("test_no_seq", ":no_seq")],
+        "zero_shot": [("zero_shot", ""), ("zero_shot_no_seq", ":no_seq")],
+    }
 
   def record(stage, domain):
-    metrics = {f"{split}/{key}": made_up(setting + suffix, domain, spec.seed, key)
-               for split, suffix in splits[stage] for key in keys}
+    metrics = {
+        f"{split}/{key}": made_up(setting + suffix, domain, spec.seed, key)
+        for split, suffix in splits[stage]
+        for key in keys
+    }
     if stage == "zero_shot":
       for w in config.transfer.target_model_weights:
-        metrics.update({f"zero_shot_w{w:g}/{k}": made_up("text_knn", domain, 0, k) if w == 0 else
-                        made_up(f"{setting}@w{w:g}", domain, spec.seed, k) for k in keys})
-    return {"stage": stage, "domain": domain, "source": spec.source, "backbone": spec.backbone,
-            "variant": spec.variant, "seed": spec.seed, "metrics": metrics,
-            "extra": {"best_epoch": 1, "stop_reason": "made up"}}
+        metrics.update(
+            {
+                f"zero_shot_w{w:g}/{k}": made_up("text_knn", domain, 0, k)
+                if w == 0
+                else made_up(f"{setting}@w{w:g}", domain, spec.seed, k)
+                for k in keys
+            }
+        )
+    return {
+        "stage": stage,
+        "domain": domain,
+        "source": spec.source,
+        "backbone": spec.backbone,
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "metrics": metrics,
+        "extra": {"best_epoch": 1, "stop_reason": "made up"},
+    }
 
   targets = [] if spec.variant == "id" else list(config.data.targets)
   return [record("in_domain", spec.source)] + [record("zero_shot", t) for t in targets]

@@ -24,10 +24,10 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from conftest import FAST_COMPILE_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conftest import read_jsonl  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-from conftest import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax.data import types  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from conftest import FAST_COMPILE_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DOMAINS = ("Alpha", "Beta", "Gamma")
 
@@ -53,7 +53,8 @@ def tiny_domain(name: str, num_users: int = 48, num_items: int = 30, seed: int =
       user_tokens=np.array([f"u{u}" for u in range(num_users)], dtype=object),
       offsets=offsets,
       items=np.concatenate(rows).astype(np.int32),
-      synthetic=True)
+      synthetic=True,
+  )
 
 
 def tiny_domains() -> dict[str, types.DomainData]:
@@ -75,15 +76,22 @@ def tiny_layout(**overrides) -> dict[str, int]:
   from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax.models import recommender as recommender_lib  # pylint: disable=g-import-not-at-top
   from recg_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
   config = tiny_config(**overrides)
   domain = tiny_domains()[config.data.source]
   rows = trainer_lib.build_rows(config, recommender_lib.build_model(config, domain.num_items), domain)
-  eval_widths = {w for split in ("valid", "test")
-                 for w, _ in evaluate.length_groups(
-                     types.leave_one_out(domain, split, config.data.max_len).inputs_UxL,
-                     config.eval.length_buckets)}
-  return {"steps_per_epoch": input_pipeline.steps_per_epoch(rows, config.train.batch_size),
-          "train_widths": len(input_pipeline.bucket_sizes(rows)), "eval_widths": len(eval_widths)}
+  eval_widths = {
+      w
+      for split in ("valid", "test")
+      for w, _ in evaluate.length_groups(
+          types.leave_one_out(domain, split, config.data.max_len).inputs_UxL, config.eval.length_buckets
+      )
+  }
+  return {
+      "steps_per_epoch": input_pipeline.steps_per_epoch(rows, config.train.batch_size),
+      "train_widths": len(input_pipeline.bucket_sizes(rows)),
+      "eval_widths": len(eval_widths),
+  }
 
 
 # Attention key biases get a zero loss gradient in exact arithmetic (softmax is invariant to a shift shared
@@ -95,11 +103,17 @@ NOISE_DRIVEN = ("['key']['bias']",)
 def params_by_path(tree) -> dict[str, np.ndarray]:
   """{keystr path: numpy array} of a parameter tree (the layout of the driver's .params.npz)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def assert_params_close(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], rtol: float,
-                        atol: float, noise_atol: float) -> None:
+def assert_params_close(
+    actual: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+    rtol: float,
+    atol: float,
+    noise_atol: float,
+) -> None:
   """Same paths; NOISE_DRIVEN leaves within noise_atol (e.g. a few learning rates), the rest rtol/atol."""
   assert actual.keys() == expected.keys() and len(expected) > 5
   for path, want in expected.items():
@@ -127,13 +141,15 @@ def main(argv: list[str]) -> None:
     else:
       overrides[key] = _parse(value)
   import jax  # pylint: disable=g-import-not-at-top
+
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Subprocess tests share compiled executables: only the first one pays the XLA compile.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax import compile_stats  # pylint: disable=g-import-not-at-top
+  from recg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax import training  # pylint: disable=g-import-not-at-top
+
   delay = float(os.environ.get("RECG_TEST_STEP_DELAY", "0"))
   if delay:
     # Slows the host pipeline so a test can kill the run between two checkpoints.
@@ -152,9 +168,14 @@ def main(argv: list[str]) -> None:
     tables = {k: np.full_like(v, np.nan) for k, v in tables.items()}
   result = training.train_and_evaluate(config, workdir, domains, tables)
   np.savez(out_json + ".params.npz", **params_by_path(result.params))
-  payload = {"metrics": result.metrics, "best_step": result.best_step, "epochs": result.epochs,
-             "stop_reason": result.stop_reason, "devices": len(jax.devices()),
-             "trace_counts": dict(compile_stats.TRACE_COUNTS)}
+  payload = {
+      "metrics": result.metrics,
+      "best_step": result.best_step,
+      "epochs": result.epochs,
+      "stop_reason": result.stop_reason,
+      "devices": len(jax.devices()),
+      "trace_counts": dict(compile_stats.TRACE_COUNTS),
+  }
   pathlib.Path(out_json).write_text(json.dumps(payload))
 
 
@@ -168,8 +189,14 @@ def cache_env(tmp_path_factory) -> dict[str, str]:
   return {"JAX_COMPILATION_CACHE_DIR": str(path), "XLA_FLAGS": FAST_COMPILE_FLAGS}
 
 
-def run(workdir, out_json, *args: str, env: dict[str, str] | None = None, timeout: float = 240,
-        background: bool = False):
+def run(
+    workdir,
+    out_json,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    background: bool = False,
+):
   """Runs this driver in a fresh Python process (so XLA_FLAGS etc. apply); returns the Popen/Completed."""
   cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), str(workdir), str(out_json), *args]
   full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}

@@ -15,8 +15,10 @@ import pathlib
 
 # Put before (never replacing) XLA_FLAGS from the environment: flags given there win, as XLA keeps the last
 # value of a repeated flag (XLA_FLAGS=--xla_backend_optimization_level=3 restores full optimisation).
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                      " --xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false"
+)
 os.environ["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,8 +30,9 @@ _DEFAULT_SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data
 
 def read_jsonl(path) -> list[dict]:
   """The records of a JSON-lines file (metrics.jsonl, recommendations)."""
-  return [json.loads(line) for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines()
-          if line.strip()]
+  return [
+      json.loads(line) for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+  ]
 
 
 def shared_data_root() -> pathlib.Path | None:
@@ -52,48 +55,85 @@ def data_root() -> pathlib.Path:
 # D=16, L=8, one layer, three domains: trains in seconds on a CPU. Two length buckets, 4 and 8 (= max_len),
 # in training and evaluation: every run exercises bucketing.
 TINY = {
-    "data.format": "synthetic", "data.source": "Alpha", "data.targets": ("Beta", "Gamma"), "data.max_len": 8,
-    "model.hidden_dim": 16, "model.num_layers": 1, "model.num_heads": 2, "model.dropout": 0.1,
+    "data.format": "synthetic",
+    "data.source": "Alpha",
+    "data.targets": ("Beta", "Gamma"),
+    "data.max_len": 8,
+    "model.hidden_dim": 16,
+    "model.num_layers": 1,
+    "model.num_heads": 2,
+    "model.dropout": 0.1,
     "model.emb_dropout": 0.1,
-    "train.batch_size": 16, "train.num_epochs": 4, "train.learning_rate": 3e-3, "train.log_every_steps": 2,
-    "train.checkpoint_every_steps": 0, "train.prefetch": 2, "train.patience": 10,
-    "train.length_buckets": (4,), "eval.length_buckets": (4,),
+    "train.batch_size": 16,
+    "train.num_epochs": 4,
+    "train.learning_rate": 3e-3,
+    "train.log_every_steps": 2,
+    "train.checkpoint_every_steps": 0,
+    "train.prefetch": 2,
+    "train.patience": 10,
+    "train.length_buckets": (4,),
+    "eval.length_buckets": (4,),
     "gen_loss.samples_per_domain": 8,
-    "eval.protocols": ("full", "sampled10"), "eval.num_sampled_negatives": 10, "eval.ks": (5, 10),
+    "eval.protocols": ("full", "sampled10"),
+    "eval.num_sampled_negatives": 10,
+    "eval.ks": (5, 10),
     "eval.batch_size": 32,
 }
 
 # A whole pipeline run on top of the tiny config: generated synthetic data (3 domains x 40 items) embedded
 # by the packaged MiniLM, one compiled step shape, a small sequence-level transfer step.
 TINY_PIPELINE_OVERRIDES = {
-    "data.synthetic.num_users": 60, "data.synthetic.num_items": 40, "data.synthetic.max_history": 10,
-    "text.max_tokens": 32, "encoder.bucket_sizes": (32,),
-    "train.num_epochs": 2, "train.length_buckets": (), "eval.length_buckets": (),
-    "transfer.num_clusters": 4, "transfer.kmeans_restarts": 1, "transfer.wf_epochs": 2,
+    "data.synthetic.num_users": 60,
+    "data.synthetic.num_items": 40,
+    "data.synthetic.max_history": 10,
+    "text.max_tokens": 32,
+    "encoder.bucket_sizes": (32,),
+    "train.num_epochs": 2,
+    "train.length_buckets": (),
+    "eval.length_buckets": (),
+    "transfer.num_clusters": 4,
+    "transfer.kmeans_restarts": 1,
+    "transfer.wf_epochs": 2,
 }
 
 # What the session's tiny trained run (tiny_trained_run) changes in the tiny config.
 TINY_TRAINED_OVERRIDES = {
-    "train.num_epochs": 2, "train.length_buckets": (), "eval.length_buckets": (),
-    "transfer.num_clusters": 4, "transfer.kmeans_restarts": 1, "transfer.wf_epochs": 2,
+    "train.num_epochs": 2,
+    "train.length_buckets": (),
+    "eval.length_buckets": (),
+    "transfer.num_clusters": 4,
+    "transfer.kmeans_restarts": 1,
+    "transfer.wf_epochs": 2,
 }
 
 # The tiny grid (tests/test_experiments.py): on the pipeline config, ID, Sem, RecG and text_knn on one
 # source with two seeds, one ablation and one alpha-sweep point on one seed.
 TINY_GRID = {
-    "train.batch_size": 32, "transfer.wf_epochs": 1, "eval.batch_size": 64,
-    "experiment.name": "tiny_grid", "experiment.sources": ("Alpha",), "experiment.backbones": ("sasrec",),
-    "experiment.variants": ("id", "sem", "recg", "text_knn"), "experiment.seeds": (0, 1),
-    "experiment.ablations": ("no_intra", "no_seq"), "experiment.alphas": (0.01, 0.001),
-    "experiment.ablation_seeds": (0,), "experiment.plot_items_per_domain": 30,
+    "train.batch_size": 32,
+    "transfer.wf_epochs": 1,
+    "eval.batch_size": 64,
+    "experiment.name": "tiny_grid",
+    "experiment.sources": ("Alpha",),
+    "experiment.backbones": ("sasrec",),
+    "experiment.variants": ("id", "sem", "recg", "text_knn"),
+    "experiment.seeds": (0, 1),
+    "experiment.ablations": ("no_intra", "no_seq"),
+    "experiment.alphas": (0.01, 0.001),
+    "experiment.ablation_seeds": (0,),
+    "experiment.plot_items_per_domain": 30,
 }
 
 # The tiny baselines study (tests/test_baselines.py): on the pipeline config, three presets, two seeds.
 TINY_STUDY = {
-    "train.batch_size": 32, "train.num_epochs": 1, "eval.batch_size": 64,
-    "experiment.name": "tiny_baselines", "experiment.domains": ("Alpha", "Beta", "Gamma"),
-    "experiment.sources": ("Alpha",), "experiment.seeds": (0, 1),
-    "experiment.presets": ("text_knn", "sem", "text_mix"), "experiment.validation_domain": "Gamma",
+    "train.batch_size": 32,
+    "train.num_epochs": 1,
+    "eval.batch_size": 64,
+    "experiment.name": "tiny_baselines",
+    "experiment.domains": ("Alpha", "Beta", "Gamma"),
+    "experiment.sources": ("Alpha",),
+    "experiment.seeds": (0, 1),
+    "experiment.presets": ("text_knn", "sem", "text_mix"),
+    "experiment.validation_domain": "Gamma",
 }
 
 
@@ -109,6 +149,7 @@ def tiny_config(pipeline: bool = False, **overrides):
     A new ConfigDict (a test may change it).
   """
   from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.override(config_lib.get_config(), TINY, what="the tiny config")
   if pipeline:
     config_lib.override(config, TINY_PIPELINE_OVERRIDES, what="the tiny pipeline config")
@@ -138,6 +179,7 @@ def _read_only(array):
 def tiny_problem():
   """(domains, tables) of the tiny problem, built once per session; their arrays are read-only."""
   import _train_driver  # pylint: disable=g-import-not-at-top
+
   domains = _train_driver.tiny_domains()
   tables = {name: _read_only(t) for name, t in _train_driver.tiny_tables(domains).items()}
   for domain in domains.values():
@@ -159,7 +201,9 @@ def tiny_trained_run(tmp_path_factory, tiny_problem):
   """One tiny SASRec-RecG trained on Alpha for two epochs (one compiled step shape), once per session:
   (config, TrainResult). Read it through `tiny_trained`, which gives each test its own config copy."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from recg_jax import training
+
   config = tiny_config(**TINY_TRAINED_OVERRIDES)
   domains, tables = tiny_problem
   result = training.train_and_evaluate(config, tmp_path_factory.mktemp("tiny_trained"), domains, tables)

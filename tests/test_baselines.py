@@ -1,23 +1,23 @@
-"""The study of trained models against text_knn (recg_jax/grid/baselines.py): plan, tests, weight choice, the study
-with made-up runs (markers, restart, tables), and one tiny study end to end (synthetic data, the packaged
-MiniLM, d=16, one epoch; slow)."""
+"""The study of trained models against text_knn (recg_jax/grid/baselines.py): plan, tests, weight choice,
+the study with made-up runs (markers, restart, tables), and one tiny study end to end (synthetic data, the
+packaged MiniLM, d=16, one epoch; slow)."""
 
 import json
-import zlib
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from configs import baselines_shared
-from recg_jax.config import default as default_config
 from recg_jax import config as config_lib
-from recg_jax.grid import baselines
 from recg_jax import pipeline
 from recg_jax import results as results_lib
-import conftest
+from recg_jax.config import default as default_config
+from recg_jax.grid import baselines
+
 from _grid_fakes import fake_runs
 from _grid_fakes import made_up
+import conftest
 
 
 def _tiny_config():
@@ -47,22 +47,36 @@ def test_cell_stats_tests_against_text_knn_and_sem():
 
 def test_weight_is_chosen_on_the_validation_domain_only():
   key = lambda dom, setting: ("zero_shot", "S", dom, setting, "full", "ndcg@10")
-  values = {key("V", "mix"): {0: 0.10, 1: 0.12}, key("V", "mix@w0"): {0: 0.13, 1: 0.13},
-            key("V", "mix@w0.5"): {0: 0.12, 1: 0.12},
-            # The reported target prefers weight 1 by far: it must not be looked at.
-            key("T", "mix"): {0: 0.5, 1: 0.5}, key("T", "mix@w0"): {0: 0.0, 1: 0.0}}
+  values = {
+      key("V", "mix"): {0: 0.10, 1: 0.12},
+      key("V", "mix@w0"): {0: 0.13, 1: 0.13},
+      key("V", "mix@w0.5"): {0: 0.12, 1: 0.12},
+      # The reported target prefers weight 1 by far: it must not be looked at.
+      key("T", "mix"): {0: 0.5, 1: 0.5},
+      key("T", "mix@w0"): {0: 0.0, 1: 0.0},
+  }
   assert baselines.choose_weights(values, ["mix"], ["S"], "V", "full/ndcg@10") == {"mix": {"S": 0.0}}
   assert baselines.choose_weights(values, ["mix"], ["V"], "V", "full/ndcg@10") == {}
 
 
 def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypatch):
   fake_runs(monkeypatch, calls := [])
-  monkeypatch.setattr(pipeline, "embed_domains", lambda config, workdir, domains: {
-      name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()})
+  monkeypatch.setattr(
+      pipeline,
+      "embed_domains",
+      lambda config, workdir, domains: {
+          name: np.zeros((d.num_items + 1, 8), np.float32) for name, d in domains.items()
+      },
+  )
   config = _tiny_config()
   summary = baselines.run_study(config, tmp_path, command="tiny")
-  expected = ["runs/Alpha/sem/seed0", "runs/Alpha/sem/seed1", "runs/Alpha/text_knn/seed0",
-              "runs/Alpha/text_mix/seed0", "runs/Alpha/text_mix/seed1"]
+  expected = [
+      "runs/Alpha/sem/seed0",
+      "runs/Alpha/sem/seed1",
+      "runs/Alpha/text_knn/seed0",
+      "runs/Alpha/text_mix/seed0",
+      "runs/Alpha/text_mix/seed1",
+  ]
   assert not summary["failed"] and sorted(summary["ran"]) == expected
   for rel in expected:
     done = json.loads((tmp_path / rel / "done.json").read_text())
@@ -74,8 +88,12 @@ def test_study_with_made_up_runs_marks_skips_and_tables_them(tmp_path, monkeypat
   # text_mix's target weight: the best mean NDCG@10 on the validation pair Gamma ← Alpha (weight 1 is the
   # run's own zero-shot numbers, weight 0 scores as text_knn).
   mean = lambda setting, seeds: np.mean([made_up(setting, "Gamma", s, "full/ndcg@10") for s in seeds])
-  candidates = {1.0: mean("text_mix", (0, 1)), 0.0: mean("text_knn", (0,)),
-                0.25: mean("text_mix@w0.25", (0, 1)), 0.5: mean("text_mix@w0.5", (0, 1))}
+  candidates = {
+      1.0: mean("text_mix", (0, 1)),
+      0.0: mean("text_knn", (0,)),
+      0.25: mean("text_mix@w0.25", (0, 1)),
+      0.5: mean("text_mix@w0.5", (0, 1)),
+  }
   best = max(candidates, key=lambda w: (candidates[w], -w))
   assert f"| `text_mix`, weight chosen on Gamma ← source (Alpha: {best:g}) |" in md
   assert md.count("| random (expected) |") == 4  # one row in each protocol x metric table
@@ -108,9 +126,15 @@ def _metrics(workdir, rel, domain):
 def test_study_runs_every_planned_run_and_tables_them(study):
   config, workdir, summary = study
   assert not summary["failed"]
-  assert sorted(summary["ran"]) == sorted(["runs/Alpha/text_knn/seed0", "runs/Alpha/sem/seed0",
-                                           "runs/Alpha/sem/seed1", "runs/Alpha/text_mix/seed0",
-                                           "runs/Alpha/text_mix/seed1"])
+  assert sorted(summary["ran"]) == sorted(
+      [
+          "runs/Alpha/text_knn/seed0",
+          "runs/Alpha/sem/seed0",
+          "runs/Alpha/sem/seed1",
+          "runs/Alpha/text_mix/seed0",
+          "runs/Alpha/text_mix/seed1",
+      ]
+  )
   md = (workdir / "results.md").read_text()
   assert "regenerate: `tiny`" in md
   for preset in config.experiment.presets:
@@ -135,13 +159,19 @@ def test_text_knn_needs_no_training_and_mix_at_weight_zero_is_text_knn(study):
     for protocol in ("full", "sampled10"):
       for metric in ("recall@10", "ndcg@10"):
         assert mix[f"zero_shot_w0/{protocol}/{metric}"] == pytest.approx(
-            knn[f"zero_shot/{protocol}/{metric}"], abs=1e-6)
+            knn[f"zero_shot/{protocol}/{metric}"], abs=1e-6
+        )
 
 
 def test_presets_apply_from_a_config_argument():
   config = config_lib.apply_config_arg(default_config.get_config(), "preset=text_mix,source=Office")
-  assert (config.model.variant, config.model.score_space, config.model.text_user, config.train.loss,
-          config.data.source) == ("sem", "text", "mix", "softmax", "Office")
+  assert (
+      config.model.variant,
+      config.model.score_space,
+      config.model.text_user,
+      config.train.loss,
+      config.data.source,
+  ) == ("sem", "text", "mix", "softmax", "Office")
   with pytest.raises(ValueError, match="preset='nope'"):
     config_lib.apply_config_arg(default_config.get_config(), "preset=nope")
 

@@ -21,13 +21,14 @@ def blobs(request):
 
 
 def _np_inertia(x, centres):
-  d2 = ((x[:, None, :].astype(np.float64) - np.asarray(centres, np.float64)[None])**2).sum(-1)
+  d2 = ((x[:, None, :].astype(np.float64) - np.asarray(centres, np.float64)[None]) ** 2).sum(-1)
   return d2.min(axis=1).sum()
 
 
 def test_inertia_matches_sklearn(blobs):
-  centres, inertia = clustering.kmeans(blobs, K, jax.random.key(0), iters=100, restarts=RESTARTS, tol=1e-6,
-                                       chunk=512)
+  centres, inertia = clustering.kmeans(
+      blobs, K, jax.random.key(0), iters=100, restarts=RESTARTS, tol=1e-6, chunk=512
+  )
   assert centres.shape == (K, DIM) and centres.dtype == jnp.float32
   # The reported inertia is the objective of the returned centres.
   np.testing.assert_allclose(inertia, _np_inertia(blobs, centres), rtol=1e-5)
@@ -50,7 +51,7 @@ def test_chunked_equals_unchunked_and_deterministic(blobs):
 def test_assign_matches_brute_force(blobs):
   centres = blobs[:5] + 0.5
   labels, d2 = clustering.assign(blobs, centres, chunk=300)
-  full = ((blobs[:, None, :].astype(np.float64) - centres[None].astype(np.float64))**2).sum(-1)
+  full = ((blobs[:, None, :].astype(np.float64) - centres[None].astype(np.float64)) ** 2).sum(-1)
   assert labels.shape == (NUM_POINTS,) and labels.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(labels), full.argmin(1))
   np.testing.assert_allclose(np.asarray(d2), full.min(1), rtol=1e-4, atol=1e-2)
@@ -60,14 +61,14 @@ def test_single_cluster_is_the_mean():
   x = np.random.default_rng(0).normal(size=(37, 3)).astype(np.float32) * 2 + 5
   centres, inertia = clustering.kmeans(x, 1, jax.random.key(0), iters=5, restarts=1, tol=0.0, chunk=10)
   np.testing.assert_allclose(np.asarray(centres)[0], x.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(inertia, ((x - x.mean(0))**2).sum(), rtol=1e-5)
+  np.testing.assert_allclose(inertia, ((x - x.mean(0)) ** 2).sum(), rtol=1e-5)
 
 
 def test_zero_iterations_returns_distinct_data_points():
   x = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
   centres, _ = clustering.kmeans(x, 6, jax.random.key(2), iters=0, restarts=1, tol=0.0, chunk=16)
   # k-means++ seeds are data points (up to the centring round trip), and never the same one twice.
-  nearest = ((np.asarray(centres)[:, None] - x[None])**2).sum(-1)
+  nearest = ((np.asarray(centres)[:, None] - x[None]) ** 2).sum(-1)
   assert nearest.min(1).max() < 1e-10
   assert len(set(nearest.argmin(1).tolist())) == 6
 
@@ -110,5 +111,6 @@ def test_aggregate_hand_example():
   np.testing.assert_allclose(np.asarray(clustering.cluster_attention(users, centres)), expected_a, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(clustering.aggregate(users, centres)), expected, rtol=1e-6)
   # Cosine attention ignores the users' norms, and the result is jittable.
-  np.testing.assert_allclose(np.asarray(jax.jit(clustering.aggregate)(users * 7.0, centres)), expected,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(clustering.aggregate)(users * 7.0, centres)), expected, rtol=1e-6
+  )

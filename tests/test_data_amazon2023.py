@@ -21,15 +21,36 @@ def ms(year, day=1, hour=0):
 
 
 META = [
-    {"main_category": "Tools", "title": "Drill &amp; Bits", "average_rating": 4.5,
-     "features": ["18V", "2 batteries"],
-     "description": ["Cordless drill.", "Ships fast."], "price": None, "images": [], "store": "Acme",
-     "categories": ["Tools", "Power Tools"], "details": {"Weight": "2 kg"}, "parent_asin": "P1"},
+    {
+        "main_category": "Tools",
+        "title": "Drill &amp; Bits",
+        "average_rating": 4.5,
+        "features": ["18V", "2 batteries"],
+        "description": ["Cordless drill.", "Ships fast."],
+        "price": None,
+        "images": [],
+        "store": "Acme",
+        "categories": ["Tools", "Power Tools"],
+        "details": {"Weight": "2 kg"},
+        "parent_asin": "P1",
+    },
     {"title": "Saw", "features": [], "description": [], "store": None, "categories": [], "parent_asin": "P2"},
-    {"title": "Hammer", "features": ["steel"], "description": [], "store": "Bolt", "categories": ["Tools"],
-     "parent_asin": "P3"},
-    {"title": "Level", "features": [], "description": ["Bubble level."], "store": "Acme", "categories": [],
-     "parent_asin": "P4"},
+    {
+        "title": "Hammer",
+        "features": ["steel"],
+        "description": [],
+        "store": "Bolt",
+        "categories": ["Tools"],
+        "parent_asin": "P3",
+    },
+    {
+        "title": "Level",
+        "features": [],
+        "description": ["Bubble level."],
+        "store": "Acme",
+        "categories": [],
+        "parent_asin": "P4",
+    },
     {"title": "", "features": [], "description": [], "store": "", "categories": [], "parent_asin": "P5"},
     {"title": "Never reviewed", "parent_asin": "P9"},
     # P6 has reviews but no metadata row.
@@ -41,9 +62,20 @@ def reviews():
   # Users A..D review P1..P4 over 2020; user E only twice. P5 (no text) and P6 (no meta) are reviewed too.
   for u, user in enumerate("ABCD"):
     for k, item in enumerate(["P3", "P1", "P4", "P2"] if u % 2 else ["P1", "P2", "P3", "P4"]):
-      rows.append({"rating": 5.0, "title": "ok", "text": "fine", "images": [], "asin": item + "x",
-                   "parent_asin": item, "user_id": user, "timestamp": ms(2020, 1 + k, u),
-                   "helpful_vote": 0, "verified_purchase": True})
+      rows.append(
+          {
+              "rating": 5.0,
+              "title": "ok",
+              "text": "fine",
+              "images": [],
+              "asin": item + "x",
+              "parent_asin": item,
+              "user_id": user,
+              "timestamp": ms(2020, 1 + k, u),
+              "helpful_vote": 0,
+              "verified_purchase": True,
+          }
+      )
     rows.append({"user_id": user, "parent_asin": "P5", "timestamp": ms(2020, 20), "rating": 1.0})
     rows.append({"user_id": user, "parent_asin": "P6", "timestamp": ms(2020, 21), "rating": 1.0})
   rows.append({"user_id": "E", "parent_asin": "P1", "timestamp": ms(2020, 2), "rating": 3.0})
@@ -85,8 +117,13 @@ def test_reader_filters_and_fields(tmp_path, gz):
   assert raw.user_tokens.tolist() == ["A", "B", "C", "D", "E"]
   assert raw.item_tokens.tolist() == ["P1", "P2", "P3", "P4", "P5", "P6"]
   p1 = {n: v[0] for n, v in raw.item_fields.items()}
-  assert p1 == {"title": "Drill &amp; Bits", "brand": "Acme", "categories": "Tools, Power Tools",
-                "description": "Cordless drill. Ships fast.", "features": "18V 2 batteries"}
+  assert p1 == {
+      "title": "Drill &amp; Bits",
+      "brand": "Acme",
+      "categories": "Tools, Power Tools",
+      "description": "Cordless drill. Ships fast.",
+      "features": "18V 2 batteries",
+  }
   assert raw.item_fields["title"][5] == ""  # P6: no metadata row
 
   domain = prepare.build_domain(raw, config)
@@ -96,8 +133,10 @@ def test_reader_filters_and_fields(tmp_path, gz):
   np.testing.assert_array_equal(domain.offsets, [0, 4, 8, 12, 16])
   np.testing.assert_array_equal(domain.history(0), [1, 2, 3, 4])
   np.testing.assert_array_equal(domain.history(1), [3, 1, 4, 2])
-  assert domain.item_text[1] == ("title: Drill & Bits; brand: Acme; categories: Tools, Power Tools; "
-                                 "description: Cordless drill. Ships fast.")
+  assert domain.item_text[1] == (
+      "title: Drill & Bits; brand: Acme; categories: Tools, Power Tools; "
+      "description: Cordless drill. Ships fast."
+  )
   assert domain.item_text[2] == "title: Saw"
   config.text.template = "paper"
   paper = prepare.build_domain(raw, config)
@@ -135,8 +174,11 @@ def test_arrow_fast_path_matches_line_reader(tmp_path, text_fields):
 
 
 def test_user_cap_is_seeded(tmp_path):
-  rows = [{"user_id": f"U{u}", "parent_asin": f"P{(u + k) % 4 + 1}", "timestamp": ms(2020, 1 + k)}
-          for u in range(30) for k in range(4)]
+  rows = [
+      {"user_id": f"U{u}", "parent_asin": f"P{(u + k) % 4 + 1}", "timestamp": ms(2020, 1 + k)}
+      for u in range(30)
+      for k in range(4)
+  ]
   write_category(tmp_path, "Tools", gz=False, review_rows=rows)
   config = config_for(tmp_path)
   config.data.amazon2023.max_users = 10
@@ -149,12 +191,15 @@ def test_user_cap_is_seeded(tmp_path):
   assert c.num_users == 10 and a.user_tokens.tolist() != c.user_tokens.tolist()
 
 
-@pytest.mark.parametrize("line,field,reason", [
-    ('{"user_id": "A", "parent_asin": "P1", "timestamp": 1', None, "invalid JSON"),
-    ('{"parent_asin": "P1", "timestamp": 1}', "user_id", "non-empty string"),
-    ('{"user_id": "A", "parent_asin": "P1", "timestamp": "soon"}', "timestamp", "'soon'"),
-    ('[1, 2]', None, "JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,field,reason",
+    [
+        ('{"user_id": "A", "parent_asin": "P1", "timestamp": 1', None, "invalid JSON"),
+        ('{"parent_asin": "P1", "timestamp": 1}', "user_id", "non-empty string"),
+        ('{"user_id": "A", "parent_asin": "P1", "timestamp": "soon"}', "timestamp", "'soon'"),
+        ("[1, 2]", None, "JSON object"),
+    ],
+)
 def test_bad_review_line(tmp_path, line, field, reason):
   good = json.dumps({"user_id": "A", "parent_asin": "P1", "timestamp": 1}) + "\n"
   (tmp_path / "Tools.jsonl").write_text(good + "\n" + line + "\n")
@@ -177,6 +222,7 @@ def test_invalid_utf8_and_missing_files(tmp_path):
 
 
 # --- Downloader.
+
 
 def test_download_file_url_and_resume(tmp_path):
   payload = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()

@@ -8,10 +8,14 @@ from recg_jax.data import prepare
 from recg_jax.data import types
 from recg_jax.data.errors import DataError
 
-ITEMS = ("item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\tdescription:token_seq\n"
-         "a\tAxe\tAcme\t\t\nb\tBolt\t\t\t\nc\tClamp\t\t\t\nd\tDrill\t\t\t\ne\t\t\t\t\n")
-INTERS = ("user_id:token\titem_id:token\ttimestamp:float\n"
-          "u2\tb\t1\nu1\ta\t1\nu1\tb\t2\nu2\tc\t2\nu1\tc\t3\nu1\td\t4\nu2\ta\t3\nu2\te\t4\n")
+ITEMS = (
+    "item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\tdescription:token_seq\n"
+    "a\tAxe\tAcme\t\t\nb\tBolt\t\t\t\nc\tClamp\t\t\t\nd\tDrill\t\t\t\ne\t\t\t\t\n"
+)
+INTERS = (
+    "user_id:token\titem_id:token\ttimestamp:float\n"
+    "u2\tb\t1\nu1\ta\t1\nu1\tb\t2\nu2\tc\t2\nu1\tc\t3\nu1\td\t4\nu2\ta\t3\nu2\te\t4\n"
+)
 
 
 def write_domain(root, name, inter=INTERS, item=ITEMS):
@@ -152,4 +156,5 @@ def test_domain_table_golden(tiny):
       "| domain | users | items | interactions | mean history | title | brand | categories | description "
       "| synthetic |\n"
       "|---|---|---|---|---|---|---|---|---|---|\n"
-      "| D | 2 | 4 | 7 | 3.50 | 100.0% | 25.0% | 0.0% | 0.0% | no |")
+      "| D | 2 | 4 | 7 | 3.50 | 100.0% | 25.0% | 0.0% | 0.0% | no |"
+  )

@@ -12,7 +12,7 @@ from recg_jax.data.errors import DataError
 
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 ITEM_HEADER = "item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\tdescription:token_seq\n"
-ITEMS = ITEM_HEADER + "a\tApple\tAcme\tFruit\t\nb\tBanana\t\t\t\nc\tCherry\t\t\t\"red\"\n"
+ITEMS = ITEM_HEADER + 'a\tApple\tAcme\tFruit\t\nb\tBanana\t\t\t\nc\tCherry\t\t\t"red"\n'
 INTERS = INTER_HEADER + "u1\tb\t20\nu2\ta\t1\nu1\ta\t5\nu2\tc\t1\nu1\tc\t20\nu2\tb\t0.5\n\n"
 
 
@@ -68,21 +68,24 @@ def test_field_names_come_from_config_and_extra_columns_are_kept(tmp_path):
   assert domain.item_text.tolist() == ["", "name: Pen", "name: Pad"]
 
 
-@pytest.mark.parametrize("inter,item,file,line,field,reason", [
-    # No typed header: the first line is data.
-    ("u1\ta\t1\n", ITEMS, "D.inter", 1, "u1", "typed header"),
-    (INTER_HEADER.replace("timestamp", "time"), ITEMS, "D.inter", 1, "timestamp", "missing column"),
-    (INTERS, ITEM_HEADER.replace("\tbrand:token", ""), "D.item", 1, "brand", "missing column"),
-    (INTER_HEADER + "u1\ta\t1\nu1\tb\t2\t7\n", ITEMS, "D.inter", 3, "timestamp", "found 4"),
-    (INTER_HEADER + "u1\ta\t1\n\nu1\tb\n", ITEMS, "D.inter", 4, "timestamp", "found 2"),
-    (INTER_HEADER + "u1\ta\t1\nu1\tb\tyesterday\n", ITEMS, "D.inter", 3, "timestamp", "'yesterday'"),
-    (INTER_HEADER + "u1\ta\t1\n\nu1\tb\tnan\n", ITEMS, "D.inter", 4, "timestamp", "finite"),
-    (INTER_HEADER + "u1\ta\t1\nu1\tzz\t2\n", ITEMS, "D.inter", 3, "item_id", "'zz' has no row"),
-    (INTERS, ITEMS + "a\tApple again\t\t\t\n", "D.item", 5, "item_id", "appears twice"),
-    (INTERS.encode(), ITEM_HEADER.encode() + b"a\tCaf\xe9\tAcme\t\t\n", "D.item", 2, "title", "UTF-8"),
-    (INTERS, ITEM_HEADER + "a\tt\tb\tc\td\te\n", "D.item", 2, "description", "found 6"),
-    (INTER_HEADER.replace("float", "number"), ITEMS, "D.inter", 1, "timestamp", "unknown column type"),
-])
+@pytest.mark.parametrize(
+    "inter,item,file,line,field,reason",
+    [
+        # No typed header: the first line is data.
+        ("u1\ta\t1\n", ITEMS, "D.inter", 1, "u1", "typed header"),
+        (INTER_HEADER.replace("timestamp", "time"), ITEMS, "D.inter", 1, "timestamp", "missing column"),
+        (INTERS, ITEM_HEADER.replace("\tbrand:token", ""), "D.item", 1, "brand", "missing column"),
+        (INTER_HEADER + "u1\ta\t1\nu1\tb\t2\t7\n", ITEMS, "D.inter", 3, "timestamp", "found 4"),
+        (INTER_HEADER + "u1\ta\t1\n\nu1\tb\n", ITEMS, "D.inter", 4, "timestamp", "found 2"),
+        (INTER_HEADER + "u1\ta\t1\nu1\tb\tyesterday\n", ITEMS, "D.inter", 3, "timestamp", "'yesterday'"),
+        (INTER_HEADER + "u1\ta\t1\n\nu1\tb\tnan\n", ITEMS, "D.inter", 4, "timestamp", "finite"),
+        (INTER_HEADER + "u1\ta\t1\nu1\tzz\t2\n", ITEMS, "D.inter", 3, "item_id", "'zz' has no row"),
+        (INTERS, ITEMS + "a\tApple again\t\t\t\n", "D.item", 5, "item_id", "appears twice"),
+        (INTERS.encode(), ITEM_HEADER.encode() + b"a\tCaf\xe9\tAcme\t\t\n", "D.item", 2, "title", "UTF-8"),
+        (INTERS, ITEM_HEADER + "a\tt\tb\tc\td\te\n", "D.item", 2, "description", "found 6"),
+        (INTER_HEADER.replace("float", "number"), ITEMS, "D.inter", 1, "timestamp", "unknown column type"),
+    ],
+)
 def test_bad_input_names_file_line_and_field(tmp_path, inter, item, file, line, field, reason):
   write_domain(tmp_path, "D", inter, item)
   with pytest.raises(DataError) as info:

@@ -33,8 +33,10 @@ def test_seeded_and_written_files_are_reproducible(tmp_path):
 
 def test_domains_share_topics_but_not_vocabulary():
   config = small_config()
-  domains = [synthetic.generate_domain(config.data.synthetic, i, n)
-             for i, n in enumerate(config.data.synthetic.domains)]
+  domains = [
+      synthetic.generate_domain(config.data.synthetic, i, n)
+      for i, n in enumerate(config.data.synthetic.domains)
+  ]
   words = []
   for d in domains:
     assert len(d.item_tokens) == 40 and len(d.user_tokens) == 60
@@ -43,8 +45,14 @@ def test_domains_share_topics_but_not_vocabulary():
     for i, topic in enumerate(d.item_topics):
       assert d.fields["categories"][i].endswith(f"{synthetic.TOPICS[topic][0].capitalize()} Collection")
       assert d.fields["title"][i].split()[0].lower() in synthetic.TOPICS[topic][1]
-    words.append({w.lower().strip(".,;") for t in d.fields["description"] + d.fields["title"]
-                  for w in t.split() if not any(ch.isdigit() for ch in w)})  # model numbers aside
+    words.append(
+        {
+            w.lower().strip(".,;")
+            for t in d.fields["description"] + d.fields["title"]
+            for w in t.split()
+            if not any(ch.isdigit() for ch in w)
+        }
+    )  # model numbers aside
   topic_words = {w for _, ws in synthetic.TOPICS for w in ws}
   for i in range(3):
     for j in range(i + 1, 3):
@@ -52,7 +60,10 @@ def test_domains_share_topics_but_not_vocabulary():
       # Beyond topic words, domains share only function words: the semantic bias is real.
       assert len(shared) < 0.2 * min(len(words[i] - topic_words), len(words[j] - topic_words)), shared
   assert {d.fields["categories"][0].split(",")[0] for d in domains} == {
-      "Lab & Industrial", "Office Supplies", "Video Games"}
+      "Lab & Industrial",
+      "Office Supplies",
+      "Video Games",
+  }
 
 
 def test_histories_follow_drifting_topics():

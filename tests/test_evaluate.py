@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recg_jax.config import default
 from recg_jax import eval_negatives as negatives
 from recg_jax import evaluate as ev
+from recg_jax.config import default
 from recg_jax.data import types
 
 NUM_USERS, NUM_ITEMS, DIM, MAX_LEN, NUM_NEG = 37, 30, 3, 6, 10
@@ -30,10 +30,16 @@ def make_domain(num_users=NUM_USERS, num_items=NUM_ITEMS, min_len=3, max_len=13,
     rows[1][0] = rows[1][-1]  # test target bought before
     rows[2][0] = rows[2][-2]  # valid target bought before
   offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-  return types.DomainData(name=name, item_tokens=np.arange(num_items + 1).astype(str), item_fields={},
-                          item_text=np.array([""] * (num_items + 1), dtype=object),
-                          user_tokens=np.array([f"u{u}" for u in range(num_users)], dtype=object),
-                          offsets=offsets, items=np.concatenate(rows), synthetic=True)
+  return types.DomainData(
+      name=name,
+      item_tokens=np.arange(num_items + 1).astype(str),
+      item_fields={},
+      item_text=np.array([""] * (num_items + 1), dtype=object),
+      user_tokens=np.array([f"u{u}" for u in range(num_users)], dtype=object),
+      offsets=offsets,
+      items=np.concatenate(rows),
+      synthetic=True,
+  )
 
 
 def make_vectors(seed=1):
@@ -108,7 +114,8 @@ def test_metrics_golden():
   assert m["ndcg@5"] == pytest.approx((1 + 0.7564707973660301 + 0.38685280723454163) / 6)
   assert m["recall@10"] == pytest.approx(4 / 6)
   assert m["ndcg@10"] == pytest.approx(
-      (1 + 0.7564707973660301 + 0.38685280723454163 + 0.28380372261682446) / 6)
+      (1 + 0.7564707973660301 + 0.38685280723454163 + 0.28380372261682446) / 6
+  )
   assert set(m) == {"recall@1", "ndcg@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10"}
   assert math.isnan(ev.metrics_from_ranks(np.array([0.0, np.nan]), (5,))["ndcg@5"])
   with pytest.raises(ValueError, match="ks"):
@@ -116,10 +123,8 @@ def test_metrics_golden():
 
 
 def test_ranks_from_scores_hand_example():
-  scores = np.array([[3.0, 5.0, 3.0, 3.0, 1.0, 9.0],
-                     [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]], np.float32)
-  valid = np.array([[True, True, True, False, True, False],
-                    [True, True, True, True, True, True]])
+  scores = np.array([[3.0, 5.0, 3.0, 3.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]], np.float32)
+  valid = np.array([[True, True, True, False, True, False], [True, True, True, True, True, True]])
   # Row 0: target col 0 (3.0); valid others 5 (higher), 3 (tie), 1; cols 3 and 5 do not compete.
   # Row 1: target col 4, five valid ties.
   ranks = np.asarray(ev.ranks_from_scores(scores, np.array([0, 4]), valid))
@@ -136,8 +141,9 @@ def test_rank_independent_of_target_position():
   for _ in range(5):
     perm = np.stack([rng.permutation(12) for _ in range(16)])  # column j of the new row = old perm[j]
     moved = np.argsort(perm, axis=1)[:, 0]  # where old column 0 went
-    ranks = ev.ranks_from_scores(np.take_along_axis(scores, perm, 1), moved,
-                                 np.take_along_axis(valid, perm, 1))
+    ranks = ev.ranks_from_scores(
+        np.take_along_axis(scores, perm, 1), moved, np.take_along_axis(valid, perm, 1)
+    )
     np.testing.assert_array_equal(np.asarray(ranks), base)
 
 
@@ -168,8 +174,9 @@ def test_negatives_outside_history_distinct_uniform(num_items, k):
 def test_first_distinct_keeps_draw_order():
   # User 0 owns items {2, 5}; user 1 owns {7}. Width 10 -> keys user * 10 + item.
   keys = np.array([2, 5, 17], np.int64)
-  cand = np.array([[5, 3, 3, 9, 2, 1, 4],   # accepted in order: 3, 9, 1, 4
-                   [7, 7, 8, 8, 7, 8, 6]])  # accepted: 8, 6 -> too few for k = 3
+  cand = np.array(
+      [[5, 3, 3, 9, 2, 1, 4], [7, 7, 8, 8, 7, 8, 6]]  # accepted in order: 3, 9, 1, 4
+  )  # accepted: 8, 6 -> too few for k = 3
   ok, picks = negatives._first_distinct(cand, np.array([0, 1]), keys, 10, 3)
   np.testing.assert_array_equal(ok, [True, False])
   np.testing.assert_array_equal(picks, [[3, 9, 1]])
@@ -200,8 +207,9 @@ def test_matches_bruteforce(setup, split_name, mask):
   config = make_config(mask_history=mask)
   ranks = ev.user_ranks(user_fn, item_vecs, split, domain, config)
   negs = negatives.sample_eval_negatives(domain, NUM_NEG, config.seed)
-  full, sampled = reference_ranks(domain, split_name, user_vectors_np(in_table, split.inputs_UxL),
-                                  item_vecs, negs, mask)
+  full, sampled = reference_ranks(
+      domain, split_name, user_vectors_np(in_table, split.inputs_UxL), item_vecs, negs, mask
+  )
   np.testing.assert_array_equal(ranks["full"], full)
   np.testing.assert_array_equal(ranks[f"sampled{NUM_NEG}"], sampled)
   assert np.any(full % 1 == 0.5) and np.any(sampled % 1 == 0.5)  # ties were exercised
@@ -224,24 +232,32 @@ def test_masking_rule(setup):
     seq = domain.history(u)
     competing = set(range(1, NUM_ITEMS + 1)) - set(seq[:-1].tolist()) - {int(seq[-1])}
     assert ranks[u] == 0.5 * len(competing)
-  unmasked = ev.user_ranks(user_fn, flat, split, domain, make_config(mask_history=False),
-                           protocols=("full",))["full"]
+  unmasked = ev.user_ranks(
+      user_fn, flat, split, domain, make_config(mask_history=False), protocols=("full",)
+  )["full"]
   np.testing.assert_array_equal(unmasked, 0.5 * (NUM_ITEMS - 1))
 
 
 def test_padded_batches_and_blocks_agree(setup):
   domain, item_vecs, _, user_fn = setup
   split = types.leave_one_out(domain, "test", MAX_LEN)
-  one = ev.user_ranks(user_fn, item_vecs, split, domain,
-                      make_config(batch_size=NUM_USERS, score_block_rows=0))  # 37 = U: no padding
+  one = ev.user_ranks(
+      user_fn, item_vecs, split, domain, make_config(batch_size=NUM_USERS, score_block_rows=0)
+  )  # 37 = U: no padding
   padded = ev.user_ranks(user_fn, item_vecs, split, domain, make_config(batch_size=8, score_block_rows=4))
-  capped = ev.user_ranks(user_fn, item_vecs, split, domain,
-                         make_config(batch_size=8, score_block_rows=0, max_scores_per_block=3 * 31))
+  capped = ev.user_ranks(
+      user_fn,
+      item_vecs,
+      split,
+      domain,
+      make_config(batch_size=8, score_block_rows=0, max_scores_per_block=3 * 31),
+  )
   for name in one:
     np.testing.assert_array_equal(padded[name], one[name])
     np.testing.assert_array_equal(capped[name], one[name])
-  assert ev._geometry(make_config(batch_size=8, score_block_rows=0, max_scores_per_block=3 * 31),
-                      NUM_ITEMS, NUM_USERS, 1) == (9, 3)
+  assert ev._geometry(
+      make_config(batch_size=8, score_block_rows=0, max_scores_per_block=3 * 31), NUM_ITEMS, NUM_USERS, 1
+  ) == (9, 3)
 
 
 def test_length_groups():
@@ -264,8 +280,11 @@ def test_length_buckets_give_the_same_ranks(setup, split_name):
   split = types.leave_one_out(domain, split_name, MAX_LEN)
   table = jnp.asarray(in_table)
   # The sum of every real item's integer vector: exact, and changed by any item lost to a too narrow cut.
-  history_fn = jax.jit(lambda seq_BxW: jnp.einsum(
-      "bwn,nd->bd", jax.nn.one_hot(seq_BxW, table.shape[0]) * (seq_BxW > 0)[..., None], table))
+  history_fn = jax.jit(
+      lambda seq_BxW: jnp.einsum(
+          "bwn,nd->bd", jax.nn.one_hot(seq_BxW, table.shape[0]) * (seq_BxW > 0)[..., None], table
+      )
+  )
   widths = []
 
   def recording_user_fn(seq_BxW):
@@ -283,8 +302,14 @@ def test_length_buckets_give_the_same_ranks(setup, split_name):
     assert set(widths) == expected and len(expected) > 1 and max(expected) == MAX_LEN
   # And the unbucketed ranks are right: against the per-user reference.
   user_vecs = np.stack([in_table[row[row > 0]].sum(axis=0) for row in split.inputs_UxL])
-  full, sampled = reference_ranks(domain, split_name, user_vecs, item_vecs,
-                                  negatives.sample_eval_negatives(domain, NUM_NEG, make_config().seed), True)
+  full, sampled = reference_ranks(
+      domain,
+      split_name,
+      user_vecs,
+      item_vecs,
+      negatives.sample_eval_negatives(domain, NUM_NEG, make_config().seed),
+      True,
+  )
   np.testing.assert_array_equal(plain["full"], full)
   np.testing.assert_array_equal(plain[f"sampled{NUM_NEG}"], sampled)
 
@@ -337,22 +362,39 @@ def test_sharded_equals_unsharded(setup):
   domain, item_vecs, in_table, _ = setup
   here = pathlib.Path(__file__).resolve().parent
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(here)], env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  env = dict(
+      os.environ,
+      XLA_FLAGS=xla_flags,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]),
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", _SHARDED_SCRIPT, str(here)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["Explicit"] == out["plain"] and out["Auto"] == out["plain"]
   split = types.leave_one_out(domain, "test", MAX_LEN)
-  full, _ = reference_ranks(domain, "test", user_vectors_np(in_table, split.inputs_UxL), item_vecs,
-                            negatives.sample_eval_negatives(domain, NUM_NEG, default.get_eval_config().seed), True)
+  full, _ = reference_ranks(
+      domain,
+      "test",
+      user_vectors_np(in_table, split.inputs_UxL),
+      item_vecs,
+      negatives.sample_eval_negatives(domain, NUM_NEG, default.get_eval_config().seed),
+      True,
+  )
   np.testing.assert_array_equal(out["plain"]["full"], full)
 
 
 def test_real_domain_matches_reference(data_root, tmp_path):
   """Office (real histories, repeats included), integer vectors, both protocols, against numpy per user."""
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   config = default.get_config()
   config.data.root = str(data_root)
   domain = prepare.load_domain(config, "Office", tmp_path, log=lambda _: None)
@@ -378,7 +420,6 @@ def test_real_domain_matches_reference(data_root, tmp_path):
     assert ranks["full"][u] == full and ranks["sampled100"][u] == sampled, u
 
 
-
 @pytest.mark.parametrize("split_name", ["valid", "test"])
 def test_candidate_counts_match_the_ranks_of_constant_scores(split_name):
   """Every candidate tied: the half-tie rank is (C - 1) / 2, so the ranks give back each user's C."""
@@ -388,8 +429,13 @@ def test_candidate_counts_match_the_ranks_of_constant_scores(split_name):
   config.protocols = ("full", f"sampled{NUM_NEG}")
   config.num_sampled_negatives = NUM_NEG
   config.length_buckets = ()
-  ranks = ev.user_ranks(lambda seq: jnp.ones((seq.shape[0], DIM)), np.ones((NUM_ITEMS + 1, DIM), np.float32),
-                        split, domain, config)
+  ranks = ev.user_ranks(
+      lambda seq: jnp.ones((seq.shape[0], DIM)),
+      np.ones((NUM_ITEMS + 1, DIM), np.float32),
+      split,
+      domain,
+      config,
+  )
   counts = ev.candidate_counts(split, domain, config)
   for name in ("full", f"sampled{NUM_NEG}"):
     np.testing.assert_array_equal(2 * ranks[name] + 1, counts[name])

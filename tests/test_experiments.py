@@ -21,34 +21,47 @@ import numpy as np
 import pytest
 
 from configs import grid_shared
-from recg_jax.config import default as default_config
 from recg_jax import cli
-from recg_jax.config import roles
 from recg_jax import pipeline
 from recg_jax import results as results_lib
+from recg_jax.config import default as default_config
+from recg_jax.config import roles
 from recg_jax.grid import figures
 from recg_jax.grid import planning
 from recg_jax.grid import runner
 from recg_jax.grid import stats
-import conftest
+
 from _grid_fakes import fake_runs
 from _grid_fakes import made_up
+import conftest
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-_EXPECTED_RUNS = sorted([f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg", "text_knn")
-                         for s in (0, 1)]
-                        + ["runs/Alpha/sasrec-recg-no_intra/seed0", "runs/Alpha/sasrec-recg-alpha0.01/seed0"])
+_EXPECTED_RUNS = sorted(
+    [f"runs/Alpha/sasrec-{v}/seed{s}" for v in ("id", "sem", "recg", "text_knn") for s in (0, 1)]
+    + ["runs/Alpha/sasrec-recg-no_intra/seed0", "runs/Alpha/sasrec-recg-alpha0.01/seed0"]
+)
 
 # What results.md of the tiny grid holds, whatever the numbers.
 _RESULTS_MD_NEEDLES = (
-    "seeds: 0, 1 (ablations and alpha sweep: 0)", "machine: ", "synthetic data",
-    "### Zero-shot, `full`, Recall@10 (%)", "### Zero-shot, `sampled10`, NDCG@10",
+    "seeds: 0, 1 (ablations and alpha sweep: 0)",
+    "machine: ",
+    "synthetic data",
+    "### Zero-shot, `full`, Recall@10 (%)",
+    "### Zero-shot, `sampled10`, NDCG@10",
     "| target ← source | text_knn | sasrec Sem | sasrec RecG | gain | p | sasrec RecG w/o seq |",
-    "### In-domain, `full`, NDCG@10", "| source | text_knn | sasrec ID | sasrec Sem | sasrec RecG |",
-    "### Ablations, sasrec on Alpha, `full` (%; seeds 0;", "| no intra-domain term |",
-    "| no sequence-level step |", "| sasrec-Sem |", "### Alpha sweep, sasrec-RecG on Alpha", "| 0.01 |",
-    "| 0.001 (default) |", "| Alpha |", "`sampled10`: sampled: the target against 10")
+    "### In-domain, `full`, NDCG@10",
+    "| source | text_knn | sasrec ID | sasrec Sem | sasrec RecG |",
+    "### Ablations, sasrec on Alpha, `full` (%; seeds 0;",
+    "| no intra-domain term |",
+    "| no sequence-level step |",
+    "| sasrec-Sem |",
+    "### Alpha sweep, sasrec-RecG on Alpha",
+    "| 0.01 |",
+    "| 0.001 (default) |",
+    "| Alpha |",
+    "`sampled10`: sampled: the target against 10",
+)
 
 
 # The tiny grid as a config file of the command line (conftest.get_config).
@@ -66,9 +79,22 @@ def _cli(workdir, config_file, *flags):
   differ only in their seed compile nothing."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.run([sys.executable, "-m", "recg_jax.experiments", f"--config={config_file}",
-                         f"--workdir={workdir}", *flags], cwd=_ROOT, env=env, capture_output=True, text=True,
-                        timeout=900, check=False)
+  return subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "recg_jax.experiments",
+          f"--config={config_file}",
+          f"--workdir={workdir}",
+          *flags,
+      ],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +144,22 @@ def test_plan_of_the_shared_grid():
   spec = next(s for s in specs if s.relpath.as_posix() == "runs/Office/gru4rec-recg/seed1")
   rc = planning.run_config(config, spec, planning.grid_domains(config))
   assert (rc.data.source, tuple(rc.data.targets), tuple(rc.data.auxiliary)) == (
-      "Office", ("Scientific", "Games"), ())
+      "Office",
+      ("Scientific", "Games"),
+      (),
+  )
   assert (rc.model.backbone, rc.model.variant, rc.train.seed, rc.experiment.mode) == (
-      "gru4rec", "recg", 1, "zero_shot")
+      "gru4rec",
+      "recg",
+      1,
+      "zero_shot",
+  )
   sign = next(s for s in specs if s.ablation == "printed_sign")
   rc = planning.run_config(config, sign, planning.grid_domains(config))
   assert rc.gen_loss.inter_sign == -1 and config.gen_loss.inter_sign == 1  # the grid config is untouched
-  no_item = planning.run_config(config, next(s for s in specs if s.ablation == "no_item_loss"),
-                                planning.grid_domains(config))
+  no_item = planning.run_config(
+      config, next(s for s in specs if s.ablation == "no_item_loss"), planning.grid_domains(config)
+  )
   assert not no_item.gen_loss.enabled and no_item.transfer.enabled and no_item.model.variant == "recg"
   alpha = next(s for s in specs if s.ablation == "alpha=0.0001")
   assert planning.run_config(config, alpha, planning.grid_domains(config)).gen_loss.alpha == 1e-4
@@ -137,9 +171,13 @@ def test_reduced_preset_and_bad_grids():
   reduced = grid_shared.get_config("reduced")
   # text_knn has no backbone: one run per source and seed, under the first backbone's name.
   assert [s.relpath.as_posix() for s in planning.plan_runs(reduced)] == [
-      f"runs/{src}/{b}-{v}/seed{s}" for s in (0, 1, 2) for src in ("Office", "Scientific")
-      for b in ("sasrec", "gru4rec") for v in ("sem", "recg", "text_knn")
-      if not (v == "text_knn" and b == "gru4rec")]
+      f"runs/{src}/{b}-{v}/seed{s}"
+      for s in (0, 1, 2)
+      for src in ("Office", "Scientific")
+      for b in ("sasrec", "gru4rec")
+      for v in ("sem", "recg", "text_knn")
+      if not (v == "text_knn" and b == "gru4rec")
+  ]
   assert reduced.model.hidden_dim == 64 and reduced.data.source == "Scientific"
   config = default_config.get_config()
   config.experiment.ablations = ("no_such_ablation",)
@@ -157,12 +195,32 @@ def test_reduced_preset_and_bad_grids():
 
 def _marker(setting, seed, metrics_by_domain, source="A", backbone="sasrec"):
   variant, _, ablation = setting.partition(":")
-  records = [{"stage": "zero_shot" if d != source else "in_domain", "domain": d, "source": source,
-              "backbone": backbone, "variant": variant, "seed": seed, "metrics": m, "extra": {}}
-             for d, m in metrics_by_domain.items()]
-  return {"spec": {"source": source, "backbone": backbone, "variant": variant, "seed": seed,
-                   "ablation": ablation, "alpha": None},
-          "setting": setting, "relpath": f"runs/{source}/{backbone}-{variant}/seed{seed}", "records": records}
+  records = [
+      {
+          "stage": "zero_shot" if d != source else "in_domain",
+          "domain": d,
+          "source": source,
+          "backbone": backbone,
+          "variant": variant,
+          "seed": seed,
+          "metrics": m,
+          "extra": {},
+      }
+      for d, m in metrics_by_domain.items()
+  ]
+  return {
+      "spec": {
+          "source": source,
+          "backbone": backbone,
+          "variant": variant,
+          "seed": seed,
+          "ablation": ablation,
+          "alpha": None,
+      },
+      "setting": setting,
+      "relpath": f"runs/{source}/{backbone}-{variant}/seed{seed}",
+      "records": records,
+  }
 
 
 def test_aggregate_mean_std_gain_and_paired_t_test():
@@ -172,15 +230,29 @@ def test_aggregate_mean_std_gain_and_paired_t_test():
   markers = []
   for seed in range(3):
     markers.append(_marker("sem", seed, {"B": {"zero_shot/full/recall@10": sem[seed]}}))
-    markers.append(_marker("recg", seed, {"B": {"zero_shot/full/recall@10": recg[seed],
-                                                "zero_shot_no_seq/full/recall@10": no_seq[seed]},
-                                          "A": {"test/full/recall@10": 0.5 + seed / 10,
-                                                "valid/full/recall@10": 0.9}}))
+    markers.append(
+        _marker(
+            "recg",
+            seed,
+            {
+                "B": {
+                    "zero_shot/full/recall@10": recg[seed],
+                    "zero_shot_no_seq/full/recall@10": no_seq[seed],
+                },
+                "A": {"test/full/recall@10": 0.5 + seed / 10, "valid/full/recall@10": 0.9},
+            },
+        )
+    )
   markers.append(_marker("recg:no_intra", 0, {"B": {"zero_shot/full/recall@10": 0.2}}))
   aggs = stats.aggregate(stats.observations(markers))
   key = lambda setting, kind="zero_shot", d="B": (kind, "A", d, "sasrec", setting, "full", "recall@10")
-  assert set(aggs) == {key("sem"), key("recg"), key("recg:no_seq"), key("recg:no_intra"),
-                       key("recg", "in_domain", "A")}  # validation metrics are not tabled
+  assert set(aggs) == {
+      key("sem"),
+      key("recg"),
+      key("recg:no_seq"),
+      key("recg:no_intra"),
+      key("recg", "in_domain", "A"),
+  }  # validation metrics are not tabled
 
   a = aggs[key("recg")]
   assert a["n"] == 3 and a["seeds"] == [0, 1, 2]
@@ -206,8 +278,11 @@ def test_aggregate_mean_std_gain_and_paired_t_test():
   assert aggs[key("recg", "in_domain", "A")]["sem_mean"] is None  # no Sem run in-domain
 
   # A constant difference over seeds has no variance: p = 0 (not NaN).
-  markers = [_marker(s, seed, {"B": {"zero_shot/full/ndcg@10": v + (0.1 if s == "recg" else 0.0)}})
-             for seed, v in enumerate([0.2, 0.3]) for s in ("sem", "recg")]
+  markers = [
+      _marker(s, seed, {"B": {"zero_shot/full/ndcg@10": v + (0.1 if s == "recg" else 0.0)}})
+      for seed, v in enumerate([0.2, 0.3])
+      for s in ("sem", "recg")
+  ]
   aggs = stats.aggregate(stats.observations(markers))
   (const,) = [v for k, v in aggs.items() if k[4] == "recg"]
   assert const["p_value"] == 0.0 and const["gain_pct"] == pytest.approx(40.0)
@@ -217,11 +292,16 @@ def test_aggregate_mean_std_gain_and_paired_t_test():
 
 
 def test_ablation_scope_uses_only_ablation_seeds():
-  markers = [_marker("recg", seed, {"B": {"zero_shot/full/recall@10": 0.1 * (seed + 1)}})
-             for seed in range(3)]
+  markers = [
+      _marker("recg", seed, {"B": {"zero_shot/full/recall@10": 0.1 * (seed + 1)}}) for seed in range(3)
+  ]
   markers.append(_marker("recg:no_inter", 0, {"B": {"zero_shot/full/recall@10": 0.5}}))
-  axes = {"seeds": (0, 1, 2), "ablation_seeds": (0,), "ablation_source": ("A",),
-          "ablation_backbone": ("sasrec",)}
+  axes = {
+      "seeds": (0, 1, 2),
+      "ablation_seeds": (0,),
+      "ablation_source": ("A",),
+      "ablation_backbone": ("sasrec",),
+  }
   main, ablation = stats.aggregate_grid(stats.observations(markers), axes)
   key = ("zero_shot", "A", "B", "sasrec", "recg", "full", "recall@10")
   assert main[key]["mean"] == pytest.approx(0.2) and main[key]["n"] == 3
@@ -279,8 +359,10 @@ def test_tables_of_made_up_runs(made_up_grid):
   assert "## Runs not finished" not in md
   # Beta ← Alpha, Recall@10: text_knn, then Sem, RecG, gain and p (2 seeds), and RecG without the
   # sequence-level step, every one from the made-up numbers.
-  knn, sem, recg, no_seq = ([made_up(setting, "Beta", s, "full/recall@10") for s in (0, 1)]
-                            for setting in ("text_knn", "sem", "recg", "recg:no_seq"))
+  knn, sem, recg, no_seq = (
+      [made_up(setting, "Beta", s, "full/recall@10") for s in (0, 1)]
+      for setting in ("text_knn", "sem", "recg", "recg:no_seq")
+  )
   # Paired t-test over two seeds (one degree of freedom): p = 1 - 2 atan(|t|) / pi.
   d = np.subtract(recg, sem)
   assert np.ptp(d) > 0
@@ -288,18 +370,32 @@ def test_tables_of_made_up_runs(made_up_grid):
   cell = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1):.2f}"
   section = md.split("### Zero-shot, `full`, Recall@10 (%)")[1].split("###")[0]
   (line,) = [l for l in section.splitlines() if l.startswith("| Beta ← Alpha |")]
-  assert line.split(" | ")[1:] == [cell(knn), cell(sem), cell(recg),
-                                   f"{100 * (np.mean(recg) / np.mean(sem) - 1):+.1f}%",
-                                   f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}", cell(no_seq) + " |"]
+  assert line.split(" | ")[1:] == [
+      cell(knn),
+      cell(sem),
+      cell(recg),
+      f"{100 * (np.mean(recg) / np.mean(sem) - 1):+.1f}%",
+      f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}",
+      cell(no_seq) + " |",
+  ]
   assert "| mean gain over pairs |" in section
 
   # Each table also alone, with the same header and footnotes.
   assert sorted(p.name for p in (workdir / "tables").iterdir()) == [
-      "ablations.md", "alpha.md", "in_domain.md", "zero_shot.md"]
+      "ablations.md",
+      "alpha.md",
+      "in_domain.md",
+      "zero_shot.md",
+  ]
   alone = (workdir / "tables" / "in_domain.md").read_text()
   assert alone.startswith("# In-domain (as the paper's Table 4): tiny_grid")
-  for needle in ("regenerate: `(made up)`", "machine: ", "seeds: 0, 1", "### In-domain, `full`, NDCG@10",
-                 "## Protocols"):
+  for needle in (
+      "regenerate: `(made up)`",
+      "machine: ",
+      "seeds: 0, 1",
+      "### In-domain, `full`, NDCG@10",
+      "## Protocols",
+  ):
     assert needle in alone, needle
   assert "### Zero-shot" not in alone and "### Ablations" not in alone
   table = alone.split("### In-domain, `full`, NDCG@10")[1].split("###")[0].split("## Protocols")[0]
@@ -327,14 +423,17 @@ def test_csv_of_made_up_runs(made_up_grid):
     assert float(r["gain_pct_vs_sem"]) == pytest.approx(100 * (np.mean(recg) / np.mean(sem) - 1), rel=1e-4)
     no_seq = [made_up("recg:no_seq", "Beta", s, f"{protocol}/recall@10") for s in (0, 1)]
     assert float(row("grid", "zero_shot", "Beta", "recg:no_seq", protocol, "recall@10")["mean"]) == (
-        pytest.approx(np.mean(no_seq), rel=1e-5))
+        pytest.approx(np.mean(no_seq), rel=1e-5)
+    )
   ident = [made_up("id", "Alpha", s, "full/ndcg@10") for s in (0, 1)]
   assert float(row("grid", "in_domain", "Alpha", "id", "full", "ndcg@10")["mean"]) == pytest.approx(
-      np.mean(ident), rel=1e-5)
+      np.mean(ident), rel=1e-5
+  )
   # The ablation scope averages seed 0 only.
   r = row("ablation", "zero_shot", "Gamma", "recg", "full", "ndcg@10")
-  assert r["n"] == "1" and float(r["mean"]) == pytest.approx(made_up("recg", "Gamma", 0, "full/ndcg@10"),
-                                                             rel=1e-5)
+  assert r["n"] == "1" and float(r["mean"]) == pytest.approx(
+      made_up("recg", "Gamma", 0, "full/ndcg@10"), rel=1e-5
+  )
   assert row("ablation", "zero_shot", "Gamma", "recg:alpha=0.01", "full", "ndcg@10")["n"] == "1"
 
 
@@ -348,7 +447,7 @@ def test_figures_of_made_up_runs(made_up_grid, tmp_path):
   mean_std = lambda v: (pytest.approx(np.mean(v)), pytest.approx(np.std(v, ddof=1)))
   bars = figures.pair_bar_data(aggregates, axes, "full", metrics)
   assert [pair for pair, _, _ in bars["sasrec"]["recall@10"]] == ["Beta←Alpha", "Gamma←Alpha"]
-  (_, sem, recg) = bars["sasrec"]["ndcg@10"][1]
+  _, sem, recg = bars["sasrec"]["ndcg@10"][1]
   assert sem == mean_std([made_up("sem", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
   assert recg == mean_std([made_up("recg", "Gamma", s, "full/ndcg@10") for s in (0, 1)])
   series = figures.alpha_series(ablation, axes, "full", metrics, float(config.gen_loss.alpha))
@@ -360,7 +459,11 @@ def test_figures_of_made_up_runs(made_up_grid, tmp_path):
   # Without embedding tables there is no item-space projection; the other figures are drawn.
   written = figures.write_plots(tmp_path, config, aggregates, ablation, markers, None, None)
   assert sorted(pathlib.Path(p).name for p in written) == [
-      "alpha_full.png", "alpha_sampled10.png", "pairs_full.png", "pairs_sampled10.png"]
+      "alpha_full.png",
+      "alpha_sampled10.png",
+      "pairs_full.png",
+      "pairs_sampled10.png",
+  ]
   for p in written:
     assert pathlib.Path(p).parent == tmp_path / "plots"
     assert pathlib.Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -449,7 +552,8 @@ def test_grid_runs_every_planned_run_once(grid):
   assert done["config"]["data"]["targets"] == ["Beta", "Gamma"]
   id_records = _records(workdir, "runs/Alpha/sasrec-id/seed1")
   assert [(r["stage"], r["domain"], r["variant"], r["seed"]) for r in id_records] == [
-      ("in_domain", "Alpha", "id", 1)]
+      ("in_domain", "Alpha", "id", 1)
+  ]
 
 
 @pytest.mark.slow
@@ -460,8 +564,12 @@ def test_csv_aggregates_match_the_runs(grid):
   assert any("seeds: 0 1; ablation seeds: 0" in h for h in head) and any("machine:" in h for h in head)
 
   def row(scope, kind, domain, setting, protocol, metric):
-    (r,) = [r for r in rows if (r["scope"], r["kind"], r["domain"], r["setting"], r["protocol"],
-                                r["metric"]) == (scope, kind, domain, setting, protocol, metric)]
+    (r,) = [
+        r
+        for r in rows
+        if (r["scope"], r["kind"], r["domain"], r["setting"], r["protocol"], r["metric"])
+        == (scope, kind, domain, setting, protocol, metric)
+    ]
     return r
 
   for protocol in ("full", "sampled10"):
@@ -475,17 +583,22 @@ def test_csv_aggregates_match_the_runs(grid):
     assert float(r["sem_mean"]) == pytest.approx(np.mean(sem), rel=1e-5)
     if np.mean(sem) > 0:
       assert float(r["gain_pct_vs_sem"]) == pytest.approx(100 * (np.mean(recg) / np.mean(sem) - 1), rel=1e-4)
-    no_seq = [_metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta",
-                      f"zero_shot_no_seq/{protocol}/recall@10") for s in (0, 1)]
+    no_seq = [
+        _metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta", f"zero_shot_no_seq/{protocol}/recall@10")
+        for s in (0, 1)
+    ]
     assert float(row("grid", "zero_shot", "Beta", "recg:no_seq", protocol, "recall@10")["mean"]) == (
-        pytest.approx(np.mean(no_seq), rel=1e-5))
+        pytest.approx(np.mean(no_seq), rel=1e-5)
+    )
   ident = [_metric(workdir, f"runs/Alpha/sasrec-id/seed{s}", "Alpha", "test/full/ndcg@10") for s in (0, 1)]
   assert float(row("grid", "in_domain", "Alpha", "id", "full", "ndcg@10")["mean"]) == pytest.approx(
-      np.mean(ident), rel=1e-5)
+      np.mean(ident), rel=1e-5
+  )
   # The ablation scope averages seed 0 only.
   r = row("ablation", "zero_shot", "Gamma", "recg", "full", "ndcg@10")
   assert r["n"] == "1" and float(r["mean"]) == pytest.approx(
-      _metric(workdir, "runs/Alpha/sasrec-recg/seed0", "Gamma", "zero_shot/full/ndcg@10"), rel=1e-5)
+      _metric(workdir, "runs/Alpha/sasrec-recg/seed0", "Gamma", "zero_shot/full/ndcg@10"), rel=1e-5
+  )
   assert row("ablation", "zero_shot", "Gamma", "recg:alpha=0.01", "full", "ndcg@10")["n"] == "1"
 
 
@@ -497,8 +610,9 @@ def test_results_md_tables(grid):
   for needle in (f"regenerate: `{command}`", *_RESULTS_MD_NEEDLES):
     assert needle in md, needle
   # The Recall@10 row of Beta ← Alpha shows both seeds' mean ± std and the paired p-value.
-  recg = [_metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta", "zero_shot/full/recall@10")
-          for s in (0, 1)]
+  recg = [
+      _metric(workdir, f"runs/Alpha/sasrec-recg/seed{s}", "Beta", "zero_shot/full/recall@10") for s in (0, 1)
+  ]
   section = md.split("### Zero-shot, `full`, Recall@10 (%)")[1].split("###")[0]
   (line,) = [l for l in section.splitlines() if l.startswith("| Beta ← Alpha |")]
   assert f"{100 * np.mean(recg):.2f} ± {100 * np.std(recg, ddof=1):.2f}" in line
@@ -513,8 +627,13 @@ def test_each_table_also_alone_with_the_header(grid):
   assert names == ["ablations.md", "alpha.md", "in_domain.md", "zero_shot.md"]
   alone = (workdir / "tables" / "in_domain.md").read_text()
   assert alone.startswith("# In-domain (as the paper's Table 4): tiny_grid")
-  for needle in (f"regenerate: `python -m recg_jax.experiments --config={config_file}", "machine: ",
-                 "seeds: 0, 1", "### In-domain, `full`, NDCG@10", "## Protocols"):
+  for needle in (
+      f"regenerate: `python -m recg_jax.experiments --config={config_file}",
+      "machine: ",
+      "seeds: 0, 1",
+      "### In-domain, `full`, NDCG@10",
+      "## Protocols",
+  ):
     assert needle in alone, needle
   assert "### Zero-shot" not in alone and "### Ablations" not in alone
   md = (workdir / "results.md").read_text()
@@ -527,7 +646,12 @@ def test_plots_written(grid):
   workdir, _, out = grid
   plots = re.findall(r"\[plots\] wrote (\S+)", out)
   assert sorted(pathlib.Path(p).name for p in plots) == [
-      "alpha_full.png", "alpha_sampled10.png", "items_pca.png", "pairs_full.png", "pairs_sampled10.png"]
+      "alpha_full.png",
+      "alpha_sampled10.png",
+      "items_pca.png",
+      "pairs_full.png",
+      "pairs_sampled10.png",
+  ]
   assert all(pathlib.Path(p).parent == workdir / "plots" for p in plots)
   for p in plots:
     data = pathlib.Path(p).read_bytes()
@@ -547,8 +671,7 @@ def test_trained_params_reload_from_the_best_checkpoint(grid):
   # W_p e + b_p and W_a e + b_a with the restored parameters, by hand.
   w_p, w_a = params["items"]["W_p"], params["items"]["W_a"]
   np.testing.assert_allclose(vecs, table[1:] @ w_p["kernel"] + w_p["bias"], rtol=1e-4, atol=1e-5)
-  z = figures.projected_items(model, params, {"Alpha": table}, max_items=7, seed=0,
-                              space="align")["Alpha"]
+  z = figures.projected_items(model, params, {"Alpha": table}, max_items=7, seed=0, space="align")["Alpha"]
   assert z.shape == (7, 16)
   rows = np.sort(np.random.default_rng(0).choice(np.arange(1, table.shape[0]), 7, replace=False))
   np.testing.assert_allclose(z, table[rows] @ w_a["kernel"] + w_a["bias"], rtol=1e-4, atol=1e-5)
@@ -556,10 +679,12 @@ def test_trained_params_reload_from_the_best_checkpoint(grid):
   # run's recorded in-domain test metric without the sequence-level step.
   from recg_jax import transfer
   from recg_jax.data import prepare
+
   domains = prepare.load_domains(config, workdir)
   metrics = transfer.evaluate_domain(config, model, params, table, domains["Alpha"], None, "test")
   assert metrics["full/ndcg@10"] == pytest.approx(
-      _metric(workdir, relpath, "Alpha", "test_no_seq/full/ndcg@10"), rel=1e-5)
+      _metric(workdir, relpath, "Alpha", "test_no_seq/full/ndcg@10"), rel=1e-5
+  )
 
 
 @pytest.mark.slow
@@ -640,11 +765,23 @@ def test_shards_split_the_plan_without_overlap():
 
 
 def test_recorded_command_drops_the_per_invocation_flags():
-  command = cli.recorded_command("recg_jax.experiments",
-      ["--config=configs/grid_shared.py:scientific", "--workdir=w", "--config.experiment.shard_index=3",
-       "--config.experiment.num_shards=8", "--aggregate_only", "--config.encoder.cache_only=True", "--plots=false", "--config.train.seed=1"])
-  assert command == ("python -m recg_jax.experiments --config=configs/grid_shared.py:scientific "
-                     "--workdir=w --config.train.seed=1")
+  command = cli.recorded_command(
+      "recg_jax.experiments",
+      [
+          "--config=configs/grid_shared.py:scientific",
+          "--workdir=w",
+          "--config.experiment.shard_index=3",
+          "--config.experiment.num_shards=8",
+          "--aggregate_only",
+          "--config.encoder.cache_only=True",
+          "--plots=false",
+          "--config.train.seed=1",
+      ],
+  )
+  assert command == (
+      "python -m recg_jax.experiments --config=configs/grid_shared.py:scientific "
+      "--workdir=w --config.train.seed=1"
+  )
 
 
 def test_member_groups_of_the_reduced_scientific_grid():

@@ -46,7 +46,7 @@ def independent_jnp_loss(z, alpha, tau, inter_sign=1):
   flat = unit.reshape(num_domains * samples, -1)
   h_intra = 0.0
   for d in range(num_domains):
-    block = flat[d * samples:(d + 1) * samples]
+    block = flat[d * samples : (d + 1) * samples]
     p = jax.nn.softmax(block @ block.T / tau, axis=1)
     h_intra += -jnp.sum(p * jnp.log(p)) / (num_domains * samples)
   centres = jnp.stack([z[d].sum(0) / samples for d in range(num_domains)])
@@ -69,12 +69,15 @@ def _z(shape, seed=0, scale=1.0):
   return np.asarray(np.random.default_rng(seed).normal(size=shape) * scale, np.float32)
 
 
-@pytest.mark.parametrize("tau,inter_sign,use_intra,use_inter", [
-    (1.0, 1, True, True),
-    (0.2, -1, True, True),
-    (0.5, 1, False, True),
-    (0.5, 1, True, False),
-])
+@pytest.mark.parametrize(
+    "tau,inter_sign,use_intra,use_inter",
+    [
+        (1.0, 1, True, True),
+        (0.2, -1, True, True),
+        (0.5, 1, False, True),
+        (0.5, 1, True, False),
+    ],
+)
 def test_matches_numpy_reference(tau, inter_sign, use_intra, use_inter):
   z = _z((4, 6, 5), seed=1) + 0.3  # offset so that centres are not near zero
   alpha = 0.01
@@ -157,8 +160,9 @@ def test_inter_sign_flips_inter_contribution():
   z = jnp.asarray(_z((3, 4, 5), seed=5))
   plus = gen_loss.generalization_loss(z, 0.02, 0.5, 1)[1]
   minus = gen_loss.generalization_loss(z, 0.02, 0.5, -1)[1]
-  np.testing.assert_allclose(float(plus["loss"] - minus["loss"]), 2 * float(plus["beta"] * plus["h_inter"]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      float(plus["loss"] - minus["loss"]), 2 * float(plus["beta"] * plus["h_inter"]), rtol=1e-5
+  )
   grad_fn = lambda s: _grad(lambda v: gen_loss.generalization_loss(v, 0.02, 0.5, s, use_intra=False)[0])
   grad_plus, grad_minus = np.asarray(grad_fn(1)(z)), np.asarray(grad_fn(-1)(z))
   np.testing.assert_allclose(grad_plus, -grad_minus, rtol=1e-6)
@@ -194,8 +198,9 @@ def test_gradients_finite_with_mask_small_tau_and_zero_vector():
 def test_jit_matches_eager_and_bfloat16_input():
   z = jnp.asarray(_z((3, 4, 5), seed=8))
   fn = jax.jit(functools.partial(gen_loss.generalization_loss, inter_sign=1, use_intra=True, use_inter=True))
-  np.testing.assert_allclose(float(fn(z, 0.01, 0.5)[0]), float(gen_loss.generalization_loss(z, 0.01, 0.5)[0]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      float(fn(z, 0.01, 0.5)[0]), float(gen_loss.generalization_loss(z, 0.01, 0.5)[0]), rtol=1e-6
+  )
   loss_bf16 = gen_loss.generalization_loss(z.astype(jnp.bfloat16), 0.01, 0.5)[0]
   assert loss_bf16.dtype == jnp.float32
 

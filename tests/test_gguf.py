@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from recg_jax.encoders import gguf_loader, llama
+from recg_jax.encoders import gguf_loader
+from recg_jax.encoders import llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -66,9 +67,19 @@ def reference_tokenizer(gguf_path):
 
 def test_config_from_metadata(loaded):
   hf, tensors, _ = loaded
-  expected = dict(model_type="llama", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
-                  num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
-                  rope_theta=100000.0, tie_word_embeddings=True, max_position_embeddings=8192)
+  expected = dict(
+      model_type="llama",
+      hidden_size=576,
+      num_hidden_layers=30,
+      intermediate_size=1536,
+      num_attention_heads=9,
+      num_key_value_heads=3,
+      head_dim=64,
+      vocab_size=49152,
+      rope_theta=100000.0,
+      tie_word_embeddings=True,
+      max_position_embeddings=8192,
+  )
   assert {k: hf[k] for k in expected} == expected
   assert abs(hf["rms_norm_eps"] - 1e-5) < 1e-9
   assert "lm_head.weight" not in tensors  # tied: the GGUF has no output.weight
@@ -93,8 +104,9 @@ def test_unpermute_inverts_llama_cpp_permute():
 def test_tensor_names():
   assert gguf_loader.hf_tensor_name("blk.7.attn_q.weight") == "model.layers.7.self_attn.q_proj.weight"
   assert gguf_loader.hf_tensor_name("blk.0.attn_k.bias") == "model.layers.0.self_attn.k_proj.bias"
-  assert (gguf_loader.hf_tensor_name("blk.3.ffn_norm.weight")
-          == "model.layers.3.post_attention_layernorm.weight")
+  assert (
+      gguf_loader.hf_tensor_name("blk.3.ffn_norm.weight") == "model.layers.3.post_attention_layernorm.weight"
+  )
   assert gguf_loader.hf_tensor_name("output_norm.weight") == "model.norm.weight"
   assert gguf_loader.hf_tensor_name("token_embd.weight") == "model.embed_tokens.weight"
   with pytest.raises(ValueError, match="ffn_gate_exps"):
@@ -122,7 +134,7 @@ def _batch(tokenizer):
   ids = np.zeros((len(encoded), width), np.int32)
   mask = np.zeros_like(ids)
   for row, e in enumerate(encoded):
-    ids[row, :len(e)], mask[row, :len(e)] = e, 1
+    ids[row, : len(e)], mask[row, : len(e)] = e, 1
   return ids, mask
 
 
@@ -133,32 +145,49 @@ def test_first_layers_match_transformers_gguf_tensors(loaded_and_reader):
   A cheap stand-in for the whole 30-block model loaded by transformers (the slow test below).
   """
   from transformers import modeling_gguf_pytorch_utils as hf_gguf  # pylint: disable=g-import-not-at-top
+
   (hf, tensors, tokenizer), reader = loaded_and_reader
   blocks = 2
   cut = {**hf, "num_hidden_layers": blocks}
-  kept = {k: v for k, v in tensors.items()
-          if not k.startswith("model.layers.") or int(k.split(".")[2]) < blocks}
+  kept = {
+      k: v for k, v in tensors.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < blocks
+  }
   module, params = llama.build(cut, kept, {"attention": "causal", "dtype": "float32"})
   ids, mask = _batch(tokenizer)
   ours = np.asarray(jax.jit(module.apply)({"params": params}, ids, mask))
 
-  fields = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-            "head_dim", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "max_position_embeddings")
-  model = transformers.LlamaModel(transformers.LlamaConfig(
-      **{k: hf[k] for k in fields}, num_hidden_layers=blocks, attn_implementation="eager")).eval()
+  fields = (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_attention_heads",
+      "num_key_value_heads",
+      "head_dim",
+      "rms_norm_eps",
+      "rope_theta",
+      "tie_word_embeddings",
+      "max_position_embeddings",
+  )
+  model = transformers.LlamaModel(
+      transformers.LlamaConfig(
+          **{k: hf[k] for k in fields}, num_hidden_layers=blocks, attn_implementation="eager"
+      )
+  ).eval()
   processor = hf_gguf.TENSOR_PROCESSORS["llama"](config=hf)
   names = hf_gguf.get_gguf_hf_weights_map(model, processor)
   state = {}
   for tensor in reader.tensors:
     if tensor.name in names:
-      weights = processor.process(weights=gguf.dequantize(tensor.data, tensor.tensor_type),
-                                  name=tensor.name).weights
+      weights = processor.process(
+          weights=gguf.dequantize(tensor.data, tensor.tensor_type), name=tensor.name
+      ).weights
       state[names[tensor.name]] = torch.from_numpy(np.copy(weights))
   assert set(state) == set(model.state_dict()), set(model.state_dict()) ^ set(state)
   model.load_state_dict(state)
   with torch.no_grad():
-    ref = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    ref = model(
+        input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)
+    ).last_hidden_state.numpy()
   real = mask.astype(bool)
   assert np.abs(ours[real] - ref[real]).max() < 1e-3 * np.abs(ref[real]).max()
   assert np.abs(ref[real]).max() > 1.0  # not a degenerate comparison
@@ -171,11 +200,13 @@ def test_mean_pooled_hidden_states_match_transformers(loaded, reference_tokenize
   ids, mask = _batch(tokenizer)
   ours = np.asarray(jax.jit(module.apply)({"params": params}, ids, mask))
 
-  model = transformers.AutoModel.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 attn_implementation="eager").eval()
+  model = transformers.AutoModel.from_pretrained(
+      str(gguf_path.parent), gguf_file=gguf_path.name, attn_implementation="eager"
+  ).eval()
   with torch.no_grad():
-    ref = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    ref = model(
+        input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)
+    ).last_hidden_state.numpy()
   pool = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
   np.testing.assert_allclose(pool(ours), pool(ref), atol=1e-3, rtol=0)
   real = mask.astype(bool)
@@ -186,9 +217,17 @@ def test_mean_pooled_hidden_states_match_transformers(loaded, reference_tokenize
 def _toy_tokenizer(**meta):
   tokens = ["<s>", "</s>", "a", "b", "ab", "\u0120", "\u0120ab", "<tool>"]
   types = [3, 3, 1, 1, 1, 1, 1, 4]
-  return gguf_loader.build_tokenizer({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.bos_token_id": 0,
-                                      "tokenizer.ggml.eos_token_id": 1, **meta},
-                                     tokens, ["a b", "\u0120 ab"], types)
+  return gguf_loader.build_tokenizer(
+      {
+          "tokenizer.ggml.model": "gpt2",
+          "tokenizer.ggml.bos_token_id": 0,
+          "tokenizer.ggml.eos_token_id": 1,
+          **meta,
+      },
+      tokens,
+      ["a b", "\u0120 ab"],
+      types,
+  )
 
 
 def test_toy_vocabulary_bos_eos_and_added_tokens():
@@ -199,12 +238,15 @@ def test_toy_vocabulary_bos_eos_and_added_tokens():
   assert both.decode(both.encode("ab ab").ids) == "ab ab"  # specials skipped, bytes decoded
 
 
-@pytest.mark.parametrize("pre,pieces", [
-    ("llama-bpe", ["abc", "\u0120", "123", "45"]),  # Llama-3: numbers in runs of at most 3
-    ("qwen2", ["abc", "\u0120", "1", "2", "3", "4", "5"]),
-    ("smollm", ["abc", "\u0120", "1", "2", "3", "4", "5"]),
-    ("gpt2", ["abc", "\u012012345"]),
-])
+@pytest.mark.parametrize(
+    "pre,pieces",
+    [
+        ("llama-bpe", ["abc", "\u0120", "123", "45"]),  # Llama-3: numbers in runs of at most 3
+        ("qwen2", ["abc", "\u0120", "1", "2", "3", "4", "5"]),
+        ("smollm", ["abc", "\u0120", "1", "2", "3", "4", "5"]),
+        ("gpt2", ["abc", "\u012012345"]),
+    ],
+)
 def test_pre_tokenizer_follows_llama_cpp(pre, pieces):
   tok = _toy_tokenizer(**{"tokenizer.ggml.pre": pre})
   assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("abc 12345")] == pieces

@@ -14,11 +14,16 @@ def _domain(histories):
   num_items = int(max(max(h) for h in histories))
   offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
   empty = np.array([""] * (num_items + 1), dtype=object)
-  return types.DomainData(name="Toy", item_tokens=np.array(["[PAD]"] + [str(i) for i in range(1, num_items + 1)],
-                                                           dtype=object),
-                          item_fields={"title": empty}, item_text=empty,
-                          user_tokens=np.array([f"u{i}" for i in range(len(rows))], dtype=object),
-                          offsets=offsets, items=np.concatenate(rows), synthetic=True)
+  return types.DomainData(
+      name="Toy",
+      item_tokens=np.array(["[PAD]"] + [str(i) for i in range(1, num_items + 1)], dtype=object),
+      item_fields={"title": empty},
+      item_text=empty,
+      user_tokens=np.array([f"u{i}" for i in range(len(rows))], dtype=object),
+      offsets=offsets,
+      items=np.concatenate(rows),
+      synthetic=True,
+  )
 
 
 # Training parts (all but the last two items): [1,2,3,4], [1..7] (window keeps the last 4), [7,8,9], [5].
@@ -53,9 +58,9 @@ def test_last_target_only():
 def test_bidirectional_prefix_rows_golden():
   rows = ip.build_rows(TOY, max_len=3, targets="all_prefixes", causal=False)
   b = _all_rows(rows)
-  np.testing.assert_array_equal(b["inputs"], [[0, 0, 1], [0, 1, 2], [1, 2, 3],
-                                              [0, 0, 4], [0, 4, 5], [4, 5, 6],
-                                              [0, 0, 7], [0, 7, 8]])
+  np.testing.assert_array_equal(
+      b["inputs"], [[0, 0, 1], [0, 1, 2], [1, 2, 3], [0, 0, 4], [0, 4, 5], [4, 5, 6], [0, 0, 7], [0, 7, 8]]
+  )
   np.testing.assert_array_equal(b["targets"][:, 0], [2, 3, 4, 5, 6, 7, 8, 9])
   # Every prefix row keeps the whole window of its user for negative exclusion.
   np.testing.assert_array_equal(b["history"][4], [4, 5, 6, 7])
@@ -95,10 +100,11 @@ def test_epoch_batches_cover_rows_once_and_pad():
   weights = np.concatenate([b["weights"][:, 0] for b in batches])
   assert weights.sum() == rows.num_rows
   pad = bs * len(batches) - rows.num_rows
-  assert pad > 0 and np.all(weights[-pad:] == 0) and np.all(batches[-1]["inputs"][bs - pad:] == 0)
+  assert pad > 0 and np.all(weights[-pad:] == 0) and np.all(batches[-1]["inputs"][bs - pad :] == 0)
   # Each row exactly once: compare as multisets of (input, target) rows.
-  got = np.concatenate([np.concatenate([b["inputs"], b["targets"]], 1)[b["weights"][:, 0] > 0]
-                        for b in batches])
+  got = np.concatenate(
+      [np.concatenate([b["inputs"], b["targets"]], 1)[b["weights"][:, 0] > 0] for b in batches]
+  )
   full = _all_rows(rows)
   want = np.concatenate([full["inputs"], full["targets"]], 1)
   assert sorted(map(tuple, got)) == sorted(map(tuple, want))
@@ -111,8 +117,10 @@ def test_process_parts_of_every_batch_join_to_the_whole_batch(processes):
   batch_size = 8
   per = batch_size // processes
   whole = list(ip.epoch_batches(rows, batch_size, seed=3, epoch=1))
-  parts = [list(ip.epoch_batches(rows, batch_size, seed=3, epoch=1, part=slice(p * per, (p + 1) * per)))
-           for p in range(processes)]
+  parts = [
+      list(ip.epoch_batches(rows, batch_size, seed=3, epoch=1, part=slice(p * per, (p + 1) * per)))
+      for p in range(processes)
+  ]
   assert any(b["weights"].sum(axis=-1).min() == 0 for b in whole)  # a padded batch is among them
   for b, batch in enumerate(whole):
     for key, value in batch.items():
@@ -158,8 +166,9 @@ def test_prefetch_reraises_producer_errors():
     yield {"x": np.zeros((2, 2), np.int32)}
     raise RuntimeError("reader failed")
 
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
-                                        jax.sharding.PartitionSpec())
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), jax.sharding.PartitionSpec()
+  )
   it = ip.prefetch(broken(), 2, sharding)
   next(it)
   with pytest.raises(RuntimeError, match="reader failed"):
@@ -174,8 +183,9 @@ def test_cloze_mask():
   weights = (inputs != 0).astype(np.float32)
   mask_id = 99
   f = jax.jit(ip.cloze_mask, static_argnums=(3, 4, 5))
-  masked_in, targets, w = map(np.asarray, f(jax.random.key(0), jnp.asarray(inputs), jnp.asarray(weights),
-                                            0.3, mask_id, 0.0))
+  masked_in, targets, w = map(
+      np.asarray, f(jax.random.key(0), jnp.asarray(inputs), jnp.asarray(weights), 0.3, mask_id, 0.0)
+  )
   np.testing.assert_array_equal(targets, inputs)
   is_mask = masked_in == mask_id
   np.testing.assert_array_equal(w > 0, is_mask)  # targets only at masked positions
@@ -185,13 +195,15 @@ def test_cloze_mask():
   rate = is_mask[1:, 3:].mean()
   assert 0.27 < rate < 0.36, rate  # ~mask_prob, plus the forced last items
   # last_item_prob = 1: exactly the last position of every real row.
-  m1, _, w1 = map(np.asarray, f(jax.random.key(1), jnp.asarray(inputs), jnp.asarray(weights), 0.3, mask_id,
-                                1.0))
+  m1, _, w1 = map(
+      np.asarray, f(jax.random.key(1), jnp.asarray(inputs), jnp.asarray(weights), 0.3, mask_id, 1.0)
+  )
   np.testing.assert_array_equal(m1[1:] == mask_id, np.eye(10, dtype=bool)[[9] * 511])
   assert w1[0].sum() == 0
   # mask_prob = 0 still masks the last item (fallback), never more.
-  m0, _, _ = map(np.asarray, f(jax.random.key(2), jnp.asarray(inputs), jnp.asarray(weights), 0.0, mask_id,
-                               0.0))
+  m0, _, _ = map(
+      np.asarray, f(jax.random.key(2), jnp.asarray(inputs), jnp.asarray(weights), 0.0, mask_id, 0.0)
+  )
   np.testing.assert_array_equal(m0 == mask_id, m1 == mask_id)
 
 
@@ -226,8 +238,9 @@ def test_bucketed_epoch_holds_every_row_once_at_its_width(layout):
   assert rows.widths == (2, 4, 7) and flat.widths == (7,)
   lengths = (full["inputs"] != 0).sum(axis=1)
   np.testing.assert_array_equal(rows.input_lengths(), lengths)
-  np.testing.assert_array_equal(np.asarray(rows.widths)[rows.row_bucket_N],
-                                np.where(lengths <= 2, 2, np.where(lengths <= 4, 4, 7)))
+  np.testing.assert_array_equal(
+      np.asarray(rows.widths)[rows.row_bucket_N], np.where(lengths <= 2, 2, np.where(lengths <= 4, 4, 7))
+  )
   sizes = ip.bucket_sizes(rows)
   assert sum(sizes.values()) == rows.num_rows and len(sizes) >= 2
   plan = ip.epoch_plan(rows, bs, seed=1, epoch=0)
@@ -240,8 +253,8 @@ def test_bucketed_epoch_holds_every_row_once_at_its_width(layout):
     assert b["targets"].shape == ((bs, width) if p else (bs, 1)) and b["weights"].shape == b["targets"].shape
     n = len(idx)
     # The cut drops only padding: the real rows equal the full-width rows' last `width` columns.
-    assert not full["inputs"][idx, :L - width].any()
-    np.testing.assert_array_equal(b["inputs"][:n], full["inputs"][idx, L - width:])
+    assert not full["inputs"][idx, : L - width].any()
+    np.testing.assert_array_equal(b["inputs"][:n], full["inputs"][idx, L - width :])
     cut = slice(L - width, None) if p else slice(None)  # per-position targets are cut like the inputs
     np.testing.assert_array_equal(b["targets"][:n], full["targets"][idx, cut])
     np.testing.assert_array_equal(b["weights"][:n], full["weights"][idx, cut])

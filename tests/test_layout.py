@@ -7,9 +7,9 @@ import os
 import pathlib
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from recg_jax import config as config_lib
 from recg_jax.config import roles
@@ -30,9 +30,14 @@ def _imported_modules(tree: ast.AST) -> set[str]:
 
 
 def test_no_library_module_imports_the_configs_folder():
-  offenders = [str(p.relative_to(_ROOT)) for p in _MODULES
-               if any(m == "configs" or m.startswith("configs.")
-                      for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8"))))]
+  offenders = [
+      str(p.relative_to(_ROOT))
+      for p in _MODULES
+      if any(
+          m == "configs" or m.startswith("configs.")
+          for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8")))
+      )
+  ]
   assert offenders == []
 
 
@@ -73,17 +78,41 @@ def test_installed_package_runs_from_another_folder(tmp_path):
   """`pip install .` (here into a target folder, without dependencies, which this environment has) gives
   an importable recg_jax, configs and all, that needs neither the repository root nor its configs/."""
   target = tmp_path / "site"
-  proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                         "--target", str(target), str(_ROOT)], capture_output=True, text=True, timeout=600,
-                        check=False)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "pip",
+          "install",
+          "--quiet",
+          "--no-deps",
+          "--no-build-isolation",
+          "--target",
+          str(target),
+          str(_ROOT),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  code = ("import recg_jax, recg_jax.config, recg_jax.pipeline, recg_jax.main, recg_jax.serving; "
-          "print(recg_jax.__file__); print(recg_jax.config.get_config().model.variant)")
+  code = (
+      "import recg_jax, recg_jax.config, recg_jax.pipeline, recg_jax.main, recg_jax.serving; "
+      "print(recg_jax.__file__); print(recg_jax.config.get_config().model.variant)"
+  )
   env = {**os.environ, "PYTHONPATH": str(target)}
-  proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=elsewhere,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr
   where, variant = proc.stdout.split()
   assert pathlib.Path(where).is_relative_to(target) and variant == "recg"

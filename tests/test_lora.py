@@ -7,20 +7,34 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from recg_jax.encoders import llama, lora
+from recg_jax.encoders import llama
+from recg_jax.encoders import lora
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-_TINY = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+_TINY = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attn_implementation="eager",
+)
 _ADAPTERS = {
     # Per-module rank and alpha overrides, and an embedding adapter (saved with its base layer).
-    "patterns": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
-                     rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 16}),
-    "rslora": dict(r=8, lora_alpha=4, target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"],
-                   use_rslora=True),
+    "patterns": dict(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={"v_proj": 16},
+    ),
+    "rslora": dict(
+        r=8, lora_alpha=4, target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"], use_rslora=True
+    ),
 }
 
 
@@ -37,8 +51,12 @@ def adapted(tmp_path_factory):
     model = peft.get_peft_model(base, peft.LoraConfig(init_lora_weights=False, **kwargs)).eval()
     adapter_dir = tmp_path_factory.mktemp(f"adapter_{name}")
     model.save_pretrained(adapter_dir)
-    out[name] = (load_file(str(base_dir / "model.safetensors")),
-                 json.loads((base_dir / "config.json").read_text()), adapter_dir, model)
+    out[name] = (
+        load_file(str(base_dir / "model.safetensors")),
+        json.loads((base_dir / "config.json").read_text()),
+        adapter_dir,
+        model,
+    )
   return out
 
 
@@ -52,8 +70,9 @@ def test_merged_forward_matches_peft(adapted, name):
   module, params = llama.build(hf_config, merged, {"attention": "causal"})
   ours = np.asarray(jax.jit(module.apply)({"params": params}, ids, mask))
   with torch.no_grad():
-    ref = model.base_model.model.model(input_ids=torch.tensor(ids, dtype=torch.long),
-                                       attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+    ref = model.base_model.model.model(
+        input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)
+    ).last_hidden_state
   real = mask.astype(bool)
   np.testing.assert_allclose(ours[real], ref.numpy()[real], atol=1e-5, rtol=0)
   # The adapter matters: the base model gives something else.
@@ -77,7 +96,7 @@ def test_merged_weights_match_merge_and_unload(adapted, name):
 def test_merge_handles_prefixless_base_names(adapted):
   """A LlamaModel checkpoint has no `model.` prefix; the adapter (saved on a *ForCausalLM) still applies."""
   tensors, _, adapter_dir, _ = adapted["rslora"]
-  bare = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+  bare = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
   merged = lora.merge_lora(tensors, adapter_dir)
   merged_bare = lora.merge_lora(bare, adapter_dir)
   for key, value in merged_bare.items():

@@ -18,8 +18,9 @@ def test_negatives_avoid_history_and_positives_and_stay_in_range():
   history[:, :3] = 0  # padding
   history[0] = np.arange(1, 13)  # a dense block of forbidden items
   positives = rng.integers(0, num_items + 1, size=(16, 5)).astype(np.int32)
-  neg = losses.sample_negatives(jax.random.PRNGKey(0), jnp.asarray(positives), num_items, 64,
-                                jnp.asarray(history))
+  neg = losses.sample_negatives(
+      jax.random.PRNGKey(0), jnp.asarray(positives), num_items, 64, jnp.asarray(history)
+  )
   chex.assert_shape(neg, (16, 5, 64))
   assert neg.dtype == jnp.int32
   neg = np.asarray(neg)
@@ -61,8 +62,9 @@ def test_negatives_reject_bad_arguments():
   with pytest.raises(ValueError, match="num_negatives"):
     losses.sample_negatives(jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32), 10, 0)
   with pytest.raises(ValueError, match="history_BxL"):
-    losses.sample_negatives(jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32), 10, 2,
-                            jnp.ones((3, 4), jnp.int32))
+    losses.sample_negatives(
+        jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32), 10, 2, jnp.ones((3, 4), jnp.int32)
+    )
 
 
 def _log1p_exp_neg(x):
@@ -80,9 +82,11 @@ def test_bpr_golden_value():
   assert expected == pytest.approx(0.2200948, abs=1e-6)
   got = losses.bpr_loss(user, pos, neg, mask)
   assert float(got) == pytest.approx(expected, rel=1e-6)
-  np.testing.assert_allclose(losses.bpr_from_scores(jnp.array([[2.0, 0.0]]), jnp.array([[[0.0, 1.0],
-                                                                                         [9.0, 9.0]]]),
-                                                    mask), expected, rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.bpr_from_scores(jnp.array([[2.0, 0.0]]), jnp.array([[[0.0, 1.0], [9.0, 9.0]]]), mask),
+      expected,
+      rtol=1e-6,
+  )
   # Both pairs real: mean over the 4 (pair, negative) terms; pair 2 has differences 0 - 90 = -90 twice.
   both = losses.bpr_loss(user, pos, neg, jnp.array([[1, 1]]))
   assert float(both) == pytest.approx((2 * expected + 2 * _log1p_exp_neg(-90.0)) / 4, rel=1e-6)

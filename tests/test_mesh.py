@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import _train_driver as driver
+from conftest import read_jsonl
 
 # One epoch (3 steps of batch 16, one length bucket: the 8-device compile is the slow part of this test),
 # each step logged on its own, then one evaluation of each split.
@@ -19,7 +20,7 @@ def _run(tmp_path, name, env):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   with np.load(str(out) + ".params.npz") as f:
     params = {k: f[k] for k in f.files}
-  events = [e for e in driver.read_jsonl(tmp_path / name / "metrics.jsonl") if e["kind"] == "train"]
+  events = [e for e in read_jsonl(tmp_path / name / "metrics.jsonl") if e["kind"] == "train"]
   return json.loads(out.read_text()), params, events
 
 
@@ -27,8 +28,9 @@ def _run(tmp_path, name, env):
 def test_eight_devices_match_one(tmp_path, tmp_path_factory):
   env = driver.cache_env(tmp_path_factory)
   one, p1, l1 = _run(tmp_path, "one", env)
-  eight, p8, l8 = _run(tmp_path, "eight",
-                       {**env, "XLA_FLAGS": env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"})
+  eight, p8, l8 = _run(
+      tmp_path, "eight", {**env, "XLA_FLAGS": env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"}
+  )
   assert one["devices"] == 1 and eight["devices"] == 8
   # Same batches, same step keys (threefry is partitionable), only the reduction order differs.
   spe = driver.tiny_layout(**{"train.length_buckets": ()})["steps_per_epoch"]

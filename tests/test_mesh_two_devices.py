@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 
 import _train_driver as driver
+from conftest import read_jsonl
 
 HERE = pathlib.Path(__file__).resolve().parent
 LR = 3e-3  # driver.tiny_config()
@@ -36,18 +37,28 @@ _SCRIPT = textwrap.dedent("""
 
 
 def _train_events(workdir):
-  return [e for e in driver.read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if e["kind"] == "train"]
+  return [e for e in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if e["kind"] == "train"]
 
 
 def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_path):
   _, one = tiny_trained_run
   workdir = tmp_path / "two"
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
-  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(HERE), str(workdir),
-                         json.dumps(tiny_trained_overrides)],
-                        env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=300, check=False)
+  env = dict(
+      os.environ,
+      XLA_FLAGS=xla_flags,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", _SCRIPT, str(HERE), str(workdir), json.dumps(tiny_trained_overrides)],
+      env=env,
+      cwd=HERE.parent,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   two = json.loads((tmp_path / "two.json").read_text())
   with np.load(tmp_path / "two.npz") as f:

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recg_jax import input_pipeline
 from recg_jax import evaluate as evaluate_lib
+from recg_jax import input_pipeline
 from recg_jax.config import roles
+from recg_jax.data import types
+from recg_jax.models import recommender
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.training import members as members_lib
 from recg_jax.training import trainer as trainer_lib
-from recg_jax.data import types
-from recg_jax.models import recommender
 
 # Steps of the tracking run: 20 epochs of the tiny problem's 3 batches (one compiled step shape).
 EPOCHS = 20
@@ -34,21 +34,31 @@ METRIC_BAND = 0.05
 
 def _run(make_config, domains, tables, dtype: str):
   """Trains the tiny SASRec-RecG in `dtype` for EPOCHS on fixed batches: (trainer, state, losses, metrics)."""
-  config = make_config(**{"train.compute_dtype": dtype, "train.length_buckets": (), "eval.length_buckets": ()})
+  config = make_config(
+      **{"train.compute_dtype": dtype, "train.length_buckets": (), "eval.length_buckets": ()}
+  )
   domain = domains[config.data.source]
   trainer = trainer_lib.create_trainer(config, domain, tables)
   state, losses = trainer.state, []
   for epoch in range(EPOCHS):
-    for batch in input_pipeline.stacked_epoch_batches(trainer.rows, int(config.train.batch_size),
-                                                      trainer.seeds, epoch):
+    for batch in input_pipeline.stacked_epoch_batches(
+        trainer.rows, int(config.train.batch_size), trainer.seeds, epoch
+    ):
       state, metrics = trainer.step(state, input_pipeline.put_batch(batch, trainer.batch_sharding))
       losses.append(float(metrics["loss"][0]))
   params = members_lib.member_tree(state.params, 0)
   evaluated = {}
   for split in ("valid", "test"):
     eval_split = types.leave_one_out(domain, split, int(config.data.max_len))
-    values = evaluate_lib.evaluate_split(trainer.model, params, trainer.tables_on_device["source"], eval_split, domain,
-                                  config.eval, trainer.mesh)
+    values = evaluate_lib.evaluate_split(
+        trainer.model,
+        params,
+        trainer.tables_on_device["source"],
+        eval_split,
+        domain,
+        config.eval,
+        trainer.mesh,
+    )
     evaluated.update({f"{split}/{k}": v for k, v in values.items()})
   return trainer, state, np.asarray(losses), evaluated
 
@@ -77,7 +87,10 @@ def test_default_is_float32_and_other_names_are_rejected(tiny_config):
   assert default_model.dtype is jnp.float32
   # The float32 flag builds the very model (and so the very compiled programs) of a config without it.
   assert recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "float32"}), 30) == default_model
-  assert recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "bfloat16"}), 30).dtype is jnp.bfloat16
+  assert (
+      recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "bfloat16"}), 30).dtype
+      is jnp.bfloat16
+  )
   with pytest.raises(ValueError, match=r"config\.train\.compute_dtype .*'float16'"):
     recommender_lib.build_model(tiny_config(**{"train.compute_dtype": "float16"}), 30)
 
@@ -93,40 +106,57 @@ def test_runs_recorded_before_the_flag_resume_only_in_float32(tiny_config):
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
 def test_bfloat16_activations_and_float32_outputs(tiny_config, tiny_problem, backbone):
   _, tables = tiny_problem
-  model = recommender_lib.build_model(tiny_config(**{"model.backbone": backbone, "train.compute_dtype": "bfloat16"}), 30)
+  model = recommender_lib.build_model(
+      tiny_config(**{"model.backbone": backbone, "train.compute_dtype": "bfloat16"}), 30
+  )
   table = jnp.asarray(tables["Alpha"])
   seq = jnp.ones((4, 8), jnp.int32)
   # Shapes and dtypes only (eval_shape): nothing is computed.
   variables = jax.eval_shape(lambda: recommender.init_variables(model, jax.random.key(0), table))
-  user, state = jax.eval_shape(lambda v: model.apply(v, seq, table, False, capture_intermediates=True,
-                                                     mutable=["intermediates"]), variables)
-  captured = {jax.tree_util.keystr(p): x.dtype
-              for p, x in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]}
+  user, state = jax.eval_shape(
+      lambda v: model.apply(v, seq, table, False, capture_intermediates=True, mutable=["intermediates"]),
+      variables,
+  )
+  captured = {
+      jax.tree_util.keystr(p): x.dtype
+      for p, x in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+  }
   inside = {path: dtype for path, dtype in captured.items() if path.startswith(("['items']", "['encoder']"))}
   assert len(inside) >= 7, captured  # item heads (W_p, W_a, merge, ...) and the backbone's layers
   assert set(inside.values()) == {jnp.dtype(jnp.bfloat16)}, inside
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   outputs = {
       "user": user,
-      "positions": jax.eval_shape(lambda v: model.apply(v, seq, table,
-                                                        method=recommender.Recommender.encode_positions),
-                                  variables),
-      "items": jax.eval_shape(lambda v: model.apply(v, table, method=recommender.Recommender.item_vectors),
-                              variables),
-      "candidates": jax.eval_shape(lambda v: model.apply(v, seq, table,
-                                                         method=recommender.Recommender.candidate_vectors),
-                                   variables),
-      "align": jax.eval_shape(lambda v: model.apply(v, table, method=recommender.Recommender.align), variables),
+      "positions": jax.eval_shape(
+          lambda v: model.apply(v, seq, table, method=recommender.Recommender.encode_positions), variables
+      ),
+      "items": jax.eval_shape(
+          lambda v: model.apply(v, table, method=recommender.Recommender.item_vectors), variables
+      ),
+      "candidates": jax.eval_shape(
+          lambda v: model.apply(v, seq, table, method=recommender.Recommender.candidate_vectors), variables
+      ),
+      "align": jax.eval_shape(
+          lambda v: model.apply(v, table, method=recommender.Recommender.align), variables
+      ),
   }
   assert {k: v.dtype for k, v in outputs.items()} == {k: jnp.dtype(jnp.float32) for k in outputs}
 
 
 def test_bfloat16_step_keeps_statistics_and_losses_in_float32(runs):
   trainer, state, _, _ = runs["bfloat16"]
-  batch = next(input_pipeline.stacked_epoch_batches(trainer.rows, int(trainer.config.train.batch_size),
-                                                    trainer.seeds, 0))
-  jaxpr = jax.make_jaxpr(trainer.train_step)(state, input_pipeline.put_batch(batch, trainer.batch_sharding),
-                                             trainer.tables_on_device, trainer.step_keys, trainer.hparams)
+  batch = next(
+      input_pipeline.stacked_epoch_batches(
+          trainer.rows, int(trainer.config.train.batch_size), trainer.seeds, 0
+      )
+  )
+  jaxpr = jax.make_jaxpr(trainer.train_step)(
+      state,
+      input_pipeline.put_batch(batch, trainer.batch_sharding),
+      trainer.tables_on_device,
+      trainer.step_keys,
+      trainer.hparams,
+  )
   ops = [(e.primitive.name, e.outvars[0].aval.dtype) for e in _equations(jaxpr.jaxpr)]
   # exp: attention softmax, L_gen's softmax entropies; log1p: BPR's log-sigmoid; log: the entropies;
   # rsqrt: LayerNorm's variance; reduce_max: the softmaxes' shift.
@@ -140,7 +170,9 @@ def test_bfloat16_step_keeps_statistics_and_losses_in_float32(runs):
 def test_bfloat16_parameters_and_optimizer_state_stay_float32(runs):
   trainer, state, _, _ = runs["bfloat16"]
   assert trainer.model.dtype is jnp.bfloat16
-  floating = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
+  floating = [
+      x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   assert len(floating) > 20  # parameters, Adam's two moments of each
   assert {x.dtype for x in floating} == {jnp.dtype(jnp.float32)}
 

@@ -14,20 +14,34 @@ from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
 from recg_jax.models import sasrec as sasrec_lib
-from recg_jax.models.recommender import MASK_TOKEN_ID, Recommender, build_model, init_variables
+from recg_jax.models.recommender import build_model
+from recg_jax.models.recommender import init_variables
+from recg_jax.models.recommender import MASK_TOKEN_ID
+from recg_jax.models.recommender import Recommender
 
 D, L, I, H = 16, 8, 20, 12  # hidden, max_len, items, frozen-table width
 HISTORY = np.array([3, 7, 2, 9, 4], np.int32)
 
 
 def _model(backbone, variant="sem", pre_ln=False, num_layers=1, **kw):
-  return Recommender(backbone=backbone, variant=variant, num_items=I, hidden_dim=D, num_layers=num_layers,
-                     num_heads=2, dropout=0.2, emb_dropout=0.2, max_len=L, pre_ln=pre_ln, **kw)
+  return Recommender(
+      backbone=backbone,
+      variant=variant,
+      num_items=I,
+      hidden_dim=D,
+      num_layers=num_layers,
+      num_heads=2,
+      dropout=0.2,
+      emb_dropout=0.2,
+      max_len=L,
+      pre_ln=pre_ln,
+      **kw,
+  )
 
 
 def _pad(history, length):
   out = np.zeros((1, length), np.int32)
-  out[0, length - len(history):] = history
+  out[0, length - len(history) :] = history
   return jnp.asarray(out)
 
 
@@ -63,8 +77,8 @@ def test_shapes_and_padding_outputs(built, table, backbone):
   chex.assert_shape(items, (I + 1, D))
   chex.assert_tree_all_finite((user, hidden, items))
   np.testing.assert_array_equal(user, hidden[:, -1])
-  np.testing.assert_array_equal(hidden[0, :L - len(HISTORY)], 0.0)  # padding positions
-  assert np.all(np.abs(np.asarray(hidden[0, L - len(HISTORY):])).sum(-1) > 0)
+  np.testing.assert_array_equal(hidden[0, : L - len(HISTORY)], 0.0)  # padding positions
+  assert np.all(np.abs(np.asarray(hidden[0, L - len(HISTORY) :])).sum(-1) > 0)
   np.testing.assert_array_equal(items[0], 0.0)
   assert model.is_causal == (backbone != "bert4rec")
 
@@ -74,11 +88,11 @@ def test_causal_backbones_ignore_future_items(built, table, backbone):
   model, variables = built[backbone]
   seq = _full_seq()
   t = 4
-  changed = seq.at[:, t + 1:].set((seq[:, t + 1:] % I) + 1)  # every later item differs
+  changed = seq.at[:, t + 1 :].set((seq[:, t + 1 :] % I) + 1)  # every later item differs
   a = model.apply(variables, seq, table, False, method=Recommender.encode_positions)
   b = model.apply(variables, changed, table, False, method=Recommender.encode_positions)
-  np.testing.assert_array_equal(a[:, :t + 1], b[:, :t + 1])  # bit-exact
-  assert np.abs(np.asarray(a[:, t + 1:] - b[:, t + 1:])).max() > 1e-4
+  np.testing.assert_array_equal(a[:, : t + 1], b[:, : t + 1])  # bit-exact
+  assert np.abs(np.asarray(a[:, t + 1 :] - b[:, t + 1 :])).max() > 1e-4
 
 
 def test_bert4rec_sees_future_items(built, table):
@@ -97,8 +111,9 @@ def _backbone(kind, pre_ln):
   return make(hidden_dim=D, num_layers=2, num_heads=2, dropout=0.0, max_len=L, pre_ln=pre_ln)
 
 
-@pytest.mark.parametrize("kind,pre_ln", [("sasrec", False), ("sasrec", True), ("gru4rec", False),
-                                         ("bert4rec", False)])
+@pytest.mark.parametrize(
+    "kind,pre_ln", [("sasrec", False), ("sasrec", True), ("gru4rec", False), ("bert4rec", False)]
+)
 def test_jacobian_wrt_later_inputs(kind, pre_ln):
   """d out[t] / d x[s] is exactly zero for s > t in causal backbones, and not in BERT4Rec."""
   module = _backbone(kind, pre_ln)
@@ -109,12 +124,12 @@ def test_jacobian_wrt_later_inputs(kind, pre_ln):
   jac = jax.jit(jax.jacrev(lambda x: module.apply(params, x, valid)[0, t]))(x)  # [D, 1, L, D]
   chex.assert_shape(jac, (D, 1, L, D))
   jac = np.abs(np.asarray(jac))
-  assert jac[:, :, 1:t + 1].max() > 0
+  assert jac[:, :, 1 : t + 1].max() > 0
   np.testing.assert_array_equal(jac[:, :, 0], 0.0)  # padding input never matters
   if kind == "bert4rec":
-    assert jac[:, :, t + 1:].max() > 0
+    assert jac[:, :, t + 1 :].max() > 0
   else:
-    np.testing.assert_array_equal(jac[:, :, t + 1:], 0.0)
+    np.testing.assert_array_equal(jac[:, :, t + 1 :], 0.0)
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
@@ -143,15 +158,14 @@ def test_gru4rec_matches_left_aligned_flax_rnn():
   x_right = np.where(valid[..., None], x_right, 0.0)
   x_left = np.zeros_like(x_right)
   for b, n in enumerate(lengths):
-    x_left[b, :n] = x_right[b, L - n:]
+    x_left[b, :n] = x_right[b, L - n :]
   params = module.init(jax.random.PRNGKey(4), jnp.asarray(x_right), jnp.asarray(valid))["params"]
   ours = module.apply({"params": params}, jnp.asarray(x_right), jnp.asarray(valid))[:, -1]
 
   h = jnp.asarray(x_left)
   for i in range(2):
     rnn = nn.RNN(nn.GRUCell(D))
-    h = rnn.apply({"params": {"cell": params[f"layer_{i}"]["cell"]}}, h,
-                  seq_lengths=jnp.asarray(lengths))
+    h = rnn.apply({"params": {"cell": params[f"layer_{i}"]["cell"]}}, h, seq_lengths=jnp.asarray(lengths))
   h = nn.Dense(D).apply({"params": params["out"]}, h)
   reference = h[jnp.arange(4), lengths - 1]
   np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
@@ -176,8 +190,7 @@ def test_frozen_table_is_an_argument_not_a_parameter(table):
   items = model.apply({"params": params}, target, method=Recommender.item_vectors)
   chex.assert_shape(items, (33, D))
   w_p = params["items"]["W_p"]
-  np.testing.assert_allclose(items[1:], target[1:] @ w_p["kernel"] + w_p["bias"], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(items[1:], target[1:] @ w_p["kernel"] + w_p["bias"], rtol=1e-5, atol=1e-6)
   chex.assert_shape(model.apply({"params": params}, jnp.array([[0, 31, 32]]), target, False), (1, D))
   ids = jnp.array([[[0, 5], [32, 1]]])
   cand = model.apply({"params": params}, ids, target, method=Recommender.candidate_vectors)
@@ -195,10 +208,13 @@ def test_id_variant_has_no_projection(table):
   np.testing.assert_array_equal(items[0], 0.0)
   ids = jnp.array([[0, 3, I]])
   np.testing.assert_array_equal(
-      model.apply({"params": params}, ids, None, method=Recommender.candidate_vectors), items[ids])
+      model.apply({"params": params}, ids, None, method=Recommender.candidate_vectors), items[ids]
+  )
   dummy = jnp.zeros((I + 1, 1))
-  np.testing.assert_array_equal(model.apply({"params": params}, _pad(HISTORY, L), dummy, False),
-                                model.apply({"params": params}, _pad(HISTORY, L), None, False))
+  np.testing.assert_array_equal(
+      model.apply({"params": params}, _pad(HISTORY, L), dummy, False),
+      model.apply({"params": params}, _pad(HISTORY, L), None, False),
+  )
   with pytest.raises(ValueError, match="recg"):
     model.apply({"params": params}, table[1:3], method=Recommender.align)
 
@@ -211,8 +227,9 @@ def test_item_projection_inputs_zero_padding_and_recg_merge(table):
   np.testing.assert_array_equal(x[0, :2], 0.0)
   e = table[jnp.array([4, 2])]
   dense = lambda p, v: v @ p["kernel"] + p["bias"]
-  expected = dense(params["merge"], jnp.concatenate([dense(params["W_p"], e), dense(params["W_a"], e)],
-                                                    axis=-1))
+  expected = dense(
+      params["merge"], jnp.concatenate([dense(params["W_p"], e), dense(params["W_a"], e)], axis=-1)
+  )
   np.testing.assert_allclose(x[0, 2:], expected, rtol=1e-5, atol=1e-6)
   # Training mode drops inputs (rate 0.5) with the given key, and only then.
   x_train = head.apply({"params": params}, seq, table, True, rngs={"dropout": jax.random.PRNGKey(1)})
@@ -229,7 +246,8 @@ def test_identity_merge_starts_as_the_sem_input(table):
   np.testing.assert_allclose(recg.apply({"params": params}, seq, table, False), x_sem, rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match="merge_init"):
     heads.ItemProjection(variant="recg", num_items=I, features=D, merge_init="zeros").init(
-        jax.random.PRNGKey(0), seq, table, False)
+        jax.random.PRNGKey(0), seq, table, False
+    )
 
 
 def test_sequence_fusion_starts_as_identity():
@@ -258,11 +276,11 @@ def test_bert4rec_reads_item_num_items_plus_one_of_a_larger_target(built, table)
 def test_dropout_only_in_training(built, table):
   model, variables = built["sasrec"]
   seq = _full_seq()
-  a, b = (model.apply(variables, seq, table, True, rngs={"dropout": jax.random.PRNGKey(k)})
-          for k in (0, 1))
+  a, b = (model.apply(variables, seq, table, True, rngs={"dropout": jax.random.PRNGKey(k)}) for k in (0, 1))
   assert np.abs(np.asarray(a - b)).max() > 1e-4
-  np.testing.assert_array_equal(model.apply(variables, seq, table, False),
-                                model.apply(variables, seq, table, False))
+  np.testing.assert_array_equal(
+      model.apply(variables, seq, table, False), model.apply(variables, seq, table, False)
+  )
 
 
 def test_cloze_mask_token_and_inference(built, table):
@@ -287,14 +305,32 @@ def test_cloze_mask_token_and_inference(built, table):
 
 
 def test_build_model_and_validation():
-  cfg = config_lib.override(config_lib.get_config(), {
-      "model.backbone": "gru4rec", "model.variant": "id", "model.hidden_dim": D, "model.num_layers": 1,
-      "model.num_heads": 2, "model.dropout": 0.1, "model.emb_dropout": 0.3, "model.pre_ln": True,
-      "data.max_len": L})
+  cfg = config_lib.override(
+      config_lib.get_config(),
+      {
+          "model.backbone": "gru4rec",
+          "model.variant": "id",
+          "model.hidden_dim": D,
+          "model.num_layers": 1,
+          "model.num_heads": 2,
+          "model.dropout": 0.1,
+          "model.emb_dropout": 0.3,
+          "model.pre_ln": True,
+          "data.max_len": L,
+      },
+  )
   model = build_model(cfg, num_items=I)
-  assert (model.backbone, model.variant, model.num_items, model.hidden_dim, model.num_layers,
-          model.emb_dropout, model.max_len, model.pre_ln, model.cloze) == (
-              "gru4rec", "id", I, D, 1, 0.3, L, True, False)
+  assert (
+      model.backbone,
+      model.variant,
+      model.num_items,
+      model.hidden_dim,
+      model.num_layers,
+      model.emb_dropout,
+      model.max_len,
+      model.pre_ln,
+      model.cloze,
+  ) == ("gru4rec", "id", I, D, 1, 0.3, L, True, False)
   assert model.is_causal
   with pytest.raises(ValueError, match="backbone"):
     init_variables(_model("transformer"), jax.random.PRNGKey(0), None)
@@ -317,8 +353,9 @@ def test_training_reduces_bpr_loss(table):
     negs = losses.sample_negatives(k_neg, targets, I, 3, inputs)
 
     def loss_fn(p):
-      hidden = model.apply({"params": p}, inputs, table, True, rngs={"dropout": k_drop},
-                           method=Recommender.encode_positions)
+      hidden = model.apply(
+          {"params": p}, inputs, table, True, rngs={"dropout": k_drop}, method=Recommender.encode_positions
+      )
       vecs = lambda ids: model.apply({"params": p}, ids, table, method=Recommender.candidate_vectors)
       return losses.bpr_loss(hidden, vecs(targets), vecs(negs), mask)
 
@@ -338,8 +375,13 @@ def test_training_reduces_bpr_loss(table):
 
 def test_sasrec_block_fields_reach_the_blocks(table):
   """RecBole's SASRec blocks (FFN 4d, exact GELU, LN epsilon, N(0, 0.02) kernels) from config fields."""
-  model = _model("sasrec", sasrec_ffn_multiplier=4, sasrec_activation="gelu", sasrec_ln_epsilon=1e-12,
-                 sasrec_init_std=0.02)
+  model = _model(
+      "sasrec",
+      sasrec_ffn_multiplier=4,
+      sasrec_activation="gelu",
+      sasrec_ln_epsilon=1e-12,
+      sasrec_init_std=0.02,
+  )
   params = init_variables(model, jax.random.PRNGKey(0), table)["params"]
   block = params["encoder"]["transformer"]["block_0"]
   assert block["ffn_in"]["kernel"].shape == (D, 4 * D)
@@ -347,8 +389,11 @@ def test_sasrec_block_fields_reach_the_blocks(table):
   default = init_variables(_model("sasrec"), jax.random.PRNGKey(0), table)["params"]
   assert default["encoder"]["transformer"]["block_0"]["ffn_in"]["kernel"].shape == (D, D)
   seq = _pad(HISTORY, L)
-  assert not np.allclose(model.apply({"params": params}, seq, table, False),
-                         _model("sasrec", sasrec_ffn_multiplier=4, sasrec_ln_epsilon=1e-12,
-                                sasrec_init_std=0.02).apply({"params": params}, seq, table, False))
+  assert not np.allclose(
+      model.apply({"params": params}, seq, table, False),
+      _model("sasrec", sasrec_ffn_multiplier=4, sasrec_ln_epsilon=1e-12, sasrec_init_std=0.02).apply(
+          {"params": params}, seq, table, False
+      ),
+  )
   with pytest.raises(ValueError, match="sasrec_activation"):
     init_variables(_model("sasrec", sasrec_activation="tanh"), jax.random.PRNGKey(0), table)

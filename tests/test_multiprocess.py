@@ -23,16 +23,29 @@ import pytest
 from recg_jax import distributed
 
 import _train_driver as driver
+from conftest import read_jsonl
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 64 synthetic users, batch 8 (4 rows per process): 8 steps per epoch, a checkpoint after every step.
 _OVERRIDES = {
-    "data.synthetic.num_users": 64, "data.synthetic.num_items": 40, "data.synthetic.max_history": 10,
-    "data.max_len": 8, "text.max_tokens": 32, "encoder.bucket_sizes": "(32,)",
-    "model.hidden_dim": 16, "train.batch_size": 8, "train.num_epochs": 2, "train.length_buckets": "()",
-    "eval.length_buckets": "()", "train.log_every_steps": 1, "train.checkpoint_every_steps": 1,
-    "transfer.num_clusters": 4, "transfer.kmeans_restarts": 1, "transfer.wf_epochs": 1,
-    "eval.protocols": "('full','sampled10')", "eval.num_sampled_negatives": 10,
+    "data.synthetic.num_users": 64,
+    "data.synthetic.num_items": 40,
+    "data.synthetic.max_history": 10,
+    "data.max_len": 8,
+    "text.max_tokens": 32,
+    "encoder.bucket_sizes": "(32,)",
+    "model.hidden_dim": 16,
+    "train.batch_size": 8,
+    "train.num_epochs": 2,
+    "train.length_buckets": "()",
+    "eval.length_buckets": "()",
+    "train.log_every_steps": 1,
+    "train.checkpoint_every_steps": 1,
+    "transfer.num_clusters": 4,
+    "transfer.kmeans_restarts": 1,
+    "transfer.wf_epochs": 1,
+    "eval.protocols": "('full','sampled10')",
+    "eval.num_sampled_negatives": 10,
 }
 STEPS_PER_EPOCH = 8
 _TIMEOUT_S = 300
@@ -45,8 +58,15 @@ def _free_port() -> int:
 
 
 def _command(workdir: pathlib.Path, extra: tuple[str, ...] = (), overrides: dict | None = None) -> list[str]:
-  return [sys.executable, "-m", "recg_jax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in {**_OVERRIDES, **(overrides or {})}.items()), *extra]
+  return [
+      sys.executable,
+      "-m",
+      "recg_jax.main",
+      "--config=configs/quickstart.py",
+      f"--workdir={workdir}",
+      *(f"--config.{k}={v}" for k, v in {**_OVERRIDES, **(overrides or {})}.items()),
+      *extra,
+  ]
 
 
 def _env(tmp_path_factory, devices: int) -> dict[str, str]:
@@ -56,22 +76,40 @@ def _env(tmp_path_factory, devices: int) -> dict[str, str]:
   return env
 
 
-def _start(workdir: pathlib.Path, tmp_path_factory, processes: int,
-           extra_overrides: dict | None = None) -> list[subprocess.Popen]:
+def _start(
+    workdir: pathlib.Path, tmp_path_factory, processes: int, extra_overrides: dict | None = None
+) -> list[subprocess.Popen]:
   """`processes` local processes of one run (one device each), or one process with two devices."""
   if processes == 1:
     cmds = [_command(workdir, overrides=extra_overrides)]
     env = _env(tmp_path_factory, devices=2)
   else:
     port = _free_port()
-    cmds = [_command(workdir, ("--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                               f"--num_processes={processes}", f"--process_id={i}"), extra_overrides)
-            for i in range(processes)]
+    cmds = [
+        _command(
+            workdir,
+            (
+                "--distributed",
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ),
+            extra_overrides,
+        )
+        for i in range(processes)
+    ]
     env = _env(tmp_path_factory, devices=1)
   workdir.mkdir(parents=True, exist_ok=True)
-  return [subprocess.Popen(cmd, cwd=_ROOT, env=env, stdout=open(workdir.parent / f"{workdir.name}.{i}.log", "w"),
-                           stderr=subprocess.STDOUT)
-          for i, cmd in enumerate(cmds)]
+  return [
+      subprocess.Popen(
+          cmd,
+          cwd=_ROOT,
+          env=env,
+          stdout=open(workdir.parent / f"{workdir.name}.{i}.log", "w"),
+          stderr=subprocess.STDOUT,
+      )
+      for i, cmd in enumerate(cmds)
+  ]
 
 
 def _log(workdir: pathlib.Path, index: int) -> str:
@@ -97,7 +135,7 @@ def _run(workdir: pathlib.Path, tmp_path_factory, processes: int) -> pathlib.Pat
 
 
 def _train_losses(workdir: pathlib.Path) -> dict[int, float]:
-  return {r["step"]: r["loss"] for r in driver.read_jsonl(workdir / "metrics.jsonl") if r["kind"] == "train"}
+  return {r["step"]: r["loss"] for r in read_jsonl(workdir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def _metrics(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
@@ -125,11 +163,12 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path_factory, two_
   assert got_m.keys() == want_m.keys() == {"Alpha", "Beta", "Gamma"}
   for domain, metrics in want_m.items():
     assert got_m[domain].keys() == metrics.keys()
-    np.testing.assert_allclose([got_m[domain][k] for k in metrics], list(metrics.values()), atol=1e-6,
-                               err_msg=domain)
+    np.testing.assert_allclose(
+        [got_m[domain][k] for k in metrics], list(metrics.values()), atol=1e-6, err_msg=domain
+    )
   # Both processes took part; only process 0 wrote the log (a second writer would repeat every record).
   assert "process 1/2" in _log(two_process_run, 1) and "process 0/2" in _log(two_process_run, 0)
-  records = driver.read_jsonl(two_process_run / "metrics.jsonl")
+  records = read_jsonl(two_process_run / "metrics.jsonl")
   keys = [(r["kind"], r["step"]) for r in records]
   assert len(keys) == len(set(keys)), keys
 
@@ -170,13 +209,16 @@ def test_two_processes_stop_with_a_clear_error_on_an_odd_batch(tmp_path_factory)
     p.wait(timeout=_TIMEOUT_S)
   for i, p in enumerate(procs):
     assert p.returncode != 0
-    assert ("config.train.batch_size=9 is not a multiple of the number of processes (2)"
-            in _log(workdir, i)), _log(workdir, i)[-3000:]
+    assert "config.train.batch_size=9 is not a multiple of the number of processes (2)" in _log(
+        workdir, i
+    ), _log(workdir, i)[-3000:]
 
 
 def test_batch_not_divisible_by_processes_is_an_error_in_check_batch_size(monkeypatch):
   monkeypatch.setattr(distributed.jax, "process_count", lambda: 3)
-  with pytest.raises(ValueError, match=r"train.batch_size=64 is not a multiple of the number of processes \(3\)"):
+  with pytest.raises(
+      ValueError, match=r"train.batch_size=64 is not a multiple of the number of processes \(3\)"
+  ):
     distributed.check_batch_size(64)
   distributed.check_batch_size(96)
 
@@ -211,10 +253,17 @@ print("ok", flush=True)
 def test_gather_rows_and_sums_across_two_processes(tmp_path):
   port = _free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen([sys.executable, "-c", _GATHER_WORKER, f"127.0.0.1:{port}", str(i)], cwd=_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", _GATHER_WORKER, f"127.0.0.1:{port}", str(i)],
+          cwd=_ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = [p.communicate(timeout=120)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0 and out.strip().endswith("ok"), out[-3000:]
-

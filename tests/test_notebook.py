@@ -15,15 +15,24 @@ import pytest
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _NOTEBOOK = _ROOT / "notebooks" / "colab_reproduction.ipynb"
 # Tiny sizes on the quickstart's synthetic data (about 20 s a run on 2 CPU cores).
-_TINY = ["--config.text.max_tokens=32", "--config.encoder.bucket_sizes=(32,)", "--config.model.hidden_dim=16",
-         "--config.train.num_epochs=2", "--config.train.length_buckets=()", "--config.eval.length_buckets=()",
-         "--config.transfer.num_clusters=4", "--config.transfer.kmeans_restarts=1",
-         "--config.transfer.wf_epochs=1", "--config.gen_loss.samples_per_domain=8"]
+_TINY = [
+    "--config.text.max_tokens=32",
+    "--config.encoder.bucket_sizes=(32,)",
+    "--config.model.hidden_dim=16",
+    "--config.train.num_epochs=2",
+    "--config.train.length_buckets=()",
+    "--config.eval.length_buckets=()",
+    "--config.transfer.num_clusters=4",
+    "--config.transfer.kmeans_restarts=1",
+    "--config.transfer.wf_epochs=1",
+    "--config.gen_loss.samples_per_domain=8",
+]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _read():
   import nbformat  # pylint: disable=g-import-not-at-top
+
   return nbformat.read(str(_NOTEBOOK), as_version=4)
 
 
@@ -48,27 +57,39 @@ def test_parameters_cell_sets_every_name_ci_overrides():
 
 
 def _ci_parameters(workdir):
-  return {"REPO_DIR": str(_ROOT), "INSTALL": False, "PLATFORM": "cpu", "WORKDIR": str(workdir),
-          "QUICKSTART_FLAGS": _TINY, "EXPERIMENT": "synthetic",
-          "EXPERIMENT_FLAGS": [*_TINY, "--config.experiment.plot_items_per_domain=30"]}
+  return {
+      "REPO_DIR": str(_ROOT),
+      "INSTALL": False,
+      "PLATFORM": "cpu",
+      "WORKDIR": str(workdir),
+      "QUICKSTART_FLAGS": _TINY,
+      "EXPERIMENT": "synthetic",
+      "EXPERIMENT_FLAGS": [*_TINY, "--config.experiment.plot_items_per_domain=30"],
+  }
 
 
 def _inject(nb, parameters):
   """Papermill's convention: a cell tagged injected-parameters right after the parameters cell."""
   from nbformat import v4  # pylint: disable=g-import-not-at-top
+
   source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
-  nb.cells.insert(_parameters_index(nb) + 1,
-                  v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+  nb.cells.insert(
+      _parameters_index(nb) + 1, v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+  )
 
 
 def _kernel_manager(tmp_path):
   """A kernel of this interpreter, whatever kernel specs the machine has installed."""
   from jupyter_client.kernelspec import KernelSpecManager  # pylint: disable=g-import-not-at-top
   from jupyter_client.manager import KernelManager  # pylint: disable=g-import-not-at-top
+
   spec_dir = tmp_path / "kernels" / "recg-test"
   spec_dir.mkdir(parents=True)
-  spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-          "display_name": "recg-jax tests", "language": "python"}
+  spec = {
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "recg-jax tests",
+      "language": "python",
+  }
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
   specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
   return KernelManager(kernel_name="recg-test", kernel_spec_manager=specs)
@@ -77,11 +98,13 @@ def _kernel_manager(tmp_path):
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
   import nbclient  # pylint: disable=g-import-not-at-top
+
   tmp_path = tmp_path_factory.mktemp("notebook")
   nb = _read()
   _inject(nb, _ci_parameters(tmp_path / "runs"))
-  client = nbclient.NotebookClient(nb, km=_kernel_manager(tmp_path), timeout=600,
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+      nb, km=_kernel_manager(tmp_path), timeout=600, resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()
   return nb, tmp_path / "runs"
 
@@ -111,8 +134,11 @@ def test_notebook_shows_the_quickstart_table(executed):
   nb, workdir = executed
   (table,) = [md for md in _outputs(nb, "text/markdown") if md.startswith("metrics in % (synthetic data)")]
   assert "| stage | domain | model |" in table
-  for row in ("| in_domain | Alpha | sasrec-recg |", "| zero_shot | Beta ← Alpha | sasrec-recg |",
-              "| zero_shot | Gamma ← Alpha | sasrec-recg |"):
+  for row in (
+      "| in_domain | Alpha | sasrec-recg |",
+      "| zero_shot | Beta ← Alpha | sasrec-recg |",
+      "| zero_shot | Gamma ← Alpha | sasrec-recg |",
+  ):
     assert row in table
   assert (workdir / "quickstart" / "results.json").is_file()
 

@@ -20,6 +20,8 @@ from recg_jax import pipeline
 from recg_jax import plots
 from recg_jax import results
 from recg_jax.training import metric_log
+
+
 class _FakeBucket(memory.MemoryFileSystem):
   """Its own store, so the test leaves fsspec's shared memory file system alone. Keys keep the scheme:
   'gs://bucket/run/...'."""
@@ -76,11 +78,18 @@ def test_metric_log_rewrites_a_remote_file_and_trims_on_resume(bucket):
     log.write("train", step, {"loss": 1.0 / step})
   log.write("valid", 3, {"valid/full/ndcg@10": 0.5})  # an evaluation syncs the file at once
   assert [json.loads(line)["step"] for line in bucket.cat("gs://bucket/run/metrics.jsonl").splitlines()] == [
-      1, 2, 3, 3]
+      1,
+      2,
+      3,
+      3,
+  ]
   log.close()
   resumed = metric_log.MetricLog(paths.as_path("gs://bucket/run"), resume_step=2)
   resumed.close()
-  assert [json.loads(line)["step"] for line in bucket.cat("gs://bucket/run/metrics.jsonl").splitlines()] == [1, 2]
+  assert [json.loads(line)["step"] for line in bucket.cat("gs://bucket/run/metrics.jsonl").splitlines()] == [
+      1,
+      2,
+  ]
 
 
 def test_results_and_plots_write_into_the_bucket(bucket, tiny_config):
@@ -90,8 +99,11 @@ def test_results_and_plots_write_into_the_bucket(bucket, tiny_config):
   assert str(json_path) == "gs://bucket/run/results.json"
   assert results.read_records(json_path)[0]["metrics"]["test/full/ndcg@10"] == 0.25
   assert "Results" in bucket.cat("gs://bucket/run/results.md").decode()
-  png = plots.alpha_sensitivity({"RecG": {"full/ndcg@10": [(1e-3, (0.2, None)), (1e-2, (0.3, None))]}},
-                                ["full/ndcg@10"], "gs://bucket/run/plots/alpha.png")
+  png = plots.alpha_sensitivity(
+      {"RecG": {"full/ndcg@10": [(1e-3, (0.2, None)), (1e-2, (0.3, None))]}},
+      ["full/ndcg@10"],
+      "gs://bucket/run/plots/alpha.png",
+  )
   assert str(png) == "gs://bucket/run/plots/alpha.png"
   assert bucket.cat("gs://bucket/run/plots/alpha.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -99,7 +111,9 @@ def test_results_and_plots_write_into_the_bucket(bucket, tiny_config):
 @pytest.mark.parametrize("gz", [False, True])
 def test_raw_amazon2023_files_are_read_from_the_bucket(bucket, tmp_path, gz):
   import test_data_amazon2023 as amazon  # pylint: disable=g-import-not-at-top
+
   from recg_jax.data import amazon2023  # pylint: disable=g-import-not-at-top
+
   amazon.write_category(paths.as_path("gs://bucket/raw"), "Tools", gz=gz)
   amazon.write_category(tmp_path, "Tools", gz=gz)
   config = amazon.config_for(tmp_path)
@@ -112,8 +126,10 @@ def test_raw_amazon2023_files_are_read_from_the_bucket(bucket, tmp_path, gz):
 
 def test_the_downloader_refuses_a_remote_folder(bucket):
   import test_data_amazon2023 as amazon  # pylint: disable=g-import-not-at-top
+
   from recg_jax.data import amazon2023  # pylint: disable=g-import-not-at-top
   from recg_jax.data.errors import DataError  # pylint: disable=g-import-not-at-top
+
   config = amazon.config_for("gs://bucket/raw")
   config.data.amazon2023.download = True
   with pytest.raises(DataError, match="writes to a local folder"):

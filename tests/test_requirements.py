@@ -10,11 +10,11 @@ import json
 import pathlib
 import re
 import shlex
-import tomllib
 
 from packaging.requirements import Requirement
 from packaging.version import Version
 import pytest
+import tomllib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TARGETS = {"requirements.txt": "cpu", "requirements-cuda.txt": "cuda12", "requirements-tpu.txt": "tpu"}
@@ -102,8 +102,10 @@ def test_readme_installs_only_pinned_jax_builds():
   for args in installs:
     for jax in _jax(_installed_by(args)):
       outside = sorted(_allowed(jax.specifier) - pinned)
-      assert not outside, (f"README: pip install {shlex.join(args)} allows jax {outside[0]} to {outside[-1]}, "
-                           "outside the pins")
+      assert not outside, (
+          f"README: pip install {shlex.join(args)} allows jax {outside[0]} to {outside[-1]}, "
+          "outside the pins"
+      )
 
 
 def test_notebook_installs_existing_requirements_files():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import _train_driver as driver
+from conftest import read_jsonl
 
 # 48 users in two length buckets, batch 16: 4 steps per epoch (2 per bucket, shuffled together);
 # mid-epoch checkpoints at steps 2, 6, 10 and 14.
@@ -42,8 +43,9 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
 
   # Slow the input pipeline so the run is still going when its first mid-epoch checkpoint lands.
   wd = tmp_path / "killed"
-  proc = driver.run(wd, tmp_path / "killed.json", *ARGS, env={**env, "RECG_TEST_STEP_DELAY": "0.4"},
-                    background=True)
+  proc = driver.run(
+      wd, tmp_path / "killed.json", *ARGS, env={**env, "RECG_TEST_STEP_DELAY": "0.4"}, background=True
+  )
   killed_at = None
   deadline = time.time() + 180
   try:
@@ -58,7 +60,9 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
     if proc.poll() is None and killed_at is None:
       proc.kill()
     proc.wait()
-  assert killed_at is not None, "no mid-epoch checkpoint appeared before the run ended:\n" + proc.stdout.read()
+  assert killed_at is not None, (
+      "no mid-epoch checkpoint appeared before the run ended:\n" + proc.stdout.read()
+  )
   assert proc.returncode == -signal.SIGKILL
   assert not (tmp_path / "killed.json").exists()
   saved = _latest_steps(wd)
@@ -84,12 +88,15 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
     np.testing.assert_array_equal(res_params[k], ref_params[k], err_msg=k)
 
   # The log has no duplicated steps from the replayed part of the epoch.
-  events = driver.read_jsonl(wd / "metrics.jsonl")
+  events = read_jsonl(wd / "metrics.jsonl")
   train_steps = [e["step"] for e in events if e["kind"] == "train"]
   assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 4 * SPE
   assert [e["epoch"] for e in events if e["kind"] == "valid"] == [1, 2, 3, 4]
-  ref_losses = [e["loss"] for e in driver.read_jsonl(tmp_path / "ref" / "metrics.jsonl")
-                if e["kind"] == "train" and e["step"] > saved[-1] + 1]
+  ref_losses = [
+      e["loss"]
+      for e in read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+      if e["kind"] == "train" and e["step"] > saved[-1] + 1
+  ]
   assert [e["loss"] for e in events if e["kind"] == "train" and e["step"] > saved[-1] + 1] == ref_losses
 
   # A finished workdir only re-tests the best checkpoint.
@@ -99,8 +106,9 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, tmp_path_factory):
   assert payload["metrics"] == want["metrics"] and "train_step" not in payload["trace_counts"]
 
   # Raising num_epochs (constant learning rate) continues the finished run instead of starting over.
-  more = driver.run(wd, tmp_path / "more.json", "train.num_epochs=5", "train.checkpoint_every_steps=2",
-                    env=env)
+  more = driver.run(
+      wd, tmp_path / "more.json", "train.num_epochs=5", "train.checkpoint_every_steps=2", env=env
+  )
   assert more.returncode == 0, more.stderr
   assert f"from step {4 * SPE} (epoch 4, batch 0)" in more.stdout
   assert json.loads((tmp_path / "more.json").read_text())["epochs"] == 5

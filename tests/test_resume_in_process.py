@@ -11,7 +11,9 @@ import pytest
 
 from recg_jax import input_pipeline
 from recg_jax import training
+
 import _train_driver as driver
+from conftest import read_jsonl
 
 # Two epochs of 4 steps (48 users, batch 16, two length buckets); a checkpoint every 2 steps.
 OVERRIDES = {"train.num_epochs": 2, "train.checkpoint_every_steps": 2}
@@ -64,11 +66,11 @@ def test_stopped_mid_epoch_then_resumed_is_exact(tiny_config, tiny_problem, tmp_
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
 
   # The log holds each step once (the replayed part of the epoch is not logged twice), with the same losses.
-  events = driver.read_jsonl(workdir / "metrics.jsonl")
+  events = read_jsonl(workdir / "metrics.jsonl")
   steps = [e["step"] for e in events if e["kind"] == "train"]
   assert steps == sorted(set(steps)) and steps[-1] == 2 * spe
-  ref = {e["step"]: e["loss"] for e in driver.read_jsonl(tmp_path / "ref" / "metrics.jsonl")
-         if e["kind"] == "train"}
+  ref = {e["step"]: e["loss"] for e in read_jsonl(tmp_path / "ref" / "metrics.jsonl") if e["kind"] == "train"}
   assert {e["step"]: e["loss"] for e in events if e["kind"] == "train" and e["step"] > spe + 3} == {
-      s: loss for s, loss in ref.items() if s > spe + 3}
+      s: loss for s, loss in ref.items() if s > spe + 3
+  }
   assert [e["epoch"] for e in events if e["kind"] == "valid"] == [1, 2]

@@ -15,22 +15,22 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_jsonl
-
-from recg_jax.config import serving as serving_config
 from recg_jax import encoders
 from recg_jax import evaluate
 from recg_jax import pipeline
-from recg_jax.models import recommender as recommender_lib
+from recg_jax import serving
 from recg_jax import transfer
+from recg_jax.config import serving as serving_config
 from recg_jax.data import types
 from recg_jax.data.errors import DataError
 from recg_jax.encoders import embed
+from recg_jax.models import recommender as recommender_lib
 from recg_jax.models import text_space
-from recg_jax import serving
 from recg_jax.serving import output
 from recg_jax.serving import run as run_lib
 from recg_jax.serving import topk
+
+from conftest import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def seed_cache(workdir, config, catalogue, table):
   domain = run_lib.catalogue_domain(catalogue)
   folder = embed.cache_dir(workdir, domain.name)
   folder.mkdir(parents=True, exist_ok=True)
-  manifest = embed.expected_manifest(config, domain, encoders.model_id(config.encoder), "",
-                                     config.encoder.pooling, config.encoder.normalize)
+  manifest = embed.expected_manifest(
+      config, domain, encoders.model_id(config.encoder), "", config.encoder.pooling, config.encoder.normalize
+  )
   np.save(folder / "embeddings.npy", np.asarray(table, np.float32))
   (folder / "manifest.json").write_text(json.dumps(dict(manifest, shape=list(table.shape))))
 
@@ -80,9 +81,10 @@ def beta_files(finished_run, tiny_problem, tmp_path):
   domains, tables = tiny_problem
   path = catalogue_file(tmp_path, domains["Beta"])
   seed_cache(workdir, config, serving.read_catalogue(path, config), tables["Beta"])
-  histories = write_jsonl(tmp_path / "users.jsonl",
-                          [{"user_id": u, "items": h}
-                           for u, h in inputs_before_test(domains["Beta"]).items()])
+  histories = write_jsonl(
+      tmp_path / "users.jsonl",
+      [{"user_id": u, "items": h} for u, h in inputs_before_test(domains["Beta"]).items()],
+  )
   return path, histories
 
 
@@ -103,8 +105,9 @@ def test_full_lists_rank_each_test_item_as_evaluation_does(finished_run, tiny_pr
   config, workdir = finished_run
   domains, tables = tiny_problem
   beta = domains["Beta"]
-  summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items,
-                                    progress=False, log=lambda _: None)
+  summary = serving.recommend_files(
+      workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items, progress=False, log=lambda _: None
+  )
   lists = {r["user_id"]: r for r in read_jsonl(summary.out)}
   want, split = evaluation_ranks(config, workdir, beta, tables["Beta"])
   compared = 0
@@ -122,13 +125,21 @@ def test_full_lists_rank_each_test_item_as_evaluation_does(finished_run, tiny_pr
   assert compared > 0.8 * beta.num_users
 
 
-def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_problem, beta_files,
-                                                             tmp_path):
+def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(
+    finished_run, tiny_problem, beta_files, tmp_path
+):
   """Every ingredient as the run's own evaluation had it: parameters, saved centres and W_f, table."""
   _, workdir = finished_run
   beta = tiny_problem[0]["Beta"]
-  summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=beta.num_items,
-                                    keep_history=True, progress=False, log=lambda _: None)
+  summary = serving.recommend_files(
+      workdir,
+      *beta_files,
+      tmp_path / "recs.jsonl",
+      top_k=beta.num_items,
+      keep_history=True,
+      progress=False,
+      log=lambda _: None,
+  )
   lists = {r["user_id"]: r for r in read_jsonl(summary.out)}
   ranks = []
   for u, user in enumerate(beta.user_tokens):
@@ -144,8 +155,15 @@ def test_lists_reproduce_the_runs_recorded_zero_shot_metrics(finished_run, tiny_
 
 def test_exported_vectors_reproduce_the_scores(finished_run, beta_files, tmp_path):
   _, workdir = finished_run
-  summary = serving.recommend_files(workdir, *beta_files, tmp_path / "recs.jsonl", top_k=5,
-                                    export=tmp_path / "vectors", progress=False, log=lambda _: None)
+  summary = serving.recommend_files(
+      workdir,
+      *beta_files,
+      tmp_path / "recs.jsonl",
+      top_k=5,
+      export=tmp_path / "vectors",
+      progress=False,
+      log=lambda _: None,
+  )
   folder = summary.export
   items, users = np.load(folder / "items.npy"), np.load(folder / "users.npy")
   item_ids = json.loads((folder / "item_ids.json").read_text())
@@ -154,8 +172,9 @@ def test_exported_vectors_reproduce_the_scores(finished_run, beta_files, tmp_pat
   scores = users @ items.T
   for record in read_jsonl(summary.out):
     row = scores[user_ids.index(record["user_id"])]
-    np.testing.assert_allclose([row[item_ids.index(i)] for i in record["items"]], record["scores"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [row[item_ids.index(i)] for i in record["items"]], record["scores"], rtol=1e-5, atol=1e-6
+    )
     allowed = np.array([i not in histories[record["user_id"]] for i in item_ids])
     best = np.sort(row[allowed])[::-1][:5]
     np.testing.assert_allclose(record["scores"], best, rtol=1e-5, atol=1e-6)
@@ -245,8 +264,9 @@ def test_blocked_top_k_equals_the_full_matrix_top_k(block_rows):
 def test_slots_without_a_candidate_are_empty():
   items = np.eye(4, dtype=np.float32)  # rows 1..3 are items
   hist = np.array([[1, 2, 0]], np.int32)
-  scores, rows = topk.blocked_top_k(np.ones((1, 4), np.float32), topk.pad_blocks(items, 2), hist,
-                                    np.int32(3), k=3)
+  scores, rows = topk.blocked_top_k(
+      np.ones((1, 4), np.float32), topk.pad_blocks(items, 2), hist, np.int32(3), k=3
+  )
   np.testing.assert_array_equal(rows, [[3, 0, 0]])
   assert scores[0, 0] == 1.0 and np.all(np.isneginf(scores[0, 1:]))
 
@@ -255,8 +275,9 @@ def test_inter_histories_are_sorted_by_time_and_grouped_by_user(finished_run, tm
   config, _ = finished_run
   catalogue = serving.Catalogue("c", ["a", "b", "c"], ["t a", "t b", "t c"])
   inter = tmp_path / "users.inter"
-  inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
-                   "u2\tc\t5\nu1\tb\t2\nu2\ta\t1\nu1\ta\t1\nu1\tc\t2\n")
+  inter.write_text(
+      "user_id:token\titem_id:token\ttimestamp:float\n" "u2\tc\t5\nu1\tb\t2\nu2\ta\t1\nu1\ta\t1\nu1\tc\t2\n"
+  )
   histories = serving.read_histories(inter, catalogue, config)
   assert list(histories.user_ids) == ["u2", "u1"]
   assert [list(histories.history(u)) for u in range(2)] == [[1, 3], [1, 2, 3]]  # equal times: file order
@@ -272,12 +293,15 @@ def test_csv_catalogue_and_csv_lists(finished_run, tmp_path):
   table[0] = 0
   run = serving.load(workdir, progress=False)
   recs = run.recommend({"u": ["x2"]}, catalogue.with_table(table), k=2)
-  out = output.write_recommendations(tmp_path / "recs.csv", np.array(["u"], object), recs.item_ids,
-                                     recs.scores)
+  out = output.write_recommendations(
+      tmp_path / "recs.csv", np.array(["u"], object), recs.item_ids, recs.scores
+  )
   lines = out.read_text().splitlines()
   assert lines[0] == "user_id,rank,item_id,score" and len(lines) == 3
-  assert [line.split(",")[:3] for line in lines[1:]] == [["u", "1", recs.item_ids[0, 0]],
-                                                          ["u", "2", recs.item_ids[0, 1]]]
+  assert [line.split(",")[:3] for line in lines[1:]] == [
+      ["u", "1", recs.item_ids[0, 0]],
+      ["u", "2", recs.item_ids[0, 1]],
+  ]
   assert set(recs.item_ids[0]) == {"x1", "x3"}
 
 
@@ -291,15 +315,17 @@ def small_catalogue():
 
 
 def test_unknown_history_item_names_file_line_and_id(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]},
-                                            {"user_id": "u2", "items": ["b", "zz"]}])
+  path = write_jsonl(
+      tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]}, {"user_id": "u2", "items": ["b", "zz"]}]
+  )
   with pytest.raises(DataError, match=r"h\.jsonl, line 2: field 'items': user 'u2': item 'zz' is not in"):
     serving.read_histories(path, small_catalogue)
 
 
 def test_skip_drops_unknown_items_and_counts_them(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a", "zz", "c"]},
-                                            {"user_id": "u2", "items": ["yy"]}])
+  path = write_jsonl(
+      tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a", "zz", "c"]}, {"user_id": "u2", "items": ["yy"]}]
+  )
   histories = serving.read_histories(path, small_catalogue, on_unknown="skip")
   assert list(histories.user_ids) == ["u1"] and list(histories.history(0)) == [1, 3]
   assert (histories.unknown_skipped, histories.users_dropped) == (2, 1)
@@ -317,23 +343,27 @@ def test_unknown_item_in_inter_file_names_its_line(finished_run, small_catalogue
 
 
 def test_empty_history_is_an_error(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl",
-                     [{"user_id": "u1", "items": ["a"]}, {"user_id": "u2", "items": []}])
+  path = write_jsonl(
+      tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]}, {"user_id": "u2", "items": []}]
+  )
   with pytest.raises(DataError, match=r"line 2: field 'items': user 'u2' has an empty history"):
     serving.read_histories(path, small_catalogue)
 
 
 def test_user_given_twice_is_an_error(small_catalogue, tmp_path):
-  path = write_jsonl(tmp_path / "h.jsonl",
-                     [{"user_id": "u1", "items": ["a"]}, {"user_id": "u1", "items": ["b"]}])
+  path = write_jsonl(
+      tmp_path / "h.jsonl", [{"user_id": "u1", "items": ["a"]}, {"user_id": "u1", "items": ["b"]}]
+  )
   with pytest.raises(DataError, match=r"line 2: field 'user_id': user 'u1' given twice \(first on line 1\)"):
     serving.read_histories(path, small_catalogue)
 
 
 def test_catalogue_item_without_text_is_an_error(finished_run, tmp_path):
   config, _ = finished_run
-  path = write_jsonl(tmp_path / "shop.jsonl", [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": " "},
-                                               {"item_id": "c", "brand": "C"}])
+  path = write_jsonl(
+      tmp_path / "shop.jsonl",
+      [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": " "}, {"item_id": "c", "brand": "C"}],
+  )
   with pytest.raises(DataError, match=r"shop\.jsonl, line 2: field 'item_id': item 'b' has no text"):
     serving.read_catalogue(path, config)
 
@@ -342,8 +372,10 @@ def test_duplicate_catalogue_ids_are_an_error(finished_run, tmp_path):
   config, _ = finished_run
   path = tmp_path / "shop.item"
   path.write_text("item_id:token\ttitle:token_seq\na\tA\nb\tB\na\tA again\n")
-  with pytest.raises(DataError, match=r"shop\.item, line 4: field 'item_id': item id 'a' appears twice "
-                                      r"\(first on line 2\)"):
+  with pytest.raises(
+      DataError,
+      match=r"shop\.item, line 4: field 'item_id': item id 'a' appears twice " r"\(first on line 2\)",
+  ):
     serving.read_catalogue(path, config)
 
 
@@ -397,6 +429,7 @@ def test_a_failed_write_leaves_the_old_output_whole(tmp_path):
 def pipeline_run(tmp_path_factory, tiny_config):
   from recg_jax import pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path_factory.mktemp("pipeline_run")
   config = tiny_config(pipeline=True)
   pipeline.run(config, str(workdir))
@@ -408,19 +441,36 @@ def pipeline_run(tmp_path_factory, tiny_config):
 def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   config, workdir, domains = pipeline_run
   beta = domains["Beta"]
-  rows = [{"item_id": i, **{f: v[row] for f, v in beta.item_fields.items()}}
-          for row, i in enumerate(beta.item_tokens[1:], start=1)]
+  rows = [
+      {"item_id": i, **{f: v[row] for f, v in beta.item_fields.items()}}
+      for row, i in enumerate(beta.item_tokens[1:], start=1)
+  ]
   catalogue = write_jsonl(tmp_path / "beta.jsonl", rows)
-  users = write_jsonl(tmp_path / "users.jsonl",
-                      [{"user_id": u, "items": h} for u, h in inputs_before_test(beta).items()])
+  users = write_jsonl(
+      tmp_path / "users.jsonl", [{"user_id": u, "items": h} for u, h in inputs_before_test(beta).items()]
+  )
   out, export = tmp_path / "recs.jsonl", tmp_path / "vectors"
-  proc = subprocess.run([sys.executable, "-m", "recg_jax.recommend", f"--workdir={workdir}",
-                         f"--catalogue={catalogue}", f"--histories={users}", f"--top_k={beta.num_items}",
-                         f"--out={out}", f"--export={export}"],
-                        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                        timeout=300, check=False)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "recg_jax.recommend",
+          f"--workdir={workdir}",
+          f"--catalogue={catalogue}",
+          f"--histories={users}",
+          f"--top_k={beta.num_items}",
+          f"--out={out}",
+          f"--export={export}",
+      ],
+      cwd=pathlib.Path(__file__).resolve().parents[1],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   # The catalogue's texts are the domain's, so its embeddings are the run's own table, bit for bit.
   table = np.load(embed.cache_dir(workdir, "catalogue-beta") / "embeddings.npy")
@@ -440,5 +490,9 @@ def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path
   users_UxD, items_NxD = np.load(export / "users.npy"), np.load(export / "items.npy")
   first = lists[beta.user_tokens[0]]
   item_ids = json.loads((export / "item_ids.json").read_text())
-  np.testing.assert_allclose([users_UxD[0] @ items_NxD[item_ids.index(i)] for i in first["items"]],
-                             first["scores"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      [users_UxD[0] @ items_NxD[item_ids.index(i)] for i in first["items"]],
+      first["scores"],
+      rtol=1e-5,
+      atol=1e-6,
+  )

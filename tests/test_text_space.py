@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from recg_jax.config import default as default_config
-from recg_jax.training import step as step_lib
 from recg_jax.models import text_space
-from recg_jax.models.recommender import Recommender, init_variables
+from recg_jax.models.recommender import init_variables
+from recg_jax.models.recommender import Recommender
+from recg_jax.training import step as step_lib
 
 D, L, I, H = 8, 6, 15, 5
 SEQ = np.array([[0, 0, 3, 7, 2, 9], [0, 0, 0, 0, 0, 4]], np.int32)
@@ -24,8 +25,18 @@ def table():
 
 
 def _model(variant="sem", **kw):
-  return Recommender(backbone=kw.pop("backbone", "sasrec"), variant=variant, num_items=I, hidden_dim=D,
-                     num_layers=1, num_heads=2, dropout=0.0, emb_dropout=0.0, max_len=L, **kw)
+  return Recommender(
+      backbone=kw.pop("backbone", "sasrec"),
+      variant=variant,
+      num_items=I,
+      hidden_dim=D,
+      num_layers=1,
+      num_heads=2,
+      dropout=0.0,
+      emb_dropout=0.0,
+      max_len=L,
+      **kw,
+  )
 
 
 def _unit(x):
@@ -106,9 +117,8 @@ def test_residual_readout_gets_the_first_gradient_and_no_nan_at_padding(table):
   params = init_variables(model, jax.random.PRNGKey(2), table)["params"]
 
   def loss(p):
-    hidden = model.apply({"params": p}, jnp.asarray(SEQ), table, False,
-                         method=Recommender.encode_positions)
-    return jnp.sum(hidden ** 2 * jnp.arange(H)) + jnp.sum(hidden[:, :, 0])
+    hidden = model.apply({"params": p}, jnp.asarray(SEQ), table, False, method=Recommender.encode_positions)
+    return jnp.sum(hidden**2 * jnp.arange(H)) + jnp.sum(hidden[:, :, 0])
 
   grads = jax.jit(jax.grad(loss))(params)  # one program: eager backward ops would compile one by one
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
@@ -138,11 +148,13 @@ def test_mix_scores_are_text_knn_plus_the_sem_score(table):
 
 def test_text_space_options_are_validated(table):
   seq = jnp.asarray(SEQ)
-  for kw, match in [({"variant": "id", "score_space": "text"}, "score_space='text' needs"),
-                    ({"score_space": "latent"}, "score_space must be"),
-                    ({"score_space": "text", "text_user": "sum"}, "text_user must be"),
-                    ({"text_user": "mix"}, "needs config.model.score_space='text'"),
-                    ({"score_space": "text", "backbone": "bert4rec", "cloze": True}, "Cloze")]:
+  for kw, match in [
+      ({"variant": "id", "score_space": "text"}, "score_space='text' needs"),
+      ({"score_space": "latent"}, "score_space must be"),
+      ({"score_space": "text", "text_user": "sum"}, "text_user must be"),
+      ({"text_user": "mix"}, "needs config.model.score_space='text'"),
+      ({"score_space": "text", "backbone": "bert4rec", "cloze": True}, "Cloze"),
+  ]:
     kw = dict(kw)
     variant = kw.pop("variant", "sem")
     with pytest.raises(ValueError, match=match):

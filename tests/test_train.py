@@ -20,7 +20,9 @@ from recg_jax.training import checkpoints as checkpoints_lib
 from recg_jax.training import metric_log
 from recg_jax.training import optimizer as optimizer_lib
 from recg_jax.training import step as step_lib
+
 import _train_driver as driver
+from conftest import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def tiny_run(tmp_path_factory):
 
 def test_loss_decreases_and_model_beats_chance(tiny_run):
   workdir, payload, _ = tiny_run
-  events = driver.read_jsonl(workdir / "metrics.jsonl")
+  events = read_jsonl(workdir / "metrics.jsonl")
   train_losses = [e["loss"] for e in events if e["kind"] == "train"]
   assert len(train_losses) >= 4
   assert np.mean(train_losses[-2:]) < 0.8 * train_losses[0], train_losses
@@ -43,8 +45,13 @@ def test_loss_decreases_and_model_beats_chance(tiny_run):
   m = payload["metrics"]
   # ~30 items, a noisy "next = item + 1" walk: chance full NDCG@10 is about 0.15.
   assert m["test/full/ndcg@10"] > 0.3 and m["valid/full/ndcg@10"] == pytest.approx(max(valid))
-  assert set(m) == {f"{s}/{p}/{n}@{k}" for s in ("valid", "test") for p in ("full", "sampled10")
-                    for n in ("recall", "ndcg") for k in (5, 10)}
+  assert set(m) == {
+      f"{s}/{p}/{n}@{k}"
+      for s in ("valid", "test")
+      for p in ("full", "sampled10")
+      for n in ("recall", "ndcg")
+      for k in (5, 10)
+  }
   g = [e for e in events if e["kind"] == "train"][-1]
   assert {"rec_loss", "gen_loss", "h_intra", "h_inter", "grad_norm", "sequences_per_s"} <= set(g)
   assert g["loss"] == pytest.approx(g["rec_loss"] + g["gen_loss"], rel=1e-5, abs=1e-6)
@@ -70,9 +77,15 @@ def test_checkpoints_and_results_files(tiny_run):
   assert rec["loss"].startswith("BPR (5 uniform negatives") and "L_gen(alpha=0.001" in rec["loss"]
   assert saved["config"]["model"]["hidden_dim"] == 16 and set(saved["protocols"]) == {"full", "sampled10"}
   md = (workdir / "results.md").read_text()
-  for needle in ("| in_domain | Alpha (synthetic) | sasrec | recg | BPR", "full R@10", "sampled10 N@5",
-                 "d=16 layers=1 heads=2", "model.hidden_dim = 16", "`sampled10`: sampled: the target "
-                 "against 10 negatives", f"{100 * payload['metrics']['test/full/ndcg@10']:.2f}"):
+  for needle in (
+      "| in_domain | Alpha (synthetic) | sasrec | recg | BPR",
+      "full R@10",
+      "sampled10 N@5",
+      "d=16 layers=1 heads=2",
+      "model.hidden_dim = 16",
+      "`sampled10`: sampled: the target " "against 10 negatives",
+      f"{100 * payload['metrics']['test/full/ndcg@10']:.2f}",
+  ):
     assert needle in md, needle
 
 
@@ -86,8 +99,16 @@ def test_resume_rejects_a_different_run(tiny_run, tiny_config):
 
 
 def _optimizer_config(**fields):
-  return ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 0, "decay": "constant",
-                                    "weight_decay": 0.0, "grad_clip": 0.0, **fields})
+  return ml_collections.ConfigDict(
+      {
+          "learning_rate": 1e-3,
+          "warmup_steps": 0,
+          "decay": "constant",
+          "weight_decay": 0.0,
+          "grad_clip": 0.0,
+          **fields,
+      }
+  )
 
 
 def _schedule(c, total_steps):
@@ -96,8 +117,9 @@ def _schedule(c, total_steps):
 
 
 def _optimizer(c, total_steps):
-  return optimizer_lib.build_optimizer(optimizer_lib.OptimizerStructure.from_config(c),
-                                       optimizer_lib.optimizer_hparams(c, total_steps))
+  return optimizer_lib.build_optimizer(
+      optimizer_lib.OptimizerStructure.from_config(c), optimizer_lib.optimizer_hparams(c, total_steps)
+  )
 
 
 def test_learning_rate_schedule():
@@ -157,15 +179,25 @@ def test_step_tables_stack_and_validate(tiny_config, tiny_problem):
 
 
 def test_loss_name_and_table_formatting(tiny_config):
-  config = tiny_config(**{"model.backbone": "bert4rec", "train.bert4rec_objective": "cloze",
-                                  "train.loss": "softmax", "gen_loss.use_inter": False,
-                                  "gen_loss.inter_sign": -1})
+  config = tiny_config(
+      **{
+          "model.backbone": "bert4rec",
+          "train.bert4rec_objective": "cloze",
+          "train.loss": "softmax",
+          "gen_loss.use_inter": False,
+          "gen_loss.inter_sign": -1,
+      }
+  )
   name = results.loss_name(config)
   assert name.startswith("full softmax cross-entropy, Cloze (mask_prob=0.2")
   assert "inter_sign=-1" in name and "no inter" in name
   assert "L_gen" not in results.loss_name(tiny_config(**{"model.variant": "sem"}))
-  rec = results.make_record(config, "zero_shot", "Beta", {"zero_shot/full/recall@10": [0.1234, 0.01],
-                                                          "zero_shot/full/ndcg@10": 0.05})
+  rec = results.make_record(
+      config,
+      "zero_shot",
+      "Beta",
+      {"zero_shot/full/recall@10": [0.1234, 0.01], "zero_shot/full/ndcg@10": 0.05},
+  )
   table = results.format_table([rec])
   assert "Beta ← Alpha (synthetic)" in table and "12.34 ± 1.00" in table and "| 5.00 |" in table
   assert table.index("full R@10") < table.index("full N@10")
@@ -189,34 +221,44 @@ def test_candidate_scores_agree_across_modes(tiny_config, tiny_problem):
     variables = jax.tree.map(lambda x: x + 0.1 if x.ndim == 1 else x, variables)
     modes = ("factored", "gather", "full") if variant != "id" else ("gather", "full")
     got = {m: np.asarray(scores(model, variables, hidden, jnp.asarray(ids), table, m)) for m in modes}
-    items = jax.jit(lambda v: model.apply(v, table, method=recommender_lib.Recommender.item_vectors))(variables)
+    items = jax.jit(lambda v: model.apply(v, table, method=recommender_lib.Recommender.item_vectors))(
+        variables
+    )
     want = np.einsum("bpd,bpcd->bpc", np.asarray(hidden), np.asarray(items)[ids])
     for m in modes:
       np.testing.assert_allclose(got[m], want, rtol=1e-5, atol=1e-5, err_msg=f"{variant} {m}")
       assert got[m][0, 0, 0] == 0.0
     assert step_lib.candidate_scoring(config) == ("full" if variant == "id" else "factored")
   with pytest.raises(ValueError, match="needs a frozen table"):
-    step_lib.candidate_scoring(tiny_config(**{"model.variant": "id",
-                                                  "train.candidate_scores": "factored"}))
+    step_lib.candidate_scoring(tiny_config(**{"model.variant": "id", "train.candidate_scores": "factored"}))
   with pytest.raises(ValueError, match="config.train.candidate_scores"):
     step_lib.candidate_scoring(tiny_config(**{"train.candidate_scores": "sparse"}))
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model.backbone": "bert4rec", "model.variant": "id", "train.bert4rec_objective": "cloze",
-     "train.loss": "softmax"},
-    {"model.backbone": "bert4rec", "model.variant": "sem"},
-    {"model.backbone": "gru4rec", "model.variant": "recg", "train.targets": "last"},
-], ids=["bert4rec-id-cloze-softmax", "bert4rec-sem-prefixes", "gru4rec-recg-last"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "model.backbone": "bert4rec",
+            "model.variant": "id",
+            "train.bert4rec_objective": "cloze",
+            "train.loss": "softmax",
+        },
+        {"model.backbone": "bert4rec", "model.variant": "sem"},
+        {"model.backbone": "gru4rec", "model.variant": "recg", "train.targets": "last"},
+    ],
+    ids=["bert4rec-id-cloze-softmax", "bert4rec-sem-prefixes", "gru4rec-recg-last"],
+)
 def test_other_backbones_objectives_and_losses_train(tmp_path, overrides, tiny_config, tiny_problem):
   domains, tiny_tables = tiny_problem
   # One length bucket: a compile per bucket would dominate these runs (bucketed batches of every row
   # layout are checked in test_input_pipeline.py, bucketed training end to end by the driver runs).
-  config = tiny_config(**overrides, **{"train.num_epochs": 3, "train.length_buckets": (),
-                                             "eval.length_buckets": ()})
+  config = tiny_config(
+      **overrides, **{"train.num_epochs": 3, "train.length_buckets": (), "eval.length_buckets": ()}
+  )
   tables = None if config.model.variant == "id" else tiny_tables
   result = training.train_and_evaluate(config, tmp_path, domains, tables)
-  events = driver.read_jsonl(tmp_path / "metrics.jsonl")
+  events = read_jsonl(tmp_path / "metrics.jsonl")
   setup = events[0]
   lengths = domains["Alpha"].lengths - 2  # training part of every user
   if config.model.backbone == "bert4rec" and config.train.bert4rec_objective == "next_item":

@@ -48,8 +48,11 @@ def test_trained_run_reports_source_and_every_target(trained, tmp_path):
   config)."""
   config, domains, tables, result = trained
   records = pipeline.transfer_trained(config, tmp_path, domains, tables, result)
-  assert [(r["stage"], r["domain"]) for r in records] == [("in_domain", "Alpha"), ("zero_shot", "Beta"),
-                                                           ("zero_shot", "Gamma")]
+  assert [(r["stage"], r["domain"]) for r in records] == [
+      ("in_domain", "Alpha"),
+      ("zero_shot", "Beta"),
+      ("zero_shot", "Gamma"),
+  ]
   for r in records:
     assert r["data"] == "synthetic data"
     split = "test" if r["stage"] == "in_domain" else "zero_shot"
@@ -65,8 +68,7 @@ def test_trained_run_reports_source_and_every_target(trained, tmp_path):
 
 def test_swapping_the_table_changes_no_parameter(trained):
   config, domains, tables, result = trained
-  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"],
-                                       domains["Alpha"])
+  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"], domains["Alpha"])
   before = jax.tree.map(np.copy, (result.params, seq.fusion_params, seq.centres_KxD))
   transfer.evaluate_domain(config, result.model, result.params, tables["Beta"], domains["Beta"], seq, "test")
   after = (result.params, seq.fusion_params, seq.centres_KxD)
@@ -76,8 +78,7 @@ def test_swapping_the_table_changes_no_parameter(trained):
 
 def test_one_pass_with_and_without_the_sequence_step_equals_two_passes(trained):
   config, domains, tables, result = trained
-  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"],
-                                       domains["Alpha"])
+  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"], domains["Alpha"])
   args = (config, result.model, result.params, tables["Beta"], domains["Beta"])
   both = transfer.evaluate_domain_heads(*args, seq, "test")
   assert both["fused"] == transfer.evaluate_domain(*args, seq, "test")
@@ -87,13 +88,13 @@ def test_one_pass_with_and_without_the_sequence_step_equals_two_passes(trained):
 
 def test_fusion_at_identity_init_leaves_user_vectors_unchanged(trained):
   config, domains, tables, result = trained
-  seq = transfer.fit_sequence_transfer(config, result.model, result.params,
-                                       tables["Alpha"], domains["Alpha"])
+  seq = transfer.fit_sequence_transfer(config, result.model, result.params, tables["Alpha"], domains["Alpha"])
   kernel = np.zeros_like(seq.fusion_params["W_f"]["kernel"])
   d = kernel.shape[1]
   kernel[:d] = np.eye(d)
-  identity = transfer.SequenceTransfer(centres_KxD=seq.centres_KxD, inertia=seq.inertia,
-                                       fusion_params={"W_f": {"kernel": kernel}})
+  identity = transfer.SequenceTransfer(
+      centres_KxD=seq.centres_KxD, inertia=seq.inertia, fusion_params={"W_f": {"kernel": kernel}}
+  )
   seq_BxL = np.asarray(domains["Beta"].items[:8].reshape(1, 8), np.int32)
   plain = transfer.user_heads_fn(result.model, result.params, tables["Beta"], None)(seq_BxL)["plain"]
   fused = transfer.user_heads_fn(result.model, result.params, tables["Beta"], identity)(seq_BxL)["fused"]

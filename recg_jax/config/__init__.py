@@ -12,3 +12,14 @@ from recg_jax.config.overrides import from_record
 from recg_jax.config.overrides import merged_over_defaults
 from recg_jax.config.overrides import override
 from recg_jax.config.presets import PRESETS
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "PRESETS",
+    "apply_config_arg",
+    "apply_preset",
+    "from_record",
+    "get_config",
+    "merged_over_defaults",
+    "override",
+]

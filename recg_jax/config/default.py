@@ -40,7 +40,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.amazon2023.raw_dir = ""  # local folder with <Cat>.jsonl[.gz] and meta_<Cat>.jsonl[.gz]
   c.amazon2023.download = False
   c.amazon2023.url_template = (
-      "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/{kind}_categories/{file}")
+      "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/{kind}_categories/{file}"
+  )
   c.amazon2023.min_year = 0  # drop reviews before this calendar year (0 = keep all)
   c.amazon2023.max_users = 0  # seeded user subsample cap (0 = all)
   c.amazon2023.subsample_seed = 0
@@ -62,8 +63,10 @@ def get_text_config() -> ml_collections.ConfigDict:
   # `fields` renders "name: value" pairs joined by "; " in `text_fields` order, dropping empty fields.
   # `paper` uses the paper's summarisation prompt.
   c.template = "fields"
-  c.paper_prompt = ("Please summarize the following item based on the provided information: "
-                    "title: {title}.\n Feature: {features}.\n Description: {description}")
+  c.paper_prompt = (
+      "Please summarize the following item based on the provided information: "
+      "title: {title}.\n Feature: {features}.\n Description: {description}"
+  )
   c.max_tokens = 128
   c.empty_fallback = "unknown item"
   return c

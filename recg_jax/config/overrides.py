@@ -23,8 +23,9 @@ ARG_FIELDS = {
 }
 
 
-def override(config: ml_collections.ConfigDict, values: Mapping[str, Any],
-             what: str = "override") -> ml_collections.ConfigDict:
+def override(
+    config: ml_collections.ConfigDict, values: Mapping[str, Any], what: str = "override"
+) -> ml_collections.ConfigDict:
   """Sets every 'section.field' (any depth: 'data.synthetic.num_items') of `values` in place; a name the
   config does not have is a KeyError that says `what` set it. Returns the config."""
   for path, value in values.items():
@@ -58,8 +59,9 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_c
       apply_preset(config, value)
       continue
     if not sep or key not in ARG_FIELDS:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in "
-                       f"{sorted([*ARG_FIELDS, 'preset'])}")
+      raise ValueError(
+          f"config argument {item!r}: expected key=value with key in " f"{sorted([*ARG_FIELDS, 'preset'])}"
+      )
     section, field = ARG_FIELDS[key]
     current = config[section][field]
     if isinstance(current, tuple):

@@ -22,17 +22,40 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sem_softmax": {"model.variant": "sem", "train.loss": "softmax"},
     "recg_softmax": {"model.variant": "recg", "train.loss": "softmax"},
     # Scoring in the frozen text space (softmax, cosine with a learned temperature).
-    "text_residual": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                      "model.text_user": "residual"},
-    "text_attention": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                       "model.text_user": "attention"},
-    "text_mix": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                 "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
-    "text_mix_center": {"model.variant": "sem", "train.loss": "softmax", "model.score_space": "text",
-                        "model.text_user": "mix", "model.table_transform": "center",
-                        "transfer.target_model_weights": MIX_WEIGHTS},
+    "text_residual": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "residual",
+    },
+    "text_attention": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "attention",
+    },
+    "text_mix": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "mix",
+        "transfer.target_model_weights": MIX_WEIGHTS,
+    },
+    "text_mix_center": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "mix",
+        "model.table_transform": "center",
+        "transfer.target_model_weights": MIX_WEIGHTS,
+    },
     # RecG's own parts (the merge of W_p e and W_a e for history items, L_gen on W_a, the sequence-level
     # step) on the mix model.
-    "recg_text_mix": {"model.variant": "recg", "train.loss": "softmax", "model.score_space": "text",
-                      "model.text_user": "mix", "transfer.target_model_weights": MIX_WEIGHTS},
+    "recg_text_mix": {
+        "model.variant": "recg",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "mix",
+        "transfer.target_model_weights": MIX_WEIGHTS,
+    },
 }

@@ -72,8 +72,15 @@ ROLES: dict[str, str] = {
 }
 
 # What training reads ('section' or 'section.field'): the scope of a checkpoint's run signature.
-TRAINING_SCOPE = ("data.source", "data.targets", "data.auxiliary", "data.max_len", "model", "train",
-                  "gen_loss")
+TRAINING_SCOPE = (
+    "data.source",
+    "data.targets",
+    "data.auxiliary",
+    "data.max_len",
+    "model",
+    "train",
+    "gen_loss",
+)
 
 
 def fields_with(role: str) -> tuple[tuple[str, str], ...]:
@@ -142,8 +149,11 @@ _MISSING = object()
 
 def _paths(a: Any, b: Any, prefix: str = "") -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
-    return [p for k in sorted(set(a) | set(b))
-            for p in _paths(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")]
+    return [
+        p
+        for k in sorted(set(a) | set(b))
+        for p in _paths(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
+    ]
   return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -152,8 +162,9 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
   return _paths(as_dict(a), as_dict(b))
 
 
-def recorded_diff(recorded: dict[str, Any], config: ml_collections.ConfigDict,
-                  view: Callable[[Any], dict[str, Any]]) -> list[str]:
+def recorded_diff(
+    recorded: dict[str, Any], config: ml_collections.ConfigDict, view: Callable[[Any], dict[str, Any]]
+) -> list[str]:
   """diff of a view an earlier run recorded (run_signature, fingerprint) against the same view of `config`,
   the record merged over today's defaults first: a field added since, at its default, never differs."""
   return diff(view(overrides.merged_over_defaults(recorded)), view(config))

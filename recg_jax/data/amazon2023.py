@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import array
 import calendar
+from collections.abc import Iterator
 import contextlib
 import gzip
 import json
 import os
-from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -32,14 +32,24 @@ from recg_jax.data.raw import RawDomain
 # How list-valued metadata becomes one string.
 _JOIN = {"categories": ", ", "features": " ", "description": " "}
 # Metadata keys the arrow fast path reads, with their types.
-_META_TYPES = {"title": pa.string(), "store": pa.string(), "main_category": pa.string(),
-               "categories": pa.list_(pa.string()), "description": pa.list_(pa.string()),
-               "features": pa.list_(pa.string())}
+_META_TYPES = {
+    "title": pa.string(),
+    "store": pa.string(),
+    "main_category": pa.string(),
+    "categories": pa.list_(pa.string()),
+    "description": pa.list_(pa.string()),
+    "features": pa.list_(pa.string()),
+}
 _BLOCK = 16 << 20  # arrow block: bigger than any one JSON line
 # (raw metadata key, item field name): `store` plays the role of the brand. A text field of the config
 # that is none of these names is read from the metadata key of the same name (e.g. `store`, `details`).
-_META_FIELDS = (("title", "title"), ("store", "brand"), ("categories", "categories"),
-                ("description", "description"), ("features", "features"))
+_META_FIELDS = (
+    ("title", "title"),
+    ("store", "brand"),
+    ("categories", "categories"),
+    ("description", "description"),
+    ("features", "features"),
+)
 
 
 def file_names(category: str) -> dict[str, str]:
@@ -47,8 +57,9 @@ def file_names(category: str) -> dict[str, str]:
   return {"review": f"{category}.jsonl.gz", "meta": f"meta_{category}.jsonl.gz"}
 
 
-def find_files(raw_dir: str | os.PathLike[str], category: str,
-               amazon_config: ml_collections.ConfigDict | None = None) -> tuple[paths.Path, paths.Path]:
+def find_files(
+    raw_dir: str | os.PathLike[str], category: str, amazon_config: ml_collections.ConfigDict | None = None
+) -> tuple[paths.Path, paths.Path]:
   """(reviews, meta) paths in raw_dir, plain `.jsonl` preferred over `.jsonl.gz`.
 
   Missing files are downloaded from amazon_config.url_template when amazon_config.download is set;
@@ -57,37 +68,46 @@ def find_files(raw_dir: str | os.PathLike[str], category: str,
   raw_dir = paths.as_path(raw_dir)
   found = []
   for kind, name in file_names(category).items():
-    plain = raw_dir / name[:-len(".gz")]
+    plain = raw_dir / name[: -len(".gz")]
     if plain.is_file():
       found.append(plain)
     elif (raw_dir / name).is_file():
       found.append(raw_dir / name)
     elif amazon_config is not None and amazon_config.download:
       if paths.is_remote(raw_dir):
-        raise DataError("data.amazon2023.download writes to a local folder (it resumes by appending); "
-                        "download where the files are read locally, then copy them to the bucket",
-                        path=raw_dir, field="data.amazon2023.download")
+        raise DataError(
+            "data.amazon2023.download writes to a local folder (it resumes by appending); "
+            "download where the files are read locally, then copy them to the bucket",
+            path=raw_dir,
+            field="data.amazon2023.download",
+        )
       url = amazon_config.url_template.format(kind=kind, file=name)
       found.append(download.download_file(url, raw_dir / name))
     else:
-      raise DataError(f"file not found (looked for {plain.name} and {name}; set "
-                      "data.amazon2023.download=True to fetch it)", path=raw_dir / name)
+      raise DataError(
+          f"file not found (looked for {plain.name} and {name}; set "
+          "data.amazon2023.download=True to fetch it)",
+          path=raw_dir / name,
+      )
   return found[0], found[1]
 
 
 def _json_lines(path: paths.Path) -> Iterator[tuple[int, dict]]:
   """Yields (1-based line number, object) for every non-blank line, decoding one line at a time."""
   try:
-    with path.open("rb") as stored, (gzip.GzipFile(fileobj=stored) if path.name.endswith(".gz")
-                                     else contextlib.nullcontext(stored)) as f:
+    with (
+        path.open("rb") as stored,
+        gzip.GzipFile(fileobj=stored) if path.name.endswith(".gz") else contextlib.nullcontext(stored) as f,
+    ):
       for number, raw in enumerate(f, start=1):
         if not raw.strip():
           continue
         try:
           obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-          raise DataError(f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", path=path,
-                          line=number) from None
+          raise DataError(
+              f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", path=path, line=number
+          ) from None
         except json.JSONDecodeError as e:
           raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=number) from None
         if not isinstance(obj, dict):
@@ -112,8 +132,9 @@ def _timestamp(obj: dict, path: paths.Path, number: int) -> int:
     except ValueError:
       pass
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-    raise DataError(f"not a number of milliseconds: {obj.get('timestamp')!r}", path=path, line=number,
-                    field="timestamp")
+    raise DataError(
+        f"not a number of milliseconds: {obj.get('timestamp')!r}", path=path, line=number, field="timestamp"
+    )
   return int(value)
 
 
@@ -149,8 +170,10 @@ def _arrow_batches(path: paths.Path, schema: pa.Schema) -> Iterator[pa.RecordBat
   compression = "gzip" if path.name.endswith(".gz") else None
   with path.open("rb") as stored, pa.input_stream(stored, compression=compression) as stream:
     reader = pajson.open_json(
-        stream, read_options=pajson.ReadOptions(block_size=_BLOCK),
-        parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+        stream,
+        read_options=pajson.ReadOptions(block_size=_BLOCK),
+        parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+    )
     yield from reader
 
 
@@ -241,8 +264,9 @@ def _fast_or_exact(fast, exact, *args):
     return exact(*args)
 
 
-def read_amazon2023(raw_dir: str | os.PathLike[str], category: str,
-                    data_config: ml_collections.ConfigDict, fast: bool = True) -> RawDomain:
+def read_amazon2023(
+    raw_dir: str | os.PathLike[str], category: str, data_config: ml_collections.ConfigDict, fast: bool = True
+) -> RawDomain:
   """Reads one category into a RawDomain.
 
   Item fields: title, brand (from `store`), categories, description, features, plus any other
@@ -259,8 +283,9 @@ def read_amazon2023(raw_dir: str | os.PathLike[str], category: str,
   reviews_path, meta_path = find_files(raw_dir, category, amazon)
   cutoff_ms = calendar.timegm((amazon.min_year, 1, 1, 0, 0, 0)) * 1000 if amazon.min_year > 0 else None
   if fast:
-    users, items, user_np, item_np, time_np = _fast_or_exact(_reviews_arrow, _reviews_lines, reviews_path,
-                                                             cutoff_ms)
+    users, items, user_np, item_np, time_np = _fast_or_exact(
+        _reviews_arrow, _reviews_lines, reviews_path, cutoff_ms
+    )
   else:
     users, items, user_np, item_np, time_np = _reviews_lines(reviews_path, cutoff_ms)
 

@@ -41,8 +41,14 @@ def _open(url: str, offset: int, timeout: float):
   return response, total, resumed or offset == 0
 
 
-def download_file(url: str, dest: str | os.PathLike[str], *, progress: bool = True,
-                  timeout: float = 60.0, chunk_size: int = _CHUNK) -> pathlib.Path:
+def download_file(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    timeout: float = 60.0,
+    chunk_size: int = _CHUNK,
+) -> pathlib.Path:
   """Downloads `url` to `dest` unless `dest` exists.
 
   Bytes go to `dest + ".part"`. A later call resumes from the part file's size: with an HTTP Range
@@ -59,12 +65,24 @@ def download_file(url: str, dest: str | os.PathLike[str], *, progress: bool = Tr
   if not continues:
     offset = 0
   if total is not None and offset > total:
-    raise DataError(f"partial file is larger ({offset} bytes) than the source ({total} bytes); delete "
-                    "it and retry", path=part)
+    raise DataError(
+        f"partial file is larger ({offset} bytes) than the source ({total} bytes); delete " "it and retry",
+        path=part,
+    )
   if stream is not None:
-    with stream, open(part, "ab" if offset else "wb") as out, tqdm.tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-        disable=not progress) as bar:
+    with (
+        stream,
+        open(part, "ab" if offset else "wb") as out,
+        tqdm.tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=dest.name,
+            disable=not progress,
+        ) as bar,
+    ):
       while chunk := stream.read(chunk_size):
         out.write(chunk)
         bar.update(len(chunk))

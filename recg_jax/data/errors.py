@@ -15,8 +15,14 @@ class DataError(ValueError):
     reason: the bare description, without the location prefix.
   """
 
-  def __init__(self, reason: str, *, path: str | os.PathLike[str] | None = None,
-               line: int | None = None, field: str | None = None):
+  def __init__(
+      self,
+      reason: str,
+      *,
+      path: str | os.PathLike[str] | None = None,
+      line: int | None = None,
+      field: str | None = None,
+  ):
     self.path = None if path is None else os.fspath(path)
     self.line = line
     self.field = field

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def kcore(user_codes_T: np.ndarray, item_codes_T: np.ndarray, min_user: int, min_item: int,
-          keep_T: np.ndarray | None = None) -> np.ndarray:
+def kcore(
+    user_codes_T: np.ndarray,
+    item_codes_T: np.ndarray,
+    min_user: int,
+    min_item: int,
+    keep_T: np.ndarray | None = None,
+) -> np.ndarray:
   """Iterated k-core: the largest subset in which every user and every item has enough interactions.
 
   Removing a sparse item can push a user below `min_user` and the reverse, so the two count tests

@@ -19,12 +19,12 @@ The folder is written under a temporary name and renamed, so a crash never leave
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -65,8 +65,10 @@ def domain_names(data_config: ml_collections.ConfigDict) -> list[str]:
   seen: dict[str, str] = {}
   for role, name in roles:
     if name in seen:
-      raise DataError(f"domain {name!r} given twice (in {seen[name]} and {role}); each domain may "
-                      "play one role", field=role)
+      raise DataError(
+          f"domain {name!r} given twice (in {seen[name]} and {role}); each domain may " "play one role",
+          field=role,
+      )
     seen[name] = role
   return [name for _, name in roles]
 
@@ -105,23 +107,31 @@ def _config_key(config: ml_collections.ConfigDict) -> dict:
       "empty_fallback": t.empty_fallback,
   }
   if d.format == "amazon2023":
-    key["amazon2023"] = [int(d.amazon2023.min_year), int(d.amazon2023.max_users),
-                         int(d.amazon2023.subsample_seed)]
+    key["amazon2023"] = [
+        int(d.amazon2023.min_year),
+        int(d.amazon2023.max_users),
+        int(d.amazon2023.subsample_seed),
+    ]
   if d.format == "synthetic":
     key["synthetic"] = json.loads(json.dumps(d.synthetic.to_dict()))
   return key
 
 
-def _synthetic_root(config: ml_collections.ConfigDict, workdir: paths.Path,
-                    log: Callable[[str], None]) -> paths.Path:
+def _synthetic_root(
+    config: ml_collections.ConfigDict, workdir: paths.Path, log: Callable[[str], None]
+) -> paths.Path:
   """Writes the synthetic domains as RecBole files under <workdir>/synthetic/ unless already there."""
   d = config.data
   root = workdir / "synthetic"
-  manifest = {"version": CACHE_VERSION, "synthetic": json.loads(json.dumps(d.synthetic.to_dict())),
-              "fields": [d.user_field, d.item_field, d.time_field]}
+  manifest = {
+      "version": CACHE_VERSION,
+      "synthetic": json.loads(json.dumps(d.synthetic.to_dict())),
+      "fields": [d.user_field, d.item_field, d.time_field],
+  }
   try:
     if json.loads((root / "manifest.json").read_text()) == manifest and all(
-        (root / n / f"{n}.{ext}").is_file() for n in d.synthetic.domains for ext in ("inter", "item")):
+        (root / n / f"{n}.{ext}").is_file() for n in d.synthetic.domains for ext in ("inter", "item")
+    ):
       log(f"[data] synthetic: reused generated files in {root}")
       return root
   except (OSError, ValueError):
@@ -139,29 +149,36 @@ def _synthetic_root(config: ml_collections.ConfigDict, workdir: paths.Path,
   return root
 
 
-def _inputs(config: ml_collections.ConfigDict, name: str, workdir: paths.Path,
-            log: Callable[[str], None]) -> tuple[str, list[paths.Path]]:
+def _inputs(
+    config: ml_collections.ConfigDict, name: str, workdir: paths.Path, log: Callable[[str], None]
+) -> tuple[str, list[paths.Path]]:
   """(root folder handed to the reader, input files whose identity keys the cache)."""
   d = config.data
   if d.format not in FORMATS:
-    raise DataError(f"unknown format {d.format!r} (expected one of {', '.join(FORMATS)})",
-                    field="data.format")
+    raise DataError(
+        f"unknown format {d.format!r} (expected one of {', '.join(FORMATS)})", field="data.format"
+    )
   if d.format == "synthetic":
     if name not in tuple(d.synthetic.domains):
-      raise DataError(f"domain {name!r} is not one of data.synthetic.domains "
-                      f"({', '.join(d.synthetic.domains)})", field="data.synthetic.domains")
+      raise DataError(
+          f"domain {name!r} is not one of data.synthetic.domains " f"({', '.join(d.synthetic.domains)})",
+          field="data.synthetic.domains",
+      )
     root = _synthetic_root(config, workdir, log)
     return str(root), list(recbole.domain_files(root, name))
   if d.format == "recbole":
     if not d.root:
-      raise DataError("data root not set: set data.root or the RECG_DATA_ROOT environment variable",
-                      field="data.root")
+      raise DataError(
+          "data root not set: set data.root or the RECG_DATA_ROOT environment variable", field="data.root"
+      )
     return d.root, list(recbole.domain_files(d.root, name))
   raw_dir = d.amazon2023.raw_dir or d.root
   if not raw_dir:
     if not d.amazon2023.download:
-      raise DataError("no folder for the raw files: set data.amazon2023.raw_dir (or data.root)",
-                      field="data.amazon2023.raw_dir")
+      raise DataError(
+          "no folder for the raw files: set data.amazon2023.raw_dir (or data.root)",
+          field="data.amazon2023.raw_dir",
+      )
     raw_dir = str(workdir / "raw" / "amazon2023")
   return raw_dir, list(amazon2023.find_files(raw_dir, name, d.amazon2023))
 
@@ -191,7 +208,9 @@ def build_domain(raw: RawDomain, config: ml_collections.ConfigDict) -> DomainDat
         f"domain {raw.name!r} is empty after filtering: read {raw.num_interactions} interactions, "
         f"{len(raw.user_tokens)} users, {len(raw.item_tokens)} items ({no_text} items without text"
         f"{', dropped' if d.drop_items_without_text else ''}); the k-core needs {min_user} per user and "
-        f"{min_item} per item", field="data.min_user_interactions")
+        f"{min_item} per item",
+        field="data.min_user_interactions",
+    )
 
   users, items, times = raw.user_codes[keep], raw.item_codes[keep], raw.times[keep]
   item_rows, item_index = np.unique(items, return_inverse=True)  # item-file order
@@ -274,8 +293,12 @@ def _load(folder: paths.Path) -> DomainData:
   )
 
 
-def load_domain(config: ml_collections.ConfigDict, name: str, workdir: str | os.PathLike[str],
-                log: Callable[[str], None] = print) -> DomainData:
+def load_domain(
+    config: ml_collections.ConfigDict,
+    name: str,
+    workdir: str | os.PathLike[str],
+    log: Callable[[str], None] = print,
+) -> DomainData:
   """One domain, from its processed cache when the inputs and config are unchanged."""
   workdir = paths.as_path(workdir)
   root, files = _inputs(config, name, workdir, log)
@@ -301,16 +324,25 @@ def load_domain(config: ml_collections.ConfigDict, name: str, workdir: str | os.
     if e.path is not None:
       raise
     raise DataError(e.reason, path=files[0], field=e.field) from None
-  manifest = {**key_inputs, "key": key, "users": domain.num_users, "items": domain.num_items,
-              "interactions": domain.num_interactions, "synthetic": domain.synthetic}
+  manifest = {
+      **key_inputs,
+      "key": key,
+      "users": domain.num_users,
+      "items": domain.num_items,
+      "interactions": domain.num_interactions,
+      "synthetic": domain.synthetic,
+  }
   _save(domain, folder, manifest)
-  log(f"[data] {name}: built cache {folder} in {time.perf_counter() - start:.1f}s "
-      f"({domain.num_users} users, {domain.num_items} items, {domain.num_interactions} interactions)")
+  log(
+      f"[data] {name}: built cache {folder} in {time.perf_counter() - start:.1f}s "
+      f"({domain.num_users} users, {domain.num_items} items, {domain.num_interactions} interactions)"
+  )
   return domain
 
 
-def load_domains(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str],
-                 log: Callable[[str], None] = print) -> dict[str, DomainData]:
+def load_domains(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], log: Callable[[str], None] = print
+) -> dict[str, DomainData]:
   """Every domain of config.data.source, .targets and .auxiliary, source first (docs/method.md data)."""
   names = domain_names(config.data)
   return {name: load_domain(config, name, workdir, log) for name in names}
@@ -324,8 +356,13 @@ def domain_table(domains: dict[str, DomainData]) -> str:
   header = ["domain", "users", "items", "interactions", "mean history"] + fields + ["synthetic"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for domain in domains.values():
-    row = [domain.name, f"{domain.num_users:,}", f"{domain.num_items:,}",
-           f"{domain.num_interactions:,}", f"{domain.num_interactions / max(domain.num_users, 1):.2f}"]
+    row = [
+        domain.name,
+        f"{domain.num_users:,}",
+        f"{domain.num_items:,}",
+        f"{domain.num_interactions:,}",
+        f"{domain.num_interactions / max(domain.num_users, 1):.2f}",
+    ]
     for n in fields:
       values = domain.item_fields.get(n)
       if values is None:

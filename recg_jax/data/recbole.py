@@ -7,12 +7,12 @@ the raw bytes finds the first bad line, so every error names the file, the 1-bas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
 import io
 import math
 import os
 import re
-from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -33,8 +33,11 @@ def domain_files(root: str | os.PathLike[str], name: str) -> tuple[paths.Path, p
   """The (.inter, .item) paths of one domain; raises DataError when the folder or a file is missing."""
   folder = paths.as_path(root) / name
   if not folder.is_dir():
-    raise DataError(f"domain folder not found (expected {name}/{name}.inter and {name}/{name}.item "
-                    f"under data root {os.fspath(root)!r})", path=folder)
+    raise DataError(
+        f"domain folder not found (expected {name}/{name}.inter and {name}/{name}.item "
+        f"under data root {os.fspath(root)!r})",
+        path=folder,
+    )
   files = folder / f"{name}.inter", folder / f"{name}.item"
   for path in files:
     if not path.is_file():
@@ -55,8 +58,13 @@ class AtomicFile:
     self.names, self.types = self._parse_header()
     for name in required:
       if name not in self.names:
-        raise DataError(f"missing column (header has {', '.join(self.names)}); the config's field "
-                        f"names must match the header", path=path, line=1, field=name)
+        raise DataError(
+            f"missing column (header has {', '.join(self.names)}); the config's field "
+            f"names must match the header",
+            path=path,
+            line=1,
+            field=name,
+        )
     self.columns = self._parse_body()
 
   @property
@@ -72,29 +80,43 @@ class AtomicFile:
       column = self._data.count(b"\t", line_start, e.start)
       field = None
       if line > 1:
-        header = self._data[:self._data.find(b"\n")].decode("utf-8", "replace").rstrip("\r").split("\t")
+        header = self._data[: self._data.find(b"\n")].decode("utf-8", "replace").rstrip("\r").split("\t")
         if column < len(header):
           field = header[column].split(":")[0]
-      raise DataError(f"invalid UTF-8 (byte 0x{self._data[e.start]:02x} at column {column + 1})",
-                      path=self.path, line=line, field=field) from None
+      raise DataError(
+          f"invalid UTF-8 (byte 0x{self._data[e.start]:02x} at column {column + 1})",
+          path=self.path,
+          line=line,
+          field=field,
+      ) from None
 
   def _parse_header(self) -> tuple[list[str], list[str]]:
     if self._data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of the first name
       self._data = self._data[3:]
     end = self._data.find(b"\n")
-    header = self._data[:end if end >= 0 else len(self._data)].decode("utf-8").rstrip("\r")
+    header = self._data[: end if end >= 0 else len(self._data)].decode("utf-8").rstrip("\r")
     if not header.strip():
-      raise DataError("missing typed header (file is empty or starts with a blank line)", path=self.path,
-                      line=1)
+      raise DataError(
+          "missing typed header (file is empty or starts with a blank line)", path=self.path, line=1
+      )
     names, types = [], []
     for column in header.split("\t"):
       m = _HEADER_RE.match(column)
       if m is None:
-        raise DataError(f"missing or malformed typed header: column {column!r} is not 'name:type' "
-                        f"(type one of {', '.join(_TYPES)})", path=self.path, line=1, field=column)
+        raise DataError(
+            f"missing or malformed typed header: column {column!r} is not 'name:type' "
+            f"(type one of {', '.join(_TYPES)})",
+            path=self.path,
+            line=1,
+            field=column,
+        )
       if m.group(2) not in _TYPES:
-        raise DataError(f"unknown column type {m.group(2)!r} (expected one of {', '.join(_TYPES)})",
-                        path=self.path, line=1, field=m.group(1))
+        raise DataError(
+            f"unknown column type {m.group(2)!r} (expected one of {', '.join(_TYPES)})",
+            path=self.path,
+            line=1,
+            field=m.group(1),
+        )
       if m.group(1) in names:
         raise DataError("column named twice in header", path=self.path, line=1, field=m.group(1))
       names.append(m.group(1))
@@ -102,18 +124,26 @@ class AtomicFile:
     return names, types
 
   def _parse_body(self) -> dict[str, pa.Array]:
-    body = self._data[self._data.find(b"\n") + 1:] if b"\n" in self._data else b""
+    body = self._data[self._data.find(b"\n") + 1 :] if b"\n" in self._data else b""
     if not body.strip():  # header only: no rows (an empty domain is reported after filtering)
       return {n: pa.array([], pa.string()) for n in self.names}
     try:
       table = pcsv.read_csv(
           io.BytesIO(body),
           read_options=pcsv.ReadOptions(column_names=self.names, autogenerate_column_names=False),
-          parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                          newlines_in_values=False, ignore_empty_lines=True),
-          convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in self.names},
-                                              strings_can_be_null=False,
-                                              quoted_strings_can_be_null=False))
+          parse_options=pcsv.ParseOptions(
+              delimiter="\t",
+              quote_char=False,
+              escape_char=False,
+              newlines_in_values=False,
+              ignore_empty_lines=True,
+          ),
+          convert_options=pcsv.ConvertOptions(
+              column_types={n: pa.string() for n in self.names},
+              strings_can_be_null=False,
+              quoted_strings_can_be_null=False,
+          ),
+      )
     except pa.ArrowInvalid as e:
       self._raise_column_count()
       raise DataError(f"could not parse: {e}", path=self.path) from None
@@ -128,11 +158,19 @@ class AtomicFile:
         continue
       found = raw.count(b"\t") + 1
       if found < expected:
-        raise DataError(f"expected {expected} tab-separated columns ({', '.join(self.names)}), found "
-                        f"{found}", path=self.path, line=number, field=self.names[found])
+        raise DataError(
+            f"expected {expected} tab-separated columns ({', '.join(self.names)}), found " f"{found}",
+            path=self.path,
+            line=number,
+            field=self.names[found],
+        )
       if found > expected:
-        raise DataError(f"expected {expected} tab-separated columns ({', '.join(self.names)}), found "
-                        f"{found}", path=self.path, line=number, field=self.names[-1])
+        raise DataError(
+            f"expected {expected} tab-separated columns ({', '.join(self.names)}), found " f"{found}",
+            path=self.path,
+            line=number,
+            field=self.names[-1],
+        )
 
   @functools.cached_property
   def _row_lines(self) -> np.ndarray:
@@ -167,14 +205,16 @@ class AtomicFile:
         except ValueError:
           parsed[row] = math.nan
         if not math.isfinite(parsed[row]):
-          raise DataError(f"not a finite number: {s!r}", path=self.path, line=self.line_of_row(row),
-                          field=name)
+          raise DataError(
+              f"not a finite number: {s!r}", path=self.path, line=self.line_of_row(row), field=name
+          )
       values = parsed
     return values
 
 
-def read_recbole(root: str | os.PathLike[str], name: str,
-                 data_config: ml_collections.ConfigDict) -> RawDomain:
+def read_recbole(
+    root: str | os.PathLike[str], name: str, data_config: ml_collections.ConfigDict
+) -> RawDomain:
   """Reads `<root>/<name>/<name>.{inter,item}` into a RawDomain.
 
   Field names come from data_config.{user,item,time}_field and data_config.text_fields. Every text
@@ -193,15 +233,22 @@ def read_recbole(root: str | os.PathLike[str], name: str,
   if len(duplicated):
     first = pc.index(item_tokens, duplicated[0]).as_py()
     second = first + 1 + pc.index(item_tokens.slice(first + 1), duplicated[0]).as_py()
-    raise DataError(f"item id {duplicated[0].as_py()!r} appears twice (first on line "
-                    f"{item.line_of_row(first)})", path=item_path, line=item.line_of_row(second),
-                    field=item_f)
+    raise DataError(
+        f"item id {duplicated[0].as_py()!r} appears twice (first on line " f"{item.line_of_row(first)})",
+        path=item_path,
+        line=item.line_of_row(second),
+        field=item_f,
+    )
 
   item_codes = pc.index_in(inter.columns[item_f], value_set=item_tokens)
   if item_codes.null_count:
     row = pc.index(pc.is_null(item_codes), True).as_py()
-    raise DataError(f"item {inter.columns[item_f][row].as_py()!r} has no row in {item_path.name}",
-                    path=inter_path, line=inter.line_of_row(row), field=item_f)
+    raise DataError(
+        f"item {inter.columns[item_f][row].as_py()!r} has no row in {item_path.name}",
+        path=inter_path,
+        line=inter.line_of_row(row),
+        field=item_f,
+    )
   users = pc.dictionary_encode(inter.columns[user_f])  # codes in order of first appearance
   times = inter.floats(time_f)
 

@@ -63,45 +63,78 @@ class _Style:
 
 
 _STYLES = (
-    _Style("Lab & Industrial", ("beaker set", "digital caliper", "multimeter", "test tube rack",
-                                "sensor kit", "safety goggles"),
-           ("precision", "heavy-duty", "calibrated", "industrial", "corrosion-resistant"), "Scientific",
-           ("Engineered for accurate measurement in {w} field research.",
+    _Style(
+        "Lab & Industrial",
+        ("beaker set", "digital caliper", "multimeter", "test tube rack", "sensor kit", "safety goggles"),
+        ("precision", "heavy-duty", "calibrated", "industrial", "corrosion-resistant"),
+        "Scientific",
+        (
+            "Engineered for accurate measurement in {w} field research.",
             "A {a} {n} with a {w} themed housing &amp; a lifetime warranty.",
             "Trusted by labs and workshops that study the {w}.",
-            "Meets ANSI standards; the {w} edition adds a {a} coating."),
-           ("ANSI certified", "stainless steel", "lab grade", "includes carrying case")),
-    _Style("Office Supplies", ("notebook", "desk organizer", "stapler", "planner", "pen set", "binder"),
-           ("ergonomic", "premium", "compact", "refillable", "recycled"), "Paperworks",
-           ("Keeps your desk tidy with a {a} {w} design.",
+            "Meets ANSI standards; the {w} edition adds a {a} coating.",
+        ),
+        ("ANSI certified", "stainless steel", "lab grade", "includes carrying case"),
+    ),
+    _Style(
+        "Office Supplies",
+        ("notebook", "desk organizer", "stapler", "planner", "pen set", "binder"),
+        ("ergonomic", "premium", "compact", "refillable", "recycled"),
+        "Paperworks",
+        (
+            "Keeps your desk tidy with a {a} {w} design.",
             "A {n} for meetings, notes &amp; daily planning, printed with {w} art.",
             "Brighten the office with a calm {w} look.",
-            "Made from {a} materials; the {w} cover resists stains."),
-           ("acid-free paper", "100 sheets", "refill available", "fits A4 folders")),
-    _Style("Video Games", ("adventure game", "puzzle game", "strategy game", "racing game",
-                           "arcade collection", "controller skin"),
-           ("epic", "multiplayer", "open-world", "retro-style", "award-winning"), "Interactive",
-           ("Explore a {a} {w} world across dozens of levels.",
+            "Made from {a} materials; the {w} cover resists stains.",
+        ),
+        ("acid-free paper", "100 sheets", "refill available", "fits A4 folders"),
+    ),
+    _Style(
+        "Video Games",
+        (
+            "adventure game",
+            "puzzle game",
+            "strategy game",
+            "racing game",
+            "arcade collection",
+            "controller skin",
+        ),
+        ("epic", "multiplayer", "open-world", "retro-style", "award-winning"),
+        "Interactive",
+        (
+            "Explore a {a} {w} world across dozens of levels.",
             "Play solo or with friends online &amp; unlock the {w} campaign.",
             "A {n} where every {w} hides a secret boss.",
-            "Rated T for Teen; features an original {w} soundtrack."),
-           ("single player", "online co-op", "HD graphics", "downloadable content")),
-    _Style("Home & Kitchen", ("mug", "cutting board", "tea kettle", "apron", "serving bowl",
-                              "spice rack"),
-           ("handmade", "dishwasher-safe", "rustic", "stoneware", "non-stick"), "Home",
-           ("Bring a {w} mood to your kitchen with this {a} {n}.",
+            "Rated T for Teen; features an original {w} soundtrack.",
+        ),
+        ("single player", "online co-op", "HD graphics", "downloadable content"),
+    ),
+    _Style(
+        "Home & Kitchen",
+        ("mug", "cutting board", "tea kettle", "apron", "serving bowl", "spice rack"),
+        ("handmade", "dishwasher-safe", "rustic", "stoneware", "non-stick"),
+        "Home",
+        (
+            "Bring a {w} mood to your kitchen with this {a} {n}.",
             "Dishwasher safe &amp; built for everyday {w} dinners.",
             "Glazed by hand with a {w} pattern.",
-            "A {a} gift for anyone who loves the {w}."),
-           ("dishwasher safe", "BPA free", "gift boxed", "microwave safe")),
-    _Style("Books", ("novel", "picture book", "field guide", "cookbook", "poetry collection",
-                     "graphic novel"),
-           ("bestselling", "illustrated", "hardcover", "annotated", "first-edition"), "Press",
-           ("A {a} story set among the {w}.",
+            "A {a} gift for anyone who loves the {w}.",
+        ),
+        ("dishwasher safe", "BPA free", "gift boxed", "microwave safe"),
+    ),
+    _Style(
+        "Books",
+        ("novel", "picture book", "field guide", "cookbook", "poetry collection", "graphic novel"),
+        ("bestselling", "illustrated", "hardcover", "annotated", "first-edition"),
+        "Press",
+        (
+            "A {a} story set among the {w}.",
             "Readers follow a young hero through the {w} &amp; beyond.",
             "An {n} that celebrates the {w} in vivid prose.",
-            "Includes maps, notes and a foreword about the {w}."),
-           ("320 pages", "hardcover", "illustrated edition", "large print")),
+            "Includes maps, notes and a foreword about the {w}.",
+        ),
+        ("320 pages", "hardcover", "illustrated edition", "large print"),
+    ),
 )
 
 
@@ -132,8 +165,7 @@ def _items(rng: np.random.Generator, style: _Style, num_items: int, num_topics: 
     fields["brand"].append("" if rng.random() < 0.05 else brand)
     fields["categories"].append(f"{style.root}, {name.capitalize()} Collection")
     sentences = rng.choice(len(style.sentences), size=2, replace=False)
-    description = " ".join(style.sentences[s].format(w=w, a=adj, n=noun)
-                           for s, w in zip(sentences, (w1, w2)))
+    description = " ".join(style.sentences[s].format(w=w, a=adj, n=noun) for s, w in zip(sentences, (w1, w2)))
     description = _ARTICLE.sub(r"\1n \2", description)
     fields["description"].append("" if rng.random() < 0.2 else description)
     fields["features"].append(f"{w2} theme, {rng.choice(style.features)}")
@@ -146,11 +178,15 @@ def generate_domain(synthetic_config: ml_collections.ConfigDict, index: int, nam
   if not 1 <= c.num_topics <= len(TOPICS):
     raise DataError(f"must be in 1..{len(TOPICS)}, got {c.num_topics}", field="data.synthetic.num_topics")
   if not 1 <= c.min_history <= c.max_history:
-    raise DataError(f"need 1 <= min_history <= max_history, got {c.min_history}, {c.max_history}",
-                    field="data.synthetic.min_history")
+    raise DataError(
+        f"need 1 <= min_history <= max_history, got {c.min_history}, {c.max_history}",
+        field="data.synthetic.min_history",
+    )
   if c.num_items < c.num_topics or c.num_users < 1:
-    raise DataError(f"need num_items >= num_topics and num_users >= 1, got {c.num_items} items, "
-                    f"{c.num_users} users", field="data.synthetic.num_items")
+    raise DataError(
+        f"need num_items >= num_topics and num_users >= 1, got {c.num_items} items, " f"{c.num_users} users",
+        field="data.synthetic.num_items",
+    )
   rng = np.random.default_rng([c.seed, index])
   style = _STYLES[index % len(_STYLES)]
   topics, fields = _items(rng, style, c.num_items, c.num_topics)
@@ -190,8 +226,12 @@ def generate_domain(synthetic_config: ml_collections.ConfigDict, index: int, nam
   )
 
 
-def write_recbole(domain: SyntheticDomain, folder: str | os.PathLike[str],
-                  data_config: ml_collections.ConfigDict, seed: int = 0) -> None:
+def write_recbole(
+    domain: SyntheticDomain,
+    folder: str | os.PathLike[str],
+    data_config: ml_collections.ConfigDict,
+    seed: int = 0,
+) -> None:
   """Writes `<folder>/<name>.inter` and `.item` in RecBole atomic format, rows in shuffled order."""
   folder = paths.as_path(folder)
   folder.mkdir(parents=True, exist_ok=True)
@@ -200,8 +240,10 @@ def write_recbole(domain: SyntheticDomain, folder: str | os.PathLike[str],
   times = np.concatenate(domain.times)
   order = np.random.default_rng(seed).permutation(len(users))
   with (folder / f"{domain.name}.inter").open("w", encoding="utf-8") as f:
-    f.write(f"{data_config.user_field}:token\t{data_config.item_field}:token\t"
-            f"{data_config.time_field}:float\n")
+    f.write(
+        f"{data_config.user_field}:token\t{data_config.item_field}:token\t"
+        f"{data_config.time_field}:float\n"
+    )
     for t in order:
       f.write(f"{domain.user_tokens[users[t]]}\t{domain.item_tokens[items[t]]}\t{times[t]:.0f}\n")
   names = list(domain.fields)
@@ -216,7 +258,11 @@ def write_all(data_config: ml_collections.ConfigDict, root: str | os.PathLike[st
   folders = []
   for index, name in enumerate(data_config.synthetic.domains):
     folder = paths.as_path(root) / name
-    write_recbole(generate_domain(data_config.synthetic, index, name), folder, data_config,
-                  seed=data_config.synthetic.seed + index)
+    write_recbole(
+        generate_domain(data_config.synthetic, index, name),
+        folder,
+        data_config,
+        seed=data_config.synthetic.seed + index,
+    )
     folders.append(folder)
   return folders

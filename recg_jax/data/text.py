@@ -5,9 +5,9 @@ Cutting the text to `max_tokens` is token-level and belongs to the encoder, not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import html
 import string
-from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -35,8 +35,9 @@ def _paper_fields(prompt: str) -> list[str]:
   return [name for _, name, _, _ in string.Formatter().parse(prompt) if name]
 
 
-def render_rows(fields: Mapping[str, np.ndarray], text_config: ml_collections.ConfigDict,
-                text_fields: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def render_rows(
+    fields: Mapping[str, np.ndarray], text_config: ml_collections.ConfigDict, text_fields: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
   """Renders every row of `fields` (no padding row is assumed).
 
   Args:
@@ -54,8 +55,9 @@ def render_rows(fields: Mapping[str, np.ndarray], text_config: ml_collections.Co
   elif template == "paper":
     used = _paper_fields(text_config.paper_prompt)
   else:
-    raise DataError(f"unknown template {template!r} (expected one of {', '.join(TEMPLATES)})",
-                    field="text.template")
+    raise DataError(
+        f"unknown template {template!r} (expected one of {', '.join(TEMPLATES)})", field="text.template"
+    )
   size = len(next(iter(fields.values()))) if fields else 0
   columns = {n: [clean(v) for v in fields[n]] if n in fields else [""] * size for n in used}
   texts = np.empty(size, object)

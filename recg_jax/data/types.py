@@ -44,7 +44,7 @@ class DomainData:
     return np.diff(self.offsets)
 
   def history(self, user: int) -> np.ndarray:
-    return self.items[self.offsets[user]:self.offsets[user + 1]]
+    return self.items[self.offsets[user] : self.offsets[user + 1]]
 
 
 def right_aligned(rows: list[np.ndarray] | tuple[np.ndarray, ...], max_len: int) -> np.ndarray:
@@ -57,7 +57,7 @@ def right_aligned(rows: list[np.ndarray] | tuple[np.ndarray, ...], max_len: int)
   for i, row in enumerate(rows):
     tail = row[-max_len:]
     if len(tail):
-      out[i, max_len - len(tail):] = tail
+      out[i, max_len - len(tail) :] = tail
   return out
 
 
@@ -80,8 +80,10 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
   drop = 1 if split == "valid" else 0  # items after the target that the input must not see
   short = np.flatnonzero(domain.lengths < 2 + drop)
   if len(short):
-    raise ValueError(f"{domain.name}: user {domain.user_tokens[short[0]]!r} has {domain.lengths[short[0]]} "
-                     f"interaction(s); the {split} split needs at least {2 + drop}")
+    raise ValueError(
+        f"{domain.name}: user {domain.user_tokens[short[0]]!r} has {domain.lengths[short[0]]} "
+        f"interaction(s); the {split} split needs at least {2 + drop}"
+    )
   ends = domain.offsets[1:] - drop  # one past the target
   targets = domain.items[ends - 1]
   starts = np.maximum(domain.offsets[:-1], ends - 1 - max_len)
@@ -96,4 +98,4 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
 
 def training_histories(domain: DomainData) -> list[np.ndarray]:
   """The training part of every history: everything but the last two items (docs/method.md leave-one-out)."""
-  return [domain.items[s:e - 2] for s, e in zip(domain.offsets[:-1], domain.offsets[1:])]
+  return [domain.items[s : e - 2] for s, e in zip(domain.offsets[:-1], domain.offsets[1:])]

@@ -49,8 +49,10 @@ def family_of(model_type: str, source: str = "config.json") -> str:
     return "encoder"
   if model_type in DECODER_MODEL_TYPES:
     return "decoder"
-  raise UnsupportedModelError(f"{source}: model_type {model_type!r} is not supported; supported: "
-                              f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  raise UnsupportedModelError(
+      f"{source}: model_type {model_type!r} is not supported; supported: "
+      f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+  )
 
 
 def model_id(encoder_config) -> str:
@@ -68,13 +70,16 @@ def identity(encoder_config) -> tuple[str, str]:
 def load_encoder(encoder_config) -> Encoder:
   """Builds the frozen encoder named by `encoder_config` (config.encoder)."""
   if encoder_config.pooling not in pooling_lib.POOLING_KINDS:
-    raise ValueError(f"encoder.pooling={encoder_config.pooling!r}; expected one of "
-                     f"{', '.join(pooling_lib.POOLING_KINDS)}")
+    raise ValueError(
+        f"encoder.pooling={encoder_config.pooling!r}; expected one of "
+        f"{', '.join(pooling_lib.POOLING_KINDS)}"
+    )
   if str(encoder_config.dtype) not in ("float32", "bfloat16"):
     raise ValueError(f"encoder.dtype={encoder_config.dtype!r}; expected 'float32' or 'bfloat16'")
   ckpt = sources.resolve(encoder_config.model, encoder_config.revision)
   if ckpt.kind == "gguf":
     from recg_jax.encoders import gguf_loader  # pylint: disable=g-import-not-at-top
+
     hf_config, tensors, tokenizer = gguf_loader.load_gguf(ckpt.path)
     source = str(ckpt.path)
   else:
@@ -87,6 +92,7 @@ def load_encoder(encoder_config) -> Encoder:
   extra: tuple[pathlib.Path, ...] = ()
   if encoder_config.lora:
     from recg_jax.encoders import lora  # pylint: disable=g-import-not-at-top
+
     extra = sources.adapter_files(encoder_config.lora)
     tensors = lora.merge_lora(tensors, encoder_config.lora)
   if family == "encoder":
@@ -94,6 +100,7 @@ def load_encoder(encoder_config) -> Encoder:
     max_tokens = module.config.max_tokens
   else:
     from recg_jax.encoders import llama  # pylint: disable=g-import-not-at-top
+
     module, params = llama.build(hf_config, tensors, encoder_config)
     max_tokens = hf_config.get("max_position_embeddings")
   return Encoder(

@@ -78,22 +78,38 @@ class BertConfig:
   def from_hf(cls, hf: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-      raise UnsupportedModelError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
-                                  f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                           "intermediate_size") if k not in hf]
+      raise UnsupportedModelError(
+          f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
+          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+      )
+    missing = [
+        k
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
+        if k not in hf
+    ]
     if missing:
       raise UnsupportedModelError(f"{source}: missing field(s) {', '.join(missing)}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise UnsupportedModelError(f"{source}: position_embedding_type "
-                                  f"{hf['position_embedding_type']!r} is not supported (only 'absolute')")
+      raise UnsupportedModelError(
+          f"{source}: position_embedding_type "
+          f"{hf['position_embedding_type']!r} is not supported (only 'absolute')"
+      )
     act = hf.get("hidden_act", "gelu")
     if act not in _ACTIVATIONS:
-      raise UnsupportedModelError(f"{source}: hidden_act {act!r} is not supported; "
-                                  f"supported: {', '.join(_ACTIVATIONS)}")
+      raise UnsupportedModelError(
+          f"{source}: hidden_act {act!r} is not supported; " f"supported: {', '.join(_ACTIVATIONS)}"
+      )
     if hf["hidden_size"] % hf["num_attention_heads"]:
-      raise UnsupportedModelError(f"{source}: hidden_size {hf['hidden_size']} is not a multiple of "
-                                  f"num_attention_heads {hf['num_attention_heads']}")
+      raise UnsupportedModelError(
+          f"{source}: hidden_size {hf['hidden_size']} is not a multiple of "
+          f"num_attention_heads {hf['num_attention_heads']}"
+      )
     pad = int(hf.get("pad_token_id") or 0)
     return cls(
         model_type=model_type,
@@ -125,8 +141,9 @@ class Dense(nn.Module):
   def __call__(self, x_NxK: jax.Array) -> jax.Array:
     kernel_KxF = self.param("kernel", nn.initializers.lecun_normal(), (x_NxK.shape[-1], self.features))
     bias_F = self.param("bias", nn.initializers.zeros, (self.features,))
-    y_NxF = jnp.dot(x_NxK.astype(self.dtype), kernel_KxF.astype(self.dtype),
-                    preferred_element_type=jnp.float32)
+    y_NxF = jnp.dot(
+        x_NxK.astype(self.dtype), kernel_KxF.astype(self.dtype), preferred_element_type=jnp.float32
+    )
     return y_NxF + bias_F.astype(jnp.float32)
 
 
@@ -162,8 +179,9 @@ def _attention_one(qkv_Tx3xNxD: jax.Array, bias_S: jax.Array, dtype) -> jax.Arra
   scores_NxTxS = scores_NxTxS + bias_S
   # Unnormalised probabilities times values, divided afterwards: one pass over [T, D] instead of [T, S].
   weights_NxTxS = jnp.exp(scores_NxTxS - scores_NxTxS.max(axis=-1, keepdims=True))
-  ctx_TxNxD = jnp.einsum("nts,snd->tnd", weights_NxTxS.astype(dtype), v_SxNxD,
-                         preferred_element_type=jnp.float32)
+  ctx_TxNxD = jnp.einsum(
+      "nts,snd->tnd", weights_NxTxS.astype(dtype), v_SxNxD, preferred_element_type=jnp.float32
+  )
   return ctx_TxNxD / weights_NxTxS.sum(axis=-1).T[:, :, None]
 
 
@@ -231,8 +249,12 @@ class BertEncoder(nn.Module):
   attention_cache_bytes: int | None = None
 
   @nn.compact
-  def __call__(self, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array,
-               token_type_ids_BxT: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      input_ids_BxT: jax.Array,
+      attention_mask_BxT: jax.Array,
+      token_type_ids_BxT: jax.Array | None = None,
+  ) -> jax.Array:
     c = self.config
     mask_BxT = attention_mask_BxT.astype(bool)
     if c.position_offset:
@@ -242,9 +264,11 @@ class BertEncoder(nn.Module):
     if token_type_ids_BxT is None:
       token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
     embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=jnp.float32)
-    x_BxTxH = (embed(c.vocab_size, name="word_embeddings")(input_ids_BxT)
-               + embed(c.max_positions, name="position_embeddings")(positions_BxT)
-               + embed(c.type_vocab_size, name="token_type_embeddings")(token_type_ids_BxT))
+    x_BxTxH = (
+        embed(c.vocab_size, name="word_embeddings")(input_ids_BxT)
+        + embed(c.max_positions, name="position_embeddings")(positions_BxT)
+        + embed(c.type_vocab_size, name="token_type_embeddings")(token_type_ids_BxT)
+    )
     x_BxTxH = LayerNorm(c.layer_norm_eps, name="embeddings_ln")(x_BxTxH)
     bias_BxT = jnp.where(mask_BxT, 0.0, jnp.finfo(jnp.float32).min)
     chunk = attention_chunk(x_BxTxH.shape[0], c.num_heads, x_BxTxH.shape[1], self.attention_cache_bytes)
@@ -259,16 +283,18 @@ def _strip_prefix(tensors: Mapping[str, np.ndarray], source: str) -> tuple[str, 
       out = {}
       for name, value in tensors.items():
         if name.startswith(prefix):
-          name = name[len(prefix):]
+          name = name[len(prefix) :]
           # Original TF-converted checkpoints call LayerNorm parameters gamma / beta.
           if name.endswith("LayerNorm.gamma"):
-            name = name[:-len("gamma")] + "weight"
+            name = name[: -len("gamma")] + "weight"
           elif name.endswith("LayerNorm.beta"):
-            name = name[:-len("beta")] + "bias"
+            name = name[: -len("beta")] + "bias"
           out[name] = value
       return prefix, out
-  raise WeightShapeError(f"{source}: no 'embeddings.word_embeddings.weight' tensor (tried prefixes "
-                         f"{', '.join(repr(p) for p in _PREFIXES)}); is this a BERT-family checkpoint?")
+  raise WeightShapeError(
+      f"{source}: no 'embeddings.word_embeddings.weight' tensor (tried prefixes "
+      f"{', '.join(repr(p) for p in _PREFIXES)}); is this a BERT-family checkpoint?"
+  )
 
 
 def expected_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -286,18 +312,20 @@ def expected_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
     for proj in ("query", "key", "value"):
       shapes[f"{p}attention.self.{proj}.weight"] = (h, h)
       shapes[f"{p}attention.self.{proj}.bias"] = (h,)
-    shapes.update({
-        f"{p}attention.output.dense.weight": (h, h),
-        f"{p}attention.output.dense.bias": (h,),
-        f"{p}attention.output.LayerNorm.weight": (h,),
-        f"{p}attention.output.LayerNorm.bias": (h,),
-        f"{p}intermediate.dense.weight": (f, h),
-        f"{p}intermediate.dense.bias": (f,),
-        f"{p}output.dense.weight": (h, f),
-        f"{p}output.dense.bias": (h,),
-        f"{p}output.LayerNorm.weight": (h,),
-        f"{p}output.LayerNorm.bias": (h,),
-    })
+    shapes.update(
+        {
+            f"{p}attention.output.dense.weight": (h, h),
+            f"{p}attention.output.dense.bias": (h,),
+            f"{p}attention.output.LayerNorm.weight": (h,),
+            f"{p}attention.output.LayerNorm.bias": (h,),
+            f"{p}intermediate.dense.weight": (f, h),
+            f"{p}intermediate.dense.bias": (f,),
+            f"{p}output.dense.weight": (h, f),
+            f"{p}output.dense.bias": (h,),
+            f"{p}output.LayerNorm.weight": (h,),
+            f"{p}output.LayerNorm.bias": (h,),
+        }
+    )
   return shapes
 
 
@@ -311,8 +339,10 @@ def convert(c: BertConfig, tensors: Mapping[str, np.ndarray], source: str = "che
     raise WeightShapeError(f"{source}: missing tensor(s) {', '.join(prefix + m for m in missing[:5])}{more}")
   for name, shape in shapes.items():
     if tuple(t[name].shape) != shape:
-      raise WeightShapeError(f"{source}: tensor {prefix + name} has shape {tuple(t[name].shape)} but "
-                             f"config.json implies {shape}")
+      raise WeightShapeError(
+          f"{source}: tensor {prefix + name} has shape {tuple(t[name].shape)} but "
+          f"config.json implies {shape}"
+      )
 
   def get(name):
     return np.asarray(t[name], np.float32)
@@ -335,8 +365,10 @@ def convert(c: BertConfig, tensors: Mapping[str, np.ndarray], source: str = "che
     qkv = [linear(f"{p}attention.self.{proj}") for proj in ("query", "key", "value")]
     params[f"layer_{i}"] = {
         # Columns ordered (q|k|v, head, head_dim), as the layer reshapes them.
-        "qkv": {"kernel": np.concatenate([x["kernel"] for x in qkv], axis=1),
-                "bias": np.concatenate([x["bias"] for x in qkv])},
+        "qkv": {
+            "kernel": np.concatenate([x["kernel"] for x in qkv], axis=1),
+            "bias": np.concatenate([x["bias"] for x in qkv]),
+        },
         "attn_out": linear(f"{p}attention.output.dense"),
         "attn_ln": ln(f"{p}attention.output.LayerNorm"),
         "ffn_in": linear(f"{p}intermediate.dense"),
@@ -346,8 +378,12 @@ def convert(c: BertConfig, tensors: Mapping[str, np.ndarray], source: str = "che
   return params
 
 
-def build(hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], encoder_config=None,
-          source: str = "checkpoint") -> tuple[BertEncoder, dict]:
+def build(
+    hf_config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    encoder_config=None,
+    source: str = "checkpoint",
+) -> tuple[BertEncoder, dict]:
   """(module, params) from config.json and the checkpoint tensors; mirrors `llama.build`."""
   c = BertConfig.from_hf(hf_config, source=f"{source}/config.json")
   dtype = jnp.dtype(getattr(encoder_config, "dtype", "float32") or "float32")

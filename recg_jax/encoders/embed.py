@@ -22,8 +22,10 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from recg_jax import distributed
@@ -50,6 +52,7 @@ def param_sharding(params: Any, mesh: Mesh, shard_params: bool = False) -> Any:
   """
   if shard_params and mesh.shape[DATA_AXIS] > 1:
     from recg_jax.encoders import sharding  # pylint: disable=g-import-not-at-top
+
     return sharding.param_sharding(params, mesh, axis_name=DATA_AXIS)
   replicated = NamedSharding(mesh, P())
   return jax.tree.map(lambda _: replicated, params)
@@ -120,15 +123,16 @@ def tokenize(tokenizer, texts: Sequence[str], cap: int, chunk: int = 8192) -> tu
   ids = np.zeros((len(texts), cap), np.int32)
   lengths = np.zeros((len(texts),), np.int32)
   for start in range(0, len(texts), chunk):
-    for i, enc in enumerate(tokenizer.encode_batch(list(texts[start:start + chunk])), start):
+    for i, enc in enumerate(tokenizer.encode_batch(list(texts[start : start + chunk])), start):
       row = enc.ids[:cap]
-      ids[i, :len(row)] = row
+      ids[i, : len(row)] = row
       lengths[i] = len(row)
   return ids, lengths
 
 
-def plan_batches(lengths: np.ndarray, batch_size: int,
-                 buckets: Sequence[int]) -> list[tuple[np.ndarray, int]]:
+def plan_batches(
+    lengths: np.ndarray, batch_size: int, buckets: Sequence[int]
+) -> list[tuple[np.ndarray, int]]:
   """Fixed-size batches of text indices, longest texts first, each with its padded length.
 
   Returns [(indices (<= batch_size,), bucket)]; only the last batch may be short.
@@ -137,7 +141,7 @@ def plan_batches(lengths: np.ndarray, batch_size: int,
   buckets_arr = np.asarray(buckets)
   plan = []
   for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     longest = int(lengths[idx].max())
     bucket = int(buckets_arr[np.searchsorted(buckets_arr, longest)])
     plan.append((idx, bucket))
@@ -147,8 +151,17 @@ def plan_batches(lengths: np.ndarray, batch_size: int,
 class _Runner:
   """A compiled forward pass (jit caches one executable per bucket shape) and its placed parameters."""
 
-  def __init__(self, module, params, pooling: str, normalize: bool, mesh: Mesh, shard_params: bool,
-               compute_dtype, options: dict | None):
+  def __init__(
+      self,
+      module,
+      params,
+      pooling: str,
+      normalize: bool,
+      mesh: Mesh,
+      shard_params: bool,
+      compute_dtype,
+      options: dict | None,
+  ):
     self.mesh = mesh
     self.data_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
@@ -190,16 +203,30 @@ def _runner(encoder, mesh: Mesh, compute_dtype, shard_params: bool, tuning: bool
     # The encoder is kept in the value, so its id cannot be reused by another object while cached.
     if hit is not None and hit[0] is encoder:
       return hit[1]
-    runner = _Runner(module, encoder.params, encoder.pooling, encoder.normalize, mesh, shard_params,
-                     compute_dtype, compiler_options(compute_dtype, tuning))
+    runner = _Runner(
+        module,
+        encoder.params,
+        encoder.pooling,
+        encoder.normalize,
+        mesh,
+        shard_params,
+        compute_dtype,
+        compiler_options(compute_dtype, tuning),
+    )
     if len(_runners) >= 4:  # a run uses one or two encoders; don't pin old parameters forever
       _runners.pop(next(iter(_runners)))
     _runners[key] = (encoder, runner)
     return runner
 
 
-def embed_texts(encoder, texts: Sequence[str], encoder_config, text_config, mesh: Mesh | None = None,
-                progress: bool = True) -> np.ndarray:
+def embed_texts(
+    encoder,
+    texts: Sequence[str],
+    encoder_config,
+    text_config,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+) -> np.ndarray:
   """Embeds `texts` with `encoder`; returns [N, H] float32 in the order of `texts`.
 
   Texts are truncated to text_config.max_tokens tokens (and to the encoder's position table); empty or
@@ -226,24 +253,29 @@ def embed_texts(encoder, texts: Sequence[str], encoder_config, text_config, mesh
     return out
   prepared = prepare_texts(texts, text_config.empty_fallback)
   ids_NxC, lengths_N = tokenize(encoder.tokenizer, prepared, cap)
-  runner = _runner(encoder, mesh, compute_dtype, bool(encoder_config.shard_params),
-                   bool(encoder_config.get("xla_cpu_tuning", True)))
+  runner = _runner(
+      encoder,
+      mesh,
+      compute_dtype,
+      bool(encoder_config.shard_params),
+      bool(encoder_config.get("xla_cpu_tuning", True)),
+  )
 
   pending: collections.deque = collections.deque()
   bar = tqdm(total=len(texts), unit="item", desc="embed", disable=not progress, smoothing=0.1)
 
   def drain_one():
     idx, vec = pending.popleft()
-    out[idx] = np.asarray(vec)[:len(idx)]
+    out[idx] = np.asarray(vec)[: len(idx)]
     bar.update(len(idx))
 
   for idx, bucket in plan_batches(lengths_N, batch_size, buckets):
     ids_BxT = np.zeros((batch_size, bucket), np.int32)
-    ids_BxT[:len(idx)] = ids_NxC[idx, :bucket]
+    ids_BxT[: len(idx)] = ids_NxC[idx, :bucket]
     mask_BxT = (np.arange(bucket)[None, :] < lengths_N[idx][:, None]).astype(np.int32)
     # Filler rows of the last batch get one visible token so no row is all padding.
     mask_BxT = np.concatenate([mask_BxT, np.zeros((batch_size - len(idx), bucket), np.int32)])
-    mask_BxT[len(idx):, 0] = 1
+    mask_BxT[len(idx) :, 0] = 1
     pending.append((idx, runner(ids_BxT, mask_BxT)))
     if len(pending) > _IN_FLIGHT:
       drain_one()
@@ -276,8 +308,9 @@ def cache_dir(workdir: str | os.PathLike, domain_name: str) -> paths.Path:
   return paths.as_path(workdir) / "cache" / "embeddings" / domain_name
 
 
-def expected_manifest(config, domain, model_id: str, weights_hash: str, pooling: str,
-                      normalize: bool) -> dict:
+def expected_manifest(
+    config, domain, model_id: str, weights_hash: str, pooling: str, normalize: bool
+) -> dict:
   """Everything that determines the cached table's values (the shape is added once known)."""
   return {
       "version": MANIFEST_VERSION,
@@ -331,8 +364,15 @@ _encoder_cache: dict[str, Any] = {}
 def _shared_encoder(encoder_config, weights_hash: str):
   """One loaded encoder for consecutive domains of a run, so it is read and compiled once."""
   from recg_jax import encoders  # pylint: disable=g-import-not-at-top
-  key = json.dumps({"config": encoder_config.to_dict() if hasattr(encoder_config, "to_dict")
-                    else dict(encoder_config), "weights_hash": weights_hash}, sort_keys=True, default=str)
+
+  key = json.dumps(
+      {
+          "config": encoder_config.to_dict() if hasattr(encoder_config, "to_dict") else dict(encoder_config),
+          "weights_hash": weights_hash,
+      },
+      sort_keys=True,
+      default=str,
+  )
   if key not in _encoder_cache:
     _encoder_cache.clear()  # keep one model in memory, not one per configuration ever used
     _encoder_cache[key] = encoders.load_encoder(encoder_config)
@@ -347,6 +387,7 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
   when a rebuild is needed (the weights hash is read from the checkpoint files).
   """
   from recg_jax import encoders  # pylint: disable=g-import-not-at-top  (the package imports this module)
+
   folder = cache_dir(workdir, domain.name)
   cache_only = encoder is None and bool(config.encoder.get("cache_only", False))
   if encoder is not None:
@@ -361,12 +402,17 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
   want = expected_manifest(config, domain, model_id, weights_hash, pooling, normalize)
   table, why = _read_cache(folder, want)
   if table is None and cache_only:
-    raise ValueError(f"encoder.cache_only is set but the embedding cache of {domain.name} in {folder} "
-                     f"cannot be used ({why}); embed it where the checkpoint is (experiment.mode=embed) "
-                     "and copy the folder, or unset encoder.cache_only")
+    raise ValueError(
+        f"encoder.cache_only is set but the embedding cache of {domain.name} in {folder} "
+        f"cannot be used ({why}); embed it where the checkpoint is (experiment.mode=embed) "
+        "and copy the folder, or unset encoder.cache_only"
+    )
   if table is not None:
-    print(f"[embeddings] {domain.name}: reused cache {folder} ({table.shape[0] - 1} items x "
-          f"{table.shape[1]}, {model_id})", flush=True)
+    print(
+        f"[embeddings] {domain.name}: reused cache {folder} ({table.shape[0] - 1} items x "
+        f"{table.shape[1]}, {model_id})",
+        flush=True,
+    )
     return table
   print(f"[embeddings] {domain.name}: building ({why}) with {model_id}", flush=True)
   if encoder is None:
@@ -383,7 +429,9 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
     (folder / "manifest.json").unlink(missing_ok=True)
     paths.write_atomic(folder / "embeddings.npy", lambda f: np.save(f, table))
     paths.write_json_atomic(folder / "manifest.json", manifest, indent=2, sort_keys=True)
-    print(f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
-          flush=True)
+    print(
+        f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
+        flush=True,
+    )
   distributed.barrier(f"embeddings {domain.name}")
   return table

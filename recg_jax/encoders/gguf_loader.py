@@ -22,8 +22,12 @@ from typing import Any
 
 import numpy as np
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-
+from tokenizers import AddedToken
+from tokenizers import decoders
+from tokenizers import models
+from tokenizers import pre_tokenizers
+from tokenizers import processors
+from tokenizers import Regex
 
 # llama.cpp writes Mistral checkpoints with the `llama` architecture.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -62,10 +66,14 @@ _GLOBAL_TENSORS = {
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 # llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) -> the split it applies before byte-level BPE.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _GPT2_PRE = ("default", "gpt2", "gpt-2", "mpt", "olmo", "jais")
 _DIGITS_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")
 _LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx", "pixtral")
@@ -82,8 +90,12 @@ def _field(reader, key: str, default: Any = None) -> Any:
 def _metadata(reader, path) -> dict[str, Any]:
   out = {}
   for key, field in reader.fields.items():
-    if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-               "tokenizer.ggml.scores"):
+    if key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.scores",
+    ):
       continue  # big arrays: read on demand
     try:
       out[key] = field.contents()
@@ -92,8 +104,7 @@ def _metadata(reader, path) -> dict[str, Any]:
   return out
 
 
-def gguf_config(meta: dict[str, Any], path, tensor_names=(), num_tokens: int | None = None
-                ) -> dict[str, Any]:
+def gguf_config(meta: dict[str, Any], path, tensor_names=(), num_tokens: int | None = None) -> dict[str, Any]:
   """A HF config dict from GGUF metadata (`llama.embedding_length` -> `hidden_size`, ...).
 
   `tensor_names` (GGUF names) tell whether the embeddings are tied and whether a llama-arch file has
@@ -101,8 +112,10 @@ def gguf_config(meta: dict[str, Any], path, tensor_names=(), num_tokens: int | N
   """
   arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
-    raise ValueError(f"{path}: GGUF general.architecture={arch!r} is not supported; supported: "
-                     f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    raise ValueError(
+        f"{path}: GGUF general.architecture={arch!r} is not supported; supported: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
   hf: dict[str, Any] = {"model_type": arch, "hidden_act": "silu"}
   for key, name in _CONFIG_KEYS.items():
     if f"{arch}.{key}" in meta:
@@ -126,10 +139,15 @@ def gguf_config(meta: dict[str, Any], path, tensor_names=(), num_tokens: int | N
   if scaling == "linear":
     hf["rope_scaling"] = {"rope_type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
   elif scaling not in (None, "none"):
-    raise ValueError(f"{path}: GGUF {arch}.rope.scaling.type={scaling!r} is not supported "
-                     "(supported: none, linear, and llama3 via rope_freqs)")
-  for token_key, name in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-                          ("padding_token_id", "pad_token_id")):
+    raise ValueError(
+        f"{path}: GGUF {arch}.rope.scaling.type={scaling!r} is not supported "
+        "(supported: none, linear, and llama3 via rope_freqs)"
+    )
+  for token_key, name in (
+      ("bos_token_id", "bos_token_id"),
+      ("eos_token_id", "eos_token_id"),
+      ("padding_token_id", "pad_token_id"),
+  ):
     if f"tokenizer.ggml.{token_key}" in meta:
       hf[name] = int(meta[f"tokenizer.ggml.{token_key}"])
   hf["_name_or_path"] = meta.get("general.name", str(path))
@@ -167,8 +185,11 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def _bytes_to_unicode() -> dict[int, str]:
   """GPT-2's reversible byte -> printable character table (byte-level BPE alphabet)."""
-  keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-      range(ord("®"), ord("ÿ") + 1))
+  keep = (
+      list(range(ord("!"), ord("~") + 1))
+      + list(range(ord("¡"), ord("¬") + 1))
+      + list(range(ord("®"), ord("ÿ") + 1))
+  )
   chars, n = keep[:], 0
   for b in range(256):
     if b not in keep:
@@ -181,11 +202,13 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _pre_tokenizer(pre: str | None):
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   if pre in _LLAMA3_PRE:
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-                                    byte_level])
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"), byte_level]
+    )
   if pre in _QWEN2_PRE:
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
-                                    byte_level])
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"), byte_level]
+    )
   gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
   if pre in _DIGITS_PRE:
     # llama.cpp splits every digit off first, then applies GPT-2's rule (as SmolLM2's tokenizer.json does).
@@ -195,8 +218,9 @@ def _pre_tokenizer(pre: str | None):
   return gpt2
 
 
-def build_tokenizer(meta: dict[str, Any], tokens: list[str], merges: list[str],
-                    types: list[int] | None = None, path="GGUF") -> tokenizers.Tokenizer:
+def build_tokenizer(
+    meta: dict[str, Any], tokens: list[str], merges: list[str], types: list[int] | None = None, path="GGUF"
+) -> tokenizers.Tokenizer:
   """A `tokenizers.Tokenizer` equivalent to llama.cpp's for a byte-level BPE vocabulary.
 
   Args:
@@ -207,8 +231,10 @@ def build_tokenizer(meta: dict[str, Any], tokens: list[str], merges: list[str],
   """
   kind = meta.get("tokenizer.ggml.model")
   if kind != "gpt2":
-    raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r} is not supported (only byte-level BPE, "
-                     "'gpt2', as used by Llama-3, Qwen2 and SmolLM2); use the checkpoint's tokenizer.json")
+    raise ValueError(
+        f"{path}: GGUF tokenizer.ggml.model={kind!r} is not supported (only byte-level BPE, "
+        "'gpt2', as used by Llama-3, Qwen2 and SmolLM2); use the checkpoint's tokenizer.json"
+    )
   types = list(types) if types is not None else [1] * len(tokens)
   alphabet_map = _bytes_to_unicode()
   alphabet = set(alphabet_map.values())
@@ -217,16 +243,29 @@ def build_tokenizer(meta: dict[str, Any], tokens: list[str], merges: list[str],
   for index, token in enumerate(tokens):
     spelled = token if set(token) <= alphabet else "".join(alphabet_map[b] for b in token.encode("utf-8"))
     vocab.setdefault(spelled, index)
-  tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                                        dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
-                                        fuse_unk=False))
+  tok = tokenizers.Tokenizer(
+      models.BPE(
+          vocab=vocab,
+          merges=[tuple(m.split(" ", 1)) for m in merges],
+          dropout=None,
+          continuing_subword_prefix="",
+          end_of_word_suffix="",
+          fuse_unk=False,
+      )
+  )
   tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
   tok.decoder = decoders.ByteLevel()
   # Control tokens (<|im_start|>, ...) stay whole and count as special; user-defined ones stay whole too.
-  special = [AddedToken(t, normalized=False, special=True)
-             for t, ty in zip(tokens, types) if ty == _CONTROL and set(t) <= alphabet]
-  user = [AddedToken(t, normalized=False, special=False)
-          for t, ty in zip(tokens, types) if ty == _USER_DEFINED and t in vocab]
+  special = [
+      AddedToken(t, normalized=False, special=True)
+      for t, ty in zip(tokens, types)
+      if ty == _CONTROL and set(t) <= alphabet
+  ]
+  user = [
+      AddedToken(t, normalized=False, special=False)
+      for t, ty in zip(tokens, types)
+      if ty == _USER_DEFINED and t in vocab
+  ]
   if special:
     tok.add_special_tokens(special)
   if user:
@@ -255,8 +294,12 @@ def load_gguf(path) -> tuple[dict[str, Any], dict[str, np.ndarray], tokenizers.T
   reader = gguf.GGUFReader(str(path))
   meta = _metadata(reader, path)
   tokens_field = reader.fields.get("tokenizer.ggml.tokens")
-  hf = gguf_config(meta, path, [t.name for t in reader.tensors],
-                   len(tokens_field.data) if tokens_field is not None else None)
+  hf = gguf_config(
+      meta,
+      path,
+      [t.name for t in reader.tensors],
+      len(tokens_field.data) if tokens_field is not None else None,
+  )
   arch = hf["model_type"]
   tensors: dict[str, np.ndarray] = {}
   for t in reader.tensors:
@@ -264,8 +307,10 @@ def load_gguf(path) -> tuple[dict[str, Any], dict[str, np.ndarray], tokenizers.T
     try:
       value = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
     except NotImplementedError as e:
-      raise ValueError(f"{path}: tensor {t.name!r} uses quantisation {t.tensor_type.name}, which the gguf "
-                       f"package cannot dequantise: {e}") from e
+      raise ValueError(
+          f"{path}: tensor {t.name!r} uses quantisation {t.tensor_type.name}, which the gguf "
+          f"package cannot dequantise: {e}"
+      ) from e
     if t.name == "rope_freqs.weight":
       hf["rope_scaling"] = {"rope_type": "freq_factors", "freq_factors": [float(f) for f in value]}
       continue
@@ -276,7 +321,11 @@ def load_gguf(path) -> tuple[dict[str, Any], dict[str, np.ndarray], tokenizers.T
     tensors[name] = value
   if "model.embed_tokens.weight" in tensors and "vocab_size" not in hf:
     hf["vocab_size"] = tensors["model.embed_tokens.weight"].shape[0]
-  tokenizer = build_tokenizer(meta, list(_field(reader, "tokenizer.ggml.tokens", [])),
-                              list(_field(reader, "tokenizer.ggml.merges", [])),
-                              _field(reader, "tokenizer.ggml.token_type"), path)
+  tokenizer = build_tokenizer(
+      meta,
+      list(_field(reader, "tokenizer.ggml.tokens", [])),
+      list(_field(reader, "tokenizer.ggml.merges", [])),
+      _field(reader, "tokenizer.ggml.token_type"),
+      path,
+  )
   return hf, tensors, tokenizer

@@ -33,6 +33,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   """The subset of a HF decoder config the forward pass needs (hashable: tuples only)."""
+
   model_type: str
   vocab_size: int
   hidden_size: int
@@ -70,11 +71,13 @@ def rope_inv_freq(hf: Mapping[str, Any], head_dim: int) -> np.ndarray:
   params = _rope_parameters(hf)
   rope_type = params["rope_type"]
   if params.get("partial_rotary_factor", 1.0) != 1.0:
-    raise ValueError(f"config.json: partial_rotary_factor={params['partial_rotary_factor']} is not supported "
-                     "(Llama/Qwen2/Mistral rotate the whole head)")
+    raise ValueError(
+        f"config.json: partial_rotary_factor={params['partial_rotary_factor']} is not supported "
+        "(Llama/Qwen2/Mistral rotate the whole head)"
+    )
   base = np.float32(params["rope_theta"])
   exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-  inv_freq = (np.float32(1.0) / (base ** exponents)).astype(np.float32)
+  inv_freq = (np.float32(1.0) / (base**exponents)).astype(np.float32)
   if rope_type == "default":
     return inv_freq
   if rope_type == "linear":
@@ -97,8 +100,10 @@ def rope_inv_freq(hf: Mapping[str, Any], head_dim: int) -> np.ndarray:
     if factors.shape != inv_freq.shape:
       raise ValueError(f"rope freq_factors has shape {factors.shape}, expected {inv_freq.shape}")
     return (inv_freq / factors).astype(np.float32)
-  raise ValueError(f"config.json: rope type {rope_type!r} is not supported; supported: "
-                   f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+  raise ValueError(
+      f"config.json: rope type {rope_type!r} is not supported; supported: "
+      f"{', '.join(SUPPORTED_ROPE_TYPES)}"
+  )
 
 
 def _sliding(hf: Mapping[str, Any], model_type: str, num_layers: int) -> tuple[int | None, tuple[bool, ...]]:
@@ -125,8 +130,10 @@ def decoder_config(hf: Mapping[str, Any]) -> DecoderConfig:
   """Parses a HF config dict (config.json contents), with clear errors for what we cannot run."""
   model_type = hf.get("model_type")
   if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"config.json: model_type {model_type!r} is not a supported decoder; supported: "
-                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    raise ValueError(
+        f"config.json: model_type {model_type!r} is not a supported decoder; supported: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
   act = hf.get("hidden_act", "silu")
   if act not in ("silu", "swish"):
     raise ValueError(f"config.json: hidden_act {act!r} is not supported (SwiGLU needs silu)")
@@ -136,8 +143,10 @@ def decoder_config(hf: Mapping[str, Any]) -> DecoderConfig:
   num_heads = int(hf["num_attention_heads"])
   num_kv_heads = int(hf.get("num_key_value_heads") or num_heads)
   if num_heads % num_kv_heads:
-    raise ValueError(f"config.json: num_attention_heads={num_heads} is not a multiple of "
-                     f"num_key_value_heads={num_kv_heads}")
+    raise ValueError(
+        f"config.json: num_attention_heads={num_heads} is not a multiple of "
+        f"num_key_value_heads={num_kv_heads}"
+    )
   head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
   num_layers = int(hf["num_hidden_layers"])
   attention_bias = bool(hf.get("attention_bias", False))
@@ -164,6 +173,7 @@ def decoder_config(hf: Mapping[str, Any]) -> DecoderConfig:
 
 class RMSNorm(nn.Module):
   """x / rms(x) * scale, computed in float32 and cast back (as transformers does)."""
+
   eps: float
   dtype: Any = jnp.float32
 
@@ -189,14 +199,16 @@ def apply_rope(x_BxTxNxD: jax.Array, cos_TxD: jax.Array, sin_TxD: jax.Array) -> 
 
 class Attention(nn.Module):
   """Grouped-query attention: num_heads queries share num_kv_heads keys/values."""
+
   config: DecoderConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxH, allowed_Bx1xTxT, cos_TxD, sin_TxD):
     c = self.config
-    dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype,
-                                           name=name)
+    dense = lambda n, bias, name: nn.Dense(
+        n, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype, name=name
+    )
     b, t, _ = x_BxTxH.shape
     q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q_proj")(x_BxTxH).reshape(b, t, c.num_heads, c.head_dim)
     k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k_proj")(x_BxTxH)
@@ -207,11 +219,11 @@ class Attention(nn.Module):
     group = c.num_heads // c.num_kv_heads
     # Query head h uses kv head h // group (transformers' repeat_kv order).
     q = q.reshape(b, t, c.num_kv_heads, group, c.head_dim)
-    logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q, k,
-                                  preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
+    logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (
+        c.head_dim**-0.5
+    )
     # A large finite negative (not -inf): a row with no visible key (an all-padding sequence) stays finite.
-    logits_BxKxGxTxS = jnp.where(allowed_Bx1xTxT[:, :, None], logits_BxKxGxTxS,
-                                 jnp.finfo(jnp.float32).min)
+    logits_BxKxGxTxS = jnp.where(allowed_Bx1xTxT[:, :, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, c.num_heads * c.head_dim)
     return dense(c.hidden_size, c.o_bias, "o_proj")(out)
@@ -219,14 +231,16 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
+
   config: DecoderConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxH):
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.dtype,
-                                     name=name)
+    dense = lambda n, name: nn.Dense(
+        n, use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.dtype, name=name
+    )
     gate = dense(c.intermediate_size, "gate_proj")(x_BxTxH)
     h = nn.silu(gate) * dense(c.intermediate_size, "up_proj")(x_BxTxH)
     return dense(c.hidden_size, "down_proj")(h)
@@ -234,6 +248,7 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
   """Pre-norm block; the signature fits nn.scan: (carry, broadcast..., per-layer) -> (carry, None)."""
+
   config: DecoderConfig
   dtype: Any = jnp.float32
 
@@ -255,6 +270,7 @@ class Decoder(nn.Module):
     bidirectional: drop the causal mask (LLM2Vec); padding is masked either way.
     dtype: compute and parameter dtype; attention softmax and norms run in float32.
   """
+
   config: DecoderConfig
   bidirectional: bool = False
   dtype: Any = jnp.float32
@@ -262,8 +278,9 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array) -> jax.Array:
     c = self.config
-    x = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype,
-                 name="embed_tokens")(input_ids_BxT)
+    x = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed_tokens")(
+        input_ids_BxT
+    )
     t = input_ids_BxT.shape[1]
     pos_T = jnp.arange(t, dtype=jnp.float32)
     angles_TxD2 = pos_T[:, None] * jnp.asarray(c.inv_freq, jnp.float32)[None, :]
@@ -280,11 +297,16 @@ class Decoder(nn.Module):
       if c.sliding_window is not None:
         window = full & (k_idx > q_idx - c.sliding_window)
 
-    layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-                     length=c.num_layers)
-    x, _ = layers(c, self.dtype, name="layers")(x, full, window, cos_TxD, sin_TxD,
-                                                 jnp.asarray(c.sliding_layers, bool))
+    layers = nn.scan(
+        DecoderLayer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+        length=c.num_layers,
+    )
+    x, _ = layers(c, self.dtype, name="layers")(
+        x, full, window, cos_TxD, sin_TxD, jnp.asarray(c.sliding_layers, bool)
+    )
     return RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(x).astype(jnp.float32)
 
 
@@ -300,12 +322,11 @@ def _strip_prefix(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """HF names, without the `model.` prefix a *ForCausalLM checkpoint adds; lm_head etc. are dropped."""
   out = {}
   for name, value in tensors.items():
-    out[name[len("model."):] if name.startswith("model.") else name] = value
+    out[name[len("model.") :] if name.startswith("model.") else name] = value
   return out
 
 
-def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray],
-                        dtype=np.float32) -> dict:
+def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray], dtype=np.float32) -> dict:
   """HF tensors ([out, in] linear weights) -> the Decoder's params tree ([in, out] kernels, layers stacked).
 
   Raises a ValueError naming the first missing tensor or wrong shape.
@@ -316,8 +337,9 @@ def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray]
 
   def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in t:
-      raise ValueError(f"checkpoint tensors: missing {name!r} (model_type={c.model_type}); "
-                       f"found e.g. {sorted(t)[:5]}")
+      raise ValueError(
+          f"checkpoint tensors: missing {name!r} (model_type={c.model_type}); " f"found e.g. {sorted(t)[:5]}"
+      )
     value = np.asarray(t[name])
     if value.shape != shape:
       raise ValueError(f"checkpoint tensors: {name!r} has shape {value.shape}, config implies {shape}")
@@ -327,8 +349,9 @@ def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray]
   q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
 
   def linear(prefix: str, n_in: int, n_out: int, bias: bool) -> dict:
-    out = {"kernel": np.stack([get(f"layers.{i}.{prefix}.weight", (n_out, n_in)).T
-                               for i in range(c.num_layers)])}
+    out = {
+        "kernel": np.stack([get(f"layers.{i}.{prefix}.weight", (n_out, n_in)).T for i in range(c.num_layers)])
+    }
     if bias:
       out["bias"] = np.stack([get(f"layers.{i}.{prefix}.bias", (n_out,)) for i in range(c.num_layers)])
     return out
@@ -357,8 +380,9 @@ def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray]
   }
 
 
-def build(hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], encoder_config=None
-          ) -> tuple[Decoder, dict]:
+def build(
+    hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], encoder_config=None
+) -> tuple[Decoder, dict]:
   """(module, params) for a Llama/Qwen2/Mistral checkpoint.
 
   Args:

@@ -20,8 +20,10 @@ import numpy as np
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
-_LORA_RE = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-                      r"(?:\.(?P<param>weight|bias))?$")
+_LORA_RE = re.compile(
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"(?:\.(?P<param>weight|bias))?$"
+)
 
 
 def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
@@ -36,7 +38,7 @@ def _resolve(name: str, tensors: Mapping[str, np.ndarray]) -> str | None:
   """The key of `tensors` that a PEFT module path refers to, allowing for a `model.` prefix either way."""
   candidates = [name]
   if name.startswith("model."):
-    candidates.append(name[len("model."):])
+    candidates.append(name[len("model.") :])
   else:
     candidates.append("model." + name)
   for candidate in candidates:
@@ -54,13 +56,17 @@ def read_adapter(adapter_dir) -> tuple[dict, dict[str, np.ndarray]]:
   if not config_path.exists():
     raise FileNotFoundError(f"LoRA adapter: {config_path} not found (encoder.lora must be a PEFT folder)")
   if not weights_path.exists():
-    extra = " (adapter_model.bin is not supported: re-save with safe_serialization=True)" if (
-        folder / "adapter_model.bin").exists() else ""
+    extra = (
+        " (adapter_model.bin is not supported: re-save with safe_serialization=True)"
+        if (folder / "adapter_model.bin").exists()
+        else ""
+    )
     raise FileNotFoundError(f"LoRA adapter: {weights_path} not found{extra}")
   config = json.loads(config_path.read_text())
   if config.get("peft_type", "LORA") != "LORA":
-    raise ValueError(f"{config_path}: peft_type={config.get('peft_type')!r}; only LORA adapters can be "
-                     "merged")
+    raise ValueError(
+        f"{config_path}: peft_type={config.get('peft_type')!r}; only LORA adapters can be " "merged"
+    )
   if config.get("use_dora"):
     raise ValueError(f"{config_path}: use_dora=true (DoRA) is not supported")
   if config.get("fan_in_fan_out"):
@@ -85,7 +91,7 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
   full: dict[str, np.ndarray] = {}
   where = pathlib.Path(adapter_dir) / ADAPTER_WEIGHTS
   for key, value in adapter.items():
-    name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+    name = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
     m = _LORA_RE.match(name)
     if m:
       pairs.setdefault(m["module"], {})[m["kind"] + ("." + m["param"] if m["param"] else "")] = value
@@ -102,8 +108,9 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
         continue  # the encoder drops the LM head anyway
       raise ValueError(f"{where}: {name!r} replaces a weight the base checkpoint lacks")
     if np.shape(out[target]) != value.shape:
-      raise ValueError(f"{where}: {name!r} has shape {value.shape}, base {target!r} has "
-                       f"{np.shape(out[target])}")
+      raise ValueError(
+          f"{where}: {name!r} has shape {value.shape}, base {target!r} has " f"{np.shape(out[target])}"
+      )
     out[target] = value
 
   for module, parts in sorted(pairs.items()):
@@ -128,8 +135,9 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
     alpha = _pattern_value(alpha_pattern, module, alpha_default)
     scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
     if delta.shape != base.shape:
-      raise ValueError(f"{where}: LoRA delta for {module!r} has shape {delta.shape}, base {target!r} has "
-                       f"{base.shape}")
+      raise ValueError(
+          f"{where}: LoRA delta for {module!r} has shape {delta.shape}, base {target!r} has " f"{base.shape}"
+      )
     out[target] = base + np.float32(scaling) * delta
     if "lora_B.bias" in parts:  # lora_bias=true: B carries a bias, scaled like the product
       bias_key = _resolve(module + ".bias", out)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 # Arrays with fewer elements than this are replicated: splitting them saves little and costs a gather.
@@ -26,15 +28,17 @@ def shard_axis(shape: tuple[int, ...], num_shards: int, min_size: int = DEFAULT_
   """
   if num_shards <= 1 or not shape or int(np.prod(shape)) < min_size:
     return None
-  divisible = [(size, axis) for axis, size in enumerate(shape)
-               if size % num_shards == 0 and size >= num_shards]
+  divisible = [
+      (size, axis) for axis, size in enumerate(shape) if size % num_shards == 0 and size >= num_shards
+  ]
   if not divisible:
     return None
   return max(divisible)[1]
 
 
-def param_sharding(params: Any, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE, axis_name: str = DATA_AXIS
-                   ) -> Any:
+def param_sharding(
+    params: Any, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE, axis_name: str = DATA_AXIS
+) -> Any:
   """A pytree of NamedSharding matching `params`: big arrays split over `axis_name`, small ones replicated.
 
   Args:
@@ -59,7 +63,8 @@ def param_sharding(params: Any, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE, ax
   return jax.tree_util.tree_map(one, params)
 
 
-def shard_params(params: Any, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE, axis_name: str = DATA_AXIS
-                 ) -> Any:
+def shard_params(
+    params: Any, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE, axis_name: str = DATA_AXIS
+) -> Any:
   """Places `params` on the mesh with `param_sharding` (host arrays go straight to their shards)."""
   return jax.device_put(params, param_sharding(params, mesh, min_size, axis_name))

@@ -101,7 +101,8 @@ def package_folder(module: str) -> pathlib.Path:
 
 def _is_hf_folder(folder: pathlib.Path) -> bool:
   return (folder / CONFIG_NAME).is_file() and (
-      (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file())
+      (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
+  )
 
 
 def find_in_package(spec: str) -> pathlib.Path:
@@ -114,38 +115,55 @@ def find_in_package(spec: str) -> pathlib.Path:
       raise CheckpointError(f"'{PACKAGE_PREFIX}{spec}': {target} does not exist")
     return target
   folders = sorted({p.parent for p in root.rglob(CONFIG_NAME) if _is_hf_folder(p.parent)})
-  for found, what, placeholder in ((folders, "checkpoints", "<folder>"),
-                                   (sorted(root.rglob("*.gguf")), ".gguf files", "<file>")):
+  for found, what, placeholder in (
+      (folders, "checkpoints", "<folder>"),
+      (sorted(root.rglob("*.gguf")), ".gguf files", "<file>"),
+  ):
     if len(found) == 1:
       return found[0]
     if len(found) > 1:
       names = ", ".join(str(f.relative_to(root)) for f in found)
-      raise CheckpointError(f"package {module!r} holds several {what} ({names}); "
-                            f"name one as '{PACKAGE_PREFIX}{module}/{placeholder}'")
-  raise CheckpointError(f"package {module!r} ({root}) holds no checkpoint: no folder with {CONFIG_NAME} + "
-                        f"{WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}) and no .gguf file")
+      raise CheckpointError(
+          f"package {module!r} holds several {what} ({names}); "
+          f"name one as '{PACKAGE_PREFIX}{module}/{placeholder}'"
+      )
+  raise CheckpointError(
+      f"package {module!r} ({root}) holds no checkpoint: no folder with {CONFIG_NAME} + "
+      f"{WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}) and no .gguf file"
+  )
 
 
 def _looks_like_path(model: str) -> bool:
-  return (model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or os.sep + os.sep in model
-          or model.count("/") > 1)
+  return (
+      model.startswith(("/", "./", "../", "~"))
+      or model.endswith(".gguf")
+      or os.sep + os.sep in model
+      or model.count("/") > 1
+  )
 
 
-def hub_snapshot(repo_id: str, revision: str = "",
-                 cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def hub_snapshot(
+    repo_id: str, revision: str = "", cache_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Downloads (offline: finds in the hub cache) the files an encoder needs; returns the snapshot folder."""
   import huggingface_hub  # pylint: disable=g-import-not-at-top  (only hub ids need it)
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
   try:
     folder = huggingface_hub.snapshot_download(
-        repo_id, revision=revision or None, cache_dir=cache_dir, allow_patterns=list(HUB_PATTERNS),
-        local_files_only=bool(constants.HF_HUB_OFFLINE))
+        repo_id,
+        revision=revision or None,
+        cache_dir=cache_dir,
+        allow_patterns=list(HUB_PATTERNS),
+        local_files_only=bool(constants.HF_HUB_OFFLINE),
+    )
   except Exception as e:  # hub errors come in many classes; all mean "not available here".
     where = cache_dir or constants.HF_HUB_CACHE
     raise CheckpointError(
         f"cannot get hub model {repo_id!r} (revision {revision or 'main'!r}) from the hub or the cache at "
         f"{where}: {type(e).__name__}: {e}. Offline, download it first or point encoder.model at a local "
-        f"folder or a 'package:' checkpoint") from e
+        f"folder or a 'package:' checkpoint"
+    ) from e
   return pathlib.Path(folder)
 
 
@@ -166,23 +184,29 @@ def folder_weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
   if single.is_file():
     return (single,)
   present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-  raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
-                        f"(found: {', '.join(present) or 'nothing'})")
+  raise CheckpointError(
+      f"no weights in {folder}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
+      f"(found: {', '.join(present) or 'nothing'})"
+  )
 
 
 def checkpoint_from_folder(folder: pathlib.Path, model_id: str) -> Checkpoint:
   if not folder.is_dir():
     raise CheckpointError(f"checkpoint folder {folder} does not exist")
   if not (folder / CONFIG_NAME).is_file():
-    raise CheckpointError(f"{folder / CONFIG_NAME} is missing (a Hugging Face config is needed to build "
-                          f"the encoder)")
+    raise CheckpointError(
+        f"{folder / CONFIG_NAME} is missing (a Hugging Face config is needed to build " f"the encoder)"
+    )
   weights = folder_weight_files(folder)
   tokenizer = folder / TOKENIZER_NAME
   if not tokenizer.is_file():
-    raise CheckpointError(f"{tokenizer} is missing: the encoder needs a fast-tokenizer file "
-                          f"(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(...)`)")
-  return Checkpoint(model_id=model_id, kind="safetensors", path=folder, weight_files=weights,
-                    tokenizer_file=tokenizer)
+    raise CheckpointError(
+        f"{tokenizer} is missing: the encoder needs a fast-tokenizer file "
+        f"(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(...)`)"
+    )
+  return Checkpoint(
+      model_id=model_id, kind="safetensors", path=folder, weight_files=weights, tokenizer_file=tokenizer
+  )
 
 
 def resolve(model: str, revision: str = "", cache_dir: str | os.PathLike | None = None) -> Checkpoint:
@@ -190,7 +214,7 @@ def resolve(model: str, revision: str = "", cache_dir: str | os.PathLike | None 
   if not model:
     raise CheckpointError("encoder.model is empty")
   if model.startswith(PACKAGE_PREFIX):
-    path = find_in_package(model[len(PACKAGE_PREFIX):])
+    path = find_in_package(model[len(PACKAGE_PREFIX) :])
   else:
     path = pathlib.Path(model).expanduser()
     if not path.exists():
@@ -234,8 +258,10 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     begin, end = (8 + header_len + o for o in info["data_offsets"])
     shape = tuple(info["shape"])
     if end > size or end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-      raise CheckpointError(f"{path}: tensor {name!r} data range {info['data_offsets']} does not fit "
-                            f"shape {shape} {info['dtype']} (file truncated?)")
+      raise CheckpointError(
+          f"{path}: tensor {name!r} data range {info['data_offsets']} does not fit "
+          f"shape {shape} {info['dtype']} (file truncated?)"
+      )
     tensors[name] = data[begin:end].view(dtype).reshape(shape)
   return tensors
 
@@ -253,6 +279,7 @@ def read_tensors(files: Iterable[pathlib.Path]) -> dict[str, np.ndarray]:
 def load_tokenizer(path: pathlib.Path):
   """A `tokenizers.Tokenizer` from tokenizer.json, with the file named in any error."""
   import tokenizers  # pylint: disable=g-import-not-at-top
+
   if not path.is_file():
     raise CheckpointError(f"{path} is missing")
   try:
@@ -268,7 +295,8 @@ _hash_memo: dict[tuple[str, int, int], str] = {}
 
 def _memo_file() -> pathlib.Path:
   root = os.environ.get(HASH_CACHE_ENV) or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "recg_jax")
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "recg_jax"
+  )
   return pathlib.Path(root) / "file_sha256.json"
 
 

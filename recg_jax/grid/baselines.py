@@ -70,8 +70,9 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, int]]:
   return runs
 
 
-def run_config(config: ml_collections.ConfigDict, source: str, preset: str, seed: int,
-               domains: Sequence[str]) -> ml_collections.ConfigDict:
+def run_config(
+    config: ml_collections.ConfigDict, source: str, preset: str, seed: int, domains: Sequence[str]
+) -> ml_collections.ConfigDict:
   c = copy.deepcopy(config)
   c.data.source = source
   c.data.targets = tuple(d for d in domains if d != source)
@@ -82,8 +83,12 @@ def run_config(config: ml_collections.ConfigDict, source: str, preset: str, seed
   return config_lib.apply_preset(c, preset)
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
-              aggregate_only: bool = False) -> dict[str, Any]:
+def run_study(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    command: str = "",
+    aggregate_only: bool = False,
+) -> dict[str, Any]:
   """Runs every unfinished run, rewriting DIR/results.md after each; returns what ran and failed."""
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -91,9 +96,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
   runs = plan(config)
   domains, tables = runner.load_domains(config, workdir, domains_order, with_tables=True)
   _write_random(workdir, config, domains)
-  meta = {"command": command, "machine": runner.machine_info(), "domains": list(domains_order),
-          "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
-          "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  meta = {
+      "command": command,
+      "machine": runner.machine_info(),
+      "domains": list(domains_order),
+      "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
+      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
   pending: list[runner.PendingRun] = []
   for i, (source, preset, seed) in enumerate(runs, 1):
     rel = paths.as_path("runs") / source / preset / f"seed{seed}"
@@ -108,15 +117,27 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, com
       spec = planning.RunSpec(source, str(rc.model.backbone), str(rc.model.variant), seed)
       pending.append(runner.PendingRun(rc, spec, run_dir, tag, preset, rel.as_posix()))
   compile_stats.install()
-  ran, failed = runner.run_pending(pending, domains, tables, workdir, meta["machine"],
-                                   int(config.experiment.member_group_size), "[baselines]",
-                                   after_each=lambda: write_report(workdir, config, meta))
+  ran, failed = runner.run_pending(
+      pending,
+      domains,
+      tables,
+      workdir,
+      meta["machine"],
+      int(config.experiment.member_group_size),
+      "[baselines]",
+      after_each=lambda: write_report(workdir, config, meta),
+  )
   path = write_report(workdir, config, meta)
   return {"ran": ran, "failed": failed, "tables": str(path)}
 
 
-def choose_weights(values: dict[tuple, dict[int, float]], presets: Sequence[str], sources: Sequence[str],
-                   validation_domain: str, select: str) -> dict[str, dict[str, float]]:
+def choose_weights(
+    values: dict[tuple, dict[int, float]],
+    presets: Sequence[str],
+    sources: Sequence[str],
+    validation_domain: str,
+    select: str,
+) -> dict[str, dict[str, float]]:
   """{preset: {source: weight}}: for every preset with weighted target scores, the weight (1 = the run's
   own zero-shot numbers) with the best mean `select` ('full/ndcg@10') on validation_domain ← source."""
   protocol, metric = select.split("/")
@@ -132,7 +153,7 @@ def choose_weights(values: dict[tuple, dict[int, float]], presets: Sequence[str]
         if setting == preset:
           candidates[1.0] = float(np.mean(list(by_seed.values())))
         elif setting.startswith(f"{preset}@w"):
-          candidates[float(setting[len(preset) + 2:])] = float(np.mean(list(by_seed.values())))
+          candidates[float(setting[len(preset) + 2 :])] = float(np.mean(list(by_seed.values())))
       if len(candidates) > 1:
         out.setdefault(preset, {})[s] = max(candidates, key=lambda w: (candidates[w], -w))
   return out
@@ -146,18 +167,32 @@ def _write_random(workdir: paths.Path, config: ml_collections.ConfigDict, domain
   (evaluate.random_expectation), the floor every table shows."""
   from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from recg_jax.data import types  # pylint: disable=g-import-not-at-top
-  out = {name: evaluate.random_expectation(types.leave_one_out(d, "test", int(config.data.max_len)), d,
-                                           config.eval) for name, d in domains.items()}
+
+  out = {
+      name: evaluate.random_expectation(
+          types.leave_one_out(d, "test", int(config.data.max_len)), d, config.eval
+      )
+      for name, d in domains.items()
+  }
   paths.write_json_atomic(workdir / RANDOM, out)
 
 
-def cell_stats(values: Sequence[float], sem_values: dict[int, float] | None, seeds: Sequence[int],
-               knn_value: float | None) -> dict[str, Any]:
+def cell_stats(
+    values: Sequence[float],
+    sem_values: dict[int, float] | None,
+    seeds: Sequence[int],
+    knn_value: float | None,
+) -> dict[str, Any]:
   """mean, std, the paired t-test p against sem and the one-sample t-test p against text_knn."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   v = np.asarray(values, np.float64)
-  out = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
-         "p_sem": None, "p_knn": None}
+  out = {
+      "mean": float(v.mean()),
+      "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+      "p_sem": None,
+      "p_knn": None,
+  }
   if knn_value is not None and len(v) >= 2:
     # Seeds that agree exactly (a run whose target score is text similarity alone) have no variance:
     # there is nothing to test, and no p is shown.
@@ -201,35 +236,42 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
           continue
         kind = "in_domain" if parts[0] == "test" else "zero_shot"
         setting = m["setting"] + (f"@w{parts[0][len(WEIGHTED):]}" if parts[0].startswith(WEIGHTED) else "")
-        values.setdefault((kind, rec["source"], rec["domain"], setting, parts[1], parts[2]),
-                          {})[int(m["spec"]["seed"])] = float(value)
+        values.setdefault((kind, rec["source"], rec["domain"], setting, parts[1], parts[2]), {})[
+            int(m["spec"]["seed"])
+        ] = float(value)
   return values
 
 
-def _header(config: ml_collections.ConfigDict, meta: dict[str, Any], markers: list[dict],
-            sources: list[str]) -> list[str]:
+def _header(
+    config: ml_collections.ConfigDict, meta: dict[str, Any], markers: list[dict], sources: list[str]
+) -> list[str]:
   domains, presets = list(meta["domains"]), list(config.experiment.presets)
   machines = sorted({report.machine_line(m["machine"]) for m in markers if "machine" in m})
   total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
-  return [f"# Trained models against text_knn: {config.experiment.name or 'baselines'}", "",
-          f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped)",
-          f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; sources "
-          f"{', '.join(sources)}; each source's targets are the other domains",
-          f"- seeds: {', '.join(map(str, config.experiment.seeds))} (text_knn presets: no seed, one run); "
-          "mean ± sample std over seeds",
-          "- tests: `>knn`/`<knn` = mean above/below text_knn (recency-weighted history mean, no training), "
-          "p = one-sample t-test of the seeds against its value; p_sem = paired t-test against `sem` "
-          "(scipy.stats)",
-          f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
-          f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
-          "time)",
-          f"- model: {config.model.backbone}, {report.summary_without_seed(config)}",
-          "- presets (config overrides; docs/method.md explains each): "
-          + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
-          ""]
+  return [
+      f"# Trained models against text_knn: {config.experiment.name or 'baselines'}",
+      "",
+      f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped)",
+      f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; sources "
+      f"{', '.join(sources)}; each source's targets are the other domains",
+      f"- seeds: {', '.join(map(str, config.experiment.seeds))} (text_knn presets: no seed, one run); "
+      "mean ± sample std over seeds",
+      "- tests: `>knn`/`<knn` = mean above/below text_knn (recency-weighted history mean, no training), "
+      "p = one-sample t-test of the seeds against its value; p_sem = paired t-test against `sem` "
+      "(scipy.stats)",
+      f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
+      f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run "
+      "time)",
+      f"- model: {config.model.backbone}, {report.summary_without_seed(config)}",
+      "- presets (config overrides; docs/method.md explains each): "
+      + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets),
+      "",
+  ]
 
 
-def _row_settings(config: ml_collections.ConfigDict, chosen: dict[str, dict[str, float]]) -> tuple[list, list]:
+def _row_settings(
+    config: ml_collections.ConfigDict, chosen: dict[str, dict[str, float]]
+) -> tuple[list, list]:
   """(rows: (preset, label, {source: weight}), the note on chosen weights): each preset, and each mix
   preset again at the weights chosen on the validation domain."""
   validation = config.experiment.validation_domain
@@ -237,17 +279,23 @@ def _row_settings(config: ml_collections.ConfigDict, chosen: dict[str, dict[str,
   for preset in config.experiment.presets:
     rows.append((preset, f"`{preset}`", {}))
     if preset in chosen:
-      label = f"`{preset}`, weight chosen on {validation} ← source (" + ", ".join(
-          f"{s}: {w:g}" for s, w in chosen[preset].items()) + ")"
+      label = (
+          f"`{preset}`, weight chosen on {validation} ← source ("
+          + ", ".join(f"{s}: {w:g}" for s, w in chosen[preset].items())
+          + ")"
+      )
       rows.append((preset, label, chosen[preset]))
   if not chosen:
     return rows, []
-  return rows, [f"Rows 'weight chosen on {validation} ← source': a `mix` model's "
-                "trained share of the score is multiplied on the target by the weight (of 1 and "
-                "transfer.target_model_weights) with the best mean "
-                f"`{str(config.eval.select_metric).split('/', 1)[1]}` on the validation pair "
-                f"{validation} ← source; that pair's column is then a validation "
-                "number, not a test result.", ""]
+  return rows, [
+      f"Rows 'weight chosen on {validation} ← source': a `mix` model's "
+      "trained share of the score is multiplied on the target by the weight (of 1 and "
+      "transfer.target_model_weights) with the best mean "
+      f"`{str(config.eval.select_metric).split('/', 1)[1]}` on the validation pair "
+      f"{validation} ← source; that pair's column is then a validation "
+      "number, not a test result.",
+      "",
+  ]
 
 
 def _setting_of(preset: str, kind: str, source: str, weights: dict[str, float]) -> str:
@@ -261,8 +309,11 @@ def _summary_table(config, values, row_settings, columns, metrics) -> list[str]:
   short = [m.split("@")[0][0].upper() for m in metrics]
   legend = " / ".join(f"{a} = {report.metric_title(m)}" for a, m in zip(short, metrics))
   lines = [f"## Summary: mean over seeds, {legend} (%)", ""]
-  header = ["preset"] + [f"{prot} {s} (in-domain)" if k == "in_domain" else f"{prot} {d} ← {s}"
-                         for prot in config.eval.protocols for k, s, d in columns]
+  header = ["preset"] + [
+      f"{prot} {s} (in-domain)" if k == "in_domain" else f"{prot} {d} ← {s}"
+      for prot in config.eval.protocols
+      for k, s, d in columns
+  ]
   rows = []
   for preset, label, weights in row_settings:
     row = [label]
@@ -282,9 +333,15 @@ def _metric_table(values, row_settings, columns, random, protocol: str, metric: 
   header = ["preset"] + [f"{s} (in-domain)" if k == "in_domain" else f"{d} ← {s}" for k, s, d in columns]
   rows = []
   if random:
-    rows.append(["random (expected)"] + [
-        f"{100 * random[d][f'{protocol}/{metric}']:.2f}" if f"{protocol}/{metric}" in random.get(d, {})
-        else "—" for _, _, d in columns])
+    rows.append(
+        ["random (expected)"]
+        + [
+            f"{100 * random[d][f'{protocol}/{metric}']:.2f}"
+            if f"{protocol}/{metric}" in random.get(d, {})
+            else "—"
+            for _, _, d in columns
+        ]
+    )
   for preset, label, weights in row_settings:
     row = [label]
     for kind, s, d in columns:
@@ -294,25 +351,35 @@ def _metric_table(values, row_settings, columns, random, protocol: str, metric: 
         continue
       seeds = sorted(by_seed)
       knn = values.get((kind, s, d, UNTRAINED, protocol, metric), {}).get(0)
-      stat = cell_stats([by_seed[k] for k in seeds],
-                        values.get((kind, s, d, "sem", protocol, metric)) if preset != "sem" else None,
-                        seeds, knn)
+      stat = cell_stats(
+          [by_seed[k] for k in seeds],
+          values.get((kind, s, d, "sem", protocol, metric)) if preset != "sem" else None,
+          seeds,
+          knn,
+      )
       row.append(_cell(stat, knn, preset == UNTRAINED))
     rows.append(row)
-  return [f"## `{protocol}`, {report.metric_title(metric)} (%)", ""] + report.markdown_table(header, rows) + [""]
+  return (
+      [f"## `{protocol}`, {report.metric_title(metric)} (%)", ""] + report.markdown_table(header, rows) + [""]
+  )
 
 
-def write_report(workdir: paths.Path, config: ml_collections.ConfigDict,
-                 meta: dict[str, Any]) -> paths.Path:
+def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/results.md from every finished run (regenerated whole each time)."""
   markers = runner.collect_markers(workdir)
   values = collect_values(markers)
   sources = list(config.experiment.sources) or [str(config.data.source)]
   columns = [("in_domain", s, s) for s in sources] + [
-      ("zero_shot", s, t) for s in sources for t in meta["domains"] if t != s]
+      ("zero_shot", s, t) for s in sources for t in meta["domains"] if t != s
+  ]
   metrics = report.table_metrics(config)
-  chosen = choose_weights(values, list(config.experiment.presets), sources,
-                          str(config.experiment.validation_domain), str(config.eval.select_metric).split("/", 1)[1])
+  chosen = choose_weights(
+      values,
+      list(config.experiment.presets),
+      sources,
+      str(config.experiment.validation_domain),
+      str(config.eval.select_metric).split("/", 1)[1],
+  )
   row_settings, note = _row_settings(config, chosen)
   random_path = workdir / RANDOM
   random = json.loads(random_path.read_text(encoding="utf-8")) if random_path.is_file() else {}
@@ -323,8 +390,11 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict,
       lines += _metric_table(values, row_settings, columns, random, protocol, metric)
   lines += ["## Protocols", ""]
   lines += [f"- `{p}`: {t}" for p, t in results_lib.protocol_descriptions(config.eval).items()]
-  lines += [f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "
-            f"{config.train.patience} epochs); test metrics come from the best checkpoint.", ""]
+  lines += [
+      f"- model selection: early stopping on `{config.eval.select_metric}` of the source (patience "
+      f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
+      "",
+  ]
   path = workdir / "results.md"
   paths.write_text_atomic(path, "\n".join(lines))
   return path

@@ -26,13 +26,19 @@ def run_config_from_marker(marker: dict[str, Any]) -> ml_collections.ConfigDict:
   return config_lib.from_record(marker["config"])
 
 
-def load_best_params(run_dir: str | os.PathLike, config: ml_collections.ConfigDict, num_items: int,
-                     table_NxH: np.ndarray | None):
+def load_best_params(
+    run_dir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    num_items: int,
+    table_NxH: np.ndarray | None,
+):
   """(model, params) of a finished run, from its best checkpoint (training.checkpoints)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
   from recg_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+
   model = recommender.build_model(config, num_items)
   table = None if table_NxH is None else jnp.asarray(table_NxH)
   shapes = jax.eval_shape(lambda: recommender.init_variables(model, jax.random.key(0), table)["params"])
@@ -48,13 +54,16 @@ def load_best_params(run_dir: str | os.PathLike, config: ml_collections.ConfigDi
   return model, jax.device_get(restored[0])
 
 
-def projected_items(model, params, tables: dict[str, np.ndarray], max_items: int, seed: int,
-                    space: str = "item") -> dict[str, np.ndarray]:
+def projected_items(
+    model, params, tables: dict[str, np.ndarray], max_items: int, seed: int, space: str = "item"
+) -> dict[str, np.ndarray]:
   """Per domain, up to max_items real items (seeded sample) in the model's item space: 'item' = the
   scoring projection W_p e + b_p, 'align' = the alignment projection W_a e + b_a (recg only)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+
   method = recommender.Recommender.item_vectors if space == "item" else recommender.Recommender.align
   fn = jax.jit(lambda p, t: model.apply({"params": p}, t, method=method))
   rng = np.random.default_rng(seed)
@@ -113,6 +122,7 @@ def alpha_series(aggregates, axes, protocol: str, metrics: Sequence[str], defaul
 def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domains, tables) -> list[str]:
   """DIR/plots/*.png: item-space projections (Sem beside RecG), alpha sensitivity, per-pair bars."""
   from recg_jax import plots  # pylint: disable=g-import-not-at-top
+
   workdir = paths.as_path(workdir)
   out_dir = workdir / "plots"
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +139,17 @@ def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domai
     series = alpha_series(ablation_aggregates, axes, protocol, metrics, float(config.gen_loss.alpha))
     if any(points for by_metric in series.values() for points in by_metric.values()):
       source, backbone = axes["ablation_source"][0], axes["ablation_backbone"][0]
-      written.append(str(plots.alpha_sensitivity(
-          series, metrics, out_dir / f"alpha_{protocol}.png", default_alpha=float(config.gen_loss.alpha),
-          title=f"{backbone}-RecG trained on {source}: alpha sweep, {protocol} ({data_note})")))
+      written.append(
+          str(
+              plots.alpha_sensitivity(
+                  series,
+                  metrics,
+                  out_dir / f"alpha_{protocol}.png",
+                  default_alpha=float(config.gen_loss.alpha),
+                  title=f"{backbone}-RecG trained on {source}: alpha sweep, {protocol} ({data_note})",
+              )
+          )
+      )
   # Projections: the first seed's Sem and RecG runs of the ablation backbone on the ablation source.
   if tables is not None:
     source, backbone = axes["ablation_source"][0], axes["ablation_backbone"][0]
@@ -146,22 +164,31 @@ def write_plots(workdir, config, aggregates, ablation_aggregates, markers, domai
         continue
       try:
         rc = run_config_from_marker(marker)
-        model, params = load_best_params(workdir / spec.relpath, rc, domains[source].num_items,
-                                         tables[source])
+        model, params = load_best_params(
+            workdir / spec.relpath, rc, domains[source].num_items, tables[source]
+        )
       except (OSError, ValueError, KeyError) as e:
         distributed.say(f"[plots] cannot load {spec.relpath}: {e!r}; no projection for it")
         continue
       label = f"{backbone}-{'Sem' if variant == 'sem' else 'RecG'}"
       panels.append((f"{label}: W_p e", projected_items(model, params, tables, max_items, seed)))
       if variant == "recg":
-        panels.append((f"{label}: W_a e (alignment)",
-                       projected_items(model, params, tables, max_items, seed, space="align")))
+        panels.append(
+            (
+                f"{label}: W_a e (alignment)",
+                projected_items(model, params, tables, max_items, seed, space="align"),
+            )
+        )
     if panels:
       methods = ("pca", "tsne") if bool(config.experiment.tsne) else ("pca",)
       for method in methods:
-        path = plots.embedding_projection(panels, out_dir / f"items_{method}.png", method=method,
-                                          seed=int(axes["seeds"][0]),
-                                          title=f"item space, trained on {source} ({data_note})")
+        path = plots.embedding_projection(
+            panels,
+            out_dir / f"items_{method}.png",
+            method=method,
+            seed=int(axes["seeds"][0]),
+            title=f"item space, trained on {source} ({data_note})",
+        )
         written.append(str(path))
   for p in written:
     distributed.say(f"[plots] wrote {p}")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import json
+import math
 from typing import Any, Sequence
 
 import ml_collections
 
-from recg_jax import paths
 from recg_jax import config as config_lib
+from recg_jax import paths
 
 VARIANTS = ("id", "sem", "recg", "text_knn")
 # Ablations of docs/method.md ("Variants that every experiment reports"): config overrides of the RecG run.
@@ -39,6 +39,8 @@ ABLATION_LABELS = {
     "printed_sign": "printed sign of Eq. 9/13 (inter_sign = -1)",
     "merge_identity": "merge initialised to [I | 0] (not in the paper)",
 }
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One run of the grid. `ablation` is '' (main grid), a key of ABLATIONS, or 'alpha=<value>'."""
@@ -121,8 +123,13 @@ def grid_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   if any(not a > 0 for a in alphas):
     raise ValueError(f"config.experiment.alphas={ec.alphas!r}: every alpha must be > 0")
   return {
-      "domains": domains, "sources": sources, "backbones": backbones, "variants": variants,
-      "seeds": seeds, "ablations": ablations, "alphas": alphas,
+      "domains": domains,
+      "sources": sources,
+      "backbones": backbones,
+      "variants": variants,
+      "seeds": seeds,
+      "ablations": ablations,
+      "alphas": alphas,
       "ablation_backbone": (str(ec.ablation_backbone) or backbones[0],),
       "ablation_source": (ablation_source,),
       "ablation_seeds": tuple(int(s) for s in ec.ablation_seeds) or seeds,
@@ -166,13 +173,15 @@ def shard_of(specs: Sequence[RunSpec], config: ml_collections.ConfigDict) -> lis
   so that the seed-major plan hands each shard a share of every seed and of the expensive backbones."""
   num, index = int(config.experiment.num_shards), int(config.experiment.shard_index)
   if num < 1 or not 0 <= index < num:
-    raise ValueError(f"config.experiment.shard_index={index} with num_shards={num}: need "
-                     "0 <= shard_index < num_shards")
+    raise ValueError(
+        f"config.experiment.shard_index={index} with num_shards={num}: need " "0 <= shard_index < num_shards"
+    )
   return list(specs[index::num])
 
 
-def run_config(config: ml_collections.ConfigDict, spec: RunSpec,
-               domains: Sequence[str]) -> ml_collections.ConfigDict:
+def run_config(
+    config: ml_collections.ConfigDict, spec: RunSpec, domains: Sequence[str]
+) -> ml_collections.ConfigDict:
   """A copy of the grid config for one run: its source, every other domain as a target (and so as a
   generalization-loss domain), its backbone, variant, seed and overrides."""
   c = copy.deepcopy(config)
@@ -186,16 +195,18 @@ def run_config(config: ml_collections.ConfigDict, spec: RunSpec,
   return config_lib.override(c, spec.overrides(), what=f"run {spec.name}")
 
 
-def member_groups(items: Sequence[tuple[ml_collections.ConfigDict, Any]],
-                  max_size: int) -> list[list[tuple[ml_collections.ConfigDict, Any]]]:
+def member_groups(
+    items: Sequence[tuple[ml_collections.ConfigDict, Any]], max_size: int
+) -> list[list[tuple[ml_collections.ConfigDict, Any]]]:
   """(run config, payload) items in groups that train as one program (training.train_members):
   configs equal outside the traced fields (seeds, alphas, L_gen switches), at most max_size per group
   (<= 1: every run alone), in plan order of each group's first run. text_knn trains nothing: alone."""
   from recg_jax.training import members  # pylint: disable=g-import-not-at-top
+
   groups: dict[str, list] = {}
   for i, (rc, payload) in enumerate(items):
     alone = max_size <= 1 or rc.model.variant == "text_knn"
     key = f"alone:{i}" if alone else json.dumps(members.shared_fields(rc), sort_keys=True, default=str)
     groups.setdefault(key, []).append((rc, payload))
   size = max(int(max_size), 1)
-  return [g[lo:lo + size] for g in groups.values() for lo in range(0, len(g), size)]
+  return [g[lo : lo + size] for g in groups.values() for lo in range(0, len(g), size)]

@@ -22,8 +22,10 @@ from recg_jax.grid import stats
 
 
 def machine_line(info: dict[str, Any]) -> str:
-  return (f"{info['platform']} ({info['cpu_count']} CPUs), Python {info['python']}, jax {info['jax']} "
-          f"on {info['backend']}: {', '.join(info['devices'])}")
+  return (
+      f"{info['platform']} ({info['cpu_count']} CPUs), Python {info['python']}, jax {info['jax']} "
+      f"on {info['backend']}: {', '.join(info['devices'])}"
+  )
 
 
 def _pct(agg: dict[str, Any] | None) -> str:
@@ -47,8 +49,9 @@ def _p(agg: dict[str, Any] | None) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-  return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-          + ["| " + " | ".join(r) + " |" for r in rows])
+  return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+      "| " + " | ".join(r) + " |" for r in rows
+  ]
 
 
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG"}
@@ -79,8 +82,11 @@ def zero_shot_tables(aggregates, axes, protocols, metrics) -> list[str]:
         header += [f"{b} Sem", f"{b} RecG", "gain", "p", f"{b} RecG w/o seq"]
       rows, gains = [], {b: [] for b in axes["backbones"]}
       for t, s in pairs:
-        row = [f"{t} ← {s}"] + ([_pct(aggregates.get(("zero_shot", s, t, axes["backbones"][0], "text_knn",
-                                                        protocol, metric)))] if knn else [])
+        row = [f"{t} ← {s}"] + (
+            [_pct(aggregates.get(("zero_shot", s, t, axes["backbones"][0], "text_knn", protocol, metric)))]
+            if knn
+            else []
+        )
         for b in axes["backbones"]:
           get = lambda setting: aggregates.get(("zero_shot", s, t, b, setting, protocol, metric))
           recg = get("recg")
@@ -114,13 +120,21 @@ def in_domain_tables(aggregates, axes, protocols, metrics) -> list[str]:
         header += [f"{b} Sem", f"{b} RecG", "gain", "p", f"{b} RecG w/o seq"]
       rows = []
       for s in axes["sources"]:
-        row = [s] + ([_pct(aggregates.get(("in_domain", s, s, axes["backbones"][0], "text_knn", protocol,
-                                           metric)))] if knn else [])
+        row = [s] + (
+            [_pct(aggregates.get(("in_domain", s, s, axes["backbones"][0], "text_knn", protocol, metric)))]
+            if knn
+            else []
+        )
         for b in axes["backbones"]:
           get = lambda setting: aggregates.get(("in_domain", s, s, b, setting, protocol, metric))
           recg = get("recg")
           row += ([_pct(get("id"))] if with_id else []) + [
-              _pct(get("sem")), _pct(recg), _gain(recg), _p(recg), _pct(get("recg" + stats.NO_SEQ))]
+              _pct(get("sem")),
+              _pct(recg),
+              _gain(recg),
+              _p(recg),
+              _pct(get("recg" + stats.NO_SEQ)),
+          ]
         if any(cell != "—" for cell in row[1:]):
           rows.append(row)
       if rows:
@@ -131,7 +145,7 @@ def in_domain_tables(aggregates, axes, protocols, metrics) -> list[str]:
 
 def ablation_columns(axes) -> list[tuple[str, str]]:
   source = axes["ablation_source"][0]
-  return ([("zero_shot", t) for t in axes["domains"] if t != source] + [("in_domain", source)])
+  return [("zero_shot", t) for t in axes["domains"] if t != source] + [("in_domain", source)]
 
 
 def ablation_tables(aggregates, axes, protocols, metrics) -> list[str]:
@@ -159,8 +173,15 @@ def ablation_tables(aggregates, axes, protocols, metrics) -> list[str]:
         row += [_pct(a) for a in aggs] + [_gain(aggs[0])]
       rows.append(row)
     seeds = ", ".join(map(str, axes["ablation_seeds"]))
-    lines += [f"### Ablations, {b} on {source}, `{protocol}` (%; seeds {seeds}; gain = "
-              f"{metric_title(metrics[0])} over Sem)", ""] + markdown_table(header, rows) + [""]
+    lines += (
+        [
+            f"### Ablations, {b} on {source}, `{protocol}` (%; seeds {seeds}; gain = "
+            f"{metric_title(metrics[0])} over Sem)",
+            "",
+        ]
+        + markdown_table(header, rows)
+        + [""]
+    )
   return lines
 
 
@@ -193,10 +214,12 @@ def alpha_setting(alpha: float, default_alpha: float) -> str:
   return "recg" if math.isclose(alpha, default_alpha, rel_tol=1e-9) else f"recg:alpha={alpha:g}"
 
 
-SECTIONS = (("zero_shot", "Zero-shot (as the paper's Table 3)"),
-            ("in_domain", "In-domain (as the paper's Table 4)"),
-            ("ablations", "Ablations (as the paper's Table 5)"),
-            ("alpha", "Alpha sensitivity"))
+SECTIONS = (
+    ("zero_shot", "Zero-shot (as the paper's Table 3)"),
+    ("in_domain", "In-domain (as the paper's Table 4)"),
+    ("ablations", "Ablations (as the paper's Table 5)"),
+    ("alpha", "Alpha sensitivity"),
+)
 
 
 def _header_lines(markers, grid_meta, config, axes, missing, failed) -> list[str]:
@@ -205,31 +228,40 @@ def _header_lines(markers, grid_meta, config, axes, missing, failed) -> list[str
   total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
   data = grid_meta.get("data", "")
   protocols = tuple(config.eval.protocols)
-  return [f"# Experiment grid: {config.experiment.name or 'grid'}", "",
-          f"- regenerate: `{grid_meta.get('command') or '(not recorded)'}` — finished runs are skipped, "
-          "so on a complete grid this only rebuilds these tables and the plots (add `--aggregate_only` to "
-          "never train)",
-          f"- data: {data}" + (f" (`{config.data.format}`)" if data != config.data.format else
-                               f" files under `{config.data.root}`" if config.data.root else "")
-          + f"; domains {', '.join(axes['domains'])}; sources {', '.join(axes['sources'])}; each source's "
-          "targets are the other domains, which are also its generalization-loss domains",
-          f"- seeds: {', '.join(map(str, axes['seeds']))} (ablations and alpha sweep: "
-          f"{', '.join(map(str, axes['ablation_seeds']))}); mean ± sample std over seeds; p = paired "
-          "t-test of RecG against Sem over the seeds both ran (scipy.stats.ttest_rel, shown from 2 seeds); "
-          "gain = relative gain of the mean over Sem",
-          f"- backbones: {', '.join(axes['backbones'])}; variants: {', '.join(axes['variants'])}",
-          f"- machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
-          f"- runs: {len(markers)} finished ({total_s / 3600:.2f} h of run time)"
-          + (f"; {len(missing)} not finished" if missing else "")
-          + (f"; failed in this invocation: {', '.join(failed)}" if failed else ""),
-          f"- model: {summary_without_seed(config)}",
-          f"- metrics in %; protocols {', '.join(f'`{p}`' for p in protocols)} (defined at the end); "
-          "'RecG w/o seq' is the same trained RecG model scored without the sequence-level step (k-means "
-          "centres + W_f)",
-          "- figures: plots/pairs_<protocol>.png (RecG vs Sem per pair), plots/alpha_<protocol>.png (alpha "
-          "sweep), plots/items_pca.png (item spaces of Sem and RecG, coloured by domain); results.csv holds "
-          "every aggregate ('#' lines first: read it with `comment='#'`)",
-          ""]
+  return [
+      f"# Experiment grid: {config.experiment.name or 'grid'}",
+      "",
+      f"- regenerate: `{grid_meta.get('command') or '(not recorded)'}` — finished runs are skipped, "
+      "so on a complete grid this only rebuilds these tables and the plots (add `--aggregate_only` to "
+      "never train)",
+      f"- data: {data}"
+      + (
+          f" (`{config.data.format}`)"
+          if data != config.data.format
+          else f" files under `{config.data.root}`"
+          if config.data.root
+          else ""
+      )
+      + f"; domains {', '.join(axes['domains'])}; sources {', '.join(axes['sources'])}; each source's "
+      "targets are the other domains, which are also its generalization-loss domains",
+      f"- seeds: {', '.join(map(str, axes['seeds']))} (ablations and alpha sweep: "
+      f"{', '.join(map(str, axes['ablation_seeds']))}); mean ± sample std over seeds; p = paired "
+      "t-test of RecG against Sem over the seeds both ran (scipy.stats.ttest_rel, shown from 2 seeds); "
+      "gain = relative gain of the mean over Sem",
+      f"- backbones: {', '.join(axes['backbones'])}; variants: {', '.join(axes['variants'])}",
+      f"- machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
+      f"- runs: {len(markers)} finished ({total_s / 3600:.2f} h of run time)"
+      + (f"; {len(missing)} not finished" if missing else "")
+      + (f"; failed in this invocation: {', '.join(failed)}" if failed else ""),
+      f"- model: {summary_without_seed(config)}",
+      f"- metrics in %; protocols {', '.join(f'`{p}`' for p in protocols)} (defined at the end); "
+      "'RecG w/o seq' is the same trained RecG model scored without the sequence-level step (k-means "
+      "centres + W_f)",
+      "- figures: plots/pairs_<protocol>.png (RecG vs Sem per pair), plots/alpha_<protocol>.png (alpha "
+      "sweep), plots/items_pca.png (item spaces of Sem and RecG, coloured by domain); results.csv holds "
+      "every aggregate ('#' lines first: read it with `comment='#'`)",
+      "",
+  ]
 
 
 def _footer_lines(config) -> list[str]:
@@ -240,11 +272,14 @@ def _footer_lines(config) -> list[str]:
       f"- model selection: early stopping on `{config.eval.select_metric}` (patience "
       f"{config.train.patience} epochs); test metrics come from the best checkpoint.",
       "- every metric of every run, and every K, is in results.csv; each run's own results.md holds "
-      "its full config.", ""]
+      "its full config.",
+      "",
+  ]
 
 
-def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(),
-                    ablation_aggregates=None) -> dict[str, str]:
+def render_sections(
+    aggregates, markers, grid_meta, config, missing=(), failed=(), ablation_aggregates=None
+) -> dict[str, str]:
   """{'': the whole results.md, section name: that table alone with the same header and footnotes} for
   every non-empty section of SECTIONS."""
   ablation_aggregates = aggregates if ablation_aggregates is None else ablation_aggregates
@@ -254,10 +289,12 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
   lines = _header_lines(markers, grid_meta, config, axes, missing, failed)
   header = lines[1:]
   data = ["## Data", "", grid_meta["domain_table"], ""] if grid_meta.get("domain_table") else []
-  bodies = {"zero_shot": zero_shot_tables(aggregates, axes, protocols, metrics),
-            "in_domain": in_domain_tables(aggregates, axes, protocols, metrics),
-            "ablations": ablation_tables(ablation_aggregates, axes, protocols, metrics),
-            "alpha": alpha_tables(ablation_aggregates, axes, protocols, metrics, float(config.gen_loss.alpha))}
+  bodies = {
+      "zero_shot": zero_shot_tables(aggregates, axes, protocols, metrics),
+      "in_domain": in_domain_tables(aggregates, axes, protocols, metrics),
+      "ablations": ablation_tables(ablation_aggregates, axes, protocols, metrics),
+      "alpha": alpha_tables(ablation_aggregates, axes, protocols, metrics, float(config.gen_loss.alpha)),
+  }
   titles = dict(SECTIONS)
   footer = _footer_lines(config)
   lines += data
@@ -267,10 +304,18 @@ def render_sections(aggregates, markers, grid_meta, config, missing=(), failed=(
   if missing:
     lines += ["## Runs not finished", ""] + [f"- `{m}`" for m in missing] + [""]
   lines += ["## Runs", ""]
-  lines += markdown_table(["run", "seconds", "best epoch", "stop"],
-                          [[m["relpath"], f"{float(m.get('elapsed_s', 0)):.0f}",
-                            str(_first_extra(m, "best_epoch")), str(_first_extra(m, "stop_reason"))]
-                           for m in markers])
+  lines += markdown_table(
+      ["run", "seconds", "best epoch", "stop"],
+      [
+          [
+              m["relpath"],
+              f"{float(m.get('elapsed_s', 0)):.0f}",
+              str(_first_extra(m, "best_epoch")),
+              str(_first_extra(m, "stop_reason")),
+          ]
+          for m in markers
+      ],
+  )
   lines += [""] + footer
   out = {"": "\n".join(lines)}
   for name, _ in SECTIONS:
@@ -291,8 +336,9 @@ def _first_extra(marker: dict[str, Any], field: str) -> Any:
   return ""
 
 
-def write_tables(workdir, aggregates, markers, grid_meta, config, missing=(), failed=(),
-                 ablation_aggregates=None):
+def write_tables(
+    workdir, aggregates, markers, grid_meta, config, missing=(), failed=(), ablation_aggregates=None
+):
   """DIR/results.md, DIR/results.csv (the CSV starts with '#' comment lines naming the command, seeds,
   data and machine), and DIR/tables/<section>.md: each table of results.md alone, with the same header
   (command, seeds, machine, model), to publish one table on its own."""
@@ -305,13 +351,16 @@ def write_tables(workdir, aggregates, markers, grid_meta, config, missing=(), fa
     (workdir / "tables" / f"{name}.md").write_text(text, encoding="utf-8")
   axes = grid_meta["axes"]
   machines = sorted({machine_line(m["machine"]) for m in markers if "machine" in m})
-  head = [f"# regenerate: {grid_meta.get('command') or '(not recorded)'}",
-          f"# data: {grid_meta.get('data', '')}; domains {' '.join(axes['domains'])}",
-          f"# seeds: {' '.join(map(str, axes['seeds']))}; ablation seeds: "
-          f"{' '.join(map(str, axes['ablation_seeds']))}",
-          f"# machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
-          "# mean/std/values are fractions (not %); std = sample std over seeds; p_vs_sem = paired t-test "
-          "against setting 'sem' on the same key"]
-  csv_path.write_text("\n".join(head) + "\n" + stats.to_csv(aggregates, ablation_aggregates),
-                      encoding="utf-8")
+  head = [
+      f"# regenerate: {grid_meta.get('command') or '(not recorded)'}",
+      f"# data: {grid_meta.get('data', '')}; domains {' '.join(axes['domains'])}",
+      f"# seeds: {' '.join(map(str, axes['seeds']))}; ablation seeds: "
+      f"{' '.join(map(str, axes['ablation_seeds']))}",
+      f"# machine: {'; '.join(machines) or machine_line(grid_meta['machine'])}",
+      "# mean/std/values are fractions (not %); std = sample std over seeds; p_vs_sem = paired t-test "
+      "against setting 'sem' on the same key",
+  ]
+  csv_path.write_text(
+      "\n".join(head) + "\n" + stats.to_csv(aggregates, ablation_aggregates), encoding="utf-8"
+  )
   return md_path, csv_path

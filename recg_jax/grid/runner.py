@@ -42,9 +42,16 @@ FAILED = "failed.json"
 
 def machine_info() -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
-  return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-          "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]}
+
+  return {
+      "platform": platform.platform(),
+      "machine": platform.machine(),
+      "python": platform.python_version(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()],
+  }
 
 
 def read_done(run_dir: paths.Path) -> dict[str, Any] | None:
@@ -70,11 +77,17 @@ class PendingRun:
   relpath: str
 
 
-def execute(runs: list[PendingRun], domains: dict, tables: dict | None,
-            group_dir: paths.Path) -> list[pipeline.Outcome]:
+def execute(
+    runs: list[PendingRun], domains: dict, tables: dict | None, group_dir: paths.Path
+) -> list[pipeline.Outcome]:
   """Each run's records, or the exception it ended with: one run alone, or a group trained together."""
-  return pipeline.train_and_transfer([r.config for r in runs], [r.run_dir for r in runs], domains, tables,
-                                     group_dir=group_dir if len(runs) > 1 else None)
+  return pipeline.train_and_transfer(
+      [r.config for r in runs],
+      [r.run_dir for r in runs],
+      domains,
+      tables,
+      group_dir=group_dir if len(runs) > 1 else None,
+  )
 
 
 def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
@@ -83,9 +96,16 @@ def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
   return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
 
 
-def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, workdir: paths.Path,
-                machine: dict[str, Any], group_size: int, prefix: str,
-                after_each: Callable[[], None] | None = None) -> tuple[list[str], list[str]]:
+def run_pending(
+    pending: list[PendingRun],
+    domains: dict,
+    tables: dict | None,
+    workdir: paths.Path,
+    machine: dict[str, Any],
+    group_size: int,
+    prefix: str,
+    after_each: Callable[[], None] | None = None,
+) -> tuple[list[str], list[str]]:
   """Executes the pending runs, in groups trained together where they differ only in traced fields
   (planning.member_groups; group_size 1: one by one), writing each run's done.json or failed.json.
 
@@ -97,8 +117,10 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
   for group in planning.member_groups([(p.config, p) for p in pending], group_size):
     runs = [p for _, p in group]
     for run in runs:
-      distributed.say(f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
-           + (f", one of {len(runs)} trained together" if len(runs) > 1 else ""))
+      distributed.say(
+          f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
+          + (f", one of {len(runs)} trained together" if len(runs) > 1 else "")
+      )
       run.run_dir.mkdir(parents=True, exist_ok=True)
     t0, compiles0, traces0 = time.perf_counter(), compile_stats.snapshot(), _step_traces()
     try:
@@ -112,31 +134,53 @@ def run_pending(pending: list[PendingRun], domains: dict, tables: dict | None, w
     for run, outcome in zip(runs, outcomes):
       if isinstance(outcome, Exception):
         failed.append(run.relpath)
-        paths.write_json_atomic(run.run_dir / FAILED, {"spec": run.spec.to_dict(), "error": repr(outcome),
-                                            "traceback": getattr(outcome, "traceback", "")})
+        paths.write_json_atomic(
+            run.run_dir / FAILED,
+            {
+                "spec": run.spec.to_dict(),
+                "error": repr(outcome),
+                "traceback": getattr(outcome, "traceback", ""),
+            },
+        )
         distributed.say(f"{run.tag}: FAILED ({outcome!r}); details in {run.run_dir / FAILED}")
         continue
       (run.run_dir / FAILED).unlink(missing_ok=True)
       # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
-      paths.write_json_atomic(run.run_dir / DONE, {
-          "spec": run.spec.to_dict(), "setting": run.setting, "relpath": run.relpath, "records": outcome,
-          "elapsed_s": elapsed / len(runs), "machine": machine,
-          "group": {"size": len(runs), "elapsed_s": elapsed, "compiles": compiles,
-                    "members": [r.relpath for r in runs]},
-          "fingerprint": roles.fingerprint(run.config), "config": results_lib.config_dict(run.config),
-          "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+      paths.write_json_atomic(
+          run.run_dir / DONE,
+          {
+              "spec": run.spec.to_dict(),
+              "setting": run.setting,
+              "relpath": run.relpath,
+              "records": outcome,
+              "elapsed_s": elapsed / len(runs),
+              "machine": machine,
+              "group": {
+                  "size": len(runs),
+                  "elapsed_s": elapsed,
+                  "compiles": compiles,
+                  "members": [r.relpath for r in runs],
+              },
+              "fingerprint": roles.fingerprint(run.config),
+              "config": results_lib.config_dict(run.config),
+              "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          },
+      )
       ran.append(run.relpath)
       together = f" (its group of {len(runs)}: {elapsed:.1f}s)" if len(runs) > 1 else ""
       distributed.say(f"{run.tag}: done in {elapsed / len(runs):.1f}s{together}")
-    distributed.say(f"{prefix} {_compiles_line(compiles)} for {len(runs)} run(s); "
-         f"{(time.perf_counter() - start) / 60:.1f} min in this invocation")
+    distributed.say(
+        f"{prefix} {_compiles_line(compiles)} for {len(runs)} run(s); "
+        f"{(time.perf_counter() - start) / 60:.1f} min in this invocation"
+    )
     if after_each is not None:
       after_each()
   return ran, failed
 
 
-def load_domains(config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str],
-                 with_tables: bool) -> tuple[dict, dict | None]:
+def load_domains(
+    config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str], with_tables: bool
+) -> tuple[dict, dict | None]:
   """Every domain of a grid or study once, in its order, with its folder as the cache root: (domains,
   frozen tables or None)."""
   all_config = copy.deepcopy(config)
@@ -153,26 +197,39 @@ def finished(run_dir: paths.Path, config: ml_collections.ConfigDict) -> bool:
     return False
   diff = roles.recorded_diff(done.get("fingerprint") or {}, config, roles.fingerprint)
   if diff:
-    raise ValueError(f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
-                     "use a fresh --workdir, or delete that run folder to run it again")
+    raise ValueError(
+        f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
+        "use a fresh --workdir, or delete that run folder to run it again"
+    )
   return True
 
 
 def _grid_meta(config, command: str, axes: dict, specs: list, domains: dict) -> dict[str, Any]:
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  return {"command": command, "machine": machine_info(), "axes": {k: list(v) for k, v in axes.items()},
-          "planned": [s.relpath.as_posix() for s in specs], "domain_table": prepare.domain_table(domains),
-          "data": results_lib.data_label(config), "data_format": str(config.data.format),
-          "config": results_lib.config_dict(config),
-          "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+  return {
+      "command": command,
+      "machine": machine_info(),
+      "axes": {k: list(v) for k, v in axes.items()},
+      "planned": [s.relpath.as_posix() for s in specs],
+      "domain_table": prepare.domain_table(domains),
+      "data": results_lib.data_label(config),
+      "data_format": str(config.data.format),
+      "config": results_lib.config_dict(config),
+      "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
 
 
-def _todo(config, specs, axes, workdir: paths.Path, aggregate_only: bool) -> tuple[list[PendingRun], list[str]]:
+def _todo(
+    config, specs, axes, workdir: paths.Path, aggregate_only: bool
+) -> tuple[list[PendingRun], list[str]]:
   """(runs of this shard to execute, relpaths skipped as finished)."""
   mine = planning.shard_of(specs, config)
   if int(config.experiment.num_shards) > 1:
-    distributed.say(f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: "
-                    f"{len(mine)} of {len(specs)} runs")
+    distributed.say(
+        f"[grid] shard {config.experiment.shard_index} of {config.experiment.num_shards}: "
+        f"{len(mine)} of {len(specs)} runs"
+    )
   todo, skipped = [], []
   for i, spec in enumerate(mine, 1):
     run_dir = workdir / spec.relpath
@@ -186,8 +243,13 @@ def _todo(config, specs, axes, workdir: paths.Path, aggregate_only: bool) -> tup
   return todo, skipped
 
 
-def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "",
-             aggregate_only: bool = False, make_plots: bool = True) -> dict[str, Any]:
+def run_grid(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    command: str = "",
+    aggregate_only: bool = False,
+    make_plots: bool = True,
+) -> dict[str, Any]:
   """Runs every unfinished run of the grid, then writes the tables and plots.
 
   Runs that differ only in traced fields (seeds, alphas, L_gen switches) train together, up to
@@ -207,8 +269,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   compile_stats.install()
   compiles_before, traces_before = compile_stats.snapshot(), _step_traces()
   todo, skipped = _todo(config, specs, axes, workdir, aggregate_only)
-  ran, failed = run_pending(todo, domains, tables, workdir, grid_meta["machine"],
-                            int(config.experiment.member_group_size), "[grid]")
+  ran, failed = run_pending(
+      todo, domains, tables, workdir, grid_meta["machine"], int(config.experiment.member_group_size), "[grid]"
+  )
   compiled = {**compile_stats.since(compiles_before), "train_step_traces": _step_traces() - traces_before}
 
   # Only the runs of this grid: a folder may also hold runs of an earlier, larger grid.
@@ -216,17 +279,36 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | os.PathLike, comm
   markers = [m for m in collect_markers(workdir) if m["relpath"] in set(planned)]
   missing = [p for p in planned if p not in {m["relpath"] for m in markers}]
   aggregates, ablation_aggregates = stats.aggregate_grid(stats.observations(markers), axes)
-  md_path, csv_path = report.write_tables(workdir, aggregates, markers, grid_meta, config, missing=missing,
-                                          failed=failed, ablation_aggregates=ablation_aggregates)
-  distributed.say(f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} "
-                  f"missing; {_compiles_line(compiled)} in {(time.perf_counter() - start) / 60:.1f} min; "
-                  f"tables: {md_path} and {csv_path}")
+  md_path, csv_path = report.write_tables(
+      workdir,
+      aggregates,
+      markers,
+      grid_meta,
+      config,
+      missing=missing,
+      failed=failed,
+      ablation_aggregates=ablation_aggregates,
+  )
+  distributed.say(
+      f"[grid] {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed, {len(missing)} "
+      f"missing; {_compiles_line(compiled)} in {(time.perf_counter() - start) / 60:.1f} min; "
+      f"tables: {md_path} and {csv_path}"
+  )
   plots_written: list[str] = []
   if make_plots:
-    plots_written = figures.write_plots(workdir, config, aggregates, ablation_aggregates, markers, domains,
-                                        tables)
-  return {"ran": ran, "skipped": skipped, "failed": failed, "missing": missing, "tables": str(md_path),
-          "csv": str(csv_path), "plots": plots_written, "compiles": compiled}
+    plots_written = figures.write_plots(
+        workdir, config, aggregates, ablation_aggregates, markers, domains, tables
+    )
+  return {
+      "ran": ran,
+      "skipped": skipped,
+      "failed": failed,
+      "missing": missing,
+      "tables": str(md_path),
+      "csv": str(csv_path),
+      "plots": plots_written,
+      "compiles": compiled,
+  }
 
 
 def _step_traces() -> int:
@@ -236,8 +318,10 @@ def _step_traces() -> int:
 
 def _compiles_line(c: dict[str, float]) -> str:
   steps = f"; {c['train_step_traces']} train-step programs" if "train_step_traces" in c else ""
-  return (f"{c['compiles']} XLA compiles + {c['cache_hits']} persistent-cache loads "
-          f"({c['compile_s']:.1f}s{steps})")
+  return (
+      f"{c['compiles']} XLA compiles + {c['cache_hits']} persistent-cache loads "
+      f"({c['compile_s']:.1f}s{steps})"
+  )
 
 
 def _release_compiled() -> None:

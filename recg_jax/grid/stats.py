@@ -27,8 +27,12 @@ def observations(markers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
   sequence-level step (transfer.py's `zero_shot_no_seq/...` and `test_no_seq/...`) become the setting
   '<setting>:no_seq'."""
   rows = []
-  splits = {"zero_shot": ("zero_shot", ""), "zero_shot_no_seq": ("zero_shot", NO_SEQ),
-            "test": ("in_domain", ""), "test_no_seq": ("in_domain", NO_SEQ)}
+  splits = {
+      "zero_shot": ("zero_shot", ""),
+      "zero_shot_no_seq": ("zero_shot", NO_SEQ),
+      "test": ("in_domain", ""),
+      "test_no_seq": ("in_domain", NO_SEQ),
+  }
   for m in markers:
     spec = m["spec"]
     setting = m.get("setting") or planning.RunSpec(**spec).setting
@@ -38,15 +42,32 @@ def observations(markers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(parts) != 3 or parts[0] not in splits:
           continue
         kind, suffix = splits[parts[0]]
-        rows.append({"kind": kind, "source": rec["source"], "domain": rec["domain"],
-                     "backbone": rec["backbone"], "setting": setting + suffix, "seed": int(rec["seed"]),
-                     "protocol": parts[1], "metric": parts[2], "value": float(value)})
+        rows.append(
+            {
+                "kind": kind,
+                "source": rec["source"],
+                "domain": rec["domain"],
+                "backbone": rec["backbone"],
+                "setting": setting + suffix,
+                "seed": int(rec["seed"]),
+                "protocol": parts[1],
+                "metric": parts[2],
+                "value": float(value),
+            }
+        )
   return rows
 
 
 def _group_key(row: dict[str, Any]) -> tuple:
-  return (row["kind"], row["source"], row["domain"], row["backbone"], row["setting"], row["protocol"],
-          row["metric"])
+  return (
+      row["kind"],
+      row["source"],
+      row["domain"],
+      row["backbone"],
+      row["setting"],
+      row["protocol"],
+      row["metric"],
+  )
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -57,6 +78,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
   std is the sample standard deviation (ddof = 1; None with one seed).
   """
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   groups: dict[tuple, dict[int, float]] = {}
   for r in rows:
     values = groups.setdefault(_group_key(r), {})
@@ -67,9 +89,18 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
   for key, by_seed in groups.items():
     seeds = sorted(by_seed)
     v = np.array([by_seed[s] for s in seeds], np.float64)
-    out[key] = {"key": key, "seeds": seeds, "values": v.tolist(), "n": len(v), "mean": float(v.mean()),
-                "std": float(v.std(ddof=1)) if len(v) > 1 else None,
-                "sem_mean": None, "gain_pct": None, "p_value": None, "n_paired": 0}
+    out[key] = {
+        "key": key,
+        "seeds": seeds,
+        "values": v.tolist(),
+        "n": len(v),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "sem_mean": None,
+        "gain_pct": None,
+        "p_value": None,
+        "n_paired": 0,
+    }
   for key, agg in out.items():
     setting = key[4]
     if setting == "sem":
@@ -101,17 +132,40 @@ def aggregate_grid(rows: Sequence[dict[str, Any]], axes: dict[str, tuple]):
   if tuple(axes["ablation_seeds"]) == tuple(axes["seeds"]):
     return main, main
   source, backbone = axes["ablation_source"][0], axes["ablation_backbone"][0]
-  ablation = aggregate([r for r in rows if r["seed"] in axes["ablation_seeds"] and r["source"] == source
-                        and r["backbone"] == backbone])
+  ablation = aggregate(
+      [
+          r
+          for r in rows
+          if r["seed"] in axes["ablation_seeds"] and r["source"] == source and r["backbone"] == backbone
+      ]
+  )
   return main, ablation
 
 
-CSV_FIELDS = ("scope", "kind", "source", "domain", "backbone", "setting", "protocol", "metric", "n", "mean",
-              "std", "seeds", "values", "sem_mean", "gain_pct_vs_sem", "p_vs_sem", "n_paired")
+CSV_FIELDS = (
+    "scope",
+    "kind",
+    "source",
+    "domain",
+    "backbone",
+    "setting",
+    "protocol",
+    "metric",
+    "n",
+    "mean",
+    "std",
+    "seeds",
+    "values",
+    "sem_mean",
+    "gain_pct_vs_sem",
+    "p_vs_sem",
+    "n_paired",
+)
 
 
-def to_csv(aggregates: dict[tuple, dict[str, Any]],
-           ablation_aggregates: dict[tuple, dict[str, Any]] | None = None) -> str:
+def to_csv(
+    aggregates: dict[tuple, dict[str, Any]], ablation_aggregates: dict[tuple, dict[str, Any]] | None = None
+) -> str:
   """Long-form CSV of every aggregate (metrics as fractions, not %); scope 'grid' averages the grid's
   seeds, scope 'ablation' (only when they differ) the ablation seeds."""
   buf = io.StringIO()
@@ -128,9 +182,21 @@ def to_csv(aggregates: dict[tuple, dict[str, Any]],
 
 
 def _csv_row(w, scope: str, key: tuple, a: dict[str, Any], fmt) -> None:
-  w.writerow([scope, *key, a["n"], fmt(a["mean"]), fmt(a["std"]), " ".join(map(str, a["seeds"])),
-              " ".join(f"{v:.6g}" for v in a["values"]), fmt(a["sem_mean"]), fmt(a["gain_pct"]),
-              fmt(a["p_value"]), a["n_paired"]])
+  w.writerow(
+      [
+          scope,
+          *key,
+          a["n"],
+          fmt(a["mean"]),
+          fmt(a["std"]),
+          " ".join(map(str, a["seeds"])),
+          " ".join(f"{v:.6g}" for v in a["values"]),
+          fmt(a["sem_mean"]),
+          fmt(a["gain_pct"]),
+          fmt(a["p_value"]),
+          a["n_paired"],
+      ]
+  )
 
 
 def _sort_key(key: tuple) -> tuple:

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from recg_jax.models import sasrec
 
-
 # The Cloze mask token, one id for every domain and past any real item (items are 1..num_items, 0 is
 # padding). An id derived from the catalogue's size (num_items + 1) would be a real item of any larger
 # domain, which a model trained on a small source would read as its mask zero-shot.
@@ -37,9 +36,16 @@ class BERT4Rec(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
-    return sasrec.TransformerEncoder(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                                     num_heads=self.num_heads, dropout=self.dropout,
-                                     max_len=self.max_len, pre_ln=self.pre_ln, causal=False,
-                                     ffn_dim=4 * self.hidden_dim, activation=nn.gelu, dtype=self.dtype,
-                                     name="transformer")(x_BxLxD, valid_BxL, train)
-
+    return sasrec.TransformerEncoder(
+        hidden_dim=self.hidden_dim,
+        num_layers=self.num_layers,
+        num_heads=self.num_heads,
+        dropout=self.dropout,
+        max_len=self.max_len,
+        pre_ln=self.pre_ln,
+        causal=False,
+        ffn_dim=4 * self.hidden_dim,
+        activation=nn.gelu,
+        dtype=self.dtype,
+        name="transformer",
+    )(x_BxLxD, valid_BxL, train)

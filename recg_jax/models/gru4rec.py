@@ -30,16 +30,18 @@ class _MaskedGRUStep(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, carry_BxD: jax.Array,
-               inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+      self, carry_BxD: jax.Array, inputs: tuple[jax.Array, jax.Array]
+  ) -> tuple[jax.Array, jax.Array]:
     x_BxD, valid_B = inputs
     new_BxD, _ = nn.GRUCell(self.features, dtype=self.dtype, name="cell")(carry_BxD, x_BxD)
     carry_BxD = jnp.where(valid_B[:, None], new_BxD, carry_BxD)
     return carry_BxD, carry_BxD
 
 
-_ScannedGRU = nn.scan(_MaskedGRUStep, variable_broadcast="params", split_rngs={"params": False},
-                      in_axes=1, out_axes=1)
+_ScannedGRU = nn.scan(
+    _MaskedGRUStep, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1
+)
 
 
 class GRU4Rec(nn.Module):

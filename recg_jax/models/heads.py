@@ -44,15 +44,18 @@ class ItemProjection(nn.Module):
   num_items: int  # sizes the ID table; unused by 'sem' and 'recg'
   features: int  # d_l
   emb_dropout: float = 0.0
-  merge_init: str = "default"  # 'recg': 'default' (lecun normal) or 'identity' ([I | 0]: input = W_p e at start)
+  merge_init: str = (
+      "default"  # 'recg': 'default' (lecun normal) or 'identity' ([I | 0]: input = W_p e at start)
+  )
   dtype: Any = jnp.float32  # compute dtype; parameters are float32
 
   def setup(self):
     if self.variant not in VARIANTS:
       raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
     if self.variant == "id":
-      self.item_embedding = nn.Embed(self.num_items + 1, self.features,
-                                     embedding_init=nn.initializers.normal(0.02), dtype=self.dtype)
+      self.item_embedding = nn.Embed(
+          self.num_items + 1, self.features, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype
+      )
     else:
       self.W_p = nn.Dense(self.features, dtype=self.dtype)
       if self.variant == "recg":
@@ -65,8 +68,10 @@ class ItemProjection(nn.Module):
 
   def _lookup(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
     if table_NxH is None or table_NxH.ndim != 2:
-      raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
-                       f"{None if table_NxH is None else table_NxH.shape}")
+      raise ValueError(
+          f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
+          f"{None if table_NxH is None else table_NxH.shape}"
+      )
     # Gather before projecting (and casting): B*L rows is far fewer than a whole catalogue of N rows.
     return jnp.take(jax.lax.stop_gradient(table_NxH), seq_BxL, axis=0, mode="clip").astype(self.dtype)
 
@@ -90,8 +95,10 @@ class ItemProjection(nn.Module):
     if self.variant == "id":
       return _zero_padding_row(self.item_embedding.embedding)
     if table_NxH is None or table_NxH.ndim != 2:
-      raise ValueError(f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
-                       f"{None if table_NxH is None else table_NxH.shape}")
+      raise ValueError(
+          f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
+          f"{None if table_NxH is None else table_NxH.shape}"
+      )
     items_NxD = self.W_p(jax.lax.stop_gradient(table_NxH).astype(self.dtype))
     return _zero_padding_row(items_NxD.astype(jnp.float32))
 
@@ -131,7 +138,8 @@ class SequenceFusion(nn.Module):
   @nn.compact
   def __call__(self, user_BxD: jax.Array, summary_BxD: jax.Array) -> jax.Array:
     if user_BxD.shape[-1] != self.features or summary_BxD.shape[-1] != self.features:
-      raise ValueError(f"SequenceFusion(features={self.features}) got {user_BxD.shape} and "
-                       f"{summary_BxD.shape}")
+      raise ValueError(
+          f"SequenceFusion(features={self.features}) got {user_BxD.shape} and " f"{summary_BxD.shape}"
+      )
     y_s = jnp.concatenate([user_BxD, summary_BxD], axis=-1)
     return nn.Dense(self.features, use_bias=False, kernel_init=identity_concat_init, name="W_f")(y_s)

@@ -135,25 +135,38 @@ class Recommender(nn.Module):
     _check_fields(self)
     if self.variant == "text_knn":
       return  # no parameters
-    self.items = heads.ItemProjection(variant=self.variant, num_items=self.num_items,
-                                      features=self.hidden_dim, emb_dropout=self.emb_dropout,
-                                      merge_init=self.merge_init, dtype=self.dtype, name="items")
+    self.items = heads.ItemProjection(
+        variant=self.variant,
+        num_items=self.num_items,
+        features=self.hidden_dim,
+        emb_dropout=self.emb_dropout,
+        merge_init=self.merge_init,
+        dtype=self.dtype,
+        name="items",
+    )
     self.encoder = _backbone(self)
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
     if self.score_space == "text":
       if self.text_user == "mix":
-        self.knn_log_scale = self.param("knn_log_scale", nn.initializers.constant(
-            -jnp.log(self.text_temperature)), ())
+        self.knn_log_scale = self.param(
+            "knn_log_scale", nn.initializers.constant(-jnp.log(self.text_temperature)), ()
+        )
       elif self.text_user == "attention":
-        self.readout = HistoryAttention(decay=self.knn_decay, temperature=self.text_temperature,
-                                        dtype=self.dtype, name="readout")
+        self.readout = HistoryAttention(
+            decay=self.knn_decay, temperature=self.text_temperature, dtype=self.dtype, name="readout"
+        )
       else:
-        self.readout = TextReadout(zero_init=self.text_user == "residual",
-                                   temperature=self.text_temperature, dtype=self.dtype, name="readout")
+        self.readout = TextReadout(
+            zero_init=self.text_user == "residual",
+            temperature=self.text_temperature,
+            dtype=self.dtype,
+            name="readout",
+        )
 
-  def _inputs(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
-              train: bool) -> tuple[jax.Array, jax.Array]:
+  def _inputs(
+      self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool
+  ) -> tuple[jax.Array, jax.Array]:
     """Item inputs x_BxLxD (zero at padding) and the validity mask valid_BxL."""
     if seq_BxL.ndim != 2:
       raise ValueError(f"seq_BxL must be [batch, length], got shape {seq_BxL.shape}")
@@ -168,8 +181,9 @@ class Recommender(nn.Module):
       x_BxLxD = self.items(seq_BxL, table_NxH, train)
     return x_BxLxD, valid_BxL
 
-  def encode_positions(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
-                       train: bool = False) -> jax.Array:
+  def encode_positions(
+      self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool = False
+  ) -> jax.Array:
     """Per-position outputs hidden_BxLxD (zero at padding); D = output_dim(H)."""
     if self.variant == "text_knn":
       return text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
@@ -183,12 +197,14 @@ class Recommender(nn.Module):
       return jnp.concatenate([knn_BxLxH, hidden_BxLxD], axis=-1)
     if self.text_user == "attention":
       return self.readout(hidden_BxLxD, seq_BxL, _frozen(table_NxH))
-    base_BxLxH = (text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
-                  if self.text_user == "residual" else None)
+    base_BxLxH = (
+        text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
+        if self.text_user == "residual"
+        else None
+    )
     return self.readout(hidden_BxLxD, seq_BxL > 0, table_NxH.shape[-1], base_BxLxH)
 
-  def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None,
-               train: bool = False) -> jax.Array:
+  def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool = False) -> jax.Array:
     """User vectors user_BxD: the output at position L-1 (the newest item, or the appended mask)."""
     if self.cloze:
       mask_B1 = jnp.full((seq_BxL.shape[0], 1), MASK_TOKEN_ID, seq_BxL.dtype)
@@ -232,42 +248,66 @@ def _check_fields(m: Recommender) -> None:
   if m.score_space not in SCORE_SPACES:
     raise ValueError(f"config.model.score_space must be one of {SCORE_SPACES}, got {m.score_space!r}")
   if m.score_space == "text" and m.variant not in ("sem", "recg"):
-    raise ValueError(f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
-                     f"{m.variant!r}")
+    raise ValueError(
+        f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
+        f"{m.variant!r}"
+    )
   if m.score_space == "text" and m.cloze:
-    raise ValueError("config.model.score_space='text' does not support the Cloze objective (the mask token "
-                     "has no row in the frozen table)")
+    raise ValueError(
+        "config.model.score_space='text' does not support the Cloze objective (the mask token "
+        "has no row in the frozen table)"
+    )
   if m.text_user not in TEXT_USERS:
     raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {m.text_user!r}")
   if m.text_user != "readout" and m.score_space != "text":
     raise ValueError(f"config.model.text_user={m.text_user!r} needs config.model.score_space='text'")
   if jnp.dtype(m.dtype).name not in COMPUTE_DTYPES:
-    raise ValueError(f"Recommender.dtype (config.train.compute_dtype) must be one of "
-                     f"{tuple(COMPUTE_DTYPES)}, got {m.dtype!r}")
+    raise ValueError(
+        f"Recommender.dtype (config.train.compute_dtype) must be one of "
+        f"{tuple(COMPUTE_DTYPES)}, got {m.dtype!r}"
+    )
 
 
 def _backbone(m: Recommender) -> nn.Module:
   """The sequence model of m.backbone, named 'encoder' (built inside Recommender.setup)."""
   if m.backbone == "gru4rec":
-    return gru4rec_lib.GRU4Rec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
-                                       dropout=m.dropout, dtype=m.dtype, name="encoder")
+    return gru4rec_lib.GRU4Rec(
+        hidden_dim=m.hidden_dim, num_layers=m.num_layers, dropout=m.dropout, dtype=m.dtype, name="encoder"
+    )
   elif m.backbone == "sasrec":
-    return sasrec_lib.SASRec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
-                                     num_heads=m.num_heads, dropout=m.dropout, max_len=m.max_len,
-                                     pre_ln=m.pre_ln, ffn_multiplier=m.sasrec_ffn_multiplier,
-                                     activation=m.sasrec_activation, ln_epsilon=m.sasrec_ln_epsilon,
-                                     init_std=m.sasrec_init_std, dtype=m.dtype, name="encoder")
+    return sasrec_lib.SASRec(
+        hidden_dim=m.hidden_dim,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        max_len=m.max_len,
+        pre_ln=m.pre_ln,
+        ffn_multiplier=m.sasrec_ffn_multiplier,
+        activation=m.sasrec_activation,
+        ln_epsilon=m.sasrec_ln_epsilon,
+        init_std=m.sasrec_init_std,
+        dtype=m.dtype,
+        name="encoder",
+    )
   else:
-    return bert4rec_lib.BERT4Rec(hidden_dim=m.hidden_dim, num_layers=m.num_layers,
-                                         num_heads=m.num_heads, dropout=m.dropout,
-                                         max_len=m.max_len, pre_ln=m.pre_ln, dtype=m.dtype,
-                                         name="encoder")
+    return bert4rec_lib.BERT4Rec(
+        hidden_dim=m.hidden_dim,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        max_len=m.max_len,
+        pre_ln=m.pre_ln,
+        dtype=m.dtype,
+        name="encoder",
+    )
 
 
 def _frozen(table_NxH: jax.Array | None) -> jax.Array:
   if table_NxH is None or table_NxH.ndim != 2:
-    raise ValueError("a text-space model needs the frozen table [num_items + 1, H], got "
-                     f"{None if table_NxH is None else table_NxH.shape}")
+    raise ValueError(
+        "a text-space model needs the frozen table [num_items + 1, H], got "
+        f"{None if table_NxH is None else table_NxH.shape}"
+    )
   return jax.lax.stop_gradient(table_NxH)
 
 
@@ -280,8 +320,9 @@ class TextReadout(nn.Module):
   dtype: Any = jnp.float32  # of W_o; the cosine and its norm are float32
 
   @nn.compact
-  def __call__(self, hidden_BxLxD: jax.Array, valid_BxL: jax.Array, width: int,
-               base_BxLxH: jax.Array | None) -> jax.Array:
+  def __call__(
+      self, hidden_BxLxD: jax.Array, valid_BxL: jax.Array, width: int, base_BxLxH: jax.Array | None
+  ) -> jax.Array:
     if not self.temperature > 0:
       raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
     init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
@@ -335,21 +376,34 @@ def build_model(config: Any, num_items: int) -> Recommender:
   """The model a run's config describes (config.model, with data.max_len, the BERT4Rec objective and
   train.compute_dtype), for a domain of num_items items (only an ID table depends on it)."""
   mc = config.model
-  return Recommender(backbone=str(mc.backbone), variant=str(mc.variant), num_items=int(num_items),
-                     hidden_dim=int(mc.hidden_dim), num_layers=int(mc.num_layers), num_heads=int(mc.num_heads),
-                     dropout=float(mc.dropout), emb_dropout=float(mc.emb_dropout),
-                     max_len=int(config.data.max_len), pre_ln=bool(mc.pre_ln), merge_init=str(mc.merge_init),
-                     cloze=str(mc.backbone) == "bert4rec" and config.train.bert4rec_objective == "cloze",
-                     score_space=str(mc.score_space), text_user=str(mc.text_user),
-                     knn_decay=float(mc.knn_decay), text_temperature=float(mc.text_temperature),
-                     sasrec_ffn_multiplier=int(mc.sasrec_ffn_multiplier),
-                     sasrec_activation=str(mc.sasrec_activation), sasrec_ln_epsilon=float(mc.sasrec_ln_epsilon),
-                     sasrec_init_std=float(mc.sasrec_init_std),
-                     dtype=compute_dtype(str(config.train.compute_dtype)))
+  return Recommender(
+      backbone=str(mc.backbone),
+      variant=str(mc.variant),
+      num_items=int(num_items),
+      hidden_dim=int(mc.hidden_dim),
+      num_layers=int(mc.num_layers),
+      num_heads=int(mc.num_heads),
+      dropout=float(mc.dropout),
+      emb_dropout=float(mc.emb_dropout),
+      max_len=int(config.data.max_len),
+      pre_ln=bool(mc.pre_ln),
+      merge_init=str(mc.merge_init),
+      cloze=str(mc.backbone) == "bert4rec" and config.train.bert4rec_objective == "cloze",
+      score_space=str(mc.score_space),
+      text_user=str(mc.text_user),
+      knn_decay=float(mc.knn_decay),
+      text_temperature=float(mc.text_temperature),
+      sasrec_ffn_multiplier=int(mc.sasrec_ffn_multiplier),
+      sasrec_activation=str(mc.sasrec_activation),
+      sasrec_ln_epsilon=float(mc.sasrec_ln_epsilon),
+      sasrec_init_std=float(mc.sasrec_init_std),
+      dtype=compute_dtype(str(config.train.compute_dtype)),
+  )
 
 
-def init_variables(model: Recommender, key: jax.Array, table_NxH: jax.Array | None,
-                   seq_len: int | None = None) -> dict:
+def init_variables(
+    model: Recommender, key: jax.Array, table_NxH: jax.Array | None, seq_len: int | None = None
+) -> dict:
   """Initialises every parameter of `model` (one dummy row of length seq_len, default max_len)."""
   seq_1xL = jnp.zeros((1, seq_len or model.max_len), jnp.int32).at[0, -1].set(1)
   return model.init({"params": key}, seq_1xL, table_NxH, False)

@@ -53,9 +53,17 @@ class TransformerBlock(nn.Module):
     det = not train
     kernel = nn.initializers.normal(self.init_std) if self.init_std > 0 else nn.linear.default_kernel_init
     attention = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, qkv_features=self.hidden_dim, out_features=self.hidden_dim,
-        dropout_rate=self.dropout, broadcast_dropout=False, deterministic=det, kernel_init=kernel,
-        dtype=self.dtype, force_fp32_for_softmax=True, name="attention")
+        num_heads=self.num_heads,
+        qkv_features=self.hidden_dim,
+        out_features=self.hidden_dim,
+        dropout_rate=self.dropout,
+        broadcast_dropout=False,
+        deterministic=det,
+        kernel_init=kernel,
+        dtype=self.dtype,
+        force_fp32_for_softmax=True,
+        name="attention",
+    )
     ln_attn = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_attention")
     ln_ffn = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_ffn")
 
@@ -95,18 +103,26 @@ class TransformerEncoder(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     _, length, dim = x_BxLxD.shape
     if length > self.max_len:
-      raise ValueError(f"sequence length {length} exceeds max_len={self.max_len} "
-                       "(config.data.max_len sizes the positional table)")
+      raise ValueError(
+          f"sequence length {length} exceeds max_len={self.max_len} "
+          "(config.data.max_len sizes the positional table)"
+      )
     if dim != self.hidden_dim:
       raise ValueError(f"inputs have width {dim}, expected hidden_dim={self.hidden_dim}")
     if self.hidden_dim % self.num_heads:
-      raise ValueError(f"config.model.hidden_dim={self.hidden_dim} is not divisible by "
-                       f"config.model.num_heads={self.num_heads}")
+      raise ValueError(
+          f"config.model.hidden_dim={self.hidden_dim} is not divisible by "
+          f"config.model.num_heads={self.num_heads}"
+      )
     valid_BxLx1 = valid_BxL[..., None]
     positions_L = jnp.arange(length) + (self.max_len - length)  # right-aligned: newest at max_len - 1
-    pos_LxD = nn.Embed(self.max_len, self.hidden_dim,
-                       embedding_init=nn.initializers.normal(self.init_std or 0.02), dtype=self.dtype,
-                       name="position_embedding")(positions_L)
+    pos_LxD = nn.Embed(
+        self.max_len,
+        self.hidden_dim,
+        embedding_init=nn.initializers.normal(self.init_std or 0.02),
+        dtype=self.dtype,
+        name="position_embedding",
+    )(positions_L)
     x = x_BxLxD.astype(self.dtype) + pos_LxD[None]
     if not self.pre_ln:
       x = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_input")(x)
@@ -116,14 +132,23 @@ class TransformerEncoder(nn.Module):
     if self.causal:
       mask = nn.combine_masks(mask, nn.make_causal_mask(valid_BxL))
     for i in range(self.num_layers):
-      x = TransformerBlock(hidden_dim=self.hidden_dim, num_heads=self.num_heads, dropout=self.dropout,
-                           pre_ln=self.pre_ln, ffn_dim=self.ffn_dim, activation=self.activation,
-                           ln_epsilon=self.ln_epsilon, init_std=self.init_std, dtype=self.dtype,
-                           name=f"block_{i}")(x, mask, train)
+      x = TransformerBlock(
+          hidden_dim=self.hidden_dim,
+          num_heads=self.num_heads,
+          dropout=self.dropout,
+          pre_ln=self.pre_ln,
+          ffn_dim=self.ffn_dim,
+          activation=self.activation,
+          ln_epsilon=self.ln_epsilon,
+          init_std=self.init_std,
+          dtype=self.dtype,
+          name=f"block_{i}",
+      )(x, mask, train)
       x = jnp.where(valid_BxLx1, x, 0.0)
     if self.pre_ln:
-      x = jnp.where(valid_BxLx1, nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype,
-                                              name="ln_final")(x), 0.0)
+      x = jnp.where(
+          valid_BxLx1, nn.LayerNorm(epsilon=self.ln_epsilon, dtype=self.dtype, name="ln_final")(x), 0.0
+      )
     return x
 
 
@@ -145,17 +170,29 @@ class SASRec(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got "
-                       f"{self.activation!r}")
+      raise ValueError(
+          f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got " f"{self.activation!r}"
+      )
     if self.ffn_multiplier < 1:
       raise ValueError(f"config.model.sasrec_ffn_multiplier must be >= 1, got {self.ffn_multiplier}")
-    return TransformerEncoder(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                              num_heads=self.num_heads, dropout=self.dropout, max_len=self.max_len,
-                              pre_ln=self.pre_ln, causal=True, ffn_dim=self.ffn_multiplier * self.hidden_dim,
-                              activation=ACTIVATIONS[self.activation], ln_epsilon=self.ln_epsilon,
-                              init_std=self.init_std, dtype=self.dtype, name="transformer")(
-                                  x_BxLxD, valid_BxL, train)
+    return TransformerEncoder(
+        hidden_dim=self.hidden_dim,
+        num_layers=self.num_layers,
+        num_heads=self.num_heads,
+        dropout=self.dropout,
+        max_len=self.max_len,
+        pre_ln=self.pre_ln,
+        causal=True,
+        ffn_dim=self.ffn_multiplier * self.hidden_dim,
+        activation=ACTIVATIONS[self.activation],
+        ln_epsilon=self.ln_epsilon,
+        init_std=self.init_std,
+        dtype=self.dtype,
+        name="transformer",
+    )(x_BxLxD, valid_BxL, train)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu, "gelu": functools.partial(nn.gelu, approximate=False)}
+    "relu": nn.relu,
+    "gelu": functools.partial(nn.gelu, approximate=False),
+}

@@ -34,7 +34,8 @@ def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
     return table_NxH
   real_N = jnp.arange(table_NxH.shape[0]) > 0
   mean_H = jnp.sum(jnp.where(real_N[:, None], table_NxH, 0.0), axis=0) / jnp.maximum(
-      table_NxH.shape[0] - 1, 1)
+      table_NxH.shape[0] - 1, 1
+  )
   centred = table_NxH - mean_H
   norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
   unit = centred / jnp.maximum(norms, 1e-12)

@@ -24,3 +24,15 @@ from recg_jax.serving.run import load
 from recg_jax.serving.run import NotAFinishedRunError
 from recg_jax.serving.run import Recommendations
 from recg_jax.serving.run import Run
+
+__all__ = [
+    "Catalogue",
+    "Histories",
+    "NotAFinishedRunError",
+    "Recommendations",
+    "Run",
+    "load",
+    "read_catalogue",
+    "read_histories",
+    "recommend_files",
+]

@@ -62,8 +62,10 @@ class Catalogue:
     if texts.shape != ids.shape:
       raise ValueError(f"catalogue {self.name!r}: {len(ids)} ids but {len(texts)} texts")
     if self.table is not None and (self.table.ndim != 2 or self.table.shape[0] != len(ids) + 1):
-      raise ValueError(f"catalogue {self.name!r}: table of shape {self.table.shape}; {len(ids)} items need "
-                       f"[{len(ids) + 1}, H] (row 0 = padding)")
+      raise ValueError(
+          f"catalogue {self.name!r}: table of shape {self.table.shape}; {len(ids)} items need "
+          f"[{len(ids) + 1}, H] (row 0 = padding)"
+      )
     if len(self.row_of) != len(ids):
       seen: set = set()
       duplicate = next(i for i in ids if i in seen or seen.add(i))
@@ -116,12 +118,16 @@ def _csv_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mapping[st
   with path.open("r", encoding="utf-8") as f:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or id_field not in reader.fieldnames:
-      raise DataError(f"no {id_field!r} column (header: {reader.fieldnames})", path=path, line=1,
-                      field=id_field)
+      raise DataError(
+          f"no {id_field!r} column (header: {reader.fieldnames})", path=path, line=1, field=id_field
+      )
     for row in reader:
       if None in row:  # more cells than header names
-        raise DataError(f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} "
-                        "columns", path=path, line=reader.line_num)
+        raise DataError(
+            f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} " "columns",
+            path=path,
+            line=reader.line_num,
+        )
       yield reader.line_num, {k: (v or "") for k, v in row.items()}
 
 
@@ -132,8 +138,9 @@ def _recbole_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mappin
     yield atomic.line_of_row(row), {n: values[row] for n, values in columns.items()}
 
 
-def read_catalogue(path: str | os.PathLike, config: ml_collections.ConfigDict,
-                   name: str | None = None) -> Catalogue:
+def read_catalogue(
+    path: str | os.PathLike, config: ml_collections.ConfigDict, name: str | None = None
+) -> Catalogue:
   """Reads a catalogue file (see the module docstring) and renders its texts with the run's template.
 
   Args:
@@ -144,8 +151,9 @@ def read_catalogue(path: str | os.PathLike, config: ml_collections.ConfigDict,
   path = paths.as_path(path)
   fmt = FORMATS.get(path.suffix.lower())
   if fmt is None:
-    raise DataError(f"unknown catalogue format {path.suffix!r}: expected one of {', '.join(FORMATS)}",
-                    path=path)
+    raise DataError(
+        f"unknown catalogue format {path.suffix!r}: expected one of {', '.join(FORMATS)}", path=path
+    )
   if not path.is_file():
     raise DataError("catalogue file not found", path=path)
   id_field = str(config.data.item_field)
@@ -157,8 +165,12 @@ def read_catalogue(path: str | os.PathLike, config: ml_collections.ConfigDict,
     if not item:
       raise DataError("missing or empty item id", path=path, line=line_no, field=id_field)
     if item in first_line:
-      raise DataError(f"item id {item!r} appears twice (first on line {first_line[item]})", path=path,
-                      line=line_no, field=id_field)
+      raise DataError(
+          f"item id {item!r} appears twice (first on line {first_line[item]})",
+          path=path,
+          line=line_no,
+          field=id_field,
+      )
     first_line[item] = line_no
     lines.append(line_no)
     ids.append(item)
@@ -170,9 +182,14 @@ def read_catalogue(path: str | os.PathLike, config: ml_collections.ConfigDict,
   texts, has_text = text_lib.render_rows(fields, config.text, tuple(config.data.text_fields))
   if not has_text.all():
     bad = int(np.argmin(has_text))
-    raise DataError(f"item {ids[bad]!r} has no text: every field of the run's template is empty or missing "
-                    f"(template {config.text.template!r}, fields {', '.join(config.data.text_fields)}; "
-                    f"the file has {', '.join(field_names) or 'no text columns'})", path=path,
-                    line=lines[bad], field=id_field)
-  return Catalogue(name=name or path.stem, item_ids=np.array(ids, object), item_text=texts,
-                   path=os.fspath(path))
+    raise DataError(
+        f"item {ids[bad]!r} has no text: every field of the run's template is empty or missing "
+        f"(template {config.text.template!r}, fields {', '.join(config.data.text_fields)}; "
+        f"the file has {', '.join(field_names) or 'no text columns'})",
+        path=path,
+        line=lines[bad],
+        field=id_field,
+    )
+  return Catalogue(
+      name=name or path.stem, item_ids=np.array(ids, object), item_text=texts, path=os.fspath(path)
+  )

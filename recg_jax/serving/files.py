@@ -30,35 +30,65 @@ class Summary:
   seconds: float  # recommend() alone: embedding (when not cached), compiling and scoring
 
 
-def recommend_files(workdir: str | os.PathLike, catalogue: str | os.PathLike, histories: str | os.PathLike,
-                    out: str | os.PathLike, *, top_k: int = 20, fmt: str = "", keep_history: bool = False,
-                    on_unknown: str = "error", export: str | os.PathLike = "", catalogue_name: str = "",
-                    cache_root: str | os.PathLike = "", settings: ml_collections.ConfigDict | None = None,
-                    progress: bool = True, log: Callable[[str], None] = print) -> Summary:
+def recommend_files(
+    workdir: str | os.PathLike,
+    catalogue: str | os.PathLike,
+    histories: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    top_k: int = 20,
+    fmt: str = "",
+    keep_history: bool = False,
+    on_unknown: str = "error",
+    export: str | os.PathLike = "",
+    catalogue_name: str = "",
+    cache_root: str | os.PathLike = "",
+    settings: ml_collections.ConfigDict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Summary:
   """Writes the top_k items of `catalogue` for every user of `histories` to `out` (see recg_jax.recommend)."""
   fmt = output.format_of(out, fmt)  # a bad format fails before any work
   run = run_lib.load(workdir, settings=settings, cache_root=cache_root or None, progress=progress)
   items = run.catalogue(catalogue, name=catalogue_name or None)
   users = run.histories(histories, items, on_unknown=on_unknown)
   config = run.config
-  log(f"[recommend] {config.model.backbone}-{config.model.variant} from {run.workdir} ({run.head} head); "
-      f"catalogue {items.name!r}: {items.num_items:,} items; {users.num_users:,} users")
+  log(
+      f"[recommend] {config.model.backbone}-{config.model.variant} from {run.workdir} ({run.head} head); "
+      f"catalogue {items.name!r}: {items.num_items:,} items; {users.num_users:,} users"
+  )
   if users.unknown_skipped or users.users_dropped:
-    log(f"[recommend] skipped {users.unknown_skipped:,} history items not in the catalogue; "
-        f"{users.users_dropped:,} users had none left and get no list")
+    log(
+        f"[recommend] skipped {users.unknown_skipped:,} history items not in the catalogue; "
+        f"{users.users_dropped:,} users had none left and get no list"
+    )
   start = time.perf_counter()
   recs, users_UxD = run.recommend_with_user_vectors(users, k=top_k, exclude_history=not keep_history)
   seconds = time.perf_counter() - start
   path = output.write_recommendations(out, users.user_ids, recs.item_ids, recs.scores, fmt)
-  log(f"[recommend] wrote {path}: top {recs.scores.shape[1]} for {users.num_users:,} users in "
-      f"{seconds:.1f} s (embedding when not cached, and compiling, included)")
+  log(
+      f"[recommend] wrote {path}: top {recs.scores.shape[1]} for {users.num_users:,} users in "
+      f"{seconds:.1f} s (embedding when not cached, and compiling, included)"
+  )
   folder = None
   if export:
-    about = {"run": os.fspath(run.workdir), "head": run.head, "catalogue": items.name,
-             "history_excluded_from_lists": not keep_history}
-    folder = output.write_export(export, items.item_ids, run.item_vectors(items), users.user_ids,
-                                 users_UxD, about=about)
+    about = {
+        "run": os.fspath(run.workdir),
+        "head": run.head,
+        "catalogue": items.name,
+        "history_excluded_from_lists": not keep_history,
+    }
+    folder = output.write_export(
+        export, items.item_ids, run.item_vectors(items), users.user_ids, users_UxD, about=about
+    )
     log(f"[recommend] wrote the item and user vectors to {folder}")
-  return Summary(out=path, export=folder, users=users.num_users, items=items.num_items,
-                 k=recs.scores.shape[1], unknown_skipped=users.unknown_skipped,
-                 users_dropped=users.users_dropped, seconds=seconds)
+  return Summary(
+      out=path,
+      export=folder,
+      users=users.num_users,
+      items=items.num_items,
+      k=recs.scores.shape[1],
+      unknown_skipped=users.unknown_skipped,
+      users_dropped=users.users_dropped,
+      seconds=seconds,
+  )

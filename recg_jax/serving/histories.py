@@ -57,7 +57,7 @@ class Histories:
     return np.diff(self.offsets)
 
   def history(self, user: int) -> np.ndarray:
-    return self.items[self.offsets[user]:self.offsets[user + 1]]
+    return self.items[self.offsets[user] : self.offsets[user + 1]]
 
   def exclusion_rows(self, users_B: np.ndarray, width_multiple: int = 1) -> np.ndarray:
     """[B, W] int32: each user's whole history, 0-padded (row 0 is never a candidate anyway). W is the
@@ -88,12 +88,20 @@ class _Builder:
       raise DataError("missing or empty user id", path=self.path, line=line, field="user_id")
     if user in self.first_line:
       first = self.first_line[user]
-      raise DataError(f"user {user!r} given twice" + (f" (first on line {first})" if first else ""),
-                      path=self.path, line=line, field="user_id")
+      raise DataError(
+          f"user {user!r} given twice" + (f" (first on line {first})" if first else ""),
+          path=self.path,
+          line=line,
+          field="user_id",
+      )
     self.first_line[user] = line
     if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)):
-      raise DataError(f"user {user!r}: items must be a list of item ids, got {type(items).__name__}",
-                      path=self.path, line=line, field=field)
+      raise DataError(
+          f"user {user!r}: items must be a list of item ids, got {type(items).__name__}",
+          path=self.path,
+          line=line,
+          field=field,
+      )
     if not len(items):
       raise DataError(f"user {user!r} has an empty history", path=self.path, line=line, field=field)
     row_of = self.catalogue.row_of
@@ -101,9 +109,14 @@ class _Builder:
     if None in rows:
       unknown = [str(i) for i, r in zip(items, rows) if r is None]
       if self.on_unknown == "error":
-        raise DataError(f"user {user!r}: item {unknown[0]!r} is not in catalogue "
-                        f"{self.catalogue.name!r} ({len(unknown)} unknown in this history; "
-                        "on_unknown='skip' drops them)", path=self.path, line=line, field=field)
+        raise DataError(
+            f"user {user!r}: item {unknown[0]!r} is not in catalogue "
+            f"{self.catalogue.name!r} ({len(unknown)} unknown in this history; "
+            "on_unknown='skip' drops them)",
+            path=self.path,
+            line=line,
+            field=field,
+        )
       self.unknown_skipped += len(unknown)
       rows = [r for r in rows if r is not None]
       if not rows:
@@ -114,14 +127,20 @@ class _Builder:
 
   def build(self) -> Histories:
     if not self.user_ids:
-      raise DataError("no user to recommend for" + (f" ({self.users_dropped} users had no item of the "
-                                                     "catalogue)" if self.users_dropped else ""),
-                      path=self.path)
+      raise DataError(
+          "no user to recommend for"
+          + (f" ({self.users_dropped} users had no item of the " "catalogue)" if self.users_dropped else ""),
+          path=self.path,
+      )
     lengths = [len(r) for r in self.rows]
-    return Histories(user_ids=np.array(self.user_ids, object),
-                     offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                     items=np.concatenate(self.rows).astype(np.int32), catalogue=self.catalogue,
-                     unknown_skipped=self.unknown_skipped, users_dropped=self.users_dropped)
+    return Histories(
+        user_ids=np.array(self.user_ids, object),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        items=np.concatenate(self.rows).astype(np.int32),
+        catalogue=self.catalogue,
+        unknown_skipped=self.unknown_skipped,
+        users_dropped=self.users_dropped,
+    )
 
 
 def _jsonl_users(path: paths.Path) -> Iterator[tuple[int, object, object]]:
@@ -131,8 +150,12 @@ def _jsonl_users(path: paths.Path) -> Iterator[tuple[int, object, object]]:
     yield line_no, row.get("user_id"), row["items"]
 
 
-def _inter_users(path: paths.Path, data_config: ml_collections.ConfigDict,
-                 catalogue: catalogue_lib.Catalogue, builder: _Builder) -> None:
+def _inter_users(
+    path: paths.Path,
+    data_config: ml_collections.ConfigDict,
+    catalogue: catalogue_lib.Catalogue,
+    builder: _Builder,
+) -> None:
   """Adds every user of a RecBole .inter file (vectorised: one pass of pyarrow over the columns)."""
   user_f, item_f, time_f = data_config.user_field, data_config.item_field, data_config.time_field
   inter = recbole.AtomicFile(path, [user_f, item_f, time_f])
@@ -143,9 +166,13 @@ def _inter_users(path: paths.Path, data_config: ml_collections.ConfigDict,
   known = pc.is_valid(rows).to_numpy(zero_copy_only=False)
   if not known.all() and builder.on_unknown == "error":
     row = int(np.argmin(known))
-    raise DataError(f"item {items[row].as_py()!r} is not in catalogue {catalogue.name!r} "
-                    f"({int((~known).sum())} unknown interactions; on_unknown='skip' drops them)",
-                    path=path, line=inter.line_of_row(row), field=item_f)
+    raise DataError(
+        f"item {items[row].as_py()!r} is not in catalogue {catalogue.name!r} "
+        f"({int((~known).sum())} unknown interactions; on_unknown='skip' drops them)",
+        path=path,
+        line=inter.line_of_row(row),
+        field=item_f,
+    )
   users = pc.dictionary_encode(inter.columns[user_f])  # codes in order of first appearance
   codes = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
   rows_T = rows.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
@@ -159,7 +186,7 @@ def _inter_users(path: paths.Path, data_config: ml_collections.ConfigDict,
   names = users.dictionary.to_pylist()
   builder.unknown_skipped += int((~known).sum())
   for u, name in enumerate(names):
-    user_rows = rows_T[order[starts[u]:starts[u + 1]]]
+    user_rows = rows_T[order[starts[u] : starts[u + 1]]]
     user_rows = user_rows[user_rows > 0]
     if not len(user_rows):
       builder.users_dropped += 1
@@ -170,9 +197,12 @@ def _inter_users(path: paths.Path, data_config: ml_collections.ConfigDict,
     builder.rows.append(user_rows.astype(np.int32))
 
 
-def read_histories(source: str | os.PathLike | Mapping[str, Sequence[str]],
-                   catalogue: catalogue_lib.Catalogue, config: ml_collections.ConfigDict | None = None,
-                   on_unknown: str = "error") -> Histories:
+def read_histories(
+    source: str | os.PathLike | Mapping[str, Sequence[str]],
+    catalogue: catalogue_lib.Catalogue,
+    config: ml_collections.ConfigDict | None = None,
+    on_unknown: str = "error",
+) -> Histories:
   """Histories from a .jsonl or .inter file or a {user_id: [item ids]} mapping (module docstring).
 
   config: the run's config; only a .inter file needs it (its data.*_field names).

@@ -11,7 +11,6 @@ Vectors (`write_export`), for an approximate-nearest-neighbour index:
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from typing import Callable, IO
@@ -40,8 +39,9 @@ def format_of(path: str | os.PathLike, fmt: str = "") -> str:
   return fmt
 
 
-def write_recommendations(path: str | os.PathLike, user_ids: np.ndarray, item_ids: np.ndarray,
-                          scores: np.ndarray, fmt: str = "") -> paths.Path:
+def write_recommendations(
+    path: str | os.PathLike, user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray, fmt: str = ""
+) -> paths.Path:
   """Writes every user's list (slots without an item left out) as JSONL or CSV (module docstring)."""
   fmt = format_of(path, fmt)
 
@@ -54,8 +54,13 @@ def write_recommendations(path: str | os.PathLike, user_ids: np.ndarray, item_id
       if fmt == "csv":
         writer.writerows([user, rank, ids[i], values[i]] for rank, i in enumerate(keep, start=1))
       else:
-        f.write(json.dumps({"user_id": user, "items": [ids[i] for i in keep],
-                            "scores": [values[i] for i in keep]}, ensure_ascii=False) + "\n")
+        f.write(
+            json.dumps(
+                {"user_id": user, "items": [ids[i] for i in keep], "scores": [values[i] for i in keep]},
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
   return atomic_write(path, write)
 
@@ -68,13 +73,21 @@ def _save_json(path: paths.Path, value) -> None:
   paths.write_json_atomic(path, value)
 
 
-def write_export(folder: str | os.PathLike, item_ids: np.ndarray, items_NxD: np.ndarray, user_ids: np.ndarray,
-                 users_UxD: np.ndarray, about: dict) -> paths.Path:
+def write_export(
+    folder: str | os.PathLike,
+    item_ids: np.ndarray,
+    items_NxD: np.ndarray,
+    user_ids: np.ndarray,
+    users_UxD: np.ndarray,
+    about: dict,
+) -> paths.Path:
   """Writes the vectors and their id indexes (module docstring); `about` goes into manifest.json."""
   folder = paths.as_path(folder)
   if items_NxD.shape != (len(item_ids), users_UxD.shape[1]) or len(users_UxD) != len(user_ids):
-    raise ValueError(f"export: {len(item_ids)} item ids for items {items_NxD.shape}, {len(user_ids)} user "
-                     f"ids for users {users_UxD.shape}")
+    raise ValueError(
+        f"export: {len(item_ids)} item ids for items {items_NxD.shape}, {len(user_ids)} user "
+        f"ids for users {users_UxD.shape}"
+    )
   folder.mkdir(parents=True, exist_ok=True)
   # The manifest goes last (and first away): a folder with a manifest always has the vectors it describes.
   (folder / "manifest.json").unlink(missing_ok=True)
@@ -82,9 +95,13 @@ def write_export(folder: str | os.PathLike, item_ids: np.ndarray, items_NxD: np.
   _save_json(folder / "item_ids.json", [str(i) for i in item_ids])
   _save_npy(folder / "users.npy", users_UxD)
   _save_json(folder / "user_ids.json", [str(u) for u in user_ids])
-  _save_json(folder / "manifest.json", {
-      "score": "dot product: score(user, item) = users.npy[u] . items.npy[i]",
-      "items": {"file": "items.npy", "ids": "item_ids.json", "shape": list(items_NxD.shape)},
-      "users": {"file": "users.npy", "ids": "user_ids.json", "shape": list(users_UxD.shape)},
-      **about})
+  _save_json(
+      folder / "manifest.json",
+      {
+          "score": "dot product: score(user, item) = users.npy[u] . items.npy[i]",
+          "items": {"file": "items.npy", "ids": "item_ids.json", "shape": list(items_NxD.shape)},
+          "users": {"file": "users.npy", "ids": "user_ids.json", "shape": list(users_UxD.shape)},
+          **about,
+      },
+  )
   return folder

@@ -57,8 +57,10 @@ class Recommendations(NamedTuple):
 def _read_config(workdir: paths.Path) -> tuple[ml_collections.ConfigDict, list[dict]]:
   path = workdir / "results.json"
   if not path.is_file():
-    raise NotAFinishedRunError(f"{workdir} is not a finished run: it has no results.json (a run writes it "
-                               "at its end: `python -m recg_jax.main --config=... --workdir=DIR`)")
+    raise NotAFinishedRunError(
+        f"{workdir} is not a finished run: it has no results.json (a run writes it "
+        "at its end: `python -m recg_jax.main --config=... --workdir=DIR`)"
+    )
   try:
     payload = json.loads(path.read_text(encoding="utf-8"))
     return config_lib.from_record(payload["config"]), list(payload["records"])
@@ -72,8 +74,9 @@ def _restore_params(workdir: paths.Path, config: ml_collections.ConfigDict) -> A
   metric = str(config.eval.select_metric)
   if not folder.is_dir():
     raise NotAFinishedRunError(f"{workdir} is not a finished run: it has no best checkpoint ({folder})")
-  manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
-      create=False, best_fn=lambda m: m[metric], best_mode="max"))
+  manager = ocp.CheckpointManager(
+      folder, options=ocp.CheckpointManagerOptions(create=False, best_fn=lambda m: m[metric], best_mode="max")
+  )
   try:
     step = manager.best_step()
     if step is None:
@@ -99,8 +102,10 @@ def _check_structure(workdir: paths.Path, config: ml_collections.ConfigDict, par
   want = jax.eval_shape(lambda t: recommender_lib.init_variables(model, jax.random.key(0), t), table)
   shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
   if shapes(want["params"]) != shapes(params):
-    raise NotAFinishedRunError(f"{workdir}: the best checkpoint's parameters do not fit the model of its "
-                               "results.json config (another run's checkpoint?)")
+    raise NotAFinishedRunError(
+        f"{workdir}: the best checkpoint's parameters do not fit the model of its "
+        "results.json config (another run's checkpoint?)"
+    )
 
 
 def catalogue_domain(catalogue: catalogue_lib.Catalogue) -> types.DomainData:
@@ -109,8 +114,12 @@ def catalogue_domain(catalogue: catalogue_lib.Catalogue) -> types.DomainData:
   return types.DomainData(
       name=f"catalogue-{catalogue.name}",
       item_tokens=np.concatenate([np.array(["[PAD]"], object), catalogue.item_ids]),
-      item_fields={}, item_text=np.concatenate([np.array([""], object), catalogue.item_text]),
-      user_tokens=np.array([], object), offsets=np.zeros(1, np.int64), items=np.zeros(0, np.int32))
+      item_fields={},
+      item_text=np.concatenate([np.array([""], object), catalogue.item_text]),
+      user_tokens=np.array([], object),
+      offsets=np.zeros(1, np.int64),
+      items=np.zeros(0, np.int32),
+  )
 
 
 @dataclasses.dataclass
@@ -127,10 +136,16 @@ class _Prepared:
 class Run:
   """A finished run that recommends; see the module docstring. Build it with `load`."""
 
-  def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict, params,
-               seq_transfer: transfer_lib.SequenceTransfer | None,
-               settings: ml_collections.ConfigDict | None = None, cache_root: str | os.PathLike | None = None,
-               progress: bool = True):
+  def __init__(
+      self,
+      workdir: str | os.PathLike,
+      config: ml_collections.ConfigDict,
+      params,
+      seq_transfer: transfer_lib.SequenceTransfer | None,
+      settings: ml_collections.ConfigDict | None = None,
+      cache_root: str | os.PathLike | None = None,
+      progress: bool = True,
+  ):
     self.workdir = paths.as_path(workdir)
     self.config = config
     self.params = params
@@ -160,6 +175,7 @@ class Run:
     """[N+1, H] frozen rows of the catalogue (before the table transform): its own table, or its texts
     embedded with the run's encoder settings through the embedding cache under cache_root."""
     from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top  (loads encoder code)
+
     if catalogue.table is not None:
       table, where = np.asarray(catalogue.table, np.float32), "the catalogue's own table"
     else:
@@ -167,17 +183,22 @@ class Run:
       table = embed.domain_embeddings(self.config, domain, os.fspath(self.cache_root))
       where = os.fspath(embed.cache_dir(os.fspath(self.cache_root), domain.name))
     if self.table_width is not None and table.shape[1] != self.table_width:
-      raise ValueError(f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) "
-                       f"but the run's model reads {self.table_width}-wide rows of encoder "
-                       f"{self.config.encoder.model!r}: embed it with the run's encoder settings")
+      raise ValueError(
+          f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) "
+          f"but the run's model reads {self.table_width}-wide rows of encoder "
+          f"{self.config.encoder.model!r}: embed it with the run's encoder settings"
+      )
     return table
 
   def _prepare(self, catalogue: catalogue_lib.Catalogue) -> _Prepared:
     if self._prepared is not None and self._prepared.catalogue is catalogue:
       return self._prepared
     self._prepared = None  # drop the previous catalogue's device arrays first
-    table = jnp.asarray(text_space.transform_table(jnp.asarray(self.embeddings(catalogue)),
-                                                   str(self.config.model.table_transform)))
+    table = jnp.asarray(
+        text_space.transform_table(
+            jnp.asarray(self.embeddings(catalogue)), str(self.config.model.table_transform)
+        )
+    )
     # num_items sizes only an ID table, which a served variant does not have.
     model = recommender_lib.build_model(self.config, catalogue.num_items)
     items = transfer_lib.item_vectors(model, self.params, table)
@@ -212,8 +233,9 @@ class Run:
       raise ValueError(f"user batch size must be >= 1, got {batch}")
     return min(batch, num_users)
 
-  def _user_batches(self, histories: histories_lib.Histories,
-                    prepared: _Prepared) -> Iterator[tuple[np.ndarray, int, jax.Array]]:
+  def _user_batches(
+      self, histories: histories_lib.Histories, prepared: _Prepared
+  ) -> Iterator[tuple[np.ndarray, int, jax.Array]]:
     """(users_B, real rows, user_BxD on device) per fixed-size batch, by input length bucket."""
     max_len = int(self.config.data.max_len)
     inputs_UxL = types.right_aligned([histories.history(u) for u in range(histories.num_users)], max_len)
@@ -223,17 +245,23 @@ class Run:
     head, batch = self.head, self._batch_size(histories.num_users)
     for width, group in evaluate_lib.length_groups(inputs_UxL, buckets):
       for lo in range(0, len(group), batch):
-        real = group[lo:lo + batch]
+        real = group[lo : lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])
-        yield users_B, len(real), heads_fn(jax.device_put(inputs_UxL[users_B, max_len - width:]))[head]
+        yield users_B, len(real), heads_fn(jax.device_put(inputs_UxL[users_B, max_len - width :]))[head]
 
   def user_vectors(self, histories, catalogue: catalogue_lib.Catalogue | None = None) -> np.ndarray:
     """[U, D] float32 user vectors (the run's main head), in the order of the histories."""
     histories = self._resolve(histories, catalogue)
     prepared = self._prepare(histories.catalogue)
     out = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
-    with tqdm.tqdm(total=histories.num_users, unit="user", desc="user vectors", disable=not self.progress,
-                   dynamic_ncols=True, mininterval=1.0) as bar:
+    with tqdm.tqdm(
+        total=histories.num_users,
+        unit="user",
+        desc="user vectors",
+        disable=not self.progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    ) as bar:
       for users_B, real, user_BxD in self._user_batches(histories, prepared):
         out[users_B[:real]] = np.asarray(user_BxD)[:real]
         bar.update(real)
@@ -241,8 +269,13 @@ class Run:
 
   # -- recommendations --------------------------------------------------------------------------------------
 
-  def recommend(self, histories, catalogue: catalogue_lib.Catalogue | str | os.PathLike | None = None,
-                k: int = 20, exclude_history: bool = True) -> Recommendations:
+  def recommend(
+      self,
+      histories,
+      catalogue: catalogue_lib.Catalogue | str | os.PathLike | None = None,
+      k: int = 20,
+      exclude_history: bool = True,
+  ) -> Recommendations:
     """The k best items of the catalogue for every user (see Recommendations).
 
     Args:
@@ -255,8 +288,9 @@ class Run:
     """
     return self.recommend_with_user_vectors(histories, catalogue, k, exclude_history)[0]
 
-  def recommend_with_user_vectors(self, histories, catalogue=None, k: int = 20,
-                                  exclude_history: bool = True) -> tuple[Recommendations, np.ndarray]:
+  def recommend_with_user_vectors(
+      self, histories, catalogue=None, k: int = 20, exclude_history: bool = True
+  ) -> tuple[Recommendations, np.ndarray]:
     """recommend, and the [U, D] user vectors the lists were ranked with (user_vectors' values, from the
     same pass of the model)."""
     histories = self._resolve(histories, catalogue)
@@ -271,13 +305,22 @@ class Run:
     def batches():
       for users_B, real, user_BxD in self._user_batches(histories, prepared):
         kept.append((users_B, real, user_BxD))
-        hist_BxW = (histories.exclusion_rows(users_B, multiple) if exclude_history
-                    else np.zeros((len(users_B), 1), np.int32))
+        hist_BxW = (
+            histories.exclusion_rows(users_B, multiple)
+            if exclude_history
+            else np.zeros((len(users_B), 1), np.int32)
+        )
         yield users_B, real, user_BxD, hist_BxW
 
-    scores_UxK, rows_UxK = topk.rank(batches(), prepared.blocks, catalogue.num_items, histories.num_users, k,
-                                     precision=str(self.config.eval.score_precision),
-                                     progress=self.progress)
+    scores_UxK, rows_UxK = topk.rank(
+        batches(),
+        prepared.blocks,
+        catalogue.num_items,
+        histories.num_users,
+        k,
+        precision=str(self.config.eval.score_precision),
+        progress=self.progress,
+    )
     if np.isnan(scores_UxK).any():
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
       raise FloatingPointError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
@@ -288,8 +331,12 @@ class Run:
     return Recommendations(item_ids=ids, scores=scores_UxK), users_UxD
 
 
-def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None = None,
-         cache_root: str | os.PathLike | None = None, progress: bool = True) -> Run:
+def load(
+    workdir: str | os.PathLike,
+    settings: ml_collections.ConfigDict | None = None,
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Run:
   """A finished run of `python -m recg_jax.main` (or of the experiment grid) in workdir, ready to score.
 
   Args:
@@ -305,8 +352,10 @@ def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None 
   config, records = _read_config(workdir)
   variant = str(config.model.variant)
   if variant == "id":
-    raise NotAFinishedRunError(f"{workdir}: variant 'id' learned one vector per item of its source, so it "
-                               "cannot score items it has never seen; use a 'sem', 'recg' or text-space run")
+    raise NotAFinishedRunError(
+        f"{workdir}: variant 'id' learned one vector per item of its source, so it "
+        "cannot score items it has never seen; use a 'sem', 'recg' or text-space run"
+    )
   params: dict = {}
   if variant != "text_knn":
     params = _restore_params(workdir, config)
@@ -323,6 +372,8 @@ def load(workdir: str | os.PathLike, settings: ml_collections.ConfigDict | None 
           f"{workdir}: its evaluation scored with a sequence-level step (RecG), but the run has no saved "
           f"centres and W_f ({workdir / transfer_lib.TRANSFER_DIR}; runs finished before they were saved "
           "lack it): run its `python -m recg_jax.main` command again, which re-evaluates a finished run "
-          "and saves them")
-  return Run(workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root,
-             progress=progress)
+          "and saves them"
+      )
+  return Run(
+      workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root, progress=progress
+  )

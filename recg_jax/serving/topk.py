@@ -43,13 +43,16 @@ def pad_blocks(items_NxD: np.ndarray, block_rows: int) -> np.ndarray:
 
 
 def _scores(user_BxD: jax.Array, items_RxD: jax.Array, precision: str) -> jax.Array:
-  return jax.lax.dot_general(user_BxD.astype(jnp.float32), items_RxD.astype(jnp.float32),
-                             (((1,), (1,)), ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+      user_BxD.astype(jnp.float32),
+      items_RxD.astype(jnp.float32),
+      (((1,), (1,)), ((), ())),
+      precision=precision,
+      preferred_element_type=jnp.float32,
+  )
 
 
-def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array,
-            hist_BxW: jax.Array) -> jax.Array:
+def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array, hist_BxW: jax.Array) -> jax.Array:
   """Scores of rows start..start+R-1 with the padding rows and each row's excluded rows at -inf."""
   b, r = scores_BxR.shape
   rows_R = start + jnp.arange(r, dtype=jnp.int32)
@@ -61,8 +64,15 @@ def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("k", "precision"))
-def blocked_top_k(user_BxD: jax.Array, blocks_MxRxD: jax.Array, hist_BxW: jax.Array, num_items: jax.Array,
-                  *, k: int, precision: str = "highest") -> tuple[jax.Array, jax.Array]:
+def blocked_top_k(
+    user_BxD: jax.Array,
+    blocks_MxRxD: jax.Array,
+    hist_BxW: jax.Array,
+    num_items: jax.Array,
+    *,
+    k: int,
+    precision: str = "highest",
+) -> tuple[jax.Array, jax.Array]:
   """(scores_Bxk, rows_Bxk) of the k best rows per user; see the module docstring."""
   b = user_BxD.shape[0]
   m, r, _ = blocks_MxRxD.shape
@@ -88,18 +98,32 @@ def blocked_top_k(user_BxD: jax.Array, blocks_MxRxD: jax.Array, hist_BxW: jax.Ar
 
 
 @functools.partial(jax.jit, static_argnames=("k", "precision"))
-def full_top_k(user_BxD: jax.Array, items_NxD: jax.Array, hist_BxW: jax.Array, num_items: jax.Array,
-               *, k: int, precision: str = "highest") -> tuple[jax.Array, jax.Array]:
+def full_top_k(
+    user_BxD: jax.Array,
+    items_NxD: jax.Array,
+    hist_BxW: jax.Array,
+    num_items: jax.Array,
+    *,
+    k: int,
+    precision: str = "highest",
+) -> tuple[jax.Array, jax.Array]:
   """blocked_top_k with the whole catalogue as one [B, N] score matrix (the naive form)."""
-  scores = _masked(_scores(user_BxD, items_NxD, precision), jnp.int32(0), num_items,
-                   hist_BxW.astype(jnp.int32))
+  scores = _masked(
+      _scores(user_BxD, items_NxD, precision), jnp.int32(0), num_items, hist_BxW.astype(jnp.int32)
+  )
   top_s, rows = jax.lax.top_k(scores, k)
   return top_s, jnp.where(top_s > -jnp.inf, rows.astype(jnp.int32), 0)
 
 
-def rank(batches: Iterable[tuple[np.ndarray, int, jax.Array, np.ndarray]], blocks_MxRxD: jax.Array,
-         num_items: int, num_users: int, k: int, precision: str = "highest",
-         progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def rank(
+    batches: Iterable[tuple[np.ndarray, int, jax.Array, np.ndarray]],
+    blocks_MxRxD: jax.Array,
+    num_items: int,
+    num_users: int,
+    k: int,
+    precision: str = "highest",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
   """blocked_top_k over fixed-size batches of users: (scores_UxK, rows_UxK) on the host.
 
   batches: (users_B, real, user_BxD, hist_BxW) per batch: which users its rows are (a padded batch repeats
@@ -110,8 +134,14 @@ def rank(batches: Iterable[tuple[np.ndarray, int, jax.Array, np.ndarray]], block
   scores_UxK = np.full((num_users, k), -np.inf, np.float32)
   count = jnp.int32(num_items)
   pending: collections.deque = collections.deque()
-  bar = tqdm.tqdm(total=num_users, unit="user", desc="recommend", disable=not progress, dynamic_ncols=True,
-                  mininterval=1.0)
+  bar = tqdm.tqdm(
+      total=num_users,
+      unit="user",
+      desc="recommend",
+      disable=not progress,
+      dynamic_ncols=True,
+      mininterval=1.0,
+  )
 
   def drain_one():
     users_B, real, (s_Bxk, r_Bxk) = pending.popleft()
@@ -120,8 +150,13 @@ def rank(batches: Iterable[tuple[np.ndarray, int, jax.Array, np.ndarray]], block
     bar.update(real)
 
   for users_B, real, user_BxD, hist_BxW in batches:
-    pending.append((users_B, real, blocked_top_k(user_BxD, blocks_MxRxD, jax.device_put(hist_BxW), count,
-                                                 k=k, precision=precision)))
+    pending.append(
+        (
+            users_B,
+            real,
+            blocked_top_k(user_BxD, blocks_MxRxD, jax.device_put(hist_BxW), count, k=k, precision=precision),
+        )
+    )
     if len(pending) > _IN_FLIGHT:
       drain_one()
   while pending:

@@ -43,11 +43,13 @@ from recg_jax.training.loop import TrainResult
 __all__ = ["NonFiniteLossError", "TrainResult", "train_and_evaluate", "train_members"]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | paths.Path,
-                       domains: dict[str, types.DomainData],
-                       tables: dict[str, np.ndarray] | None,
-                       mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | paths.Path,
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainResult:
   """Trains on config.data.source, early-stops on validation, tests the best checkpoint.
 
   Returns a TrainResult; its `metrics` dict holds the best validation metrics ('valid/...') and the test
@@ -56,8 +58,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return train_members([config], [workdir], domains, tables, mesh=mesh)[0]
 
 
-def _check_run(members: list[ml_collections.ConfigDict], workdirs: list[paths.Path], group_dir,
-               domains: dict[str, types.DomainData]) -> types.DomainData:
+def _check_run(
+    members: list[ml_collections.ConfigDict],
+    workdirs: list[paths.Path],
+    group_dir,
+    domains: dict[str, types.DomainData],
+) -> types.DomainData:
   """The source domain of the runs, after checking what train_members is given."""
   if len(members) != len(workdirs):
     raise ValueError(f"train_members: {len(members)} configs but {len(workdirs)} workdirs")
@@ -65,48 +71,73 @@ def _check_run(members: list[ml_collections.ConfigDict], workdirs: list[paths.Pa
     raise ValueError("train_members: runs trained together need a group_dir for their shared checkpoint")
   config = members[0]
   if config.data.source not in domains:
-    raise ValueError(f"config.data.source={config.data.source!r} is not among the loaded domains "
-                     f"{sorted(domains)}")
+    raise ValueError(
+        f"config.data.source={config.data.source!r} is not among the loaded domains " f"{sorted(domains)}"
+    )
   select = str(config.eval.select_metric)
   if not select.startswith("valid/"):
-    raise ValueError(f"config.eval.select_metric={select!r} must name a validation metric "
-                     "('valid/<protocol>/<metric>@K')")
+    raise ValueError(
+        f"config.eval.select_metric={select!r} must name a validation metric "
+        "('valid/<protocol>/<metric>@K')"
+    )
   return domains[config.data.source]
 
 
 def _log_setup(runs: list[loop_lib.Member], trainer: trainer_lib.Trainer) -> None:
   for run in runs:
-    run.log.write("setup", 0, {"rows": trainer.rows.num_rows, "steps_per_epoch": trainer.steps_per_epoch,
-                               "targets_per_epoch": trainer.rows.num_targets,
-                               "devices": int(trainer.mesh.devices.size), "members": len(runs)},
-                  loss_name=results_lib.loss_name(run.config),
-                  bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()})
+    run.log.write(
+        "setup",
+        0,
+        {
+            "rows": trainer.rows.num_rows,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "targets_per_epoch": trainer.rows.num_targets,
+            "devices": int(trainer.mesh.devices.size),
+            "members": len(runs),
+        },
+        loss_name=results_lib.loss_name(run.config),
+        bucket_rows={str(w): n for w, n in input_pipeline.bucket_sizes(trainer.rows).items()},
+    )
 
 
 def _result(run: loop_lib.Member, out, loop: loop_lib.Loop, trainer: trainer_lib.Trainer) -> TrainResult:
   """A member's TrainResult; writes its results.json / results.md (in-domain) unless it failed."""
   meta = run.meta
   epochs = int(meta.get("stopped_epoch", loop.epoch))
-  common = dict(model=trainer.model, best_step=meta["best_step"] or 0, best_epoch=meta["best_epoch"] or 0,
-                epochs=epochs, stop_reason=meta["stop_reason"], workdir=run.workdir)
+  common = dict(
+      model=trainer.model,
+      best_step=meta["best_step"] or 0,
+      best_epoch=meta["best_epoch"] or 0,
+      epochs=epochs,
+      stop_reason=meta["stop_reason"],
+      workdir=run.workdir,
+  )
   if out is None:
     return TrainResult(metrics={}, params=None, error=meta["error"], **common)
   best_params, metrics = out
-  summary = {"best_step": meta["best_step"], "best_epoch": meta["best_epoch"], "epochs": epochs,
-             "stop_reason": meta["stop_reason"], "steps_per_epoch": trainer.steps_per_epoch,
-             "training_rows": trainer.rows.num_rows}
-  record = results_lib.make_record(run.config, stage="in_domain", domain=run.config.data.source,
-                                   metrics=metrics, extra=summary)
+  summary = {
+      "best_step": meta["best_step"],
+      "best_epoch": meta["best_epoch"],
+      "epochs": epochs,
+      "stop_reason": meta["stop_reason"],
+      "steps_per_epoch": trainer.steps_per_epoch,
+      "training_rows": trainer.rows.num_rows,
+  }
+  record = results_lib.make_record(
+      run.config, stage="in_domain", domain=run.config.data.source, metrics=metrics, extra=summary
+  )
   results_lib.write_results(run.workdir, [record], run.config)
   return TrainResult(metrics=metrics, params=jax.device_get(best_params), **common)
 
 
-def train_members(members: Sequence[ml_collections.ConfigDict],
-                  workdirs: Sequence[str | paths.Path],
-                  domains: dict[str, types.DomainData],
-                  tables: dict[str, np.ndarray] | None,
-                  group_dir: str | paths.Path | None = None,
-                  mesh: jax.sharding.Mesh | None = None) -> list[TrainResult]:
+def train_members(
+    members: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str | paths.Path],
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+    group_dir: str | paths.Path | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> list[TrainResult]:
   """Trains S runs that differ only in traced fields (seeds, alpha, ...) together, as one program over
   stacked parameters; each gets exactly what train_and_evaluate would give it alone (within float
   tolerance): its own data order, dropout keys, negatives, early stop, best checkpoint and results.
@@ -124,14 +155,24 @@ def train_members(members: Sequence[ml_collections.ConfigDict],
   trainer = trainer_lib.create_trainer(members[0], domain, tables, mesh, members=members)
   solo = len(members) == 1
   group = paths.as_path(group_dir) if group_dir is not None else workdirs[0]
-  latest = checkpoints_lib.Checkpoints(group, members[0], parts=("latest", "best") if solo else ("latest",),
-                                       signature=checkpoints_lib.group_signature(members))
+  latest = checkpoints_lib.Checkpoints(
+      group,
+      members[0],
+      parts=("latest", "best") if solo else ("latest",),
+      signature=checkpoints_lib.group_signature(members),
+  )
   state, position = loop_lib.restore_or_start(trainer, latest)
-  ckpts = ([latest] if solo else
-           [checkpoints_lib.Checkpoints(w, m, parts=("best",)) for m, w in zip(members, workdirs)])
-  runs = [loop_lib.Member(index=i, config=m, workdir=w, ckpt=c, log=metric_log.MetricLog(w, position["step"]),
-                          meta=meta)
-          for i, (m, w, c, meta) in enumerate(zip(members, workdirs, ckpts, position["members"]))]
+  ckpts = (
+      [latest]
+      if solo
+      else [checkpoints_lib.Checkpoints(w, m, parts=("best",)) for m, w in zip(members, workdirs)]
+  )
+  runs = [
+      loop_lib.Member(
+          index=i, config=m, workdir=w, ckpt=c, log=metric_log.MetricLog(w, position["step"]), meta=meta
+      )
+      for i, (m, w, c, meta) in enumerate(zip(members, workdirs, ckpts, position["members"]))
+  ]
   trainer.state = None  # the initial state's buffers may be donated below; keep no stale reference
   if position["step"] == 0:
     _log_setup(runs, trainer)

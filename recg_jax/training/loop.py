@@ -22,10 +22,10 @@ import tqdm
 
 from recg_jax import distributed
 from recg_jax import evaluate as evaluate_lib
-from recg_jax.errors import NonFiniteLossError
 from recg_jax import input_pipeline
 from recg_jax import paths
 from recg_jax.data import types
+from recg_jax.errors import NonFiniteLossError
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.training import checkpoints as checkpoints_lib
 from recg_jax.training import members as members_lib
@@ -50,8 +50,15 @@ class TrainResult:
 
 
 def fresh_member_meta() -> dict:
-  return {"best_metric": None, "best_step": None, "best_epoch": None, "best_valid": None,
-          "finished": False, "stop_reason": "", "error": ""}
+  return {
+      "best_metric": None,
+      "best_step": None,
+      "best_epoch": None,
+      "best_valid": None,
+      "finished": False,
+      "stop_reason": "",
+      "error": "",
+  }
 
 
 @dataclasses.dataclass
@@ -81,8 +88,14 @@ class Loop:
   exactly as if it had trained alone.
   """
 
-  def __init__(self, trainer: trainer_lib.Trainer, domain: types.DomainData, latest: checkpoints_lib.Checkpoints,
-               members: list[Member], position: dict[str, int]):
+  def __init__(
+      self,
+      trainer: trainer_lib.Trainer,
+      domain: types.DomainData,
+      latest: checkpoints_lib.Checkpoints,
+      members: list[Member],
+      position: dict[str, int],
+  ):
     self.trainer, self.domain, self.latest, self.members = trainer, domain, latest, members
     self.config = trainer.config
     self.tc = self.config.train
@@ -102,8 +115,12 @@ class Loop:
     return [m for m in self.members if not m.meta["finished"]]
 
   def position(self) -> dict[str, Any]:
-    return {"step": self.step, "epoch": self.epoch, "batch": self.batch,
-            "members": [dict(m.meta) for m in self.members]}
+    return {
+        "step": self.step,
+        "epoch": self.epoch,
+        "batch": self.batch,
+        "members": [dict(m.meta) for m in self.members],
+    }
 
   # -- training ---------------------------------------------------------------------------------------
 
@@ -112,7 +129,7 @@ class Loop:
     take = self.pending[:-1] if keep_last else self.pending[:]
     if not take:
       return
-    del self.pending[:len(take)]
+    del self.pending[: len(take)]
     host = jax.device_get([m for _, _, m in take])
     now = time.perf_counter()
     elapsed = max(now - self.clock, 1e-9)  # steady state: steps finished since the previous read-back
@@ -135,9 +152,11 @@ class Loop:
 
   def _non_finite(self, member: Member, step: int, loss: float) -> None:
     last = self.latest.latest_step()
-    message = (f"training loss is {loss} at step {step} (epoch {step // self.spe}): stopping. The last good "
-               f"checkpoint is step {last} in {self.latest.root / 'latest'}; lower "
-               "config.train.learning_rate or set config.train.grad_clip")
+    message = (
+        f"training loss is {loss} at step {step} (epoch {step // self.spe}): stopping. The last good "
+        f"checkpoint is step {last} in {self.latest.root / 'latest'}; lower "
+        "config.train.learning_rate or set config.train.grad_clip"
+    )
     if self.solo:
       raise NonFiniteLossError(message)
     # Trained together, the other members go on: lanes never mix.
@@ -148,14 +167,25 @@ class Loop:
     trainer, batch_size = self.trainer, int(self.tc.batch_size)
     seeds = trainer.seeds
     # Real (unpadded) rows of each batch of each member, for the sequences/s figure.
-    real_rows = [[len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, s, self.epoch)]
-                 for s in seeds]
+    real_rows = [
+        [len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, s, self.epoch)]
+        for s in seeds
+    ]
     batches = input_pipeline.prefetch(
-        input_pipeline.stacked_epoch_batches(trainer.rows, batch_size, seeds, self.epoch, self.batch,
-                                             part=distributed.local_rows(batch_size)),
-        int(self.tc.prefetch), trainer.batch_sharding)
-    bar = tqdm.tqdm(total=self.spe, initial=self.batch, desc=f"epoch {self.epoch}", leave=False,
-                    dynamic_ncols=True, mininterval=1.0)
+        input_pipeline.stacked_epoch_batches(
+            trainer.rows, batch_size, seeds, self.epoch, self.batch, part=distributed.local_rows(batch_size)
+        ),
+        int(self.tc.prefetch),
+        trainer.batch_sharding,
+    )
+    bar = tqdm.tqdm(
+        total=self.spe,
+        initial=self.batch,
+        desc=f"epoch {self.epoch}",
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     self.clock = time.perf_counter()  # evaluation time is not training time
     ckpt_every, log_every = int(self.tc.checkpoint_every_steps), max(1, int(self.tc.log_every_steps))
     for b, batch in enumerate(batches, start=self.batch):
@@ -188,32 +218,51 @@ class Loop:
     valid_split = types.leave_one_out(self.domain, "valid", int(self.config.data.max_len))
     for member in self.active():
       params = members_lib.member_tree(state.params, member.index)
-      valid = evaluate_lib.evaluate_split(self.trainer.model, params, self.table, valid_split, self.domain, self.config.eval,
-                             self.trainer.mesh)
+      valid = evaluate_lib.evaluate_split(
+          self.trainer.model,
+          params,
+          self.table,
+          valid_split,
+          self.domain,
+          self.config.eval,
+          self.trainer.mesh,
+      )
       valid = {f"valid/{k}": v for k, v in valid.items()}
       if self.select not in valid:
-        raise ValueError(f"config.eval.select_metric={self.select!r} is not among the validation metrics "
-                         f"{sorted(valid)}")
+        raise ValueError(
+            f"config.eval.select_metric={self.select!r} is not among the validation metrics "
+            f"{sorted(valid)}"
+        )
       # Wall time since this invocation started (a resumed run counts from its restart).
-      member.log.write("valid", self.step, valid, epoch=self.epoch,
-                       elapsed_s=round(time.perf_counter() - self.started, 3))
+      member.log.write(
+          "valid", self.step, valid, epoch=self.epoch, elapsed_s=round(time.perf_counter() - self.started, 3)
+      )
       self._keep_best_or_stop(member, params, valid)
 
   def _keep_best_or_stop(self, member: Member, params, valid: dict[str, float]) -> None:
     meta, value = member.meta, valid[self.select]
     if meta["best_metric"] is None or value > meta["best_metric"]:
       meta.update(best_metric=value, best_step=self.step, best_epoch=self.epoch, best_valid=valid)
-      member.ckpt.save_best(self.step, params, {"epoch": self.epoch, "step": self.step, "valid": valid}, value)
+      member.ckpt.save_best(
+          self.step, params, {"epoch": self.epoch, "step": self.step, "valid": valid}, value
+      )
     elif self.epoch - int(meta["best_epoch"]) >= int(self.tc.patience):
-      self._stop(member, f"early stop: no {self.select} gain for {self.tc.patience} epochs (best "
-                 f"{meta['best_metric']:.5f} at epoch {meta['best_epoch']})")
-    print(f"{'' if self.solo else member.tag}epoch {self.epoch}: {self.select}={value:.5f} (best "
-          f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})", flush=True)
+      self._stop(
+          member,
+          f"early stop: no {self.select} gain for {self.tc.patience} epochs (best "
+          f"{meta['best_metric']:.5f} at epoch {meta['best_epoch']})",
+      )
+    print(
+        f"{'' if self.solo else member.tag}epoch {self.epoch}: {self.select}={value:.5f} (best "
+        f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})",
+        flush=True,
+    )
 
   def _stop(self, member: Member, reason: str, **extra) -> None:
     # Where a run alone would have ended: its results and logs say so, whatever its lane does next.
-    member.meta.update(finished=True, stop_reason=reason, stopped_step=self.step, stopped_epoch=self.epoch,
-                       **extra)
+    member.meta.update(
+        finished=True, stop_reason=reason, stopped_step=self.step, stopped_epoch=self.epoch, **extra
+    )
 
   def end_epoch(self, state: step_lib.TrainState) -> None:
     if self.epoch >= int(self.tc.num_epochs):
@@ -241,40 +290,54 @@ class Loop:
       params, best_meta = best
       best_valid = best_meta.get("valid", {})
     test_split = types.leave_one_out(self.domain, "test", int(self.config.data.max_len))
-    test = evaluate_lib.evaluate_split(self.trainer.model, params, self.table, test_split, self.domain, self.config.eval,
-                          self.trainer.mesh)
+    test = evaluate_lib.evaluate_split(
+        self.trainer.model, params, self.table, test_split, self.domain, self.config.eval, self.trainer.mesh
+    )
     test = {f"test/{k}": v for k, v in test.items()}
-    member.log.write("test", member.meta.get("stopped_step", self.step), test,
-                     best_step=member.meta["best_step"])
+    member.log.write(
+        "test", member.meta.get("stopped_step", self.step), test, best_step=member.meta["best_step"]
+    )
     return params, {**best_valid, **test}
 
 
-def restore_or_start(trainer: trainer_lib.Trainer, latest: checkpoints_lib.Checkpoints) -> tuple[step_lib.TrainState, dict[str, Any]]:
+def restore_or_start(
+    trainer: trainer_lib.Trainer, latest: checkpoints_lib.Checkpoints
+) -> tuple[step_lib.TrainState, dict[str, Any]]:
   """The group's latest checkpoint and loop position, or the initial state at step 0."""
   members = len(trainer.configs)
   fresh = {"step": 0, "epoch": 0, "batch": 0, "members": [fresh_member_meta() for _ in range(members)]}
   try:
     restored = latest.restore_latest(checkpoints_lib.abstract(trainer.state))
   except (ValueError, TypeError, KeyError) as e:
-    raise ValueError(f"cannot resume from {latest.root / 'latest'}: its state does not fit this run's "
-                     f"({len(trainer.configs)} member(s), stacked on a leading axis); a checkpoint written "
-                     "before runs were stacked, or by another group, cannot be resumed: use a fresh "
-                     "workdir") from e
+    raise ValueError(
+        f"cannot resume from {latest.root / 'latest'}: its state does not fit this run's "
+        f"({len(trainer.configs)} member(s), stacked on a leading axis); a checkpoint written "
+        "before runs were stacked, or by another group, cannot be resumed: use a fresh "
+        "workdir"
+    ) from e
   if restored is None:
     return trainer.state, fresh
   state, meta = restored
   steps = np.asarray(jax.device_get(state.step))
   if not (steps == int(meta["step"])).all() or len(meta.get("members", ())) != members:
-    raise ValueError(f"inconsistent checkpoint in {latest.root}: state steps {steps.tolist()}, position "
-                     f"step {meta['step']}, {len(meta.get('members', ()))} member records for {members} "
-                     "members")
+    raise ValueError(
+        f"inconsistent checkpoint in {latest.root}: state steps {steps.tolist()}, position "
+        f"step {meta['step']}, {len(meta.get('members', ()))} member records for {members} "
+        "members"
+    )
   for m in meta["members"]:
-    if (m["finished"] and m["stop_reason"].startswith("reached num_epochs")
-        and meta["epoch"] < int(trainer.config.train.num_epochs)):
+    if (
+        m["finished"]
+        and m["stop_reason"].startswith("reached num_epochs")
+        and meta["epoch"] < int(trainer.config.train.num_epochs)
+    ):
       m.update(finished=False, stop_reason="")  # num_epochs was raised: train on
       m.pop("stopped_step", None)
       m.pop("stopped_epoch", None)
   logging.info("resuming from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"])
-  print(f"resuming {latest.root.parent} from step {meta['step']} (epoch {meta['epoch']}, batch "
-        f"{meta['batch']})", flush=True)
+  print(
+      f"resuming {latest.root.parent} from step {meta['step']} (epoch {meta['epoch']}, batch "
+      f"{meta['batch']})",
+      flush=True,
+  )
   return state, meta

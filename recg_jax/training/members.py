@@ -25,9 +25,13 @@ def step_hparams(config: ml_collections.ConfigDict, total_steps: int) -> dict[st
   tc, gc = config.train, config.gen_loss
   values = {
       **optimizer_lib.optimizer_hparams(tc, total_steps),
-      "cloze_last_item_prob": float(tc.cloze_last_item_prob), "mask_prob": float(config.model.mask_prob),
-      "alpha": float(gc.alpha), "tau": float(gc.tau), "inter_sign": float(gc.inter_sign),
-      "use_intra": float(bool(gc.use_intra)), "use_inter": float(bool(gc.use_inter)),
+      "cloze_last_item_prob": float(tc.cloze_last_item_prob),
+      "mask_prob": float(config.model.mask_prob),
+      "alpha": float(gc.alpha),
+      "tau": float(gc.tau),
+      "inter_sign": float(gc.inter_sign),
+      "use_intra": float(bool(gc.use_intra)),
+      "use_inter": float(bool(gc.use_inter)),
   }
   return {k: np.float32(v) for k, v in values.items()}
 
@@ -48,9 +52,11 @@ def check_members(members: Sequence[ml_collections.ConfigDict]) -> None:
   for i, member in enumerate(members[1:], 1):
     diff = roles.diff(first, shared_fields(member))
     if diff:
-      raise ValueError(f"member {i} differs from member 0 in {diff}: members of one stacked run may "
-                       f"differ only in {['.'.join(f) for f in roles.TRACED_FIELDS]} (and not in whether "
-                       "train.grad_clip / train.weight_decay are 0)")
+      raise ValueError(
+          f"member {i} differs from member 0 in {diff}: members of one stacked run may "
+          f"differ only in {['.'.join(f) for f in roles.TRACED_FIELDS]} (and not in whether "
+          "train.grad_clip / train.weight_decay are 0)"
+      )
 
 
 def member_tree(tree, index: int):

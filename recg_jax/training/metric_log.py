@@ -44,20 +44,24 @@ class MetricLog:
       return
     kept = []
     if self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+      kept = [
+          line
+          for line in self.path.read_text().splitlines()
+          if line.strip() and json.loads(line).get("step", 0) <= resume_step
+      ]
     if paths.is_remote(self.path):
       self._lines = kept
       self._sync()
-      logging.warning("workdir %s is remote: no TensorBoard events (metrics.jsonl has every value)",
-                      workdir)
+      logging.warning("workdir %s is remote: no TensorBoard events (metrics.jsonl has every value)", workdir)
       return
     self.path.write_text("".join(line + "\n" for line in kept))
     self._file = self.path.open("a", encoding="utf-8")
     try:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(str(paths.as_path(workdir) / "tensorboard"),
-                                            purge_step=resume_step if resume_step else None)
+
+      self._tb = tensorboardX.SummaryWriter(
+          str(paths.as_path(workdir) / "tensorboard"), purge_step=resume_step if resume_step else None
+      )
     except ImportError:  # TensorBoard events are optional; metrics.jsonl is always written
       logging.warning("tensorboardX is not installed: no TensorBoard events")
 

@@ -27,8 +27,11 @@ class OptimizerStructure:
 
   @classmethod
   def from_config(cls, train_config: ml_collections.ConfigDict) -> OptimizerStructure:
-    return cls(clip=float(train_config.grad_clip) > 0, decay_weights=float(train_config.weight_decay) > 0,
-               decay=decay_kind(train_config))
+    return cls(
+        clip=float(train_config.grad_clip) > 0,
+        decay_weights=float(train_config.weight_decay) > 0,
+        decay=decay_kind(train_config),
+    )
 
 
 def decay_kind(train_config: ml_collections.ConfigDict) -> str:
@@ -40,9 +43,13 @@ def decay_kind(train_config: ml_collections.ConfigDict) -> str:
 def optimizer_hparams(train_config: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
   """The optimiser's traced values of a config, as Python numbers."""
   warmup = max(int(train_config.warmup_steps), 0)
-  return {"learning_rate": float(train_config.learning_rate), "warmup_steps": warmup,
-          "decay_steps": max(int(total_steps) - warmup, 1), "weight_decay": float(train_config.weight_decay),
-          "grad_clip": float(train_config.grad_clip)}
+  return {
+      "learning_rate": float(train_config.learning_rate),
+      "warmup_steps": warmup,
+      "decay_steps": max(int(total_steps) - warmup, 1),
+      "weight_decay": float(train_config.weight_decay),
+      "grad_clip": float(train_config.grad_clip),
+  }
 
 
 def learning_rate_at(count, hparams: dict[str, Any], decay: str) -> jax.Array:
@@ -79,8 +86,13 @@ def build_optimizer(structure: OptimizerStructure, hparams: dict[str, Any]) -> o
 
 
 # Any values: the optimiser state's structure and initial values do not depend on them.
-PLACEHOLDER_HPARAMS = {"learning_rate": 0.0, "warmup_steps": 0, "decay_steps": 1, "weight_decay": 0.0,
-                       "grad_clip": 1.0}
+PLACEHOLDER_HPARAMS = {
+    "learning_rate": 0.0,
+    "warmup_steps": 0,
+    "decay_steps": 1,
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+}
 
 
 def global_norm(tree) -> jax.Array:

@@ -31,6 +31,7 @@ from recg_jax.models import recommender as recommender_lib
 from recg_jax.training import members as members_lib
 from recg_jax.training import optimizer as optimizer_lib
 
+
 @flax.struct.dataclass
 class TrainState:
   """Everything the optimiser updates; the frozen item tables are step arguments, never in here."""
@@ -68,23 +69,26 @@ def gen_domain_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
-def build_step_tables(config: ml_collections.ConfigDict,
-                      tables: dict[str, np.ndarray] | None) -> StepTables:
+def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.ndarray] | None) -> StepTables:
   """Validates the frozen tables and stacks the generalization-loss domains, zero-padded to one size."""
   if config.model.variant == "id":
     return StepTables(arrays={"source": None})
   source = config.data.source
   if not tables or source not in tables:
-    raise ValueError(f"variant {config.model.variant!r} needs the frozen embedding table of the source "
-                     f"domain {source!r}; got tables for {sorted(tables or {})}")
+    raise ValueError(
+        f"variant {config.model.variant!r} needs the frozen embedding table of the source "
+        f"domain {source!r}; got tables for {sorted(tables or {})}"
+    )
   arrays = {"source": np.asarray(tables[source], np.float32)}
   if not gen_loss_enabled(config):
     return StepTables(arrays=arrays)
   names = gen_domain_names(config)
   missing = [n for n in names if n not in tables]
   if missing:
-    raise ValueError(f"the generalization loss samples items of {names} (data.source, data.targets, "
-                     f"data.auxiliary) but no embedding table was given for {missing}")
+    raise ValueError(
+        f"the generalization loss samples items of {names} (data.source, data.targets, "
+        f"data.auxiliary) but no embedding table was given for {missing}"
+    )
   dims = {n: tables[n].shape[1] for n in names}
   if len(set(dims.values())) != 1:
     raise ValueError(f"embedding tables disagree on their width: {dims}")
@@ -92,7 +96,7 @@ def build_step_tables(config: ml_collections.ConfigDict,
   counts = tuple(int(tables[n].shape[0]) - 1 for n in names)
   stacked = np.zeros((len(names), max(counts) + 1, dims[source]), np.float32)
   for d, n in enumerate(names):
-    stacked[d, :counts[d] + 1] = tables[n]
+    stacked[d, : counts[d] + 1] = tables[n]
   arrays["gen"] = stacked
   return StepTables(arrays=arrays, gen_counts=counts, gen_domains=names)
 
@@ -105,25 +109,36 @@ def candidate_scoring(config: ml_collections.ConfigDict) -> str:
   """config.train.candidate_scores resolved: 'factored' | 'gather' | 'full'."""
   mode = str(config.train.candidate_scores)
   if mode not in ("auto", "factored", "gather", "full"):
-    raise ValueError(f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or "
-                     "'full'")
+    raise ValueError(
+        f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or " "'full'"
+    )
   text = str(config.model.score_space) == "text"
   if mode == "auto":
     # An ID table's gradient is catalogue-sized whichever way its rows are read: keep the full table.
     # Text-space candidates are the frozen rows themselves: gathering them is already the cheap way.
     return "full" if config.model.variant == "id" else "gather" if text else "factored"
   if mode == "factored" and config.model.variant == "id":
-    raise ValueError("config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
-                     "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'")
+    raise ValueError(
+        "config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
+        "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'"
+    )
   if mode == "factored" and text:
-    raise ValueError("config.train.candidate_scores='factored' scores W_p e + b_p; with "
-                     "config.model.score_space='text' the candidates are the frozen rows: use 'gather' or "
-                     "'full'")
+    raise ValueError(
+        "config.train.candidate_scores='factored' scores W_p e + b_p; with "
+        "config.model.score_space='text' the candidates are the frozen rows: use 'gather' or "
+        "'full'"
+    )
   return mode
 
 
-def candidate_scores(model: recommender_lib.Recommender, variables, hidden_BxPxD: jax.Array,
-                     ids_BxPxC: jax.Array, table_NxH: jax.Array | None, mode: str) -> jax.Array:
+def candidate_scores(
+    model: recommender_lib.Recommender,
+    variables,
+    hidden_BxPxD: jax.Array,
+    ids_BxPxC: jax.Array,
+    table_NxH: jax.Array | None,
+    mode: str,
+) -> jax.Array:
   """scores_BxPxC = <hidden_BxPxD, Recommender.candidate_vectors(ids)> (0 for id 0, the padding).
 
   'full' projects the whole catalogue (item_vectors) and indexes it; 'gather' projects only the ids' rows
@@ -137,16 +152,21 @@ def candidate_scores(model: recommender_lib.Recommender, variables, hidden_BxPxD
       kernel_HxD = variables["params"]["items"]["W_p"]["kernel"]
       bias_D = variables["params"]["items"]["W_p"]["bias"]
     except KeyError as e:
-      raise ValueError("config.train.candidate_scores='factored' needs the parameters items/W_p/{kernel, "
-                       "bias} (variants 'sem' and 'recg'); use 'gather' or 'full'") from e
+      raise ValueError(
+          "config.train.candidate_scores='factored' needs the parameters items/W_p/{kernel, "
+          "bias} (variants 'sem' and 'recg'); use 'gather' or 'full'"
+      ) from e
     user_BxPxH = jnp.einsum("bpd,hd->bph", hidden_BxPxD, kernel_HxD)
     rows_BxPxCxH = jnp.take(jax.lax.stop_gradient(table_NxH), ids_BxPxC, axis=0, mode="clip")
-    scores = (jnp.einsum("bph,bpch->bpc", user_BxPxH, rows_BxPxCxH)
-              + jnp.einsum("bpd,d->bp", hidden_BxPxD, bias_D)[..., None])
+    scores = (
+        jnp.einsum("bph,bpch->bpc", user_BxPxH, rows_BxPxCxH)
+        + jnp.einsum("bpd,d->bp", hidden_BxPxD, bias_D)[..., None]
+    )
     return jnp.where(ids_BxPxC > 0, scores, 0.0)
   if mode == "gather":
-    vecs_BxPxCxD = model.apply(variables, ids_BxPxC, table_NxH,
-                               method=recommender_lib.Recommender.candidate_vectors)
+    vecs_BxPxCxD = model.apply(
+        variables, ids_BxPxC, table_NxH, method=recommender_lib.Recommender.candidate_vectors
+    )
   else:
     items_NxD = model.apply(variables, table_NxH, method=recommender_lib.Recommender.item_vectors)
     vecs_BxPxCxD = items_NxD[ids_BxPxC]
@@ -173,33 +193,47 @@ class StepSpec:
   member_axis: str  # 'vmap' | 'map'
 
   @classmethod
-  def create(cls, model: recommender_lib.Recommender, config: ml_collections.ConfigDict,
-             rows: input_pipeline.TrainingRows, step_tables: StepTables) -> StepSpec:
+  def create(
+      cls,
+      model: recommender_lib.Recommender,
+      config: ml_collections.ConfigDict,
+      rows: input_pipeline.TrainingRows,
+      step_tables: StepTables,
+  ) -> StepSpec:
     loss = str(config.train.loss)
     if loss not in ("bpr", "softmax"):
       raise ValueError(f"config.train.loss={loss!r}: expected 'bpr' or 'softmax'")
-    return cls(model=model, cloze=rows.cloze, per_position=rows.per_position, loss=loss,
-               scoring=candidate_scoring(config), num_negatives=int(config.train.num_negatives),
-               gen_counts=step_tables.gen_counts,
-               samples_per_domain=int(config.gen_loss.samples_per_domain),
-               optimizer=optimizer_lib.OptimizerStructure.from_config(config.train),
-               member_axis=members_lib.member_axis(config))
+    return cls(
+        model=model,
+        cloze=rows.cloze,
+        per_position=rows.per_position,
+        loss=loss,
+        scoring=candidate_scoring(config),
+        num_negatives=int(config.train.num_negatives),
+        gen_counts=step_tables.gen_counts,
+        samples_per_domain=int(config.gen_loss.samples_per_domain),
+        optimizer=optimizer_lib.OptimizerStructure.from_config(config.train),
+        member_axis=members_lib.member_axis(config),
+    )
 
 
-def _losses(spec: StepSpec, params, batch, tables, keys: dict[str, jax.Array],
-            hp: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _losses(
+    spec: StepSpec, params, batch, tables, keys: dict[str, jax.Array], hp: dict[str, jax.Array]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(total loss, its parts) of one member's batch: the recommendation loss, plus L_gen with gen_counts."""
   model, variables, table = spec.model, {"params": params}, tables["source"]
   inputs, targets, weights = batch["inputs"], batch["targets"], batch["weights"]
   rngs = {"dropout": keys["dropout"]}
   if spec.per_position:
-    hidden_BxPxD = model.apply(variables, inputs, table, True, rngs=rngs,
-                               method=recommender_lib.Recommender.encode_positions)
+    hidden_BxPxD = model.apply(
+        variables, inputs, table, True, rngs=rngs, method=recommender_lib.Recommender.encode_positions
+    )
   else:
     hidden_BxPxD = model.apply(variables, inputs, table, True, rngs=rngs)[:, None, :]
   if spec.loss == "bpr":
-    negs_BxPxK = losses.sample_negatives(keys["negatives"], targets, model.num_items, spec.num_negatives,
-                                         batch["history"])
+    negs_BxPxK = losses.sample_negatives(
+        keys["negatives"], targets, model.num_items, spec.num_negatives, batch["history"]
+    )
     ids_BxPxC = jnp.concatenate([targets[..., None], negs_BxPxK], axis=-1)  # positive, then negatives
     scores_BxPxC = candidate_scores(model, variables, hidden_BxPxD, ids_BxPxC, table, spec.scoring)
     rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
@@ -216,8 +250,13 @@ def _losses(spec: StepSpec, params, batch, tables, keys: dict[str, jax.Array],
   # With fewer than 3 domains the inter term is identically zero: leave it out of the program.
   inter_possible = gen_loss_lib.check_num_domains(len(spec.gen_counts))
   lg, gen_metrics = gen_loss_lib.generalization_loss(
-      z.reshape(d, b, -1), hp["alpha"], hp["tau"], hp["inter_sign"], hp["use_intra"],
-      hp["use_inter"] if inter_possible else False)
+      z.reshape(d, b, -1),
+      hp["alpha"],
+      hp["tau"],
+      hp["inter_sign"],
+      hp["use_intra"],
+      hp["use_inter"] if inter_possible else False,
+  )
   aux.update({"gen_loss": lg, "h_intra": gen_metrics["h_intra"], "h_inter": gen_metrics["h_inter"]})
   return rec + lg, aux
 
@@ -231,8 +270,13 @@ def member_step(spec: StepSpec) -> Callable:
     k_drop, k_neg, k_cloze, k_gen = jax.random.split(rng, 4)
     if spec.cloze:
       inputs, targets, weights = input_pipeline.cloze_mask(
-          k_cloze, batch["inputs"], batch["weights"], hp["mask_prob"], recommender_lib.MASK_TOKEN_ID,
-          hp["cloze_last_item_prob"])
+          k_cloze,
+          batch["inputs"],
+          batch["weights"],
+          hp["mask_prob"],
+          recommender_lib.MASK_TOKEN_ID,
+          hp["cloze_last_item_prob"],
+      )
       batch = {**batch, "inputs": inputs, "targets": targets, "weights": weights}
     keys = {"dropout": k_drop, "negatives": k_neg, "gen": k_gen}
     loss_fn = lambda params: _losses(spec, params, batch, tables, keys, hp)
@@ -240,9 +284,13 @@ def member_step(spec: StepSpec) -> Callable:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **aux, "grad_norm": optimizer_lib.global_norm(grads),
-               "learning_rate": optimizer_lib.learning_rate_at(state.step, hp, spec.optimizer.decay),
-               "targets": jnp.sum(batch["weights"])}
+    metrics = {
+        "loss": loss,
+        **aux,
+        "grad_norm": optimizer_lib.global_norm(grads),
+        "learning_rate": optimizer_lib.learning_rate_at(state.step, hp, spec.optimizer.decay),
+        "targets": jnp.sum(batch["weights"]),
+    }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
@@ -262,23 +310,27 @@ def compiled_step(spec: StepSpec, mesh: jax.sharding.Mesh) -> Callable:
 
   def stacked(state, batch, tables, keys, hparams):
     if keys.shape[0] == 1:  # a run alone: exactly its own step, without a member axis inside
-      out = member(*members_lib.member_tree((state, batch), 0), tables, keys[0],
-                   members_lib.member_tree(hparams, 0))
+      out = member(
+          *members_lib.member_tree((state, batch), 0), tables, keys[0], members_lib.member_tree(hparams, 0)
+      )
       return jax.tree.map(lambda x: x[None], out)
     if spec.member_axis == "vmap":
       return jax.vmap(member, in_axes=(0, 0, None, 0, 0))(state, batch, tables, keys, hparams)
     return jax.lax.map(lambda xs: member(xs[0], xs[1], tables, xs[2], xs[3]), (state, batch, keys, hparams))
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(stacked, donate_argnums=0,
-                 in_shardings=(replicated, members_lib.stacked_batch_sharding(mesh), replicated, replicated,
-                               replicated),
-                 out_shardings=(replicated, replicated))
+  return jax.jit(
+      stacked,
+      donate_argnums=0,
+      in_shardings=(replicated, members_lib.stacked_batch_sharding(mesh), replicated, replicated, replicated),
+      out_shardings=(replicated, replicated),
+  )
 
 
 @functools.cache
-def init_program(model: recommender_lib.Recommender, structure: optimizer_lib.OptimizerStructure,
-                 mesh: jax.sharding.Mesh) -> Callable:
+def init_program(
+    model: recommender_lib.Recommender, structure: optimizer_lib.OptimizerStructure, mesh: jax.sharding.Mesh
+) -> Callable:
   """`(keys_S, table) -> TrainState` with a leading member axis; member s from keys_S[s] alone."""
   optimizer = optimizer_lib.build_optimizer(structure, optimizer_lib.PLACEHOLDER_HPARAMS)
 

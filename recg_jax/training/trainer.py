@@ -25,11 +25,17 @@ def make_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
 
 
-def build_rows(config: ml_collections.ConfigDict, model: recommender_lib.Recommender,
-               domain: types.DomainData) -> input_pipeline.TrainingRows:
-  return input_pipeline.build_rows(domain, int(config.data.max_len), str(config.train.targets),
-                                   causal=model.is_causal, objective=str(config.train.bert4rec_objective),
-                                   length_buckets=tuple(config.train.length_buckets))
+def build_rows(
+    config: ml_collections.ConfigDict, model: recommender_lib.Recommender, domain: types.DomainData
+) -> input_pipeline.TrainingRows:
+  return input_pipeline.build_rows(
+      domain,
+      int(config.data.max_len),
+      str(config.train.targets),
+      causal=model.is_causal,
+      objective=str(config.train.bert4rec_objective),
+      length_buckets=tuple(config.train.length_buckets),
+  )
 
 
 @dataclasses.dataclass
@@ -69,15 +75,19 @@ class Trainer:
 def _check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
   distributed.check_batch_size(batch_size)
   if batch_size % mesh.shape["data"]:
-    raise ValueError(f"config.train.batch_size={batch_size} must be a multiple of the number of devices "
-                     f"on the 'data' axis ({mesh.shape['data']})")
+    raise ValueError(
+        f"config.train.batch_size={batch_size} must be a multiple of the number of devices "
+        f"on the 'data' axis ({mesh.shape['data']})"
+    )
 
 
-def create_trainer(config: ml_collections.ConfigDict,
-                   domain: types.DomainData,
-                   tables: dict[str, np.ndarray] | None,
-                   mesh: jax.sharding.Mesh | None = None,
-                   members: Sequence[ml_collections.ConfigDict] | None = None) -> Trainer:
+def create_trainer(
+    config: ml_collections.ConfigDict,
+    domain: types.DomainData,
+    tables: dict[str, np.ndarray] | None,
+    mesh: jax.sharding.Mesh | None = None,
+    members: Sequence[ml_collections.ConfigDict] | None = None,
+) -> Trainer:
   """Builds the model, the training rows, the stacked initial TrainState and the jitted step.
 
   members: the configs trained together (default: [config]); they may differ only in traced fields.
@@ -93,8 +103,10 @@ def create_trainer(config: ml_collections.ConfigDict,
   step_tables = step_lib.build_step_tables(config, tables)
   source_table = step_tables.arrays["source"]
   if source_table is not None and source_table.shape[0] != domain.num_items + 1:
-    raise ValueError(f"the table of {domain.name!r} has {source_table.shape[0]} rows; the domain has "
-                     f"{domain.num_items} items (+1 padding row expected)")
+    raise ValueError(
+        f"the table of {domain.name!r} has {source_table.shape[0]} rows; the domain has "
+        f"{domain.num_items} items (+1 padding row expected)"
+    )
   spe = input_pipeline.steps_per_epoch(rows, int(config.train.batch_size))
   total_steps = spe * int(config.train.num_epochs)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -105,8 +117,17 @@ def create_trainer(config: ml_collections.ConfigDict,
   hparams = [members_lib.step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   spec = step_lib.StepSpec.create(model, config, rows, step_tables)
-  return Trainer(configs=members, model=model, rows=rows, mesh=mesh, step_tables=step_tables,
-                 tables_on_device=tables_on_device, state=state, train_step=step_lib.compiled_step(spec, mesh),
-                 step_keys=distributed.put(jnp.stack([k[1] for k in keys]), replicated),
-                 hparams=distributed.put(stacked_hparams, replicated), steps_per_epoch=spe,
-                 total_steps=total_steps)
+  return Trainer(
+      configs=members,
+      model=model,
+      rows=rows,
+      mesh=mesh,
+      step_tables=step_tables,
+      tables_on_device=tables_on_device,
+      state=state,
+      train_step=step_lib.compiled_step(spec, mesh),
+      step_keys=distributed.put(jnp.stack([k[1] for k in keys]), replicated),
+      hparams=distributed.put(stacked_hparams, replicated),
+      steps_per_epoch=spe,
+      total_steps=total_steps,
+  )
