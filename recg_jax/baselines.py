@@ -34,7 +34,7 @@ def main(argv):
 
 
 def entry() -> None:
-  cli.run(main)
+  cli.run(main, "baselines")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the command lines share: their common flags (defined once per process, whichever command imports
 them first), the start of a command (unexpected arguments, quiet library logging), the persistent
-compilation cache, the command a study records to regenerate itself, and the entry point.
+compilation cache, the command a study records to regenerate itself, and the entry point, which turns an
+error the project raises on purpose (recg_jax.errors.RecgError) into one line and exit status 1.
 
 The commands (`main`, `experiments`, `baselines`, `recommend`) are thin shells over the libraries.
 """
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from recg_jax import errors
 from recg_jax import paths
 
 _DEFINED: dict[str, Any] = {}
@@ -93,6 +96,45 @@ def recorded_command(module: str, argv: Sequence[str]) -> str:
   return shlex.join(["python", "-m", module, *kept])
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-  """Runs a command's main under absl (flags parsed, exit status set)."""
-  app.run(main)
+# Set to anything but "" or "0", shows the traceback of an error the project raises on purpose (as
+# --verbose does).
+VERBOSE_ENV = "RECG_VERBOSE"
+
+
+def verbose_flag() -> flags.FlagHolder:
+  return _once(
+      "verbose",
+      lambda: flags.DEFINE_bool(
+          "verbose",
+          False,
+          f"On an error of bad input or config, also show its traceback (or set {VERBOSE_ENV}=1).",
+      ),
+  )
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (its own line breaks folded)."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def fail(command: str, error: BaseException) -> NoReturn:
+  """Ends the command with exit status 1 after one line on stderr: `<command>: error: <message>`."""
+  print(f"{command}: error: {one_line(error)}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def run(main: Callable[[list[str]], Any], command: str) -> None:
+  """Runs a command's main under absl (flags parsed, exit status set). An error the project raises on
+  purpose ends it as `fail` says, unless --verbose or RECG_VERBOSE asks for its traceback; any other
+  exception is a programming error and shows its traceback."""
+  verbose = verbose_flag()
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except errors.RecgError as e:
+      if verbose.value or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        raise
+      fail(command, e)
+
+  app.run(guarded)

@@ -24,6 +24,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from recg_jax import errors
+
 # Distances use the expanded |x|^2 - 2 x.c + |c|^2; keep the full f32 product (no TF32/bf16 passes on
 # accelerators), since the cancellation in that formula amplifies low-precision matmuls.
 _HIGHEST = lax.Precision.HIGHEST
@@ -182,15 +184,17 @@ def kmeans(
   x = _check_points(x_NxD, "kmeans")
   n = x.shape[0]
   if not 1 <= k <= n:
-    raise ValueError(
+    raise errors.ConfigError(
         f"kmeans: need 1 <= k <= number of points, got k={k}, N={n} " "(config.transfer.num_clusters)"
     )
   if iters < 0:
-    raise ValueError(f"kmeans: iters must be >= 0, got {iters} (config.transfer.kmeans_iters)")
+    raise errors.ConfigError(f"kmeans: iters must be >= 0, got {iters} (config.transfer.kmeans_iters)")
   if restarts < 1:
-    raise ValueError(f"kmeans: restarts must be >= 1, got {restarts} (config.transfer.kmeans_restarts)")
+    raise errors.ConfigError(
+        f"kmeans: restarts must be >= 1, got {restarts} (config.transfer.kmeans_restarts)"
+    )
   if chunk < 1:
-    raise ValueError(f"kmeans: chunk must be >= 1, got {chunk} (config.transfer.kmeans_chunk)")
+    raise errors.ConfigError(f"kmeans: chunk must be >= 1, got {chunk} (config.transfer.kmeans_chunk)")
   if local_trials is None:
     local_trials = 2 + int(math.log(k))
   if local_trials < 1:
@@ -217,7 +221,9 @@ def kmeans(
     if inertia < best_inertia:
       best_centres, best_inertia = centres, inertia
   if best_centres is None:  # every restart gave a non-finite inertia
-    raise FloatingPointError("kmeans: inertia is not finite in any restart")
+    raise errors.NonFiniteError(
+        "kmeans: inertia is not finite in any restart (the user vectors are not finite)"
+    )
   return best_centres + mean_D, best_inertia
 
 

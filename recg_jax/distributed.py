@@ -26,6 +26,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from recg_jax import errors
+
 
 def initialize(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
@@ -37,7 +39,7 @@ def initialize(
   """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
-    raise ValueError(
+    raise errors.ConfigError(
         "--coordinator_address, --num_processes and --process_id go together: give all three "
         "(a local or unmanaged cluster) or none (TPU pods and Slurm are discovered)"
     )
@@ -74,7 +76,7 @@ def check_batch_size(batch_size: int, field: str = "train.batch_size") -> None:
   """Each process contributes batch_size / process_count rows of every global batch."""
   count = jax.process_count()
   if batch_size % count:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.{field}={batch_size} is not a multiple of the number of processes ({count}): "
         "every process must contribute an equal share of each global batch"
     )

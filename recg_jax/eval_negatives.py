@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from recg_jax import errors
 from recg_jax.data.types import DomainData
 
 
@@ -84,7 +85,7 @@ def sample_eval_negatives(domain: DomainData, num_negatives: int, seed: int) -> 
   short = np.nonzero(distinct_U + k > num_items)[0]
   if short.size:
     u = int(short[0])
-    raise ValueError(
+    raise errors.ConfigError(
         f"domain {domain.name!r}: cannot draw {k} negatives outside the history of user "
         f"{domain.user_tokens[u]!r} (index {u}, {distinct_U[u]} distinct items) from a catalogue of "
         f"{num_items} items ({short.size} users affected); lower eval.num_sampled_negatives or drop the "

@@ -49,8 +49,10 @@ import numpy as np
 
 from recg_jax import compile_stats
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import eval_negatives as negatives_lib
 from recg_jax import input_pipeline
+from recg_jax.data.errors import DataError
 from recg_jax.data.types import DomainData
 from recg_jax.data.types import EvalSplit
 from recg_jax.models import recommender as recommender_lib
@@ -108,7 +110,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]
   out = {}
   for k in ks:
     if int(k) != k or k <= 0:
-      raise ValueError(f"eval.ks must hold positive integers, got {k!r}")
+      raise errors.ConfigError(f"eval.ks must hold positive integers, got {k!r}")
     k = int(k)
     hit = ranks < k
     recall = np.where(nan, np.nan, hit.astype(np.float64))
@@ -131,15 +133,15 @@ def _parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, 
       continue
     m = _SAMPLED_RE.match(p)
     if not m:
-      raise ValueError(f"eval.protocols: unknown protocol {p!r}; expected 'full' or 'sampled<N>'")
+      raise errors.ConfigError(f"eval.protocols: unknown protocol {p!r}; expected 'full' or 'sampled<N>'")
     if m.group(1) and int(m.group(1)) != num_sampled:
-      raise ValueError(
+      raise errors.ConfigError(
           f"eval.protocols names {p!r} but eval.num_sampled_negatives={num_sampled}; make "
           f"them agree (e.g. 'sampled{num_sampled}')"
       )
     sampled = f"sampled{num_sampled}"
   if not full and sampled is None:
-    raise ValueError("eval.protocols is empty: name at least one of 'full', 'sampled<N>'")
+    raise errors.ConfigError("eval.protocols is empty: name at least one of 'full', 'sampled<N>'")
   return full, sampled
 
 
@@ -156,7 +158,7 @@ def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
         f"{split.inputs_UxL.shape}; expected one row per user ({domain.num_users})"
     )
   if np.any(domain.lengths < 2):
-    raise ValueError(f"domain {domain.name!r}: every user needs at least 2 items for leave-one-out")
+    raise DataError(f"domain {domain.name!r}: every user needs at least 2 items for leave-one-out")
   last = domain.offsets[1:] - 1
   pos = np.where(domain.items[last] == targets, last, last - 1)
   bad = np.nonzero(domain.items[pos] != targets)[0]
@@ -285,12 +287,14 @@ def _geometry(
   """(batch size, scoring steps per batch). The batch is rounded up to steps * block rows * shards."""
   batch = int(eval_config.batch_size)
   if batch <= 0:
-    raise ValueError(f"eval.batch_size must be positive, got {batch}")
+    raise errors.ConfigError(f"eval.batch_size must be positive, got {batch}")
   per_device = -(-min(batch, num_users) // shards)  # no point padding a tiny domain up to a large batch
   block = int(eval_config.score_block_rows) or per_device
   cap = int(eval_config.max_scores_per_block)
   if block < 0 or cap < 0:
-    raise ValueError(f"eval.score_block_rows ({block}) and eval.max_scores_per_block ({cap}) must be >= 0")
+    raise errors.ConfigError(
+        f"eval.score_block_rows ({block}) and eval.max_scores_per_block ({cap}) must be >= 0"
+    )
   if cap and block * (num_items + 1) > cap:
     smaller = max(1, cap // (num_items + 1))
     logging.info(
@@ -331,9 +335,9 @@ def user_ranks(
 def _check_domain(domain: DomainData, item_vecs_NxD) -> None:
   num_items, num_users = domain.num_items, domain.num_users
   if num_users == 0:
-    raise ValueError(f"domain {domain.name!r} has no users to evaluate")
+    raise DataError(f"domain {domain.name!r} has no users to evaluate")
   if num_users < jax.process_count():  # a process without users would not know the heads to sum
-    raise ValueError(
+    raise errors.ConfigError(
         f"domain {domain.name!r} has {num_users} users to evaluate, fewer than the "
         f"{jax.process_count()} processes that share them"
     )
@@ -409,7 +413,7 @@ def head_ranks(
   mask = bool(eval_config.mask_history) and run_full
   precision = str(eval_config.score_precision)
   if precision not in _PRECISIONS:
-    raise ValueError(f"eval.score_precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
+    raise errors.ConfigError(f"eval.score_precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
   _check_domain(domain, item_vecs_NxD)
   end_U = _target_positions(split, domain)
   targets_U = np.asarray(split.targets_U, np.int32)

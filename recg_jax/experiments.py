@@ -56,7 +56,7 @@ def main(argv):
 
 
 def entry() -> None:
-  cli.run(main)
+  cli.run(main, "experiments")
 
 
 if __name__ == "__main__":

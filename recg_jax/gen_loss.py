@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recg_jax import errors
+
 # Logit given to an item's own domain centre. Finite, so that softmax/log_softmax and their gradients stay
 # finite (exp underflows to exactly 0 and 0 * finite = 0); -inf would give 0 * inf = nan in the entropy.
 _MASK_LOGIT = -1e9
@@ -74,7 +76,7 @@ def sample_domain_items(key: jax.Array, num_items_D: Sequence[int], samples_per_
         f"sample_domain_items: every domain needs at least one real item, got num_items_D=" f"{num_items}"
     )
   if samples_per_domain < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"sample_domain_items: samples_per_domain must be >= 1, got {samples_per_domain} "
         "(config.gen_loss.samples_per_domain)"
     )
@@ -143,11 +145,11 @@ def generalization_loss(
           f"(config.gen_loss.{name}), got {type(gate).__name__}"
       )
   if isinstance(inter_sign, (int, float)) and inter_sign not in (1, -1):
-    raise ValueError(
+    raise errors.ConfigError(
         f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} " "(config.gen_loss.inter_sign)"
     )
   if isinstance(tau, (int, float)) and tau <= 0:
-    raise ValueError(f"generalization_loss: tau must be > 0, got {tau} (config.gen_loss.tau)")
+    raise errors.ConfigError(f"generalization_loss: tau must be > 0, got {tau} (config.gen_loss.tau)")
   num_domains, samples, _ = z_DxBxH.shape
   if use_inter is not False:
     check_num_domains(num_domains)

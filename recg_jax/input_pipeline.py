@@ -51,7 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax.data import types
+from recg_jax.data.errors import DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -160,7 +162,7 @@ def bucket_widths(
   widths = {int(max_len)}
   for b in tuple(length_buckets):
     if isinstance(b, bool) or int(b) != b or int(b) < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"config.{field}={tuple(length_buckets)!r}: expected positive integers (padded "
           f"input lengths, capped at data.max_len={max_len})"
       )
@@ -187,16 +189,16 @@ def build_rows(
     length_buckets: config.train.length_buckets (see `bucket_widths`); () = one bucket of width max_len.
   """
   if targets not in TARGET_MODES:
-    raise ValueError(f"config.train.targets={targets!r}: expected one of {TARGET_MODES}")
+    raise errors.ConfigError(f"config.train.targets={targets!r}: expected one of {TARGET_MODES}")
   if objective not in OBJECTIVES:
-    raise ValueError(f"config.train.bert4rec_objective={objective!r}: expected one of {OBJECTIVES}")
+    raise errors.ConfigError(f"config.train.bert4rec_objective={objective!r}: expected one of {OBJECTIVES}")
   cloze = objective == "cloze" and not causal
   parts = types.training_histories(domain)
   window = types.right_aligned(parts, max_len + 1)
   lengths = np.minimum(np.array([len(p) for p in parts], np.int64), max_len + 1)
   keep = lengths >= (1 if cloze else 2)  # a next-item row needs one input item and one target
   if not keep.any():
-    raise ValueError(
+    raise DataError(
         f"domain {domain.name!r}: no user has a training part long enough to train on "
         "(need at least 2 items before the validation and test items)"
     )

@@ -47,7 +47,7 @@ def main(argv):
 
 
 def entry() -> None:
-  cli.run(main)
+  cli.run(main, "main")
 
 
 if __name__ == "__main__":

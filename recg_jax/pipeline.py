@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.data import types
@@ -56,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
   """The stages up to config.experiment.mode; the run's result records (None for 'data' and 'embed')."""
   mode = config.experiment.mode
   if mode not in MODES:
-    raise ValueError(f"experiment.mode={mode!r}: expected one of {MODES}")
+    raise errors.ConfigError(f"experiment.mode={mode!r}: expected one of {MODES}")
   workdir_path = paths.as_path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   domains = prepare_data(config, workdir_path)
@@ -111,7 +112,7 @@ def train_and_transfer(
   config = configs[0]
   zero_shot = str(config.experiment.mode) == "zero_shot"
   if zero_shot and config.model.variant == "id":
-    raise ValueError(
+    raise errors.ConfigError(
         "config.model.variant='id' has no item text, so it cannot transfer to another domain: "
         "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs"
     )
@@ -119,7 +120,9 @@ def train_and_transfer(
   names = run_domains(config) if config.model.variant != "id" else (config.data.source,)
   missing = [n for n in names if n not in domains]
   if missing:
-    raise ValueError(f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})")
+    raise errors.ConfigError(
+        f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})"
+    )
   run_domains_ = {n: domains[n] for n in names}
   if config.model.variant == "text_knn":
     return [
@@ -167,13 +170,13 @@ def evaluate_untrained(
 
   variant = str(config.model.variant)
   if variant != "text_knn":
-    raise ValueError(
+    raise errors.ConfigError(
         f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got " f"{variant!r}"
     )
   source = config.data.source
   missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
   if missing:
-    raise ValueError(f"variant 'text_knn' needs the frozen tables of {missing}")
+    raise errors.ConfigError(f"variant 'text_knn' needs the frozen tables of {missing}")
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
 
   model, params = recommender.build_model(config, domains[source].num_items), {}

@@ -11,8 +11,6 @@ scores come from. `--config.<field>=value` sets the batch and block sizes of rec
 This is a thin wrapper over recg_jax.serving (serving.recommend_files); `recg-jax-recommend` once installed.
 """
 
-import sys
-
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -61,27 +59,24 @@ config_flags.DEFINE_config_dict("config", serving_config.get_config(), "Batch an
 def main(argv):
   # orbax's notes on reading a checkpoint would hide the output: errors only.
   cli.start(argv, required=("workdir", "catalogue", "histories", "out"), quiet=logging.ERROR)
-  try:
-    serving.recommend_files(
-        _WORKDIR.value,
-        _CATALOGUE.value,
-        _HISTORIES.value,
-        _OUT.value,
-        top_k=_TOP_K.value,
-        fmt=_FORMAT.value,
-        keep_history=_KEEP_HISTORY.value,
-        on_unknown=_ON_UNKNOWN.value,
-        export=_EXPORT.value,
-        catalogue_name=_NAME.value,
-        cache_root=_CACHE_ROOT.value,
-        settings=flags.FLAGS.config,
-    )
-  except (ValueError, FloatingPointError) as e:  # bad input (DataError, NotAFinishedRunError, widths)
-    sys.exit(f"recommend: {e}")
+  serving.recommend_files(
+      _WORKDIR.value,
+      _CATALOGUE.value,
+      _HISTORIES.value,
+      _OUT.value,
+      top_k=_TOP_K.value,
+      fmt=_FORMAT.value,
+      keep_history=_KEEP_HISTORY.value,
+      on_unknown=_ON_UNKNOWN.value,
+      export=_EXPORT.value,
+      catalogue_name=_NAME.value,
+      cache_root=_CACHE_ROOT.value,
+      settings=flags.FLAGS.config,
+  )
 
 
 def entry() -> None:
-  cli.run(main)
+  cli.run(main, "recommend")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from recg_jax import clustering
+from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import losses
 from recg_jax import paths
@@ -170,6 +172,67 @@ def _wf_step_program(
   return step, optimizer
 
 
+def _fit_fusion(
+    config: ml_collections.ConfigDict,
+    width: int,
+    num_items: int,
+    items_IxD,
+    y_NxD: np.ndarray,
+    s_NxD: np.ndarray,
+    targets: np.ndarray,
+    hist: np.ndarray,
+    key: jax.Array,
+):
+  """Step 7c: W_f by BPR on frozen y, s~ and item vectors, from [I | 0]; returns its parameters."""
+  tc, bs, n = config.transfer, int(config.train.batch_size), len(targets)
+  fusion = heads.SequenceFusion(features=width)
+  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
+  step, optimizer = _wf_step_program(
+      width, int(config.train.num_negatives), num_items, float(tc.wf_learning_rate)
+  )
+  opt_state = optimizer.init(fusion_params)
+  rng = np.random.default_rng(int(config.train.seed))
+  step_index = 0
+  for epoch in range(int(tc.wf_epochs)):
+    order = rng.permutation(n)
+    order = np.concatenate([order, order[: (-n) % bs]])  # fixed shapes: pad with repeats, weight 0
+    weight = np.ones(len(order), np.float32)
+    weight[n:] = 0.0
+    epoch_loss = []
+    bar = tqdm.trange(
+        0,
+        len(order),
+        bs,
+        desc=f"W_f epoch {epoch}",
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not distributed.is_primary(),
+    )
+    for start in bar:
+      idx = order[start : start + bs]
+      fusion_params, opt_state, loss = step(
+          fusion_params,
+          opt_state,
+          items_IxD,
+          y_NxD[idx],
+          s_NxD[idx],
+          targets[idx],
+          hist[idx],
+          weight[start : start + bs],
+          jax.random.fold_in(key, step_index),
+      )
+      step_index += 1
+      epoch_loss.append(loss)
+    mean_loss = float(np.mean(jax.device_get(epoch_loss)))
+    if not np.isfinite(mean_loss):
+      raise NonFiniteLossError(
+          f"W_f training loss is {mean_loss} in epoch {epoch}: lower config.transfer.wf_learning_rate"
+      )
+    logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
+  return jax.device_get(fusion_params)
+
+
 def fit_sequence_transfer(
     config: ml_collections.ConfigDict,
     model: recommender_lib.Recommender,
@@ -197,57 +260,24 @@ def fit_sequence_transfer(
       chunk=int(tc.kmeans_chunk),
   )
   centres = np.asarray(centres)
-  print(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}", flush=True)
+  distributed.say(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}")
 
   # c. W_f on frozen y, s~ and item vectors.
   inputs, targets, hist = _wf_training_rows(domain, max_len)
   y_NxD = _batched_apply(user_fn, inputs, batch)
   s_NxD = np.asarray(_aggregate(jnp.asarray(y_NxD), jnp.asarray(centres)))
-  items_IxD = item_vectors(model, params, table_NxH)
-  width = model.output_dim(table_NxH.shape[-1])
-  fusion = heads.SequenceFusion(features=width)
-  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
-  step, optimizer = _wf_step_program(
-      width, int(config.train.num_negatives), domain.num_items, float(tc.wf_learning_rate)
+  fusion_params = _fit_fusion(
+      config,
+      model.output_dim(table_NxH.shape[-1]),
+      domain.num_items,
+      item_vectors(model, params, table_NxH),
+      y_NxD,
+      s_NxD,
+      targets,
+      hist,
+      wf_key,
   )
-  opt_state = optimizer.init(fusion_params)
-
-  bs = int(config.train.batch_size)
-  n = len(targets)
-  rng = np.random.default_rng(int(config.train.seed))
-  step_index = 0
-  for epoch in range(int(tc.wf_epochs)):
-    order = rng.permutation(n)
-    order = np.concatenate([order, order[: (-n) % bs]])  # fixed shapes: pad with repeats, weight 0
-    weight = np.ones(len(order), np.float32)
-    weight[n:] = 0.0
-    epoch_loss = []
-    for start in tqdm.trange(
-        0, len(order), bs, desc=f"W_f epoch {epoch}", leave=False, dynamic_ncols=True, mininterval=1.0
-    ):
-      idx = order[start : start + bs]
-      fusion_params, opt_state, loss = step(
-          fusion_params,
-          opt_state,
-          items_IxD,
-          y_NxD[idx],
-          s_NxD[idx],
-          targets[idx],
-          hist[idx],
-          weight[start : start + bs],
-          jax.random.fold_in(wf_key, step_index),
-      )
-      step_index += 1
-      epoch_loss.append(loss)
-    mean_loss = float(np.mean(jax.device_get(epoch_loss)))
-    if not np.isfinite(mean_loss):
-      raise NonFiniteLossError(
-          f"W_f training loss is {mean_loss} in epoch {epoch}: lower " "config.transfer.wf_learning_rate"
-      )
-    logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
-  return SequenceTransfer(
-      centres_KxD=centres, fusion_params=jax.device_get(fusion_params), inertia=float(inertia)
-  )
+  return SequenceTransfer(centres_KxD=centres, fusion_params=fusion_params, inertia=float(inertia))
 
 
 def evaluate_domain_heads(
@@ -274,7 +304,9 @@ def evaluate_domain_heads(
   user_fn = lambda seq_BxL: {h: v for h, v in heads_fn(seq_BxL).items() if h in heads_wanted}
   if model_weights:
     if not (model.score_space == "text" and model.text_user == "mix"):
-      raise ValueError("a model weight applies only to config.model.text_user='mix' (score_space 'text')")
+      raise errors.ConfigError(
+          "a model weight applies only to config.model.text_user='mix' (score_space 'text')"
+      )
     width = table.shape[-1]  # [knn part (H); model part (d_l)]: scale the model's share of the score
     plain_fn = user_fn
 

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from recg_jax import errors
 from recg_jax.config import default
 from recg_jax.config import presets as presets_lib
 
@@ -44,7 +45,9 @@ def override(
 def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Applies a named preset of recg_jax/config/presets.py (its section.field overrides)."""
   if name not in presets_lib.PRESETS:
-    raise ValueError(f"config argument preset={name!r}: expected one of {sorted(presets_lib.PRESETS)}")
+    raise errors.ConfigError(
+        f"config argument preset={name!r}: expected one of {sorted(presets_lib.PRESETS)}"
+    )
   return override(config, presets_lib.PRESETS[name], what=f"preset {name!r}")
 
 
@@ -59,7 +62,7 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_c
       apply_preset(config, value)
       continue
     if not sep or key not in ARG_FIELDS:
-      raise ValueError(
+      raise errors.ConfigError(
           f"config argument {item!r}: expected key=value with key in " f"{sorted([*ARG_FIELDS, 'preset'])}"
       )
     section, field = ARG_FIELDS[key]

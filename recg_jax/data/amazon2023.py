@@ -82,7 +82,15 @@ def find_files(
             field="data.amazon2023.download",
         )
       url = amazon_config.url_template.format(kind=kind, file=name)
-      found.append(download.download_file(url, raw_dir / name))
+      try:
+        found.append(download.download_file(url, raw_dir / name))
+      except DataError as e:
+        raise DataError(
+            f"{e.reason}. Without network: download {name} elsewhere, put it in a folder and point "
+            "data.amazon2023.raw_dir at it (--config.data.amazon2023.raw_dir=DIR), or use RecBole atomic "
+            "files (--config.data.format=recbole --config.data.root=DIR)",
+            path=url,
+        ) from None
     else:
       raise DataError(
           f"file not found (looked for {plain.name} and {name}; set "
@@ -168,10 +176,17 @@ class _Codes:
 def _arrow_batches(path: paths.Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
   """Streams record batches holding only `schema`'s keys (the rest of each object is skipped)."""
   compression = "gzip" if path.name.endswith(".gz") else None
-  with path.open("rb") as stored, pa.input_stream(stored, compression=compression) as stream:
+  # A local file is opened by arrow itself: its reader threads then hold no Python object, which they
+  # would have to release after the interpreter has begun to exit (an error mid-file would abort the
+  # process). A remote file is read through Python, by one thread.
+  local = not paths.is_remote(path)
+  with (
+      contextlib.nullcontext(os.fspath(path)) if local else path.open("rb") as stored,
+      pa.input_stream(stored, compression=compression) as stream,
+  ):
     reader = pajson.open_json(
         stream,
-        read_options=pajson.ReadOptions(block_size=_BLOCK),
+        read_options=pajson.ReadOptions(block_size=_BLOCK, use_threads=local),
         parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
     )
     yield from reader

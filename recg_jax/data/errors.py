@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from recg_jax import errors
 
-class DataError(ValueError):
+
+class DataError(errors.RecgError, ValueError):
   """Bad input data. The message names the file, the 1-based line and the field when they are known.
 
   Attributes:
@@ -33,3 +35,17 @@ class DataError(ValueError):
     if field is not None:
       where.append(f"field {field!r}")
     super().__init__(f"{': '.join(where)}: {reason}" if where else reason)
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike[str] | None = None) -> str:
+  """data decoded as UTF-8; bytes that are not raise DataError naming the line and column (1-based)."""
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line_start = data.rfind(b"\n", 0, e.start) + 1
+    raise DataError(
+        f"invalid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start - line_start + 1}); save the file "
+        "as UTF-8",
+        path=path,
+        line=data.count(b"\n", 0, e.start) + 1,
+    ) from None

@@ -35,7 +35,8 @@ def domain_files(root: str | os.PathLike[str], name: str) -> tuple[paths.Path, p
   if not folder.is_dir():
     raise DataError(
         f"domain folder not found (expected {name}/{name}.inter and {name}/{name}.item "
-        f"under data root {os.fspath(root)!r})",
+        f"under data root {os.fspath(root)!r}); point --config.data.root (or RECG_DATA_ROOT) at the "
+        "folder that holds one folder per domain",
         path=folder,
     )
   files = folder / f"{name}.inter", folder / f"{name}.item"
@@ -130,7 +131,12 @@ class AtomicFile:
     try:
       table = pcsv.read_csv(
           io.BytesIO(body),
-          read_options=pcsv.ReadOptions(column_names=self.names, autogenerate_column_names=False),
+          # One thread: a threaded reader finishes its callbacks after read_csv returns, and a worker
+          # still releasing the Python buffer when the interpreter exits aborts the process (an error
+          # raised right after a read did, 1 run in 8).
+          read_options=pcsv.ReadOptions(
+              column_names=self.names, autogenerate_column_names=False, use_threads=False
+          ),
           parse_options=pcsv.ParseOptions(
               delimiter="\t",
               quote_char=False,

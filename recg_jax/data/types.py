@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from recg_jax.data.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class DomainData:
@@ -80,7 +82,7 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
   drop = 1 if split == "valid" else 0  # items after the target that the input must not see
   short = np.flatnonzero(domain.lengths < 2 + drop)
   if len(short):
-    raise ValueError(
+    raise DataError(
         f"{domain.name}: user {domain.user_tokens[short[0]]!r} has {domain.lengths[short[0]]} "
         f"interaction(s); the {split} split needs at least {2 + drop}"
     )

@@ -12,6 +12,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
+from recg_jax import errors
 from recg_jax.encoders import bert
 from recg_jax.encoders import pooling as pooling_lib
 from recg_jax.encoders import sources
@@ -70,12 +71,12 @@ def identity(encoder_config) -> tuple[str, str]:
 def load_encoder(encoder_config) -> Encoder:
   """Builds the frozen encoder named by `encoder_config` (config.encoder)."""
   if encoder_config.pooling not in pooling_lib.POOLING_KINDS:
-    raise ValueError(
+    raise errors.ConfigError(
         f"encoder.pooling={encoder_config.pooling!r}; expected one of "
         f"{', '.join(pooling_lib.POOLING_KINDS)}"
     )
   if str(encoder_config.dtype) not in ("float32", "bfloat16"):
-    raise ValueError(f"encoder.dtype={encoder_config.dtype!r}; expected 'float32' or 'bfloat16'")
+    raise errors.ConfigError(f"encoder.dtype={encoder_config.dtype!r}; expected 'float32' or 'bfloat16'")
   ckpt = sources.resolve(encoder_config.model, encoder_config.revision)
   if ckpt.kind == "gguf":
     from recg_jax.encoders import gguf_loader  # pylint: disable=g-import-not-at-top

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recg_jax import errors
+
 # model_type -> how positions are numbered. RoBERTa-style models number real tokens from pad_token_id + 1.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 _PREFIXES = ("", "bert.", "roberta.", "model.", "encoder_model.")
@@ -40,11 +42,11 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(errors.RecgError, ValueError):
   """config.json describes an architecture this module does not implement."""
 
 
-class WeightShapeError(ValueError):
+class WeightShapeError(errors.RecgError, ValueError):
   """A checkpoint tensor is missing or has a shape that disagrees with config.json."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax.encoders import pooling as pooling_lib
 
@@ -236,12 +237,12 @@ def embed_texts(
   """
   compute_dtype = jnp.dtype(encoder_config.dtype)
   if compute_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-    raise ValueError(f"encoder.dtype={encoder_config.dtype!r}; expected 'float32' or 'bfloat16'")
+    raise errors.ConfigError(f"encoder.dtype={encoder_config.dtype!r}; expected 'float32' or 'bfloat16'")
   mesh = mesh if mesh is not None else _default_mesh()
   n_dev = mesh.shape[DATA_AXIS]
   batch_size = int(encoder_config.batch_size)
   if batch_size < 1:
-    raise ValueError(f"encoder.batch_size must be >= 1, got {batch_size}")
+    raise errors.ConfigError(f"encoder.batch_size must be >= 1, got {batch_size}")
   batch_size = -(-batch_size // n_dev) * n_dev
   cap = int(text_config.max_tokens)
   if encoder.max_tokens:
@@ -262,7 +263,13 @@ def embed_texts(
   )
 
   pending: collections.deque = collections.deque()
-  bar = tqdm(total=len(texts), unit="item", desc="embed", disable=not progress, smoothing=0.1)
+  bar = tqdm(
+      total=len(texts),
+      unit="item",
+      desc="embed",
+      disable=not progress or not distributed.is_primary(),
+      smoothing=0.1,
+  )
 
   def drain_one():
     idx, vec = pending.popleft()
@@ -402,19 +409,18 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
   want = expected_manifest(config, domain, model_id, weights_hash, pooling, normalize)
   table, why = _read_cache(folder, want)
   if table is None and cache_only:
-    raise ValueError(
+    raise errors.ConfigError(
         f"encoder.cache_only is set but the embedding cache of {domain.name} in {folder} "
         f"cannot be used ({why}); embed it where the checkpoint is (experiment.mode=embed) "
         "and copy the folder, or unset encoder.cache_only"
     )
   if table is not None:
-    print(
+    distributed.say(
         f"[embeddings] {domain.name}: reused cache {folder} ({table.shape[0] - 1} items x "
-        f"{table.shape[1]}, {model_id})",
-        flush=True,
+        f"{table.shape[1]}, {model_id})"
     )
     return table
-  print(f"[embeddings] {domain.name}: building ({why}) with {model_id}", flush=True)
+  distributed.say(f"[embeddings] {domain.name}: building ({why}) with {model_id}")
   if encoder is None:
     encoder = _shared_encoder(config.encoder, weights_hash)
   # With several processes each encodes its share of the items on its own devices; all get the whole.
@@ -429,9 +435,8 @@ def domain_embeddings(config, domain, workdir: str | os.PathLike, encoder=None) 
     (folder / "manifest.json").unlink(missing_ok=True)
     paths.write_atomic(folder / "embeddings.npy", lambda f: np.save(f, table))
     paths.write_json_atomic(folder / "manifest.json", manifest, indent=2, sort_keys=True)
-    print(
-        f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})",
-        flush=True,
+    distributed.say(
+        f"[embeddings] {domain.name}: wrote {folder} ({table.shape[0] - 1} items x {table.shape[1]})"
     )
   distributed.barrier(f"embeddings {domain.name}")
   return table

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recg_jax import errors
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -71,7 +73,7 @@ def rope_inv_freq(hf: Mapping[str, Any], head_dim: int) -> np.ndarray:
   params = _rope_parameters(hf)
   rope_type = params["rope_type"]
   if params.get("partial_rotary_factor", 1.0) != 1.0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.json: partial_rotary_factor={params['partial_rotary_factor']} is not supported "
         "(Llama/Qwen2/Mistral rotate the whole head)"
     )
@@ -100,7 +102,7 @@ def rope_inv_freq(hf: Mapping[str, Any], head_dim: int) -> np.ndarray:
     if factors.shape != inv_freq.shape:
       raise ValueError(f"rope freq_factors has shape {factors.shape}, expected {inv_freq.shape}")
     return (inv_freq / factors).astype(np.float32)
-  raise ValueError(
+  raise errors.ConfigError(
       f"config.json: rope type {rope_type!r} is not supported; supported: "
       f"{', '.join(SUPPORTED_ROPE_TYPES)}"
   )
@@ -122,7 +124,7 @@ def _sliding(hf: Mapping[str, Any], model_type: str, num_layers: int) -> tuple[i
   else:
     sliding = (True,) * num_layers
   if len(sliding) != num_layers:
-    raise ValueError(f"config.json: layer_types has {len(sliding)} entries for {num_layers} layers")
+    raise errors.ConfigError(f"config.json: layer_types has {len(sliding)} entries for {num_layers} layers")
   return int(window), sliding
 
 
@@ -130,20 +132,20 @@ def decoder_config(hf: Mapping[str, Any]) -> DecoderConfig:
   """Parses a HF config dict (config.json contents), with clear errors for what we cannot run."""
   model_type = hf.get("model_type")
   if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.json: model_type {model_type!r} is not a supported decoder; supported: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}"
     )
   act = hf.get("hidden_act", "silu")
   if act not in ("silu", "swish"):
-    raise ValueError(f"config.json: hidden_act {act!r} is not supported (SwiGLU needs silu)")
+    raise errors.ConfigError(f"config.json: hidden_act {act!r} is not supported (SwiGLU needs silu)")
   for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
     if key not in hf:
-      raise ValueError(f"config.json: missing field {key!r} for model_type {model_type!r}")
+      raise errors.ConfigError(f"config.json: missing field {key!r} for model_type {model_type!r}")
   num_heads = int(hf["num_attention_heads"])
   num_kv_heads = int(hf.get("num_key_value_heads") or num_heads)
   if num_heads % num_kv_heads:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.json: num_attention_heads={num_heads} is not a multiple of "
         f"num_key_value_heads={num_kv_heads}"
     )
@@ -396,10 +398,10 @@ def build(
   config = decoder_config(hf_config)
   attention = _config_field(encoder_config, "attention", "auto")
   if attention not in ("auto", "causal", "bidirectional"):
-    raise ValueError(f"encoder.attention={attention!r}; expected auto, causal or bidirectional")
+    raise errors.ConfigError(f"encoder.attention={attention!r}; expected auto, causal or bidirectional")
   dtype_name = _config_field(encoder_config, "dtype", "float32")
   if dtype_name not in _DTYPES:
-    raise ValueError(f"encoder.dtype={dtype_name!r}; expected one of {', '.join(_DTYPES)}")
+    raise errors.ConfigError(f"encoder.dtype={dtype_name!r}; expected one of {', '.join(_DTYPES)}")
   dtype = _DTYPES[dtype_name]
   module = Decoder(config, bidirectional=attention == "bidirectional", dtype=dtype)
   return module, params_from_tensors(config, tensors, dtype)

@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from recg_jax import errors
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
@@ -64,7 +66,7 @@ def read_adapter(adapter_dir) -> tuple[dict, dict[str, np.ndarray]]:
     raise FileNotFoundError(f"LoRA adapter: {weights_path} not found{extra}")
   config = json.loads(config_path.read_text())
   if config.get("peft_type", "LORA") != "LORA":
-    raise ValueError(
+    raise errors.ConfigError(
         f"{config_path}: peft_type={config.get('peft_type')!r}; only LORA adapters can be " "merged"
     )
   if config.get("use_dora"):
@@ -131,7 +133,9 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
     rank = a.shape[0]
     expected_rank = _pattern_value(rank_pattern, module, r_default)
     if rank != expected_rank:
-      raise ValueError(f"{where}: {module!r} has rank {rank}, adapter_config.json says {expected_rank}")
+      raise errors.ConfigError(
+          f"{where}: {module!r} has rank {rank}, adapter_config.json says {expected_rank}"
+      )
     alpha = _pattern_value(alpha_pattern, module, alpha_default)
     scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
     if delta.shape != base.shape:

@@ -31,6 +31,8 @@ from typing import Iterable, Sequence
 import ml_dtypes
 import numpy as np
 
+from recg_jax import errors
+
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
@@ -57,7 +59,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.RecgError, ValueError):
   """A checkpoint that cannot be found or read; the message names the file and what is wrong."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from recg_jax import compile_stats
 from recg_jax import config as config_lib
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.config.presets import PRESETS
@@ -51,15 +52,15 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, int]]:
   presets = tuple(ec.presets)
   bad = [p for p in presets if p not in PRESETS]
   if bad:
-    raise ValueError(f"config.experiment.presets: {bad} not in {sorted(PRESETS)}")
+    raise errors.ConfigError(f"config.experiment.presets: {bad} not in {sorted(PRESETS)}")
   domains = planning.grid_domains(config)
   sources = tuple(ec.sources) or (str(config.data.source),)
   for s in sources:
     if s not in domains:
-      raise ValueError(f"config.experiment.sources: {s!r} is not in experiment.domains {domains}")
+      raise errors.ConfigError(f"config.experiment.sources: {s!r} is not in experiment.domains {domains}")
   seeds = tuple(int(s) for s in ec.seeds)
   if not seeds:
-    raise ValueError("config.experiment.seeds is empty")
+    raise errors.ConfigError("config.experiment.seeds is empty")
   runs = []
   for seed in seeds:
     for source in sources:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from recg_jax import config as config_lib
+from recg_jax import errors
 from recg_jax import paths
 
 VARIANTS = ("id", "sem", "recg", "text_knn")
@@ -90,7 +91,7 @@ def grid_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   ec, dc = config.experiment, config.data
   names = tuple(ec.domains) or (dc.source, *dc.targets, *dc.auxiliary)
   if len(set(names)) != len(names):
-    raise ValueError(f"config.experiment.domains={names!r} names a domain twice")
+    raise errors.ConfigError(f"config.experiment.domains={names!r} names a domain twice")
   return tuple(str(n) for n in names)
 
 
@@ -101,27 +102,27 @@ def grid_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   sources = tuple(ec.sources) or (str(config.data.source),)
   for s in sources:
     if s not in domains:
-      raise ValueError(f"config.experiment.sources: {s!r} is not in the grid's domains {domains}")
+      raise errors.ConfigError(f"config.experiment.sources: {s!r} is not in the grid's domains {domains}")
   if len(domains) < 2:
-    raise ValueError(f"the grid needs at least two domains (a source and a target), got {domains}")
+    raise errors.ConfigError(f"the grid needs at least two domains (a source and a target), got {domains}")
   backbones = tuple(ec.backbones) or (str(config.model.backbone),)
   variants = tuple(ec.variants) or (str(config.model.variant),)
   bad = [v for v in variants if v not in VARIANTS]
   if bad:
-    raise ValueError(f"config.experiment.variants: {bad} not in {VARIANTS}")
+    raise errors.ConfigError(f"config.experiment.variants: {bad} not in {VARIANTS}")
   ablations = tuple(ec.ablations)
   bad = [a for a in ablations if a not in ABLATIONS]
   if bad:
-    raise ValueError(f"config.experiment.ablations: {bad} not in {sorted(ABLATIONS)}")
+    raise errors.ConfigError(f"config.experiment.ablations: {bad} not in {sorted(ABLATIONS)}")
   seeds = tuple(int(s) for s in ec.seeds)
   if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"config.experiment.seeds={ec.seeds!r}: give one or more distinct seeds")
+    raise errors.ConfigError(f"config.experiment.seeds={ec.seeds!r}: give one or more distinct seeds")
   ablation_source = str(ec.ablation_source) or sources[0]
   if ablation_source not in domains:
-    raise ValueError(f"config.experiment.ablation_source={ablation_source!r} is not in {domains}")
+    raise errors.ConfigError(f"config.experiment.ablation_source={ablation_source!r} is not in {domains}")
   alphas = tuple(float(a) for a in ec.alphas)
   if any(not a > 0 for a in alphas):
-    raise ValueError(f"config.experiment.alphas={ec.alphas!r}: every alpha must be > 0")
+    raise errors.ConfigError(f"config.experiment.alphas={ec.alphas!r}: every alpha must be > 0")
   return {
       "domains": domains,
       "sources": sources,
@@ -173,7 +174,7 @@ def shard_of(specs: Sequence[RunSpec], config: ml_collections.ConfigDict) -> lis
   so that the seed-major plan hands each shard a share of every seed and of the expensive backbones."""
   num, index = int(config.experiment.num_shards), int(config.experiment.shard_index)
   if num < 1 or not 0 <= index < num:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.experiment.shard_index={index} with num_shards={num}: need " "0 <= shard_index < num_shards"
     )
   return list(specs[index::num])

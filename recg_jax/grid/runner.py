@@ -27,6 +27,7 @@ import ml_collections
 
 from recg_jax import compile_stats
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import results as results_lib
@@ -197,7 +198,7 @@ def finished(run_dir: paths.Path, config: ml_collections.ConfigDict) -> bool:
     return False
   diff = roles.recorded_diff(done.get("fingerprint") or {}, config, roles.fingerprint)
   if diff:
-    raise ValueError(
+    raise errors.RunStateError(
         f"{run_dir / DONE} was finished with a different config (differs in {diff}); "
         "use a fresh --workdir, or delete that run folder to run it again"
     )

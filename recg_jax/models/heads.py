@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from recg_jax import errors
+
 VARIANTS = ("id", "sem", "recg")
 MERGE_INITS = ("default", "identity")
 
@@ -51,7 +53,7 @@ class ItemProjection(nn.Module):
 
   def setup(self):
     if self.variant not in VARIANTS:
-      raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
+      raise errors.ConfigError(f"config.model.variant must be one of {VARIANTS}, got {self.variant!r}")
     if self.variant == "id":
       self.item_embedding = nn.Embed(
           self.num_items + 1, self.features, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype
@@ -61,14 +63,16 @@ class ItemProjection(nn.Module):
       if self.variant == "recg":
         self.W_a = nn.Dense(self.features, dtype=self.dtype)
         if self.merge_init not in MERGE_INITS:
-          raise ValueError(f"config.model.merge_init must be one of {MERGE_INITS}, got {self.merge_init!r}")
+          raise errors.ConfigError(
+              f"config.model.merge_init must be one of {MERGE_INITS}, got {self.merge_init!r}"
+          )
         init = identity_concat_init if self.merge_init == "identity" else nn.linear.default_kernel_init
         self.merge = nn.Dense(self.features, kernel_init=init, dtype=self.dtype)
     self.drop = nn.Dropout(self.emb_dropout)
 
   def _lookup(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
     if table_NxH is None or table_NxH.ndim != 2:
-      raise ValueError(
+      raise errors.ConfigError(
           f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
           f"{None if table_NxH is None else table_NxH.shape}"
       )
@@ -95,7 +99,7 @@ class ItemProjection(nn.Module):
     if self.variant == "id":
       return _zero_padding_row(self.item_embedding.embedding)
     if table_NxH is None or table_NxH.ndim != 2:
-      raise ValueError(
+      raise errors.ConfigError(
           f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
           f"{None if table_NxH is None else table_NxH.shape}"
       )
@@ -117,7 +121,7 @@ class ItemProjection(nn.Module):
   def align(self, rows_MxH: jax.Array) -> jax.Array:
     """z_MxD = W_a e + b_a (float32), the space of the generalization loss ('recg' only)."""
     if self.variant != "recg":
-      raise ValueError(f"align() exists only for variant 'recg', not {self.variant!r}")
+      raise errors.ConfigError(f"align() exists only for variant 'recg', not {self.variant!r}")
     return self.W_a(jax.lax.stop_gradient(rows_MxH).astype(self.dtype)).astype(jnp.float32)
 
 

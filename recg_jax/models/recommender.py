@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from recg_jax import errors
 from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
@@ -72,7 +73,9 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(name: str) -> Any:
   """The compute dtype named by config.train.compute_dtype."""
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f"config.train.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+    raise errors.ConfigError(
+        f"config.train.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}"
+    )
   return COMPUTE_DTYPES[name]
 
 
@@ -238,31 +241,31 @@ class Recommender(nn.Module):
 def _check_fields(m: Recommender) -> None:
   """Raises on a field combination the model cannot build (named by its config field)."""
   if m.backbone not in BACKBONES:
-    raise ValueError(f"config.model.backbone must be one of {BACKBONES}, got {m.backbone!r}")
+    raise errors.ConfigError(f"config.model.backbone must be one of {BACKBONES}, got {m.backbone!r}")
   if m.variant not in VARIANTS:
-    raise ValueError(f"config.model.variant must be one of {VARIANTS}, got {m.variant!r}")
+    raise errors.ConfigError(f"config.model.variant must be one of {VARIANTS}, got {m.variant!r}")
   if m.num_items < 1:
     raise ValueError(f"num_items must be >= 1, got {m.num_items}")
   if m.cloze and m.backbone != "bert4rec":
     raise ValueError(f"cloze=True needs backbone 'bert4rec', got {m.backbone!r}")
   if m.score_space not in SCORE_SPACES:
-    raise ValueError(f"config.model.score_space must be one of {SCORE_SPACES}, got {m.score_space!r}")
+    raise errors.ConfigError(f"config.model.score_space must be one of {SCORE_SPACES}, got {m.score_space!r}")
   if m.score_space == "text" and m.variant not in ("sem", "recg"):
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
         f"{m.variant!r}"
     )
   if m.score_space == "text" and m.cloze:
-    raise ValueError(
+    raise errors.ConfigError(
         "config.model.score_space='text' does not support the Cloze objective (the mask token "
         "has no row in the frozen table)"
     )
   if m.text_user not in TEXT_USERS:
-    raise ValueError(f"config.model.text_user must be one of {TEXT_USERS}, got {m.text_user!r}")
+    raise errors.ConfigError(f"config.model.text_user must be one of {TEXT_USERS}, got {m.text_user!r}")
   if m.text_user != "readout" and m.score_space != "text":
-    raise ValueError(f"config.model.text_user={m.text_user!r} needs config.model.score_space='text'")
+    raise errors.ConfigError(f"config.model.text_user={m.text_user!r} needs config.model.score_space='text'")
   if jnp.dtype(m.dtype).name not in COMPUTE_DTYPES:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Recommender.dtype (config.train.compute_dtype) must be one of "
         f"{tuple(COMPUTE_DTYPES)}, got {m.dtype!r}"
     )
@@ -304,7 +307,7 @@ def _backbone(m: Recommender) -> nn.Module:
 
 def _frozen(table_NxH: jax.Array | None) -> jax.Array:
   if table_NxH is None or table_NxH.ndim != 2:
-    raise ValueError(
+    raise errors.ConfigError(
         "a text-space model needs the frozen table [num_items + 1, H], got "
         f"{None if table_NxH is None else table_NxH.shape}"
     )
@@ -324,7 +327,7 @@ class TextReadout(nn.Module):
       self, hidden_BxLxD: jax.Array, valid_BxL: jax.Array, width: int, base_BxLxH: jax.Array | None
   ) -> jax.Array:
     if not self.temperature > 0:
-      raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
+      raise errors.ConfigError(f"config.model.text_temperature must be > 0, got {self.temperature}")
     init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
     u = nn.Dense(width, kernel_init=init, dtype=self.dtype, name="W_o")(hidden_BxLxD).astype(jnp.float32)
     if base_BxLxH is not None:
@@ -352,7 +355,7 @@ class HistoryAttention(nn.Module):
   @nn.compact
   def __call__(self, hidden_BxLxD: jax.Array, seq_BxL: jax.Array, table_NxH: jax.Array) -> jax.Array:
     if not self.temperature > 0:
-      raise ValueError(f"config.model.text_temperature must be > 0, got {self.temperature}")
+      raise errors.ConfigError(f"config.model.text_temperature must be > 0, got {self.temperature}")
     d = hidden_BxLxD.shape[-1]
     q = nn.Dense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="W_q")(hidden_BxLxD)
     k = nn.Dense(d, dtype=self.dtype, name="W_k")(hidden_BxLxD)

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from recg_jax import errors
+
 
 class TransformerBlock(nn.Module):
   """Multi-head self-attention + point-wise FFN, pre- or post-LN."""
@@ -103,14 +105,14 @@ class TransformerEncoder(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     _, length, dim = x_BxLxD.shape
     if length > self.max_len:
-      raise ValueError(
+      raise errors.ConfigError(
           f"sequence length {length} exceeds max_len={self.max_len} "
           "(config.data.max_len sizes the positional table)"
       )
     if dim != self.hidden_dim:
       raise ValueError(f"inputs have width {dim}, expected hidden_dim={self.hidden_dim}")
     if self.hidden_dim % self.num_heads:
-      raise ValueError(
+      raise errors.ConfigError(
           f"config.model.hidden_dim={self.hidden_dim} is not divisible by "
           f"config.model.num_heads={self.num_heads}"
       )
@@ -170,11 +172,11 @@ class SASRec(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     if self.activation not in ACTIVATIONS:
-      raise ValueError(
+      raise errors.ConfigError(
           f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got " f"{self.activation!r}"
       )
     if self.ffn_multiplier < 1:
-      raise ValueError(f"config.model.sasrec_ffn_multiplier must be >= 1, got {self.ffn_multiplier}")
+      raise errors.ConfigError(f"config.model.sasrec_ffn_multiplier must be >= 1, got {self.ffn_multiplier}")
     return TransformerEncoder(
         hidden_dim=self.hidden_dim,
         num_layers=self.num_layers,

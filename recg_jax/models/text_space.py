@@ -22,13 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recg_jax import errors
+
 TABLE_TRANSFORMS = ("none", "center")
 
 
 def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
   """The table a text-space model reads (see module docstring); row 0 stays zero."""
   if mode not in TABLE_TRANSFORMS:
-    raise ValueError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
+    raise errors.ConfigError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
   table_NxH = jax.lax.stop_gradient(table_NxH).astype(jnp.float32)
   if mode == "none":
     return table_NxH
@@ -45,7 +47,7 @@ def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
 def recency_weights_LxL(length: int, decay: float) -> jax.Array:
   """w[t, s] = decay^(t - s) for s <= t, else 0 (decay 0 keeps the diagonal: 0^0 = 1)."""
   if not 0.0 <= decay <= 1.0:
-    raise ValueError(f"config.model.knn_decay must be in [0, 1], got {decay}")
+    raise errors.ConfigError(f"config.model.knn_decay must be in [0, 1], got {decay}")
   t = jnp.arange(length)
   age_LxL = t[:, None] - t[None, :]
   return jnp.where(age_LxL >= 0, jnp.power(jnp.float32(decay), jnp.maximum(age_LxL, 0)), 0.0)
@@ -65,7 +67,7 @@ def transform_tables(tables: dict, mode: str) -> dict:
   """transform_table on every domain's table (host arrays in, host float32 arrays out), each with its own
   statistics. 'none' returns the tables unchanged."""
   if mode not in TABLE_TRANSFORMS:
-    raise ValueError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
+    raise errors.ConfigError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
   if mode == "none" or not tables:
     return tables
   return {name: np.asarray(transform_table(jnp.asarray(t), mode)) for name, t in tables.items()}

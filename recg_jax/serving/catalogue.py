@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import json
 import os
 from typing import Iterator, Mapping
@@ -30,6 +31,7 @@ from recg_jax import paths
 from recg_jax.data import recbole
 from recg_jax.data import text as text_lib
 from recg_jax.data.errors import DataError
+from recg_jax.data.errors import decode_utf8
 
 FORMATS = {".item": "recbole", ".jsonl": "jsonl", ".csv": "csv"}
 
@@ -60,9 +62,9 @@ class Catalogue:
     if texts.ndim != 1 or not len(ids):
       raise DataError(f"catalogue {self.name!r} has no items", path=self.path)
     if texts.shape != ids.shape:
-      raise ValueError(f"catalogue {self.name!r}: {len(ids)} ids but {len(texts)} texts")
+      raise DataError(f"catalogue {self.name!r}: {len(ids)} ids but {len(texts)} texts")
     if self.table is not None and (self.table.ndim != 2 or self.table.shape[0] != len(ids) + 1):
-      raise ValueError(
+      raise DataError(
           f"catalogue {self.name!r}: table of shape {self.table.shape}; {len(ids)} items need "
           f"[{len(ids) + 1}, H] (row 0 = padding)"
       )
@@ -96,17 +98,17 @@ def _cell(value) -> str:
 def json_objects(path: paths.Path, expected: str) -> Iterator[tuple[int, dict]]:
   """(line number, object) of every non-blank line of a JSONL file; `expected` describes an object in the
   error for a line that is not one."""
-  with path.open("r", encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg}, column {e.colno})", path=path, line=line_no) from None
-      if not isinstance(row, dict):
-        raise DataError(f"expected {expected}, got {type(row).__name__}", path=path, line=line_no)
-      yield line_no, row
+  text = decode_utf8(path.read_bytes(), path)
+  for line_no, line in enumerate(io.StringIO(text), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"not valid JSON ({e.msg}, column {e.colno})", path=path, line=line_no) from None
+    if not isinstance(row, dict):
+      raise DataError(f"expected {expected}, got {type(row).__name__}", path=path, line=line_no)
+    yield line_no, row
 
 
 def _jsonl_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:
@@ -115,20 +117,19 @@ def _jsonl_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mapping[
 
 
 def _csv_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:
-  with path.open("r", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or id_field not in reader.fieldnames:
+  reader = csv.DictReader(io.StringIO(decode_utf8(path.read_bytes(), path), newline=""))
+  if reader.fieldnames is None or id_field not in reader.fieldnames:
+    raise DataError(
+        f"no {id_field!r} column (header: {reader.fieldnames})", path=path, line=1, field=id_field
+    )
+  for row in reader:
+    if None in row:  # more cells than header names
       raise DataError(
-          f"no {id_field!r} column (header: {reader.fieldnames})", path=path, line=1, field=id_field
+          f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} columns",
+          path=path,
+          line=reader.line_num,
       )
-    for row in reader:
-      if None in row:  # more cells than header names
-        raise DataError(
-            f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} " "columns",
-            path=path,
-            line=reader.line_num,
-        )
-      yield reader.line_num, {k: (v or "") for k, v in row.items()}
+    yield reader.line_num, {k: (v or "") for k, v in row.items()}
 
 
 def _recbole_rows(path: paths.Path, id_field: str) -> Iterator[tuple[int, Mapping[str, str]]]:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax.data import recbole
 from recg_jax.data.errors import DataError
@@ -75,7 +76,7 @@ class _Builder:
 
   def __init__(self, catalogue: catalogue_lib.Catalogue, on_unknown: str, path: str | None):
     if on_unknown not in ON_UNKNOWN:
-      raise ValueError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
+      raise errors.ConfigError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
     self.catalogue, self.on_unknown, self.path = catalogue, on_unknown, path
     self.user_ids: list[str] = []
     self.rows: list[np.ndarray] = []
@@ -222,7 +223,7 @@ def read_histories(
       builder.add(user, items, line)
   elif suffix == ".inter":
     if config is None:
-      raise ValueError("a .inter histories file needs the run's config (its data.*_field names)")
+      raise errors.ConfigError("a .inter histories file needs the run's config (its data.*_field names)")
     _inter_users(path, config.data, catalogue, builder)
   else:
     raise DataError(f"unknown histories format {path.suffix!r}: expected .jsonl or .inter", path=path)

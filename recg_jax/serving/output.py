@@ -17,6 +17,7 @@ from typing import Callable, IO
 
 import numpy as np
 
+from recg_jax import errors
 from recg_jax import paths
 
 FORMATS = ("jsonl", "csv")
@@ -35,7 +36,7 @@ def format_of(path: str | os.PathLike, fmt: str = "") -> str:
   """The output format: `fmt` when given, else from the suffix (.csv is CSV, anything else JSONL)."""
   fmt = fmt or ("csv" if paths.as_path(path).suffix.lower() == ".csv" else "jsonl")
   if fmt not in FORMATS:
-    raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    raise errors.ConfigError(f"output format must be one of {FORMATS}, got {fmt!r}")
   return fmt
 
 

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from recg_jax import config as config_lib
+from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import paths
 from recg_jax import transfer as transfer_lib
@@ -39,7 +40,7 @@ from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import topk
 
 
-class NotAFinishedRunError(ValueError):
+class NotAFinishedRunError(errors.RecgError, ValueError):
   """The workdir does not hold what recommending needs (a finished run's config, checkpoint, transfer)."""
 
 
@@ -183,7 +184,7 @@ class Run:
       table = embed.domain_embeddings(self.config, domain, os.fspath(self.cache_root))
       where = os.fspath(embed.cache_dir(os.fspath(self.cache_root), domain.name))
     if self.table_width is not None and table.shape[1] != self.table_width:
-      raise ValueError(
+      raise errors.ConfigError(
           f"catalogue {catalogue.name!r}: its embeddings are {table.shape[1]} wide ({where}) "
           f"but the run's model reads {self.table_width}-wide rows of encoder "
           f"{self.config.encoder.model!r}: embed it with the run's encoder settings"
@@ -204,7 +205,7 @@ class Run:
     items = transfer_lib.item_vectors(model, self.params, table)
     items_host = np.asarray(items)
     if not np.isfinite(items_host).all():
-      raise FloatingPointError(f"the run's item vectors of catalogue {catalogue.name!r} are not finite")
+      raise errors.NonFiniteError(f"the run's item vectors of catalogue {catalogue.name!r} are not finite")
     rows = min(int(self.settings.item_block_rows) or catalogue.num_items + 1, catalogue.num_items + 1)
     blocks = jax.device_put(topk.pad_blocks(items_host, rows))
     self._prepared = _Prepared(catalogue, model, table, items, blocks)
@@ -230,7 +231,7 @@ class Run:
   def _batch_size(self, num_users: int) -> int:
     batch = int(self.settings.user_batch_size) or int(self.config.eval.batch_size)
     if batch < 1:
-      raise ValueError(f"user batch size must be >= 1, got {batch}")
+      raise errors.ConfigError(f"user batch size must be >= 1, got {batch}")
     return min(batch, num_users)
 
   def _user_batches(
@@ -323,7 +324,7 @@ class Run:
     )
     if np.isnan(scores_UxK).any():
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
-      raise FloatingPointError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
+      raise errors.NonFiniteError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
     ids = np.concatenate([np.array([None], object), catalogue.item_ids])[rows_UxK]
     users_UxD = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
     for users_B, real, user_BxD in kept:

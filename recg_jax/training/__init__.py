@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from recg_jax import errors
 from recg_jax import input_pipeline
 from recg_jax import paths
 from recg_jax import results as results_lib
@@ -71,12 +72,12 @@ def _check_run(
     raise ValueError("train_members: runs trained together need a group_dir for their shared checkpoint")
   config = members[0]
   if config.data.source not in domains:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.data.source={config.data.source!r} is not among the loaded domains " f"{sorted(domains)}"
     )
   select = str(config.eval.select_metric)
   if not select.startswith("valid/"):
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.eval.select_metric={select!r} must name a validation metric "
         "('valid/<protocol>/<metric>@K')"
     )

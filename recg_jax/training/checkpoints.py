@@ -16,6 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax.config import roles
 from recg_jax.training import step as step_lib
@@ -101,7 +102,7 @@ class Checkpoints:
           {k: v for k, v in stored.items() if k != "members"}, config, roles.run_signature
       )
       if diff:
-        raise ValueError(
+        raise errors.RunStateError(
             f"{self.root} holds a checkpoint of a different run (differs in {diff}); use a "
             "fresh workdir or restore the config"
         )

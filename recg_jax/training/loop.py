@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import input_pipeline
 from recg_jax import paths
@@ -185,6 +186,7 @@ class Loop:
         leave=False,
         dynamic_ncols=True,
         mininterval=1.0,
+        disable=not distributed.is_primary(),
     )
     self.clock = time.perf_counter()  # evaluation time is not training time
     ckpt_every, log_every = int(self.tc.checkpoint_every_steps), max(1, int(self.tc.log_every_steps))
@@ -229,7 +231,7 @@ class Loop:
       )
       valid = {f"valid/{k}": v for k, v in valid.items()}
       if self.select not in valid:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.eval.select_metric={self.select!r} is not among the validation metrics "
             f"{sorted(valid)}"
         )
@@ -252,10 +254,9 @@ class Loop:
           f"early stop: no {self.select} gain for {self.tc.patience} epochs (best "
           f"{meta['best_metric']:.5f} at epoch {meta['best_epoch']})",
       )
-    print(
+    distributed.say(
         f"{'' if self.solo else member.tag}epoch {self.epoch}: {self.select}={value:.5f} (best "
-        f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})",
-        flush=True,
+        f"{meta['best_metric']:.5f} @ epoch {meta['best_epoch']})"
     )
 
   def _stop(self, member: Member, reason: str, **extra) -> None:
@@ -309,7 +310,7 @@ def restore_or_start(
   try:
     restored = latest.restore_latest(checkpoints_lib.abstract(trainer.state))
   except (ValueError, TypeError, KeyError) as e:
-    raise ValueError(
+    raise errors.RunStateError(
         f"cannot resume from {latest.root / 'latest'}: its state does not fit this run's "
         f"({len(trainer.configs)} member(s), stacked on a leading axis); a checkpoint written "
         "before runs were stacked, or by another group, cannot be resumed: use a fresh "
@@ -320,7 +321,7 @@ def restore_or_start(
   state, meta = restored
   steps = np.asarray(jax.device_get(state.step))
   if not (steps == int(meta["step"])).all() or len(meta.get("members", ())) != members:
-    raise ValueError(
+    raise errors.RunStateError(
         f"inconsistent checkpoint in {latest.root}: state steps {steps.tolist()}, position "
         f"step {meta['step']}, {len(meta.get('members', ()))} member records for {members} "
         "members"
@@ -335,9 +336,8 @@ def restore_or_start(
       m.pop("stopped_step", None)
       m.pop("stopped_epoch", None)
   logging.info("resuming from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"])
-  print(
+  distributed.say(
       f"resuming {latest.root.parent} from step {meta['step']} (epoch {meta['epoch']}, batch "
-      f"{meta['batch']})",
-      flush=True,
+      f"{meta['batch']})"
   )
   return state, meta

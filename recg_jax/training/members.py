@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from recg_jax import errors
 from recg_jax.config import roles
 from recg_jax.training import optimizer as optimizer_lib
 
@@ -52,7 +53,7 @@ def check_members(members: Sequence[ml_collections.ConfigDict]) -> None:
   for i, member in enumerate(members[1:], 1):
     diff = roles.diff(first, shared_fields(member))
     if diff:
-      raise ValueError(
+      raise errors.ConfigError(
           f"member {i} differs from member 0 in {diff}: members of one stacked run may "
           f"differ only in {['.'.join(f) for f in roles.TRACED_FIELDS]} (and not in whether "
           "train.grad_clip / train.weight_decay are 0)"
@@ -68,7 +69,7 @@ def member_axis(config: ml_collections.ConfigDict) -> str:
   """config.train.member_axis resolved: 'vmap' (batched members) or 'map' (members in turn, one program)."""
   axis = str(config.train.member_axis)
   if axis not in ("auto", "vmap", "map"):
-    raise ValueError(f"config.train.member_axis={axis!r}: expected 'auto', 'vmap' or 'map'")
+    raise errors.ConfigError(f"config.train.member_axis={axis!r}: expected 'auto', 'vmap' or 'map'")
   if axis == "auto":
     return "map" if jax.default_backend() == "cpu" else "vmap"
   return axis

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from recg_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerStructure:
@@ -36,7 +38,7 @@ class OptimizerStructure:
 
 def decay_kind(train_config: ml_collections.ConfigDict) -> str:
   if train_config.decay not in ("constant", "cosine"):
-    raise ValueError(f"config.train.decay={train_config.decay!r}: expected 'constant' or 'cosine'")
+    raise errors.ConfigError(f"config.train.decay={train_config.decay!r}: expected 'constant' or 'cosine'")
   return str(train_config.decay)
 
 

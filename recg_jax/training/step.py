@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from recg_jax import compile_stats
+from recg_jax import errors
 from recg_jax import gen_loss as gen_loss_lib
 from recg_jax import input_pipeline
 from recg_jax import losses
@@ -75,7 +76,7 @@ def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.nd
     return StepTables(arrays={"source": None})
   source = config.data.source
   if not tables or source not in tables:
-    raise ValueError(
+    raise errors.ConfigError(
         f"variant {config.model.variant!r} needs the frozen embedding table of the source "
         f"domain {source!r}; got tables for {sorted(tables or {})}"
     )
@@ -85,13 +86,13 @@ def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.nd
   names = gen_domain_names(config)
   missing = [n for n in names if n not in tables]
   if missing:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the generalization loss samples items of {names} (data.source, data.targets, "
         f"data.auxiliary) but no embedding table was given for {missing}"
     )
   dims = {n: tables[n].shape[1] for n in names}
   if len(set(dims.values())) != 1:
-    raise ValueError(f"embedding tables disagree on their width: {dims}")
+    raise errors.ConfigError(f"embedding tables disagree on their width: {dims}")
   gen_loss_lib.check_num_domains(len(names))
   counts = tuple(int(tables[n].shape[0]) - 1 for n in names)
   stacked = np.zeros((len(names), max(counts) + 1, dims[source]), np.float32)
@@ -109,7 +110,7 @@ def candidate_scoring(config: ml_collections.ConfigDict) -> str:
   """config.train.candidate_scores resolved: 'factored' | 'gather' | 'full'."""
   mode = str(config.train.candidate_scores)
   if mode not in ("auto", "factored", "gather", "full"):
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or " "'full'"
     )
   text = str(config.model.score_space) == "text"
@@ -118,12 +119,12 @@ def candidate_scoring(config: ml_collections.ConfigDict) -> str:
     # Text-space candidates are the frozen rows themselves: gathering them is already the cheap way.
     return "full" if config.model.variant == "id" else "gather" if text else "factored"
   if mode == "factored" and config.model.variant == "id":
-    raise ValueError(
+    raise errors.ConfigError(
         "config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
         "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'"
     )
   if mode == "factored" and text:
-    raise ValueError(
+    raise errors.ConfigError(
         "config.train.candidate_scores='factored' scores W_p e + b_p; with "
         "config.model.score_space='text' the candidates are the frozen rows: use 'gather' or "
         "'full'"
@@ -152,7 +153,7 @@ def candidate_scores(
       kernel_HxD = variables["params"]["items"]["W_p"]["kernel"]
       bias_D = variables["params"]["items"]["W_p"]["bias"]
     except KeyError as e:
-      raise ValueError(
+      raise errors.ConfigError(
           "config.train.candidate_scores='factored' needs the parameters items/W_p/{kernel, "
           "bias} (variants 'sem' and 'recg'); use 'gather' or 'full'"
       ) from e
@@ -202,7 +203,7 @@ class StepSpec:
   ) -> StepSpec:
     loss = str(config.train.loss)
     if loss not in ("bpr", "softmax"):
-      raise ValueError(f"config.train.loss={loss!r}: expected 'bpr' or 'softmax'")
+      raise errors.ConfigError(f"config.train.loss={loss!r}: expected 'bpr' or 'softmax'")
     return cls(
         model=model,
         cloze=rows.cloze,

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from recg_jax import distributed
+from recg_jax import errors
 from recg_jax import input_pipeline
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
@@ -75,7 +76,7 @@ class Trainer:
 def _check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
   distributed.check_batch_size(batch_size)
   if batch_size % mesh.shape["data"]:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.train.batch_size={batch_size} must be a multiple of the number of devices "
         f"on the 'data' axis ({mesh.shape['data']})"
     )
@@ -103,7 +104,7 @@ def create_trainer(
   step_tables = step_lib.build_step_tables(config, tables)
   source_table = step_tables.arrays["source"]
   if source_table is not None and source_table.shape[0] != domain.num_items + 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the table of {domain.name!r} has {source_table.shape[0]} rows; the domain has "
         f"{domain.num_items} items (+1 padding row expected)"
     )
