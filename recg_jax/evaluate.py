@@ -238,8 +238,32 @@ def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array 
   return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
 
 
+def _score_matrix(user, items_NxD: jax.Array, scorer: tuple, prec) -> jax.Array:
+  """scores_bxN of a block of users. scorer ('dot',): user_bxD @ items^T. ('max',) / ('softmax', tau): the
+  user is [b, T, D + 1], T history vectors with their log weights (-inf: padding), and the score is the
+  best of their dot products with the item, or tau * log sum_t w_t exp(dot_t / tau); one [b, N] matrix at
+  a time (a scan over T), so memory stays that of the dot product."""
+  dot = lambda u_bxD: jax.lax.dot_general(
+      u_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
+  )
+  if scorer[0] == "dot":
+    return dot(user)
+  rows_TxbxD, log_w_Txb = jnp.swapaxes(user[..., :-1], 0, 1), jnp.swapaxes(user[..., -1], 0, 1)
+
+  def step(acc_bxN, xs):
+    rows_bxD, log_w_b = xs
+    s_bxN = dot(rows_bxD)
+    if scorer[0] == "max":
+      return jnp.where(jnp.isfinite(log_w_b)[:, None], jnp.maximum(acc_bxN, s_bxN), acc_bxN), None
+    return jnp.logaddexp(acc_bxN, log_w_b[:, None] + s_bxN / scorer[1]), None
+
+  init = jnp.full((user.shape[0], items_NxD.shape[0]), -jnp.inf, jnp.float32)
+  acc_bxN, _ = jax.lax.scan(step, init, (rows_TxbxD, log_w_Txb))
+  return acc_bxN if scorer[0] == "max" else scorer[1] * acc_bxN
+
+
 @functools.lru_cache(maxsize=16)
-def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int):
+def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int, scorer: tuple = ("dot",)):
   """The jitted batch scorer: `steps` blocks of rows, each one matrix product and the ranks of each protocol.
 
   A batch of B rows is scored `steps` blocks at a time so the [B / steps, N] score matrix stays small
@@ -249,9 +273,7 @@ def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int)
   prec = _PRECISIONS[precision]
 
   def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
-    scores_bxN = jax.lax.dot_general(
-        user_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
-    )
+    scores_bxN = _score_matrix(user_bxD, items_NxD, scorer, prec)
     out = {}
     if sampled:
       # Gathered from the same scores: negatives lie outside the sequence, the target is never masked.
@@ -318,6 +340,7 @@ def user_ranks(
     eval_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh | None = None,
     protocols: Sequence[str] | None = None,
+    scorer: tuple = ("dot",),
 ) -> dict[str, np.ndarray]:
   """Per-user 0-based half-tie ranks of the target, {protocol name: ranks_U float32}. Args as `evaluate`."""
   heads = head_ranks(
@@ -328,6 +351,7 @@ def user_ranks(
       eval_config,
       mesh=mesh,
       protocols=protocols,
+      scorer=scorer,
   )
   return heads[""]
 
@@ -403,6 +427,7 @@ def head_ranks(
     eval_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh | None = None,
     protocols: Sequence[str] | None = None,
+    scorer: tuple = ("dot",),
 ) -> dict[str, dict[str, np.ndarray]]:
   """As user_ranks, for a user_fn that returns several user vectors per row ({head: user_BxD}, e.g. with
   and without a final transform): the model runs once per batch and every head is ranked.
@@ -427,7 +452,7 @@ def head_ranks(
   )
   mesh, shards, items, put = _placement(mesh, item_vecs_NxD)
   batch, steps = _geometry(eval_config, domain.num_items, domain.num_users, shards)
-  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps)
+  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps, tuple(scorer))
   max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
@@ -442,10 +467,11 @@ def head_ranks(
         )
         target_B, negs_BxK = put(targets_U[users_B]), put(negs_UxK[users_B])
         for head, user_BxD in users_by_head.items():
-          if user_BxD.shape != (batch, items.shape[1]):
+          want = (batch, items.shape[1]) if scorer[0] == "dot" else (batch, seq_width, items.shape[1] + 1)
+          if user_BxD.shape != want:
             raise ValueError(
-                f"user_fn returned shape {user_BxD.shape}; expected [{batch}, "
-                f"{items.shape[1]}] to score against item vectors {items.shape}"
+                f"user_fn returned shape {user_BxD.shape}; expected {list(want)} to score against item "
+                f"vectors {items.shape} (scorer {scorer[0]!r})"
             )
           pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
   return _collect(pending, {"full": "full", "sampled": sampled_name}, domain.num_users)
@@ -459,6 +485,7 @@ def evaluate(
     eval_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh | None = None,
     protocols: Sequence[str] | None = None,
+    scorer: tuple = ("dot",),
 ) -> dict[str, float]:
   """Recall@K / NDCG@K of every protocol, averaged over all users of `split`.
 
@@ -477,7 +504,9 @@ def evaluate(
     {'full/recall@5': ..., 'full/ndcg@5': ..., 'sampled100/recall@5': ..., ...}, floats; NaN where the
     model produced NaN scores.
   """
-  ranks = user_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
+  ranks = user_ranks(
+      user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols, scorer=scorer
+  )
   return _metrics(ranks, tuple(eval_config.ks))
 
 
@@ -489,9 +518,12 @@ def evaluate_heads(
     eval_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh | None = None,
     protocols: Sequence[str] | None = None,
+    scorer: tuple = ("dot",),
 ) -> dict[str, dict[str, float]]:
   """`evaluate` for a user_fn returning {head: user_BxD}: {head: metrics}, one model pass per batch."""
-  ranks = head_ranks(user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols)
+  ranks = head_ranks(
+      user_fn, item_vecs_NxD, split, domain, eval_config, mesh=mesh, protocols=protocols, scorer=scorer
+  )
   return {head: _metrics(r, tuple(eval_config.ks)) for head, r in ranks.items()}
 
 

@@ -235,6 +235,64 @@ def build_rows(
   return dataclasses.replace(rows, row_bucket_N=bucket, widths=widths)
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiRows:
+  """The training rows of several source domains (a multi-source run), trained in turns.
+
+  Every epoch each domain contributes batches_per_domain batches, whatever its size, so that a large
+  domain does not drown a small one: the batches of its own epoch plan, continued by further plans of it
+  (rows reshuffled) when it has fewer, cut when it has more (a different share of its rows every epoch).
+  The domains take turns batch by batch; a batch holds rows of one domain only, scored against that
+  domain's catalogue. The sequence of (domain, width) depends on the epoch alone, as a single domain's.
+  """
+
+  domains: tuple[TrainingRows, ...]
+  batches_per_domain: int
+
+  @property
+  def max_len(self) -> int:
+    return self.domains[0].max_len
+
+  @property
+  def per_position(self) -> bool:
+    return self.domains[0].per_position
+
+  @property
+  def cloze(self) -> bool:
+    return self.domains[0].cloze
+
+  @property
+  def num_rows(self) -> int:
+    return sum(r.num_rows for r in self.domains)
+
+  @property
+  def num_targets(self) -> int:
+    return sum(r.num_targets for r in self.domains)
+
+
+def multi_rows(domains: Sequence[TrainingRows], batch_size: int, batches_per_domain: int = 0) -> MultiRows:
+  """MultiRows of the domains' rows; batches_per_domain 0 = the mean of their own batches per epoch."""
+  own = [steps_per_epoch(r, batch_size) for r in domains]
+  return MultiRows(tuple(domains), int(batches_per_domain) or max(1, round(float(np.mean(own)))))
+
+
+def _domain_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int, count: int):
+  """The first `count` batches of the domain's plans for this epoch (further plans when it runs short)."""
+  plan, again = [], 0
+  while len(plan) < count:
+    plan += epoch_plan(rows, batch_size, seed, epoch * 7919 + again)
+    again += 1
+  return plan[:count]
+
+
+def multi_epoch_plan(
+    rows: MultiRows, batch_size: int, seed: int, epoch: int
+) -> list[tuple[int, np.ndarray, int]]:
+  """The batches of one multi-source epoch as (width, row indices, domain index), domains in turns."""
+  plans = [_domain_plan(r, batch_size, seed, epoch, rows.batches_per_domain) for r in rows.domains]
+  return [(*plans[d][k], d) for k in range(rows.batches_per_domain) for d in range(len(plans))]
+
+
 def _widths_and_buckets(rows: TrainingRows) -> tuple[tuple[int, ...], np.ndarray]:
   # Rows built without buckets (e.g. by hand) form one bucket of width max_len.
   if rows.widths:
@@ -242,15 +300,24 @@ def _widths_and_buckets(rows: TrainingRows) -> tuple[tuple[int, ...], np.ndarray
   return (rows.max_len,), np.zeros(rows.num_rows, np.int64)
 
 
-def bucket_sizes(rows: TrainingRows) -> dict[int, int]:
-  """{bucket width: number of rows}, for the widths that hold at least one row."""
+def bucket_sizes(rows: TrainingRows | MultiRows) -> dict[int, int]:
+  """{bucket width: number of rows}, for the widths that hold at least one row (summed over domains)."""
+  if isinstance(rows, MultiRows):
+    total: dict[int, int] = {}
+    for r in rows.domains:
+      for w, n in bucket_sizes(r).items():
+        total[w] = total.get(w, 0) + n
+    return dict(sorted(total.items()))
   widths, bucket = _widths_and_buckets(rows)
   counts = np.bincount(bucket, minlength=len(widths))
   return {w: int(c) for w, c in zip(widths, counts) if c}
 
 
-def steps_per_epoch(rows: TrainingRows, batch_size: int) -> int:
-  """Batches per epoch: every bucket's rows in batches of `batch_size`, the last one partial."""
+def steps_per_epoch(rows: TrainingRows | MultiRows, batch_size: int) -> int:
+  """Batches per epoch: every bucket's rows in batches of `batch_size`, the last one partial (several
+  domains: batches_per_domain of each)."""
+  if isinstance(rows, MultiRows):
+    return rows.batches_per_domain * len(rows.domains)
   return sum(-(-n // batch_size) for n in bucket_sizes(rows).values())
 
 
@@ -279,8 +346,15 @@ def epoch_plan(rows: TrainingRows, batch_size: int, seed: int, epoch: int) -> li
   return [plan[i] for i in order]
 
 
+def plan_of(rows: TrainingRows | MultiRows, batch_size: int, seed: int, epoch: int) -> list[tuple]:
+  """epoch_plan, or multi_epoch_plan for several domains: (width, row indices[, domain index]) per batch."""
+  if isinstance(rows, MultiRows):
+    return multi_epoch_plan(rows, batch_size, seed, epoch)
+  return epoch_plan(rows, batch_size, seed, epoch)
+
+
 def stacked_epoch_batches(
-    rows: TrainingRows,
+    rows: TrainingRows | MultiRows,
     batch_size: int,
     seeds: Sequence[int],
     epoch: int,
@@ -294,7 +368,7 @@ def stacked_epoch_batches(
 
 
 def epoch_batches(
-    rows: TrainingRows,
+    rows: TrainingRows | MultiRows,
     batch_size: int,
     seed: int,
     epoch: int,
@@ -307,17 +381,20 @@ def epoch_batches(
   the other processes are never gathered. None = the whole batch.
   """
   part = part or slice(0, batch_size)
-  for width, idx in epoch_plan(rows, batch_size, seed, epoch)[start_batch:]:
+  for width, idx, *domain in plan_of(rows, batch_size, seed, epoch)[start_batch:]:
     padded = np.full(batch_size, -1, np.int64)  # -1 = a padding row of weight 0, at the batch's end
     padded[: len(idx)] = idx
     mine = padded[part]
     real = mine[mine >= 0]
-    batch = rows.gather(real if len(real) else idx[:1], width)
+    source = rows.domains[domain[0]] if domain else rows
+    batch = source.gather(real if len(real) else idx[:1], width)
     if not len(real):  # this process's share is all padding: any row's shapes, zeroed
       batch = {k: np.zeros_like(v) for k, v in batch.items()}
     short = len(mine) - len(batch["inputs"])
     if short:
       batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    if domain:  # which catalogue the batch is scored against, per row (so that it shards as the rows do)
+      batch["domain"] = np.full(len(mine), domain[0], np.int32)
     yield batch
 
 

@@ -36,7 +36,7 @@ def sample_negatives(
   """
   if positives_BxP.ndim != 2:
     raise ValueError(f"positives_BxP must be [batch, positions], got {positives_BxP.shape}")
-  if num_items < 1 or num_negatives < 1:
+  if (isinstance(num_items, int) and num_items < 1) or num_negatives < 1:
     raise ValueError(f"need num_items >= 1 and num_negatives >= 1, got {num_items}, {num_negatives}")
   batch, num_pos = positives_BxP.shape
   forbidden = positives_BxP.astype(jnp.int32)
@@ -94,19 +94,51 @@ def bpr_loss(
   return bpr_from_scores(pos_BxP, neg_BxPxK, mask_BxP)
 
 
+def seen_items_BxPxN(inputs_BxL: jax.Array, num_positions: int, num_rows: int) -> jax.Array:
+  """bool [B, P, N]: the items of each row's input history at each target position. With P = L (a target
+  after every input position, causal models) position p has seen inputs[:, :p + 1]; with P = 1 (one target
+  per row) the whole input row. Ids outside 1..N-1 (padding, BERT4Rec's mask token) are never marked."""
+  batch, length = inputs_BxL.shape
+  items_BxL = jnp.where((inputs_BxL > 0) & (inputs_BxL < num_rows), inputs_BxL, 0).astype(jnp.int32)
+  real_BxL = items_BxL > 0
+  if num_positions == length:
+    causal_PxL = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
+    seen_BxPxL = causal_PxL[None] & real_BxL[:, None, :]
+  else:
+    seen_BxPxL = jnp.broadcast_to(real_BxL[:, None, :], (batch, num_positions, length))
+  b = jnp.arange(batch)[:, None, None]
+  p = jnp.arange(num_positions)[None, :, None]
+  items_BxPxL = jnp.broadcast_to(items_BxL[:, None, :], (batch, num_positions, length))
+  return jnp.zeros((batch, num_positions, num_rows), bool).at[b, p, items_BxPxL].max(seen_BxPxL)
+
+
 def softmax_loss(
-    user_BxPxD: jax.Array, items_NxD: jax.Array, targets_BxP: jax.Array, mask_BxP: jax.Array
+    user_BxPxD: jax.Array,
+    items_NxD: jax.Array,
+    targets_BxP: jax.Array,
+    mask_BxP: jax.Array,
+    history_BxL: jax.Array | None = None,
+    num_items: jax.Array | int | None = None,
 ) -> jax.Array:
   """Full-catalogue cross-entropy: -mean over real pairs of log softmax_n(<y, items_n>)[target].
 
-  The padding row 0 is never a class (its logit is set to the dtype's minimum before the softmax).
-  Targets must be in 1..N-1 where mask_BxP is set. Memory: one B x P x N logits array.
+  The padding row 0 is never a class (its logit is set to the dtype's minimum before the softmax), nor are
+  rows above num_items (a table padded to a larger catalogue). With history_BxL (the rows' inputs) the
+  items of each position's input history are no class either, the target excepted, as `full` evaluation
+  masks them: their logits get no gradient (seen_items_BxPxN). Targets must be in 1..N-1 where mask_BxP is
+  set. Memory: one B x P x N logits array.
+
   Returns a float32 scalar.
   """
   mask = mask_BxP > 0
   logits_BxPxN = jnp.einsum("bpd,nd->bpn", user_BxPxD, items_NxD)
-  not_pad_N = jnp.arange(items_NxD.shape[0]) > 0
+  rows_N = jnp.arange(items_NxD.shape[0])
+  not_pad_N = (rows_N > 0) if num_items is None else (rows_N > 0) & (rows_N <= num_items)
   logits_BxPxN = jnp.where(not_pad_N, logits_BxPxN, jnp.finfo(logits_BxPxN.dtype).min)
+  if history_BxL is not None:
+    seen_BxPxN = seen_items_BxPxN(history_BxL, logits_BxPxN.shape[1], logits_BxPxN.shape[2])
+    seen_BxPxN &= rows_N[None, None, :] != targets_BxP[..., None]
+    logits_BxPxN = jnp.where(seen_BxPxN, jnp.finfo(logits_BxPxN.dtype).min, logits_BxPxN)
   # Padded pairs read a real column, so no -inf/NaN can leak into the masked mean or its gradient.
   safe_targets_BxP = jnp.where(mask, targets_BxP, 1).astype(jnp.int32)
   target_logit_BxP = jnp.take_along_axis(logits_BxPxN, safe_targets_BxP[..., None], axis=-1)[..., 0]

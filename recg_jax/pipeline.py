@@ -75,8 +75,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
 
 
 def run_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The domains a run reads: its source, targets and auxiliary domains, without repeats."""
-  return tuple(dict.fromkeys([config.data.source, *config.data.targets, *config.data.auxiliary]))
+  """The domains a run reads: its source(s), targets and auxiliary domains, without repeats."""
+  sources = types.source_names(config.data.source)
+  return tuple(dict.fromkeys([*sources, *config.data.targets, *config.data.auxiliary]))
+
+
+def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainData]) -> dict:
+  """The run's domains with each source domain cut to train.max_users_per_source users (a seeded sample
+  that does not depend on the run's seed); targets are evaluated whole."""
+  cap = int(config.train.max_users_per_source)
+  sources = set(types.source_names(config.data.source))
+  return {n: types.user_subset(d, cap) if n in sources else d for n, d in domains.items()}
 
 
 def model_tables(
@@ -117,13 +126,13 @@ def train_and_transfer(
         "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs"
     )
   run_tables = model_tables(config, tables)
-  names = run_domains(config) if config.model.variant != "id" else (config.data.source,)
+  names = run_domains(config) if config.model.variant != "id" else types.source_names(config.data.source)
   missing = [n for n in names if n not in domains]
   if missing:
     raise errors.ConfigError(
         f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})"
     )
-  run_domains_ = {n: domains[n] for n in names}
+  run_domains_ = _capped(config, {n: domains[n] for n in names})
   if config.model.variant == "text_knn":
     return [
         _outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
@@ -163,29 +172,30 @@ def evaluate_untrained(
     tables: dict[str, np.ndarray],
     zero_shot: bool = True,
 ) -> list[dict]:
-  """A model without parameters (variant 'text_knn'): the source's validation and test splits and, with
-  zero_shot, every target's test split, through the same evaluation as the trained models. Writes
+  """A model without parameters (variant 'text_knn'): every source's validation and test splits and,
+  with zero_shot, every target's test split, through the same evaluation as the trained models. Writes
   results.json / results.md in workdir and returns the records."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
-
-  variant = str(config.model.variant)
-  if variant != "text_knn":
-    raise errors.ConfigError(
-        f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got " f"{variant!r}"
-    )
-  source = config.data.source
-  missing = [d for d in (source, *(config.data.targets if zero_shot else ())) if d not in tables]
-  if missing:
-    raise errors.ConfigError(f"variant 'text_knn' needs the frozen tables of {missing}")
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
 
-  model, params = recommender.build_model(config, domains[source].num_items), {}
-  source_metrics = {}
-  for split in ("valid", "test"):
-    m = transfer.evaluate_domain(config, model, params, tables[source], domains[source], None, split)
-    source_metrics.update({f"{split}/{k}": v for k, v in m.items()})
-  records = [results_lib.make_record(config, "in_domain", source, source_metrics, extra={"trained": False})]
-  for target in (config.data.targets if zero_shot else ()):
+  if str(config.model.variant) != "text_knn":
+    raise errors.ConfigError(
+        f"evaluate_untrained needs a model without parameters (variant 'text_knn'), got "
+        f"{config.model.variant!r}"
+    )
+  sources = types.source_names(config.data.source)
+  missing = [d for d in (*sources, *(config.data.targets if zero_shot else ())) if d not in tables]
+  if missing:
+    raise errors.ConfigError(f"variant 'text_knn' needs the frozen tables of {missing}")
+  model, params = recommender.build_model(config, domains[sources[0]].num_items), {}
+  records = []
+  for source in sources:
+    metrics = {}
+    for split in ("valid", "test"):
+      m = transfer.evaluate_domain(config, model, params, tables[source], domains[source], None, split)
+      metrics.update({f"{split}/{k}": v for k, v in m.items()})
+    records.append(results_lib.make_record(config, "in_domain", source, metrics, extra={"trained": False}))
+  for target in config.data.targets if zero_shot else ():
     m = transfer.evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
     records.append(
         results_lib.make_record(config, "zero_shot", target, {f"zero_shot/{k}": v for k, v in m.items()})
@@ -201,26 +211,35 @@ def transfer_trained(
     tables: dict[str, np.ndarray],
     trained,
 ) -> list[dict]:
-  """After training (alone or as a member of training.train_members): the sequence-level step, the source
-  test split and every target; writes results.json / results.md in workdir and returns the records."""
+  """After training (alone or as a member of training.train_members): the sequence-level step, every
+  source's test split and every target; writes results.json / results.md in workdir and returns the
+  records."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
 
   workdir = paths.as_path(workdir)
-  source = config.data.source
+  sources = types.source_names(config.data.source)
   seq_transfer = None
   if transfer.sequence_step_enabled(config):
-    seq_transfer = transfer.fit_sequence_transfer(
-        config, trained.model, trained.params, tables[source], domains[source]
-    )
+    if len(sources) == 1:
+      fitted = transfer.fit_sequence_transfer(
+          config, trained.model, trained.params, tables[sources[0]], domains[sources[0]]
+      )
+    else:
+      fitted = transfer.fit_sequence_transfer(
+          config, trained.model, trained.params, [tables[s] for s in sources], [domains[s] for s in sources]
+      )
+    seq_transfer = fitted
     transfer.save_sequence_transfer(workdir, seq_transfer)
+  extra = {"best_epoch": trained.best_epoch, "stop_reason": trained.stop_reason}
   records = [
       results_lib.make_record(
           config,
           "in_domain",
           source,
           transfer.source_metrics(config, trained, tables[source], domains[source], seq_transfer),
-          extra={"best_epoch": trained.best_epoch, "stop_reason": trained.stop_reason},
+          extra=extra,
       )
+      for source in sources
   ]
   for target in config.data.targets:
     metrics = transfer.target_metrics(

@@ -172,65 +172,80 @@ def _wf_step_program(
   return step, optimizer
 
 
-def _fit_fusion(
-    config: ml_collections.ConfigDict,
-    width: int,
-    num_items: int,
-    items_IxD,
-    y_NxD: np.ndarray,
-    s_NxD: np.ndarray,
-    targets: np.ndarray,
-    hist: np.ndarray,
-    key: jax.Array,
-):
-  """Step 7c: W_f by BPR on frozen y, s~ and item vectors, from [I | 0]; returns its parameters."""
-  tc, bs, n = config.transfer, int(config.train.batch_size), len(targets)
-  fusion = heads.SequenceFusion(features=width)
-  fusion_params = fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]
-  step, optimizer = _wf_step_program(
-      width, int(config.train.num_negatives), num_items, float(tc.wf_learning_rate)
+@dataclasses.dataclass(frozen=True)
+class _FusionRows:
+  """W_f's training rows of one source domain: its item vectors and, per row, y, s~, target and history."""
+
+  num_items: int
+  items_IxD: Any
+  y_NxD: np.ndarray
+  s_NxD: np.ndarray
+  targets: np.ndarray
+  hist: np.ndarray
+
+
+def _fit_epoch(step, state, part: _FusionRows, rng, bs: int, key, step_index: int, desc: str):
+  """One pass over a domain's rows in fixed-size batches (the last padded with repeats of weight 0)."""
+  n = len(part.targets)
+  order = rng.permutation(n)
+  order = np.concatenate([order, order[: (-n) % bs]])
+  weight = np.ones(len(order), np.float32)
+  weight[n:] = 0.0
+  losses_ = []
+  bar = tqdm.trange(
+      0,
+      len(order),
+      bs,
+      desc=desc,
+      leave=False,
+      dynamic_ncols=True,
+      mininterval=1.0,
+      disable=not distributed.is_primary(),
   )
-  opt_state = optimizer.init(fusion_params)
+  for start in bar:
+    idx = order[start : start + bs]
+    *state, loss = step(
+        *state,
+        part.items_IxD,
+        part.y_NxD[idx],
+        part.s_NxD[idx],
+        part.targets[idx],
+        part.hist[idx],
+        weight[start : start + bs],
+        jax.random.fold_in(key, step_index),
+    )
+    step_index += 1
+    losses_.append(loss)
+  return state, losses_, step_index
+
+
+def _fit_fusion(config: ml_collections.ConfigDict, width: int, parts: list[_FusionRows], key: jax.Array):
+  """Step 7c: W_f by BPR on frozen y, s~ and item vectors, from [I | 0], each source's rows against its own
+  catalogue (every epoch one pass over each source in turn); returns its parameters."""
+  tc, bs = config.transfer, int(config.train.batch_size)
+  fusion = heads.SequenceFusion(features=width)
+  state = [fusion.init(jax.random.key(0), jnp.zeros((1, width)), jnp.zeros((1, width)))["params"]]
   rng = np.random.default_rng(int(config.train.seed))
   step_index = 0
   for epoch in range(int(tc.wf_epochs)):
-    order = rng.permutation(n)
-    order = np.concatenate([order, order[: (-n) % bs]])  # fixed shapes: pad with repeats, weight 0
-    weight = np.ones(len(order), np.float32)
-    weight[n:] = 0.0
     epoch_loss = []
-    bar = tqdm.trange(
-        0,
-        len(order),
-        bs,
-        desc=f"W_f epoch {epoch}",
-        leave=False,
-        dynamic_ncols=True,
-        mininterval=1.0,
-        disable=not distributed.is_primary(),
-    )
-    for start in bar:
-      idx = order[start : start + bs]
-      fusion_params, opt_state, loss = step(
-          fusion_params,
-          opt_state,
-          items_IxD,
-          y_NxD[idx],
-          s_NxD[idx],
-          targets[idx],
-          hist[idx],
-          weight[start : start + bs],
-          jax.random.fold_in(key, step_index),
+    for part in parts:
+      step, optimizer = _wf_step_program(
+          width, int(config.train.num_negatives), part.num_items, float(tc.wf_learning_rate)
       )
-      step_index += 1
-      epoch_loss.append(loss)
+      if len(state) == 1:
+        state.append(optimizer.init(state[0]))  # the same optimiser structure for every catalogue size
+      state, losses_, step_index = _fit_epoch(
+          step, state, part, rng, bs, key, step_index, f"W_f epoch {epoch}"
+      )
+      epoch_loss += losses_
     mean_loss = float(np.mean(jax.device_get(epoch_loss)))
     if not np.isfinite(mean_loss):
       raise NonFiniteLossError(
           f"W_f training loss is {mean_loss} in epoch {epoch}: lower config.transfer.wf_learning_rate"
       )
     logging.info("W_f epoch %d: BPR %.5f", epoch, mean_loss)
-  return jax.device_get(fusion_params)
+  return jax.device_get(state[0])
 
 
 def fit_sequence_transfer(
@@ -238,17 +253,25 @@ def fit_sequence_transfer(
     model: recommender_lib.Recommender,
     params,
     table_NxH,
-    domain: types.DomainData,
+    domain: types.DomainData | list[types.DomainData],
 ) -> SequenceTransfer:
-  """Steps 7a-c on the source domain: centres from k-means of source users, then W_f by BPR."""
+  """Steps 7a-c on the source domain (or the source domains, with their tables in a list): centres from
+  k-means of every source user, then W_f by BPR on the sources' rows."""
+  domains = [domain] if isinstance(domain, types.DomainData) else list(domain)
+  tables = [table_NxH] if isinstance(domain, types.DomainData) else list(table_NxH)
   tc, max_len = config.transfer, int(config.data.max_len)
   key = jax.random.key(int(config.train.seed) + 7919)  # its own stream, reproducible from the run seed
   kmeans_key, wf_key = jax.random.split(key)
-  user_fn = user_vector_fn(model, params, table_NxH)
+  user_fns = [user_vector_fn(model, params, t) for t in tables]
   batch = int(config.eval.batch_size)
 
   # a. Source users' vectors from their training parts (the inputs of the validation split).
-  y_UxD = _batched_apply(user_fn, types.leave_one_out(domain, "valid", max_len).inputs_UxL, batch)
+  y_UxD = np.concatenate(
+      [
+          _batched_apply(fn, types.leave_one_out(d, "valid", max_len).inputs_UxL, batch)
+          for fn, d in zip(user_fns, domains)
+      ]
+  )
   k = min(int(tc.num_clusters), len(y_UxD))
   centres, inertia = clustering.kmeans(
       y_UxD,
@@ -263,20 +286,13 @@ def fit_sequence_transfer(
   distributed.say(f"[transfer] k-means: {k} centres over {len(y_UxD)} source users, inertia {inertia:.4g}")
 
   # c. W_f on frozen y, s~ and item vectors.
-  inputs, targets, hist = _wf_training_rows(domain, max_len)
-  y_NxD = _batched_apply(user_fn, inputs, batch)
-  s_NxD = np.asarray(_aggregate(jnp.asarray(y_NxD), jnp.asarray(centres)))
-  fusion_params = _fit_fusion(
-      config,
-      model.output_dim(table_NxH.shape[-1]),
-      domain.num_items,
-      item_vectors(model, params, table_NxH),
-      y_NxD,
-      s_NxD,
-      targets,
-      hist,
-      wf_key,
-  )
+  parts = []
+  for fn, d, t in zip(user_fns, domains, tables):
+    inputs, targets, hist = _wf_training_rows(d, max_len)
+    y_NxD = _batched_apply(fn, inputs, batch)
+    s_NxD = np.asarray(_aggregate(jnp.asarray(y_NxD), jnp.asarray(centres)))
+    parts.append(_FusionRows(d.num_items, item_vectors(model, params, t), y_NxD, s_NxD, targets, hist))
+  fusion_params = _fit_fusion(config, model.output_dim(tables[0].shape[-1]), parts, wf_key)
   return SequenceTransfer(centres_KxD=centres, fusion_params=fusion_params, inertia=float(inertia))
 
 
@@ -321,7 +337,9 @@ def evaluate_domain_heads(
           },
       }
 
-  return evaluate_lib.evaluate_heads(user_fn, items, rows, domain, config.eval, mesh=mesh)
+  return evaluate_lib.evaluate_heads(
+      user_fn, items, rows, domain, config.eval, mesh=mesh, scorer=model.scorer
+  )
 
 
 def weighted_head(head: str, weight: float) -> str:
@@ -356,10 +374,14 @@ def source_metrics(
     domain: types.DomainData,
     seq_transfer: SequenceTransfer | None,
 ) -> dict[str, float]:
-  """The source's metrics of a trained run (training.TrainResult): its best validation and test metrics,
-  and with a sequence-level step the method's test metrics as `test/...`, the trained model alone then
-  being `test_no_seq/...`."""
-  metrics = dict(trained.metrics)
+  """A source's metrics of a trained run (training.TrainResult): the run's best validation metrics (the
+  mean over its sources), the source's test metrics, and with a sequence-level step the method's test
+  metrics as `test/...`, the trained model alone then being `test_no_seq/...`."""
+  valid = {k: v for k, v in trained.metrics.items() if not k.startswith("test/")}
+  test = trained.source_metrics.get(domain.name) or {
+      k: v for k, v in trained.metrics.items() if k.startswith("test/")
+  }
+  metrics = {**valid, **test}
   if seq_transfer is None:
     return metrics
   metrics = {

@@ -113,3 +113,47 @@ def test_softmax_golden_value_and_padding_excluded():
   chex.assert_tree_all_finite(grads)
   np.testing.assert_array_equal(grads[1][0], 0.0)
   np.testing.assert_array_equal(grads[0][0, 1], 0.0)  # the padded pair gets no gradient
+
+
+def test_masked_softmax_equals_the_plain_loss_without_a_history():
+  rng = np.random.default_rng(0)
+  user = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  items = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
+  targets = jnp.array([[2, 3, 4], [5, 6, 7]], jnp.int32)
+  weights = jnp.ones((2, 3), jnp.float32)
+  plain = losses.softmax_loss(user, items, targets, weights)
+  empty = losses.softmax_loss(user, items, targets, weights, history_BxL=jnp.zeros((2, 3), jnp.int32))
+  np.testing.assert_allclose(float(empty), float(plain), rtol=1e-6)
+
+
+def test_masked_softmax_gives_history_items_no_gradient():
+  """Item 5 is in the input history at every position (and never the target): its row gets no gradient.
+  Item 6 is the first target and then history: it is a class at position 0 only."""
+  rng = np.random.default_rng(1)
+  user = jnp.asarray(rng.normal(size=(1, 3, 4)), jnp.float32)
+  items = jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)
+  inputs, targets = jnp.array([[5, 6, 7]], jnp.int32), jnp.array([[6, 7, 8]], jnp.int32)
+  weights = jnp.ones((1, 3), jnp.float32)
+  grad = jax.grad(lambda t: losses.softmax_loss(user, t, targets, weights, history_BxL=inputs))(items)
+  plain = jax.grad(lambda t: losses.softmax_loss(user, t, targets, weights))(items)
+  assert np.all(np.asarray(grad[5]) == 0.0) and np.any(np.asarray(plain[5]) != 0.0)
+  seen = losses.seen_items_BxPxN(inputs, 3, 10)
+  np.testing.assert_array_equal(np.flatnonzero(seen[0, 0]), [5])
+  np.testing.assert_array_equal(np.flatnonzero(seen[0, 2]), [5, 6, 7])
+  # Position 0 alone (item 6 its target, item 5 masked) equals a softmax without item 5's class.
+  one = losses.softmax_loss(user[:, :1], items, targets[:, :1], weights[:, :1], history_BxL=inputs[:, :1])
+  logits = np.asarray(user[0, 0] @ items.T)
+  keep = np.array([n not in (0, 5) for n in range(10)])
+  want = np.log(np.exp(logits[keep]).sum()) - logits[6]
+  np.testing.assert_allclose(float(one), want, rtol=1e-5)
+
+
+def test_softmax_over_a_padded_table_equals_the_unpadded_one():
+  rng = np.random.default_rng(2)
+  user = jnp.asarray(rng.normal(size=(2, 1, 4)), jnp.float32)
+  items = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  padded = jnp.concatenate([items, jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)])
+  targets, weights = jnp.array([[1], [5]], jnp.int32), jnp.ones((2, 1), jnp.float32)
+  want = losses.softmax_loss(user, items, targets, weights)
+  got = losses.softmax_loss(user, padded, targets, weights, num_items=jnp.int32(5))
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)

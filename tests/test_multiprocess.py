@@ -169,7 +169,14 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path_factory, two_
   # Both processes took part; only process 0 wrote the log (a second writer would repeat every record).
   assert "process 1/2" in _log(two_process_run, 1) and "process 0/2" in _log(two_process_run, 0)
   # Only process 0 prints what a user reads: stage lines, progress bars, epoch lines, tables.
-  for needle in ("[embeddings]", "epoch 0:", "epoch 1: valid/", "[transfer] k-means", "W_f epoch", "[results]"):
+  for needle in (
+      "[embeddings]",
+      "epoch 0:",
+      "epoch 1: valid/",
+      "[transfer] k-means",
+      "W_f epoch",
+      "[results]",
+  ):
     assert needle in _log(two_process_run, 0) and needle not in _log(two_process_run, 1), needle
   records = read_jsonl(two_process_run / "metrics.jsonl")
   keys = [(r["kind"], r["step"]) for r in records]

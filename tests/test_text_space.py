@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recg_jax.config import default as default_config
+from recg_jax.models import recommender as recommender_lib
 from recg_jax.models import text_space
 from recg_jax.models.recommender import init_variables
 from recg_jax.models.recommender import Recommender
@@ -172,3 +173,45 @@ def test_candidate_scoring_resolves_for_text_space():
   config.model.score_space = "projected"
   assert step_lib.candidate_scoring(config) == "factored"
   assert isinstance(config, ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize("aggregate,temperature", [("max", 0.1), ("softmax", 0.1), ("softmax", 50.0)])
+def test_multi_interest_text_knn_scores_as_its_definition(aggregate, temperature):
+  """max: the best cosine of any history item; softmax: tau * log sum_t w_t exp(cos_t / tau) with the
+  normalised recency weights (towards the weighted mean of the cosines as tau grows)."""
+  from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(31, 8)).astype(np.float32)
+  table[0] = 0
+  table /= np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-9)
+  seq = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]], np.int32)
+  config = default_config.get_config()
+  config.model.variant, config.model.knn_aggregate, config.model.knn_temperature = (
+      "text_knn",
+      aggregate,
+      temperature,
+  )
+  config.data.max_len = 5
+  model = recommender_lib.build_model(config, 30)
+  users = model.apply({"params": {}}, jnp.asarray(seq), jnp.asarray(table), False)
+  got = np.asarray(evaluate._score_matrix(users, jnp.asarray(table), model.scorer, jax.lax.Precision.HIGHEST))
+  for b, row in enumerate(seq):
+    history = [i for i in row if i > 0]
+    weights = 0.5 ** np.arange(len(history))[::-1]
+    weights /= weights.sum()
+    cos = table[history] @ table.T
+    want = (
+        cos.max(0)
+        if aggregate == "max"
+        else temperature * np.log((weights[:, None] * np.exp(cos / temperature)).sum(0))
+    )
+    np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
+  if aggregate == "softmax" and temperature > 10:  # close to the weighted mean of the cosines
+    mean = np.stack(
+        [
+            (0.5 ** np.arange(len(h))[::-1] / (0.5 ** np.arange(len(h))).sum()) @ (table[h] @ table.T)
+            for h in ([3, 4, 5], [1, 2, 3, 4, 5], [7])
+        ]
+    )
+    np.testing.assert_allclose(got, mean, atol=0.02)

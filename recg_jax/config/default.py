@@ -124,6 +124,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   # `text_knn` (a variant) needs no training: a candidate's score is its cosine with the recency-weighted
   # mean of the history's frozen rows, weight knn_decay^age (age 0 = newest; 1 = plain mean, 0 = last item).
   c.knn_decay = 0.5
+  # How text_knn aggregates the history's cosines with a candidate: `mean` (the cosine with the weighted mean
+  # of the history's rows), `max` (the best cosine of any history item), `softmax` (a soft maximum,
+  # knn_temperature * log sum_t w_t exp(cos_t / knn_temperature), w the normalised recency weights: the
+  # weighted mean of the cosines as the temperature grows, their max as it shrinks).
+  c.knn_aggregate = "mean"
+  c.knn_temperature = 0.1
   # `projected`: candidates W_p e + b_p (the paper). `text`: candidates are the frozen rows e, the backbone's
   # output is read out into that space and scored by cosine with a learned temperature (sem / recg).
   c.score_space = "projected"
@@ -150,6 +156,17 @@ def get_train_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.grad_clip = 0.0
   c.loss = "bpr"  # bpr | softmax
+  # softmax: leave the items of each position's input history out of the classes (the target stays one),
+  # as `full` evaluation leaves them out of the ranking; BPR's negatives already come from outside it.
+  c.softmax_mask_history = False
+  # Several source domains (data.source 'A+B+...'): the users a source contributes (a seeded sample, the
+  # same for every seed; its validation and in-domain test use them too; 0 = all), the batches each source
+  # contributes per epoch (0 = the mean of their own counts: a large source does not drown a small one), and
+  # the rows their stacked tables are padded to (0 = the largest source's; a study sets one size for all its
+  # runs so that they share one compiled step; the padding is never a class or a negative).
+  c.max_users_per_source = 0
+  c.source_batches_per_epoch = 0
+  c.source_table_rows = 0
   c.num_negatives = 5
   c.targets = "all_prefixes"  # all_prefixes | last (the authors' code)
   c.bert4rec_objective = "next_item"  # next_item | cloze
@@ -197,6 +214,10 @@ def get_gen_loss_config() -> ml_collections.ConfigDict:
   c.inter_sign = 1  # +1: minimise inter-domain entropy (prose and code); -1: the printed Eq. 9/13
   c.use_intra = True
   c.use_inter = True
+  # The generalization loss samples the items of the source domains, the auxiliary domains and, with this,
+  # the targets' (their item text only, never their interactions: the paper's setting). Off, a target's
+  # catalogue need not exist before training (a catalogue that arrives later cannot be used this way).
+  c.include_targets = True
   return c
 
 

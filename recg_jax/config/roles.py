@@ -66,6 +66,7 @@ ROLES: dict[str, str] = {
     "train.checkpoint_every_steps": COSMETIC,
     "train.max_to_keep": COSMETIC,
     "train.member_axis": COSMETIC,
+    "train.source_table_rows": COSMETIC,
     "eval.batch_size": COSMETIC,
     "eval.score_block_rows": COSMETIC,
     "eval.max_scores_per_block": COSMETIC,

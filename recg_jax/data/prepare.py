@@ -35,6 +35,7 @@ from recg_jax.data import filters
 from recg_jax.data import recbole
 from recg_jax.data import synthetic
 from recg_jax.data import text
+from recg_jax.data import types
 from recg_jax.data.errors import DataError
 from recg_jax.data.raw import RawDomain
 from recg_jax.data.types import DomainData
@@ -57,9 +58,9 @@ def _names(value: object) -> tuple[str, ...]:
 
 def domain_names(data_config: ml_collections.ConfigDict) -> list[str]:
   """Source, then targets, then auxiliary; raises DataError when a name is empty or repeated."""
-  if not isinstance(data_config.source, str) or not data_config.source.strip():
+  if not isinstance(data_config.source, str) or not types.source_names(data_config.source):
     raise DataError("no source domain given", field="data.source")
-  roles = [("data.source", data_config.source.strip())]
+  roles = [("data.source", n) for n in types.source_names(data_config.source)]
   roles += [("data.targets", n) for n in _names(data_config.targets)]
   roles += [("data.auxiliary", n) for n in _names(data_config.auxiliary)]
   seen: dict[str, str] = {}

@@ -101,3 +101,30 @@ def leave_one_out(domain: DomainData, split: str, max_len: int) -> EvalSplit:
 def training_histories(domain: DomainData) -> list[np.ndarray]:
   """The training part of every history: everything but the last two items (docs/method.md leave-one-out)."""
   return [domain.items[s : e - 2] for s, e in zip(domain.offsets[:-1], domain.offsets[1:])]
+
+
+# A run trained on several source domains names them all in data.source, joined by this.
+SOURCE_SEPARATOR = "+"
+
+
+def source_names(source: str) -> tuple[str, ...]:
+  """The source domains of data.source: one name, or several joined by '+' (a multi-source run)."""
+  return tuple(n.strip() for n in str(source).split(SOURCE_SEPARATOR) if n.strip())
+
+
+def user_subset(domain: DomainData, max_users: int, seed: int = 0) -> DomainData:
+  """The domain restricted to a seeded random max_users of its users (kept in their order), every item
+  kept; the domain itself when it has no more users than that or max_users is 0."""
+  if max_users <= 0 or domain.num_users <= max_users:
+    return domain
+  users = np.sort(
+      np.random.default_rng([seed, domain.num_users, 0xCA9]).choice(
+          domain.num_users, max_users, replace=False
+      )
+  )
+  lengths = domain.lengths[users]
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  take = np.concatenate([np.arange(domain.offsets[u], domain.offsets[u + 1]) for u in users])
+  return dataclasses.replace(
+      domain, user_tokens=domain.user_tokens[users], offsets=offsets, items=domain.items[take]
+  )

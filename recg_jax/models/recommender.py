@@ -65,6 +65,7 @@ BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 VARIANTS = heads.VARIANTS + ("text_knn",)
 SCORE_SPACES = ("projected", "text")
 TEXT_USERS = ("readout", "residual", "attention", "mix")
+KNN_AGGREGATES = ("mean", "max", "softmax")
 MASK_TOKEN_ID = bert4rec_lib.MASK_TOKEN_ID
 # config.train.compute_dtype -> the dtype of activations and matmuls (parameters stay float32).
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -110,6 +111,10 @@ class Recommender(nn.Module):
   #                the backbone learns what the text similarity misses.
   text_user: str = "readout"
   knn_decay: float = 0.5  # recency weight of the history mean (text_knn and the text_user modes using it)
+  # text_knn: 'mean' (cosine with the history mean), 'max' or 'softmax' over the history's own cosines (one
+  # vector per history item: see `scorer`), with knn_temperature for 'softmax'.
+  knn_aggregate: str = "mean"
+  knn_temperature: float = 0.1
   text_temperature: float = 0.05  # initial temperature of the cosine scores (score_space 'text')
   # SASRec's block details (RecBole's SASRec: 4, 'gelu', 1e-12, 0.02).
   sasrec_ffn_multiplier: int = 1
@@ -122,6 +127,15 @@ class Recommender(nn.Module):
   @property
   def is_causal(self) -> bool:
     return self.backbone in ("sasrec", "gru4rec")
+
+  @property
+  def scorer(self) -> tuple:
+    """How evaluation scores this model's user output against the item vectors: ('dot',) for one user
+    vector per user; ('max',) or ('softmax', temperature) for text_knn's multi-interest aggregates, whose
+    user output is [B, L, H + 1]: every history row with its log recency weight (-inf at padding)."""
+    if self.variant != "text_knn" or self.knn_aggregate == "mean":
+      return ("dot",)
+    return ("max",) if self.knn_aggregate == "max" else ("softmax", float(self.knn_temperature))
 
   @property
   def in_text_space(self) -> bool:
@@ -212,6 +226,8 @@ class Recommender(nn.Module):
     if self.cloze:
       mask_B1 = jnp.full((seq_BxL.shape[0], 1), MASK_TOKEN_ID, seq_BxL.dtype)
       seq_BxL = jnp.concatenate([seq_BxL[:, 1:], mask_B1], axis=1)
+    if self.scorer[0] != "dot":
+      return text_space.history_rows(seq_BxL, _frozen(table_NxH), self.knn_decay)
     return self.encode_positions(seq_BxL, table_NxH, train)[:, -1]
 
   def item_vectors(self, table_NxH: jax.Array | None) -> jax.Array:
@@ -240,6 +256,14 @@ class Recommender(nn.Module):
 
 def _check_fields(m: Recommender) -> None:
   """Raises on a field combination the model cannot build (named by its config field)."""
+  if m.knn_aggregate not in KNN_AGGREGATES:
+    raise errors.ConfigError(
+        f"config.model.knn_aggregate must be one of {KNN_AGGREGATES}, got {m.knn_aggregate!r}"
+    )
+  if m.knn_aggregate != "mean" and m.variant != "text_knn":
+    raise errors.ConfigError("config.model.knn_aggregate applies to variant 'text_knn' only")
+  if not m.knn_temperature > 0:
+    raise errors.ConfigError(f"config.model.knn_temperature must be > 0, got {m.knn_temperature}")
   if m.backbone not in BACKBONES:
     raise errors.ConfigError(f"config.model.backbone must be one of {BACKBONES}, got {m.backbone!r}")
   if m.variant not in VARIANTS:
@@ -395,6 +419,8 @@ def build_model(config: Any, num_items: int) -> Recommender:
       score_space=str(mc.score_space),
       text_user=str(mc.text_user),
       knn_decay=float(mc.knn_decay),
+      knn_aggregate=str(mc.knn_aggregate),
+      knn_temperature=float(mc.knn_temperature),
       text_temperature=float(mc.text_temperature),
       sasrec_ffn_multiplier=int(mc.sasrec_ffn_multiplier),
       sasrec_activation=str(mc.sasrec_activation),

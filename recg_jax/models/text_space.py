@@ -63,6 +63,18 @@ def history_mean_positions(seq_BxL: jax.Array, table_NxH: jax.Array, decay: floa
   return total_BxLxH / jnp.maximum(weight_BxL, 1e-12)[..., None]
 
 
+def history_rows(seq_BxL: jax.Array, table_NxH: jax.Array, decay: float) -> jax.Array:
+  """rows_BxLx(H+1): every history item's frozen row and, in the last column, the log of its normalised
+  recency weight decay^age / sum (age 0 = the newest item, at position L-1 of right-aligned inputs);
+  padding rows are 0 with log weight -inf. What text_knn's multi-interest aggregates score (evaluate.py)."""
+  valid_BxL = seq_BxL > 0
+  rows_BxLxH = jnp.take(table_NxH, seq_BxL.astype(jnp.int32), axis=0, mode="clip") * valid_BxL[..., None]
+  weight_BxL = jnp.where(valid_BxL, recency_weights_LxL(seq_BxL.shape[1], decay)[-1][None, :], 0.0)
+  weight_BxL = weight_BxL / jnp.maximum(jnp.sum(weight_BxL, axis=1, keepdims=True), 1e-12)
+  log_w_BxL = jnp.where(weight_BxL > 0, jnp.log(jnp.maximum(weight_BxL, 1e-30)), -jnp.inf)
+  return jnp.concatenate([rows_BxLxH.astype(jnp.float32), log_w_BxL[..., None]], axis=-1)
+
+
 def transform_tables(tables: dict, mode: str) -> dict:
   """transform_table on every domain's table (host arrays in, host float32 arrays out), each with its own
   statistics. 'none' returns the tables unchanged."""

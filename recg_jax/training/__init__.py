@@ -64,16 +64,22 @@ def _check_run(
     workdirs: list[paths.Path],
     group_dir,
     domains: dict[str, types.DomainData],
-) -> types.DomainData:
-  """The source domain of the runs, after checking what train_members is given."""
+) -> list[types.DomainData]:
+  """The source domain(s) of the runs, after checking what train_members is given."""
   if len(members) != len(workdirs):
     raise ValueError(f"train_members: {len(members)} configs but {len(workdirs)} workdirs")
   if len(members) > 1 and group_dir is None:
     raise ValueError("train_members: runs trained together need a group_dir for their shared checkpoint")
   config = members[0]
-  if config.data.source not in domains:
+  sources = types.source_names(config.data.source)
+  if not sources or any(s not in domains for s in sources):
     raise errors.ConfigError(
-        f"config.data.source={config.data.source!r} is not among the loaded domains " f"{sorted(domains)}"
+        f"config.data.source={config.data.source!r} is not among the loaded domains {sorted(domains)}"
+    )
+  if len(sources) > 1 and config.model.variant == "id":
+    raise errors.ConfigError(
+        "variant 'id' learns one vector per item of one catalogue: several source domains "
+        f"({config.data.source!r}) need a text variant"
     )
   select = str(config.eval.select_metric)
   if not select.startswith("valid/"):
@@ -81,7 +87,7 @@ def _check_run(
         f"config.eval.select_metric={select!r} must name a validation metric "
         "('valid/<protocol>/<metric>@K')"
     )
-  return domains[config.data.source]
+  return [domains[s] for s in sources]
 
 
 def _log_setup(runs: list[loop_lib.Member], trainer: trainer_lib.Trainer) -> None:
@@ -115,7 +121,7 @@ def _result(run: loop_lib.Member, out, loop: loop_lib.Loop, trainer: trainer_lib
   )
   if out is None:
     return TrainResult(metrics={}, params=None, error=meta["error"], **common)
-  best_params, metrics = out
+  best_params, metrics, per_source = out
   summary = {
       "best_step": meta["best_step"],
       "best_epoch": meta["best_epoch"],
@@ -124,11 +130,15 @@ def _result(run: loop_lib.Member, out, loop: loop_lib.Loop, trainer: trainer_lib
       "steps_per_epoch": trainer.steps_per_epoch,
       "training_rows": trainer.rows.num_rows,
   }
-  record = results_lib.make_record(
-      run.config, stage="in_domain", domain=run.config.data.source, metrics=metrics, extra=summary
-  )
-  results_lib.write_results(run.workdir, [record], run.config)
-  return TrainResult(metrics=metrics, params=jax.device_get(best_params), **common)
+  valid = {k: v for k, v in metrics.items() if not k.startswith("test/")}
+  records = [
+      results_lib.make_record(
+          run.config, stage="in_domain", domain=name, metrics={**valid, **test}, extra=summary
+      )
+      for name, test in per_source.items()
+  ]
+  results_lib.write_results(run.workdir, records, run.config)
+  return TrainResult(metrics=metrics, params=jax.device_get(best_params), source_metrics=per_source, **common)
 
 
 def train_members(
@@ -150,10 +160,10 @@ def train_members(
   NonFiniteLossError).
   """
   members, workdirs = list(members), [paths.as_path(w) for w in workdirs]
-  domain = _check_run(members, workdirs, group_dir, domains)
+  sources = _check_run(members, workdirs, group_dir, domains)
   for w in workdirs:
     w.mkdir(parents=True, exist_ok=True)
-  trainer = trainer_lib.create_trainer(members[0], domain, tables, mesh, members=members)
+  trainer = trainer_lib.create_trainer(members[0], sources, tables, mesh, members=members)
   solo = len(members) == 1
   group = paths.as_path(group_dir) if group_dir is not None else workdirs[0]
   latest = checkpoints_lib.Checkpoints(
@@ -177,7 +187,7 @@ def train_members(
   trainer.state = None  # the initial state's buffers may be donated below; keep no stale reference
   if position["step"] == 0:
     _log_setup(runs, trainer)
-  loop = loop_lib.Loop(trainer, domain, latest, runs, position)
+  loop = loop_lib.Loop(trainer, sources, latest, runs, position)
   outputs = []
   try:
     state = loop.run(state)

@@ -48,6 +48,8 @@ class TrainResult:
   stop_reason: str
   workdir: paths.Path
   error: str = ""  # set when this member stopped on a non-finite loss (runs trained together only)
+  # {source domain: its 'test/...' metrics} (one entry for a single source, whose are also in `metrics`)
+  source_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def fresh_member_meta() -> dict:
@@ -92,18 +94,24 @@ class Loop:
   def __init__(
       self,
       trainer: trainer_lib.Trainer,
-      domain: types.DomainData,
+      domains: list[types.DomainData],
       latest: checkpoints_lib.Checkpoints,
       members: list[Member],
       position: dict[str, int],
   ):
-    self.trainer, self.domain, self.latest, self.members = trainer, domain, latest, members
+    self.trainer, self.latest, self.members = trainer, latest, members
     self.config = trainer.config
     self.tc = self.config.train
     self.select = str(self.config.eval.select_metric)
     self.spe = trainer.steps_per_epoch
     self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
-    self.table = trainer.tables_on_device["source"]
+    # Each source with the table it is evaluated against (a multi-source run's, cut out of the stack).
+    tables = trainer.tables_on_device
+    self.sources = (
+        [(domains[0], tables["source"])]
+        if "source" in tables
+        else [(d, tables["sources"][i, : d.num_items + 1]) for i, d in enumerate(domains)]
+    )
     self.pending: list[tuple[int, list[int], dict]] = []  # (step, real rows per member, device metrics)
     self.clock = time.perf_counter()
     self.started = time.perf_counter()
@@ -169,7 +177,7 @@ class Loop:
     seeds = trainer.seeds
     # Real (unpadded) rows of each batch of each member, for the sequences/s figure.
     real_rows = [
-        [len(idx) for _, idx in input_pipeline.epoch_plan(trainer.rows, batch_size, s, self.epoch)]
+        [len(entry[1]) for entry in input_pipeline.plan_of(trainer.rows, batch_size, s, self.epoch)]
         for s in seeds
     ]
     batches = input_pipeline.prefetch(
@@ -215,20 +223,31 @@ class Loop:
   def eval_due(self) -> bool:
     return self.epoch % int(self.tc.eval_every_epochs) == 0 or self.epoch == int(self.tc.num_epochs)
 
+  def _evaluate(self, params, split: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(metrics, {source: its metrics}) of `split` on every source; with several, the metrics are their
+    mean (what early stopping reads)."""
+    per_source = {
+        domain.name: evaluate_lib.evaluate_split(
+            self.trainer.model,
+            params,
+            table,
+            types.leave_one_out(domain, split, int(self.config.data.max_len)),
+            domain,
+            self.config.eval,
+            self.trainer.mesh,
+        )
+        for domain, table in self.sources
+    }
+    if len(per_source) == 1:
+      return next(iter(per_source.values())), per_source
+    keys = next(iter(per_source.values())).keys()
+    return {k: float(np.mean([m[k] for m in per_source.values()])) for k in keys}, per_source
+
   def validate(self, state: step_lib.TrainState) -> None:
     """Evaluates every active member on the source validation split; keeps its best; stops it early."""
-    valid_split = types.leave_one_out(self.domain, "valid", int(self.config.data.max_len))
     for member in self.active():
       params = members_lib.member_tree(state.params, member.index)
-      valid = evaluate_lib.evaluate_split(
-          self.trainer.model,
-          params,
-          self.table,
-          valid_split,
-          self.domain,
-          self.config.eval,
-          self.trainer.mesh,
-      )
+      valid, per_source = self._evaluate(params, "valid")
       valid = {f"valid/{k}": v for k, v in valid.items()}
       if self.select not in valid:
         raise errors.ConfigError(
@@ -236,8 +255,17 @@ class Loop:
             f"{sorted(valid)}"
         )
       # Wall time since this invocation started (a resumed run counts from its restart).
+      by_source = (
+          {f"valid@{name}/{k}": v for name, m in per_source.items() for k, v in m.items()}
+          if len(per_source) > 1
+          else {}
+      )
       member.log.write(
-          "valid", self.step, valid, epoch=self.epoch, elapsed_s=round(time.perf_counter() - self.started, 3)
+          "valid",
+          self.step,
+          {**valid, **by_source},
+          epoch=self.epoch,
+          elapsed_s=round(time.perf_counter() - self.started, 3),
       )
       self._keep_best_or_stop(member, params, valid)
 
@@ -281,24 +309,23 @@ class Loop:
 
   # -- testing --------------------------------------------------------------------------------------------
 
-  def test(self, state: step_lib.TrainState, member: Member) -> tuple[Any, dict[str, float]]:
-    """(best parameters, best validation + test metrics) of one member: its best checkpoint (or its last
-    state if no evaluation ever ran) on the source test split."""
+  def test(self, state: step_lib.TrainState, member: Member) -> tuple[Any, dict[str, float], dict]:
+    """(best parameters, best validation + test metrics, {source: its test metrics}) of one member: its
+    best checkpoint (or its last state if no evaluation ever ran) on the source test split (several
+    sources: the mean of theirs)."""
     params = members_lib.member_tree(state.params, member.index)
     best = member.ckpt.restore_best(checkpoints_lib.abstract(params))
     best_valid = {}
     if best is not None:
       params, best_meta = best
       best_valid = best_meta.get("valid", {})
-    test_split = types.leave_one_out(self.domain, "test", int(self.config.data.max_len))
-    test = evaluate_lib.evaluate_split(
-        self.trainer.model, params, self.table, test_split, self.domain, self.config.eval, self.trainer.mesh
-    )
+    test, per_source = self._evaluate(params, "test")
     test = {f"test/{k}": v for k, v in test.items()}
+    per_source = {name: {f"test/{k}": v for k, v in m.items()} for name, m in per_source.items()}
     member.log.write(
         "test", member.meta.get("stopped_step", self.step), test, best_step=member.meta["best_step"]
     )
-    return params, {**best_valid, **test}
+    return params, {**best_valid, **test}, per_source
 
 
 def restore_or_start(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -28,6 +28,7 @@ from recg_jax import errors
 from recg_jax import gen_loss as gen_loss_lib
 from recg_jax import input_pipeline
 from recg_jax import losses
+from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.training import members as members_lib
 from recg_jax.training import optimizer as optimizer_lib
@@ -65,40 +66,61 @@ def gen_loss_enabled(config: ml_collections.ConfigDict) -> bool:
 
 
 def gen_domain_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Source, then targets, then auxiliary domains, without repeats."""
-  names = [config.data.source, *config.data.targets, *config.data.auxiliary]
+  """The source domains, then the targets (unless gen_loss.include_targets is off), then the auxiliary
+  domains, without repeats."""
+  targets = tuple(config.data.targets) if config.gen_loss.include_targets else ()
+  names = [*types.source_names(config.data.source), *targets, *config.data.auxiliary]
   return tuple(dict.fromkeys(names))
 
 
-def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.ndarray] | None) -> StepTables:
-  """Validates the frozen tables and stacks the generalization-loss domains, zero-padded to one size."""
-  if config.model.variant == "id":
-    return StepTables(arrays={"source": None})
-  source = config.data.source
-  if not tables or source not in tables:
-    raise errors.ConfigError(
-        f"variant {config.model.variant!r} needs the frozen embedding table of the source "
-        f"domain {source!r}; got tables for {sorted(tables or {})}"
-    )
-  arrays = {"source": np.asarray(tables[source], np.float32)}
-  if not gen_loss_enabled(config):
-    return StepTables(arrays=arrays)
-  names = gen_domain_names(config)
-  missing = [n for n in names if n not in tables]
+def _stack(tables: dict[str, np.ndarray], names: Sequence[str], rows: int = 0) -> np.ndarray:
+  """[len(names), max(rows, largest table's rows), H] float32, each table zero-padded."""
+  stacked = np.zeros(
+      (len(names), max(rows, *(tables[n].shape[0] for n in names)), tables[names[0]].shape[1]), np.float32
+  )
+  for d, n in enumerate(names):
+    stacked[d, : tables[n].shape[0]] = tables[n]
+  return stacked
+
+
+def _check_tables(config: ml_collections.ConfigDict, tables, names: Sequence[str], role: str) -> None:
+  missing = [n for n in names if n not in (tables or {})]
   if missing:
     raise errors.ConfigError(
-        f"the generalization loss samples items of {names} (data.source, data.targets, "
-        f"data.auxiliary) but no embedding table was given for {missing}"
+        f"variant {config.model.variant!r} needs the frozen embedding table of {role} "
+        f"{names[0] if len(names) == 1 else tuple(names)!r}; no embedding table was given for {missing} "
+        f"(got tables for {sorted(tables or {})})"
     )
   dims = {n: tables[n].shape[1] for n in names}
   if len(set(dims.values())) != 1:
     raise errors.ConfigError(f"embedding tables disagree on their width: {dims}")
+
+
+def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.ndarray] | None) -> StepTables:
+  """Validates the frozen tables and stacks the generalization-loss domains, zero-padded to one size.
+
+  One source: arrays['source'] is its table. Several (data.source 'A+B+...'): arrays['sources'] stacks
+  theirs, zero-padded to the largest (or to train.source_table_rows rows, so that runs of one study share
+  one compiled step), and arrays['counts'] holds each one's item count.
+  """
+  if config.model.variant == "id":
+    return StepTables(arrays={"source": None})
+  sources = types.source_names(config.data.source)
+  _check_tables(config, tables, sources, "the source domains" if len(sources) > 1 else "the source domain")
+  if len(sources) == 1:
+    arrays = {"source": np.asarray(tables[sources[0]], np.float32)}
+  else:
+    arrays = {
+        "sources": _stack(tables, sources, int(config.train.source_table_rows)),
+        "counts": np.array([tables[n].shape[0] - 1 for n in sources], np.int32),
+    }
+  if not gen_loss_enabled(config):
+    return StepTables(arrays=arrays)
+  names = gen_domain_names(config)
+  _check_tables(config, tables, names, "the generalization loss (data.source, data.targets, data.auxiliary)")
   gen_loss_lib.check_num_domains(len(names))
   counts = tuple(int(tables[n].shape[0]) - 1 for n in names)
-  stacked = np.zeros((len(names), max(counts) + 1, dims[source]), np.float32)
-  for d, n in enumerate(names):
-    stacked[d, : counts[d] + 1] = tables[n]
-  arrays["gen"] = stacked
+  arrays["gen"] = _stack(tables, names)
   return StepTables(arrays=arrays, gen_counts=counts, gen_domains=names)
 
 
@@ -186,6 +208,8 @@ class StepSpec:
   cloze: bool  # BERT4Rec's Cloze rows (masked inside the step)
   per_position: bool  # a target at every position (causal backbones) or one per row
   loss: str  # 'bpr' | 'softmax'
+  mask_history: bool  # softmax: the input history is no class (train.softmax_mask_history)
+  multi_source: bool  # several source domains: each batch is scored against its own domain's table
   scoring: str  # candidate_scoring: 'factored' | 'gather' | 'full'
   num_negatives: int
   gen_counts: tuple[int, ...]  # item count of each L_gen domain; () without L_gen
@@ -209,6 +233,8 @@ class StepSpec:
         cloze=rows.cloze,
         per_position=rows.per_position,
         loss=loss,
+        mask_history=bool(config.train.softmax_mask_history) and loss == "softmax",
+        multi_source="sources" in step_tables.arrays,
         scoring=candidate_scoring(config),
         num_negatives=int(config.train.num_negatives),
         gen_counts=step_tables.gen_counts,
@@ -222,7 +248,11 @@ def _losses(
     spec: StepSpec, params, batch, tables, keys: dict[str, jax.Array], hp: dict[str, jax.Array]
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(total loss, its parts) of one member's batch: the recommendation loss, plus L_gen with gen_counts."""
-  model, variables, table = spec.model, {"params": params}, tables["source"]
+  model, variables = spec.model, {"params": params}
+  if spec.multi_source:  # the batch's own domain: its table (padded) and item count
+    table, num_items = tables["sources"][batch["domain"][0]], tables["counts"][batch["domain"][0]]
+  else:
+    table, num_items = tables["source"], model.num_items
   inputs, targets, weights = batch["inputs"], batch["targets"], batch["weights"]
   rngs = {"dropout": keys["dropout"]}
   if spec.per_position:
@@ -233,14 +263,21 @@ def _losses(
     hidden_BxPxD = model.apply(variables, inputs, table, True, rngs=rngs)[:, None, :]
   if spec.loss == "bpr":
     negs_BxPxK = losses.sample_negatives(
-        keys["negatives"], targets, model.num_items, spec.num_negatives, batch["history"]
+        keys["negatives"], targets, num_items, spec.num_negatives, batch["history"]
     )
     ids_BxPxC = jnp.concatenate([targets[..., None], negs_BxPxK], axis=-1)  # positive, then negatives
     scores_BxPxC = candidate_scores(model, variables, hidden_BxPxD, ids_BxPxC, table, spec.scoring)
     rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
   else:
     items_NxD = model.apply(variables, table, method=recommender_lib.Recommender.item_vectors)
-    rec = losses.softmax_loss(hidden_BxPxD, items_NxD, targets, weights)
+    rec = losses.softmax_loss(
+        hidden_BxPxD,
+        items_NxD,
+        targets,
+        weights,
+        history_BxL=inputs if spec.mask_history else None,
+        num_items=num_items if spec.multi_source else None,
+    )
   aux = {"rec_loss": rec}
   if not spec.gen_counts:
     return rec, aux

@@ -45,7 +45,7 @@ class Trainer:
 
   configs: list[ml_collections.ConfigDict]  # one per member; they differ only in traced fields
   model: recommender_lib.Recommender
-  rows: input_pipeline.TrainingRows
+  rows: input_pipeline.TrainingRows | input_pipeline.MultiRows
   mesh: jax.sharding.Mesh
   step_tables: step_lib.StepTables
   tables_on_device: dict[str, jax.Array | None]
@@ -82,15 +82,45 @@ def _check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
     )
 
 
+def _check_source_tables(step_tables: step_lib.StepTables, domains: Sequence[types.DomainData]) -> None:
+  arrays = step_tables.arrays
+  if arrays.get("source") is not None:
+    have = {domains[0].name: arrays["source"].shape[0] - 1}
+  elif "counts" in arrays:
+    have = {d.name: int(c) for d, c in zip(domains, arrays["counts"])}
+  else:
+    return
+  for d in domains:
+    if have[d.name] != d.num_items:
+      raise errors.ConfigError(
+          f"the table of {d.name!r} has {have[d.name] + 1} rows; the domain has {d.num_items} items (+1 "
+          "padding row expected)"
+      )
+
+
+def training_rows(
+    config: ml_collections.ConfigDict, model: recommender_lib.Recommender, domains: Sequence[types.DomainData]
+) -> input_pipeline.TrainingRows | input_pipeline.MultiRows:
+  """The rows of one source, or of several taking turns (input_pipeline.MultiRows)."""
+  if len(domains) == 1:
+    return build_rows(config, model, domains[0])
+  return input_pipeline.multi_rows(
+      [build_rows(config, model, d) for d in domains],
+      int(config.train.batch_size),
+      int(config.train.source_batches_per_epoch),
+  )
+
+
 def create_trainer(
     config: ml_collections.ConfigDict,
-    domain: types.DomainData,
+    domain: types.DomainData | Sequence[types.DomainData],
     tables: dict[str, np.ndarray] | None,
     mesh: jax.sharding.Mesh | None = None,
     members: Sequence[ml_collections.ConfigDict] | None = None,
 ) -> Trainer:
   """Builds the model, the training rows, the stacked initial TrainState and the jitted step.
 
+  domain: the source domain, or the source domains of a multi-source run (data.source 'A+B+...').
   members: the configs trained together (default: [config]); they may differ only in traced fields.
   Member s starts from the parameters and keys a run of members[s] alone would start from.
   """
@@ -99,22 +129,19 @@ def create_trainer(
   config = members[0]
   mesh = mesh or make_mesh()
   _check_batch(int(config.train.batch_size), mesh)
-  model = recommender_lib.build_model(config, domain.num_items)
-  rows = build_rows(config, model, domain)
+  domains = [domain] if isinstance(domain, types.DomainData) else list(domain)
+  model = recommender_lib.build_model(config, max(d.num_items for d in domains))
+  rows = training_rows(config, model, domains)
   step_tables = step_lib.build_step_tables(config, tables)
-  source_table = step_tables.arrays["source"]
-  if source_table is not None and source_table.shape[0] != domain.num_items + 1:
-    raise errors.ConfigError(
-        f"the table of {domain.name!r} has {source_table.shape[0]} rows; the domain has "
-        f"{domain.num_items} items (+1 padding row expected)"
-    )
+  _check_source_tables(step_tables, domains)
   spe = input_pipeline.steps_per_epoch(rows, int(config.train.batch_size))
   total_steps = spe * int(config.train.num_epochs)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   keys = [jax.random.split(jax.random.key(int(m.train.seed))) for m in members]
   tables_on_device = distributed.put(step_tables.arrays, replicated)
   init = step_lib.init_program(model, optimizer_lib.OptimizerStructure.from_config(config.train), mesh)
-  state = init(distributed.put(jnp.stack([k[0] for k in keys]), replicated), tables_on_device["source"])
+  init_table = tables_on_device["sources"][0] if "sources" in tables_on_device else tables_on_device["source"]
+  state = init(distributed.put(jnp.stack([k[0] for k in keys]), replicated), init_table)
   hparams = [members_lib.step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   spec = step_lib.StepSpec.create(model, config, rows, step_tables)
