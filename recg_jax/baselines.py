@@ -3,8 +3,10 @@
 
 `python -m recg_jax.baselines --config=configs/baselines_shared.py --workdir=DIR`
 
-Finished runs are skipped when the study is restarted, a killed run resumes from its checkpoint, and
-DIR/results.md is rewritten after every run. `--aggregate_only` rebuilds the tables from finished runs.
+With experiment.study='leave_one_out' (configs/lodo_shared.py) it runs the leave-one-domain-out study
+(recg_jax.grid.lodo) instead. Finished runs are skipped when the study is restarted, a killed run resumes
+from its checkpoint, and DIR/results.md is rewritten after every run. `--aggregate_only` rebuilds the
+tables from finished runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 from recg_jax import cli
 from recg_jax.grid import baselines
+from recg_jax.grid import lodo
 
 _CONFIG = cli.config_file_flag()
 _WORKDIR = cli.workdir_flag("Study folder: caches, one folder per run, tables.")
@@ -22,7 +25,8 @@ _AGGREGATE_ONLY = cli.aggregate_only_flag()
 def main(argv):
   cli.start(argv, required=("config", "workdir"))
   cli.use_compilation_cache(_WORKDIR.value)
-  summary = baselines.run_study(
+  study = lodo if _CONFIG.value.experiment.study == "leave_one_out" else baselines
+  summary = study.run_study(
       _CONFIG.value,
       _WORKDIR.value,
       command=cli.recorded_command("recg_jax.baselines", sys.argv[1:]),

@@ -287,6 +287,16 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # Their zero-shot choices (a mix model's target weight) are made on this target of each source, which is
   # then a validation pair, never on the reported targets.
   c.validation_domain = "Games"
+  # `pairs`: each source against every other domain (the study above). `leave_one_out`: every domain is
+  # the target of a run trained on all the others (experiment.presets), beside the training-free
+  # text_presets evaluated on every domain, single_source_presets trained on each domain alone, and
+  # in_domain_presets trained and tested on each domain; every choice between them (which text baseline,
+  # a mix model's target weight, the best single source) is made on validation_domains' columns only.
+  c.study = "pairs"
+  c.validation_domains = ()
+  c.text_presets = ()
+  c.single_source_presets = ()
+  c.in_domain_presets = ()
   c.alphas = ()  # alpha sweep of RecG (the paper's grid: 5e-2, 1e-2, 5e-3, 1e-3, 5e-4, 1e-4); empty = none
   # Split the grid's runs over processes (several GPUs, or one accelerator shared by several processes):
   # process i of n runs planned runs i, i+n, i+2n, ... into the same workdir; any later invocation

@@ -58,4 +58,71 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.text_user": "mix",
         "transfer.target_model_weights": MIX_WEIGHTS,
     },
+    # Training-free variants of text_knn, centred (the leave-one-domain-out study's text baselines): the
+    # recency decay, a multi-interest aggregate instead of the history mean, and the text fields embedded.
+    "text_knn_center_d1": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_decay": 1.0,
+    },
+    "text_knn_center_d08": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_decay": 0.8,
+    },
+    "text_knn_center_d03": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_decay": 0.3,
+    },
+    "text_knn_center_last": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_decay": 0.0,
+    },
+    "text_knn_center_max": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_aggregate": "max",
+    },
+    "text_knn_center_soft005": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.05,
+    },
+    "text_knn_center_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
+    "text_knn_center_title": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "data.text_fields": ("title",),
+    },
+    # Trained on several domains: RecG's L_gen also over the held-out target's item texts (the paper's
+    # setting; the study's runs leave them out by default), and the text-space models with the input
+    # history left out of the softmax's classes.
+    "recg_target_text": {"model.variant": "recg", "gen_loss.include_targets": True},
+    "text_mix_center_masked": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "mix",
+        "model.table_transform": "center",
+        "train.softmax_mask_history": True,
+        "transfer.target_model_weights": MIX_WEIGHTS,
+    },
+    "text_attention_center_masked": {
+        "model.variant": "sem",
+        "train.loss": "softmax",
+        "model.score_space": "text",
+        "model.text_user": "attention",
+        "model.table_transform": "center",
+        "train.softmax_mask_history": True,
+    },
+    # In-domain references: SASRec with item-ID embeddings.
+    "id": {"model.variant": "id"},
 }

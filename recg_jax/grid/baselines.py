@@ -96,7 +96,7 @@ def run_study(
   domains_order = planning.grid_domains(config)
   runs = plan(config)
   domains, tables = runner.load_domains(config, workdir, domains_order, with_tables=True)
-  _write_random(workdir, config, domains)
+  write_random(workdir, config, domains)
   meta = {
       "command": command,
       "machine": runner.machine_info(),
@@ -163,7 +163,7 @@ def choose_weights(
 RANDOM = "random.json"
 
 
-def _write_random(workdir: paths.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
+def write_random(workdir: paths.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
   """DIR/random.json: what a uniformly random ranking reaches in expectation on each domain's test split
   (evaluate.random_expectation), the floor every table shows."""
   from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -207,7 +207,7 @@ def cell_stats(
   return out
 
 
-def _cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) -> str:
+def cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) -> str:
   if stat is None:
     return "—"
   text = f"{100 * stat['mean']:.2f}"
@@ -358,7 +358,7 @@ def _metric_table(values, row_settings, columns, random, protocol: str, metric: 
           seeds,
           knn,
       )
-      row.append(_cell(stat, knn, preset == UNTRAINED))
+      row.append(cell(stat, knn, preset == UNTRAINED))
     rows.append(row)
   return (
       [f"## `{protocol}`, {report.metric_title(metric)} (%)", ""] + report.markdown_table(header, rows) + [""]

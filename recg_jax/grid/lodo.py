@@ -1,0 +1,195 @@
+"""The leave-one-domain-out study: every domain is the zero-shot target of models trained on all the others.
+
+`python -m recg_jax.baselines --config=configs/lodo_shared.py --workdir=DIR` (experiment.study =
+'leave_one_out'). Four kinds of run, each in its own folder under DIR/runs/:
+
+  lodo/<target>/<preset>/seed<k>      experiment.presets trained on every domain but <target> (data.source
+                                      'A+B+...'), zero-shot on <target>;
+  text/<domain>/<preset>/seed0        experiment.text_presets (no training) on <domain>: its test split is
+                                      what the method scores zero-shot there, whatever it was 'trained' on;
+  single/<domain>/<preset>/seed<k>    experiment.single_source_presets trained on <domain> alone, zero-shot
+                                      on every other domain (and in-domain on <domain>);
+  in_domain/<domain>/<preset>/seed<k> experiment.in_domain_presets trained and tested on <domain>.
+
+Every choice is made on experiment.validation_domains' columns only, which the tables mark and never
+quote as results: the text baseline (the best text preset by mean NDCG@10 under `full` over them), a mix
+model's target weight, and for each target the best single source. DIR/results.md is rewritten after
+every group of runs, so the tables are never behind the runs; a restarted study skips finished runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from recg_jax import compile_stats
+from recg_jax import config as config_lib
+from recg_jax import distributed
+from recg_jax import errors
+from recg_jax import paths
+from recg_jax.config.presets import PRESETS
+from recg_jax.data import types
+from recg_jax.grid import baselines
+from recg_jax.grid import planning
+from recg_jax.grid import runner
+
+KINDS = ("lodo", "text", "single", "in_domain")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One run of the study: its kind, the domain it is about (the held-out target, or the domain it is
+  trained on), its preset and seed."""
+
+  kind: str
+  domain: str
+  preset: str
+  seed: int
+
+  @property
+  def relpath(self) -> str:
+    return f"runs/{self.kind}/{self.domain}/{self.preset}/seed{self.seed}"
+
+
+def _check_presets(names: Sequence[str], field: str) -> None:
+  bad = [p for p in names if p not in PRESETS]
+  if bad:
+    raise errors.ConfigError(f"config.experiment.{field}: {bad} not in {sorted(PRESETS)}")
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Item]:
+  """Every run, training-free ones first, then seed by seed (an interrupted study has whole seeds)."""
+  ec = config.experiment
+  domains = planning.grid_domains(config)
+  for field in ("presets", "text_presets", "single_source_presets", "in_domain_presets"):
+    _check_presets(tuple(ec[field]), field)
+  bad = [d for d in ec.validation_domains if d not in domains]
+  if bad:
+    raise errors.ConfigError(f"config.experiment.validation_domains: {bad} not in {domains}")
+  seeds = tuple(int(s) for s in ec.seeds)
+  if not seeds:
+    raise errors.ConfigError("config.experiment.seeds is empty")
+  items = [Item("text", d, p, 0) for p in ec.text_presets for d in domains]
+  for seed in seeds:
+    items += [Item("in_domain", d, p, seed) for p in ec.in_domain_presets for d in domains]
+    items += [Item("single", d, p, seed) for p in ec.single_source_presets for d in domains]
+    items += [Item("lodo", d, p, seed) for p in ec.presets for d in domains]
+  return items
+
+
+def run_config(
+    config: ml_collections.ConfigDict, item: Item, domains: Sequence[str]
+) -> ml_collections.ConfigDict:
+  """The config of one run: its sources, targets, mode and seed, then its preset."""
+  c = copy.deepcopy(config)
+  others = tuple(d for d in domains if d != item.domain)
+  if item.kind == "lodo":
+    c.data.source, c.data.targets = types.SOURCE_SEPARATOR.join(others), (item.domain,)
+  elif item.kind == "single":
+    c.data.source, c.data.targets = item.domain, others
+  else:
+    c.data.source, c.data.targets = item.domain, ()
+  c.data.auxiliary = ()
+  c.train.seed = int(item.seed)
+  c.experiment.mode = "in_domain" if item.kind in ("text", "in_domain") else "zero_shot"
+  c.experiment.name = f"{config.experiment.name or 'lodo'}/{item.relpath.removeprefix('runs/')}"
+  return config_lib.apply_preset(c, item.preset)
+
+
+def _embedding_key(config: ml_collections.ConfigDict) -> str:
+  """What decides a domain's frozen table: the text fields and template, and the encoder."""
+  return json.dumps(
+      [list(config.data.text_fields), config.text.to_dict(), config.encoder.to_dict()],
+      sort_keys=True,
+      default=str,
+  )
+
+
+class _Tables:
+  """The frozen tables of every domain, loaded once per embedding key (a text-fields preset has its own)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str]):
+    self.workdir, self.order, self.cache = workdir, tuple(order), {}
+    self.domains, tables = runner.load_domains(config, workdir, self.order, with_tables=True)
+    self.cache[_embedding_key(config)] = tables
+
+  def __call__(self, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    key = _embedding_key(config)
+    if key not in self.cache:
+      self.cache[key] = runner.load_domains(config, self.workdir, self.order, with_tables=True)[1]
+    return self.cache[key]
+
+
+def _pending(config, items, domains_order, workdir, aggregate_only) -> list[runner.PendingRun]:
+  pending = []
+  for i, item in enumerate(items, 1):
+    rc = run_config(config, item, domains_order)
+    run_dir = workdir / item.relpath
+    tag = f"[lodo] {i}/{len(items)} {item.relpath}"
+    if runner.finished(run_dir, rc):
+      distributed.say(f"{tag}: skip (finished)")
+    elif not aggregate_only:
+      spec = planning.RunSpec(str(rc.data.source), str(rc.model.backbone), str(rc.model.variant), item.seed)
+      pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
+  return pending
+
+
+def run_study(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    command: str = "",
+    aggregate_only: bool = False,
+) -> dict[str, Any]:
+  """Runs every unfinished run, rewriting DIR/results.md after each group; returns what ran and failed."""
+  from recg_jax.grid import lodo_report  # pylint: disable=g-import-not-at-top
+
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  order = planning.grid_domains(config)
+  items = plan(config)
+  tables = _Tables(config, workdir, order)
+  baselines.write_random(workdir, config, tables.domains)
+  meta = {
+      "command": command,
+      "machine": runner.machine_info(),
+      "domains": list(order),
+      "runs": [i.relpath for i in items],
+      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  pending = _pending(config, items, order, workdir, aggregate_only)
+  compile_stats.install()
+  ran, failed = [], []
+  # Runs of one embedding key go through the runner together (their tables are the same).
+  for key in dict.fromkeys(_embedding_key(p.config) for p in pending):
+    group = [p for p in pending if _embedding_key(p.config) == key]
+    done, bad = runner.run_pending(
+        group,
+        tables.domains,
+        tables(group[0].config),
+        workdir,
+        meta["machine"],
+        int(config.experiment.member_group_size),
+        "[lodo]",
+        after_each=lambda: lodo_report.write_report(workdir, config, meta),
+    )
+    ran, failed = ran + done, failed + bad
+  path = lodo_report.write_report(workdir, config, meta)
+  return {"ran": ran, "failed": failed, "tables": str(path)}
+
+
+def collect_markers(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Every completion marker of the study's runs, in path order."""
+  root = paths.as_path(workdir) / "runs"
+  out = []
+  for path in sorted(root.glob(f"*/*/*/seed*/{runner.DONE}")):
+    done = runner.read_done(path.parent)
+    if done is not None:
+      out.append(done)
+  return out
