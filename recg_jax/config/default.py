@@ -311,6 +311,33 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   return c
 
 
+def get_tuning_config() -> ml_collections.ConfigDict:
+  """Contrastive tuning of the text encoder on the source domains' interactions (recg_jax/tuning/)."""
+  c = ml_collections.ConfigDict()
+  # What trains: `full` (every weight) or `top_layers` (the last top_layers transformer blocks; the
+  # embeddings and lower blocks frozen).
+  c.trainable = "full"
+  c.top_layers = 1
+  c.steps = 500
+  c.batch_size = 64  # (history, next item) examples per step, an equal share from every source
+  c.history_len = 8  # the most recent history items a user vector averages
+  c.decay = 0.5  # their recency weights, decay^age (as text_knn)
+  c.hard_negatives = 2  # per example: items among the frozen table's nearest neighbours of the positive
+  c.hard_pool = 50  # ... drawn from this many neighbours (its own domain, never the user's history)
+  c.temperature = 0.05  # of the InfoNCE logits (cosines / temperature)
+  c.learn_temperature = False
+  c.learning_rate = 2e-5
+  c.warmup_steps = 50
+  c.weight_decay = 0.0
+  c.pull = 0.0  # L2 pull of the weights towards the pretrained ones: pull * sum (w - w0)^2
+  c.max_tokens = 64  # item text tokens seen while tuning
+  c.dtype = "float32"  # compute dtype of the encoder's matmuls (bfloat16 on accelerators)
+  c.seed = 0
+  c.checkpoint_every_steps = 100
+  c.log_every_steps = 10
+  return c
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.data = get_data_config()
@@ -322,4 +349,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.transfer = get_transfer_config()
   config.eval = get_eval_config()
   config.experiment = get_experiment_config()
+  config.tuning = get_tuning_config()
   return config

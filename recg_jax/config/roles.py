@@ -67,6 +67,8 @@ ROLES: dict[str, str] = {
     "train.max_to_keep": COSMETIC,
     "train.member_axis": COSMETIC,
     "train.source_table_rows": COSMETIC,
+    "tuning.checkpoint_every_steps": COSMETIC,
+    "tuning.log_every_steps": COSMETIC,
     "eval.batch_size": COSMETIC,
     "eval.score_block_rows": COSMETIC,
     "eval.max_scores_per_block": COSMETIC,

@@ -390,3 +390,29 @@ def build(
   c = BertConfig.from_hf(hf_config, source=f"{source}/config.json")
   dtype = jnp.dtype(getattr(encoder_config, "dtype", "float32") or "float32")
   return BertEncoder(c, dtype=dtype), convert(c, tensors, source)
+
+
+def to_tensors(c: BertConfig, params) -> dict[str, np.ndarray]:
+  """`convert`'s inverse: the `params` tree of BertEncoder -> Hugging Face tensor names and layouts
+  (float32; no model prefix), as a tuned encoder is saved."""
+  p = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  ln = lambda name, v: {f"{name}.weight": v["scale"], f"{name}.bias": v["bias"]}
+  linear = lambda name, v: {f"{name}.weight": np.ascontiguousarray(v["kernel"].T), f"{name}.bias": v["bias"]}
+  out = {
+      "embeddings.word_embeddings.weight": p["word_embeddings"]["embedding"],
+      "embeddings.position_embeddings.weight": p["position_embeddings"]["embedding"],
+      "embeddings.token_type_embeddings.weight": p["token_type_embeddings"]["embedding"],
+      **ln("embeddings.LayerNorm", p["embeddings_ln"]),
+  }
+  for i in range(c.num_layers):
+    layer, pre = p[f"layer_{i}"], f"encoder.layer.{i}."
+    kernels = np.split(layer["qkv"]["kernel"], 3, axis=1)
+    biases = np.split(layer["qkv"]["bias"], 3)
+    for proj, kernel, bias in zip(("query", "key", "value"), kernels, biases):
+      out.update(linear(f"{pre}attention.self.{proj}", {"kernel": kernel, "bias": bias}))
+    out.update(linear(f"{pre}attention.output.dense", layer["attn_out"]))
+    out.update(ln(f"{pre}attention.output.LayerNorm", layer["attn_ln"]))
+    out.update(linear(f"{pre}intermediate.dense", layer["ffn_in"]))
+    out.update(linear(f"{pre}output.dense", layer["ffn_out"]))
+    out.update(ln(f"{pre}output.LayerNorm", layer["ffn_ln"]))
+  return out

@@ -1,0 +1,136 @@
+"""The tuning step: encode a batch's distinct items once, build user vectors from their histories, InfoNCE
+against every item of the batch (in-batch and hard negatives), and an L2 pull towards the pretrained weights.
+
+  e_u = normalise(pool(encoder(text_u)))               every distinct item u of the batch
+  y_b = normalise(sum_t w_t e_{h_bt}), w_t = decay^age  the user: its history as text_knn aggregates it
+  loss = -mean_b log softmax_u(<y_b, e_u> / tau)[positive_b] + pull * ||theta - theta_0||^2
+
+over the candidates u of example b: every distinct item of the batch but b's own history (its positive
+stays one). `trainable` decides which parameters move; the others get no update (and no gradient is spent
+on them: they sit behind stop_gradient in the forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from recg_jax import errors
+from recg_jax.encoders import pooling as pooling_lib
+
+TRAINABLE = ("full", "top_layers")
+
+
+@flax.struct.dataclass
+class TuningState:
+  step: jax.Array
+  params: Any  # the encoder's parameters (float32)
+  opt_state: Any
+  log_temperature: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningSpec:
+  """What the compiled step holds as constants (its cache key)."""
+
+  module: Any  # the encoder's flax module (its compute dtype included)
+  trainable: str
+  top_layers: int
+  num_layers: int
+  decay: float
+  learn_temperature: bool
+  pull: float
+  learning_rate: float
+  warmup_steps: int
+  weight_decay: float
+  pooling: str
+
+
+def trainable_labels(params, spec: TuningSpec):
+  """'train' or 'freeze' per leaf: every leaf, or the last top_layers blocks only."""
+  if spec.trainable not in TRAINABLE:
+    raise errors.ConfigError(f"config.tuning.trainable={spec.trainable!r}: expected one of {TRAINABLE}")
+  if spec.trainable == "full":
+    return jax.tree.map(lambda _: "train", params)
+  top = {f"layer_{i}" for i in range(spec.num_layers - spec.top_layers, spec.num_layers)}
+  return {k: jax.tree.map(lambda _, k=k: "train" if k in top else "freeze", v) for k, v in params.items()}
+
+
+def optimizer(spec: TuningSpec, params) -> optax.GradientTransformation:
+  schedule = optax.linear_schedule(0.0, spec.learning_rate, max(spec.warmup_steps, 1))
+  adam = optax.adamw(schedule, weight_decay=spec.weight_decay) if spec.weight_decay else optax.adam(schedule)
+  return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()}, trainable_labels(params, spec))
+
+
+def _frozen_behind_stop_gradient(params, labels):
+  return jax.tree.map(lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels)
+
+
+def loss_fn(spec: TuningSpec, params, log_temperature, pretrained, batch) -> tuple[jax.Array, dict]:
+  """InfoNCE + pull, and the batch's accuracy (the positive ranked first among its candidates)."""
+  labels = trainable_labels(params, spec)
+  params = _frozen_behind_stop_gradient(params, labels)
+  hidden_UxTxH = spec.module.apply({"params": params}, batch["ids"], batch["mask"])
+  items_UxH = pooling_lib.l2_normalize(pooling_lib.pool(hidden_UxTxH, batch["mask"], spec.pooling))
+  hist_BxH = batch["history"]
+  rows_BxHxD = jnp.take(items_UxH, jnp.maximum(hist_BxH, 0), axis=0)
+  age_H = jnp.arange(hist_BxH.shape[1])[::-1]
+  weight_BxH = jnp.where(hist_BxH >= 0, jnp.power(jnp.float32(spec.decay), age_H)[None, :], 0.0)
+  users_BxD = pooling_lib.l2_normalize(jnp.einsum("bh,bhd->bd", weight_BxH, rows_BxHxD))
+  logits_BxU = users_BxD @ items_UxH.T / jnp.exp(log_temperature)
+  logits_BxU = jnp.where(batch["candidate_ok"], logits_BxU, jnp.finfo(jnp.float32).min)
+  positive_B = batch["positive"]
+  nll_B = jax.nn.logsumexp(logits_BxU, axis=1) - jnp.take_along_axis(logits_BxU, positive_B[:, None], 1)[:, 0]
+  loss = jnp.mean(nll_B)
+  pull = 0.0
+  if spec.pull:
+    moved = jax.tree.map(
+        lambda p, p0, lab: jnp.sum(jnp.square(p - p0)) if lab == "train" else 0.0, params, pretrained, labels
+    )
+    pull = spec.pull * sum(jax.tree.leaves(moved))
+  accuracy = jnp.mean(jnp.argmax(logits_BxU, axis=1) == positive_B)
+  return loss + pull, {"infonce": loss, "pull": jnp.asarray(pull, jnp.float32), "accuracy": accuracy}
+
+
+@functools.cache
+def compiled_step(spec: TuningSpec, mesh: jax.sharding.Mesh) -> Callable:
+  """`(state, batch, pretrained) -> (state, metrics)`, jitted, the state donated; the batch's item rows
+  are sharded over the mesh's 'data' axis, everything else replicated."""
+
+  def step(state: TuningState, batch, pretrained):
+    grad_fn = jax.value_and_grad(
+        lambda p, t: loss_fn(spec, p, t, pretrained, batch), argnums=(0, 1), has_aux=True
+    )
+    (loss, aux), (grads, grad_t) = grad_fn(state.params, state.log_temperature)
+    tx = optimizer(spec, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    log_t = state.log_temperature - (spec.learning_rate * 10 * grad_t if spec.learn_temperature else 0.0)
+    new = TuningState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        log_temperature=log_t,
+    )
+    return new, {"loss": loss, **aux, "temperature": jnp.exp(log_t)}
+
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch_shardings = {
+      "ids": rows,
+      "mask": rows,
+      "history": replicated,
+      "positive": replicated,
+      "candidate_ok": replicated,
+  }
+  return jax.jit(
+      step,
+      donate_argnums=0,
+      in_shardings=(replicated, batch_shardings, replicated),
+      out_shardings=(replicated, replicated),
+  )
