@@ -51,6 +51,18 @@ def nearest_neighbours(table_NxH: np.ndarray, count: int, block: int = 2048) -> 
   return out
 
 
+_NEIGHBOURS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _neighbours(table: np.ndarray, count: int) -> np.ndarray:
+  """nearest_neighbours, kept per table object (held here, so its id is never reused): runs of one process
+  (a study) tune on the same tables."""
+  key = (id(table), count)
+  if key not in _NEIGHBOURS:
+    _NEIGHBOURS[key] = (table, nearest_neighbours(np.asarray(table, np.float32), count))
+  return _NEIGHBOURS[key][1]
+
+
 def build(domains: list[types.DomainData], tables: list[np.ndarray], history_len: int, pool: int) -> Examples:
   """The examples of every source and the hard-negative pools from their frozen tables."""
   offsets = np.concatenate([[0], np.cumsum([d.num_items + 1 for d in domains])]).astype(np.int64)
@@ -61,7 +73,7 @@ def build(domains: list[types.DomainData], tables: list[np.ndarray], history_len
         hist.append(part[max(0, t - history_len) : t])
         pos.append(part[t])
         dom.append(d)
-    neigh.append(nearest_neighbours(np.asarray(table, np.float32), pool) + offsets[d])
+    neigh.append(_neighbours(table, pool) + offsets[d])
   dom_N = np.asarray(dom, np.int64)
   history = types.right_aligned(hist, history_len).astype(np.int64)
   history = np.where(history > 0, history + offsets[dom_N][:, None], 0)
