@@ -46,6 +46,8 @@ TESTS = ("Scientific", "Office", "LuxuryBeauty", "Kitchen")
 SETTINGS = {
     "full_lr1e-5": {"tuning.trainable": "full", "tuning.learning_rate": 1e-5},
     "top2_lr3e-5": {"tuning.trainable": "top_layers", "tuning.top_layers": 2, "tuning.learning_rate": 3e-5},
+    "full_lr3e-5": {"tuning.trainable": "full", "tuning.learning_rate": 3e-5},
+    "top2_lr1e-4": {"tuning.trainable": "top_layers", "tuning.top_layers": 2, "tuning.learning_rate": 1e-4},
 }
 
 
@@ -175,7 +177,7 @@ def main() -> None:
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--embed_batch", type=int, default=256)
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--settings", default=",".join(SETTINGS))
+  parser.add_argument("--settings", default="full_lr1e-5,top2_lr3e-5")
   parser.add_argument("--single_source", default="Games", help="the one source of the single-source runs")
   parser.add_argument("--budget_s", type=float, default=1e9)
   args = parser.parse_args()
