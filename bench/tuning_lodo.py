@@ -15,7 +15,8 @@ trains); it runs anywhere, slowly.
    each of --seeds; then once on a single source (--single_source) to show what many domains add.
 
 Every run's metrics, wall time and tuning throughput go to --out as they finish (a killed invocation keeps
-what finished); --budget_s stops starting runs past that many seconds.
+what finished); --budget_s stops starting runs past that many seconds. `python bench/tuning_lodo.py
+--report OUT.md IN.json [...]` tables finished invocations.
 """
 
 from __future__ import annotations
@@ -209,5 +210,60 @@ def main() -> None:
   study.save()
 
 
+def report(paths_in: list[str], out: str) -> None:
+  """The markdown tables of finished invocations (their --out files): per held-out domain, the frozen
+  encoder's text_knn_center against the tuned ones (mean ± std over seeds, one-sample t-test against the
+  frozen value), and the single-source tuning."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  lines = ["# `text_knn_center` with an encoder tuned on the other domains (leave one domain out)", ""]
+  for path in paths_in:
+    d = json.loads(pathlib.Path(path).read_text())
+    a = d["args"]
+    lines += [
+        f"## {pathlib.Path(path).name}: {a['steps']} steps of {a['batch']} examples, {a['dtype']}, "
+        f"{d['device']} (jax {d['jax']})",
+        "",
+        f"- settings tried on the validation domains ({', '.join(a['validation'])}): "
+        + "; ".join(
+            f"`{s}` {d['settings'][s]} → mean full NDCG@10 {100 * v:.2f}"
+            for s, v in d["chosen"]["validation_means"].items()
+        )
+        + f"; chosen `{d['chosen']['setting']}`",
+        f"- frozen encoder embedding: {d['embed_items_per_s']:,.0f} items/s; tuning: "
+        f"{np.median([r['examples_per_s'] for r in d['runs']]):,.0f} examples/s (median over runs, start-up "
+        "included); wall time " + (f"{d['total_s']:.0f} s" if "total_s" in d else "(cut short)"),
+        "",
+    ]
+    for metric in ("full/ndcg@10", "full/recall@10", "sampled100/ndcg@10"):
+      header = ["held out", "phase", "frozen", "tuned (mean ± std)", "seeds", "vs frozen", "p"]
+      rows = []
+      keyed: dict[tuple, list] = {}
+      for r in d["runs"]:
+        keyed.setdefault((r["held_out"], r["phase"], r["setting"]), []).append(r["metrics"][metric])
+      for (held, phase, setting), vals in keyed.items():
+        frozen = d["frozen"][held][metric]
+        v = np.asarray(vals)
+        p = stats.ttest_1samp(v, frozen).pvalue if len(v) > 1 and np.ptp(v) > 0 else None
+        std = f" ± {100 * v.std(ddof=1):.2f}" if len(v) > 1 else ""
+        rows.append(
+            [
+                held + (" (validation)" if phase == "validation" else ""),
+                f"{phase} `{setting}`",
+                f"{100 * frozen:.2f}",
+                f"{100 * v.mean():.2f}{std}",
+                str(len(v)),
+                f"{100 * (v.mean() / frozen - 1):+.1f}%",
+                "—" if p is None else f"{p:.3f}",
+            ]
+        )
+      lines += [f"### {metric}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+      lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+  pathlib.Path(out).write_text("\n".join(lines))
+
+
 if __name__ == "__main__":
-  main()
+  if sys.argv[1:2] == ["--report"]:  # --report OUT.md IN.json [IN.json ...]
+    report(sys.argv[3:], sys.argv[2])
+  else:
+    main()

@@ -57,6 +57,7 @@ ROLES: dict[str, str] = {
     "train.num_epochs": RESUMABLE,
     "train.patience": RESUMABLE,
     "train.eval_every_epochs": RESUMABLE,
+    "tuning.steps": RESUMABLE,  # a constant rate after the warmup: a tuning may run on
     "data.root": COSMETIC,
     "encoder.batch_size": COSMETIC,
     "encoder.bucket_sizes": COSMETIC,

@@ -95,7 +95,7 @@ def _manager(workdir: paths.Path) -> ocp.CheckpointManager:
 def _check_signature(workdir: paths.Path, config) -> None:
   """A workdir holds one tuning: resuming under another config is refused."""
   signature = {
-      "tuning": roles.without(config, (roles.COSMETIC,))["tuning"],
+      "tuning": roles.without(config, (roles.COSMETIC, roles.RESUMABLE))["tuning"],
       "source": config.data.source,
       "encoder": config.encoder.to_dict(),
       "text": config.text.to_dict(),

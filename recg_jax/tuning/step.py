@@ -72,29 +72,40 @@ def _frozen_behind_stop_gradient(params, labels):
   return jax.tree.map(lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels)
 
 
+def user_vectors(items_UxD: jax.Array, history_BxH: jax.Array, decay: float) -> jax.Array:
+  """users_BxD: the normalised recency-weighted mean of each example's history items (-1 = none)."""
+  rows_BxHxD = jnp.take(items_UxD, jnp.maximum(history_BxH, 0), axis=0)
+  age_H = jnp.arange(history_BxH.shape[1])[::-1]
+  weight_BxH = jnp.where(history_BxH >= 0, jnp.power(jnp.float32(decay), age_H)[None, :], 0.0)
+  return pooling_lib.l2_normalize(jnp.einsum("bh,bhd->bd", weight_BxH, rows_BxHxD))
+
+
+def infonce(users_BxD, items_UxD, positive_B, candidate_ok_BxU, temperature) -> tuple[jax.Array, jax.Array]:
+  """(mean InfoNCE loss, accuracy): -log softmax over each example's candidates of <user, item> / tau at
+  its positive; accuracy = the positive scores highest."""
+  logits_BxU = users_BxD @ items_UxD.T / temperature
+  logits_BxU = jnp.where(candidate_ok_BxU, logits_BxU, jnp.finfo(jnp.float32).min)
+  positive_logit_B = jnp.take_along_axis(logits_BxU, positive_B[:, None], axis=1)[:, 0]
+  loss = jnp.mean(jax.nn.logsumexp(logits_BxU, axis=1) - positive_logit_B)
+  return loss, jnp.mean(jnp.argmax(logits_BxU, axis=1) == positive_B)
+
+
 def loss_fn(spec: TuningSpec, params, log_temperature, pretrained, batch) -> tuple[jax.Array, dict]:
   """InfoNCE + pull, and the batch's accuracy (the positive ranked first among its candidates)."""
   labels = trainable_labels(params, spec)
   params = _frozen_behind_stop_gradient(params, labels)
   hidden_UxTxH = spec.module.apply({"params": params}, batch["ids"], batch["mask"])
   items_UxH = pooling_lib.l2_normalize(pooling_lib.pool(hidden_UxTxH, batch["mask"], spec.pooling))
-  hist_BxH = batch["history"]
-  rows_BxHxD = jnp.take(items_UxH, jnp.maximum(hist_BxH, 0), axis=0)
-  age_H = jnp.arange(hist_BxH.shape[1])[::-1]
-  weight_BxH = jnp.where(hist_BxH >= 0, jnp.power(jnp.float32(spec.decay), age_H)[None, :], 0.0)
-  users_BxD = pooling_lib.l2_normalize(jnp.einsum("bh,bhd->bd", weight_BxH, rows_BxHxD))
-  logits_BxU = users_BxD @ items_UxH.T / jnp.exp(log_temperature)
-  logits_BxU = jnp.where(batch["candidate_ok"], logits_BxU, jnp.finfo(jnp.float32).min)
-  positive_B = batch["positive"]
-  nll_B = jax.nn.logsumexp(logits_BxU, axis=1) - jnp.take_along_axis(logits_BxU, positive_B[:, None], 1)[:, 0]
-  loss = jnp.mean(nll_B)
+  users_BxD = user_vectors(items_UxH, batch["history"], spec.decay)
+  loss, accuracy = infonce(
+      users_BxD, items_UxH, batch["positive"], batch["candidate_ok"], jnp.exp(log_temperature)
+  )
   pull = 0.0
   if spec.pull:
     moved = jax.tree.map(
         lambda p, p0, lab: jnp.sum(jnp.square(p - p0)) if lab == "train" else 0.0, params, pretrained, labels
     )
     pull = spec.pull * sum(jax.tree.leaves(moved))
-  accuracy = jnp.mean(jnp.argmax(logits_BxU, axis=1) == positive_B)
   return loss + pull, {"infonce": loss, "pull": jnp.asarray(pull, jnp.float32), "accuracy": accuracy}
 
 

@@ -1,0 +1,145 @@
+"""Contrastive tuning of the text encoder (recg_jax/tuning/): the loss against NumPy, frozen layers get no
+gradient, a tiny tuning lowers the loss on what it saw, a stopped tuning resumes to exactly the
+uninterrupted one, and the saved encoder reloads to the same embeddings (the last three tune MiniLM for a
+few steps and write its checkpoints: slow tier)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recg_jax import encoders
+from recg_jax import tuning
+from recg_jax.encoders import embed
+from recg_jax.tuning import artefact
+from recg_jax.tuning import examples as examples_lib
+from recg_jax.tuning import step as step_lib
+
+TUNE = {
+    "data.source": "Alpha+Beta",
+    "tuning.batch_size": 8,
+    "tuning.history_len": 3,
+    "tuning.hard_negatives": 2,
+    "tuning.hard_pool": 5,
+    "tuning.max_tokens": 16,
+    "tuning.log_every_steps": 1,
+    "tuning.checkpoint_every_steps": 2,
+    "tuning.learning_rate": 3e-4,
+    "tuning.warmup_steps": 1,
+}
+
+
+def test_infonce_and_user_vectors_match_numpy():
+  rng = np.random.default_rng(0)
+  items = rng.normal(size=(7, 4)).astype(np.float32)
+  items /= np.linalg.norm(items, axis=1, keepdims=True)
+  history = np.array([[-1, 2, 3], [0, 1, 4]], np.int32)
+  users = np.asarray(step_lib.user_vectors(jnp.asarray(items), jnp.asarray(history), 0.5))
+  for b, row in enumerate(history):
+    w = np.array([0.25, 0.5, 1.0])[row >= 0]
+    want = (w[:, None] * items[row[row >= 0]]).sum(0)
+    np.testing.assert_allclose(users[b], want / np.linalg.norm(want), rtol=1e-5)
+  ok = np.ones((2, 7), bool)
+  ok[0, [2, 3]] = False  # example 0's history
+  positive = np.array([5, 6])
+  loss, accuracy = step_lib.infonce(
+      jnp.asarray(users), jnp.asarray(items), jnp.asarray(positive), jnp.asarray(ok), 0.1
+  )
+  logits = users @ items.T / 0.1
+  want = np.mean([np.log(np.exp(logits[b][ok[b]]).sum()) - logits[b, positive[b]] for b in range(2)])
+  assert float(loss) == pytest.approx(want, rel=1e-5)
+  assert float(accuracy) == pytest.approx(
+      np.mean([logits[b][ok[b]].max() == logits[b, positive[b]] for b in range(2)])
+  )
+
+
+@pytest.fixture(scope="module")
+def batch_and_base(tiny_problem):
+  from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  import conftest  # pylint: disable=g-import-not-at-top
+
+  domains, tables = tiny_problem
+  config = conftest.tiny_config(**TUNE)
+  base = encoders.load_encoder(config.encoder)
+  ex = examples_lib.build([domains["Alpha"], domains["Beta"]], [tables["Alpha"], tables["Beta"]], 3, 5)
+  ids, mask = tuning._tokens(base, config, [domains["Alpha"], domains["Beta"]])  # pylint: disable=protected-access
+  batch = tuning._device_batch(examples_lib.sample(ex, 8, 2, 0, 0), ids, mask)  # pylint: disable=protected-access
+  del config_lib
+  return config, base, batch
+
+
+def test_frozen_layers_get_no_gradient(batch_and_base):
+  config, base, batch = batch_and_base
+  config = config.copy_and_resolve_references()
+  config.tuning.trainable, config.tuning.top_layers = "top_layers", 1
+  spec = tuning._spec(config, base)  # pylint: disable=protected-access
+  grads = jax.grad(lambda p: step_lib.loss_fn(spec, p, jnp.log(0.05), base.params, batch)[0])(base.params)
+  norms = {k: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(v))) for k, v in grads.items()}
+  last = f"layer_{spec.num_layers - 1}"
+  assert norms[last] > 0 and all(n == 0.0 for k, n in norms.items() if k != last), norms
+
+
+@pytest.fixture(scope="module")
+def tuned_runs(tmp_path_factory, tiny_problem):
+  """Four steps uninterrupted; and the same tuning stopped after its step-2 checkpoint, then restarted."""
+  import conftest  # pylint: disable=g-import-not-at-top
+
+  domains, tables = tiny_problem
+  root = tmp_path_factory.mktemp("tuning")
+  whole = tuning.tune(
+      conftest.tiny_config(**TUNE, **{"tuning.steps": 4}), root / "whole", domains, tables, progress=False
+  )
+  tuning.tune(
+      conftest.tiny_config(**TUNE, **{"tuning.steps": 2}), root / "split", domains, tables, progress=False
+  )
+  resumed = tuning.tune(
+      conftest.tiny_config(**TUNE, **{"tuning.steps": 4}), root / "split", domains, tables, progress=False
+  )
+  return whole, resumed
+
+
+@pytest.mark.slow
+def test_a_stopped_tuning_resumes_to_the_uninterrupted_one(tuned_runs):
+  whole, resumed = tuned_runs
+  for a, b in zip(jax.tree.leaves(whole.encoder.params), jax.tree.leaves(resumed.encoder.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert whole.metrics == resumed.metrics
+
+
+@pytest.mark.slow
+def test_tuning_lowers_the_loss_on_what_it_saw(tuned_runs, batch_and_base):
+  whole, _ = tuned_runs
+  config, base, batch = batch_and_base  # the first step's batch
+  spec = tuning._spec(config, base)  # pylint: disable=protected-access
+  before = step_lib.loss_fn(spec, base.params, jnp.log(0.05), base.params, batch)[0]
+  after = step_lib.loss_fn(spec, whole.encoder.params, jnp.log(0.05), base.params, batch)[0]
+  assert float(after) < float(before)
+  assert not np.allclose(
+      np.asarray(whole.encoder.params["layer_5"]["ffn_in"]["kernel"]),
+      np.asarray(base.params["layer_5"]["ffn_in"]["kernel"]),
+  )
+
+
+@pytest.mark.slow
+def test_the_saved_encoder_reloads_to_the_same_embeddings(tuned_runs, batch_and_base):
+  whole, _ = tuned_runs
+  config, _, _ = batch_and_base
+  encoder_config = config.encoder.copy_and_resolve_references()
+  encoder_config.model = str(whole.folder)
+  reloaded = encoders.load_encoder(encoder_config)
+  texts = ["title: Digital caliper; brand: Neiko", "title: copy paper, 500 sheets"]
+  got = embed.embed_texts(reloaded, texts, encoder_config, config.text, progress=False)
+  want = embed.embed_texts(
+      dataclasses.replace(whole.encoder), texts, encoder_config, config.text, progress=False
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  manifest = artefact.read_manifest(whole.folder)
+  assert manifest["sources"] == ["Alpha", "Beta"] and manifest["steps"] == 4
+  assert (
+      reloaded.weights_hash
+      == whole.encoder.weights_hash
+      != encoders.load_encoder(config.encoder).weights_hash
+  )
