@@ -56,6 +56,7 @@ from recg_jax.data.errors import DataError
 from recg_jax.data.types import DomainData
 from recg_jax.data.types import EvalSplit
 from recg_jax.models import recommender as recommender_lib
+from recg_jax.models import scoring
 
 _SAMPLED_RE = re.compile(r"^sampled(\d*)$")
 _PRECISIONS = {
@@ -238,30 +239,6 @@ def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array 
   return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
 
 
-def _score_matrix(user, items_NxD: jax.Array, scorer: tuple, prec) -> jax.Array:
-  """scores_bxN of a block of users. scorer ('dot',): user_bxD @ items^T. ('max',) / ('softmax', tau): the
-  user is [b, T, D + 1], T history vectors with their log weights (-inf: padding), and the score is the
-  best of their dot products with the item, or tau * log sum_t w_t exp(dot_t / tau); one [b, N] matrix at
-  a time (a scan over T), so memory stays that of the dot product."""
-  dot = lambda u_bxD: jax.lax.dot_general(
-      u_bxD, items_NxD, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
-  )
-  if scorer[0] == "dot":
-    return dot(user)
-  rows_TxbxD, log_w_Txb = jnp.swapaxes(user[..., :-1], 0, 1), jnp.swapaxes(user[..., -1], 0, 1)
-
-  def step(acc_bxN, xs):
-    rows_bxD, log_w_b = xs
-    s_bxN = dot(rows_bxD)
-    if scorer[0] == "max":
-      return jnp.where(jnp.isfinite(log_w_b)[:, None], jnp.maximum(acc_bxN, s_bxN), acc_bxN), None
-    return jnp.logaddexp(acc_bxN, log_w_b[:, None] + s_bxN / scorer[1]), None
-
-  init = jnp.full((user.shape[0], items_NxD.shape[0]), -jnp.inf, jnp.float32)
-  acc_bxN, _ = jax.lax.scan(step, init, (rows_TxbxD, log_w_Txb))
-  return acc_bxN if scorer[0] == "max" else scorer[1] * acc_bxN
-
-
 @functools.lru_cache(maxsize=16)
 def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int, scorer: tuple = ("dot",)):
   """The jitted batch scorer: `steps` blocks of rows, each one matrix product and the ranks of each protocol.
@@ -273,7 +250,7 @@ def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int,
   prec = _PRECISIONS[precision]
 
   def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
-    scores_bxN = _score_matrix(user_bxD, items_NxD, scorer, prec)
+    scores_bxN = scoring.score_matrix(user_bxD, items_NxD, scorer, prec)
     out = {}
     if sampled:
       # Gathered from the same scores: negatives lie outside the sequence, the target is never masked.

@@ -26,6 +26,15 @@ def as_path(path: PathLike) -> epath.Path:
   return epath.Path(path)
 
 
+def user_cache_dir() -> epath.Path:
+  """Where a command keeps what it may reuse when it has no workdir: $RECG_CACHE_DIR, else
+  $XDG_CACHE_HOME/recg_jax, else ~/.cache/recg_jax."""
+  if os.environ.get("RECG_CACHE_DIR"):
+    return as_path(os.environ["RECG_CACHE_DIR"])
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return as_path(os.path.join(base, "recg_jax"))
+
+
 def is_remote(path: PathLike) -> bool:
   return os.fspath(path).startswith(REMOTE_PREFIXES)
 

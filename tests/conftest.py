@@ -35,6 +35,17 @@ def read_jsonl(path) -> list[dict]:
   ]
 
 
+def write_jsonl(path, rows):
+  """Writes `rows` as a JSON-lines file; returns its path."""
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+  return path
+
+
+def inputs_before_test(domain):
+  """{user: ids of every item before the test target}: the inputs of the `test` split, oldest first."""
+  return {u: list(domain.item_tokens[domain.history(i)[:-1]]) for i, u in enumerate(domain.user_tokens)}
+
+
 def shared_data_root() -> pathlib.Path | None:
   root = os.environ.get("RECG_DATA_ROOT") or str(_DEFAULT_SHARED)
   path = pathlib.Path(root)

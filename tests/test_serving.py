@@ -30,7 +30,9 @@ from recg_jax.serving import output
 from recg_jax.serving import run as run_lib
 from recg_jax.serving import topk
 
+from conftest import inputs_before_test
 from conftest import read_jsonl
+from conftest import write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,6 @@ def finished_run(tmp_path_factory, tiny_trained_run, tiny_problem):
   domains, tables = tiny_problem
   pipeline.transfer_trained(config, workdir, domains, tables, result)
   return config, workdir
-
-
-def write_jsonl(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-  return path
 
 
 def catalogue_file(tmp_path, domain, name=None):
@@ -67,11 +64,6 @@ def seed_cache(workdir, config, catalogue, table):
   )
   np.save(folder / "embeddings.npy", np.asarray(table, np.float32))
   (folder / "manifest.json").write_text(json.dumps(dict(manifest, shape=list(table.shape))))
-
-
-def inputs_before_test(domain):
-  """{user: ids of every item before the test target}: the inputs of the `test` split, oldest first."""
-  return {u: list(domain.item_tokens[domain.history(i)[:-1]]) for i, u in enumerate(domain.user_tokens)}
 
 
 @pytest.fixture

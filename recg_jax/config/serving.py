@@ -7,6 +7,11 @@ field can be set with `--config.<field>=value` on the command line.
 
 import ml_collections
 
+# What `recommend` serves when it is given no run: the training-free method that the leave-one-domain-out
+# study chose on its validation domains (results/lodo_shared/results.md; docs/method.md, "Which method
+# when"): centred text embeddings, each user scored by a recency-weighted soft maximum over their history.
+DEFAULT_METHOD = "text_knn_center_soft02"
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

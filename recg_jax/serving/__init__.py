@@ -8,6 +8,9 @@
   items_NxD = run.item_vectors(catalogue)                   # what candidates are scored with
   users_UxD = run.user_vectors({"u1": ["B01", "B07"]}, catalogue)   # score = users_UxD @ items_NxD.T
 
+  day_one = serving.method()                                # no run: the default training-free method
+  item_ids, scores = day_one.recommend({"u1": ["B01", "B07"]}, day_one.catalogue("shop/items.jsonl"))
+
 `python -m recg_jax.recommend` is the command-line form: its flags are recommend_files' arguments.
 
 Modules: catalogue.py (catalogue files), histories.py (history files), run.py (loading a run, user and
@@ -21,9 +24,11 @@ from recg_jax.serving.files import recommend_files
 from recg_jax.serving.histories import Histories
 from recg_jax.serving.histories import read_histories
 from recg_jax.serving.run import load
+from recg_jax.serving.run import method
 from recg_jax.serving.run import NotAFinishedRunError
 from recg_jax.serving.run import Recommendations
 from recg_jax.serving.run import Run
+from recg_jax.serving.run import training_free_methods
 
 __all__ = [
     "Catalogue",
@@ -32,7 +37,9 @@ __all__ = [
     "Recommendations",
     "Run",
     "load",
+    "method",
     "read_catalogue",
     "read_histories",
     "recommend_files",
+    "training_free_methods",
 ]

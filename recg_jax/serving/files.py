@@ -1,7 +1,8 @@
 """File to file: what `python -m recg_jax.recommend` does, as a function (the command parses flags only).
 
-recommend_files loads the run, reads the catalogue and the histories, writes the lists (atomically) and,
-when asked, the vectors they were scored with; it returns what it did, for the console and for tests.
+recommend_files loads the run (or, given none, a training-free method), reads the catalogue and the
+histories, writes the lists (atomically) and, when asked, the vectors they were scored with; it returns
+what it did, for the console and for tests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Callable
 
 import ml_collections
 
+from recg_jax import errors
 from recg_jax import paths
+from recg_jax.config import serving as serving_config
 from recg_jax.serving import output
 from recg_jax.serving import run as run_lib
 
@@ -31,7 +34,7 @@ class Summary:
 
 
 def recommend_files(
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | None,
     catalogue: str | os.PathLike,
     histories: str | os.PathLike,
     out: str | os.PathLike,
@@ -46,15 +49,33 @@ def recommend_files(
     settings: ml_collections.ConfigDict | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    method: str = "",
+    encoder: str = "",
 ) -> Summary:
-  """Writes the top_k items of `catalogue` for every user of `histories` to `out` (see recg_jax.recommend)."""
+  """Writes the top_k items of `catalogue` for every user of `histories` to `out` (see recg_jax.recommend).
+
+  With no workdir, `method` (default serving_config.DEFAULT_METHOD) names the training-free method that
+  scores, with `encoder` as its text encoder when given (run_lib.method).
+  """
   fmt = output.format_of(out, fmt)  # a bad format fails before any work
-  run = run_lib.load(workdir, settings=settings, cache_root=cache_root or None, progress=progress)
+  if workdir and (method or encoder):
+    raise errors.ConfigError("a run fixes its own method and encoder: give a workdir, or a method, not both")
+  if workdir:
+    run = run_lib.load(workdir, settings=settings, cache_root=cache_root or None, progress=progress)
+  else:
+    run = run_lib.method(
+        method or serving_config.DEFAULT_METHOD,
+        cache_root=cache_root or None,
+        settings=settings,
+        encoder=encoder,
+        progress=progress,
+    )
+  if export:
+    run.require_user_vectors()  # fails before any work
   items = run.catalogue(catalogue, name=catalogue_name or None)
   users = run.histories(histories, items, on_unknown=on_unknown)
-  config = run.config
   log(
-      f"[recommend] {config.model.backbone}-{config.model.variant} from {run.workdir} ({run.head} head); "
+      f"[recommend] {run.label} ({run.head} head); "
       f"catalogue {items.name!r}: {items.num_items:,} items; {users.num_users:,} users"
   )
   if users.unknown_skipped or users.users_dropped:
@@ -73,7 +94,7 @@ def recommend_files(
   folder = None
   if export:
     about = {
-        "run": os.fspath(run.workdir),
+        "run": run.label if run.workdir is None else os.fspath(run.workdir),
         "head": run.head,
         "catalogue": items.name,
         "history_excluded_from_lists": not keep_history,

@@ -1,4 +1,5 @@
-"""A finished run, loaded once, that scores any catalogue: item vectors, user vectors and top-k lists.
+"""A finished run (or a training-free method), loaded once, that scores any catalogue: item vectors, user
+vectors and top-k lists.
 
 `load(workdir)` reads what the run's evaluation used and nothing else is fitted: its config (results.json),
 its best checkpoint, and for RecG with a sequence-level step the centres and W_f it saved (transfer/).
@@ -10,6 +11,11 @@ up to the rounding of a matrix product taken in blocks of the catalogue.
 
 Users are grouped by input length into the run's eval.length_buckets and cut into fixed-size batches (the
 last one padded), as evaluation does; every batch is then ranked by topk.blocked_top_k.
+
+`method(name)` needs no run: a preset of variant text_knn (config/presets.py; the default
+DEFAULT_METHOD, the best training-free recommender of the leave-one-domain-out study) over the default
+config, its catalogue embeddings cached under paths.user_cache_dir(). A multi-interest method (the
+softmax or max aggregate) scores each user by the rows of their history, so it has no user vectors.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import paths
 from recg_jax import transfer as transfer_lib
+from recg_jax.config import presets as presets_lib
 from recg_jax.config import serving as serving_config
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
+from recg_jax.models import scoring
 from recg_jax.models import text_space
 from recg_jax.serving import catalogue as catalogue_lib
 from recg_jax.serving import histories as histories_lib
@@ -139,15 +147,19 @@ class Run:
 
   def __init__(
       self,
-      workdir: str | os.PathLike,
+      workdir: str | os.PathLike | None,
       config: ml_collections.ConfigDict,
       params,
       seq_transfer: transfer_lib.SequenceTransfer | None,
       settings: ml_collections.ConfigDict | None = None,
       cache_root: str | os.PathLike | None = None,
       progress: bool = True,
+      label: str = "",
   ):
-    self.workdir = paths.as_path(workdir)
+    """workdir: the run's folder; None for a training-free method (then cache_root is needed)."""
+    if workdir is None and not cache_root:
+      raise ValueError("a Run without a workdir needs a cache_root for its catalogue embeddings")
+    self.workdir = None if workdir is None else paths.as_path(workdir)
     self.config = config
     self.params = params
     self.seq_transfer = seq_transfer
@@ -155,6 +167,8 @@ class Run:
     self.cache_root = paths.as_path(cache_root) if cache_root else self.workdir
     self.progress = progress
     self.table_width = _table_width(params)
+    self.scorer = recommender_lib.build_model(config, 1).scorer
+    self.label = label or f"{config.model.backbone}-{config.model.variant} from {self.workdir}"
     self._prepared: _Prepared | None = None
 
   @property
@@ -250,8 +264,22 @@ class Run:
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])
         yield users_B, len(real), heads_fn(jax.device_put(inputs_UxL[users_B, max_len - width :]))[head]
 
+  @property
+  def has_user_vectors(self) -> bool:
+    """Whether a user is one vector (score = <user, item>); not for multi-interest methods."""
+    return scoring.is_dot(self.scorer)
+
+  def require_user_vectors(self) -> None:
+    """Raises ConfigError unless users are vectors (has_user_vectors)."""
+    if not self.has_user_vectors:
+      raise errors.ConfigError(
+          f"{self.label} scores a user by the rows of their history (model.knn_aggregate "
+          f"{self.config.model.knn_aggregate!r}), not by one vector: it has no user vectors to give"
+      )
+
   def user_vectors(self, histories, catalogue: catalogue_lib.Catalogue | None = None) -> np.ndarray:
     """[U, D] float32 user vectors (the run's main head), in the order of the histories."""
+    self.require_user_vectors()
     histories = self._resolve(histories, catalogue)
     prepared = self._prepare(histories.catalogue)
     out = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
@@ -291,9 +319,9 @@ class Run:
 
   def recommend_with_user_vectors(
       self, histories, catalogue=None, k: int = 20, exclude_history: bool = True
-  ) -> tuple[Recommendations, np.ndarray]:
+  ) -> tuple[Recommendations, np.ndarray | None]:
     """recommend, and the [U, D] user vectors the lists were ranked with (user_vectors' values, from the
-    same pass of the model)."""
+    same pass of the model); None for a method without user vectors (has_user_vectors)."""
     histories = self._resolve(histories, catalogue)
     catalogue = histories.catalogue
     if int(k) < 1:
@@ -321,11 +349,14 @@ class Run:
         k,
         precision=str(self.config.eval.score_precision),
         progress=self.progress,
+        scorer=self.scorer,
     )
     if np.isnan(scores_UxK).any():
       user = histories.user_ids[int(np.argmax(np.isnan(scores_UxK).any(axis=1)))]
       raise errors.NonFiniteError(f"the run scored user {user!r} NaN: its model produces non-finite vectors")
     ids = np.concatenate([np.array([None], object), catalogue.item_ids])[rows_UxK]
+    if not self.has_user_vectors:
+      return Recommendations(item_ids=ids, scores=scores_UxK), None
     users_UxD = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
     for users_B, real, user_BxD in kept:
       users_UxD[users_B[:real]] = np.asarray(user_BxD)[:real]
@@ -377,4 +408,48 @@ def load(
       )
   return Run(
       workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root, progress=progress
+  )
+
+
+def training_free_methods() -> list[str]:
+  """The presets `method` serves: those of variant text_knn, which nothing is trained for."""
+  return sorted(n for n, p in presets_lib.PRESETS.items() if p.get("model.variant") == "text_knn")
+
+
+def method(
+    name: str = serving_config.DEFAULT_METHOD,
+    cache_root: str | os.PathLike | None = None,
+    settings: ml_collections.ConfigDict | None = None,
+    encoder: str = "",
+    progress: bool = True,
+) -> Run:
+  """A training-free method, ready to score a catalogue with no run at all.
+
+  Args:
+    name: a preset of variant text_knn (training_free_methods()); its fields over the default config.
+    cache_root: the folder whose cache/embeddings/ keeps catalogue embeddings; default
+      paths.user_cache_dir().
+    settings: recg_jax/config/serving.py's fields; default its defaults.
+    encoder: the text encoder (encoder.model: a hub id, a local folder such as a tuned encoder, or
+      package:<name>); default the default config's.
+    progress: show progress bars.
+  """
+  config = config_lib.apply_preset(config_lib.get_config(), name)
+  if str(config.model.variant) != "text_knn":
+    raise errors.ConfigError(
+        f"method {name!r} trains a model (model.variant {config.model.variant!r}): train it with "
+        f"`python -m recg_jax.main --config=<config>:preset={name} --workdir=DIR` and serve the run with "
+        f"--workdir=DIR; the training-free methods are {training_free_methods()}"
+    )
+  if encoder:
+    config.encoder.model = encoder
+  return Run(
+      None,
+      config,
+      {},
+      None,
+      settings=settings,
+      cache_root=cache_root or paths.user_cache_dir(),
+      progress=progress,
+      label=f"method {name} (no training)",
   )

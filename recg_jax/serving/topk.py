@@ -5,6 +5,8 @@ blocks): each step takes one [B, R] score matrix, removes the padding rows and e
 keeps the block's best k (lax.top_k) and merges them with the best k so far (lax.top_k over 2k). The
 device never holds more than a [B, R] score matrix, however large the catalogue. `full_top_k` is the
 naive form, one [B, N] matrix and one lax.top_k, kept as the reference and the benchmark's baseline.
+Users are scored as evaluation scores them (models/scoring.py): one vector per user (user_BxD, the default
+scorer ('dot',)), or their history rows under a multi-interest scorer (user_BxTx(D+1)).
 
 Both order by score, then by row (lax.top_k puts the lower index first among equal values, and the
 running best always holds rows of earlier blocks), so the two agree exactly on ties. Scores are
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from recg_jax.models import scoring
+
 # Batches dispatched ahead of the one being read back: device work overlaps host batching.
 _IN_FLIGHT = 2
 
@@ -42,14 +46,8 @@ def pad_blocks(items_NxD: np.ndarray, block_rows: int) -> np.ndarray:
   return out.reshape(m, block_rows, d)
 
 
-def _scores(user_BxD: jax.Array, items_RxD: jax.Array, precision: str) -> jax.Array:
-  return jax.lax.dot_general(
-      user_BxD.astype(jnp.float32),
-      items_RxD.astype(jnp.float32),
-      (((1,), (1,)), ((), ())),
-      precision=precision,
-      preferred_element_type=jnp.float32,
-  )
+def _scores(user, items_RxD: jax.Array, precision: str, scorer: tuple) -> jax.Array:
+  return scoring.score_matrix(user.astype(jnp.float32), items_RxD.astype(jnp.float32), scorer, precision)
 
 
 def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array, hist_BxW: jax.Array) -> jax.Array:
@@ -63,7 +61,7 @@ def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array, hist_
   return scores_BxR.at[jnp.arange(b)[:, None], local_BxW].set(-jnp.inf, mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "scorer"))
 def blocked_top_k(
     user_BxD: jax.Array,
     blocks_MxRxD: jax.Array,
@@ -72,6 +70,7 @@ def blocked_top_k(
     *,
     k: int,
     precision: str = "highest",
+    scorer: tuple = scoring.DOT,
 ) -> tuple[jax.Array, jax.Array]:
   """(scores_Bxk, rows_Bxk) of the k best rows per user; see the module docstring."""
   b = user_BxD.shape[0]
@@ -84,7 +83,7 @@ def blocked_top_k(
   def step(carry, block):
     best_s_Bxk, best_rows_Bxk = carry
     items_RxD, start = block
-    scores_BxR = _masked(_scores(user_BxD, items_RxD, precision), start, num_items, hist_BxW)
+    scores_BxR = _masked(_scores(user_BxD, items_RxD, precision, scorer), start, num_items, hist_BxW)
     s_Bxk, cols_Bxk = jax.lax.top_k(scores_BxR, block_k)
     both_s = jnp.concatenate([best_s_Bxk, s_Bxk], axis=1)
     both_rows = jnp.concatenate([best_rows_Bxk, cols_Bxk.astype(jnp.int32) + start], axis=1)
@@ -97,7 +96,7 @@ def blocked_top_k(
   return scores, jnp.where(scores > -jnp.inf, rows, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "scorer"))
 def full_top_k(
     user_BxD: jax.Array,
     items_NxD: jax.Array,
@@ -106,10 +105,11 @@ def full_top_k(
     *,
     k: int,
     precision: str = "highest",
+    scorer: tuple = scoring.DOT,
 ) -> tuple[jax.Array, jax.Array]:
   """blocked_top_k with the whole catalogue as one [B, N] score matrix (the naive form)."""
   scores = _masked(
-      _scores(user_BxD, items_NxD, precision), jnp.int32(0), num_items, hist_BxW.astype(jnp.int32)
+      _scores(user_BxD, items_NxD, precision, scorer), jnp.int32(0), num_items, hist_BxW.astype(jnp.int32)
   )
   top_s, rows = jax.lax.top_k(scores, k)
   return top_s, jnp.where(top_s > -jnp.inf, rows.astype(jnp.int32), 0)
@@ -123,6 +123,7 @@ def rank(
     k: int,
     precision: str = "highest",
     progress: bool = False,
+    scorer: tuple = scoring.DOT,
 ) -> tuple[np.ndarray, np.ndarray]:
   """blocked_top_k over fixed-size batches of users: (scores_UxK, rows_UxK) on the host.
 
@@ -154,7 +155,15 @@ def rank(
         (
             users_B,
             real,
-            blocked_top_k(user_BxD, blocks_MxRxD, jax.device_put(hist_BxW), count, k=k, precision=precision),
+            blocked_top_k(
+                user_BxD,
+                blocks_MxRxD,
+                jax.device_put(hist_BxW),
+                count,
+                k=k,
+                precision=precision,
+                scorer=tuple(scorer),
+            ),
         )
     )
     if len(pending) > _IN_FLIGHT:
