@@ -92,3 +92,21 @@ def test_choices_read_the_validation_domain_only(made_up_study):
       values, "text_mix_center_masked", "Alpha", ["Alpha", "Beta", "Gamma"], ("Beta",)
   )
   assert source == "Gamma"  # the only source that is neither the target nor the validation domain
+
+
+def test_a_text_fields_preset_embeds_into_a_cache_of_its_own(tmp_path, monkeypatch):
+  """Two embedding keys never share the embedding cache, which holds one table per domain name."""
+  roots = []
+  monkeypatch.setattr(
+      lodo.runner,
+      "load_domains",
+      lambda config, root, order, with_tables: roots.append(root)
+      or ({}, {"fields": config.data.text_fields}),
+  )
+  config = _tiny_config()
+  tables = lodo._Tables(config, tmp_path, ("Alpha", "Beta"))  # pylint: disable=protected-access
+  title = lodo.run_config(config, lodo.Item("text", "Beta", "text_knn_center_title", 0), ("Alpha", "Beta"))
+  assert tables(config)["fields"] == config.data.text_fields  # the study's own key: loaded once, at start
+  assert tables(title)["fields"] == ("title",) and tables(title)["fields"] == ("title",)
+  assert roots[0] == tmp_path and len(roots) == 2
+  assert roots[1].parent == tmp_path / "tables"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -113,17 +114,24 @@ def _embedding_key(config: ml_collections.ConfigDict) -> str:
 
 
 class _Tables:
-  """The frozen tables of every domain, loaded once per embedding key (a text-fields preset has its own)."""
+  """The frozen tables of every domain, loaded once per embedding key (a text-fields preset has its own).
+
+  The study's own key keeps its embeddings in the workdir's cache; any other key in a folder of its own
+  (tables/<hash>/), since the embedding cache holds one table per domain name: sharing it, two keys would
+  rebuild each other's tables at every start."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str]):
     self.workdir, self.order, self.cache = workdir, tuple(order), {}
+    self.main_key = _embedding_key(config)
     self.domains, tables = runner.load_domains(config, workdir, self.order, with_tables=True)
-    self.cache[_embedding_key(config)] = tables
+    self.cache[self.main_key] = tables
 
   def __call__(self, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     key = _embedding_key(config)
     if key not in self.cache:
-      self.cache[key] = runner.load_domains(config, self.workdir, self.order, with_tables=True)[1]
+      root = self.workdir / "tables" / hashlib.sha256(key.encode()).hexdigest()[:12]
+      root.mkdir(parents=True, exist_ok=True)
+      self.cache[key] = runner.load_domains(config, root, self.order, with_tables=True)[1]
     return self.cache[key]
 
 

@@ -102,7 +102,14 @@ def capacity(batch_size: int, history_len: int, hard_negatives: int) -> int:
   return batch_size * (1 + history_len + hard_negatives)
 
 
-def sample(examples: Examples, batch_size: int, hard_negatives: int, seed: int, step: int) -> Batch:
+def sample(
+    examples: Examples,
+    batch_size: int,
+    hard_negatives: int,
+    seed: int,
+    step: int,
+    positives_only: bool = False,
+) -> Batch:
   """The examples of one step (see the module docstring)."""
   rng = np.random.default_rng([seed, step, 0x7A9E])
   per = [
@@ -112,20 +119,34 @@ def sample(examples: Examples, batch_size: int, hard_negatives: int, seed: int, 
   picks = np.concatenate(
       [rng.choice(np.flatnonzero(examples.domain_N == s), n, replace=True) for s, n in enumerate(per) if n]
   )
+  return batch_of(examples, picks, hard_negatives, rng, positives_only)
+
+
+def batch_of(
+    examples: Examples,
+    picks: np.ndarray,
+    hard_negatives: int,
+    rng: np.random.Generator,
+    positives_only: bool = False,
+) -> Batch:
+  """The Batch of the examples `picks`. Every distinct item of the batch is a candidate of every example
+  but its own history; with positives_only, only the batch's positives and hard negatives are (as
+  sentence-transformers' MultipleNegativesRankingLoss scores anchors against the positives)."""
   history, positive = examples.history_NxH[picks], examples.positive_N[picks]
   pool = examples.neighbours_GxP[positive]
   choice = rng.random((len(picks), pool.shape[1])).argsort(axis=1)[:, :hard_negatives]
   negatives = (
       np.take_along_axis(pool, choice, axis=1) if hard_negatives else np.zeros((len(picks), 0), np.int64)
   )
-  named = np.concatenate([positive, negatives.ravel(), history[history > 0]])
-  unique = np.unique(named)
-  cap = capacity(batch_size, history.shape[1], hard_negatives)
-  unique_U = np.zeros(cap, np.int64)
+  unique = np.unique(np.concatenate([positive, negatives.ravel(), history[history > 0]]))
+  unique_U = np.zeros(capacity(len(picks), history.shape[1], hard_negatives), np.int64)
   unique_U[: len(unique)] = unique
   index = lambda ids: np.searchsorted(unique, ids)
   history_idx = np.where(history > 0, index(history), -1)
-  ok = np.repeat((unique_U > 0)[None, :], len(picks), axis=0)
+  real_U = unique_U > 0
+  if positives_only:
+    real_U = np.isin(unique_U, np.concatenate([positive, negatives.ravel()]))
+  ok = np.repeat(real_U[None, :], len(picks), axis=0)
   rows, cols = np.nonzero(history_idx >= 0)
   ok[rows, history_idx[rows, cols]] = False  # the user's own history is no candidate ...
   positive_idx = index(positive)
