@@ -39,6 +39,8 @@ def test_plan_and_run_configs_of_the_shared_study():
   text = lodo.run_config(config, lodo.Item("text", "Food", "text_knn_center_title", 0), lodo_shared.DOMAINS)
   assert (text.data.source, tuple(text.data.targets), text.experiment.mode) == ("Food", (), "in_domain")
   assert tuple(text.data.text_fields) == ("title",)
+  assert text.train.max_users_per_source == 0  # evaluated on every user, as a zero-shot target is
+  assert rc.train.max_users_per_source == config.train.max_users_per_source > 0
   single = lodo.run_config(
       config, lodo.Item("single", "Games", "text_mix_center_masked", 1), lodo_shared.DOMAINS
   )

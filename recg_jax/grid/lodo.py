@@ -99,6 +99,10 @@ def run_config(
     c.data.source, c.data.targets = item.domain, ()
   c.data.auxiliary = ()
   c.train.seed = int(item.seed)
+  if item.kind == "text":
+    # Nothing is trained: every user is evaluated, as every zero-shot target is, so the text baseline
+    # and the trained rows it is held against are measured on the same users.
+    c.train.max_users_per_source = 0
   c.experiment.mode = "in_domain" if item.kind in ("text", "in_domain") else "zero_shot"
   c.experiment.name = f"{config.experiment.name or 'lodo'}/{item.relpath.removeprefix('runs/')}"
   return config_lib.apply_preset(c, item.preset)

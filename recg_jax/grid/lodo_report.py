@@ -119,10 +119,12 @@ def rows_of(values, config: ml_collections.ConfigDict, domains: Sequence[str]) -
       rows.append(
           (f"`{setting}` (target weight chosen on validation)", lambda d, s=setting: ("lodo", d, d, s))
       )
+  cap = int(config.train.max_users_per_source)
+  sample = f", {cap:,}-user sample" if cap else ""
   for preset in ec.in_domain_presets:
-    rows.append((f"in-domain `{preset}`", lambda d, p=preset: ("in_domain", d, d, p)))
+    rows.append((f"in-domain `{preset}`{sample}", lambda d, p=preset: ("in_domain", d, d, p)))
   for preset in ec.single_source_presets:
-    rows.append((f"in-domain `{preset}`", lambda d, p=preset: ("single", d, d, p)))
+    rows.append((f"in-domain `{preset}`{sample}", lambda d, p=preset: ("single", d, d, p)))
   return rows
 
 
@@ -251,8 +253,9 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       "zero-shot target of runs trained on all the others",
       f"- validation domains: {', '.join(ec.validation_domains)}: every choice (text baseline, target "
       "weight, single source) is made on their columns, which are never results",
-      f"- users per source in training: {config.train.max_users_per_source or 'all'} (a seeded sample; its "
-      "validation and in-domain test too); every target is evaluated whole",
+      f"- users per source in training: {config.train.max_users_per_source or 'all'} (a seeded random "
+      "sample; its validation and in-domain test too, so an in-domain row is tested on that sample); every "
+      "zero-shot target, and every training-free row, is evaluated on all its users",
       f"- seeds: {', '.join(map(str, ec.seeds))} (text presets: no seed); mean ± sample std over seeds; "
       "`>knn`/`<knn` = above/below the text baseline, p = one-sample t-test of the seeds against its value; "
       f"p_sem = paired t-test against `{REFERENCE}` trained on the same domains (scipy.stats)",
