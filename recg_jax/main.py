@@ -29,7 +29,7 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (--distributed).")
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index, 0 .. num_processes-1 " "(--distributed)."
+    "process_id", None, "This process's index, 0 .. num_processes-1 (--distributed)."
 )
 
 

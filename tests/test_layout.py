@@ -66,7 +66,13 @@ def test_every_declared_role_names_a_field():
 
 def test_console_scripts_name_command_entry_points():
   scripts = tomllib.loads((_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-  assert set(scripts) == {"recg-jax", "recg-jax-experiments", "recg-jax-baselines", "recg-jax-recommend"}
+  assert set(scripts) == {
+      "recg-jax",
+      "recg-jax-experiments",
+      "recg-jax-baselines",
+      "recg-jax-recommend",
+      "recg-jax-tune",
+  }
   for target in scripts.values():
     module, _, function = target.partition(":")
     assert (_ROOT / (module.replace(".", "/") + ".py")).is_file(), target

@@ -166,7 +166,7 @@ def tune(
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(last["loss"]):
           raise errors.NonFiniteLossError(
-              f"tuning loss is {last['loss']} at step {step + 1}: lower " "config.tuning.learning_rate"
+              f"tuning loss is {last['loss']} at step {step + 1}: lower config.tuning.learning_rate"
           )
         log.write("train", step + 1, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
