@@ -137,7 +137,7 @@ def main() -> None:
   for setup in SETUPS:
     rate = statistics.median(rates[setup])
     lines.append(
-        f"| {setup} | {statistics.median(walls[setup]):.1f} s | {rate:,.0f} | " f"{rate / base_rate:.2f}x |"
+        f"| {setup} | {statistics.median(walls[setup]):.1f} s | {rate:,.0f} | {rate / base_rate:.2f}x |"
     )
   text = "\n".join(lines) + "\n"
   print(text)

@@ -20,6 +20,7 @@ batch). Each line prints test NDCG@10 / Recall@10, the best epoch and the wall t
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import pathlib
@@ -30,7 +31,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import amazon_shared  # pylint: disable=wrong-import-position
-from recg_jax.config import default  # pylint: disable=wrong-import-position
+from recg_jax import config as config_lib  # pylint: disable=wrong-import-position
 
 from recbole_side_by_side import recbole_config_dict  # pylint: disable=wrong-import-position
 
@@ -115,6 +116,14 @@ def run_recbole(root: str, domain: str, args, workdir: str) -> dict:
   }
 
 
+def _literal(value: str):
+  """A Python literal (4, 1e-12, True, (1, 2)), else the string itself ('gelu')."""
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
 def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   from recg_jax import pipeline  # pylint: disable=g-import-not-at-top
   from recg_jax import training
@@ -133,11 +142,8 @@ def run_ours(root: str, domain: str, spec: str, args, workdir: str) -> dict:
   config.train.patience = args.patience
   config.train.seed = args.seed
   config.train.checkpoint_every_steps = 0
-  for item in filter(None, overrides.split(",")):
-    key, _, value = item.partition("=")
-    section, field = key.split(".")
-    current = config[section][field]
-    config[section][field] = type(current)(value) if not isinstance(current, bool) else value == "True"
+  pairs = [item.partition("=")[::2] for item in filter(None, overrides.split(","))]
+  config_lib.override(config, {key: _literal(value) for key, value in pairs}, what=f"--ours {name}")
   run_dir = pathlib.Path(workdir) / name
   domains = pipeline.prepare_data(config, pathlib.Path(workdir))
   t0 = time.perf_counter()
@@ -177,10 +183,10 @@ def main() -> None:
   parser.add_argument("--skip_recbole", action="store_true")
   parser.add_argument("--out", default="", help="append the JSON lines to this file")
   args = parser.parse_args()
-  root = os.environ.get(default.DATA_ROOT_ENV, "")
+  root = os.environ.get(config_lib.DATA_ROOT_ENV, "")
   if not root or not (pathlib.Path(root) / args.domain / f"{args.domain}.inter").is_file():
     raise SystemExit(
-        f"set {default.DATA_ROOT_ENV} to the folder that holds {args.domain}/{args.domain}.inter"
+        f"set {config_lib.DATA_ROOT_ENV} to the folder that holds {args.domain}/{args.domain}.inter"
     )
   root = str(pathlib.Path(root).absolute())
   out = str(pathlib.Path(args.out).absolute()) if args.out else ""

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
     grid_shared.reduced_sizes(config)
   else:
     raise ValueError(
-        f"config argument {choice!r}: expected one of {DATA_CHOICES}, then optional " "key=value pairs"
+        f"config argument {choice!r}: expected one of {DATA_CHOICES}, then optional key=value pairs"
     )
   config.experiment.name = f"reduced_zero_shot_{choice}"
   ec = config.experiment

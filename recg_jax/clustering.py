@@ -185,7 +185,7 @@ def kmeans(
   n = x.shape[0]
   if not 1 <= k <= n:
     raise errors.ConfigError(
-        f"kmeans: need 1 <= k <= number of points, got k={k}, N={n} " "(config.transfer.num_clusters)"
+        f"kmeans: need 1 <= k <= number of points, got k={k}, N={n} (config.transfer.num_clusters)"
     )
   if iters < 0:
     raise errors.ConfigError(f"kmeans: iters must be >= 0, got {iters} (config.transfer.kmeans_iters)")

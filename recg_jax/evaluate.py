@@ -297,7 +297,7 @@ def _geometry(
   if cap and block * (num_items + 1) > cap:
     smaller = max(1, cap // (num_items + 1))
     logging.info(
-        "eval: %d score rows x %d items exceeds eval.max_scores_per_block=%d; scoring %d rows " "at a time",
+        "eval: %d score rows x %d items exceeds eval.max_scores_per_block=%d; scoring %d rows at a time",
         block,
         num_items + 1,
         cap,

@@ -73,7 +73,7 @@ def sample_domain_items(key: jax.Array, num_items_D: Sequence[int], samples_per_
   bad = [n for n in num_items if n < 1]
   if bad:
     raise ValueError(
-        f"sample_domain_items: every domain needs at least one real item, got num_items_D=" f"{num_items}"
+        f"sample_domain_items: every domain needs at least one real item, got num_items_D={num_items}"
     )
   if samples_per_domain < 1:
     raise errors.ConfigError(
@@ -135,9 +135,7 @@ def generalization_loss(
     (loss, metrics) with metrics 'h_intra', 'h_inter', 'beta', 'loss' (scalars).
   """
   if z_DxBxH.ndim != 3:
-    raise ValueError(
-        f"generalization_loss: expected z of shape [domains, samples, dim], got " f"{z_DxBxH.shape}"
-    )
+    raise ValueError(f"generalization_loss: expected z of shape [domains, samples, dim], got {z_DxBxH.shape}")
   for name, gate in (("use_intra", use_intra), ("use_inter", use_inter)):
     if not isinstance(gate, (bool, jax.Array, np.ndarray)):
       raise TypeError(
@@ -146,7 +144,7 @@ def generalization_loss(
       )
   if isinstance(inter_sign, (int, float)) and inter_sign not in (1, -1):
     raise errors.ConfigError(
-        f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} " "(config.gen_loss.inter_sign)"
+        f"generalization_loss: inter_sign must be +1 or -1, got {inter_sign} (config.gen_loss.inter_sign)"
     )
   if isinstance(tau, (int, float)) and tau <= 0:
     raise errors.ConfigError(f"generalization_loss: tau must be > 0, got {tau} (config.gen_loss.tau)")

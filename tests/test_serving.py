@@ -268,7 +268,7 @@ def test_inter_histories_are_sorted_by_time_and_grouped_by_user(finished_run, tm
   catalogue = serving.Catalogue("c", ["a", "b", "c"], ["t a", "t b", "t c"])
   inter = tmp_path / "users.inter"
   inter.write_text(
-      "user_id:token\titem_id:token\ttimestamp:float\n" "u2\tc\t5\nu1\tb\t2\nu2\ta\t1\nu1\ta\t1\nu1\tc\t2\n"
+      "user_id:token\titem_id:token\ttimestamp:float\nu2\tc\t5\nu1\tb\t2\nu2\ta\t1\nu1\ta\t1\nu1\tc\t2\n"
   )
   histories = serving.read_histories(inter, catalogue, config)
   assert list(histories.user_ids) == ["u2", "u1"]

@@ -83,7 +83,7 @@ def test_checkpoints_and_results_files(tiny_run):
       "sampled10 N@5",
       "d=16 layers=1 heads=2",
       "model.hidden_dim = 16",
-      "`sampled10`: sampled: the target " "against 10 negatives",
+      "`sampled10`: sampled: the target against 10 negatives",
       f"{100 * payload['metrics']['test/full/ndcg@10']:.2f}",
   ):
     assert needle in md, needle

@@ -63,7 +63,7 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_c
       continue
     if not sep or key not in ARG_FIELDS:
       raise errors.ConfigError(
-          f"config argument {item!r}: expected key=value with key in " f"{sorted([*ARG_FIELDS, 'preset'])}"
+          f"config argument {item!r}: expected key=value with key in {sorted([*ARG_FIELDS, 'preset'])}"
       )
     section, field = ARG_FIELDS[key]
     current = config[section][field]

@@ -66,7 +66,7 @@ def download_file(
     offset = 0
   if total is not None and offset > total:
     raise DataError(
-        f"partial file is larger ({offset} bytes) than the source ({total} bytes); delete " "it and retry",
+        f"partial file is larger ({offset} bytes) than the source ({total} bytes); delete it and retry",
         path=part,
     )
   if stream is not None:

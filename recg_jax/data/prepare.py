@@ -67,7 +67,7 @@ def domain_names(data_config: ml_collections.ConfigDict) -> list[str]:
   for role, name in roles:
     if name in seen:
       raise DataError(
-          f"domain {name!r} given twice (in {seen[name]} and {role}); each domain may " "play one role",
+          f"domain {name!r} given twice (in {seen[name]} and {role}); each domain may play one role",
           field=role,
       )
     seen[name] = role

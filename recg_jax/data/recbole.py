@@ -240,7 +240,7 @@ def read_recbole(
     first = pc.index(item_tokens, duplicated[0]).as_py()
     second = first + 1 + pc.index(item_tokens.slice(first + 1), duplicated[0]).as_py()
     raise DataError(
-        f"item id {duplicated[0].as_py()!r} appears twice (first on line " f"{item.line_of_row(first)})",
+        f"item id {duplicated[0].as_py()!r} appears twice (first on line {item.line_of_row(first)})",
         path=item_path,
         line=item.line_of_row(second),
         field=item_f,

@@ -340,7 +340,7 @@ def params_from_tensors(config: DecoderConfig, tensors: Mapping[str, np.ndarray]
   def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in t:
       raise ValueError(
-          f"checkpoint tensors: missing {name!r} (model_type={c.model_type}); " f"found e.g. {sorted(t)[:5]}"
+          f"checkpoint tensors: missing {name!r} (model_type={c.model_type}); found e.g. {sorted(t)[:5]}"
       )
     value = np.asarray(t[name])
     if value.shape != shape:

@@ -67,7 +67,7 @@ def read_adapter(adapter_dir) -> tuple[dict, dict[str, np.ndarray]]:
   config = json.loads(config_path.read_text())
   if config.get("peft_type", "LORA") != "LORA":
     raise errors.ConfigError(
-        f"{config_path}: peft_type={config.get('peft_type')!r}; only LORA adapters can be " "merged"
+        f"{config_path}: peft_type={config.get('peft_type')!r}; only LORA adapters can be merged"
     )
   if config.get("use_dora"):
     raise ValueError(f"{config_path}: use_dora=true (DoRA) is not supported")
@@ -111,7 +111,7 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
       raise ValueError(f"{where}: {name!r} replaces a weight the base checkpoint lacks")
     if np.shape(out[target]) != value.shape:
       raise ValueError(
-          f"{where}: {name!r} has shape {value.shape}, base {target!r} has " f"{np.shape(out[target])}"
+          f"{where}: {name!r} has shape {value.shape}, base {target!r} has {np.shape(out[target])}"
       )
     out[target] = value
 
@@ -140,7 +140,7 @@ def merge_lora(tensors: Mapping[str, np.ndarray], adapter_dir) -> dict[str, np.n
     scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
     if delta.shape != base.shape:
       raise ValueError(
-          f"{where}: LoRA delta for {module!r} has shape {delta.shape}, base {target!r} has " f"{base.shape}"
+          f"{where}: LoRA delta for {module!r} has shape {delta.shape}, base {target!r} has {base.shape}"
       )
     out[target] = base + np.float32(scaling) * delta
     if "lora_B.bias" in parts:  # lora_bias=true: B carries a bias, scaled like the product

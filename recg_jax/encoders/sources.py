@@ -197,7 +197,7 @@ def checkpoint_from_folder(folder: pathlib.Path, model_id: str) -> Checkpoint:
     raise CheckpointError(f"checkpoint folder {folder} does not exist")
   if not (folder / CONFIG_NAME).is_file():
     raise CheckpointError(
-        f"{folder / CONFIG_NAME} is missing (a Hugging Face config is needed to build " f"the encoder)"
+        f"{folder / CONFIG_NAME} is missing (a Hugging Face config is needed to build the encoder)"
     )
   weights = folder_weight_files(folder)
   tokenizer = folder / TOKENIZER_NAME

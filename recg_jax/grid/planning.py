@@ -175,7 +175,7 @@ def shard_of(specs: Sequence[RunSpec], config: ml_collections.ConfigDict) -> lis
   num, index = int(config.experiment.num_shards), int(config.experiment.shard_index)
   if num < 1 or not 0 <= index < num:
     raise errors.ConfigError(
-        f"config.experiment.shard_index={index} with num_shards={num}: need " "0 <= shard_index < num_shards"
+        f"config.experiment.shard_index={index} with num_shards={num}: need 0 <= shard_index < num_shards"
     )
   return list(specs[index::num])
 

@@ -173,7 +173,7 @@ class SASRec(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array, train: bool = False) -> jax.Array:
     if self.activation not in ACTIVATIONS:
       raise errors.ConfigError(
-          f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got " f"{self.activation!r}"
+          f"config.model.sasrec_activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
       )
     if self.ffn_multiplier < 1:
       raise errors.ConfigError(f"config.model.sasrec_ffn_multiplier must be >= 1, got {self.ffn_multiplier}")
