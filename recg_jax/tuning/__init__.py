@@ -111,6 +111,26 @@ def _check_signature(workdir: paths.Path, config) -> None:
     paths.write_json_atomic(path, signature, sort_keys=True)
 
 
+def _save_encoder(workdir: paths.Path, config, base: encoders.Encoder, params, about: dict) -> paths.Path:
+  """Writes the tuned encoder to <workdir>/encoder (artefact.py) from the primary process; its folder."""
+  folder = workdir / "encoder"
+  if distributed.is_primary():
+    artefact.save(
+        folder,
+        sources.resolve(config.encoder.model, config.encoder.revision),
+        params,
+        {
+            "base_model": base.model_id,
+            "base_weights_hash": base.weights_hash,
+            "sources": list(types.source_names(config.data.source)),
+            "tuning": config.tuning.to_dict(),
+            "steps": int(config.tuning.steps),
+            **about,
+        },
+    )
+  return folder
+
+
 def tune(
     config: ml_collections.ConfigDict,
     workdir,
@@ -177,22 +197,7 @@ def tune(
     manager.close()
     log.close()
   params = jax.device_get(state.params)
-  folder = workdir / "encoder"
-  base_ckpt = sources.resolve(config.encoder.model, config.encoder.revision)
-  if distributed.is_primary():
-    artefact.save(
-        folder,
-        base_ckpt,
-        params,
-        {
-            "base_model": base.model_id,
-            "base_weights_hash": base.weights_hash,
-            "sources": list(names),
-            "tuning": config.tuning.to_dict(),
-            "steps": int(tc.steps),
-            "examples": int(len(examples.positive_N)),
-        },
-    )
+  folder = _save_encoder(workdir, config, base, params, {"examples": int(len(examples.positive_N))})
   weights_hash = sources.weights_hash(sources.folder_weight_files(pathlib.Path(str(folder))), ())
   return Tuned(
       folder=folder, encoder=dataclasses.replace(base, params=params, weights_hash=weights_hash), metrics=last
