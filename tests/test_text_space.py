@@ -9,6 +9,7 @@ import pytest
 
 from recg_jax.config import default as default_config
 from recg_jax.models import recommender as recommender_lib
+from recg_jax.models import scoring
 from recg_jax.models import text_space
 from recg_jax.models.recommender import init_variables
 from recg_jax.models.recommender import Recommender
@@ -179,8 +180,6 @@ def test_candidate_scoring_resolves_for_text_space():
 def test_multi_interest_text_knn_scores_as_its_definition(aggregate, temperature):
   """max: the best cosine of any history item; softmax: tau * log sum_t w_t exp(cos_t / tau) with the
   normalised recency weights (towards the weighted mean of the cosines as tau grows)."""
-  from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
-
   rng = np.random.default_rng(0)
   table = rng.normal(size=(31, 8)).astype(np.float32)
   table[0] = 0
@@ -195,7 +194,7 @@ def test_multi_interest_text_knn_scores_as_its_definition(aggregate, temperature
   config.data.max_len = 5
   model = recommender_lib.build_model(config, 30)
   users = model.apply({"params": {}}, jnp.asarray(seq), jnp.asarray(table), False)
-  got = np.asarray(evaluate._score_matrix(users, jnp.asarray(table), model.scorer, jax.lax.Precision.HIGHEST))
+  got = np.asarray(scoring.score_matrix(users, jnp.asarray(table), model.scorer, jax.lax.Precision.HIGHEST))
   for b, row in enumerate(seq):
     history = [i for i in row if i > 0]
     weights = 0.5 ** np.arange(len(history))[::-1]
