@@ -4,7 +4,7 @@ trains); it runs anywhere, slowly.
 
   python bench/tuning_lodo.py --data_root=DIR --workdir=W --out=results.json [--encoder=DIR]
   python bench/tuning_lodo.py --data_format=synthetic --domains=Alpha,Beta,Gamma --validation=Beta \
-      --tests=Alpha,Gamma --steps=2 --batch=8 --seeds=1 --workdir=W --out=dry.json   # a dry run
+      --tests=Alpha,Gamma --single_source=Beta --steps=2 --batch=8 --seeds=1 --workdir=W --out=dry.json
 
 1. The six domains are prepared and embedded with the frozen encoder; `text_knn_center` is evaluated on
    every domain's test split (the frozen baseline).
@@ -49,6 +49,8 @@ SETTINGS = {
     "top2_lr3e-5": {"tuning.trainable": "top_layers", "tuning.top_layers": 2, "tuning.learning_rate": 3e-5},
     "full_lr3e-5": {"tuning.trainable": "full", "tuning.learning_rate": 3e-5},
     "top2_lr1e-4": {"tuning.trainable": "top_layers", "tuning.top_layers": 2, "tuning.learning_rate": 1e-4},
+    "lora8_lr1e-4": {"tuning.trainable": "lora", "tuning.lora_rank": 8, "tuning.learning_rate": 1e-4},
+    "lora8_lr5e-4": {"tuning.trainable": "lora", "tuning.lora_rank": 8, "tuning.learning_rate": 5e-4},
 }
 
 

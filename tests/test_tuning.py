@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from recg_jax import encoders
+from recg_jax import errors
 from recg_jax import tuning
 from recg_jax.encoders import embed
 from recg_jax.tuning import artefact
@@ -82,6 +83,69 @@ def test_frozen_layers_get_no_gradient(batch_and_base):
   assert norms[last] > 0 and all(n == 0.0 for k, n in norms.items() if k != last), norms
 
 
+def _lora_spec(config, base, **tuning):
+  config = config.copy_and_resolve_references()
+  config.tuning.trainable = "lora"
+  for key, value in tuning.items():
+    config.tuning[key] = value
+  return tuning_spec(config, base)
+
+
+def tuning_spec(config, base):
+  return tuning._spec(config, base)  # pylint: disable=protected-access
+
+
+def test_lora_starts_at_the_pretrained_encoder_and_merges_as_w_plus_scaled_ab(batch_and_base):
+  config, base, _ = batch_and_base
+  spec = _lora_spec(config, base, lora_rank=4, lora_alpha=8.0, lora_targets=("qkv", "ffn_out"))
+  adaptors = step_lib.lora_init(base.params, spec, jax.random.key(0))
+  at_start = step_lib.encoder_params(spec, adaptors, base.params)
+  for a, b in zip(jax.tree.leaves(at_start), jax.tree.leaves(base.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rng = np.random.default_rng(0)
+  adaptors = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), adaptors)
+  merged = step_lib.encoder_params(spec, adaptors, base.params)
+  flat_merged = dict(jax.tree_util.tree_leaves_with_path(merged))
+  for path, pretrained in jax.tree_util.tree_leaves_with_path(base.params):
+    keys = [k.key for k in path]
+    got, want = np.asarray(flat_merged[path]), np.asarray(pretrained)
+    if len(keys) == 3 and keys[1] in ("qkv", "ffn_out") and keys[2] == "kernel":
+      ab = adaptors[keys[0]][keys[1]]
+      want = want + 2.0 * np.asarray(ab["a"]) @ np.asarray(ab["b"])
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:
+      np.testing.assert_array_equal(got, want)
+
+
+def test_lora_gradients_reach_the_adaptors_and_the_pull_is_their_squared_delta(batch_and_base):
+  config, base, batch = batch_and_base
+  spec = _lora_spec(config, base, lora_rank=2, pull=0.5)
+  adaptors = step_lib.lora_init(base.params, spec, jax.random.key(1))
+  full = dataclasses.replace(spec, trainable="full", pull=0.0)
+  lora_loss, aux = step_lib.loss_fn(spec, adaptors, jnp.log(0.05), base.params, batch)
+  want_loss = step_lib.loss_fn(full, base.params, jnp.log(0.05), base.params, batch)[0]
+  assert float(lora_loss) == pytest.approx(float(want_loss), rel=1e-6) and float(aux["pull"]) == 0.0
+  grads = jax.grad(lambda p: step_lib.loss_fn(spec, p, jnp.log(0.05), base.params, batch)[0])(adaptors)
+  for layer, targets in grads.items():
+    for target, g in targets.items():
+      assert float(jnp.abs(g["b"]).sum()) > 0, (layer, target)  # b = 0: a's gradient starts at zero
+  moved = jax.tree.map(lambda x: x + 0.01, adaptors)
+  scale = spec.lora_alpha / spec.lora_rank
+  want_pull = 0.5 * sum(
+      float(np.sum(np.square(scale * np.asarray(ab["a"]) @ np.asarray(ab["b"]))))
+      for targets in moved.values()
+      for ab in targets.values()
+  )
+  _, aux = step_lib.loss_fn(spec, moved, jnp.log(0.05), base.params, batch)
+  assert float(aux["pull"]) == pytest.approx(want_pull, rel=1e-4)
+
+
+def test_lora_targets_must_be_block_kernels(batch_and_base):
+  config, base, _ = batch_and_base
+  with pytest.raises(errors.ConfigError, match="lora_targets"):
+    _lora_spec(config, base, lora_targets=("query",))
+
+
 @pytest.fixture(scope="module")
 def tuned_runs(tmp_path_factory, tiny_problem):
   """Four steps uninterrupted; and the same tuning stopped after its step-2 checkpoint, then restarted."""
@@ -121,6 +185,27 @@ def test_tuning_lowers_the_loss_on_what_it_saw(tuned_runs, batch_and_base):
       np.asarray(whole.encoder.params["layer_5"]["ffn_in"]["kernel"]),
       np.asarray(base.params["layer_5"]["ffn_in"]["kernel"]),
   )
+
+
+@pytest.mark.slow
+def test_a_lora_tuning_lowers_the_loss_and_moves_only_the_adapted_kernels(
+    tmp_path, tiny_problem, batch_and_base
+):
+  import conftest  # pylint: disable=g-import-not-at-top
+
+  domains, tables = tiny_problem
+  config, base, batch = batch_and_base
+  overrides = {**TUNE, "tuning.steps": 4, "tuning.trainable": "lora", "tuning.learning_rate": 3e-3}
+  tuned = tuning.tune(conftest.tiny_config(**overrides), tmp_path, domains, tables, progress=False)
+  spec = tuning_spec(config, base)
+  before = step_lib.loss_fn(spec, base.params, jnp.log(0.05), base.params, batch)[0]
+  after = step_lib.loss_fn(spec, tuned.encoder.params, jnp.log(0.05), base.params, batch)[0]
+  assert float(after) < float(before)
+  flat_tuned = dict(jax.tree_util.tree_leaves_with_path(tuned.encoder.params))
+  for path, pretrained in jax.tree_util.tree_leaves_with_path(base.params):
+    keys = [k.key for k in path]
+    same = np.array_equal(np.asarray(flat_tuned[path]), np.asarray(pretrained))
+    assert same != (keys[1:] in (["qkv", "kernel"], ["attn_out", "kernel"])), keys
 
 
 @pytest.mark.slow

@@ -314,10 +314,15 @@ def get_experiment_config() -> ml_collections.ConfigDict:
 def get_tuning_config() -> ml_collections.ConfigDict:
   """Contrastive tuning of the text encoder on the source domains' interactions (recg_jax/tuning/)."""
   c = ml_collections.ConfigDict()
-  # What trains: `full` (every weight) or `top_layers` (the last top_layers transformer blocks; the
-  # embeddings and lower blocks frozen).
+  # What trains: `full` (every weight), `top_layers` (the last top_layers transformer blocks; the
+  # embeddings and lower blocks frozen) or `lora` (low-rank adaptors of rank lora_rank, scaled by
+  # lora_alpha / lora_rank, on the lora_targets kernels of every block: qkv, attn_out, ffn_in, ffn_out;
+  # merged into the weights when the tuning ends).
   c.trainable = "full"
   c.top_layers = 1
+  c.lora_rank = 8
+  c.lora_alpha = 16.0
+  c.lora_targets = ("qkv", "attn_out")
   c.steps = 500
   c.batch_size = 64  # (history, next item) examples per step, an equal share from every source
   c.history_len = 8  # the most recent history items a user vector averages

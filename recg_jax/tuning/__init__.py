@@ -61,6 +61,9 @@ def _spec(config: ml_collections.ConfigDict, base: encoders.Encoder) -> step_lib
       warmup_steps=int(tc.warmup_steps),
       weight_decay=float(tc.weight_decay),
       pooling=str(base.pooling),
+      lora_rank=int(tc.lora_rank),
+      lora_alpha=float(tc.lora_alpha),
+      lora_targets=tuple(tc.lora_targets),
   )
 
 
@@ -153,10 +156,14 @@ def tune(
   mesh = trainer_lib.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   pretrained = jax.device_put(base.params, replicated)
+  trained = pretrained
+  if spec.trainable == "lora":
+    key = jax.random.key(int(tc.seed))
+    trained = jax.device_put(step_lib.lora_init(base.params, spec, key), replicated)
   state = step_lib.TuningState(
       step=jnp.zeros((), jnp.int32),
-      params=pretrained,
-      opt_state=step_lib.optimizer(spec, base.params).init(pretrained),
+      params=trained,
+      opt_state=step_lib.optimizer(spec, trained).init(trained),
       log_temperature=jnp.log(jnp.float32(tc.temperature)),
   )
   manager = _manager(workdir)
@@ -196,7 +203,7 @@ def tune(
   finally:
     manager.close()
     log.close()
-  params = jax.device_get(state.params)
+  params = jax.device_get(step_lib.encoder_params(spec, state.params, pretrained))
   folder = _save_encoder(workdir, config, base, params, {"examples": int(len(examples.positive_N))})
   weights_hash = sources.weights_hash(sources.folder_weight_files(pathlib.Path(str(folder))), ())
   return Tuned(

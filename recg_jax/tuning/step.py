@@ -7,7 +7,9 @@ against every item of the batch (in-batch and hard negatives), and an L2 pull to
 
 over the candidates u of example b: every distinct item of the batch but b's own history (its positive
 stays one). `trainable` decides which parameters move; the others get no update (and no gradient is spent
-on them: they sit behind stop_gradient in the forward pass).
+on them: they sit behind stop_gradient in the forward pass). With `lora` the state holds only low-rank
+adaptors: each target kernel W [K, F] of every block runs as W + (alpha / r) a @ b, a [K, r], b [r, F]
+zero-initialised, and the tuned encoder is that sum, merged once at the end.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import optax
 from recg_jax import errors
 from recg_jax.encoders import pooling as pooling_lib
 
-TRAINABLE = ("full", "top_layers")
+TRAINABLE = ("full", "top_layers", "lora")
+# The kernels of a BERT block (encoders/bert.BertLayer) that adaptors may target.
+LORA_TARGETS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 @flax.struct.dataclass
 class TuningState:
   step: jax.Array
-  params: Any  # the encoder's parameters (float32)
+  params: Any  # the encoder's parameters (float32), or with `lora` the adaptors alone
   opt_state: Any
   log_temperature: jax.Array
 
@@ -50,13 +54,64 @@ class TuningSpec:
   warmup_steps: int
   weight_decay: float
   pooling: str
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("qkv", "attn_out")
+
+  def __post_init__(self):
+    if self.trainable not in TRAINABLE:
+      raise errors.ConfigError(f"config.tuning.trainable={self.trainable!r}: expected one of {TRAINABLE}")
+    if self.trainable == "lora":
+      unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+      if unknown or not self.lora_targets:
+        raise errors.ConfigError(
+            f"config.tuning.lora_targets={self.lora_targets!r}: expected some of {LORA_TARGETS}"
+        )
+      if self.lora_rank < 1:
+        raise errors.ConfigError(f"config.tuning.lora_rank={self.lora_rank}: expected at least 1")
+
+
+def lora_init(pretrained, spec: TuningSpec, key: jax.Array) -> dict:
+  """{layer_i: {target: {'a': [K, r], 'b': [r, F]}}} for every block: a ~ N(0, 1/K), b = 0, so tuning
+  starts from the pretrained encoder exactly (as PEFT's LoRA)."""
+  adaptors = {}
+  for i in range(spec.num_layers):
+    block, adaptors[f"layer_{i}"] = pretrained[f"layer_{i}"], {}
+    for target in spec.lora_targets:
+      k, f = block[target]["kernel"].shape
+      key, sub = jax.random.split(key)
+      adaptors[f"layer_{i}"][target] = {
+          "a": jax.random.normal(sub, (k, spec.lora_rank), jnp.float32) / jnp.sqrt(jnp.float32(k)),
+          "b": jnp.zeros((spec.lora_rank, f), jnp.float32),
+      }
+  return adaptors
+
+
+def encoder_params(spec: TuningSpec, trained, pretrained):
+  """The encoder's parameters a tuning state stands for: its params, or with `lora` the pretrained ones
+  with every adapted kernel W replaced by W + (alpha / r) a @ b."""
+  if spec.trainable != "lora":
+    return trained
+  scale = spec.lora_alpha / spec.lora_rank
+  merged = dict(pretrained)
+  for layer, targets in trained.items():
+    merged[layer] = dict(pretrained[layer])
+    for target, ab in targets.items():
+      dense = pretrained[layer][target]
+      merged[layer][target] = {**dense, "kernel": dense["kernel"] + scale * (ab["a"] @ ab["b"])}
+  return merged
+
+
+def _adapted(adaptors, path) -> bool:
+  """Whether a leaf's key path (layer, module, name) is a kernel that `adaptors` adapt."""
+  keys = [getattr(k, "key", None) for k in path]
+  return len(keys) == 3 and keys[2] == "kernel" and keys[1] in adaptors.get(keys[0], {})
 
 
 def trainable_labels(params, spec: TuningSpec):
-  """'train' or 'freeze' per leaf: every leaf, or the last top_layers blocks only."""
-  if spec.trainable not in TRAINABLE:
-    raise errors.ConfigError(f"config.tuning.trainable={spec.trainable!r}: expected one of {TRAINABLE}")
-  if spec.trainable == "full":
+  """'train' or 'freeze' per leaf: every leaf (`full`, or `lora`'s adaptors), or the last top_layers
+  blocks only."""
+  if spec.trainable in ("full", "lora"):
     return jax.tree.map(lambda _: "train", params)
   top = {f"layer_{i}" for i in range(spec.num_layers - spec.top_layers, spec.num_layers)}
   return {k: jax.tree.map(lambda _, k=k: "train" if k in top else "freeze", v) for k, v in params.items()}
@@ -91,9 +146,17 @@ def infonce(users_BxD, items_UxD, positive_B, candidate_ok_BxU, temperature) -> 
 
 
 def loss_fn(spec: TuningSpec, params, log_temperature, pretrained, batch) -> tuple[jax.Array, dict]:
-  """InfoNCE + pull, and the batch's accuracy (the positive ranked first among its candidates)."""
+  """InfoNCE + pull, and the batch's accuracy (the positive ranked first among its candidates). `params`
+  are the state's: the encoder's, or with `lora` the adaptors."""
   labels = trainable_labels(params, spec)
   params = _frozen_behind_stop_gradient(params, labels)
+  if spec.trainable == "lora":
+    adaptors = params
+    params = encoder_params(spec, adaptors, jax.lax.stop_gradient(pretrained))
+    # The pull below then sees the adapted kernels move, and nothing else.
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if _adapted(adaptors, path) else "freeze", params
+    )
   hidden_UxTxH = spec.module.apply({"params": params}, batch["ids"], batch["mask"])
   items_UxH = pooling_lib.l2_normalize(pooling_lib.pool(hidden_UxTxH, batch["mask"], spec.pooling))
   users_BxD = user_vectors(items_UxH, batch["history"], spec.decay)
