@@ -13,6 +13,7 @@ import pytest
 from recg_jax import encoders
 from recg_jax import errors
 from recg_jax import tuning
+from recg_jax.encoders import bert
 from recg_jax.encoders import embed
 from recg_jax.tuning import artefact
 from recg_jax.tuning import examples as examples_lib
@@ -76,11 +77,51 @@ def test_frozen_layers_get_no_gradient(batch_and_base):
   config, base, batch = batch_and_base
   config = config.copy_and_resolve_references()
   config.tuning.trainable, config.tuning.top_layers = "top_layers", 1
+  config.tuning.cache_frozen_blocks = False  # the whole encoder runs: the lower blocks see the gradient stop
   spec = tuning._spec(config, base)  # pylint: disable=protected-access
   grads = jax.grad(lambda p: step_lib.loss_fn(spec, p, jnp.log(0.05), base.params, batch)[0])(base.params)
   norms = {k: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(v))) for k, v in grads.items()}
   last = f"layer_{spec.num_layers - 1}"
   assert norms[last] > 0 and all(n == 0.0 for k, n in norms.items() if k != last), norms
+
+
+def _top2_specs(config, base):
+  """(uncached, cached) specs of a top-two-blocks tuning."""
+  config = config.copy_and_resolve_references()
+  config.tuning.trainable, config.tuning.top_layers = "top_layers", 2
+  cached = tuning_spec(config, base)
+  config.tuning.cache_frozen_blocks = False
+  return tuning_spec(config, base), cached
+
+
+def test_the_encoder_split_at_the_frozen_blocks_equals_the_whole_encoder(batch_and_base):
+  config, base, batch = batch_and_base
+  _, spec = _top2_specs(config, base)
+  ids, mask = batch["ids"], batch["mask"]
+  states = tuning._frozen_states(spec, base.params, ids, mask, 5, progress=False)  # pylint: disable=protected-access
+  assert len(ids) % 5 and states.shape == (*ids.shape, 384)  # the last pass wraps around
+  top = bert.BertBlocks(spec.module.config, 4, spec.module.dtype)
+  got = top.apply({"params": {k: base.params[k] for k in ("layer_4", "layer_5")}}, states, mask)
+  want = base.module.apply({"params": base.params}, ids, mask)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_on_cached_frozen_blocks_has_the_loss_and_gradients_of_the_whole_encoder(batch_and_base):
+  config, base, batch = batch_and_base
+  whole, cached = _top2_specs(config, base)
+  hidden = step_lib.frozen_hidden(cached, base.params, batch["ids"], batch["mask"])
+  cached_batch = {**{k: v for k, v in batch.items() if k != "ids"}, "hidden": hidden}
+  grad = lambda spec, b: jax.value_and_grad(
+      lambda p: step_lib.loss_fn(spec, p, jnp.log(0.05), base.params, b)[0]
+  )
+  loss_whole, grads_whole = grad(whole, batch)(base.params)
+  loss_cached, grads_cached = grad(cached, cached_batch)(base.params)
+  assert float(loss_cached) == pytest.approx(float(loss_whole), rel=1e-5)
+  for layer in ("layer_4", "layer_5"):
+    for a, b in zip(jax.tree.leaves(grads_cached[layer]), jax.tree.leaves(grads_whole[layer])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
+  frozen = [g for k, v in grads_cached.items() if k not in ("layer_4", "layer_5") for g in jax.tree.leaves(v)]
+  assert all(float(jnp.abs(g).sum()) == 0.0 for g in frozen)
 
 
 def _lora_spec(config, base, **tuning):
@@ -206,6 +247,34 @@ def test_a_lora_tuning_lowers_the_loss_and_moves_only_the_adapted_kernels(
     keys = [k.key for k in path]
     same = np.array_equal(np.asarray(flat_tuned[path]), np.asarray(pretrained))
     assert same != (keys[1:] in (["qkv", "kernel"], ["attn_out", "kernel"])), keys
+
+
+@pytest.mark.slow
+def test_a_tuning_on_cached_frozen_blocks_ends_where_the_uncached_one_does(tmp_path, tiny_problem):
+  import conftest  # pylint: disable=g-import-not-at-top
+
+  domains, tables = tiny_problem
+  overrides = {**TUNE, "tuning.steps": 3, "tuning.trainable": "top_layers", "tuning.top_layers": 2}
+  runs = [
+      tuning.tune(
+          conftest.tiny_config(**overrides, **{"tuning.cache_frozen_blocks": cache}),
+          tmp_path / str(cache),
+          domains,
+          tables,
+          progress=False,
+      )
+      for cache in (False, True)
+  ]
+  base = encoders.load_encoder(conftest.tiny_config().encoder).params
+  flat = [dict(jax.tree_util.tree_leaves_with_path(r.encoder.params)) for r in runs]
+  for path, pretrained in jax.tree_util.tree_leaves_with_path(base):
+    whole, cached = (np.asarray(f[path]) - np.asarray(pretrained) for f in flat)
+    if path[0].key in ("layer_4", "layer_5"):
+      # Adam turns float-noise-sized gradients into lr-sized steps: compare where the weights went.
+      assert np.linalg.norm(cached - whole) <= 0.05 * np.linalg.norm(whole), path
+    else:
+      assert not whole.any() and not cached.any(), path
+  assert runs[0].metrics["loss"] == pytest.approx(runs[1].metrics["loss"], rel=1e-4)
 
 
 @pytest.mark.slow

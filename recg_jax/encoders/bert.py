@@ -279,6 +279,27 @@ class BertEncoder(nn.Module):
     return x_BxTxH
 
 
+class BertBlocks(nn.Module):
+  """Blocks `first`..num_layers-1 of a BertEncoder on the hidden states that block `first` receives:
+  `apply({'params': p}, hidden_BxTxH, attention_mask_BxT) -> hidden_BxTxH`, p holding those blocks under
+  the encoder's own names (layer_i). With a BertEncoder of `first` layers (the same parameters) it splits
+  the encoder in two, so a tuning of the top blocks runs the frozen lower ones once per item."""
+
+  config: BertConfig
+  first: int
+  dtype: Any = jnp.float32
+  attention_cache_bytes: int | None = None
+
+  @nn.compact
+  def __call__(self, x_BxTxH: jax.Array, attention_mask_BxT: jax.Array) -> jax.Array:
+    c = self.config
+    bias_BxT = jnp.where(attention_mask_BxT.astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+    chunk = attention_chunk(x_BxTxH.shape[0], c.num_heads, x_BxTxH.shape[1], self.attention_cache_bytes)
+    for i in range(self.first, c.num_layers):
+      x_BxTxH = BertLayer(c, self.dtype, chunk, name=f"layer_{i}")(x_BxTxH, bias_BxT)
+    return x_BxTxH
+
+
 def _strip_prefix(tensors: Mapping[str, np.ndarray], source: str) -> tuple[str, dict[str, np.ndarray]]:
   for prefix in _PREFIXES:
     if f"{prefix}embeddings.word_embeddings.weight" in tensors:

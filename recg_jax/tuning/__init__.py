@@ -64,6 +64,7 @@ def _spec(config: ml_collections.ConfigDict, base: encoders.Encoder) -> step_lib
       lora_rank=int(tc.lora_rank),
       lora_alpha=float(tc.lora_alpha),
       lora_targets=tuple(tc.lora_targets),
+      cache_frozen=bool(tc.cache_frozen_blocks) and str(tc.trainable) == "top_layers",
   )
 
 
@@ -78,9 +79,38 @@ def _tokens(base: encoders.Encoder, config, domains: list[types.DomainData]) -> 
   return ids, (np.arange(cap)[None, :] < lengths[:, None]).astype(np.int32)
 
 
-def _device_batch(batch: examples_lib.Batch, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _frozen_states(
+    spec: step_lib.TuningSpec, params, ids: np.ndarray, mask: np.ndarray, batch_size: int, progress: bool
+) -> np.ndarray:
+  """[G, T, H] float32: every source item's input to the first trained block (step_lib.frozen_hidden),
+  in fixed-size batches (one compile). Recomputed when a tuning resumes: minutes, against hours of steps."""
+  fn = jax.jit(lambda p, i, m: step_lib.frozen_hidden(spec, p, i, m))
+  out = np.zeros((*ids.shape, spec.module.config.hidden_size), np.float32)
+  starts = range(0, len(ids), batch_size)
+  bar = tqdm.tqdm(
+      starts,
+      desc="frozen blocks",
+      disable=not progress or not distributed.is_primary(),
+      dynamic_ncols=True,
+      mininterval=1.0,
+  )
+  for start in bar:
+    rows = np.arange(start, start + batch_size) % len(ids)  # the last batch wraps: same shape
+    got = np.asarray(fn(params, ids[rows], mask[rows]))
+    n = min(batch_size, len(ids) - start)
+    out[start : start + n] = got[:n]
+  return out
+
+
+def _device_batch(
+    batch: examples_lib.Batch, ids: np.ndarray, mask: np.ndarray, frozen: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+  """The step's inputs; the items' cached frozen states in place of their tokens when there are some."""
+  items = (
+      {"ids": ids[batch.unique_U].astype(np.int32)} if frozen is None else {"hidden": frozen[batch.unique_U]}
+  )
   return {
-      "ids": ids[batch.unique_U].astype(np.int32),
+      **items,
       "mask": mask[batch.unique_U],
       "history": batch.history_BxH.astype(np.int32),
       "positive": batch.positive_B.astype(np.int32),
@@ -153,6 +183,9 @@ def tune(
       [domains[n] for n in names], [tables[n] for n in names], int(tc.history_len), int(tc.hard_pool)
   )
   ids, mask = _tokens(base, config, [domains[n] for n in names])
+  frozen = None
+  if spec.cache_frozen:
+    frozen = _frozen_states(spec, base.params, ids, mask, int(tc.cache_batch_size), progress)
   mesh = trainer_lib.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   pretrained = jax.device_put(base.params, replicated)
@@ -188,7 +221,7 @@ def tune(
     )
     for step in bar:
       batch = examples_lib.sample(examples, int(tc.batch_size), int(tc.hard_negatives), int(tc.seed), step)
-      state, metrics = step_fn(state, _device_batch(batch, ids, mask), pretrained)
+      state, metrics = step_fn(state, _device_batch(batch, ids, mask, frozen), pretrained)
       if (step + 1) % int(tc.log_every_steps) == 0 or step + 1 == int(tc.steps):
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(last["loss"]):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from recg_jax import errors
+from recg_jax.encoders import bert
 from recg_jax.encoders import pooling as pooling_lib
 
 TRAINABLE = ("full", "top_layers", "lora")
@@ -57,10 +58,18 @@ class TuningSpec:
   lora_rank: int = 8
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("qkv", "attn_out")
+  # top_layers only: the batch carries the frozen blocks' outputs ('hidden', computed once per item by
+  # frozen_hidden) in place of token ids, and the step runs the top blocks alone.
+  cache_frozen: bool = False
 
   def __post_init__(self):
     if self.trainable not in TRAINABLE:
       raise errors.ConfigError(f"config.tuning.trainable={self.trainable!r}: expected one of {TRAINABLE}")
+    if self.cache_frozen and (self.trainable != "top_layers" or not 0 < self.top_layers <= self.num_layers):
+      raise errors.ConfigError(
+          "config.tuning.cache_frozen_blocks: needs trainable='top_layers' with 1 <= top_layers <= "
+          f"{self.num_layers} (got {self.trainable!r}, {self.top_layers})"
+      )
     if self.trainable == "lora":
       unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
       if unknown or not self.lora_targets:
@@ -102,6 +111,29 @@ def encoder_params(spec: TuningSpec, trained, pretrained):
   return merged
 
 
+def _top_names(spec: TuningSpec) -> set[str]:
+  return {f"layer_{i}" for i in range(spec.num_layers - spec.top_layers, spec.num_layers)}
+
+
+def frozen_hidden(spec: TuningSpec, params, ids_UxT: jax.Array, mask_UxT: jax.Array) -> jax.Array:
+  """hidden_UxTxH: what the first trained block receives (the embeddings and the frozen blocks' output),
+  the same every step, so a tuning computes it once per item."""
+  first = spec.num_layers - spec.top_layers
+  lower = spec.module.clone(config=dataclasses.replace(spec.module.config, num_layers=first))
+  frozen = {k: v for k, v in params.items() if k not in _top_names(spec)}
+  return lower.apply({"params": frozen}, ids_UxT, mask_UxT)
+
+
+def _encode(spec: TuningSpec, params, batch) -> jax.Array:
+  """hidden_UxTxH of the batch's items: the whole encoder on their tokens, or the top blocks on their
+  cached frozen states."""
+  if not spec.cache_frozen:
+    return spec.module.apply({"params": params}, batch["ids"], batch["mask"])
+  m = spec.module
+  top = bert.BertBlocks(m.config, spec.num_layers - spec.top_layers, m.dtype, m.attention_cache_bytes)
+  return top.apply({"params": {k: params[k] for k in _top_names(spec)}}, batch["hidden"], batch["mask"])
+
+
 def _adapted(adaptors, path) -> bool:
   """Whether a leaf's key path (layer, module, name) is a kernel that `adaptors` adapt."""
   keys = [getattr(k, "key", None) for k in path]
@@ -113,7 +145,7 @@ def trainable_labels(params, spec: TuningSpec):
   blocks only."""
   if spec.trainable in ("full", "lora"):
     return jax.tree.map(lambda _: "train", params)
-  top = {f"layer_{i}" for i in range(spec.num_layers - spec.top_layers, spec.num_layers)}
+  top = _top_names(spec)
   return {k: jax.tree.map(lambda _, k=k: "train" if k in top else "freeze", v) for k, v in params.items()}
 
 
@@ -157,7 +189,7 @@ def loss_fn(spec: TuningSpec, params, log_temperature, pretrained, batch) -> tup
     labels = jax.tree_util.tree_map_with_path(
         lambda path, _: "train" if _adapted(adaptors, path) else "freeze", params
     )
-  hidden_UxTxH = spec.module.apply({"params": params}, batch["ids"], batch["mask"])
+  hidden_UxTxH = _encode(spec, params, batch)
   items_UxH = pooling_lib.l2_normalize(pooling_lib.pool(hidden_UxTxH, batch["mask"], spec.pooling))
   users_BxD = user_vectors(items_UxH, batch["history"], spec.decay)
   loss, accuracy = infonce(
@@ -196,7 +228,7 @@ def compiled_step(spec: TuningSpec, mesh: jax.sharding.Mesh) -> Callable:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   batch_shardings = {
-      "ids": rows,
+      ("hidden" if spec.cache_frozen else "ids"): rows,
       "mask": rows,
       "history": replicated,
       "positive": replicated,
