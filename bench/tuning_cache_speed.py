@@ -109,8 +109,8 @@ def main() -> None:
       f"# Tuning the top {args.top_layers} of MiniLM's 6 blocks: cached frozen blocks against the whole "
       "encoder",
       "",
-      f"{args.domain} ({len(ids):,} items, 64 tokens), batches of {args.batch} examples (8 history items, "
-      f"{tc.hard_negatives} hard negatives), float32, {os.cpu_count()} CPUs, load average "
+      f"{args.domain} ({len(ids) - 1:,} items, 64 tokens), batches of {args.batch} examples (8 history "
+      f"items, {tc.hard_negatives} hard negatives), float32, {os.cpu_count()} CPUs, load average "
       f"{os.getloadavg()[0]:.1f}; {args.rounds} alternating rounds of {args.steps} steps, medians. "
       "`python bench/tuning_cache_speed.py`",
       "",
