@@ -21,6 +21,10 @@ class RunStateError(RecgError, ValueError):
   that cannot be resumed; the message says which folder to start afresh."""
 
 
+class NotAFinishedRunError(RecgError, ValueError):
+  """A workdir does not hold what a finished run leaves (results.json, a best checkpoint, its transfer)."""
+
+
 class NonFiniteError(RecgError, FloatingPointError):
   """A model produced NaN or infinite values (vectors, scores)."""
 

@@ -148,6 +148,10 @@ def get_model_config() -> ml_collections.ConfigDict:
 def get_train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # A finished run's workdir to start from: its best parameters replace the initial ones (the model
+  # settings must build the same parameters; the item tables are this run's, as zero-shot transfer swaps
+  # them). Fine-tunes a model trained on other domains on this source's interactions. "" = from scratch.
+  c.init_from = ""
   c.batch_size = 128
   c.num_epochs = 200
   c.learning_rate = 1e-4

@@ -21,20 +21,19 @@ softmax or max aggregate) scores each user by the rows of their history, so it h
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 
 from recg_jax import config as config_lib
 from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
+from recg_jax import finished_run
 from recg_jax import paths
 from recg_jax import transfer as transfer_lib
 from recg_jax.config import presets as presets_lib
@@ -47,9 +46,7 @@ from recg_jax.serving import catalogue as catalogue_lib
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import topk
 
-
-class NotAFinishedRunError(errors.RecgError, ValueError):
-  """The workdir does not hold what recommending needs (a finished run's config, checkpoint, transfer)."""
+NotAFinishedRunError = errors.NotAFinishedRunError
 
 
 class Recommendations(NamedTuple):
@@ -61,39 +58,6 @@ class Recommendations(NamedTuple):
 
   item_ids: np.ndarray
   scores: np.ndarray
-
-
-def _read_config(workdir: paths.Path) -> tuple[ml_collections.ConfigDict, list[dict]]:
-  path = workdir / "results.json"
-  if not path.is_file():
-    raise NotAFinishedRunError(
-        f"{workdir} is not a finished run: it has no results.json (a run writes it "
-        "at its end: `python -m recg_jax.main --config=... --workdir=DIR`)"
-    )
-  try:
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    return config_lib.from_record(payload["config"]), list(payload["records"])
-  except (ValueError, KeyError, TypeError) as e:
-    raise NotAFinishedRunError(f"{path}: not a results file of a run ({type(e).__name__}: {e})") from None
-
-
-def _restore_params(workdir: paths.Path, config: ml_collections.ConfigDict) -> Any:
-  """The run's best parameters (training.checkpoints' `best`), restored as saved: host arrays."""
-  folder = workdir.absolute() / "checkpoints" / "best"
-  metric = str(config.eval.select_metric)
-  if not folder.is_dir():
-    raise NotAFinishedRunError(f"{workdir} is not a finished run: it has no best checkpoint ({folder})")
-  manager = ocp.CheckpointManager(
-      folder, options=ocp.CheckpointManagerOptions(create=False, best_fn=lambda m: m[metric], best_mode="max")
-  )
-  try:
-    step = manager.best_step()
-    if step is None:
-      raise NotAFinishedRunError(f"{workdir} is not a finished run: {folder} holds no checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-  finally:
-    manager.close()
-  return jax.device_get(restored["params"])
 
 
 def _table_width(params) -> int | None:
@@ -381,7 +345,7 @@ def load(
   workdir = paths.as_path(workdir)
   if not workdir.is_dir():
     raise NotAFinishedRunError(f"{workdir} is not a finished run: no such folder")
-  config, records = _read_config(workdir)
+  config, records = finished_run.config_and_records(workdir)
   variant = str(config.model.variant)
   if variant == "id":
     raise NotAFinishedRunError(
@@ -390,7 +354,7 @@ def load(
     )
   params: dict = {}
   if variant != "text_knn":
-    params = _restore_params(workdir, config)
+    params = finished_run.best_params(workdir, config)
     width = _table_width(params)
     if width is None:
       raise NotAFinishedRunError(f"{workdir}: its best checkpoint has no item projection (items/W_p)")

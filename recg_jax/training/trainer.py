@@ -4,7 +4,7 @@ step, the tables on device, and the stacked initial state, step keys and hyperpa
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,9 @@ import numpy as np
 
 from recg_jax import distributed
 from recg_jax import errors
+from recg_jax import finished_run
 from recg_jax import input_pipeline
+from recg_jax import paths
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.training import members as members_lib
@@ -111,6 +113,33 @@ def training_rows(
   )
 
 
+def _finished_run_params(config: ml_collections.ConfigDict, initial_SxP) -> Any:
+  """config.train.init_from's best parameters, stacked over the members as `initial_SxP` is; a clear error
+  when they are not the parameters of this run's model."""
+  workdir = paths.as_path(config.train.init_from)
+  run_config, _ = finished_run.config_and_records(workdir)
+  params = finished_run.best_params(workdir, run_config)
+  shapes = lambda tree, skip: {
+      jax.tree_util.keystr(path): tuple(x.shape[skip:])
+      for path, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  mine, theirs = shapes(initial_SxP, 1), shapes(params, 0)
+  if mine != theirs:
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    first = diff[0]
+    raise errors.ConfigError(
+        f"config.train.init_from={str(workdir)!r}: its parameters do not fit this run's model ({len(diff)} "
+        f"differ; first {first}: {theirs.get(first, 'absent')} there, {mine.get(first, 'absent')} here); "
+        "train with that run's model settings (model.variant, hidden_dim, num_layers, ...; an `id` model "
+        "only on its own catalogue)"
+    )
+  distributed.say(f"[train] starting from the best parameters of {workdir}")
+  members = jax.tree.leaves(initial_SxP)[0].shape[0]
+  return jax.tree.map(
+      lambda p, x: np.broadcast_to(np.asarray(p, x.dtype), (members, *p.shape)), params, initial_SxP
+  )
+
+
 def create_trainer(
     config: ml_collections.ConfigDict,
     domain: types.DomainData | Sequence[types.DomainData],
@@ -142,6 +171,8 @@ def create_trainer(
   init = step_lib.init_program(model, optimizer_lib.OptimizerStructure.from_config(config.train), mesh)
   init_table = tables_on_device["sources"][0] if "sources" in tables_on_device else tables_on_device["source"]
   state = init(distributed.put(jnp.stack([k[0] for k in keys]), replicated), init_table)
+  if str(config.train.init_from):
+    state = state.replace(params=distributed.put(_finished_run_params(config, state.params), replicated))
   hparams = [members_lib.step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   spec = step_lib.StepSpec.create(model, config, rows, step_tables)
