@@ -46,6 +46,20 @@ def inputs_before_test(domain):
   return {u: list(domain.item_tokens[domain.history(i)[:-1]]) for i, u in enumerate(domain.user_tokens)}
 
 
+def write_domain_files(tmp_path, domain):
+  """(catalogue, histories): a domain's items with every text field, and every user's inputs before the
+  test target, as the JSONL files `recommend` reads (<name in lower case>.jsonl, users.jsonl)."""
+  rows = [
+      {"item_id": i, **{f: v[row] for f, v in domain.item_fields.items()}}
+      for row, i in enumerate(domain.item_tokens[1:], start=1)
+  ]
+  catalogue = write_jsonl(tmp_path / f"{domain.name.lower()}.jsonl", rows)
+  users = write_jsonl(
+      tmp_path / "users.jsonl", [{"user_id": u, "items": h} for u, h in inputs_before_test(domain).items()]
+  )
+  return catalogue, users
+
+
 def shared_data_root() -> pathlib.Path | None:
   root = os.environ.get("RECG_DATA_ROOT") or str(_DEFAULT_SHARED)
   path = pathlib.Path(root)

@@ -32,6 +32,7 @@ from recg_jax.serving import topk
 
 from conftest import inputs_before_test
 from conftest import read_jsonl
+from conftest import write_domain_files
 from conftest import write_jsonl
 
 
@@ -436,14 +437,7 @@ def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path
 
   config, workdir, domains = pipeline_run
   beta = domains["Beta"]
-  rows = [
-      {"item_id": i, **{f: v[row] for f, v in beta.item_fields.items()}}
-      for row, i in enumerate(beta.item_tokens[1:], start=1)
-  ]
-  catalogue = write_jsonl(tmp_path / "beta.jsonl", rows)
-  users = write_jsonl(
-      tmp_path / "users.jsonl", [{"user_id": u, "items": h} for u, h in inputs_before_test(beta).items()]
-  )
+  catalogue, users = write_domain_files(tmp_path, beta)
   out, export = tmp_path / "recs.jsonl", tmp_path / "vectors"
   proc = subprocess.run(
       [

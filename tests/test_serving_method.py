@@ -24,7 +24,7 @@ from recg_jax.serving import topk
 
 from conftest import inputs_before_test
 from conftest import read_jsonl
-from conftest import write_jsonl
+from conftest import write_domain_files
 
 
 def method_evaluation_ranks(config, domain, table):
@@ -142,14 +142,7 @@ def test_command_without_a_run_serves_the_default_method(tiny_config, tmp_path):
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
 
   beta = prepare.load_domains(tiny_config(pipeline=True), tmp_path / "data", log=lambda _: None)["Beta"]
-  rows = [
-      {"item_id": i, **{f: v[row] for f, v in beta.item_fields.items()}}
-      for row, i in enumerate(beta.item_tokens[1:], start=1)
-  ]
-  catalogue = write_jsonl(tmp_path / "beta.jsonl", rows)
-  users = write_jsonl(
-      tmp_path / "users.jsonl", [{"user_id": u, "items": h} for u, h in inputs_before_test(beta).items()]
-  )
+  catalogue, users = write_domain_files(tmp_path, beta)
   out, cache = tmp_path / "recs.jsonl", tmp_path / "cache_home"
   proc = subprocess.run(
       [
