@@ -60,6 +60,25 @@ def write_domain_files(tmp_path, domain):
   return catalogue, users
 
 
+def run_module(module: str, *args: str, timeout: int = 300, **env: str):
+  """Runs `python -m module args` from the repository root (extra environment variables in `env`) and
+  asserts it exits 0; returns the CompletedProcess."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  proc = subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=pathlib.Path(__file__).resolve().parents[1],
+      env=dict(os.environ, **env),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
 def shared_data_root() -> pathlib.Path | None:
   root = os.environ.get("RECG_DATA_ROOT") or str(_DEFAULT_SHARED)
   path = pathlib.Path(root)

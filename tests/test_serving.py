@@ -8,7 +8,6 @@ the command itself on a run that embedded its synthetic items with MiniLM.
 """
 
 import json
-import pathlib
 import shutil
 
 import jax
@@ -32,6 +31,7 @@ from recg_jax.serving import topk
 
 from conftest import inputs_before_test
 from conftest import read_jsonl
+from conftest import run_module
 from conftest import write_domain_files
 from conftest import write_jsonl
 
@@ -432,32 +432,20 @@ def pipeline_run(tmp_path_factory, tiny_config):
 
 @pytest.mark.slow
 def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
 
   config, workdir, domains = pipeline_run
   beta = domains["Beta"]
   catalogue, users = write_domain_files(tmp_path, beta)
   out, export = tmp_path / "recs.jsonl", tmp_path / "vectors"
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "recg_jax.recommend",
-          f"--workdir={workdir}",
-          f"--catalogue={catalogue}",
-          f"--histories={users}",
-          f"--top_k={beta.num_items}",
-          f"--out={out}",
-          f"--export={export}",
-      ],
-      cwd=pathlib.Path(__file__).resolve().parents[1],
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
+  run_module(
+      "recg_jax.recommend",
+      f"--workdir={workdir}",
+      f"--catalogue={catalogue}",
+      f"--histories={users}",
+      f"--top_k={beta.num_items}",
+      f"--out={out}",
+      f"--export={export}",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
   # The catalogue's texts are the domain's, so its embeddings are the run's own table, bit for bit.
   table = np.load(embed.cache_dir(workdir, "catalogue-beta") / "embeddings.npy")
   np.testing.assert_array_equal(table, np.load(embed.cache_dir(workdir, "Beta") / "embeddings.npy"))

@@ -5,8 +5,6 @@ The default method scores a user by a recency-weighted soft maximum over their h
 evaluation's ranks and to a NumPy reference, and check what it refuses.
 """
 
-import pathlib
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from recg_jax.serving import topk
 
 from conftest import inputs_before_test
 from conftest import read_jsonl
+from conftest import run_module
 from conftest import write_domain_files
 
 
@@ -134,34 +133,20 @@ def test_a_run_and_a_method_together_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_command_without_a_run_serves_the_default_method(tiny_config, tmp_path):
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-
   from recg_jax.data import prepare  # pylint: disable=g-import-not-at-top
   from recg_jax.encoders import embed  # pylint: disable=g-import-not-at-top
 
   beta = prepare.load_domains(tiny_config(pipeline=True), tmp_path / "data", log=lambda _: None)["Beta"]
   catalogue, users = write_domain_files(tmp_path, beta)
   out, cache = tmp_path / "recs.jsonl", tmp_path / "cache_home"
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "recg_jax.recommend",
-          f"--catalogue={catalogue}",
-          f"--histories={users}",
-          f"--top_k={beta.num_items}",
-          f"--out={out}",
-      ],
-      cwd=pathlib.Path(__file__).resolve().parents[1],
-      env=dict(os.environ, RECG_CACHE_DIR=str(cache)),
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
+  proc = run_module(
+      "recg_jax.recommend",
+      f"--catalogue={catalogue}",
+      f"--histories={users}",
+      f"--top_k={beta.num_items}",
+      f"--out={out}",
+      RECG_CACHE_DIR=str(cache),
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"method {serving_config.DEFAULT_METHOD} (no training)" in proc.stdout
   table = np.load(embed.cache_dir(cache, "catalogue-beta") / "embeddings.npy")  # under $RECG_CACHE_DIR
   run = serving.method(cache_root=cache, progress=False)

@@ -301,29 +301,15 @@ def test_the_saved_encoder_reloads_to_the_same_embeddings(tuned_runs, batch_and_
 
 @pytest.mark.slow
 def test_tune_command_writes_an_encoder_that_loads(tmp_path):
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
 
   from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
+  import conftest  # pylint: disable=g-import-not-at-top
+
   overrides = [f"--config.{k}={v}" for k, v in {**TUNE, "tuning.steps": 2}.items()]
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "recg_jax.tune",
-          "--config=tests/conftest.py",
-          f"--workdir={tmp_path}",
-          *overrides,
-      ],
-      cwd=pathlib.Path(__file__).resolve().parents[1],
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
+  proc = conftest.run_module(
+      "recg_jax.tune", "--config=tests/conftest.py", f"--workdir={tmp_path}", *overrides, timeout=600
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
   folder = tmp_path / "encoder"
   assert f"--config.encoder.model={folder}" in proc.stdout
   c = config_lib.get_config().encoder
