@@ -432,7 +432,6 @@ def pipeline_run(tmp_path_factory, tiny_config):
 
 @pytest.mark.slow
 def test_command_lists_rank_test_items_as_evaluation_does(pipeline_run, tmp_path):
-
   config, workdir, domains = pipeline_run
   beta = domains["Beta"]
   catalogue, users = write_domain_files(tmp_path, beta)

@@ -301,7 +301,6 @@ def test_the_saved_encoder_reloads_to_the_same_embeddings(tuned_runs, batch_and_
 
 @pytest.mark.slow
 def test_tune_command_writes_an_encoder_that_loads(tmp_path):
-
   from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
   import conftest  # pylint: disable=g-import-not-at-top
