@@ -82,10 +82,53 @@ def run_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainData]) -> dict:
   """The run's domains with each source domain cut to train.max_users_per_source users (a seeded sample
-  that does not depend on the run's seed); targets are evaluated whole."""
+  that does not depend on the run's seed), then, for a model that trains, to train.budget's users;
+  targets are evaluated whole."""
   cap = int(config.train.max_users_per_source)
+  budget = float(config.train.budget) if config.model.variant != "text_knn" else 1.0
   sources = set(types.source_names(config.data.source))
-  return {n: types.user_subset(d, cap) if n in sources else d for n, d in domains.items()}
+  return {
+      n: types.budget_subset(types.user_subset(d, cap), budget) if n in sources else d
+      for n, d in domains.items()
+  }
+
+
+def _budget_records(
+    config: ml_collections.ConfigDict,
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+    trained,
+) -> list[dict]:
+  """With train.budget < 1: each source's test split scored over all its users (those of the budget,
+  whose training parts the model saw, and all the others, whose histories it reads only as inputs), as
+  records of the stage 'budget'. None of it is seen in training or early stopping."""
+  budget = float(config.train.budget)
+  if budget >= 1.0:
+    return []
+  from recg_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+  cap = int(config.train.max_users_per_source)
+  records = []
+  for source in types.source_names(config.data.source):
+    whole = types.user_subset(domains[source], cap)
+    metrics = evaluate_lib.evaluate_split(
+        trained.model,
+        trained.params,
+        None if tables is None else tables[source],
+        types.leave_one_out(whole, "test", int(config.data.max_len)),
+        whole,
+        config.eval,
+        None,
+    )
+    extra = {
+        "budget": budget,
+        "budget_users": len(types.budget_users(whole, budget)),
+        "users": whole.num_users,
+    }
+    records.append(
+        results_lib.make_record(config, "budget", source, {f"test/{k}": v for k, v in metrics.items()}, extra)
+    )
+  return records
 
 
 def model_tables(
@@ -132,7 +175,8 @@ def train_and_transfer(
     raise errors.ConfigError(
         f"the run reads domains {missing}, which were not loaded (loaded: {sorted(domains)})"
     )
-  run_domains_ = _capped(config, {n: domains[n] for n in names})
+  loaded = {n: domains[n] for n in names}
+  run_domains_ = _capped(config, loaded)
   if config.model.variant == "text_knn":
     return [
         _outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
@@ -145,14 +189,23 @@ def train_and_transfer(
   for c, w, result in zip(configs, workdirs, trained):
     if result.error:
       outcomes.append(training.NonFiniteLossError(result.error))
-    elif zero_shot:
-      outcomes.append(
-          _outcome(lambda c=c, w=w, r=result: transfer_trained(c, w, run_domains_, run_tables, r))
-      )
-    else:
-      records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
-      results_lib.print_summary(records, w / "results.md")
-      outcomes.append(records)
+      continue
+
+    def records_of(c=c, w=w, r=result) -> list[dict]:
+      # transfer_trained writes and prints its records; an in-domain run's were written by training.
+      if zero_shot:
+        records = transfer_trained(c, w, run_domains_, run_tables, r)
+      else:
+        records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
+      extra = _budget_records(c, loaded, run_tables, r)
+      if extra:
+        records = [*records, *extra]
+        results_lib.write_results(w, records, c)
+      if extra or not zero_shot:
+        results_lib.print_summary(records, w / "results.md")
+      return records
+
+    outcomes.append(_outcome(records_of))
   return outcomes
 
 

@@ -169,6 +169,12 @@ def get_train_config() -> ml_collections.ConfigDict:
   # the rows their stacked tables are padded to (0 = the largest source's; a study sets one size for all its
   # runs so that they share one compiled step; the padding is never a class or a negative).
   c.max_users_per_source = 0
+  # A training budget: the share of each source's training interactions the run trains on, as whole users
+  # (the fewest, in one seeded order that does not depend on train.seed, so a smaller budget's users are
+  # among a larger one's) with their whole training parts; validation (early stopping) on those users. The
+  # run's test is also scored over every user of the source (the result records' stage 'budget'): a new
+  # catalogue's first interactions, and the recommendations every user then gets. 1.0 = every user.
+  c.budget = 1.0
   c.source_batches_per_epoch = 0
   c.source_table_rows = 0
   c.num_negatives = 5

@@ -4,8 +4,9 @@ A field not named in ROLES is structural: it shapes what a run computes, so it i
 The others play one role each:
 
   PLAN       names and plans runs (the grid, the studies); no stage reads it to compute a number.
-  TRACED     an input of the compiled train step, not a constant baked into it: runs that differ only in
-             traced fields share one program and train together as members of one stacked step.
+  TRACED     an input of the compiled train step (or of its initial state), not a constant baked into it:
+             runs that differ only in traced fields share one program and train together as members of
+             one stacked step.
   RESUMABLE  changes what a run computes but may change when it resumes (how long it trains, how often
              it validates).
   COSMETIC   how much work is done at once, or where the inputs are: no number depends on it (it may
@@ -52,6 +53,9 @@ ROLES: dict[str, str] = {
     "gen_loss.inter_sign": TRACED,
     "gen_loss.use_intra": TRACED,
     "gen_loss.use_inter": TRACED,
+    # Each member may start from its own finished run (or from scratch): it decides the initial
+    # parameters, not the compiled step.
+    "train.init_from": TRACED,
     # A constant-rate run may train longer, or validate less often, after a restart. (The cosine schedule
     # spans num_epochs: there, run_signature keeps it.)
     "train.num_epochs": RESUMABLE,

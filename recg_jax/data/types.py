@@ -112,6 +112,16 @@ def source_names(source: str) -> tuple[str, ...]:
   return tuple(n.strip() for n in str(source).split(SOURCE_SEPARATOR) if n.strip())
 
 
+def _with_users(domain: DomainData, users: np.ndarray) -> DomainData:
+  """The domain restricted to `users` (indices, kept in the order given), every item kept."""
+  lengths = domain.lengths[users]
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  take = np.concatenate([np.arange(domain.offsets[u], domain.offsets[u + 1]) for u in users])
+  return dataclasses.replace(
+      domain, user_tokens=domain.user_tokens[users], offsets=offsets, items=domain.items[take]
+  )
+
+
 def user_subset(domain: DomainData, max_users: int, seed: int = 0) -> DomainData:
   """The domain restricted to a seeded random max_users of its users (kept in their order), every item
   kept; the domain itself when it has no more users than that or max_users is 0."""
@@ -122,9 +132,27 @@ def user_subset(domain: DomainData, max_users: int, seed: int = 0) -> DomainData
           domain.num_users, max_users, replace=False
       )
   )
-  lengths = domain.lengths[users]
-  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-  take = np.concatenate([np.arange(domain.offsets[u], domain.offsets[u + 1]) for u in users])
-  return dataclasses.replace(
-      domain, user_tokens=domain.user_tokens[users], offsets=offsets, items=domain.items[take]
-  )
+  return _with_users(domain, users)
+
+
+def budget_users(domain: DomainData, fraction: float, seed: int = 0) -> np.ndarray:
+  """The users (indices, ascending) of a training budget: the fewest users, taken in one seeded order, whose
+  training parts (all but the last two items) hold at least `fraction` of the domain's training
+  interactions (at least one user). The order depends on the domain and `seed` alone, so a smaller budget's
+  users are among a larger one's, whatever run seed trains on them; every user at fraction >= 1."""
+  if not 0.0 < fraction:
+    raise ValueError(f"a training budget must be a positive fraction, got {fraction}")
+  if fraction >= 1.0:
+    return np.arange(domain.num_users)
+  order = np.random.default_rng([seed, domain.num_users, 0xB0D6E7]).permutation(domain.num_users)
+  held = np.cumsum(np.maximum(domain.lengths[order] - 2, 0))
+  count = int(np.searchsorted(held, fraction * held[-1], side="left")) + 1
+  return np.sort(order[: min(count, domain.num_users)])
+
+
+def budget_subset(domain: DomainData, fraction: float, seed: int = 0) -> DomainData:
+  """The domain restricted to budget_users(domain, fraction, seed), every item kept (the domain itself at
+  fraction >= 1)."""
+  if fraction >= 1.0:
+    return domain
+  return _with_users(domain, budget_users(domain, fraction, seed))

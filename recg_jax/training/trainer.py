@@ -113,31 +113,37 @@ def training_rows(
   )
 
 
-def _finished_run_params(config: ml_collections.ConfigDict, initial_SxP) -> Any:
-  """config.train.init_from's best parameters, stacked over the members as `initial_SxP` is; a clear error
-  when they are not the parameters of this run's model."""
-  workdir = paths.as_path(config.train.init_from)
-  run_config, _ = finished_run.config_and_records(workdir)
-  params = finished_run.best_params(workdir, run_config)
-  shapes = lambda tree, skip: {
-      jax.tree_util.keystr(path): tuple(x.shape[skip:])
-      for path, x in jax.tree_util.tree_leaves_with_path(tree)
+def _finished_run_params(members: Sequence[ml_collections.ConfigDict], initial_SxP) -> Any:
+  """initial_SxP with each member that names a finished run (train.init_from) started from that run's best
+  parameters; a clear error when they are not the parameters of this run's model."""
+  stacked = [members_lib.member_tree(initial_SxP, s) for s in range(len(members))]
+  shapes = lambda tree: {
+      jax.tree_util.keystr(path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(tree)
   }
-  mine, theirs = shapes(initial_SxP, 1), shapes(params, 0)
-  if mine != theirs:
-    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    first = diff[0]
-    raise errors.ConfigError(
-        f"config.train.init_from={str(workdir)!r}: its parameters do not fit this run's model ({len(diff)} "
-        f"differ; first {first}: {theirs.get(first, 'absent')} there, {mine.get(first, 'absent')} here); "
-        "train with that run's model settings (model.variant, hidden_dim, num_layers, ...; an `id` model "
-        "only on its own catalogue)"
-    )
-  distributed.say(f"[train] starting from the best parameters of {workdir}")
-  members = jax.tree.leaves(initial_SxP)[0].shape[0]
-  return jax.tree.map(
-      lambda p, x: np.broadcast_to(np.asarray(p, x.dtype), (members, *p.shape)), params, initial_SxP
-  )
+  mine = shapes(stacked[0])
+  loaded: dict[str, Any] = {}
+  for s, member in enumerate(members):
+    source = str(member.train.init_from)
+    if not source:
+      continue
+    if source not in loaded:
+      workdir = paths.as_path(source)
+      run_config, _ = finished_run.config_and_records(workdir)
+      params = finished_run.best_params(workdir, run_config)
+      theirs = shapes(params)
+      if mine != theirs:
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        first = diff[0]
+        raise errors.ConfigError(
+            f"config.train.init_from={source!r}: its parameters do not fit this run's model ({len(diff)} "
+            f"differ; first {first}: {theirs.get(first, 'absent')} there, {mine.get(first, 'absent')} "
+            "here); train with that run's model settings (model.variant, hidden_dim, num_layers, ...; an "
+            "`id` model only on its own catalogue)"
+        )
+      distributed.say(f"[train] starting from the best parameters of {workdir}")
+      loaded[source] = params
+    stacked[s] = jax.tree.map(lambda p, x: np.asarray(p, x.dtype), loaded[source], stacked[s])
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *stacked)
 
 
 def create_trainer(
@@ -171,8 +177,8 @@ def create_trainer(
   init = step_lib.init_program(model, optimizer_lib.OptimizerStructure.from_config(config.train), mesh)
   init_table = tables_on_device["sources"][0] if "sources" in tables_on_device else tables_on_device["source"]
   state = init(distributed.put(jnp.stack([k[0] for k in keys]), replicated), init_table)
-  if str(config.train.init_from):
-    state = state.replace(params=distributed.put(_finished_run_params(config, state.params), replicated))
+  if any(str(m.train.init_from) for m in members):
+    state = state.replace(params=distributed.put(_finished_run_params(members, state.params), replicated))
   hparams = [members_lib.step_hparams(m, total_steps) for m in members]
   stacked_hparams = {k: np.stack([h[k] for h in hparams]) for k in hparams[0]}
   spec = step_lib.StepSpec.create(model, config, rows, step_tables)
