@@ -4,9 +4,10 @@
 `python -m recg_jax.baselines --config=configs/baselines_shared.py --workdir=DIR`
 
 With experiment.study='leave_one_out' (configs/lodo_shared.py) it runs the leave-one-domain-out study
-(recg_jax.grid.lodo) instead. Finished runs are skipped when the study is restarted, a killed run resumes
-from its checkpoint, and DIR/results.md is rewritten after every run. `--aggregate_only` rebuilds the
-tables from finished runs.
+(recg_jax.grid.lodo) instead, and with 'warm_start' (configs/warm_start_shared.py) the warm-start study
+(recg_jax.grid.warm_start): budgets of each domain's interactions, from scratch and fine-tuned. Finished
+runs are skipped when the study is restarted, a killed run resumes from its checkpoint, and DIR/results.md
+is rewritten after every run. `--aggregate_only` rebuilds the tables from finished runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from recg_jax import cli
 from recg_jax.grid import baselines
 from recg_jax.grid import lodo
+from recg_jax.grid import warm_start
 
 _CONFIG = cli.config_file_flag()
 _WORKDIR = cli.workdir_flag("Study folder: caches, one folder per run, tables.")
@@ -25,7 +27,8 @@ _AGGREGATE_ONLY = cli.aggregate_only_flag()
 def main(argv):
   cli.start(argv, required=("config", "workdir"))
   cli.use_compilation_cache(_WORKDIR.value)
-  study = lodo if _CONFIG.value.experiment.study == "leave_one_out" else baselines
+  studies = {"leave_one_out": lodo, "warm_start": warm_start}
+  study = studies.get(str(_CONFIG.value.experiment.study), baselines)
   summary = study.run_study(
       _CONFIG.value,
       _WORKDIR.value,

@@ -192,3 +192,36 @@ def pair_bars(
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   return _save(fig, path)
+
+
+def budget_curves(
+    panels: Sequence[tuple[str, dict[str, list[tuple[float, Stat]]], float | None]],
+    path: str | os.PathLike,
+    ylabel: str,
+    title: str = "",
+) -> paths.Path:
+  """One panel per (title, {method: [(budget, (mean, std)), ...]}, reference): value (%) against the share
+  of the domain's training interactions trained on (log x), error bars = std over seeds, the training-free
+  reference as a horizontal line."""
+  if not panels:
+    raise ValueError("budget_curves needs at least one panel")
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+  for ax, (panel_title, series, reference) in zip(axes[0], panels):
+    for label, points in series.items():
+      if not points:
+        continue
+      points = sorted(points)
+      x = 100 * np.array([p[0] for p in points])
+      mean = 100 * np.array([p[1][0] for p in points])
+      std = 100 * np.array([p[1][1] or 0.0 for p in points])
+      ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+    if reference is not None:
+      ax.axhline(100 * reference, color="black", linewidth=1.0, linestyle="--", label="text baseline")
+    ax.set_xscale("log")
+    ax.set_xlabel("training interactions (% of the domain's)")
+    ax.set_ylabel(f"{ylabel} (%)")
+    ax.set_title(panel_title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  return _save(fig, path)

@@ -304,6 +304,13 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # a mix model's target weight, the best single source) is made on validation_domains' columns only.
   c.study = "pairs"
   c.validation_domains = ()
+  # `warm_start` (recg_jax/grid/warm_start.py): on every domain, for every budget (train.budget) of its
+  # training interactions, `presets` trained on the budget from scratch and `finetune_presets` started from
+  # the runs of the finished leave-one-out study in init_study (its domain held out there), beside the
+  # training-free text_presets.
+  c.budgets = (0.01, 0.05, 0.2, 0.5, 1.0)
+  c.finetune_presets = ()
+  c.init_study = ""
   c.text_presets = ()
   c.single_source_presets = ()
   c.in_domain_presets = ()

@@ -13,6 +13,9 @@ recg_jax.baselines), one concern a module.
   and figures.
 - baselines.py: the baselines study (named presets against the training-free text_knn), its plan and
   its report, run through runner.run_pending.
+- lodo.py, lodo_report.py: the leave-one-domain-out study and its tables.
+- warm_start.py, warm_start_report.py: the warm-start study (budgets of a domain's interactions, from
+  scratch and fine-tuned from the leave-one-out runs), its tables and crossover figure.
 
 A module imports only those listed above it.
 """

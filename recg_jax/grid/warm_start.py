@@ -1,0 +1,194 @@
+"""The warm-start study: from a new catalogue's first interactions to all of them, when does training on
+them beat text similarity?
+
+`python -m recg_jax.baselines --config=configs/warm_start_shared.py --workdir=DIR
+--config.experiment.init_study=LODO_DIR` (experiment.study = 'warm_start'). For every domain of
+experiment.domains and every budget of experiment.budgets (train.budget: the fewest users, in one seeded
+order, whose training parts hold that share of the domain's training interactions; nested budgets), three
+kinds of run, each in its own folder under DIR/runs/:
+
+  text/<domain>/<preset>/seed0                  experiment.text_presets: no training, every user;
+  scratch/<domain>/<budget>/<preset>/seed<k>    experiment.presets trained on the budget alone;
+  finetune/<domain>/<budget>/<preset>/seed<k>   experiment.finetune_presets started from seed k of the
+                                                 same preset in a finished leave-one-out study
+                                                 (LODO_DIR/runs/lodo/<domain>/..., trained on every other
+                                                 domain: the domain itself never seen) and trained on
+                                                 the budget.
+
+A trained run validates (early stopping) on its budget's users and is tested over every user of the domain
+(pipeline's 'budget' records): the users whose first interactions it trained on and all the others. A
+fine-tuned run whose starting run is not finished yet is skipped until it is. DIR/results.md and the
+crossover figure are rewritten after every group of runs (recg_jax/grid/warm_start_report.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+from recg_jax import compile_stats
+from recg_jax import config as config_lib
+from recg_jax import distributed
+from recg_jax import errors
+from recg_jax import paths
+from recg_jax.config.presets import PRESETS
+from recg_jax.grid import baselines
+from recg_jax.grid import planning
+from recg_jax.grid import runner
+
+KINDS = ("text", "scratch", "finetune")
+
+
+def budget_label(budget: float) -> str:
+  """A budget as its folder and column name: 0.05 -> '5pct'."""
+  return f"{100 * float(budget):g}pct"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One run of the study: its kind, domain, budget (1.0 for a text preset), preset and seed."""
+
+  kind: str
+  domain: str
+  budget: float
+  preset: str
+  seed: int
+
+  @property
+  def relpath(self) -> str:
+    if self.kind == "text":
+      return f"runs/text/{self.domain}/{self.preset}/seed{self.seed}"
+    return f"runs/{self.kind}/{self.domain}/{budget_label(self.budget)}/{self.preset}/seed{self.seed}"
+
+
+def budgets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """experiment.budgets, checked: shares in (0, 1], ascending, without repeats."""
+  values = tuple(float(b) for b in config.experiment.budgets)
+  if not values or any(not 0.0 < b <= 1.0 for b in values) or list(values) != sorted(set(values)):
+    raise errors.ConfigError(
+        f"config.experiment.budgets={values}: expected shares in (0, 1], ascending, without repeats"
+    )
+  return values
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Item]:
+  """Every run: the text presets first, then domain by domain, budget by budget (the smallest first), seed
+  by seed, so that an interrupted study has whole curves of its first domains."""
+  ec = config.experiment
+  domains = planning.grid_domains(config)
+  for field in ("presets", "text_presets", "finetune_presets"):
+    bad = [p for p in ec[field] if p not in PRESETS]
+    if bad:
+      raise errors.ConfigError(f"config.experiment.{field}: {bad} not in {sorted(PRESETS)}")
+  if tuple(ec.finetune_presets) and not str(ec.init_study):
+    raise errors.ConfigError(
+        "config.experiment.finetune_presets need config.experiment.init_study: the folder of a finished "
+        "leave-one-out study (configs/lodo_shared.py) whose runs they start from"
+    )
+  bad = [d for d in ec.validation_domains if d not in domains]
+  if bad:
+    raise errors.ConfigError(f"config.experiment.validation_domains: {bad} not in {domains}")
+  seeds = tuple(int(s) for s in ec.seeds)
+  if not seeds:
+    raise errors.ConfigError("config.experiment.seeds is empty")
+  items = [Item("text", d, 1.0, p, 0) for p in ec.text_presets for d in domains]
+  for d in domains:
+    for b in budgets(config):
+      for seed in seeds:
+        items += [Item("scratch", d, b, p, seed) for p in ec.presets]
+        items += [Item("finetune", d, b, p, seed) for p in ec.finetune_presets]
+  return items
+
+
+def init_run(config: ml_collections.ConfigDict, item: Item) -> paths.Path:
+  """The leave-one-out run a fine-tuned item starts from: the same preset and seed, its domain held out."""
+  return (
+      paths.as_path(config.experiment.init_study)
+      / "runs"
+      / "lodo"
+      / item.domain
+      / item.preset
+      / (f"seed{item.seed}")
+  )
+
+
+def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.ConfigDict:
+  """The config of one run: in-domain on its domain, its budget, seed and starting point, then its preset."""
+  c = copy.deepcopy(config)
+  c.data.source, c.data.targets, c.data.auxiliary = item.domain, (), ()
+  c.experiment.mode = "in_domain"
+  c.train.seed = int(item.seed)
+  c.train.max_users_per_source = 0  # every user is tested; the budget decides who trains
+  c.train.budget = float(item.budget)
+  c.train.init_from = str(init_run(config, item)) if item.kind == "finetune" else ""
+  c.experiment.name = f"{config.experiment.name or 'warm_start'}/{item.relpath.removeprefix('runs/')}"
+  return config_lib.apply_preset(c, item.preset)
+
+
+def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.PendingRun], list[str]]:
+  """The runs to execute now, and the fine-tuned ones that wait for their starting run."""
+  pending, waiting = [], []
+  for i, item in enumerate(items, 1):
+    rc = run_config(config, item)
+    run_dir = workdir / item.relpath
+    tag = f"[warm_start] {i}/{len(items)} {item.relpath}"
+    if runner.finished(run_dir, rc):
+      distributed.say(f"{tag}: skip (finished)")
+    elif item.kind == "finetune" and runner.read_done(init_run(config, item)) is None:
+      waiting.append(item.relpath)
+      distributed.say(f"{tag}: waits for its starting run {init_run(config, item)} to finish")
+    elif not aggregate_only:
+      spec = planning.RunSpec(item.domain, str(rc.model.backbone), str(rc.model.variant), item.seed)
+      pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
+  return pending, waiting
+
+
+def run_study(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    command: str = "",
+    aggregate_only: bool = False,
+) -> dict[str, Any]:
+  """Runs every unfinished run whose start is there, rewriting DIR/results.md after each group; returns
+  what ran, failed and waits."""
+  from recg_jax.grid import warm_start_report  # pylint: disable=g-import-not-at-top
+
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  order = planning.grid_domains(config)
+  items = plan(config)
+  domains, tables = runner.load_domains(config, workdir, order, with_tables=True)
+  baselines.write_random(workdir, config, domains)
+  meta = {
+      "command": command,
+      "machine": runner.machine_info(),
+      "domains": list(order),
+      "runs": [i.relpath for i in items],
+      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  pending, waiting = _pending(config, items, workdir, aggregate_only)
+  compile_stats.install()
+  ran, failed = runner.run_pending(
+      pending,
+      domains,
+      tables,
+      workdir,
+      meta["machine"],
+      int(config.experiment.member_group_size),
+      "[warm_start]",
+      after_each=lambda: warm_start_report.write_report(workdir, config, meta),
+  )
+  path = warm_start_report.write_report(workdir, config, meta)
+  return {"ran": ran, "failed": failed, "waiting": waiting, "tables": str(path)}
+
+
+def collect_markers(workdir: str | os.PathLike, relpaths: Sequence[str]) -> list[dict[str, Any]]:
+  """The completion markers of the study's finished runs, in plan order."""
+  root = paths.as_path(workdir)
+  markers = [runner.read_done(root / rel) for rel in relpaths]
+  return [m for m in markers if m is not None]

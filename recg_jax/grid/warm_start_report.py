@@ -1,0 +1,320 @@
+"""The tables and figure of the warm-start study (recg_jax/grid/warm_start.py): DIR/results.md, results.json
+and crossover.png.
+
+Per domain and metric (`full` Recall@10 and NDCG@10, every user of the domain), one row per method and one
+column per budget: the training-free text presets (one value, the same at every budget), each preset
+trained from scratch on the budget, each preset fine-tuned from the leave-one-out run on the budget. A
+trained cell is the mean ± sample std over seeds, the one-sample t-test of its seeds against the text
+baseline's value (it has no seed), and for a fine-tuned preset the paired t-test against the same preset
+from scratch on the same seeds. A method *crosses* at the smallest budget where both metrics are above the
+text baseline with p < 0.05. The text baseline is the text preset with the best mean `full` NDCG@10 over
+experiment.validation_domains, or the first text preset when the study has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from recg_jax import paths
+from recg_jax import plots
+from recg_jax import results as results_lib
+from recg_jax.config.presets import PRESETS
+from recg_jax.grid import baselines
+from recg_jax.grid import report
+from recg_jax.grid import warm_start
+
+PROTOCOL = "full"
+METRICS = ("ndcg@10", "recall@10")
+ALPHA = 0.05
+GOAL_BUDGET = 0.2  # a fine-tuned model should beat SASRec-ID at every budget up to this one
+ID_PRESET = "id"
+
+
+def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
+  """{(kind, domain, budget, preset, protocol, metric): {seed: value}}: a run's test over every user of its
+  domain (its 'budget' record; a run on the whole domain has only its in-domain test)."""
+  values: dict[tuple, dict[int, float]] = {}
+  for m in markers:
+    parts = m["relpath"].split("/")
+    kind, domain, preset, seed = parts[1], parts[2], parts[-2], int(parts[-1][4:])
+    budget = 1.0 if kind == "text" else float(parts[3].removesuffix("pct")) / 100
+    records = [r for r in m["records"] if r["stage"] == "budget"] or [
+        r for r in m["records"] if r["stage"] == "in_domain"
+    ]
+    for rec in records:
+      for key, value in rec["metrics"].items():
+        split, protocol, metric = (key.split("/") + ["", ""])[:3]
+        if split == "test":
+          values.setdefault((kind, domain, budget, preset, protocol, metric), {})[seed] = float(value)
+  return values
+
+
+def _mean(by_seed: dict[int, float] | None) -> float | None:
+  return float(np.mean(list(by_seed.values()))) if by_seed else None
+
+
+def text_baseline(values, config: ml_collections.ConfigDict) -> str | None:
+  """The text preset with the best mean `full` NDCG@10 on the validation domains (the first without any)."""
+  presets, validation = tuple(config.experiment.text_presets), tuple(config.experiment.validation_domains)
+  if not presets:
+    return None
+  if not validation:
+    return presets[0]
+  scores = {}
+  for p in presets:
+    means = [_mean(values.get(("text", v, 1.0, p, PROTOCOL, "ndcg@10"))) for v in validation]
+    if all(m is not None for m in means):
+      scores[p] = float(np.mean(means))
+  return max(scores, key=lambda p: (scores[p], -presets.index(p))) if scores else None
+
+
+def methods(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(kind, preset) of every table row, in order."""
+  ec = config.experiment
+  return (
+      [("text", p) for p in ec.text_presets]
+      + [("scratch", p) for p in ec.presets]
+      + [("finetune", p) for p in ec.finetune_presets]
+  )
+
+
+def label(kind: str, preset: str) -> str:
+  return {
+      "text": f"`{preset}` (no training)",
+      "scratch": f"`{preset}` from scratch",
+      "finetune": f"`{preset}` fine-tuned from the other domains",
+  }[kind]
+
+
+def stat(values, kind, preset, domain, budget, metric, base: float | None) -> dict[str, Any] | None:
+  """mean, std, p against the text baseline's value, and for a fine-tuned preset p against from scratch."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  budget = 1.0 if kind == "text" else budget
+  by_seed = values.get((kind, domain, budget, preset, PROTOCOL, metric))
+  if not by_seed:
+    return None
+  seeds = sorted(by_seed)
+  out = baselines.cell_stats([by_seed[s] for s in seeds], None, seeds, base if kind != "text" else None)
+  out["p_scratch"] = None
+  scratch = values.get(("scratch", domain, budget, preset, PROTOCOL, metric)) if kind == "finetune" else None
+  paired = [s for s in seeds if scratch and s in scratch]
+  if len(paired) >= 2:
+    diff = np.array([by_seed[s] - scratch[s] for s in paired])
+    out["p_scratch"] = float(stats.ttest_1samp(diff, 0.0).pvalue) if np.ptp(diff) > 0 else None
+  return out
+
+
+def cell(s: dict[str, Any] | None, base: float | None, kind: str) -> str:
+  if s is None:
+    return "—"
+  text = f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
+  if kind == "text":
+    return text
+  notes = []
+  if base is not None:
+    mark = ">" if s["mean"] > base else "<" if s["mean"] < base else "="
+    notes.append(f"{mark}text" + (f" p={s['p_knn']:.3f}" if s["p_knn"] is not None else ""))
+  if s["p_scratch"] is not None:
+    notes.append(f"vs scratch p={s['p_scratch']:.3f}")
+  return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def crossing(values, kind, preset, domain, budgets: Sequence[float], bases: dict[str, float]) -> Any:
+  """The smallest budget at which the method is above the text baseline on both METRICS with p < ALPHA;
+  None if it never is; '…' when a budget before any crossing has not finished."""
+  for b in budgets:
+    stats_ = [stat(values, kind, preset, domain, b, m, bases.get(m)) for m in METRICS]
+    if any(s is None for s in stats_) or any(m not in bases for m in METRICS):
+      return "…"
+    if all(s["mean"] > bases[m] and (s["p_knn"] or 1.0) < ALPHA for s, m in zip(stats_, METRICS)):
+      return b
+  return None
+
+
+def _crossing_text(c) -> str:
+  return "not yet finished" if c == "…" else "never (up to 100%)" if c is None else warm_start.budget_label(c)
+
+
+def _bases(values, chosen: str | None, domain: str) -> dict[str, float]:
+  """{metric: the text baseline's value on domain} for the metrics it has."""
+  if not chosen:
+    return {}
+  out = {m: _mean(values.get(("text", domain, 1.0, chosen, PROTOCOL, m))) for m in METRICS}
+  return {m: v for m, v in out.items() if v is not None}
+
+
+def domain_tables(values, config, domain: str, chosen: str | None, budgets, users: dict) -> list[str]:
+  """One table per metric: a row per method, a column per budget (with the users it trains on)."""
+  bases = _bases(values, chosen, domain)
+  header = ["method"] + [
+      warm_start.budget_label(b)
+      + (f" ({users[(domain, b)]:,} users)" if (domain, b) in users else " (all users)" if b >= 1 else "")
+      for b in budgets
+  ]
+  lines = []
+  for metric in METRICS:
+    rows = []
+    for kind, preset in methods(config):
+      name = label(kind, preset) + (" = **text baseline**" if kind == "text" and preset == chosen else "")
+      rows.append(
+          [name]
+          + [
+              cell(stat(values, kind, preset, domain, b, metric, bases.get(metric)), bases.get(metric), kind)
+              for b in budgets
+          ]
+      )
+    lines += [f"### {domain}: `{PROTOCOL}` {report.metric_title(metric)} (%)", ""]
+    lines += report.markdown_table(header, rows) + [""]
+  return lines
+
+
+def budget_users(markers: Sequence[dict[str, Any]]) -> dict[tuple[str, float], int]:
+  """{(domain, budget): the users a budget trains on}, from the runs' 'budget' records."""
+  out = {}
+  for m in markers:
+    for rec in m["records"]:
+      extra = rec.get("extra") or {}
+      if rec["stage"] == "budget" and "budget_users" in extra:
+        out[(rec["domain"], float(extra["budget"]))] = int(extra["budget_users"])
+  return out
+
+
+def crossing_table(values, config, tests: Sequence[str], chosen, budgets) -> list[str]:
+  """Per trained method and test domain, the budget where it crosses the text baseline."""
+  rows = []
+  for kind, preset in methods(config):
+    if kind == "text":
+      continue
+    row = [label(kind, preset)]
+    for d in tests:
+      row.append(_crossing_text(crossing(values, kind, preset, d, budgets, _bases(values, chosen, d))))
+    rows.append(row)
+  return (
+      [
+          f"## Where each trained method crosses the text baseline (`{chosen}`)",
+          "",
+          f"The smallest budget at which `{PROTOCOL}` Recall@10 and NDCG@10 are both above the text "
+          f"baseline with p < {ALPHA} (one-sample t-test over the seeds).",
+          "",
+      ]
+      + report.markdown_table(["method"] + list(tests), rows)
+      + [""]
+  )
+
+
+def goal_lines(values, config, tests: Sequence[str], chosen, budgets) -> list[str]:
+  """Does a fine-tuned preset cross earlier than every preset from scratch on 3 of the test targets, and beat
+  SASRec-ID at every budget up to GOAL_BUDGET?"""
+  ec = config.experiment
+  lines = ["## Against the goal", ""]
+  order = lambda c: 2.0 if c is None else float(c)
+  for preset in ec.finetune_presets:
+    earlier, above_id = [], []
+    for d in tests:
+      bases = _bases(values, chosen, d)
+      mine = crossing(values, "finetune", preset, d, budgets, bases)
+      scratch = [crossing(values, "scratch", p, d, budgets, bases) for p in ec.presets]
+      if mine != "…" and "…" not in scratch and mine is not None and order(mine) < min(map(order, scratch)):
+        earlier.append(d)
+      small = [b for b in budgets if b <= GOAL_BUDGET]
+      ok = True
+      for b in small:
+        tuned = stat(values, "finetune", preset, d, b, "ndcg@10", None)
+        ids = stat(values, "scratch", ID_PRESET, d, b, "ndcg@10", None)
+        ok &= bool(tuned and ids and tuned["mean"] > ids["mean"])
+      if ok and small:
+        above_id.append(d)
+    lines.append(
+        f"- `{preset}` fine-tuned crosses the text baseline at a smaller budget than every preset from "
+        f"scratch on {len(earlier)} of {len(tests)} test targets ({', '.join(earlier) or 'none'}; the goal "
+        f"is 3), and is above SASRec-ID (`{ID_PRESET}`) in mean `full` NDCG@10 at every budget up to "
+        f"{warm_start.budget_label(GOAL_BUDGET)} on {len(above_id)} ({', '.join(above_id) or 'none'})"
+    )
+  return lines + [""]
+
+
+def write_figure(
+    values, config, tests: Sequence[str], chosen, budgets, path: paths.Path
+) -> paths.Path | None:
+  """crossover.png: `full` NDCG@10 against the budget, one panel per test domain."""
+  panels = []
+  for d in tests:
+    series = {}
+    for kind, preset in methods(config):
+      if kind == "text":
+        continue
+      points = []
+      for b in budgets:
+        s = stat(values, kind, preset, d, b, "ndcg@10", None)
+        if s is not None:
+          points.append((b, (s["mean"], s["std"])))
+      series[label(kind, preset).replace("`", "")] = points
+    if any(series.values()):
+      panels.append((d, series, _bases(values, chosen, d).get("ndcg@10")))
+  if not panels:
+    return None
+  return plots.budget_curves(panels, path, f"{PROTOCOL} NDCG@10", title=f"text baseline: {chosen}")
+
+
+def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
+  """DIR/results.md, results.json and crossover.png from every finished run."""
+  markers = warm_start.collect_markers(workdir, meta["runs"])
+  values = collect_values(markers)
+  ec = config.experiment
+  domains, budgets = list(meta["domains"]), warm_start.budgets(config)
+  validation = set(ec.validation_domains)
+  tests = [d for d in domains if d not in validation]
+  chosen = text_baseline(values, config)
+  machines = sorted({report.machine_line(m["machine"]) for m in markers if "machine" in m})
+  total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
+  lines = [
+      f"# Warm start: {ec.name or 'warm_start'}",
+      "",
+      f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped)",
+      f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}"
+      + (f"; validation domains {', '.join(sorted(validation))} (never results)" if validation else ""),
+      "- budgets: shares of a domain's training interactions, as whole users (the fewest, in one seeded "
+      "order, so each budget's users include the smaller budgets'); a trained run validates on its budget's "
+      "users and is tested over every user of the domain (their last item, the whole catalogue ranked)",
+      f"- fine-tuned runs start from seed k of the same preset in the leave-one-out study "
+      f"(`{paths.as_path(str(ec.init_study)).name if str(ec.init_study) else '—'}`), trained on every other "
+      "domain; nothing of the domain itself was seen before its budget",
+      f"- text baseline: `{chosen}`"
+      + (
+          " (the best on the validation domains)"
+          if validation
+          else " (declared: the study has no validation domain)"
+      ),
+      f"- seeds: {', '.join(map(str, ec.seeds))}; mean ± sample std; `>text`/`<text` p = one-sample t-test "
+      "of the seeds against the text baseline's value; `vs scratch` p = paired t-test against the same "
+      "preset from scratch (scipy.stats)",
+      f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
+      f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run time)",
+      f"- model: {config.model.backbone}, {report.summary_without_seed(config)}",
+      "- presets (config overrides): "
+      + "; ".join(
+          f"`{p}` {PRESETS[p]}" for p in dict.fromkeys([*ec.text_presets, *ec.presets, *ec.finetune_presets])
+      ),
+      "",
+  ]
+  lines += goal_lines(values, config, tests, chosen, budgets)
+  lines += crossing_table(values, config, tests, chosen, budgets)
+  figure = write_figure(values, config, tests, chosen, budgets, workdir / "crossover.png")
+  if figure is not None:
+    lines += ["![full NDCG@10 against the budget](crossover.png)", ""]
+  for d in domains:
+    lines += domain_tables(values, config, d, chosen, budgets, budget_users(markers))
+  path = workdir / "results.md"
+  paths.write_text_atomic(path, "\n".join(lines))
+  paths.write_json_atomic(
+      workdir / "results.json",
+      {
+          "values": [{"key": list(k), "by_seed": v} for k, v in sorted(values.items())],
+          "text_baseline": chosen,
+      },
+  )
+  return path

@@ -1,0 +1,136 @@
+"""The warm-start study (recg_jax/grid/warm_start.py, warm_start_report.py): its plan, each run's config, and
+a study of made-up runs: fine-tuned runs wait for their starting run, crossings and the goal are read from
+the budgets' numbers, and the crossover figure is drawn."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import warm_start_shared
+from recg_jax import errors
+from recg_jax import pipeline
+from recg_jax.grid import runner
+from recg_jax.grid import warm_start
+from recg_jax.grid import warm_start_report
+
+import conftest
+
+
+def test_plan_and_run_configs_of_the_shared_study():
+  config = warm_start_shared.get_config()
+  config.experiment.init_study = "/lodo"
+  items = warm_start.plan(config)
+  kinds = {k: sum(i.kind == k for i in items) for k in warm_start.KINDS}
+  assert kinds == {"text": 2 * 4, "scratch": 4 * 5 * 3 * 3, "finetune": 4 * 5 * 3 * 2}
+  assert [i.domain for i in items[8:53]] == ["LuxuryBeauty"] * 45  # a whole domain before the next
+  item = warm_start.Item("finetune", "Office", 0.05, "sem", 2)
+  assert item.relpath == "runs/finetune/Office/5pct/sem/seed2"
+  rc = warm_start.run_config(config, item)
+  assert (rc.data.source, tuple(rc.data.targets), rc.experiment.mode) == ("Office", (), "in_domain")
+  assert (rc.train.budget, rc.train.seed, rc.train.max_users_per_source) == (0.05, 2, 0)
+  assert rc.train.init_from == "/lodo/runs/lodo/Office/sem/seed2"
+  scratch = warm_start.run_config(config, warm_start.Item("scratch", "Office", 0.05, "sem", 2))
+  assert scratch.train.init_from == ""
+  with pytest.raises(errors.ConfigError, match="init_study"):
+    warm_start.plan(warm_start_shared.get_config())
+  config.experiment.budgets = (0.5, 0.2)
+  with pytest.raises(errors.ConfigError, match="ascending"):
+    warm_start.plan(config)
+
+
+# Made-up `full` metrics: the text baseline at 10%; from scratch 2% + 10% x budget; fine-tuned 9% + 5% x
+# budget (seeds 0.1% apart). With budgets 5, 20, 50, 100%: scratch crosses at 100%, fine-tuned at 50%.
+def _made_up(kind: str, budget: float, seed: int) -> float:
+  if kind == "text":
+    return 0.10
+  base = {"scratch": 0.02 + 0.10 * budget, "finetune": 0.09 + 0.05 * budget}[kind]
+  return base + 0.001 * seed
+
+
+def _fake_execute(monkeypatch, calls):
+  def run_one(run):
+    calls.append(run.relpath)
+    kind, budget, seed = run.relpath.split("/")[1], float(run.config.train.budget), int(run.config.train.seed)
+    metrics = {
+        f"test/{p}/{m}": _made_up(kind, budget, seed) for p in ("full",) for m in ("ndcg@10", "recall@10")
+    }
+    records = [{"stage": "in_domain", "domain": run.config.data.source, "metrics": metrics, "extra": {}}]
+    if budget < 1.0:
+      extra = {"budget": budget, "budget_users": int(100 * budget), "users": 100}
+      records.append(
+          {"stage": "budget", "domain": run.config.data.source, "metrics": metrics, "extra": extra}
+      )
+    (run.run_dir / "results.json").write_text(json.dumps({"records": records}))
+    return records
+
+  def execute(runs, domains, tables, group_dir):
+    del domains, tables, group_dir
+    return [pipeline._outcome(lambda r=r: run_one(r)) for r in runs]  # pylint: disable=protected-access
+
+  monkeypatch.setattr(runner, "execute", execute)
+  monkeypatch.setattr(
+      pipeline,
+      "embed_domains",
+      lambda config, workdir, domains: {
+          n: np.zeros((d.num_items + 1, 8), np.float32) for n, d in domains.items()
+      },
+  )
+
+
+def _tiny_config(init_study):
+  config = conftest.get_config("study")
+  ec = config.experiment
+  ec.study, ec.domains, ec.validation_domains, ec.seeds = "warm_start", ("Alpha", "Beta"), (), (0, 1, 2)
+  ec.text_presets, ec.presets, ec.finetune_presets = ("text_knn",), ("id",), ("sem",)
+  ec.budgets, ec.init_study = (0.05, 0.2, 0.5, 1.0), str(init_study)
+  return config
+
+
+def _finished_start(init_study, domain, seed):
+  run_dir = init_study / "runs" / "lodo" / domain / "sem" / f"seed{seed}"
+  run_dir.mkdir(parents=True)
+  (run_dir / "results.json").write_text("{}")
+  (run_dir / runner.DONE).write_text("{}")
+
+
+@pytest.fixture
+def made_up_study(tmp_path, monkeypatch):
+  _fake_execute(monkeypatch, calls := [])
+  init_study = tmp_path / "lodo"
+  for seed in (0, 1, 2):
+    _finished_start(init_study, "Alpha", seed)  # Beta's starting runs are not finished
+  config = _tiny_config(init_study)
+  summary = warm_start.run_study(config, tmp_path / "study", command="tiny")
+  return tmp_path / "study", config, calls, summary
+
+
+def test_fine_tuned_runs_wait_for_their_starting_runs(made_up_study):
+  workdir, config, calls, summary = made_up_study
+  assert not summary["failed"] and len(calls) == 2 + 2 * 4 * 3 + 4 * 3
+  assert sorted(summary["waiting"]) == sorted(
+      f"runs/finetune/Beta/{b}/sem/seed{s}" for b in ("5pct", "20pct", "50pct", "100pct") for s in (0, 1, 2)
+  )
+  again = warm_start.run_study(config, workdir, command="tiny")
+  assert again["ran"] == [] and len(again["waiting"]) == 12
+
+
+def test_the_report_reads_each_runs_whole_domain_test_and_where_it_crosses(made_up_study):
+  workdir, config, _, _ = made_up_study
+  md = (workdir / "results.md").read_text()
+  for needle in (
+      "| method | 5pct (5 users) | 20pct (20 users) | 50pct (50 users) | 100pct (all users) |",
+      "`text_knn` (no training) = **text baseline**",
+      "| `id` from scratch | 100pct | 100pct |",  # crosses at 100% on both domains
+      "| `sem` fine-tuned from the other domains | 50pct | not yet finished |",
+      "on 1 of 2 test targets (Alpha; the goal is 3)",
+      "![full NDCG@10 against the budget](crossover.png)",
+  ):
+    assert needle in md, needle
+  assert (workdir / "crossover.png").stat().st_size > 0
+  values = warm_start_report.collect_values(
+      warm_start.collect_markers(workdir, [i.relpath for i in warm_start.plan(config)])
+  )
+  assert values[("finetune", "Alpha", 0.2, "sem", "full", "ndcg@10")] == pytest.approx(
+      {s: _made_up("finetune", 0.2, s) for s in (0, 1, 2)}
+  )
