@@ -119,7 +119,7 @@ def run_pending(
     runs = [p for _, p in group]
     for run in runs:
       distributed.say(
-          f"{run.tag}: run ({run.spec.mode}, overrides {run.spec.overrides()})"
+          f"{run.tag}: run ({run.config.experiment.mode}, overrides {run.spec.overrides()})"
           + (f", one of {len(runs)} trained together" if len(runs) > 1 else "")
       )
       run.run_dir.mkdir(parents=True, exist_ok=True)
