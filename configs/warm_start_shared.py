@@ -5,8 +5,9 @@
 (configs/lodo_shared.py), whose runs the fine-tuned presets start from.
 
 On each test target of that study (LuxuryBeauty, Office, Scientific, Kitchen, the smallest first), budgets
-of 1, 5, 20, 50 and 100% of its training interactions; on each budget, SASRec with ID embeddings, Sem and
-the centred text-mix model with the history masked trained from scratch, and the last two also fine-tuned
+of 1, 5, 20, 50 and 100% of its training interactions; on each budget, SASRec with ID embeddings (at the
+study's epoch cap, and trained to convergence: `id_long`, up to 200 epochs, patience 10), Sem and the
+centred text-mix model with the history masked trained from scratch, and the last two also fine-tuned
 from the runs trained on the five other domains. The model sizes and training settings are the
 leave-one-out study's (d=64, one layer, lr 1e-3, at most 20 epochs, patience 3), so that its parameters
 fit; fine-tuning keeps them too: no learning rate, epoch count or frozen part was searched, so no
@@ -26,7 +27,7 @@ def get_config(arg: str | None = None):
   ec.domains = ("LuxuryBeauty", "Office", "Scientific", "Kitchen")
   ec.validation_domains = ()
   ec.text_presets = ("text_knn_center_soft02", "text_knn_center")
-  ec.presets = ("id", "sem", "text_mix_center_masked")
+  ec.presets = ("id", "id_long", "sem", "text_mix_center_masked")
   ec.finetune_presets = ("sem", "text_mix_center_masked")
   ec.budgets = (0.01, 0.05, 0.2, 0.5, 1.0)
   ec.seeds = (0, 1, 2)

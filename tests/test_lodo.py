@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import lodo_shared
+from recg_jax import errors
 from recg_jax import pipeline
 from recg_jax.grid import lodo
 from recg_jax.grid import lodo_report
@@ -45,6 +46,18 @@ def test_plan_and_run_configs_of_the_shared_study():
       config, lodo.Item("single", "Games", "text_mix_center_masked", 1), lodo_shared.DOMAINS
   )
   assert single.data.source == "Games" and len(single.data.targets) == 5 and single.train.seed == 1
+
+
+def test_held_out_domains_restrict_the_multi_source_runs_only():
+  config = lodo_shared.get_config()
+  config.experiment.held_out_domains = ("Office", "Kitchen")
+  items = lodo.plan(config)
+  assert {i.domain for i in items if i.kind == "lodo"} == {"Office", "Kitchen"}
+  assert sum(i.kind == "lodo" for i in items) == 5 * 2 * 3
+  assert {i.domain for i in items if i.kind != "lodo"} == set(lodo_shared.DOMAINS)
+  config.experiment.held_out_domains = ("Books",)
+  with pytest.raises(errors.ConfigError, match="held_out_domains"):
+    lodo.plan(config)
 
 
 @pytest.fixture

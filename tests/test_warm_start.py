@@ -22,8 +22,8 @@ def test_plan_and_run_configs_of_the_shared_study():
   config.experiment.init_study = "/lodo"
   items = warm_start.plan(config)
   kinds = {k: sum(i.kind == k for i in items) for k in warm_start.KINDS}
-  assert kinds == {"text": 2 * 4, "scratch": 4 * 5 * 3 * 3, "finetune": 4 * 5 * 3 * 2}
-  assert [i.domain for i in items[8:53]] == ["LuxuryBeauty"] * 45  # a whole domain before the next
+  assert kinds == {"text": 2 * 4, "scratch": 4 * 5 * 3 * 4, "finetune": 4 * 5 * 3 * 2}
+  assert [i.domain for i in items[8:98]] == ["LuxuryBeauty"] * 90  # a whole domain before the next
   item = warm_start.Item("finetune", "Office", 0.05, "sem", 2)
   assert item.relpath == "runs/finetune/Office/5pct/sem/seed2"
   rc = warm_start.run_config(config, item)

@@ -304,6 +304,9 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # a mix model's target weight, the best single source) is made on validation_domains' columns only.
   c.study = "pairs"
   c.validation_domains = ()
+  # `leave_one_out`: the domains held out in turn by experiment.presets (empty = every domain); the others
+  # still train them, and the text, single-source and in-domain runs cover every domain.
+  c.held_out_domains = ()
   # `warm_start` (recg_jax/grid/warm_start.py): on every domain, for every budget (train.budget) of its
   # training interactions, `presets` trained on the budget from scratch and `finetune_presets` started from
   # the runs of the finished leave-one-out study in init_study (its domain held out there), beside the

@@ -125,4 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # In-domain references: SASRec with item-ID embeddings.
     "id": {"model.variant": "id"},
+    # ... trained to convergence where a study caps epochs (an ID model learns slowly from few
+    # interactions per item: its early-stopping curve is flat for several epochs).
+    "id_long": {"model.variant": "id", "train.num_epochs": 200, "train.patience": 10},
 }

@@ -71,9 +71,11 @@ def plan(config: ml_collections.ConfigDict) -> list[Item]:
   domains = planning.grid_domains(config)
   for field in ("presets", "text_presets", "single_source_presets", "in_domain_presets"):
     _check_presets(tuple(ec[field]), field)
-  bad = [d for d in ec.validation_domains if d not in domains]
-  if bad:
-    raise errors.ConfigError(f"config.experiment.validation_domains: {bad} not in {domains}")
+  for field in ("validation_domains", "held_out_domains"):
+    bad = [d for d in ec[field] if d not in domains]
+    if bad:
+      raise errors.ConfigError(f"config.experiment.{field}: {bad} not in {domains}")
+  held_out = tuple(ec.held_out_domains) or domains
   seeds = tuple(int(s) for s in ec.seeds)
   if not seeds:
     raise errors.ConfigError("config.experiment.seeds is empty")
@@ -81,7 +83,7 @@ def plan(config: ml_collections.ConfigDict) -> list[Item]:
   for seed in seeds:
     items += [Item("in_domain", d, p, seed) for p in ec.in_domain_presets for d in domains]
     items += [Item("single", d, p, seed) for p in ec.single_source_presets for d in domains]
-    items += [Item("lodo", d, p, seed) for p in ec.presets for d in domains]
+    items += [Item("lodo", d, p, seed) for p in ec.presets for d in domains if d in held_out]
   return items
 
 
