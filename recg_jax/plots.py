@@ -202,26 +202,41 @@ def budget_curves(
 ) -> paths.Path:
   """One panel per (title, {method: [(budget, (mean, std)), ...]}, reference): value (%) against the share
   of the domain's training interactions trained on (log x), error bars = std over seeds, the training-free
-  reference as a horizontal line."""
+  reference as a horizontal line; one legend for all panels, below them."""
   if not panels:
     raise ValueError("budget_curves needs at least one panel")
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+  names = list(dict.fromkeys(n for _, series, _ in panels for n in series))
+  colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+  handles = {}
   for ax, (panel_title, series, reference) in zip(axes[0], panels):
-    for label, points in series.items():
+    budgets = sorted({b for points in series.values() for b, _ in points})
+    for name, points in series.items():
       if not points:
         continue
       points = sorted(points)
       x = 100 * np.array([p[0] for p in points])
       mean = 100 * np.array([p[1][0] for p in points])
       std = 100 * np.array([p[1][1] or 0.0 for p in points])
-      ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+      handles[name] = ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, color=colours[name], label=name)
     if reference is not None:
-      ax.axhline(100 * reference, color="black", linewidth=1.0, linestyle="--", label="text baseline")
+      handles["text baseline"] = ax.axhline(
+          100 * reference, color="black", linewidth=1.0, linestyle="--", label="text baseline"
+      )
     ax.set_xscale("log")
+    ax.set_xticks([100 * b for b in budgets], [f"{100 * b:g}" for b in budgets])
     ax.set_xlabel("training interactions (% of the domain's)")
     ax.set_ylabel(f"{ylabel} (%)")
     ax.set_title(panel_title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  # Anchored by its top at the figure's bottom edge: below the axis labels (the saved area grows to it).
+  fig.legend(
+      list(handles.values()),
+      list(handles),
+      loc="upper center",
+      bbox_to_anchor=(0.5, 0.0),
+      ncol=min(3, len(handles)),
+      fontsize=8,
+  )
   fig.suptitle(title, fontsize=10)
   return _save(fig, path)
