@@ -1,9 +1,12 @@
 """Runs trained together (training.train_members) equal the same runs trained alone; one program per shape."""
 
+import json
+
 import pytest
 
 from recg_jax import compile_stats
 from recg_jax import training
+from recg_jax.training import checkpoints as checkpoints_lib
 from recg_jax.training import members as members_lib
 
 import _train_driver as driver
@@ -75,6 +78,24 @@ def test_stacked_members_equal_separate_runs(tiny_problem, alone, tmp_path, axis
       "latest",
       "run_config.json",
   ]
+
+
+def test_a_group_checkpoint_from_before_a_traced_field_was_added_still_resumes(tiny_problem, tmp_path):
+  domains, tables = tiny_problem
+  members = [_config(**{"train.num_epochs": 1, "train.seed": s}) for s in (0, 1)]
+  training.train_members(
+      members, [tmp_path / "m0", tmp_path / "m1"], domains, tables, group_dir=tmp_path / "g"
+  )
+  path = tmp_path / "g" / "checkpoints" / "run_config.json"
+  stored = json.loads(path.read_text())
+  for m in stored["members"]:
+    del m["train.init_from"]  # as a checkpoint written before the field was declared traced
+  path.write_text(json.dumps(stored))
+  signature = checkpoints_lib.group_signature(members)
+  checkpoints_lib.Checkpoints(tmp_path / "g", members[0], parts=("latest",), signature=signature).close()
+  other = checkpoints_lib.group_signature([members[0], _config(**{"train.num_epochs": 1, "train.seed": 7})])
+  with pytest.raises(ValueError, match=r"different run .*members"):
+    checkpoints_lib.Checkpoints(tmp_path / "g", members[0], parts=("latest",), signature=other)
 
 
 def test_traced_fields_reuse_the_compiled_step(tiny_problem, tmp_path):

@@ -26,10 +26,11 @@ after merging it over today's defaults: a field added later, at its default, nev
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from recg_jax.config import default
 from recg_jax.config import overrides
 
 PLAN = "plan"
@@ -168,6 +169,13 @@ def _paths(a: Any, b: Any, prefix: str = "") -> list[str]:
 def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
   """Dotted names of the fields where two views (nested dicts of plain JSON types) differ."""
   return _paths(as_dict(a), as_dict(b))
+
+
+def members_over_defaults(recorded: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """A recorded member list (a group checkpoint's traced values, one dict per member), each merged over
+  today's default traced values: a traced field added since, at its default, never makes a group differ."""
+  defaults = as_dict(traced_values(default.get_config()))
+  return [{**defaults, **dict(m)} for m in recorded]
 
 
 def recorded_diff(

@@ -93,9 +93,9 @@ class Checkpoints:
     path = self.root / "run_config.json"
     if path.exists() and any(m.latest_step() is not None for m in self._managers()):
       stored = json.loads(path.read_text())
-      # A group's member list is compared as it is; the shared fields after merging over the defaults.
+      # A group's members and its shared fields are compared after merging them over today's defaults.
       diff = roles.diff(
-          {k: v for k, v in stored.items() if k == "members"},
+          {"members": roles.members_over_defaults(stored["members"])} if "members" in stored else {},
           {k: v for k, v in signature.items() if k == "members"},
       )
       diff += roles.recorded_diff(
