@@ -19,7 +19,6 @@ row of its own.
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import os
 from typing import Any, Sequence
@@ -97,13 +96,7 @@ def run_study(
   runs = plan(config)
   domains, tables = runner.load_domains(config, workdir, domains_order, with_tables=True)
   write_random(workdir, config, domains)
-  meta = {
-      "command": command,
-      "machine": runner.machine_info(),
-      "domains": list(domains_order),
-      "runs": [f"{s}/{p}/seed{k}" for s, p, k in runs],
-      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  }
+  meta = runner.study_meta(command, domains_order, [f"{s}/{p}/seed{k}" for s, p, k in runs])
   pending: list[runner.PendingRun] = []
   for i, (source, preset, seed) in enumerate(runs, 1):
     rel = paths.as_path("runs") / source / preset / f"seed{seed}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -170,13 +169,7 @@ def run_study(
   items = plan(config)
   tables = _Tables(config, workdir, order)
   baselines.write_random(workdir, config, tables.domains)
-  meta = {
-      "command": command,
-      "machine": runner.machine_info(),
-      "domains": list(order),
-      "runs": [i.relpath for i in items],
-      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  }
+  meta = runner.study_meta(command, order, [i.relpath for i in items])
   pending = _pending(config, items, order, workdir, aggregate_only)
   compile_stats.install()
   ran, failed = [], []

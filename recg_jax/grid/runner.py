@@ -55,6 +55,18 @@ def machine_info() -> dict[str, Any]:
   }
 
 
+def study_meta(command: str, domains: Sequence[str], runs: Sequence[str]) -> dict[str, Any]:
+  """What a study's tables say of how it ran: the command that regenerates it, the machine, its domains
+  and planned runs, and when this invocation started."""
+  return {
+      "command": command,
+      "machine": machine_info(),
+      "domains": list(domains),
+      "runs": list(runs),
+      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
 def read_done(run_dir: paths.Path) -> dict[str, Any] | None:
   """The completion marker of a finished run, or None (absent, unreadable, or results.json missing)."""
   path = run_dir / DONE

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import os
 from typing import Any, Sequence
 
@@ -164,13 +163,7 @@ def run_study(
   items = plan(config)
   domains, tables = runner.load_domains(config, workdir, order, with_tables=True)
   baselines.write_random(workdir, config, domains)
-  meta = {
-      "command": command,
-      "machine": runner.machine_info(),
-      "domains": list(order),
-      "runs": [i.relpath for i in items],
-      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  }
+  meta = runner.study_meta(command, order, [i.relpath for i in items])
   pending, waiting = _pending(config, items, workdir, aggregate_only)
   compile_stats.install()
   ran, failed = runner.run_pending(
