@@ -85,7 +85,10 @@ def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainDa
   that does not depend on the run's seed), then, for a model that trains, to train.budget's users;
   targets are evaluated whole."""
   cap = int(config.train.max_users_per_source)
-  budget = float(config.train.budget) if config.model.variant != "text_knn" else 1.0
+  budget = float(config.train.budget)
+  if not 0.0 < budget <= 1.0:
+    raise errors.ConfigError(f"config.train.budget={budget}: expected a share of the interactions in (0, 1]")
+  budget = budget if config.model.variant != "text_knn" else 1.0
   sources = set(types.source_names(config.data.source))
   return {
       n: types.budget_subset(types.user_subset(d, cap), budget) if n in sources else d

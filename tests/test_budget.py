@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import finished_run
 from recg_jax import pipeline
@@ -80,6 +81,13 @@ def test_a_budget_run_trains_on_its_users_and_is_tested_over_every_user(tiny_con
   )
   for key, value in whole.items():
     assert budget["metrics"][f"test/{key}"] == pytest.approx(value, abs=1e-6)
+
+
+def test_a_budget_outside_0_to_1_is_a_config_error(tiny_config, tiny_problem, tmp_path):
+  domains, tables = tiny_problem
+  config = tiny_config(**{"train.budget": 0.0, "experiment.mode": "in_domain"})
+  with pytest.raises(errors.ConfigError, match=r"config.train.budget=0.0"):
+    pipeline.train_and_transfer([config], [tmp_path], domains, tables)
 
 
 def test_members_start_from_their_own_finished_runs(tiny_trained, tiny_problem):
