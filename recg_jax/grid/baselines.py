@@ -200,7 +200,15 @@ def cell_stats(
   return out
 
 
-def cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) -> str:
+def cell(
+    stat: dict[str, Any] | None,
+    knn: float | None,
+    is_reference: bool,
+    reference: str = "knn",
+    paired: tuple[str, str] = ("p_sem", "p_sem="),
+) -> str:
+  """'mean ± std (>knn p=...; p_sem=...)': the mark against the reference's value `knn` (named
+  `reference`), and the paired test stat[paired[0]] labelled paired[1]; a reference cell is bare."""
   if stat is None:
     return "—"
   text = f"{100 * stat['mean']:.2f}"
@@ -211,9 +219,10 @@ def cell(stat: dict[str, Any] | None, knn: float | None, is_reference: bool) -> 
   notes = []
   if knn is not None:
     mark = ">" if stat["mean"] > knn else "<" if stat["mean"] < knn else "="
-    notes.append(f"{mark}knn" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
-  if stat["p_sem"] is not None:
-    notes.append(f"p_sem={stat['p_sem']:.3f}")
+    notes.append(f"{mark}{reference}" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
+  key, label = paired
+  if stat.get(key) is not None:
+    notes.append(f"{label}{stat[key]:.3f}")
   return text + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -107,21 +107,6 @@ def stat(values, kind, preset, domain, budget, metric, base: float | None) -> di
   return out
 
 
-def cell(s: dict[str, Any] | None, base: float | None, kind: str) -> str:
-  if s is None:
-    return "—"
-  text = f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
-  if kind == "text":
-    return text
-  notes = []
-  if base is not None:
-    mark = ">" if s["mean"] > base else "<" if s["mean"] < base else "="
-    notes.append(f"{mark}text" + (f" p={s['p_knn']:.3f}" if s["p_knn"] is not None else ""))
-  if s["p_scratch"] is not None:
-    notes.append(f"vs scratch p={s['p_scratch']:.3f}")
-  return text + (f" ({'; '.join(notes)})" if notes else "")
-
-
 def crossing(values, kind, preset, domain, budgets: Sequence[float], bases: dict[str, float]) -> Any:
   """The smallest budget at which the method is above the text baseline on both METRICS with p < ALPHA;
   None if it never is; '…' when a budget before any crossing has not finished."""
@@ -162,7 +147,13 @@ def domain_tables(values, config, domain: str, chosen: str | None, budgets, user
       rows.append(
           [name]
           + [
-              cell(stat(values, kind, preset, domain, b, metric, bases.get(metric)), bases.get(metric), kind)
+              baselines.cell(
+                  stat(values, kind, preset, domain, b, metric, bases.get(metric)),
+                  bases.get(metric),
+                  kind == "text",
+                  reference="text",
+                  paired=("p_scratch", "vs scratch p="),
+              )
               for b in budgets
           ]
       )
