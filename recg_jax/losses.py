@@ -130,9 +130,20 @@ def softmax_loss(
 
   Returns a float32 scalar.
   """
-  mask = mask_BxP > 0
   logits_BxPxN = jnp.einsum("bpd,nd->bpn", user_BxPxD, items_NxD)
-  rows_N = jnp.arange(items_NxD.shape[0])
+  return softmax_nll(logits_BxPxN, targets_BxP, mask_BxP, history_BxL, num_items)
+
+
+def softmax_nll(
+    logits_BxPxN: jax.Array,
+    targets_BxP: jax.Array,
+    mask_BxP: jax.Array,
+    history_BxL: jax.Array | None = None,
+    num_items: jax.Array | int | None = None,
+) -> jax.Array:
+  """softmax_loss from the logits themselves (any scorer's): the same classes, masks and mean."""
+  mask = mask_BxP > 0
+  rows_N = jnp.arange(logits_BxPxN.shape[-1])
   not_pad_N = (rows_N > 0) if num_items is None else (rows_N > 0) & (rows_N <= num_items)
   logits_BxPxN = jnp.where(not_pad_N, logits_BxPxN, jnp.finfo(logits_BxPxN.dtype).min)
   if history_BxL is not None:

@@ -88,7 +88,7 @@ def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainDa
   budget = float(config.train.budget)
   if not 0.0 < budget <= 1.0:
     raise errors.ConfigError(f"config.train.budget={budget}: expected a share of the interactions in (0, 1]")
-  budget = budget if config.model.variant != "text_knn" else 1.0
+  budget = budget if config.model.variant != "text_knn" or config.knn_fit.enabled else 1.0
   sources = set(types.source_names(config.data.source))
   return {
       n: types.budget_subset(types.user_subset(d, cap), budget) if n in sources else d
@@ -182,7 +182,7 @@ def train_and_transfer(
   run_domains_ = _capped(config, loaded)
   if config.model.variant == "text_knn":
     return [
-        _outcome(lambda c=c, w=w: evaluate_untrained(c, w, run_domains_, run_tables, zero_shot))
+        _outcome(lambda c=c, w=w: evaluate_text_knn(c, w, run_domains_, run_tables, zero_shot))
         for c, w in zip(configs, workdirs)
     ]
   from recg_jax import training  # pylint: disable=g-import-not-at-top
@@ -221,16 +221,43 @@ def _outcome(run_one) -> Outcome:
     return e
 
 
-def evaluate_untrained(
+def evaluate_text_knn(
     config: ml_collections.ConfigDict,
     workdir: str | paths.Path,
     domains: dict[str, types.DomainData],
     tables: dict[str, np.ndarray],
     zero_shot: bool = True,
 ) -> list[dict]:
+  """evaluate_untrained, after fitting the aggregation on the sources when config.knn_fit.enabled (its
+  fitted values are in every record's extra)."""
+  from recg_jax import knn_fit  # pylint: disable=g-import-not-at-top
+
+  if not knn_fit.enabled(config):
+    return evaluate_untrained(config, workdir, domains, tables, zero_shot)
+  sources = types.source_names(config.data.source)
+  missing = [d for d in sources if d not in tables]
+  if missing:
+    raise errors.ConfigError(f"config.knn_fit needs the frozen tables of {missing}")
+  fitted = knn_fit.fit(config, [domains[s] for s in sources], [tables[s] for s in sources])
+  distributed.say(
+      f"[knn_fit] decay {fitted.decay:.3f}, temperature {fitted.temperature:.4f} (best epoch "
+      f"{fitted.best_epoch} of {fitted.epochs_run})"
+  )
+  fitted_config = knn_fit.fitted_config(config, fitted)
+  return evaluate_untrained(fitted_config, workdir, domains, tables, zero_shot, extra=fitted.as_extra())
+
+
+def evaluate_untrained(
+    config: ml_collections.ConfigDict,
+    workdir: str | paths.Path,
+    domains: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray],
+    zero_shot: bool = True,
+    extra: dict | None = None,
+) -> list[dict]:
   """A model without parameters (variant 'text_knn'): every source's validation and test splits and,
   with zero_shot, every target's test split, through the same evaluation as the trained models. Writes
-  results.json / results.md in workdir and returns the records."""
+  results.json / results.md in workdir and returns the records (`extra` added to each record's)."""
   from recg_jax import transfer  # pylint: disable=g-import-not-at-top
   from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
 
@@ -250,11 +277,17 @@ def evaluate_untrained(
     for split in ("valid", "test"):
       m = transfer.evaluate_domain(config, model, params, tables[source], domains[source], None, split)
       metrics.update({f"{split}/{k}": v for k, v in m.items()})
-    records.append(results_lib.make_record(config, "in_domain", source, metrics, extra={"trained": False}))
+    records.append(
+        results_lib.make_record(
+            config, "in_domain", source, metrics, extra={"trained": extra is not None, **(extra or {})}
+        )
+    )
   for target in config.data.targets if zero_shot else ():
     m = transfer.evaluate_domain(config, model, params, tables[target], domains[target], None, "test")
     records.append(
-        results_lib.make_record(config, "zero_shot", target, {f"zero_shot/{k}": v for k, v in m.items()})
+        results_lib.make_record(
+            config, "zero_shot", target, {f"zero_shot/{k}": v for k, v in m.items()}, extra=extra
+        )
     )
   results_lib.write_and_print(workdir, records, config)
   return records

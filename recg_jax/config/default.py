@@ -331,6 +331,23 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   return c
 
 
+def get_knn_fit_config() -> ml_collections.ConfigDict:
+  """Fitting text_knn's soft maximum on the sources (recg_jax/knn_fit.py): with `enabled`, a text_knn run
+  with model.knn_aggregate='softmax' fits its recency decay and temperature (starting at model.knn_decay
+  and model.knn_temperature) by full-softmax cross-entropy on the source domains' training rows, then is
+  evaluated with the fitted values. A trained run: it has a seed, and train.max_users_per_source and
+  train.budget apply."""
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.epochs = 20
+  c.patience = 2  # epochs without a lower mean validation loss before the fit stops
+  c.learning_rate = 0.05  # Adam, on (logit decay, log temperature, log scale)
+  c.batch_size = 128
+  c.init_temperature = 0.05  # the loss's logits start as the soft maximum / this
+  c.length_buckets = (8, 16, 32)  # padded history widths (as train.length_buckets), capped at data.max_len
+  return c
+
+
 def get_tuning_config() -> ml_collections.ConfigDict:
   """Contrastive tuning of the text encoder on the source domains' interactions (recg_jax/tuning/)."""
   c = ml_collections.ConfigDict()
@@ -380,4 +397,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.experiment = get_experiment_config()
   config.tuning = get_tuning_config()
+  config.knn_fit = get_knn_fit_config()
   return config

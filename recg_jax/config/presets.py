@@ -123,6 +123,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.table_transform": "center",
         "train.softmax_mask_history": True,
     },
+    # The learned aggregation: the text baseline's soft maximum, its decay and temperature fitted by full
+    # softmax on the sources (recg_jax/knn_fit.py), starting from the baseline's values.
+    "text_knn_center_fit": {
+        "model.variant": "text_knn",
+        "model.table_transform": "center",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+        "knn_fit.enabled": True,
+    },
     # In-domain references: SASRec with item-ID embeddings.
     "id": {"model.variant": "id"},
     # ... trained to convergence where a study caps epochs (an ID model learns slowly from few

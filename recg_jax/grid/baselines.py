@@ -42,7 +42,8 @@ UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and
 
 
 def _is_untrained(preset: str) -> bool:
-  return PRESETS[preset].get("model.variant") == UNTRAINED
+  """A text_knn preset that fits nothing (knn_fit trains: it has seeds)."""
+  return PRESETS[preset].get("model.variant") == UNTRAINED and not PRESETS[preset].get("knn_fit.enabled")
 
 
 def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, int]]:
