@@ -144,7 +144,11 @@ def model_tables(
   from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
 
   names = [n for n in run_domains(config) if n in tables]
-  return text_space.transform_tables({n: tables[n] for n in names}, str(config.model.table_transform))
+  return text_space.transform_tables(
+      {n: tables[n] for n in names},
+      str(config.model.table_transform),
+      float(config.model.whiten_shrinkage),
+  )
 
 
 def train_and_transfer(

@@ -82,9 +82,46 @@ def test_center_transform_uses_the_domains_own_rows(table):
   np.testing.assert_allclose(np.linalg.norm(a[1:], axis=-1), 1.0, rtol=1e-5)
   assert text_space.transform_table(table, "none") is not None
   with pytest.raises(ValueError, match="table_transform"):
-    text_space.transform_table(table, "whiten")
+    text_space.transform_table(table, "pca")
   tables = text_space.transform_tables({"A": np.asarray(table)}, "center")
   np.testing.assert_allclose(tables["A"], a, atol=1e-6)
+
+
+def _cosines(t):
+  return np.asarray(t[1:] @ t[1:].T)
+
+
+def _items(seed: int = 0, n: int = 40, h: int = 6) -> jnp.ndarray:
+  rows = np.random.default_rng(seed).normal(size=(n + 1, h)).astype(np.float32)
+  rows[0] = 0.0
+  return jnp.asarray(rows)
+
+
+def test_standardize_ignores_each_dimensions_offset_and_scale():
+  items = _items()
+  scaled = items.at[1:].set(items[1:] * jnp.array([1.0, 5.0, 0.2, 3.0, 1.0, 0.5]) + 2.0)
+  a = text_space.transform_table(items, "standardize")
+  chex.assert_trees_all_close(a, text_space.transform_table(scaled, "standardize"), atol=1e-5)
+  chex.assert_trees_all_close(a[0], jnp.zeros(6))
+  assert not np.allclose(_cosines(a), _cosines(text_space.transform_table(scaled, "center")), atol=1e-2)
+
+
+def test_whitening_ignores_any_invertible_linear_map_of_the_items():
+  items = _items()
+  mix = jnp.asarray(np.random.default_rng(1).normal(size=(6, 6)).astype(np.float32)) + 3 * jnp.eye(6)
+  mapped = items.at[1:].set(items[1:] @ mix + 1.0)
+  a = text_space.transform_table(items, "whiten", shrinkage=0.0)
+  b = text_space.transform_table(mapped, "whiten", shrinkage=0.0)
+  np.testing.assert_allclose(_cosines(a), _cosines(b), atol=1e-3)  # equal up to a rotation
+  np.testing.assert_allclose(np.linalg.norm(a[1:], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_whitening_shrunk_far_comes_back_to_centring():
+  items = _items()
+  far = text_space.transform_table(items, "whiten", shrinkage=1e6)
+  np.testing.assert_allclose(_cosines(far), _cosines(text_space.transform_table(items, "center")), atol=1e-4)
+  with pytest.raises(ValueError, match="whiten_shrinkage"):
+    text_space.transform_table(items, "whiten", shrinkage=-1.0)
 
 
 def test_text_knn_has_no_parameters_and_scores_by_cosine(table):

@@ -141,7 +141,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.text_temperature = 0.05  # initial temperature of the cosine scores (score_space=text)
   # Each domain's frozen table before any model reads it: `none`, or `center` (subtract the mean of that
   # domain's own item rows, then L2-normalise the rows again; uses only item text, so legal zero-shot).
+  # `standardize` (also divide each dimension by its standard deviation over the domain's items) and
+  # `whiten` (map the centred rows through the inverse square root of their covariance plus
+  # whiten_shrinkage times the mean variance: 0 = plain whitening) are the same kind of transform.
   c.table_transform = "none"
+  c.whiten_shrinkage = 0.1
   return c
 
 

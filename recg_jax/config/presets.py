@@ -97,6 +97,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.knn_aggregate": "softmax",
         "model.knn_temperature": 0.2,
     },
+    # ... with each domain's table standardised or whitened on its own items instead of only centred.
+    "text_knn_std_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "standardize",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
+    "text_knn_whiten_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "whiten",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
+    "text_knn_whiten1_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "whiten",
+        "model.whiten_shrinkage": 1.0,
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
     "text_knn_center_title": {
         "model.variant": "text_knn",
         "model.table_transform": "center",

@@ -6,7 +6,10 @@ nothing but the table they are given: a target's statistics come from the target
 - `transform_table(table_NxH, mode)`: 'none' returns the table; 'center' subtracts the mean of the real
   rows (1..N-1) and L2-normalises every row again, so that the direction every item of a domain shares
   (sentence encoders are anisotropic: MiniLM's items of one shop sit in a narrow cone) stops dominating
-  the cosines. Row 0 (padding) stays 0.
+  the cosines. 'standardize' also divides every dimension by its standard deviation over the real rows,
+  and 'whiten' maps the centred rows through the inverse square root of their covariance, shrunk towards
+  a multiple of the identity (every principal direction of the domain's items gets about unit variance),
+  each before the L2 normalisation. Row 0 (padding) stays 0.
 - `history_mean_positions(seq_BxL, table_NxH, decay)`: at every position t, the weighted mean
   sum_{s<=t} decay^(t-s) e[seq_s] / sum_{s<=t} decay^(t-s) over real items; position L-1 is the user's
   whole history with weight 0.5^age for decay 0.5 (age 0 = newest). decay 1 is the plain mean, decay 0 the
@@ -24,10 +27,16 @@ import numpy as np
 
 from recg_jax import errors
 
-TABLE_TRANSFORMS = ("none", "center")
+TABLE_TRANSFORMS = ("none", "center", "standardize", "whiten")
+# 'whiten' adds shrinkage * (the mean variance) to every principal direction's variance before dividing
+# by its square root (config.model.whiten_shrinkage): directions with almost no variance among a domain's
+# items are not blown up into noise; shrinkage 0 is plain whitening, a large one comes back to 'center'.
+DEFAULT_SHRINKAGE = 0.1
+# 'standardize' adds this to every dimension's variance, for the same reason.
+_VARIANCE_FLOOR = 1e-6
 
 
-def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
+def transform_table(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_SHRINKAGE) -> jax.Array:
   """The table a text-space model reads (see module docstring); row 0 stays zero."""
   if mode not in TABLE_TRANSFORMS:
     raise errors.ConfigError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
@@ -38,7 +47,19 @@ def transform_table(table_NxH: jax.Array, mode: str) -> jax.Array:
   mean_H = jnp.sum(jnp.where(real_N[:, None], table_NxH, 0.0), axis=0) / jnp.maximum(
       table_NxH.shape[0] - 1, 1
   )
-  centred = table_NxH - mean_H
+  centred = jnp.where(real_N[:, None], table_NxH - mean_H, 0.0)
+  count = jnp.maximum(table_NxH.shape[0] - 1, 1)
+  if mode == "standardize":
+    var_H = jnp.sum(jnp.square(centred), axis=0) / count
+    centred = centred / jnp.sqrt(var_H + _VARIANCE_FLOOR)
+  elif mode == "whiten":
+    cov_HxH = centred.T @ centred / count
+    eigvals_H, eigvecs_HxH = jnp.linalg.eigh(cov_HxH)
+    if not shrinkage >= 0:
+      raise errors.ConfigError(f"config.model.whiten_shrinkage must be >= 0, got {shrinkage}")
+    eigvals_H = jnp.maximum(eigvals_H, 0.0)
+    floor = shrinkage * jnp.mean(eigvals_H) + _VARIANCE_FLOOR
+    centred = centred @ (eigvecs_HxH / jnp.sqrt(eigvals_H + floor))
   norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
   unit = centred / jnp.maximum(norms, 1e-12)
   return jnp.where(real_N[:, None], unit, 0.0)
@@ -75,11 +96,11 @@ def history_rows(seq_BxL: jax.Array, table_NxH: jax.Array, decay: float) -> jax.
   return jnp.concatenate([rows_BxLxH.astype(jnp.float32), log_w_BxL[..., None]], axis=-1)
 
 
-def transform_tables(tables: dict, mode: str) -> dict:
+def transform_tables(tables: dict, mode: str, shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
   """transform_table on every domain's table (host arrays in, host float32 arrays out), each with its own
   statistics. 'none' returns the tables unchanged."""
   if mode not in TABLE_TRANSFORMS:
     raise errors.ConfigError(f"config.model.table_transform must be one of {TABLE_TRANSFORMS}, got {mode!r}")
   if mode == "none" or not tables:
     return tables
-  return {name: np.asarray(transform_table(jnp.asarray(t), mode)) for name, t in tables.items()}
+  return {name: np.asarray(transform_table(jnp.asarray(t), mode, shrinkage)) for name, t in tables.items()}

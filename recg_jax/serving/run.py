@@ -175,7 +175,9 @@ class Run:
     self._prepared = None  # drop the previous catalogue's device arrays first
     table = jnp.asarray(
         text_space.transform_table(
-            jnp.asarray(self.embeddings(catalogue)), str(self.config.model.table_transform)
+            jnp.asarray(self.embeddings(catalogue)),
+            str(self.config.model.table_transform),
+            float(self.config.model.whiten_shrinkage),
         )
     )
     # num_items sizes only an ID table, which a served variant does not have.
