@@ -6,7 +6,8 @@ Every domain is the zero-shot target of models trained on the five others; Games
 validation domains on which every choice is made, Scientific, Office, LuxuryBeauty and Kitchen the test
 targets. Beside the multi-source presets: the training-free text presets on every domain (the best of them
 on the validation domains is the text baseline), the centred text-mix model trained on each domain alone (the
-best single source per target, and an in-domain reference), and SASRec with ID embeddings in-domain. SASRec
+best single source per target, and an in-domain reference), and SASRec with ID embeddings in-domain (at the
+study's epoch cap, `id`, and to convergence, `id_long`). SASRec
 at the reduced sizes of configs/grid_shared.py:reduced (d=64, one layer, lr 1e-3), at most 20 epochs with
 patience 3, 2,000 users per source in training, seeds 0-2. `:paper_sizes` trains the decisive presets at
 the paper's sizes (d=256, two layers, two heads, patience 10, up to 200 epochs).
@@ -27,9 +28,19 @@ TEXT_PRESETS = (
     "text_knn_center_max",
     "text_knn_center_soft005",
     "text_knn_center_soft02",
+    "text_knn_std_soft02",
+    "text_knn_whiten_soft02",
+    "text_knn_whiten1_soft02",
     "text_knn_center_title",
 )
-PRESETS = ("sem", "recg", "recg_target_text", "text_mix_center_masked", "text_attention_center_masked")
+PRESETS = (
+    "text_mix_center_masked",
+    "text_knn_center_fit",
+    "sem",
+    "recg",
+    "recg_target_text",
+    "text_attention_center_masked",
+)
 
 
 def get_config(arg: str | None = None):
@@ -46,7 +57,7 @@ def get_config(arg: str | None = None):
   ec.text_presets = TEXT_PRESETS
   ec.presets = PRESETS
   ec.single_source_presets = ("text_mix_center_masked",)
-  ec.in_domain_presets = ("id",)
+  ec.in_domain_presets = ("id", "id_long")
   config.gen_loss.include_targets = False  # the target's catalogue is unknown before training
   config.train.max_users_per_source = 2000
   # One size for every run's stacked source tables (the largest domain, Games: 16,428 items), so that all
