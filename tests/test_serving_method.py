@@ -1,6 +1,6 @@
 """Serving with no run: a training-free method (serving.method, `recommend` without --workdir).
 
-The default method scores a user by a recency-weighted soft maximum over their history's centred rows
+The default method scores a user by a recency-weighted soft maximum over their history's whitened rows
 (models/scoring.py), which is no dot product with one user vector: these tests hold its lists to
 evaluation's ranks and to a NumPy reference, and check what it refuses.
 """
@@ -28,8 +28,12 @@ from conftest import write_domain_files
 
 def method_evaluation_ranks(config, domain, table):
   """Evaluation's `full` ranks of the domain's test targets under a training-free config (as
-  pipeline.evaluate_untrained scores a text_knn run): its scorer, the table centred with its own mean."""
-  table = jnp.asarray(text_space.transform_table(jnp.asarray(table), str(config.model.table_transform)))
+  pipeline.evaluate_untrained scores a text_knn run): its scorer, the table transformed with its own
+  statistics."""
+  mc = config.model
+  table = jnp.asarray(
+      text_space.transform_table(jnp.asarray(table), str(mc.table_transform), float(mc.whiten_shrinkage))
+  )
   model = recommender_lib.build_model(config, domain.num_items)
   split = types.leave_one_out(domain, "test", config.data.max_len)
   heads_fn = transfer.user_heads_fn(model, {}, table, None)

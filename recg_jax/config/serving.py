@@ -9,8 +9,9 @@ import ml_collections
 
 # What `recommend` serves when it is given no run: the training-free method that the leave-one-domain-out
 # study chose on its validation domains (results/lodo_shared/results.md; docs/method.md, "Which method
-# when"): centred text embeddings, each user scored by a recency-weighted soft maximum over their history.
-DEFAULT_METHOD = "text_knn_center_soft02"
+# when"): text embeddings whitened on the catalogue's own items, each user scored by a recency-weighted
+# soft maximum over their history.
+DEFAULT_METHOD = "text_knn_whiten_soft02"
 
 
 def get_config() -> ml_collections.ConfigDict:
