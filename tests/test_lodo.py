@@ -1,6 +1,8 @@
 """The leave-one-domain-out study (recg_jax/grid/lodo.py, lodo_report.py): its plan, each run's config, and
 a study of made-up runs whose choices are made on the validation domain only."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -29,8 +31,8 @@ def test_plan_and_run_configs_of_the_shared_study():
   config = lodo_shared.get_config()
   items = lodo.plan(config)
   kinds = {k: sum(i.kind == k for i in items) for k in lodo.KINDS}
-  assert kinds == {"lodo": 5 * 6 * 3, "text": 10 * 6, "single": 6 * 3, "in_domain": 6 * 3}
-  assert [i.kind for i in items[:60]] == ["text"] * 60  # the training-free runs first
+  assert kinds == {"lodo": 6 * 6 * 3, "text": 13 * 6, "single": 6 * 3, "in_domain": 2 * 6 * 3}
+  assert [i.kind for i in items[:78]] == ["text"] * 78  # the training-free runs first
   kitchen = next(i for i in items if i.kind == "lodo" and i.domain == "Kitchen" and i.preset == "recg")
   rc = lodo.run_config(config, kitchen, lodo_shared.DOMAINS)
   assert rc.data.source == "Scientific+Office+Games+LuxuryBeauty+Food" and tuple(rc.data.targets) == (
@@ -53,7 +55,7 @@ def test_held_out_domains_restrict_the_multi_source_runs_only():
   config.experiment.held_out_domains = ("Office", "Kitchen")
   items = lodo.plan(config)
   assert {i.domain for i in items if i.kind == "lodo"} == {"Office", "Kitchen"}
-  assert sum(i.kind == "lodo" for i in items) == 5 * 2 * 3
+  assert sum(i.kind == "lodo" for i in items) == len(lodo_shared.PRESETS) * 2 * 3
   assert {i.domain for i in items if i.kind != "lodo"} == set(lodo_shared.DOMAINS)
   config.experiment.held_out_domains = ("Books",)
   with pytest.raises(errors.ConfigError, match="held_out_domains"):
@@ -109,19 +111,55 @@ def test_choices_read_the_validation_domain_only(made_up_study):
   assert source == "Gamma"  # the only source that is neither the target nor the validation domain
 
 
-def test_a_text_fields_preset_embeds_into_a_cache_of_its_own(tmp_path, monkeypatch):
-  """Two embedding keys never share the embedding cache, which holds one table per domain name."""
-  roots = []
+def _two_field_domains() -> dict:
+  import _train_driver  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for name in ("Alpha", "Beta"):
+    d = _train_driver.tiny_domain(name)
+    titles = d.item_fields["title"]
+    descriptions = np.array([""] + [f"about {t}" for t in titles[1:]], dtype=object)
+    text = np.array([""] + [f"{t} | about {t}" for t in titles[1:]], dtype=object)
+    out[name] = dataclasses.replace(
+        d, item_fields={"title": titles, "description": descriptions}, item_text=text
+    )
+  return out
+
+
+def test_a_text_fields_preset_embeds_the_studys_own_items_into_a_cache_of_its_own(tmp_path, monkeypatch):
+  """A text-fields preset embeds other text of the same items and users (its own data preparation would
+  drop the items lacking its fields), and two embedding keys never share the embedding cache, which holds
+  one table per domain name."""
+  domains, loads, embedded = _two_field_domains(), [], []
   monkeypatch.setattr(
       lodo.runner,
       "load_domains",
-      lambda config, root, order, with_tables: roots.append(root)
-      or ({}, {"fields": config.data.text_fields}),
+      lambda config, root, order, with_tables: loads.append(root) or (domains, {}),
   )
+
+  def fake_embed(config, root, ds):
+    embedded.append((root, {n: d.item_text for n, d in ds.items()}))
+    return {n: np.zeros((d.num_items + 1, 4), np.float32) for n, d in ds.items()}
+
+  monkeypatch.setattr(lodo.pipeline, "embed_domains", fake_embed)
   config = _tiny_config()
+  config.data.text_fields = ("title", "description")
   tables = lodo._Tables(config, tmp_path, ("Alpha", "Beta"))  # pylint: disable=protected-access
   title = lodo.run_config(config, lodo.Item("text", "Beta", "text_knn_center_title", 0), ("Alpha", "Beta"))
-  assert tables(config)["fields"] == config.data.text_fields  # the study's own key: loaded once, at start
-  assert tables(title)["fields"] == ("title",) and tables(title)["fields"] == ("title",)
-  assert roots[0] == tmp_path and len(roots) == 2
-  assert roots[1].parent == tmp_path / "tables"
+  got = tables(title)
+  assert tables(title) is got and loads == [tmp_path]  # the study's own domains, loaded once
+  assert {n: t.shape[0] for n, t in got.items()} == {n: d.num_items + 1 for n, d in domains.items()}
+  roots = {root for root, _ in embedded}
+  assert len(roots) == 1 and next(iter(roots)).parent == tmp_path / "tables"
+  for _, texts in embedded:
+    for name, t in texts.items():
+      titles = domains[name].item_fields["title"][1:]
+      assert all(x.endswith(y) and "about" not in x for x, y in zip(t[1:], titles))  # the title alone
+
+
+def test_a_text_fields_preset_needs_fields_the_study_prepared():
+  domain = _two_field_domains()["Alpha"]
+  config = _tiny_config()
+  config.data.text_fields = ("brand",)
+  with pytest.raises(errors.ConfigError, match="text_fields"):
+    lodo.with_text_of(domain, config)

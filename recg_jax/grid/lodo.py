@@ -34,6 +34,7 @@ from recg_jax import config as config_lib
 from recg_jax import distributed
 from recg_jax import errors
 from recg_jax import paths
+from recg_jax import pipeline
 from recg_jax.config.presets import PRESETS
 from recg_jax.data import types
 from recg_jax.grid import baselines
@@ -118,12 +119,30 @@ def _embedding_key(config: ml_collections.ConfigDict) -> str:
   )
 
 
+def with_text_of(domain: types.DomainData, config: ml_collections.ConfigDict) -> types.DomainData:
+  """The domain's own users and items, their text rendered from config.data.text_fields instead: a
+  text-fields preset changes what is embedded, never which items and users are compared (preparing the
+  data under its fields would drop the items without those fields and change the domain)."""
+  from recg_jax.data import text  # pylint: disable=g-import-not-at-top
+
+  missing = [f for f in config.data.text_fields if f not in domain.item_fields]
+  if missing:
+    raise errors.ConfigError(
+        f"config.data.text_fields={tuple(config.data.text_fields)}: {domain.name} was prepared with the "
+        f"fields {sorted(domain.item_fields)}, without {missing}; a study's text-fields preset can only "
+        "embed fields the study's data has"
+    )
+  texts, _ = text.render_rows(domain.item_fields, config.text, config.data.text_fields)
+  texts[0] = domain.item_text[0]  # the padding row
+  return dataclasses.replace(domain, item_text=texts)
+
+
 class _Tables:
   """The frozen tables of every domain, loaded once per embedding key (a text-fields preset has its own).
 
-  The study's own key keeps its embeddings in the workdir's cache; any other key in a folder of its own
-  (tables/<hash>/), since the embedding cache holds one table per domain name: sharing it, two keys would
-  rebuild each other's tables at every start."""
+  The study's own key keeps its embeddings in the workdir's cache; any other key embeds the same domains'
+  items (with_text_of) in a folder of its own (tables/<hash>/), since the embedding cache holds one table
+  per domain name: sharing it, two keys would rebuild each other's tables at every start."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: paths.Path, order: Sequence[str]):
     self.workdir, self.order, self.cache = workdir, tuple(order), {}
@@ -136,7 +155,10 @@ class _Tables:
     if key not in self.cache:
       root = self.workdir / "tables" / hashlib.sha256(key.encode()).hexdigest()[:12]
       root.mkdir(parents=True, exist_ok=True)
-      self.cache[key] = runner.load_domains(config, root, self.order, with_tables=True)[1]
+      self.cache[key] = {
+          name: pipeline.embed_domains(config, root, {name: with_text_of(domain, config)})[name]
+          for name, domain in self.domains.items()
+      }
     return self.cache[key]
 
 
