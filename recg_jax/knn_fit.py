@@ -24,6 +24,7 @@ checkpointed: an interrupted run fits again from the start.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -268,7 +269,7 @@ def fit(
 
 def fitted_config(config: ml_collections.ConfigDict, fitted: Fitted) -> ml_collections.ConfigDict:
   """The config whose text_knn scores with the fitted decay and temperature."""
-  c = ml_collections.ConfigDict(config.to_dict())
+  c = copy.deepcopy(config)
   c.model.knn_decay = fitted.decay
   c.model.knn_temperature = fitted.temperature
   return c

@@ -53,10 +53,10 @@ def transform_table(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_
     var_H = jnp.sum(jnp.square(centred), axis=0) / count
     centred = centred / jnp.sqrt(var_H + _VARIANCE_FLOOR)
   elif mode == "whiten":
-    cov_HxH = centred.T @ centred / count
-    eigvals_H, eigvecs_HxH = jnp.linalg.eigh(cov_HxH)
     if not shrinkage >= 0:
       raise errors.ConfigError(f"config.model.whiten_shrinkage must be >= 0, got {shrinkage}")
+    cov_HxH = centred.T @ centred / count
+    eigvals_H, eigvecs_HxH = jnp.linalg.eigh(cov_HxH)
     eigvals_H = jnp.maximum(eigvals_H, 0.0)
     floor = shrinkage * jnp.mean(eigvals_H) + _VARIANCE_FLOOR
     centred = centred @ (eigvecs_HxH / jnp.sqrt(eigvals_H + floor))
