@@ -176,3 +176,12 @@ def test_a_run_records_and_scores_with_what_it_fitted(tiny_config, tiny_problem,
 def test_a_fitted_preset_has_seeds_in_the_baselines_study():
   assert not baselines._is_untrained("text_knn_center_fit")  # pylint: disable=protected-access
   assert baselines._is_untrained("text_knn_center_soft02")  # pylint: disable=protected-access
+
+
+def test_a_training_budget_cuts_what_the_fit_reads(tiny_config, tiny_problem):
+  domains, _ = tiny_problem
+  fit = _fit_config(tiny_config, **{"train.budget": 0.5})
+  plain = tiny_config(**{"model.variant": "text_knn", "train.budget": 0.5})
+  alpha = domains["Alpha"]
+  assert pipeline._capped(fit, {"Alpha": alpha})["Alpha"].num_users < alpha.num_users  # pylint: disable=protected-access
+  assert pipeline._capped(plain, {"Alpha": alpha})["Alpha"] is alpha  # pylint: disable=protected-access
