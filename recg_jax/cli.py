@@ -1,9 +1,10 @@
 """What the command lines share: their common flags (defined once per process, whichever command imports
 them first), the start of a command (unexpected arguments, quiet library logging), the persistent
-compilation cache, the command a study records to regenerate itself, and the entry point, which turns an
-error the project raises on purpose (recg_jax.errors.RecgError) into one line and exit status 1.
+compilation cache, the command a study records to regenerate itself, and the entry point, which makes
+`--help` describe the command however it was started and turns an error the project raises on purpose
+(recg_jax.errors.RecgError) into one line and exit status 1.
 
-The commands (`main`, `experiments`, `baselines`, `recommend`) are thin shells over the libraries.
+The commands (`main`, `experiments`, `baselines`, `recommend`, `tune`) are thin shells over the libraries.
 """
 
 from __future__ import annotations
@@ -123,11 +124,36 @@ def fail(command: str, error: BaseException) -> NoReturn:
   sys.exit(1)
 
 
+def describe_command(module_name: str) -> None:
+  """Makes `--help` describe the command of module `module_name` whatever started it.
+
+  absl's `--help` prints the docstring of `__main__` and the key flags of the module it takes for the main
+  one, named by sys.argv[0]. Under `python -m recg_jax.<command>` that is the command's module; under an
+  installed console script (`recg-jax-recommend`, ...) it is the script pip wrote, which has neither a
+  docstring nor flags. So the command module's docstring becomes `__main__`'s when that has none, and every
+  flag the command reads (those its module defines, the shared ones of this module it holds, --verbose)
+  becomes a key flag of the main module.
+  """
+  module = sys.modules.get(module_name)
+  main_module = sys.modules.get("__main__")
+  if module is None:
+    return
+  if main_module is not None and not main_module.__doc__ and module.__doc__:
+    main_module.__doc__ = module.__doc__
+  registered = sys.argv[0] if module_name == "__main__" else module_name
+  own = flags.FLAGS.get_key_flags_for_module(registered)
+  held = [flags.FLAGS[v.name] for v in vars(module).values() if isinstance(v, flags.FlagHolder)]
+  for flag in [*own, *held, flags.FLAGS["verbose"]]:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run(main: Callable[[list[str]], Any], command: str) -> None:
   """Runs a command's main under absl (flags parsed, exit status set). An error the project raises on
   purpose ends it as `fail` says, unless --verbose or RECG_VERBOSE asks for its traceback; any other
-  exception is a programming error and shows its traceback."""
+  exception is a programming error and shows its traceback. `--help` prints the command module's
+  docstring and its flags (describe_command), however the command was started."""
   verbose = verbose_flag()
+  describe_command(main.__module__)
 
   def guarded(argv):
     try:

