@@ -5,7 +5,8 @@
 
 With experiment.study='leave_one_out' (configs/lodo_shared.py) it runs the leave-one-domain-out study
 (recg_jax.grid.lodo) instead, and with 'warm_start' (configs/warm_start_shared.py) the warm-start study
-(recg_jax.grid.warm_start): budgets of each domain's interactions, from scratch and fine-tuned. Finished
+(recg_jax.grid.warm_start): budgets of each domain's interactions, from scratch and fine-tuned; with
+'in_domain' (configs/in_domain_shared.py) the same machinery at the one budget of 100%. Finished
 runs are skipped when the study is restarted, a killed run resumes from its checkpoint, and DIR/results.md
 is rewritten after every run. `--aggregate_only` rebuilds the tables from finished runs.
 """
@@ -27,7 +28,7 @@ _AGGREGATE_ONLY = cli.aggregate_only_flag()
 def main(argv):
   cli.start(argv, required=("config", "workdir"))
   cli.use_compilation_cache(_WORKDIR.value)
-  studies = {"leave_one_out": lodo, "warm_start": warm_start}
+  studies = {"leave_one_out": lodo, "warm_start": warm_start, "in_domain": warm_start}
   study = studies.get(str(_CONFIG.value.experiment.study), baselines)
   summary = study.run_study(
       _CONFIG.value,

@@ -240,17 +240,28 @@ def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array 
 
 
 @functools.lru_cache(maxsize=16)
-def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int, scorer: tuple = ("dot",)):
+def _ranks_fn(
+    full: bool,
+    sampled: bool,
+    mask: bool,
+    precision: str,
+    steps: int,
+    scorer: tuple = ("dot",),
+    weight_grid: tuple | None = None,
+):
   """The jitted batch scorer: `steps` blocks of rows, each one matrix product and the ranks of each protocol.
 
   A batch of B rows is scored `steps` blocks at a time so the [B / steps, N] score matrix stays small
   (cache-sized on CPU, bounded memory on accelerators). Row i * steps + j goes to block j: with the batch
   sharded over devices, every device then holds an equal share of every block and nothing moves.
+
+  With weight_grid (a fused scorer only: K tuples of one weight per part), every part is scored once per
+  block and the ranks of each of the K weightings come back as [B, K]: what fitting a fusion's weights
+  reads (recg_jax/fusion.py).
   """
   prec = _PRECISIONS[precision]
 
-  def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
-    scores_bxN = scoring.score_matrix(user_bxD, items_NxD, scorer, prec)
+  def ranks(scores_bxN, target_b, hist_bxW, negs_bxK):
     out = {}
     if sampled:
       # Gathered from the same scores: negatives lie outside the sequence, the target is never masked.
@@ -264,16 +275,28 @@ def _ranks_fn(full: bool, sampled: bool, mask: bool, precision: str, steps: int,
       out["full"] = _full_ranks(scores_bxN, target_b, hist_bxW if mask else None)
     return out
 
+  def block(user_bxD, items_NxD, target_b, hist_bxW, negs_bxK):
+    if weight_grid is None:
+      return ranks(scoring.score_matrix(user_bxD, items_NxD, scorer, prec), target_b, hist_bxW, negs_bxK)
+    mats = scoring.part_matrices(user_bxD, items_NxD, scorer, prec)
+
+    def one(w_P):
+      return ranks(sum(w_P[p] * m for p, m in enumerate(mats)), target_b, hist_bxW, negs_bxK)
+
+    out_K = jax.lax.map(one, jnp.asarray(weight_grid, jnp.float32))
+    return {name: r.T for name, r in out_K.items()}  # [K, b] -> [b, K]
+
   def fn(user_BxD, items_NxD, target_B, hist_BxW, negs_BxK):
-    user_BxD, items_NxD = user_BxD.astype(jnp.float32), items_NxD.astype(jnp.float32)
+    as_f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+    user_BxD, items_NxD = as_f32(user_BxD), as_f32(items_NxD)
     if steps == 1:
       return block(user_BxD, items_NxD, target_B, hist_BxW, negs_BxK)
-    rows = user_BxD.shape[0] // steps
+    rows = target_B.shape[0] // steps
     split = lambda x: jnp.swapaxes(x.reshape((rows, steps) + x.shape[1:]), 0, 1)
     merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((rows * steps,) + x.shape[2:])
     out = jax.lax.map(
         lambda xs: block(xs[0], items_NxD, *xs[1:]),
-        tuple(split(x) for x in (user_BxD, target_B, hist_BxW, negs_BxK)),
+        jax.tree.map(split, (user_BxD, target_B, hist_BxW, negs_BxK)),
     )
     return {name: merge(r) for name, r in out.items()}
 
@@ -334,6 +357,12 @@ def user_ranks(
 
 
 def _check_domain(domain: DomainData, item_vecs_NxD) -> None:
+  """Users to rank, and item vectors [I+1, D] (each part's, for a fused scorer's tuple of them)."""
+  for part in jax.tree.leaves(item_vecs_NxD):
+    _check_items(domain, part)
+
+
+def _check_items(domain: DomainData, item_vecs_NxD) -> None:
   num_items, num_users = domain.num_items, domain.num_users
   if num_users == 0:
     raise DataError(f"domain {domain.name!r} has no users to evaluate")
@@ -379,13 +408,17 @@ def _my_groups(inputs_UxL: np.ndarray, length_buckets: Sequence[int]) -> list[tu
 
 
 def _collect(pending: list, names: dict[str, str | None], num_users: int) -> dict[str, dict[str, np.ndarray]]:
-  """{head: {protocol name: ranks_U}} from the batches' device results (summed over processes)."""
+  """{head: {protocol name: ranks_U}} from the batches' device results (summed over processes); ranks_UxK
+  under a weight grid."""
   ranks: dict[str, dict[str, np.ndarray]] = {}
   for real, head, out in pending:
     for key in ("full", "sampled"):  # this order, whatever the scorer's: metric dicts print in it
       if key in out:
-        ranks_U = ranks.setdefault(head, {}).setdefault(names[key], np.zeros(num_users, np.float32))
-        ranks_U[real] = np.asarray(out[key])[: len(real)]
+        batch_ranks = np.asarray(out[key])
+        ranks_U = ranks.setdefault(head, {}).setdefault(
+            names[key], np.zeros((num_users,) + batch_ranks.shape[1:], np.float32)
+        )
+        ranks_U[real] = batch_ranks[: len(real)]
   if distributed.multi():
     # Each process filled its own users and left zeros elsewhere: the sum holds every user's rank. Every
     # process has every head and protocol (the heads come from the model, not from its users).
@@ -405,10 +438,12 @@ def head_ranks(
     mesh: jax.sharding.Mesh | None = None,
     protocols: Sequence[str] | None = None,
     scorer: tuple = ("dot",),
+    weight_grid: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
   """As user_ranks, for a user_fn that returns several user vectors per row ({head: user_BxD}, e.g. with
   and without a final transform): the model runs once per batch and every head is ranked.
-  Returns {head: {protocol name: ranks_U}}."""
+  Returns {head: {protocol name: ranks_U}}; with weight_grid (a fused scorer's K weightings of its parts,
+  scored from one pass) ranks_UxK."""
   protocols = tuple(eval_config.protocols if protocols is None else protocols)
   num_sampled = int(eval_config.num_sampled_negatives)
   run_full, sampled_name = _parse_protocols(protocols, num_sampled)
@@ -429,7 +464,11 @@ def head_ranks(
   )
   mesh, shards, items, put = _placement(mesh, item_vecs_NxD)
   batch, steps = _geometry(eval_config, domain.num_items, domain.num_users, shards)
-  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps, tuple(scorer))
+  if weight_grid is not None:
+    if not scoring.is_fused(scorer):
+      raise ValueError(f"a weight grid needs a fused scorer, got {scorer[0]!r}")
+    weight_grid = tuple(tuple(float(w) for w in row) for row in weight_grid)
+  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps, tuple(scorer), weight_grid)
   max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
@@ -444,11 +483,12 @@ def head_ranks(
         )
         target_B, negs_BxK = put(targets_U[users_B]), put(negs_UxK[users_B])
         for head, user_BxD in users_by_head.items():
-          want = (batch, items.shape[1]) if scorer[0] == "dot" else (batch, seq_width, items.shape[1] + 1)
-          if user_BxD.shape != want:
+          if not scoring.user_shape_ok(user_BxD, items, scorer, batch, seq_width):
+            shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
             raise ValueError(
-                f"user_fn returned shape {user_BxD.shape}; expected {list(want)} to score against item "
-                f"vectors {items.shape} (scorer {scorer[0]!r})"
+                f"user_fn returned shape {shapes(user_BxD)}, which scorer {scorer[0]!r} cannot score "
+                f"against item vectors {shapes(items)} ([{batch}, D] per user vector; [{batch}, "
+                f"{seq_width}, D + 1] per history)"
             )
           pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
   return _collect(pending, {"full": "full", "sampled": sampled_name}, domain.num_users)
@@ -595,4 +635,5 @@ def evaluate_split(
       domain,
       eval_config,
       mesh=mesh,
+      scorer=model.scorer,
   )

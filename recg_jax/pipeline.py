@@ -64,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
   if mode == "data":
     return None
   tables = None
-  if config.model.variant != "id" or mode == "embed":
+  if needs_tables(config) or mode == "embed":
     tables = embed_domains(config, workdir_path, domains)
   if mode == "embed":
     return None
@@ -99,30 +99,20 @@ def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainDa
 def _budget_records(
     config: ml_collections.ConfigDict,
     domains: dict[str, types.DomainData],
-    tables: dict[str, np.ndarray] | None,
-    trained,
+    evaluate_fn,
 ) -> list[dict]:
   """With train.budget < 1: each source's test split scored over all its users (those of the budget,
   whose training parts the model saw, and all the others, whose histories it reads only as inputs), as
-  records of the stage 'budget'. None of it is seen in training or early stopping."""
+  records of the stage 'budget'. None of it is seen in training or early stopping. evaluate_fn(source,
+  domain, split) gives the method's metrics."""
   budget = float(config.train.budget)
   if budget >= 1.0:
     return []
-  from recg_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-
   cap = int(config.train.max_users_per_source)
   records = []
   for source in types.source_names(config.data.source):
     whole = types.user_subset(domains[source], cap)
-    metrics = evaluate_lib.evaluate_split(
-        trained.model,
-        trained.params,
-        None if tables is None else tables[source],
-        types.leave_one_out(whole, "test", int(config.data.max_len)),
-        whole,
-        config.eval,
-        None,
-    )
+    metrics = evaluate_fn(source, whole, "test")
     extra = {
         "budget": budget,
         "budget_users": len(types.budget_users(whole, budget)),
@@ -134,21 +124,38 @@ def _budget_records(
   return records
 
 
+def needs_tables(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run reads item text embeddings: its model does (recommender.reads_table), or it fuses a
+  trained model with a text recommender (config.fusion)."""
+  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+
+  return recommender.reads_table(config.model) or bool(config.fusion.enabled)
+
+
 def model_tables(
     config: ml_collections.ConfigDict, tables: dict[str, np.ndarray] | None
 ) -> dict[str, np.ndarray] | None:
-  """The frozen tables of the run's domains as its model reads them (model.table_transform applied);
-  None for variant 'id', which reads no table."""
-  if config.model.variant == "id" or tables is None:
+  """The frozen tables of the run's domains as its model reads them (model.table_transform applied; for
+  variant 'text_id' the texts' whitened coordinates reduced to model.hidden_dim); None for a model that
+  reads no table (a plain variant 'id')."""
+  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+
+  if not recommender.reads_table(config.model) or tables is None:
     return None
+  return {n: model_table(config, tables[n]) for n in run_domains(config) if n in tables}
+
+
+def model_table(config: ml_collections.ConfigDict, table: np.ndarray) -> np.ndarray:
+  """One domain's frozen table as config.model reads it (see model_tables), from that table alone."""
+  from recg_jax.models import text_hybrid  # pylint: disable=g-import-not-at-top
   from recg_jax.models import text_space  # pylint: disable=g-import-not-at-top
 
-  names = [n for n in run_domains(config) if n in tables]
-  return text_space.transform_tables(
-      {n: tables[n] for n in names},
-      str(config.model.table_transform),
-      float(config.model.whiten_shrinkage),
-  )
+  mc = config.model
+  if str(mc.variant) == "text_id":
+    return text_hybrid.text_coordinates(
+        table, int(mc.hidden_dim), float(mc.text_id_scale), float(mc.whiten_shrinkage)
+    )
+  return text_space.transform_tables({"": table}, str(mc.table_transform), float(mc.whiten_shrinkage))[""]
 
 
 def train_and_transfer(
@@ -170,13 +177,19 @@ def train_and_transfer(
   configs, workdirs = list(configs), [paths.as_path(w) for w in workdirs]
   config = configs[0]
   zero_shot = str(config.experiment.mode) == "zero_shot"
-  if zero_shot and config.model.variant == "id":
+  if zero_shot and config.model.variant in ("id", "text_id"):
     raise errors.ConfigError(
-        "config.model.variant='id' has no item text, so it cannot transfer to another domain: "
-        "use experiment.mode=in_domain, or variant 'sem' / 'recg' for zero-shot runs"
+        f"config.model.variant={config.model.variant!r} learns one vector per item of its source, so it "
+        "cannot transfer to another domain: use experiment.mode=in_domain, or variant 'sem' / 'recg' for "
+        "zero-shot runs"
+    )
+  if zero_shot and config.fusion.enabled:
+    raise errors.ConfigError(
+        "config.fusion fits its weight on the source's validation split, for the source: use "
+        "experiment.mode=in_domain"
     )
   run_tables = model_tables(config, tables)
-  names = run_domains(config) if config.model.variant != "id" else types.source_names(config.data.source)
+  names = run_domains(config) if run_tables is not None else types.source_names(config.data.source)
   missing = [n for n in names if n not in domains]
   if missing:
     raise errors.ConfigError(
@@ -187,6 +200,11 @@ def train_and_transfer(
   if config.model.variant == "text_knn":
     return [
         _outcome(lambda c=c, w=w: evaluate_text_knn(c, w, run_domains_, run_tables, zero_shot))
+        for c, w in zip(configs, workdirs)
+    ]
+  if config.fusion.enabled and str(config.fusion.trained_run):  # nothing to train
+    return [
+        _outcome(lambda c=c, w=w: fuse_finished(c, w, run_domains_, loaded, tables))
         for c, w in zip(configs, workdirs)
     ]
   from recg_jax import training  # pylint: disable=g-import-not-at-top
@@ -204,7 +222,17 @@ def train_and_transfer(
         records = transfer_trained(c, w, run_domains_, run_tables, r)
       else:
         records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
-      extra = _budget_records(c, loaded, run_tables, r)
+      if c.fusion.enabled:
+        return fuse_trained(c, w, run_domains_, loaded, tables, r.model, r.params, records)
+
+      def evaluate_fn(source, domain, split, c=c, r=r):
+        from recg_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+        table = None if run_tables is None else run_tables[source]
+        rows = types.leave_one_out(domain, split, int(c.data.max_len))
+        return evaluate_lib.evaluate_split(r.model, r.params, table, rows, domain, c.eval, None)
+
+      extra = _budget_records(c, loaded, evaluate_fn)
       if extra:
         records = [*records, *extra]
         results_lib.write_results(w, records, c)
@@ -214,6 +242,70 @@ def train_and_transfer(
 
     outcomes.append(_outcome(records_of))
   return outcomes
+
+
+def fuse_trained(
+    config: ml_collections.ConfigDict,
+    workdir: paths.Path,
+    domains: dict[str, types.DomainData],
+    whole: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+    model,
+    params,
+    trained_records: Sequence[dict],
+) -> list[dict]:
+  """config.fusion after the trained part: theta fitted on the source's validation split, then the fused
+  recommender's validation and test metrics (and with a budget its 'budget' records over every user, from
+  `whole`), the trained part's own metrics kept in each record's extra. Writes fusion.json, results.json
+  and results.md in workdir; returns the records."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
+
+  fusion_lib.check(config)
+  (source,) = types.source_names(config.data.source)
+  if tables is None or source not in tables:
+    raise errors.ConfigError(f"config.fusion needs the frozen text table of {source!r}")
+  run_table = model_tables(config, {source: tables[source]})
+  trained = fusion_lib.Part(model, params, None if run_table is None else run_table[source])
+  fused = fusion_lib.Fused(fusion_lib.text_part(config, domains[source], tables[source]), trained)
+  fitted = fusion_lib.fit(config, fused, domains[source])
+  fusion_lib.announce(fitted, source)
+  fused = dataclasses.replace(fused, theta=fitted.theta)
+  metrics = {
+      f"{split}/{k}": v
+      for split in ("valid", "test")
+      for k, v in fusion_lib.evaluate_split(config, fused, domains[source], split).items()
+  }
+  base = next((r for r in trained_records if r.get("stage") == "in_domain"), {"extra": {}, "metrics": {}})
+  extra = {**(base.get("extra") or {}), "fusion": fitted.as_extra(config), "trained_part": base["metrics"]}
+  records = [results_lib.make_record(config, "in_domain", source, metrics, extra)]
+  records += _budget_records(
+      config, whole, lambda _, domain, split: fusion_lib.evaluate_split(config, fused, domain, split)
+  )
+  if distributed.is_primary():
+    fusion_lib.write_fit(workdir, config, fitted)
+  results_lib.write_and_print(workdir, records, config)
+  return records
+
+
+def fuse_finished(
+    config: ml_collections.ConfigDict,
+    workdir: str | paths.Path,
+    domains: dict[str, types.DomainData],
+    whole: dict[str, types.DomainData],
+    tables: dict[str, np.ndarray] | None,
+) -> list[dict]:
+  """fuse_trained over the trained part of the finished run config.fusion.trained_run: nothing trains."""
+  from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
+  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
+
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  params, records = fusion_lib.finished_trained_part(config, workdir)
+  (source,) = types.source_names(config.data.source)
+  model = recommender.build_model(config, domains[source].num_items)
+  return fuse_trained(config, workdir, domains, whole, tables, model, params, records)
 
 
 def _outcome(run_one) -> Outcome:

@@ -78,6 +78,13 @@ def loss_name(config: ml_collections.ConfigDict) -> str:
     name += f" + L_gen(alpha={gc.alpha}, tau={gc.tau}, inter_sign={sign}1, B={gc.samples_per_domain}{extra})"
   if mc.score_space == "text":
     name += f"; scored in the text space (text_user={mc.text_user}, table_transform={mc.table_transform})"
+  if mc.variant == "text_id":
+    name += (
+        f"; items: whitened text coordinates (scale {mc.text_id_scale}) plus learned ids, the leading "
+        f"{mc.text_id_frozen_dims} of {mc.hidden_dim} dimensions frozen"
+    )
+  if config.fusion.enabled:
+    name += f"; fused with {config.fusion.text_preset} (per-user z-scores, weight fitted on validation)"
   return name
 
 

@@ -11,6 +11,7 @@ from recg_jax import errors
 from recg_jax import pipeline
 from recg_jax.grid import lodo
 from recg_jax.grid import lodo_report
+from recg_jax.grid import runner
 
 from _grid_fakes import fake_runs
 from _grid_fakes import made_up
@@ -97,7 +98,7 @@ def test_a_made_up_study_runs_every_run_once_and_tables_it(made_up_study):
 def test_choices_read_the_validation_domain_only(made_up_study):
   workdir, _, _ = made_up_study
   config = _tiny_config()
-  values = lodo_report.collect_values(lodo.collect_markers(workdir))
+  values = lodo_report.collect_values(runner.collect_markers(workdir, lodo_report.RUNS))
   key = lambda preset, d: ("text", d, d, preset, "full", "ndcg@10")
   want = max(("text_knn", "text_knn_center"), key=lambda p: made_up(p, "Beta", 0, "full/ndcg@10"))
   assert lodo_report.choose_text_baseline(values, config.experiment.text_presets, ("Beta",)) == want

@@ -129,7 +129,7 @@ def test_the_report_reads_each_runs_whole_domain_test_and_where_it_crosses(made_
     assert needle in md, needle
   assert (workdir / "crossover.png").stat().st_size > 0
   values = warm_start_report.collect_values(
-      warm_start.collect_markers(workdir, [i.relpath for i in warm_start.plan(config)])
+      runner.markers_of(workdir, [i.relpath for i in warm_start.plan(config)])
   )
   assert values[("finetune", "Alpha", 0.2, "sem", "full", "ndcg@10")] == pytest.approx(
       {s: _made_up("finetune", 0.2, s) for s in (0, 1, 2)}

@@ -146,6 +146,13 @@ def get_model_config() -> ml_collections.ConfigDict:
   # whiten_shrinkage times the mean variance: 0 = plain whitening) are the same kind of transform.
   c.table_transform = "none"
   c.whiten_shrinkage = 0.1
+  # Variant 'text_id' (items joined from text and ids, models/heads.py): its table is each domain's text
+  # embeddings whitened and reduced to hidden_dim dimensions (models/text_hybrid.py; per dimension the
+  # items' variance is text_id_scale^2), and every item learns an offset in the trailing columns. The
+  # leading text_id_frozen_dims columns (the directions in which the texts differ most) never train:
+  # 0 = an ID table initialised from the texts; hidden_dim / 2 = AlphaFuse's construction.
+  c.text_id_frozen_dims = 0
+  c.text_id_scale = 1.0
   return c
 
 
@@ -316,6 +323,9 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # the runs of the finished leave-one-out study in init_study (its domain held out there), beside the
   # training-free text_presets.
   c.budgets = (0.01, 0.05, 0.2, 0.5, 1.0)
+  # `in_domain`: the warm-start study at the one budget of 100% (budgets are then ignored), its own table
+  # (recg_jax/grid/in_domain_report.py). Both tables compare every trained preset with the ID reference.
+  c.reference_preset = "id_ce"
   c.finetune_presets = ()
   c.init_study = ""
   c.text_presets = ()
@@ -349,6 +359,24 @@ def get_knn_fit_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.init_temperature = 0.05  # the loss's logits start as the soft maximum / this
   c.length_buckets = (8, 16, 32)  # padded history widths (as train.length_buckets), capped at data.max_len
+  return c
+
+
+def get_fusion_config() -> ml_collections.ConfigDict:
+  """Late fusion of a trained model with a training-free text recommender (recg_jax/fusion.py): after
+  training, each user's scores of both are standardised over the catalogue and summed with weights
+  (1 - theta, theta), theta fitted on the source's validation split (eval.select_metric) over [0, 1]: 0
+  is the text recommender alone, 1 the trained model alone. In-domain runs only."""
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.text_preset = "text_knn_whiten_soft02"  # the training-free part: a text_knn preset (config/presets.py)
+  # theta is searched on theta = k / coarse_steps (k = 0..coarse_steps), then on fine_steps + 1 values
+  # spanning one coarse step either side of the best.
+  c.coarse_steps = 20
+  c.fine_steps = 20
+  # A finished run (its folder) whose best parameters are the trained part: nothing is trained, the fusion
+  # is fitted on that run's model (its model and data settings must be this run's). "" = train it here.
+  c.trained_run = ""
   return c
 
 
@@ -402,4 +430,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.experiment = get_experiment_config()
   config.tuning = get_tuning_config()
   config.knn_fit = get_knn_fit_config()
+  config.fusion = get_fusion_config()
   return config

@@ -158,3 +158,86 @@ PRESETS: dict[str, dict[str, Any]] = {
     # interactions per item: its early-stopping curve is flat for several epochs).
     "id_long": {"model.variant": "id", "train.num_epochs": 200, "train.patience": 10},
 }
+
+# SASRec as practitioners train it today (RecBole's SASRec): its blocks (FFN 4d with GELU, LayerNorm epsilon
+# 1e-12, N(0, 0.02) kernels), d=64, two layers, two heads, dropout 0.5, Adam at 1e-3, batch 128, softmax
+# cross-entropy over the whole catalogue, early stopping on validation NDCG@10 with patience 10, up to 200
+# epochs. Every field is set here, so that no study can train its reference weaker than another study.
+CE_TRAINING: dict[str, Any] = {
+    "model.backbone": "sasrec",
+    "model.hidden_dim": 64,
+    "model.num_layers": 2,
+    "model.num_heads": 2,
+    "model.dropout": 0.5,
+    "model.emb_dropout": 0.5,
+    "model.pre_ln": False,
+    "model.sasrec_ffn_multiplier": 4,
+    "model.sasrec_activation": "gelu",
+    "model.sasrec_ln_epsilon": 1e-12,
+    "model.sasrec_init_std": 0.02,
+    "train.loss": "softmax",
+    "train.learning_rate": 1e-3,
+    "train.batch_size": 128,
+    "train.num_epochs": 200,
+    "train.patience": 10,
+    "train.targets": "all_prefixes",
+}
+# The training-free text baseline the hybrids join (the best of the leave-one-domain-out study's
+# validation domains); its text fields, without its variant.
+TEXT_BASELINE = "text_knn_whiten_soft02"
+_TEXT_FIELDS = {k: v for k, v in PRESETS[TEXT_BASELINE].items() if k != "model.variant"}
+# An in-domain model learns one vector per item of its catalogue: every user trains it (the per-source cap
+# of multi-source studies does not apply).
+_EVERY_USER = {"train.max_users_per_source": 0}
+PRESETS.update(
+    {
+        # The references: SASRec-ID and SASRec-Sem trained with cross-entropy (the paper's BPR models are
+        # `id`, `sem`, `recg` above).
+        "id_ce": {"model.variant": "id", **CE_TRAINING, **_EVERY_USER},
+        "sem_ce": {"model.variant": "sem", **CE_TRAINING},
+        # Hybrids of text and interactions (docs/method.md, "Text and interactions together"), in-domain.
+        # Late fusion: id_ce's scores and the text baseline's, standardised per user, theta fitted on the
+        # validation split (recg_jax/fusion.py).
+        "fusion": {
+            "model.variant": "id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            "fusion.enabled": True,
+            "fusion.text_preset": TEXT_BASELINE,
+        },
+        # SASRec-ID whose item table starts from the whitened text embeddings reduced to d.
+        "id_text_init": {
+            "model.variant": "text_id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            "model.text_id_frozen_dims": 0,
+        },
+        # AlphaFuse: the leading half of those text coordinates frozen, ids learned in the other half.
+        "alphafuse": {
+            "model.variant": "text_id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            "model.text_id_frozen_dims": CE_TRAINING["model.hidden_dim"] // 2,
+        },
+        # Ids on top of text: the text baseline's score as a fixed logit offset (one learned scale), an
+        # ID model trained on top of it with cross-entropy.
+        "id_text_offset": {
+            "model.variant": "id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            **_TEXT_FIELDS,
+            "model.score_space": "text",
+            "model.text_user": "offset",
+        },
+        # The text-mix model with an ID model as its trained half, trained jointly: text_knn's cosine with
+        # the whitened history mean (a learned scale) plus the ID score.
+        "text_mix_id": {
+            "model.variant": "id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            "model.table_transform": _TEXT_FIELDS["model.table_transform"],
+            "model.score_space": "text",
+            "model.text_user": "mix",
+        },
+    }
+)

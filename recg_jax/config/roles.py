@@ -78,6 +78,8 @@ ROLES: dict[str, str] = {
     "eval.batch_size": COSMETIC,
     "eval.score_block_rows": COSMETIC,
     "eval.max_scores_per_block": COSMETIC,
+    # Where a fusion's trained part was trained: the same model whichever run trained it.
+    "fusion.trained_run": COSMETIC,
 }
 
 # What training reads ('section' or 'section.field'): the scope of a checkpoint's run signature.

@@ -38,6 +38,7 @@ from recg_jax import pipeline
 from recg_jax.config.presets import PRESETS
 from recg_jax.data import types
 from recg_jax.grid import baselines
+from recg_jax.grid import lodo_report
 from recg_jax.grid import planning
 from recg_jax.grid import runner
 
@@ -183,8 +184,6 @@ def run_study(
     aggregate_only: bool = False,
 ) -> dict[str, Any]:
   """Runs every unfinished run, rewriting DIR/results.md after each group; returns what ran and failed."""
-  from recg_jax.grid import lodo_report  # pylint: disable=g-import-not-at-top
-
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   order = planning.grid_domains(config)
@@ -211,14 +210,3 @@ def run_study(
     ran, failed = ran + done, failed + bad
   path = lodo_report.write_report(workdir, config, meta)
   return {"ran": ran, "failed": failed, "tables": str(path)}
-
-
-def collect_markers(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Every completion marker of the study's runs, in path order."""
-  root = paths.as_path(workdir) / "runs"
-  out = []
-  for path in sorted(root.glob(f"*/*/*/seed*/{runner.DONE}")):
-    done = runner.read_done(path.parent)
-    if done is not None:
-      out.append(done)
-  return out

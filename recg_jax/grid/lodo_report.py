@@ -21,8 +21,11 @@ from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.config.presets import PRESETS
 from recg_jax.grid import baselines
-from recg_jax.grid import lodo
 from recg_jax.grid import report
+from recg_jax.grid import runner
+
+# The study's run folders under DIR/runs: <kind>/<domain>/<preset>/seed<k> (recg_jax/grid/lodo.py).
+RUNS = "*/*/*/seed*"
 
 SELECT = "full/ndcg@10"  # what every choice maximises (mean over the validation domains)
 REFERENCE = "sem"  # the paired t-test's reference among the multi-source presets
@@ -237,7 +240,7 @@ def goal_lines(values, config, domains) -> list[str]:
 
 def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/results.md (and the values behind it, results.json) from every finished run."""
-  markers = lodo.collect_markers(workdir)
+  markers = runner.collect_markers(workdir, RUNS)
   values = collect_values(markers)
   domains = list(meta["domains"])
   random_path = workdir / baselines.RANDOM

@@ -206,8 +206,26 @@ def member_groups(
 
   groups: dict[str, list] = {}
   for i, (rc, payload) in enumerate(items):
-    alone = max_size <= 1 or rc.model.variant == "text_knn"
+    # text_knn trains nothing, nor does a fusion over a finished run's trained part.
+    alone = (
+        max_size <= 1 or rc.model.variant == "text_knn" or bool(rc.fusion.enabled and rc.fusion.trained_run)
+    )
     key = f"alone:{i}" if alone else json.dumps(members.shared_fields(rc), sort_keys=True, default=str)
     groups.setdefault(key, []).append((rc, payload))
   size = max(int(max_size), 1)
   return [g[lo : lo + size] for g in groups.values() for lo in range(0, len(g), size)]
+
+
+def budget_label(budget: float) -> str:
+  """A training budget as its folder and column name: 0.05 -> '5pct'."""
+  return f"{100 * float(budget):g}pct"
+
+
+def budgets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """experiment.budgets, checked: shares in (0, 1], ascending, without repeats."""
+  values = tuple(float(b) for b in config.experiment.budgets)
+  if not values or any(not 0.0 < b <= 1.0 for b in values) or list(values) != sorted(set(values)):
+    raise errors.ConfigError(
+        f"config.experiment.budgets={values}: expected shares in (0, 1], ascending, without repeats"
+    )
+  return values

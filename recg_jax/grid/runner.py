@@ -343,12 +343,20 @@ def _release_compiled() -> None:
   gc.collect()
 
 
-def collect_markers(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Every completion marker under workdir/runs, in path order."""
+def collect_markers(workdir: str | os.PathLike, pattern: str = "*/*/seed*") -> list[dict[str, Any]]:
+  """Every completion marker of the run folders workdir/runs/<pattern>, in path order (a study's reports
+  read its runs through here, never through the study's own module)."""
   runs = paths.as_path(workdir) / "runs"
   out = []
-  for path in sorted(runs.glob(f"*/*/seed*/{DONE}")):
+  for path in sorted(runs.glob(f"{pattern}/{DONE}")):
     done = read_done(path.parent)
     if done is not None:
       out.append(done)
   return out
+
+
+def markers_of(workdir: str | os.PathLike, relpaths: Sequence[str]) -> list[dict[str, Any]]:
+  """The completion markers of the given run folders (relative to workdir) that finished, in their order."""
+  root = paths.as_path(workdir)
+  markers = [read_done(root / rel) for rel in relpaths]
+  return [m for m in markers if m is not None]

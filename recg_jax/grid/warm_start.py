@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -35,17 +35,18 @@ from recg_jax import config as config_lib
 from recg_jax import distributed
 from recg_jax import errors
 from recg_jax import paths
+from recg_jax.config import roles
 from recg_jax.config.presets import PRESETS
 from recg_jax.grid import baselines
+from recg_jax.grid import in_domain_report
 from recg_jax.grid import planning
 from recg_jax.grid import runner
+from recg_jax.grid import warm_start_report
 
 KINDS = ("text", "scratch", "finetune")
-
-
-def budget_label(budget: float) -> str:
-  """A budget as its folder and column name: 0.05 -> '5pct'."""
-  return f"{100 * float(budget):g}pct"
+# The tables of each study this module runs: the warm-start study, and the in-domain study (its budget of
+# 100% alone).
+REPORTS = {"warm_start": warm_start_report.write_report, "in_domain": in_domain_report.write_report}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +63,9 @@ class Item:
   def relpath(self) -> str:
     if self.kind == "text":
       return f"runs/text/{self.domain}/{self.preset}/seed{self.seed}"
-    return f"runs/{self.kind}/{self.domain}/{budget_label(self.budget)}/{self.preset}/seed{self.seed}"
-
-
-def budgets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-  """experiment.budgets, checked: shares in (0, 1], ascending, without repeats."""
-  values = tuple(float(b) for b in config.experiment.budgets)
-  if not values or any(not 0.0 < b <= 1.0 for b in values) or list(values) != sorted(set(values)):
-    raise errors.ConfigError(
-        f"config.experiment.budgets={values}: expected shares in (0, 1], ascending, without repeats"
+    return (
+        f"runs/{self.kind}/{self.domain}/{planning.budget_label(self.budget)}/{self.preset}/seed{self.seed}"
     )
-  return values
 
 
 def plan(config: ml_collections.ConfigDict) -> list[Item]:
@@ -96,8 +89,9 @@ def plan(config: ml_collections.ConfigDict) -> list[Item]:
   if not seeds:
     raise errors.ConfigError("config.experiment.seeds is empty")
   items = [Item("text", d, 1.0, p, 0) for p in ec.text_presets for d in domains]
+  study_budgets = (1.0,) if str(ec.study) == "in_domain" else planning.budgets(config)
   for d in domains:
-    for b in budgets(config):
+    for b in study_budgets:
       for seed in seeds:
         items += [Item("scratch", d, b, p, seed) for p in ec.presets]
         items += [Item("finetune", d, b, p, seed) for p in ec.finetune_presets]
@@ -116,8 +110,7 @@ def init_run(config: ml_collections.ConfigDict, item: Item) -> paths.Path:
   )
 
 
-def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.ConfigDict:
-  """The config of one run: in-domain on its domain, its budget, seed and starting point, then its preset."""
+def _plain_run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.ConfigDict:
   c = copy.deepcopy(config)
   c.data.source, c.data.targets, c.data.auxiliary = item.domain, (), ()
   c.experiment.mode = "in_domain"
@@ -127,6 +120,35 @@ def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.
   c.train.init_from = str(init_run(config, item)) if item.kind == "finetune" else ""
   c.experiment.name = f"{config.experiment.name or 'warm_start'}/{item.relpath.removeprefix('runs/')}"
   return config_lib.apply_preset(c, item.preset)
+
+
+def _without_fusion(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {k: v for k, v in roles.fingerprint(c).items() if k not in ("fusion", "experiment")}
+
+
+def trained_part_of(config: ml_collections.ConfigDict, item: Item) -> Item | None:
+  """For a fusion preset, the study's run (same kind, domain, budget and seed) of the first preset that
+  trains exactly its trained part, if any: the fusion then fits over that run instead of training again."""
+  if item.kind == "text" or not PRESETS[item.preset].get("fusion.enabled"):
+    return None
+  mine = _without_fusion(_plain_run_config(config, item))
+  for preset in config.experiment.presets:
+    if preset == item.preset or PRESETS[preset].get("fusion.enabled"):
+      continue
+    other = dataclasses.replace(item, preset=preset)
+    if _without_fusion(_plain_run_config(config, other)) == mine:
+      return other
+  return None
+
+
+def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.ConfigDict:
+  """The config of one run: in-domain on its domain, its budget, seed and starting point, then its preset
+  (a fusion over the run of the study's preset that trains its trained part, when there is one)."""
+  c = _plain_run_config(config, item)
+  base = trained_part_of(config, item)
+  if base is not None:  # relative to the fusion's own folder, so that a moved study keeps working
+    c.fusion.trained_run = os.path.relpath(base.relpath, item.relpath)
+  return c
 
 
 def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.PendingRun], list[str]]:
@@ -141,6 +163,11 @@ def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.Pendin
     elif item.kind == "finetune" and runner.read_done(init_run(config, item)) is None:
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for its starting run {init_run(config, item)} to finish")
+    elif (base := trained_part_of(config, item)) and not (
+        runner.read_done(workdir / base.relpath) or base.relpath in {p.relpath for p in pending}
+    ):
+      waiting.append(item.relpath)
+      distributed.say(f"{tag}: waits for the run of its trained part, {base.relpath}")
     elif not aggregate_only:
       spec = planning.RunSpec(item.domain, str(rc.model.backbone), str(rc.model.variant), item.seed)
       pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
@@ -155,8 +182,6 @@ def run_study(
 ) -> dict[str, Any]:
   """Runs every unfinished run whose start is there, rewriting DIR/results.md after each group; returns
   what ran, failed and waits."""
-  from recg_jax.grid import warm_start_report  # pylint: disable=g-import-not-at-top
-
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   order = planning.grid_domains(config)
@@ -165,6 +190,7 @@ def run_study(
   baselines.write_random(workdir, config, domains)
   meta = runner.study_meta(command, order, [i.relpath for i in items])
   pending, waiting = _pending(config, items, workdir, aggregate_only)
+  write_report = REPORTS[str(config.experiment.study)]
   compile_stats.install()
   ran, failed = runner.run_pending(
       pending,
@@ -174,14 +200,7 @@ def run_study(
       meta["machine"],
       int(config.experiment.member_group_size),
       "[warm_start]",
-      after_each=lambda: warm_start_report.write_report(workdir, config, meta),
+      after_each=lambda: write_report(workdir, config, meta),
   )
-  path = warm_start_report.write_report(workdir, config, meta)
+  path = write_report(workdir, config, meta)
   return {"ran": ran, "failed": failed, "waiting": waiting, "tables": str(path)}
-
-
-def collect_markers(workdir: str | os.PathLike, relpaths: Sequence[str]) -> list[dict[str, Any]]:
-  """The completion markers of the study's finished runs, in plan order."""
-  root = paths.as_path(workdir)
-  markers = [runner.read_done(root / rel) for rel in relpaths]
-  return [m for m in markers if m is not None]

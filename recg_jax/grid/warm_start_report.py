@@ -23,8 +23,9 @@ from recg_jax import plots
 from recg_jax import results as results_lib
 from recg_jax.config.presets import PRESETS
 from recg_jax.grid import baselines
+from recg_jax.grid import planning
 from recg_jax.grid import report
-from recg_jax.grid import warm_start
+from recg_jax.grid import runner
 
 PROTOCOL = "full"
 METRICS = ("ndcg@10", "recall@10")
@@ -120,7 +121,7 @@ def crossing(values, kind, preset, domain, budgets: Sequence[float], bases: dict
 
 
 def _crossing_text(c) -> str:
-  return "not yet finished" if c == "…" else "never (up to 100%)" if c is None else warm_start.budget_label(c)
+  return "not yet finished" if c == "…" else "never (up to 100%)" if c is None else planning.budget_label(c)
 
 
 def _bases(values, chosen: str | None, domain: str) -> dict[str, float]:
@@ -135,7 +136,7 @@ def domain_tables(values, config, domain: str, chosen: str | None, budgets, user
   """One table per metric: a row per method, a column per budget (with the users it trains on)."""
   bases = _bases(values, chosen, domain)
   header = ["method"] + [
-      warm_start.budget_label(b)
+      planning.budget_label(b)
       + (f" ({users[(domain, b)]:,} users)" if (domain, b) in users else " (all users)" if b >= 1 else "")
       for b in budgets
   ]
@@ -233,7 +234,7 @@ def goal_lines(values, config, tests: Sequence[str], chosen, budgets) -> list[st
         f"scratch on {len(earlier)} of {len(finished)} finished test targets "
         f"({', '.join(earlier) or 'none'}; the goal is 3 of {len(tests)}), and is above SASRec-ID (the "
         f"best of {', '.join(f'`{p}`' for p in ids) or 'none'}) in mean `full` NDCG@10 at every budget up to "
-        f"{warm_start.budget_label(GOAL_BUDGET)} on {len(above_id)} of {len(compared)} "
+        f"{planning.budget_label(GOAL_BUDGET)} on {len(above_id)} of {len(compared)} "
         f"({', '.join(above_id) or 'none'})"
     )
   return lines + [""]
@@ -264,10 +265,10 @@ def write_figure(
 
 def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/results.md, results.json and crossover.png from every finished run."""
-  markers = warm_start.collect_markers(workdir, meta["runs"])
+  markers = runner.markers_of(workdir, meta["runs"])
   values = collect_values(markers)
   ec = config.experiment
-  domains, budgets = list(meta["domains"]), warm_start.budgets(config)
+  domains, budgets = list(meta["domains"]), planning.budgets(config)
   validation = set(ec.validation_domains)
   tests = [d for d in domains if d not in validation]
   chosen = text_baseline(values, config)

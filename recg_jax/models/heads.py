@@ -7,6 +7,11 @@ ItemProjection, per variant:
 - 'recg': adds the alignment projection W_a and an affine merge (2 d_l -> d_l). Inputs:
           merge([dropout(W_p e + b_p); dropout(W_a e + b_a)]); candidates: W_p e + b_p (as the authors'
           code; the paper only says "merge the outputs of both projection layers").
+- 'text_id': the frozen table is the domain's text coordinates [N, d] (models/text_hybrid.py) and each
+          item also has a trainable offset D_i, zero at the start, in the trailing d - frozen_dims
+          columns: v_i = t_i + [0; D_i]. Inputs: dropout(v_i); candidates: v_i. frozen_dims = 0 is an ID
+          table initialised from the item texts; frozen_dims > 0 keeps the texts' leading directions fixed
+          and learns ids in the rest (AlphaFuse's construction).
 With merge_init='identity' the merge starts as [I | 0], so a RecG input starts as the Sem input (W_p e,
 the candidates' own space) and W_a enters only as training moves the merge away from it; not in the paper
 or the authors' code, a variant for studying RecG against Sem.
@@ -31,7 +36,7 @@ import jax.numpy as jnp
 
 from recg_jax import errors
 
-VARIANTS = ("id", "sem", "recg")
+VARIANTS = ("id", "sem", "recg", "text_id")
 MERGE_INITS = ("default", "identity")
 
 
@@ -43,8 +48,9 @@ class ItemProjection(nn.Module):
   """W_p / W_a / merge (or the ID table). Parameter names: W_p, W_a, merge, item_embedding."""
 
   variant: str
-  num_items: int  # sizes the ID table; unused by 'sem' and 'recg'
+  num_items: int  # sizes the ID table (and text_id's offsets); unused by 'sem' and 'recg'
   features: int  # d_l
+  frozen_dims: int = 0  # 'text_id': leading columns of the text coordinates that never train
   emb_dropout: float = 0.0
   merge_init: str = (
       "default"  # 'recg': 'default' (lecun normal) or 'identity' ([I | 0]: input = W_p e at start)
@@ -57,6 +63,18 @@ class ItemProjection(nn.Module):
     if self.variant == "id":
       self.item_embedding = nn.Embed(
           self.num_items + 1, self.features, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype
+      )
+    elif self.variant == "text_id":
+      if not 0 <= self.frozen_dims < self.features:
+        raise errors.ConfigError(
+            f"config.model.text_id_frozen_dims={self.frozen_dims} must be in [0, hidden_dim="
+            f"{self.features})"
+        )
+      self.id_offset = nn.Embed(
+          self.num_items + 1,
+          self.features - self.frozen_dims,
+          embedding_init=nn.initializers.zeros,
+          dtype=self.dtype,
       )
     else:
       self.W_p = nn.Dense(self.features, dtype=self.dtype)
@@ -79,11 +97,25 @@ class ItemProjection(nn.Module):
     # Gather before projecting (and casting): B*L rows is far fewer than a whole catalogue of N rows.
     return jnp.take(jax.lax.stop_gradient(table_NxH), seq_BxL, axis=0, mode="clip").astype(self.dtype)
 
+  def _text_id_vectors(self, ids: jax.Array, table_NxH: jax.Array | None, offsets) -> jax.Array:
+    """'text_id': t_i + [0; D_i] of the given ids (offsets: their rows of the trainable table), float32."""
+    text = self._lookup(ids, table_NxH).astype(jnp.float32)
+    if text.shape[-1] != self.features:
+      raise errors.ConfigError(
+          f"variant 'text_id' reads the items' text coordinates reduced to hidden_dim={self.features}, got "
+          f"a table {text.shape[-1]} wide (pipeline.model_tables makes them)"
+      )
+    frozen, trained = text[..., : self.frozen_dims], text[..., self.frozen_dims :]
+    return jnp.concatenate([frozen, trained + offsets.astype(jnp.float32)], axis=-1)
+
   def __call__(self, seq_BxL: jax.Array, table_NxH: jax.Array | None, train: bool) -> jax.Array:
     """Sequence inputs x_BxLxD; zero where seq_BxL == 0."""
     valid_BxLx1 = (seq_BxL > 0)[..., None]
     if self.variant == "id":
       x = self.drop(self.item_embedding(seq_BxL), deterministic=not train)
+    elif self.variant == "text_id":
+      vectors = self._text_id_vectors(seq_BxL, table_NxH, self.id_offset(seq_BxL))
+      x = self.drop(vectors.astype(self.dtype), deterministic=not train)
     else:
       e_BxLxH = self._lookup(seq_BxL, table_NxH)
       p = self.drop(self.W_p(e_BxLxH), deterministic=not train)
@@ -98,6 +130,9 @@ class ItemProjection(nn.Module):
     """Candidate vectors items_NxD (no dropout, float32), row 0 = 0."""
     if self.variant == "id":
       return _zero_padding_row(self.item_embedding.embedding)
+    if self.variant == "text_id":
+      ids_N = jnp.arange(self.id_offset.embedding.shape[0])
+      return _zero_padding_row(self._text_id_vectors(ids_N, table_NxH, self.id_offset.embedding))
     if table_NxH is None or table_NxH.ndim != 2:
       raise errors.ConfigError(
           f"variant {self.variant!r} needs the frozen table [num_items + 1, H], got "
@@ -114,6 +149,8 @@ class ItemProjection(nn.Module):
     if self.variant == "id":
       # The float32 table itself, as item_vectors: Embed would cast the rows to the compute dtype.
       x = jnp.take(self.item_embedding.embedding, ids, axis=0)
+    elif self.variant == "text_id":
+      x = self._text_id_vectors(ids, table_NxH, jnp.take(self.id_offset.embedding, ids, axis=0))
     else:
       x = self.W_p(self._lookup(ids, table_NxH)).astype(jnp.float32)
     return jnp.where((ids > 0)[..., None], x, 0.0)

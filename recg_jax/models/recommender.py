@@ -57,6 +57,8 @@ from recg_jax.models import bert4rec as bert4rec_lib
 from recg_jax.models import gru4rec as gru4rec_lib
 from recg_jax.models import heads
 from recg_jax.models import sasrec as sasrec_lib
+from recg_jax.models import scoring
+from recg_jax.models import text_hybrid
 from recg_jax.models import text_space
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
@@ -64,7 +66,9 @@ BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 # and the candidates are the frozen rows themselves (models/text_space.py); it is never trained.
 VARIANTS = heads.VARIANTS + ("text_knn",)
 SCORE_SPACES = ("projected", "text")
-TEXT_USERS = ("readout", "residual", "attention", "mix")
+TEXT_USERS = ("readout", "residual", "attention", "mix", "offset")
+# The text users an ID model (variant 'id') can join with the text: both keep the ID half whole.
+ID_TEXT_USERS = ("mix", "offset")
 KNN_AGGREGATES = ("mean", "max", "softmax")
 MASK_TOKEN_ID = bert4rec_lib.MASK_TOKEN_ID
 # config.train.compute_dtype -> the dtype of activations and matmuls (parameters stay float32).
@@ -107,8 +111,11 @@ class Recommender(nn.Module):
   #                backbone learns (starting as text_knn's recency weights), so a target user's vector
   #                never leaves the span of the target's items;
   #   'mix':       u = [s * unit(history mean); h] against candidates [e; W_p e + b_p]: the score is
-  #                text_knn's cosine with a learned scale s plus the Sem model's score, trained together, so
-  #                the backbone learns what the text similarity misses.
+  #                text_knn's cosine with a learned scale s plus the Sem (or ID, variant 'id': candidates
+  #                [e; E_i]) model's score, trained together, so the backbone learns what the text misses.
+  #   'offset':    (variant 'id') the score is b * text_knn's score (its aggregate, knn_aggregate, over the
+  #                frozen rows) plus <h, E_i>: the text baseline as a fixed logit offset with one learned
+  #                scale b, and an ID model trained on top of it, which learns only what the text misses.
   text_user: str = "readout"
   knn_decay: float = 0.5  # recency weight of the history mean (text_knn and the text_user modes using it)
   # text_knn: 'mean' (cosine with the history mean), 'max' or 'softmax' over the history's own cosines (one
@@ -116,6 +123,9 @@ class Recommender(nn.Module):
   knn_aggregate: str = "mean"
   knn_temperature: float = 0.1
   text_temperature: float = 0.05  # initial temperature of the cosine scores (score_space 'text')
+  # variant 'text_id': the leading columns of the text coordinates that never train (0: every column
+  # trains, an ID table initialised from the texts).
+  text_id_frozen_dims: int = 0
   # SASRec's block details (RecBole's SASRec: 4, 'gelu', 1e-12, 0.02).
   sasrec_ffn_multiplier: int = 1
   sasrec_activation: str = "relu"
@@ -129,13 +139,30 @@ class Recommender(nn.Module):
     return self.backbone in ("sasrec", "gru4rec")
 
   @property
+  def knn_scorer(self) -> tuple:
+    """The scorer of text_knn's aggregate (knn_aggregate): ('dot',) for the history mean, ('max',) or
+    ('softmax', temperature) over the history's rows."""
+    if self.knn_aggregate == "mean":
+      return ("dot",)
+    return ("max",) if self.knn_aggregate == "max" else ("softmax", float(self.knn_temperature))
+
+  @property
+  def is_offset(self) -> bool:
+    return self.score_space == "text" and self.text_user == "offset"
+
+  @property
   def scorer(self) -> tuple:
     """How evaluation scores this model's user output against the item vectors: ('dot',) for one user
     vector per user; ('max',) or ('softmax', temperature) for text_knn's multi-interest aggregates, whose
-    user output is [B, L, H + 1]: every history row with its log recency weight (-inf at padding)."""
-    if self.variant != "text_knn" or self.knn_aggregate == "mean":
-      return ("dot",)
-    return ("max",) if self.knn_aggregate == "max" else ("softmax", float(self.knn_temperature))
+    user output is [B, L, H + 1]: every history row with its log recency weight (-inf at padding); for
+    text_user 'offset' the sum of text_knn's aggregate and the ID score (models/scoring.py 'fuse'), its
+    user output (text_knn's, h / b): the trained score divided by the text's learned scale b ranks
+    exactly as b * text + <h, E>."""
+    if self.is_offset:
+      return scoring.fuse((self.knn_scorer, scoring.DOT), (1.0, 1.0), standardize=False)
+    if self.variant != "text_knn":
+      return scoring.DOT
+    return self.knn_scorer
 
   @property
   def in_text_space(self) -> bool:
@@ -143,9 +170,11 @@ class Recommender(nn.Module):
     return self.variant == "text_knn" or self.score_space == "text"
 
   def output_dim(self, table_width: int) -> int:
-    """Width of user and candidate vectors for a table of this width."""
+    """Width of user and candidate vectors for a table of this width (of the ID part, for 'offset')."""
     if self.score_space == "text" and self.text_user == "mix":
       return table_width + self.hidden_dim
+    if self.is_offset:
+      return self.hidden_dim
     return table_width if self.in_text_space else self.hidden_dim
 
   def setup(self):
@@ -158,6 +187,7 @@ class Recommender(nn.Module):
         features=self.hidden_dim,
         emb_dropout=self.emb_dropout,
         merge_init=self.merge_init,
+        frozen_dims=self.text_id_frozen_dims,
         dtype=self.dtype,
         name="items",
     )
@@ -165,7 +195,7 @@ class Recommender(nn.Module):
     if self.backbone == "bert4rec":
       self.mask_vector = self.param("mask_vector", nn.initializers.normal(0.02), (self.hidden_dim,))
     if self.score_space == "text":
-      if self.text_user == "mix":
+      if self.text_user in ID_TEXT_USERS:  # 'mix' and 'offset': the text's learned scale
         self.knn_log_scale = self.param(
             "knn_log_scale", nn.initializers.constant(-jnp.log(self.text_temperature)), ()
         )
@@ -206,7 +236,7 @@ class Recommender(nn.Module):
       return text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
     x_BxLxD, valid_BxL = self._inputs(seq_BxL, table_NxH, train)
     hidden_BxLxD = self.encoder(x_BxLxD, valid_BxL, train).astype(jnp.float32)
-    if self.score_space != "text":
+    if self.score_space != "text" or self.is_offset:  # 'offset': the ID part (text_offset_logits adds it)
       return hidden_BxLxD
     if self.text_user == "mix":
       mean_BxLxH = text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)
@@ -226,14 +256,33 @@ class Recommender(nn.Module):
     if self.cloze:
       mask_B1 = jnp.full((seq_BxL.shape[0], 1), MASK_TOKEN_ID, seq_BxL.dtype)
       seq_BxL = jnp.concatenate([seq_BxL[:, 1:], mask_B1], axis=1)
+    if self.is_offset:
+      hidden_BxD = self.encode_positions(seq_BxL, table_NxH, train)[:, -1]
+      return (self._knn_user(seq_BxL, table_NxH), hidden_BxD * jnp.exp(-self.knn_log_scale))
     if self.scorer[0] != "dot":
-      return text_space.history_rows(seq_BxL, _frozen(table_NxH), self.knn_decay)
+      return self._knn_user(seq_BxL, table_NxH)
     return self.encode_positions(seq_BxL, table_NxH, train)[:, -1]
+
+  def _knn_user(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
+    """text_knn's user output (knn_scorer): the history mean [B, H], or the history rows [B, L, H + 1]."""
+    if self.knn_aggregate == "mean":
+      return text_space.history_mean_positions(seq_BxL, _frozen(table_NxH), self.knn_decay)[:, -1]
+    return text_space.history_rows(seq_BxL, _frozen(table_NxH), self.knn_decay)
+
+  def text_offset_logits(self, seq_BxL: jax.Array, table_NxH: jax.Array | None) -> jax.Array:
+    """'offset': b * text_knn's score of every item at every position, [B, L, N] (no gradient but b's)."""
+    table = _frozen(table_NxH)
+    scores = text_hybrid.prefix_knn_scores(
+        seq_BxL, table, table, self.knn_decay, self.knn_aggregate, self.knn_temperature
+    )
+    return jnp.exp(self.knn_log_scale) * jax.lax.stop_gradient(scores)
 
   def item_vectors(self, table_NxH: jax.Array | None) -> jax.Array:
     """Scoring vectors items_NxD, N = num_items + 1, row 0 (padding) = 0. No dropout."""
     if self.score_space == "text" and self.text_user == "mix":
       return jnp.concatenate([_frozen(table_NxH).at[0].set(0.0), self.items.item_vectors(table_NxH)], -1)
+    if self.is_offset:
+      return (_frozen(table_NxH).at[0].set(0.0), self.items.item_vectors(table_NxH))
     if self.in_text_space:
       return _frozen(table_NxH).at[0].set(0.0)
     return self.items.item_vectors(table_NxH)
@@ -242,6 +291,11 @@ class Recommender(nn.Module):
     """item_vectors(table)[item_ids] (any shape of ids -> ids.shape + (D,)) without projecting the whole
     catalogue: the cheap way to get positive/negative vectors for BPR."""
     ids = item_ids.astype(jnp.int32)
+    if self.is_offset:
+      raise errors.ConfigError(
+          "config.model.text_user='offset' scores every item (its text offset is a softmax over the "
+          "catalogue): train it with config.train.loss='softmax'"
+      )
     if not self.in_text_space:
       return self.items.candidate_vectors(ids, table_NxH)
     rows = jnp.where((ids > 0)[..., None], jnp.take(_frozen(table_NxH), ids, axis=0, mode="clip"), 0.0)
@@ -260,8 +314,10 @@ def _check_fields(m: Recommender) -> None:
     raise errors.ConfigError(
         f"config.model.knn_aggregate must be one of {KNN_AGGREGATES}, got {m.knn_aggregate!r}"
     )
-  if m.knn_aggregate != "mean" and m.variant != "text_knn":
-    raise errors.ConfigError("config.model.knn_aggregate applies to variant 'text_knn' only")
+  if m.knn_aggregate != "mean" and m.variant != "text_knn" and m.text_user != "offset":
+    raise errors.ConfigError(
+        "config.model.knn_aggregate applies to variant 'text_knn' and text_user 'offset' only"
+    )
   if not m.knn_temperature > 0:
     raise errors.ConfigError(f"config.model.knn_temperature must be > 0, got {m.knn_temperature}")
   if m.backbone not in BACKBONES:
@@ -274,9 +330,18 @@ def _check_fields(m: Recommender) -> None:
     raise ValueError(f"cloze=True needs backbone 'bert4rec', got {m.backbone!r}")
   if m.score_space not in SCORE_SPACES:
     raise errors.ConfigError(f"config.model.score_space must be one of {SCORE_SPACES}, got {m.score_space!r}")
-  if m.score_space == "text" and m.variant not in ("sem", "recg"):
+  if m.score_space == "text" and m.variant not in ("sem", "recg", "id"):
     raise errors.ConfigError(
         f"config.model.score_space='text' needs variant 'sem' or 'recg' (a frozen table), got "
+        f"{m.variant!r}"
+    )
+  if m.score_space == "text" and m.variant == "id" and m.text_user not in ID_TEXT_USERS:
+    raise errors.ConfigError(
+        f"variant 'id' joins the text with config.model.text_user in {ID_TEXT_USERS}, got {m.text_user!r}"
+    )
+  if m.text_user == "offset" and m.variant != "id":
+    raise errors.ConfigError(
+        f"config.model.text_user='offset' puts an ID model (variant 'id') on top of the text, got variant "
         f"{m.variant!r}"
     )
   if m.score_space == "text" and m.cloze:
@@ -399,6 +464,12 @@ class HistoryAttention(nn.Module):
     return jnp.where(valid_BxL[..., None], _scaled_unit(u, log_scale), 0.0)
 
 
+def reads_table(model_config: Any) -> bool:
+  """Whether a model of config.model reads its domain's frozen text table: every variant but a plain ID
+  model (variant 'id' joined with the text in score_space 'text' reads it too)."""
+  return str(model_config.variant) != "id" or str(model_config.score_space) == "text"
+
+
 def build_model(config: Any, num_items: int) -> Recommender:
   """The model a run's config describes (config.model, with data.max_len, the BERT4Rec objective and
   train.compute_dtype), for a domain of num_items items (only an ID table depends on it)."""
@@ -422,6 +493,7 @@ def build_model(config: Any, num_items: int) -> Recommender:
       knn_aggregate=str(mc.knn_aggregate),
       knn_temperature=float(mc.knn_temperature),
       text_temperature=float(mc.text_temperature),
+      text_id_frozen_dims=int(mc.text_id_frozen_dims),
       sasrec_ffn_multiplier=int(mc.sasrec_ffn_multiplier),
       sasrec_activation=str(mc.sasrec_activation),
       sasrec_ln_epsilon=float(mc.sasrec_ln_epsilon),

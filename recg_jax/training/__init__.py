@@ -76,10 +76,10 @@ def _check_run(
     raise errors.ConfigError(
         f"config.data.source={config.data.source!r} is not among the loaded domains {sorted(domains)}"
     )
-  if len(sources) > 1 and config.model.variant == "id":
+  if len(sources) > 1 and config.model.variant in ("id", "text_id"):
     raise errors.ConfigError(
-        "variant 'id' learns one vector per item of one catalogue: several source domains "
-        f"({config.data.source!r}) need a text variant"
+        f"variant {config.model.variant!r} learns one vector per item of one catalogue: several source "
+        f"domains ({config.data.source!r}) need a text variant"
     )
   select = str(config.eval.select_metric)
   if not select.startswith("valid/"):

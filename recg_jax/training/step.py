@@ -103,7 +103,7 @@ def build_step_tables(config: ml_collections.ConfigDict, tables: dict[str, np.nd
   theirs, zero-padded to the largest (or to train.source_table_rows rows, so that runs of one study share
   one compiled step), and arrays['counts'] holds each one's item count.
   """
-  if config.model.variant == "id":
+  if not recommender_lib.reads_table(config.model):
     return StepTables(arrays={"source": None})
   sources = types.source_names(config.data.source)
   _check_tables(config, tables, sources, "the source domains" if len(sources) > 1 else "the source domain")
@@ -136,14 +136,15 @@ def candidate_scoring(config: ml_collections.ConfigDict) -> str:
         f"config.train.candidate_scores={mode!r}: expected 'auto', 'factored', 'gather' or " "'full'"
     )
   text = str(config.model.score_space) == "text"
+  learned = str(config.model.variant) in ("id", "text_id")  # a learned vector per item
   if mode == "auto":
     # An ID table's gradient is catalogue-sized whichever way its rows are read: keep the full table.
     # Text-space candidates are the frozen rows themselves: gathering them is already the cheap way.
-    return "full" if config.model.variant == "id" else "gather" if text else "factored"
-  if mode == "factored" and config.model.variant == "id":
+    return "full" if learned else "gather" if text else "factored"
+  if mode == "factored" and learned:
     raise errors.ConfigError(
         "config.train.candidate_scores='factored' needs a frozen table (variant 'sem' or "
-        "'recg'); variant 'id' scores learned vectors: use 'gather' or 'full'"
+        f"'recg'); variant {config.model.variant!r} scores learned vectors: use 'gather' or 'full'"
     )
   if mode == "factored" and text:
     raise errors.ConfigError(
@@ -270,9 +271,17 @@ def _losses(
     rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
   else:
     items_NxD = model.apply(variables, table, method=recommender_lib.Recommender.item_vectors)
-    rec = losses.softmax_loss(
-        hidden_BxPxD,
-        items_NxD,
+    if model.is_offset:  # the text's score at every position, scaled, under the ID model's
+      _, items_NxD = items_NxD
+      offset_BxLxN = model.apply(
+          variables, inputs, table, method=recommender_lib.Recommender.text_offset_logits
+      )
+      offset_BxPxN = offset_BxLxN if spec.per_position else offset_BxLxN[:, -1:]
+      logits_BxPxN = jnp.einsum("bpd,nd->bpn", hidden_BxPxD, items_NxD) + offset_BxPxN
+    else:
+      logits_BxPxN = jnp.einsum("bpd,nd->bpn", hidden_BxPxD, items_NxD)
+    rec = losses.softmax_nll(
+        logits_BxPxN,
         targets,
         weights,
         history_BxL=inputs if spec.mask_history else None,
