@@ -125,7 +125,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]
 # Batched evaluation.
 
 
-def _parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, str | None]:
+def parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, str | None]:
   """Returns (run full, name of the sampled protocol or None)."""
   full, sampled = False, None
   for p in protocols:
@@ -146,7 +146,7 @@ def _parse_protocols(protocols: Sequence[str], num_sampled: int) -> tuple[bool, 
   return full, sampled
 
 
-def _target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
+def target_positions(split: EvalSplit, domain: DomainData) -> np.ndarray:
   """[U] index into domain.items of each user's target: the last (test) or second-to-last (valid) item.
 
   When both are the same item the choice does not change the masked set (the target is never masked), so
@@ -446,13 +446,13 @@ def head_ranks(
   scored from one pass) ranks_UxK."""
   protocols = tuple(eval_config.protocols if protocols is None else protocols)
   num_sampled = int(eval_config.num_sampled_negatives)
-  run_full, sampled_name = _parse_protocols(protocols, num_sampled)
+  run_full, sampled_name = parse_protocols(protocols, num_sampled)
   mask = bool(eval_config.mask_history) and run_full
   precision = str(eval_config.score_precision)
   if precision not in _PRECISIONS:
     raise errors.ConfigError(f"eval.score_precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
   _check_domain(domain, item_vecs_NxD)
-  end_U = _target_positions(split, domain)
+  end_U = target_positions(split, domain)
   targets_U = np.asarray(split.targets_U, np.int32)
   inputs_UxL = np.asarray(split.inputs_UxL, np.int32)
   # One history width for every split of the domain, so valid and test share a compiled shape.
@@ -464,11 +464,15 @@ def head_ranks(
   )
   mesh, shards, items, put = _placement(mesh, item_vecs_NxD)
   batch, steps = _geometry(eval_config, domain.num_items, domain.num_users, shards)
-  if weight_grid is not None:
-    if not scoring.is_fused(scorer):
-      raise ValueError(f"a weight grid needs a fused scorer, got {scorer[0]!r}")
-    weight_grid = tuple(tuple(float(w) for w in row) for row in weight_grid)
-  ranks_fn = _ranks_fn(run_full, sampled_name is not None, mask, precision, steps, tuple(scorer), weight_grid)
+  ranks_fn = _ranks_fn(
+      run_full,
+      sampled_name is not None,
+      mask,
+      precision,
+      steps,
+      tuple(scorer),
+      scoring.weight_grid(weight_grid, scorer),
+  )
   max_len = inputs_UxL.shape[1]
   # Under the mesh, so that jitted functions see it (explicit-axes meshes need it to type their shardings).
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
@@ -483,13 +487,7 @@ def head_ranks(
         )
         target_B, negs_BxK = put(targets_U[users_B]), put(negs_UxK[users_B])
         for head, user_BxD in users_by_head.items():
-          if not scoring.user_shape_ok(user_BxD, items, scorer, batch, seq_width):
-            shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
-            raise ValueError(
-                f"user_fn returned shape {shapes(user_BxD)}, which scorer {scorer[0]!r} cannot score "
-                f"against item vectors {shapes(items)} ([{batch}, D] per user vector; [{batch}, "
-                f"{seq_width}, D + 1] per history)"
-            )
+          scoring.check_user_shape(user_BxD, items, scorer, batch, seq_width)
           pending.append((real, head, ranks_fn(user_BxD, items, target_B, hist_BxW, negs_BxK)))
   return _collect(pending, {"full": "full", "sampled": sampled_name}, domain.num_users)
 
@@ -550,45 +548,6 @@ def _metrics(ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, float
       for name, ranks_U in ranks.items()
       for metric, value in metrics_from_ranks(ranks_U, ks).items()
   }
-
-
-def candidate_counts(
-    split: EvalSplit, domain: DomainData, eval_config: ml_collections.ConfigDict
-) -> dict[str, np.ndarray]:
-  """{protocol name: C_U}, the number of candidates each user's target is ranked among (itself included):
-  under `full` the catalogue less the masked history (the distinct items before the target, the target
-  excepted) as `evaluate` masks it, under `sampled<N>` N + 1."""
-  run_full, sampled_name = _parse_protocols(
-      tuple(eval_config.protocols), int(eval_config.num_sampled_negatives)
-  )
-  counts: dict[str, np.ndarray] = {}
-  if run_full:
-    masked_U = np.zeros(domain.num_users, np.int64)
-    if bool(eval_config.mask_history):
-      end_U = _target_positions(split, domain)
-      targets_U = np.asarray(split.targets_U)
-      for u in range(domain.num_users):
-        masked_U[u] = len(np.setdiff1d(domain.items[domain.offsets[u] : end_U[u]], targets_U[u : u + 1]))
-    counts["full"] = domain.num_items - masked_U
-  if sampled_name is not None:
-    counts[sampled_name] = np.full(domain.num_users, int(eval_config.num_sampled_negatives) + 1, np.int64)
-  return counts
-
-
-def random_expectation(
-    split: EvalSplit, domain: DomainData, eval_config: ml_collections.ConfigDict
-) -> dict[str, float]:
-  """Recall@K / NDCG@K a uniformly random ranking reaches in expectation, per protocol, averaged over the
-  users of `split`: with C candidates the target's rank is uniform on 0..C-1, so Recall@K = min(K, C) / C
-  and NDCG@K = sum_{r < min(K, C)} 1 / log2(r + 2) / C (C from candidate_counts)."""
-  out = {}
-  for name, c_U in candidate_counts(split, domain, eval_config).items():
-    for k in eval_config.ks:
-      top_U = np.minimum(int(k), c_U)
-      gains_K = np.cumsum(1.0 / np.log2(np.arange(int(k)) + 2.0))
-      out[f"{name}/recall@{k}"] = float(np.mean(top_U / c_U))
-      out[f"{name}/ndcg@{k}"] = float(np.mean(gains_K[top_U - 1] / c_U))
-  return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -224,15 +224,7 @@ def train_and_transfer(
         records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
       if c.fusion.enabled:
         return fuse_trained(c, w, run_domains_, loaded, tables, r.model, r.params, records)
-
-      def evaluate_fn(source, domain, split, c=c, r=r):
-        from recg_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-
-        table = None if run_tables is None else run_tables[source]
-        rows = types.leave_one_out(domain, split, int(c.data.max_len))
-        return evaluate_lib.evaluate_split(r.model, r.params, table, rows, domain, c.eval, None)
-
-      extra = _budget_records(c, loaded, evaluate_fn)
+      extra = _budget_records(c, loaded, _trained_evaluation(c, r, run_tables))
       if extra:
         records = [*records, *extra]
         results_lib.write_results(w, records, c)
@@ -242,6 +234,18 @@ def train_and_transfer(
 
     outcomes.append(_outcome(records_of))
   return outcomes
+
+
+def _trained_evaluation(config: ml_collections.ConfigDict, trained, run_tables):
+  """(source, domain, split) -> the trained model's metrics on that split of the domain."""
+  from recg_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+  def evaluate_fn(source, domain, split):
+    table = None if run_tables is None else run_tables[source]
+    rows = types.leave_one_out(domain, split, int(config.data.max_len))
+    return evaluate_lib.evaluate_split(trained.model, trained.params, table, rows, domain, config.eval, None)
+
+  return evaluate_fn
 
 
 def fuse_trained(

@@ -14,6 +14,7 @@ import pytest
 
 from recg_jax import eval_negatives as negatives
 from recg_jax import evaluate as ev
+from recg_jax import random_ranking
 from recg_jax.config import default
 from recg_jax.data import types
 
@@ -328,7 +329,7 @@ def test_bad_inputs(setup):
   split = types.leave_one_out(domain, "test", MAX_LEN)
   with pytest.raises(ValueError, match="unknown protocol"):
     ev.evaluate(user_fn, item_vecs, split, domain, make_config(), protocols=("top",))
-  assert ev._parse_protocols(("sampled", "full"), 100) == (True, "sampled100")
+  assert ev.parse_protocols(("sampled", "full"), 100) == (True, "sampled100")
   with pytest.raises(ValueError, match="num_sampled_negatives"):
     ev.evaluate(user_fn, item_vecs, split, domain, make_config(), protocols=("sampled100",))
   with pytest.raises(ValueError, match="row 0 = padding"):
@@ -436,7 +437,7 @@ def test_candidate_counts_match_the_ranks_of_constant_scores(split_name):
       domain,
       config,
   )
-  counts = ev.candidate_counts(split, domain, config)
+  counts = random_ranking.candidate_counts(split, domain, config)
   for name in ("full", f"sampled{NUM_NEG}"):
     np.testing.assert_array_equal(2 * ranks[name] + 1, counts[name])
 
@@ -448,7 +449,7 @@ def test_random_expectation_golden_values():
   config.protocols = ("sampled2",)
   config.num_sampled_negatives = 2
   config.ks = (1, 5)
-  out = ev.random_expectation(split, domain, config)
+  out = random_ranking.random_expectation(split, domain, config)
   assert out["sampled2/recall@1"] == pytest.approx(1 / 3)
   assert out["sampled2/recall@5"] == pytest.approx(1.0)
   assert out["sampled2/ndcg@5"] == pytest.approx((1 + 1 / math.log2(3) + 1 / 2) / 3)

@@ -159,12 +159,12 @@ RANDOM = "random.json"
 
 def write_random(workdir: paths.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
   """DIR/random.json: what a uniformly random ranking reaches in expectation on each domain's test split
-  (evaluate.random_expectation), the floor every table shows."""
-  from recg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  (random_ranking.random_expectation), the floor every table shows."""
+  from recg_jax import random_ranking  # pylint: disable=g-import-not-at-top
   from recg_jax.data import types  # pylint: disable=g-import-not-at-top
 
   out = {
-      name: evaluate.random_expectation(
+      name: random_ranking.random_expectation(
           types.leave_one_out(d, "test", int(config.data.max_len)), d, config.eval
       )
       for name, d in domains.items()

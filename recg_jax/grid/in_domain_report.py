@@ -84,7 +84,9 @@ def beats_both(values, preset, domain, text, reference) -> bool | None:
     ref = _mean(values.get(("scratch", domain, 1.0, reference, "full", metric)))
     if s is None or base is None or ref is None:
       return None
-    if not (s["mean"] > base and s["mean"] > ref and (s["p_knn"] or 1.0) < ALPHA and (s["p_sem"] or 1.0) < ALPHA):
+    if not (
+        s["mean"] > base and s["mean"] > ref and (s["p_knn"] or 1.0) < ALPHA and (s["p_sem"] or 1.0) < ALPHA
+    ):
       return False
   return True
 
@@ -213,17 +215,20 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   reference = str(ec.reference_preset)
   machines = sorted({report.machine_line(m["machine"]) for m in markers if "machine" in m})
   total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
-  seeds = sorted({int(m["relpath"].rsplit("seed", 1)[1]) for m in markers if "/scratch/" in f"/{m['relpath']}"})
+  seeds = sorted(
+      {int(m["relpath"].rsplit("seed", 1)[1]) for m in markers if "/scratch/" in f"/{m['relpath']}"}
+  )
   presets = dict.fromkeys(p for _, p in _row_presets(config, values))
+  protocols = results_lib.protocol_descriptions(config.eval)
   lines = [
       f"# In-domain: {ec.name or 'in_domain'}",
       "",
       f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped; the table "
       "reads every finished run of the folder, so invocations over other domains or presets add to it)",
-      f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; every user of a domain trains "
-      "(no per-domain user cap); leave-one-out split, validation for early stopping and for every fitted "
-      "choice (a fusion's theta), test reported",
-      f"- protocols: {'; '.join(f'`{k}` = {v}' for k, v in results_lib.protocol_descriptions(config.eval).items())}",
+      f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; every user of a domain "
+      "trains (no per-domain user cap); leave-one-out split, validation for early stopping and for every "
+      "fitted choice (a fusion's theta), test reported",
+      f"- protocols: {'; '.join(f'`{k}` = {v}' for k, v in protocols.items())}",
       f"- text baseline: `{text}` (declared: the training-free default); ID reference: `{reference}`",
       f"- seeds: {', '.join(map(str, seeds)) or '—'}; mean ± sample std; `>text`/`<text` p = one-sample "
       f"t-test of the seeds against the text baseline's value; `vs {reference}` p = paired t-test on the "

@@ -112,3 +112,22 @@ def user_shape_ok(user, items, scorer: tuple, batch: int, width: int) -> bool:
   d = items.shape[1]
   want = (batch, d) if is_dot(scorer) else (batch, width, d + 1)
   return tuple(user.shape) == want
+
+
+def weight_grid(weight_grid, scorer: tuple) -> tuple | None:
+  """A weight grid as a hashable tuple of tuples (checked against the scorer), or None."""
+  if weight_grid is None:
+    return None
+  if not is_fused(scorer):
+    raise ValueError(f"a weight grid needs a fused scorer, got {scorer[0]!r}")
+  return tuple(tuple(float(w) for w in row) for row in weight_grid)
+
+
+def check_user_shape(user, items, scorer: tuple, batch: int, width: int) -> None:
+  """Raises ValueError unless user_shape_ok."""
+  if not user_shape_ok(user, items, scorer, batch, width):
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    raise ValueError(
+        f"user_fn returned shape {shapes(user)}, which scorer {scorer[0]!r} cannot score against item "
+        f"vectors {shapes(items)} ([{batch}, D] per user vector; [{batch}, {width}, D + 1] per history)"
+    )
