@@ -209,15 +209,16 @@ def _full_ranks(scores_BxN: jax.Array, target_B: jax.Array, hist_BxW: jax.Array 
   are then taken back out through a [B, W] gather.
   """
   target_B1 = jnp.take_along_axis(scores_BxN, target_B[:, None], axis=1)
-  # Twice the rank, in one fused integer reduction over the row: 2 per higher score, 1 per tie (minus the
-  # target's tie with itself). The NaN check is a max, which propagates NaN.
-  twice_B = (
-      jnp.sum(
-          jnp.where(scores_BxN > target_B1, 2, 0) + jnp.where(scores_BxN == target_B1, 1, 0),
-          axis=1,
-          dtype=jnp.int32,
-      )
-      - 1
+  # Twice the rank, in one fused integer reduction over the row: 2 per higher score, 1 per tie. The target's
+  # own column is left out by its index, not by assuming it ties with itself: XLA may compute an
+  # elementwise score (a fused scorer's z-scores) once inside this reduction and again for the gathered
+  # target, each with its own rounding. The NaN check is a max, which propagates NaN.
+  other_BxN = jnp.arange(scores_BxN.shape[1], dtype=target_B.dtype)[None, :] != target_B[:, None]
+  twice_B = jnp.sum(
+      jnp.where(other_BxN & (scores_BxN > target_B1), 2, 0)
+      + jnp.where(other_BxN & (scores_BxN == target_B1), 1, 0),
+      axis=1,
+      dtype=jnp.int32,
   )
   has_nan_B = jnp.isnan(jnp.max(scores_BxN, axis=1)) | jnp.isnan(target_B1[:, 0])
   excluded_BxE = jnp.zeros_like(target_B)[:, None]  # padding column

@@ -186,7 +186,8 @@ def fit(config: ml_collections.ConfigDict, fused: Fused, domain: types.DomainDat
       for t in theta_grid(max(0.0, best - step), min(1.0, best + step), int(fc.fine_steps))
       if t not in tried
   ]
-  tried.update(zip(fine, curve(config, fused, domain, fine)))
+  if fine:
+    tried.update(zip(fine, curve(config, fused, domain, fine)))
   best = min(tried, key=lambda t: (-tried[t], t))
   return Fit(theta=best, value=tried[best], tried=tuple(sorted(tried.items())))
 
