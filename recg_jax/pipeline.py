@@ -28,6 +28,9 @@ from recg_jax import results as results_lib
 from recg_jax.data import types
 
 MODES = ("data", "embed", "in_domain", "zero_shot")
+# A run whose model learns one vector per item of its catalogue writes that catalogue's item ids here, in
+# the order of its tables (row 1 first): what serving maps a catalogue's items onto.
+ITEM_IDS = "item_ids.json"
 # A record list per run, or the exception the run ended with.
 Outcome = list[dict] | Exception
 
@@ -222,6 +225,7 @@ def train_and_transfer(
         records = transfer_trained(c, w, run_domains_, run_tables, r)
       else:
         records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
+        write_item_ids(w, c, run_domains_)
       if c.fusion.enabled:
         return fuse_trained(c, w, run_domains_, loaded, tables, r.model, r.params, records)
       extra = _budget_records(c, loaded, _trained_evaluation(c, r, run_tables))
@@ -289,6 +293,7 @@ def fuse_trained(
   )
   if distributed.is_primary():
     fusion_lib.write_fit(workdir, config, fitted)
+  write_item_ids(workdir, config, domains)
   results_lib.write_and_print(workdir, records, config)
   return records
 
@@ -310,6 +315,20 @@ def fuse_finished(
   (source,) = types.source_names(config.data.source)
   model = recommender.build_model(config, domains[source].num_items)
   return fuse_trained(config, workdir, domains, whole, tables, model, params, records)
+
+
+def learns_items(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run's model learns a vector per item of its own catalogue (variants 'id' and 'text_id')."""
+  return str(config.model.variant) in ("id", "text_id")
+
+
+def write_item_ids(workdir: paths.Path, config: ml_collections.ConfigDict, domains: dict) -> None:
+  """ITEM_IDS in workdir for a model that learns its items (nothing for the others)."""
+  if not learns_items(config) or not distributed.is_primary():
+    return
+  (source,) = types.source_names(config.data.source)
+  ids = [str(t) for t in domains[source].item_tokens[1:]]
+  paths.write_json_atomic(paths.as_path(workdir) / ITEM_IDS, {"domain": source, "item_ids": ids})
 
 
 def _outcome(run_one) -> Outcome:

@@ -2,7 +2,11 @@
 vectors and top-k lists.
 
 `load(workdir)` reads what the run's evaluation used and nothing else is fitted: its config (results.json),
-its best checkpoint, and for RecG with a sequence-level step the centres and W_f it saved (transfer/).
+its best checkpoint, for RecG with a sequence-level step the centres and W_f it saved (transfer/), and for
+a fusion its fitted theta (fusion.json; the trained part's checkpoint in the run, or in the finished run
+it was fitted over). A model that learned one vector per item (variants 'id' and 'text_id': SASRec-ID,
+the hybrids built on it) scores the catalogue it was trained on: its item ids (item_ids.json) must be the
+catalogue's, in any order; an item it never saw has no vector, and is an error naming it.
 A catalogue's items are embedded with the run's own encoder settings into the run's embedding cache
 (cache/embeddings/catalogue-<name>, reused while its manifest matches), the run's table transform is
 applied with the catalogue's own statistics, and users are scored with the run's main head
@@ -21,8 +25,9 @@ softmax or max aggregate) scores each user by the rows of their history, so it h
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +39,15 @@ from recg_jax import config as config_lib
 from recg_jax import errors
 from recg_jax import evaluate as evaluate_lib
 from recg_jax import finished_run
+from recg_jax import fusion as fusion_lib
 from recg_jax import paths
+from recg_jax import pipeline
 from recg_jax import transfer as transfer_lib
 from recg_jax.config import presets as presets_lib
 from recg_jax.config import serving as serving_config
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
 from recg_jax.models import scoring
-from recg_jax.models import text_space
 from recg_jax.serving import catalogue as catalogue_lib
 from recg_jax.serving import histories as histories_lib
 from recg_jax.serving import topk
@@ -68,10 +74,12 @@ def _table_width(params) -> int | None:
     return None
 
 
-def _check_structure(workdir: paths.Path, config: ml_collections.ConfigDict, params, width: int) -> None:
-  """Raises unless the checkpoint's parameters are those of the model the config builds."""
-  model = recommender_lib.build_model(config, 1)
-  table = jax.ShapeDtypeStruct((2, width), jnp.float32)
+def _check_structure(workdir: paths.Path, config: ml_collections.ConfigDict, params, num_items: int) -> None:
+  """Raises unless the checkpoint's parameters are those of the model the config builds (for num_items
+  items: what sizes a learned item table)."""
+  model = recommender_lib.build_model(config, num_items)
+  width = _table_width(params) or (int(config.model.hidden_dim) if config.model.variant == "text_id" else 1)
+  table = jax.ShapeDtypeStruct((num_items + 1, width), jnp.float32)
   want = jax.eval_shape(lambda t: recommender_lib.init_variables(model, jax.random.key(0), t), table)
   shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
   if shapes(want["params"]) != shapes(params):
@@ -97,13 +105,14 @@ def catalogue_domain(catalogue: catalogue_lib.Catalogue) -> types.DomainData:
 
 @dataclasses.dataclass
 class _Prepared:
-  """One catalogue on device: its model, transformed table, item vectors and their blocks."""
+  """One catalogue on device: its item vectors (a tuple of them for a fused scorer) in catalogue order,
+  their blocks (None for a fused scorer: its scores are standardised over the whole catalogue, which is
+  then scored at once), and the user function of the run's main head over catalogue rows."""
 
   catalogue: catalogue_lib.Catalogue
-  model: recommender_lib.Recommender
-  table: jax.Array  # [N+1, H]
-  items: jax.Array  # [N+1, D]
-  blocks: jax.Array  # [M, R, D]
+  items: Any  # [N+1, D], or a tuple of them
+  blocks: jax.Array | None  # [M, R, D]
+  user_fn: Callable[[jax.Array], Any]
 
 
 class Run:
@@ -119,8 +128,11 @@ class Run:
       cache_root: str | os.PathLike | None = None,
       progress: bool = True,
       label: str = "",
+      fusion_fit: dict | None = None,
+      item_ids: Sequence[str] | None = None,
   ):
-    """workdir: the run's folder; None for a training-free method (then cache_root is needed)."""
+    """workdir: the run's folder; None for a training-free method (then cache_root is needed). fusion_fit:
+    a fusion's fusion.json; item_ids: the catalogue a model that learned its items was trained on."""
     if workdir is None and not cache_root:
       raise ValueError("a Run without a workdir needs a cache_root for its catalogue embeddings")
     self.workdir = None if workdir is None else paths.as_path(workdir)
@@ -131,8 +143,18 @@ class Run:
     self.cache_root = paths.as_path(cache_root) if cache_root else self.workdir
     self.progress = progress
     self.table_width = _table_width(params)
-    self.scorer = recommender_lib.build_model(config, 1).scorer
+    self.fusion_fit = fusion_fit
+    self.item_ids = None if item_ids is None else np.asarray(list(item_ids), object)
+    model = recommender_lib.build_model(config, 1)
+    if fusion_fit is not None:
+      text = recommender_lib.build_model(fusion_lib.text_config(config), 1)
+      theta = float(fusion_fit["theta"])
+      self.scorer = scoring.fuse((text.scorer, model.scorer), (1.0 - theta, theta), standardize=True)
+    else:
+      self.scorer = model.scorer
     self.label = label or f"{config.model.backbone}-{config.model.variant} from {self.workdir}"
+    if fusion_fit is not None:
+      self.label += f", fused with {fusion_fit['text_preset']} (theta {float(fusion_fit['theta']):.3f})"
     self._prepared: _Prepared | None = None
 
   @property
@@ -169,26 +191,69 @@ class Run:
       )
     return table
 
+  def _trained_rows(self, catalogue: catalogue_lib.Catalogue) -> np.ndarray:
+    """[N+1] int32: each catalogue row's row in the run's trained catalogue (0 -> 0); the catalogue must hold
+    exactly the items the run learned, in any order."""
+    row_of = catalogue.row_of
+    new = [i for i in catalogue.item_ids if i not in set(self.item_ids)]
+    missing = [i for i in self.item_ids if i not in row_of]
+    if new or missing:
+      raise errors.ConfigError(
+          f"{self.label} learned one vector per item of its own catalogue ({len(self.item_ids):,} items) and "
+          f"scores exactly those: catalogue {catalogue.name!r} has {len(new):,} item(s) it never saw"
+          + (f" (first: {new[0]!r})" if new else "")
+          + f" and lacks {len(missing):,} of its items"
+          + (f" (first: {missing[0]!r})" if missing else "")
+          + "; serve new items with a training-free method (--method) or a text run"
+      )
+    to_trained = np.zeros(catalogue.num_items + 1, np.int32)
+    to_trained[[row_of[i] for i in self.item_ids]] = np.arange(1, len(self.item_ids) + 1, dtype=np.int32)
+    return to_trained
+
+  def _scoring(self, raw_NxH: np.ndarray, num_items: int) -> tuple[Any, Callable[[jax.Array], Any]]:
+    """(item vectors, user function of the main head) of the run on a table of raw rows, in its order."""
+    model = recommender_lib.build_model(self.config, num_items)
+    table = None if raw_NxH is None else pipeline.model_table(self.config, raw_NxH)
+    if self.fusion_fit is not None:
+      text = fusion_lib.Part(
+          recommender_lib.build_model(fusion_lib.text_config(self.config), num_items),
+          {},
+          jax.device_put(pipeline.model_table(fusion_lib.text_config(self.config), raw_NxH)),
+      )
+      trained = fusion_lib.Part(model, self.params, None if table is None else jax.device_put(table))
+      fused = fusion_lib.Fused(text, trained, float(self.fusion_fit["theta"]))
+      return fused.item_vectors(), fused.user_fn()
+    user_jit, items_jit = evaluate_lib.eval_programs(model)
+    table = None if table is None else jnp.asarray(table)
+    items = items_jit(self.params, table)
+    if table is None:  # a plain ID model reads no table (and has no sequence-level step)
+      return items, lambda seq: user_jit(self.params, None, seq)
+    heads_fn, head = transfer_lib.user_heads_fn(model, self.params, table, self.seq_transfer), self.head
+    return items, lambda seq: heads_fn(seq)[head]
+
   def _prepare(self, catalogue: catalogue_lib.Catalogue) -> _Prepared:
     if self._prepared is not None and self._prepared.catalogue is catalogue:
       return self._prepared
     self._prepared = None  # drop the previous catalogue's device arrays first
-    table = jnp.asarray(
-        text_space.transform_table(
-            jnp.asarray(self.embeddings(catalogue)),
-            str(self.config.model.table_transform),
-            float(self.config.model.whiten_shrinkage),
-        )
-    )
-    # num_items sizes only an ID table, which a served variant does not have.
-    model = recommender_lib.build_model(self.config, catalogue.num_items)
-    items = transfer_lib.item_vectors(model, self.params, table)
-    items_host = np.asarray(items)
-    if not np.isfinite(items_host).all():
+    needs_text = recommender_lib.reads_table(self.config.model) or self.fusion_fit is not None
+    raw = self.embeddings(catalogue) if needs_text else None
+    if self.item_ids is None:
+      items, user_fn = self._scoring(raw, catalogue.num_items)
+    else:  # the model reads its trained catalogue's order: map the catalogue's rows onto it and back
+      to_trained = self._trained_rows(catalogue)
+      from_trained = np.zeros_like(to_trained)
+      from_trained[to_trained] = np.arange(len(to_trained), dtype=np.int32)
+      items, trained_fn = self._scoring(None if raw is None else raw[from_trained], catalogue.num_items)
+      items = jax.tree.map(lambda x: jnp.take(x, jnp.asarray(to_trained), axis=0), items)
+      to_trained_dev = jax.device_put(to_trained)
+      user_fn = lambda seq: trained_fn(jnp.take(to_trained_dev, seq, axis=0))
+    if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(items)):
       raise errors.NonFiniteError(f"the run's item vectors of catalogue {catalogue.name!r} are not finite")
-    rows = min(int(self.settings.item_block_rows) or catalogue.num_items + 1, catalogue.num_items + 1)
-    blocks = jax.device_put(topk.pad_blocks(items_host, rows))
-    self._prepared = _Prepared(catalogue, model, table, items, blocks)
+    blocks = None
+    if not scoring.is_fused(self.scorer):
+      rows = min(int(self.settings.item_block_rows) or catalogue.num_items + 1, catalogue.num_items + 1)
+      blocks = jax.device_put(topk.pad_blocks(np.asarray(items), rows))
+    self._prepared = _Prepared(catalogue, items, blocks, user_fn)
     return self._prepared
 
   def item_vectors(self, catalogue: catalogue_lib.Catalogue) -> np.ndarray:
@@ -222,13 +287,12 @@ class Run:
     inputs_UxL = types.right_aligned([histories.history(u) for u in range(histories.num_users)], max_len)
     buckets = self.settings.length_buckets
     buckets = tuple(self.config.eval.length_buckets if buckets is None else buckets)
-    heads_fn = transfer_lib.user_heads_fn(prepared.model, self.params, prepared.table, self.seq_transfer)
-    head, batch = self.head, self._batch_size(histories.num_users)
+    batch = self._batch_size(histories.num_users)
     for width, group in evaluate_lib.length_groups(inputs_UxL, buckets):
       for lo in range(0, len(group), batch):
         real = group[lo : lo + batch]
         users_B = np.concatenate([real, np.full(batch - len(real), real[-1])])
-        yield users_B, len(real), heads_fn(jax.device_put(inputs_UxL[users_B, max_len - width :]))[head]
+        yield users_B, len(real), prepared.user_fn(jax.device_put(inputs_UxL[users_B, max_len - width :]))
 
   @property
   def has_user_vectors(self) -> bool:
@@ -236,19 +300,28 @@ class Run:
     return scoring.is_dot(self.scorer)
 
   def require_user_vectors(self) -> None:
-    """Raises ConfigError unless users are vectors (has_user_vectors)."""
-    if not self.has_user_vectors:
-      raise errors.ConfigError(
-          f"{self.label} scores a user by the rows of their history (model.knn_aggregate "
-          f"{self.config.model.knn_aggregate!r}), not by one vector: it has no user vectors to give"
+    """Raises ConfigError unless users are vectors (has_user_vectors), naming the methods that have them."""
+    if self.has_user_vectors:
+      return
+    if scoring.is_fused(self.scorer):
+      how = "sums two scores per user (the text's and a trained model's), not one vector"
+    else:
+      how = (
+          f"scores a user by the rows of their history (model.knn_aggregate "
+          f"{self.config.model.knn_aggregate!r}), not by one vector"
       )
+    raise errors.ConfigError(
+        f"{self.label} {how}: it has no user vectors to give. Methods with one vector per user export: "
+        f"the training-free {', '.join(f'--method={m}' for m in exporting_methods()[:3])}, and the runs "
+        f"of the trained presets {', '.join(exporting_presets())}"
+    )
 
   def user_vectors(self, histories, catalogue: catalogue_lib.Catalogue | None = None) -> np.ndarray:
     """[U, D] float32 user vectors (the run's main head), in the order of the histories."""
     self.require_user_vectors()
     histories = self._resolve(histories, catalogue)
     prepared = self._prepare(histories.catalogue)
-    out = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
+    out = np.zeros((histories.num_users, np.asarray(prepared.items).shape[1]), np.float32)
     with tqdm.tqdm(
         total=histories.num_users,
         unit="user",
@@ -309,7 +382,7 @@ class Run:
 
     scores_UxK, rows_UxK = topk.rank(
         batches(),
-        prepared.blocks,
+        prepared.items if prepared.blocks is None else prepared.blocks,
         catalogue.num_items,
         histories.num_users,
         k,
@@ -323,7 +396,7 @@ class Run:
     ids = np.concatenate([np.array([None], object), catalogue.item_ids])[rows_UxK]
     if not self.has_user_vectors:
       return Recommendations(item_ids=ids, scores=scores_UxK), None
-    users_UxD = np.zeros((histories.num_users, prepared.items.shape[1]), np.float32)
+    users_UxD = np.zeros((histories.num_users, np.asarray(prepared.items).shape[1]), np.float32)
     for users_B, real, user_BxD in kept:
       users_UxD[users_B[:real]] = np.asarray(user_BxD)[:real]
     return Recommendations(item_ids=ids, scores=scores_UxK), users_UxD
@@ -349,18 +422,20 @@ def load(
     raise NotAFinishedRunError(f"{workdir} is not a finished run: no such folder")
   config, records = finished_run.config_and_records(workdir)
   variant = str(config.model.variant)
-  if variant == "id":
-    raise NotAFinishedRunError(
-        f"{workdir}: variant 'id' learned one vector per item of its source, so it "
-        "cannot score items it has never seen; use a 'sem', 'recg' or text-space run"
-    )
+  trained_dir = fusion_lib.trained_run_dir(config, workdir) or workdir
+  fusion_fit, item_ids = None, None
+  if config.fusion.enabled:
+    fusion_fit = fusion_lib.read_fit(workdir)
+    if fusion_fit is None:
+      raise NotAFinishedRunError(
+          f"{workdir}: a fusion run without its fitted weight ({fusion_lib.FUSION_FILE})"
+      )
+  if pipeline.learns_items(config):
+    item_ids = _learned_item_ids(workdir)
   params: dict = {}
   if variant != "text_knn":
-    params = finished_run.best_params(workdir, config)
-    width = _table_width(params)
-    if width is None:
-      raise NotAFinishedRunError(f"{workdir}: its best checkpoint has no item projection (items/W_p)")
-    _check_structure(workdir, config, params, width)
+    params = finished_run.best_params(trained_dir, config)
+    _check_structure(workdir, config, params, len(item_ids) if item_ids is not None else 1)
   seq_transfer = None
   zero_shot = any(r.get("stage") == "zero_shot" for r in records)
   if transfer_lib.sequence_step_enabled(config) and zero_shot:
@@ -373,8 +448,48 @@ def load(
           "and saves them"
       )
   return Run(
-      workdir, config, params, seq_transfer, settings=settings, cache_root=cache_root, progress=progress
+      workdir,
+      config,
+      params,
+      seq_transfer,
+      settings=settings,
+      cache_root=cache_root,
+      progress=progress,
+      fusion_fit=fusion_fit,
+      item_ids=item_ids,
   )
+
+
+def _learned_item_ids(workdir: paths.Path) -> list[str]:
+  path = workdir / pipeline.ITEM_IDS
+  if not path.is_file():
+    raise NotAFinishedRunError(
+        f"{workdir}: its model learned one vector per item, but the run has no list of those items "
+        f"({pipeline.ITEM_IDS}; runs finished before it was written lack it): run its command again"
+    )
+  return list(json.loads(path.read_text(encoding="utf-8"))["item_ids"])
+
+
+def exporting_methods() -> list[str]:
+  """The training-free methods with one vector per user (the history mean): what --export can write."""
+  return [
+      m
+      for m in training_free_methods()
+      if presets_lib.PRESETS[m].get("model.knn_aggregate", "mean") == "mean"
+  ]
+
+
+def exporting_presets() -> list[str]:
+  """The presets trained as practitioners train them (presets.CE_TRAINING) whose model gives one vector
+  per user."""
+  out = []
+  for name, fields in presets_lib.PRESETS.items():
+    if any(fields.get(k) != v for k, v in presets_lib.CE_TRAINING.items()) or fields.get("fusion.enabled"):
+      continue
+    config = config_lib.apply_preset(config_lib.get_config(), name)
+    if scoring.is_dot(recommender_lib.build_model(config, 1).scorer):
+      out.append(name)
+  return out
 
 
 def training_free_methods() -> list[str]:

@@ -46,8 +46,9 @@ def pad_blocks(items_NxD: np.ndarray, block_rows: int) -> np.ndarray:
   return out.reshape(m, block_rows, d)
 
 
-def _scores(user, items_RxD: jax.Array, precision: str, scorer: tuple) -> jax.Array:
-  return scoring.score_matrix(user.astype(jnp.float32), items_RxD.astype(jnp.float32), scorer, precision)
+def _scores(user, items_RxD, precision: str, scorer: tuple) -> jax.Array:
+  as_f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+  return scoring.score_matrix(as_f32(user), as_f32(items_RxD), scorer, precision)
 
 
 def _masked(scores_BxR: jax.Array, start: jax.Array, num_items: jax.Array, hist_BxW: jax.Array) -> jax.Array:
@@ -130,7 +131,10 @@ def rank(
   batches: (users_B, real, user_BxD, hist_BxW) per batch: which users its rows are (a padded batch repeats
     its last user), how many rows are real, their vectors and their excluded rows. Every batch has one
     shape, so one program serves them all.
+  blocks_MxRxD: the item vectors in blocks (pad_blocks); for a fused scorer, whose parts are standardised
+    over the whole catalogue, the tuple of its parts' [N+1, D] item vectors, scored at once (full_top_k).
   """
+  top_k = full_top_k if scoring.is_fused(scorer) else blocked_top_k
   rows_UxK = np.zeros((num_users, k), np.int32)
   scores_UxK = np.full((num_users, k), -np.inf, np.float32)
   count = jnp.int32(num_items)
@@ -155,7 +159,7 @@ def rank(
         (
             users_B,
             real,
-            blocked_top_k(
+            top_k(
                 user_BxD,
                 blocks_MxRxD,
                 jax.device_put(hist_BxW),
