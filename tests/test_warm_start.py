@@ -2,6 +2,7 @@
 a study of made-up runs: fine-tuned runs wait for their starting run, crossings and the goal are read from
 the budgets' numbers, and the crossover figure is drawn."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,8 +18,20 @@ from recg_jax.grid import warm_start_report
 import conftest
 
 
-def test_plan_and_run_configs_of_the_shared_study():
+def test_the_shared_study_trains_the_reference_and_fuses_over_its_runs():
   config = warm_start_shared.get_config()
+  items = warm_start.plan(config)
+  assert len(items) == 5 + 5 * 5 * 3 * 2 and [i.domain for i in items[-30:]] == ["Games"] * 30
+  fused = warm_start.Item("scratch", "Kitchen", 0.2, "fusion", 1)
+  rc = warm_start.run_config(config, fused)
+  assert rc.fusion.enabled and rc.fusion.trained_run == "../../id_ce/seed1"
+  assert (rc.train.budget, rc.model.variant, rc.train.loss) == (0.2, "id", "softmax")
+  assert warm_start.trained_part_of(config, fused) == dataclasses.replace(fused, preset="id_ce")
+  assert warm_start.run_config(config, dataclasses.replace(fused, preset="id_ce")).fusion.trained_run == ""
+
+
+def test_plan_and_run_configs_of_the_finetune_study():
+  config = warm_start_shared.get_config("finetune")
   config.experiment.init_study = "/lodo"
   items = warm_start.plan(config)
   kinds = {k: sum(i.kind == k for i in items) for k in warm_start.KINDS}
@@ -33,7 +46,7 @@ def test_plan_and_run_configs_of_the_shared_study():
   scratch = warm_start.run_config(config, warm_start.Item("scratch", "Office", 0.05, "sem", 2))
   assert scratch.train.init_from == ""
   with pytest.raises(errors.ConfigError, match="init_study"):
-    warm_start.plan(warm_start_shared.get_config())
+    warm_start.plan(warm_start_shared.get_config("finetune"))
   config.experiment.budgets = (0.5, 0.2)
   with pytest.raises(errors.ConfigError, match="ascending"):
     warm_start.plan(config)

@@ -21,15 +21,16 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from recg_jax import evaluate
 from recg_jax import paths
 from recg_jax import results as results_lib
+from recg_jax.config import presets as presets_lib
 from recg_jax.config.presets import PRESETS
 from recg_jax.grid import baselines
 from recg_jax.grid import report
 from recg_jax.grid import runner
 from recg_jax.grid import warm_start_report
 
-PROTOCOLS = ("full", "sampled100")
 METRICS = ("ndcg@10", "recall@10")
 ALPHA = 0.05
 GOAL_DOMAINS = 5  # a hybrid should beat both references on at least this many domains
@@ -96,7 +97,8 @@ def goal_lines(values, config, domains: Sequence[str], text: str, reference: str
   lines.append(
       f"A method beats both on a domain when its `full` Recall@10 and NDCG@10 are above the text baseline "
       f"(`{text}`; one-sample t-test of the seeds) and above `{reference}` (paired t-test on the seeds), "
-      f"p < {ALPHA} in each. The goal: one hybrid beats both on {GOAL_DOMAINS} of the {len(domains)} domains."
+      f"p < {ALPHA} in each. The goal: one hybrid beats both on at least {GOAL_DOMAINS} domains (of the six "
+      "shared domains)."
   )
   lines.append("")
   rows = []
@@ -176,9 +178,17 @@ def cost_lines(markers: Sequence[dict[str, Any]], domains: Sequence[str], rows_p
   )
 
 
+def protocols(config: ml_collections.ConfigDict) -> list[str]:
+  """The protocols the runs were evaluated under, `full` first (eval.protocols; 'sampled<N>' by name)."""
+  full, sampled = evaluate.parse_protocols(
+      tuple(config.eval.protocols), int(config.eval.num_sampled_negatives)
+  )
+  return (["full"] if full else []) + ([sampled] if sampled else [])
+
+
 def tables(values, config, domains: Sequence[str], text: str, reference: str) -> list[str]:
   lines = []
-  for protocol in PROTOCOLS:
+  for protocol in protocols(config):
     for metric in METRICS:
       rows = []
       for kind, preset in _row_presets(config, values):
@@ -204,6 +214,13 @@ def tables(values, config, domains: Sequence[str], text: str, reference: str) ->
   return lines
 
 
+def _preset_line(name: str) -> str:
+  fields = PRESETS[name]
+  ce = all(fields.get(k) == v for k, v in presets_lib.CE_TRAINING.items())
+  rest = {k: v for k, v in fields.items() if not (ce and k in presets_lib.CE_TRAINING)}
+  return f"`{name}` " + ("CE + " if ce else "") + str(rest)
+
+
 def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/in_domain.md and in_domain.json from every finished in-domain run of the folder."""
   workdir = paths.as_path(workdir)
@@ -219,7 +236,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       {int(m["relpath"].rsplit("seed", 1)[1]) for m in markers if "/scratch/" in f"/{m['relpath']}"}
   )
   presets = dict.fromkeys(p for _, p in _row_presets(config, values))
-  protocols = results_lib.protocol_descriptions(config.eval)
+  described = results_lib.protocol_descriptions(config.eval)
   lines = [
       f"# In-domain: {ec.name or 'in_domain'}",
       "",
@@ -228,7 +245,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; every user of a domain "
       "trains (no per-domain user cap); leave-one-out split, validation for early stopping and for every "
       "fitted choice (a fusion's theta), test reported",
-      f"- protocols: {'; '.join(f'`{k}` = {v}' for k, v in protocols.items())}",
+      f"- protocols: {'; '.join(f'`{k}` = {v}' for k, v in described.items())}",
       f"- text baseline: `{text}` (declared: the training-free default); ID reference: `{reference}`",
       f"- seeds: {', '.join(map(str, seeds)) or '—'}; mean ± sample std; `>text`/`<text` p = one-sample "
       f"t-test of the seeds against the text baseline's value; `vs {reference}` p = paired t-test on the "
@@ -236,8 +253,8 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
       f"- runs: {len(markers)} finished in this folder; this invocation planned {len(meta['runs'])} "
       f"({total_s / 3600:.2f} h of run time over all finished runs)",
-      "- presets (config overrides over the study config): "
-      + "; ".join(f"`{p}` {PRESETS[p]}" for p in presets if p in PRESETS),
+      "- presets (config overrides over the study config; `CE` = SASRec trained as practitioners train it: "
+      f"{presets_lib.CE_TRAINING}): " + "; ".join(_preset_line(p) for p in presets if p in PRESETS),
       "",
   ]
   lines += goal_lines(values, config, domains, text, reference)
