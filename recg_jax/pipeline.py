@@ -15,6 +15,7 @@ run their models through it. Each stage reads the cache of the stage before it a
 
 from __future__ import annotations
 
+import copy
 import traceback
 from typing import Sequence
 
@@ -63,7 +64,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
     raise errors.ConfigError(f"experiment.mode={mode!r}: expected one of {MODES}")
   workdir_path = paths.as_path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  domains = prepare_data(config, workdir_path)
+  if mode in ("data", "embed"):
+    domains = prepare_data(config, workdir_path)
+  else:  # only what the run reads: an in-domain run leaves its targets alone
+    reads = copy.deepcopy(config)
+    names = reads_domains(config)
+    reads.data.source = "+".join(n for n in names if n in types.source_names(config.data.source))
+    reads.data.targets = tuple(n for n in names if n in tuple(config.data.targets))
+    reads.data.auxiliary = tuple(n for n in names if n in tuple(config.data.auxiliary))
+    domains = prepare_data(reads, workdir_path)
   if mode == "data":
     return None
   tables = None
@@ -78,9 +87,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
 
 
 def run_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The domains a run reads: its source(s), targets and auxiliary domains, without repeats."""
+  """The domains of a run's config: its source(s), targets and auxiliary domains, without repeats."""
   sources = types.source_names(config.data.source)
   return tuple(dict.fromkeys([*sources, *config.data.targets, *config.data.auxiliary]))
+
+
+def reads_domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The domains a run reads: run_domains, but an in-domain run without RecG's generalization loss (which
+  samples the other domains' items) reads its source(s) alone."""
+  from recg_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  if str(config.experiment.mode) == "zero_shot" or step_lib.gen_loss_enabled(config):
+    return run_domains(config)
+  return types.source_names(config.data.source)
 
 
 def _capped(config: ml_collections.ConfigDict, domains: dict[str, types.DomainData]) -> dict:
@@ -145,7 +164,7 @@ def model_tables(
 
   if not recommender.reads_table(config.model) or tables is None:
     return None
-  return {n: model_table(config, tables[n]) for n in run_domains(config) if n in tables}
+  return {n: model_table(config, tables[n]) for n in reads_domains(config) if n in tables}
 
 
 def model_table(config: ml_collections.ConfigDict, table: np.ndarray) -> np.ndarray:
@@ -192,7 +211,7 @@ def train_and_transfer(
         "experiment.mode=in_domain"
     )
   run_tables = model_tables(config, tables)
-  names = run_domains(config) if run_tables is not None else types.source_names(config.data.source)
+  names = reads_domains(config) if run_tables is not None else types.source_names(config.data.source)
   missing = [n for n in names if n not in domains]
   if missing:
     raise errors.ConfigError(

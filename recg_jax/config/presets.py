@@ -241,3 +241,7 @@ PRESETS.update(
         },
     }
 )
+# The hybrid the in-domain study finds best (docs/method.md, "Text and interactions together"):
+# `--config=configs/amazon_shared.py:source=X,preset=hybrid --config.experiment.mode=in_domain`.
+BEST_HYBRID = "fusion"
+PRESETS["hybrid"] = dict(PRESETS[BEST_HYBRID])
