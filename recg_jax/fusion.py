@@ -7,10 +7,10 @@ catalogue's items (per-user z-scores, models/scoring.py) and the fused score is
 
 so theta = 0 is the text recommender alone (config.fusion.text_preset, a text_knn preset) and theta = 1
 the trained model alone; theta / (1 - theta) is the trained part's weight against the text's. theta is
-fitted on the source's validation split, on eval.select_metric: every theta of a coarse grid over the
-whole of [0, 1] (fusion.coarse_steps), then a finer one spanning a coarse step either side of the best
-(fusion.fine_steps), every weighting ranked from one scoring pass per split (evaluate.head_ranks'
-weight_grid). A tie keeps the smaller theta: the text recommender, which needs no training, is what a
+fitted on the source's validation split, on eval.select_metric: every theta = k / fusion.steps over the
+whole of [0, 1], every weighting ranked from one scoring pass (evaluate.head_ranks' weight_grid). The
+edges are the parts alone, so no edge of the search decides anything but "this part alone". A tie keeps
+the smaller theta: the text recommender, which needs no training, is what a
 weak trained part falls back to. The fit is written to <workdir>/fusion.json and into every record.
 
 Evaluation, the studies and serving score a fused run through the same scorer ('fuse'), so a served list
@@ -83,16 +83,12 @@ class Fused:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on fusion settings that cannot be fitted."""
-  fc = config.fusion
-  if int(fc.coarse_steps) < 1 or int(fc.fine_steps) < 2:
-    raise errors.ConfigError(
-        f"config.fusion.coarse_steps must be >= 1 and config.fusion.fine_steps >= 2, got {fc.coarse_steps}, "
-        f"{fc.fine_steps}"
-    )
+  if int(config.fusion.steps) < 1:
+    raise errors.ConfigError(f"config.fusion.steps must be >= 1, got {config.fusion.steps}")
   text = text_config(config)
   if str(text.model.variant) != "text_knn":
     raise errors.ConfigError(
-        f"config.fusion.text_preset={fc.text_preset!r} is not a training-free text_knn preset"
+        f"config.fusion.text_preset={config.fusion.text_preset!r} is not a training-free text_knn preset"
     )
   if str(config.model.variant) == "text_knn":
     raise errors.ConfigError(
@@ -174,20 +170,10 @@ class Fit:
 
 
 def fit(config: ml_collections.ConfigDict, fused: Fused, domain: types.DomainData) -> Fit:
-  """theta with the best validation eval.select_metric: a coarse grid over [0, 1], then a finer one around
-  its best; the smaller theta on ties."""
-  fc = config.fusion
-  coarse = theta_grid(0.0, 1.0, int(fc.coarse_steps))
-  tried = dict(zip(coarse, curve(config, fused, domain, coarse)))
-  best = min(tried, key=lambda t: (-tried[t], t))
-  step = 1.0 / int(fc.coarse_steps)
-  fine = [
-      t
-      for t in theta_grid(max(0.0, best - step), min(1.0, best + step), int(fc.fine_steps))
-      if t not in tried
-  ]
-  if fine:
-    tried.update(zip(fine, curve(config, fused, domain, fine)))
+  """theta with the best validation eval.select_metric over theta = k / fusion.steps; the smaller theta on
+  ties."""
+  thetas = theta_grid(0.0, 1.0, int(config.fusion.steps))
+  tried = dict(zip(thetas, curve(config, fused, domain, thetas)))
   best = min(tried, key=lambda t: (-tried[t], t))
   return Fit(theta=best, value=tried[best], tried=tuple(sorted(tried.items())))
 

@@ -33,8 +33,7 @@ def _config(tiny_config, fused: bool):
           "encoder.cache_only": True,
           "fusion.enabled": fused,
           "fusion.text_preset": "text_knn_center_soft02",
-          "fusion.coarse_steps": 4,
-          "fusion.fine_steps": 4,
+          "fusion.steps": 4,
       }
   )
 

@@ -370,10 +370,9 @@ def get_fusion_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.enabled = False
   c.text_preset = "text_knn_whiten_soft02"  # the training-free part: a text_knn preset (config/presets.py)
-  # theta is searched on theta = k / coarse_steps (k = 0..coarse_steps), then on fine_steps + 1 values
-  # spanning one coarse step either side of the best.
-  c.coarse_steps = 20
-  c.fine_steps = 20
+  # theta is searched on theta = k / steps, k = 0..steps, every value ranked from one scoring pass over the
+  # validation split (the text part's scores cost far more than ranking them again per theta).
+  c.steps = 100
   # A finished run (its folder) whose best parameters are the trained part: nothing is trained, the fusion
   # is fitted on that run's model (its model and data settings must be this run's). "" = train it here.
   c.trained_run = ""
