@@ -144,6 +144,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   # `standardize` (also divide each dimension by its standard deviation over the domain's items) and
   # `whiten` (map the centred rows through the inverse square root of their covariance plus
   # whiten_shrinkage times the mean variance: 0 = plain whitening) are the same kind of transform.
+  # `whiten_oas` and `whiten_lw` whiten with a shrinkage estimated from the domain's own items instead
+  # (Oracle Approximating Shrinkage, Ledoit-Wolf; whiten_shrinkage is not read), and centre a catalogue with
+  # no more items than dimensions (docs/method.md, "The day-one default on small catalogues").
   c.table_transform = "none"
   c.whiten_shrinkage = 0.1
   # Variant 'text_id' (items joined from text and ids, models/heads.py): its table is each domain's text
@@ -152,7 +155,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   # leading text_id_frozen_dims columns (the directions in which the texts differ most) never train:
   # 0 = an ID table initialised from the texts; hidden_dim / 2 = AlphaFuse's construction.
   c.text_id_frozen_dims = 0
-  c.text_id_scale = 1.0
+  # 0.1: the best of 0.02 (RecBole's initial ID table), 0.1 and 1 on a validation split
+  # (results/text_id_scale/results.md); at 1 the initial logits are too large to train well.
+  c.text_id_scale = 0.1
   return c
 
 
