@@ -6,7 +6,8 @@ budget of 100%, with its own table, recg_jax/grid/in_domain_report.py).
   python -m recg_jax.baselines --config=configs/in_domain_shared.py:large --workdir=DIR    # Games, Kitchen
 
 The first runs the four smaller domains with every preset; `:large` the two large ones (Games, Kitchen)
-with the references and the two best hybrids of the small domains (LARGE_PRESETS). Both write into one
+with the references and the two best hybrids of the small domains (LARGE_PRESETS); `:first` the ID
+reference and the fusion on all six (what the study ran first). Both write into one
 folder and one table (DIR/in_domain.md). Every user of a domain trains (no per-domain user cap), every
 trained preset is SASRec at RecBole's sizes with cross-entropy over the catalogue (presets.CE_TRAINING),
 each run alone (a run's seeds do not train as stacked members: each stops at its own epoch). The
@@ -41,6 +42,8 @@ def get_config(arg: str | None = None):
   part, _, rest = (arg or "").partition(",")
   if part == "large":
     ec.domains, ec.presets = LARGE, LARGE_PRESETS
+  elif part == "first":
+    ec.domains, ec.presets = SMALL + LARGE, ("id_ce", "fusion")
   elif part:
     rest = arg
   config.data.source, config.data.targets = ec.domains[0], ()

@@ -16,6 +16,7 @@ NDCG@10 are both above the text baseline and above the ID reference with p < 0.0
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import ml_collections
@@ -221,9 +222,23 @@ def _preset_line(name: str) -> str:
   return f"`{name}` " + ("CE + " if ce else "") + str(rest)
 
 
+COMMANDS = "in_domain_commands.json"
+
+
+def commands(workdir: paths.Path, command: str) -> list[str]:
+  """Every command that ran runs into the folder (DIR/in_domain_commands.json), with this one added."""
+  path = workdir / COMMANDS
+  known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+  if command and command not in known:
+    known.append(command)
+    paths.write_json_atomic(path, known)
+  return known
+
+
 def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/in_domain.md and in_domain.json from every finished in-domain run of the folder."""
   workdir = paths.as_path(workdir)
+  ran = commands(workdir, str(meta.get("command") or ""))
   markers = collect(workdir)
   values = warm_start_report.collect_values(markers)
   ec = config.experiment
@@ -240,8 +255,10 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   lines = [
       f"# In-domain: {ec.name or 'in_domain'}",
       "",
-      f"- regenerate: `{meta.get('command') or '(not recorded)'}` (finished runs are skipped; the table "
-      "reads every finished run of the folder, so invocations over other domains or presets add to it)",
+      "- regenerate: "
+      + ("; then ".join(f"`{c}`" for c in ran) or "(not recorded)")
+      + " (finished runs are skipped; the table reads every finished run of the folder, so invocations over "
+      "other domains or presets add to it)",
       f"- data: {results_lib.data_label(config)}; domains {', '.join(domains)}; every user of a domain "
       "trains (no per-domain user cap); leave-one-out split, validation for early stopping and for every "
       "fitted choice (a fusion's theta), test reported",
