@@ -124,6 +124,93 @@ def test_whitening_shrunk_far_comes_back_to_centring():
     text_space.transform_table(items, "whiten", shrinkage=-1.0)
 
 
+def _anisotropic_items(seed: int, n: int, h: int = 48) -> np.ndarray:
+  """n items (rows 1..n, row 0 padding) whose dimensions' standard deviations run from 0.2 to 3."""
+  rows = np.random.default_rng(seed).normal(size=(n + 1, h)) * np.linspace(0.2, 3.0, h) + 0.5
+  rows[0] = 0.0
+  return rows.astype(np.float32)
+
+
+@pytest.mark.parametrize("estimator", ["oas", "ledoit_wolf"])
+@pytest.mark.parametrize("n", [20, 300])  # fewer items than dimensions, and more
+def test_estimated_shrinkage_equals_sklearns(estimator, n):
+  from sklearn import covariance  # pylint: disable=g-import-not-at-top
+
+  items = _anisotropic_items(0, n)
+  fitted = (covariance.OAS() if estimator == "oas" else covariance.LedoitWolf()).fit(
+      items[1:].astype(np.float64)
+  )
+  got = float(text_space.estimated_shrinkage(jnp.asarray(items), estimator))
+  np.testing.assert_allclose(got, fitted.shrinkage_, rtol=2e-4)
+
+
+@pytest.mark.parametrize("estimator", ["oas", "ledoit_wolf"])
+def test_estimated_shrinkage_falls_as_the_items_grow(estimator):
+  """More items for the same 48 dimensions: less weight on the identity (mean over five draws)."""
+  rho = [
+      np.mean(
+          [
+              float(text_space.estimated_shrinkage(jnp.asarray(_anisotropic_items(s, n)), estimator))
+              for s in range(5)
+          ]
+      )
+      for n in (60, 200, 1000, 5000)
+  ]
+  assert rho[0] > 0.5 and rho[-1] < 0.02, rho
+  assert all(a > b for a, b in zip(rho, rho[1:])), rho
+
+
+@pytest.mark.parametrize("mode", ["whiten_oas", "whiten_lw"])
+def test_estimated_whitening_centres_a_catalogue_with_no_more_items_than_dimensions(mode):
+  for n in (12, 48):
+    items = jnp.asarray(_anisotropic_items(6, n))
+    assert float(text_space.whitening_shrinkage(items, mode)) == 1.0
+    centred = text_space.transform_table(items, "center")
+    np.testing.assert_allclose(
+        _cosines(text_space.transform_table(items, mode)), _cosines(centred), atol=1e-5
+    )
+  assert float(text_space.whitening_shrinkage(jnp.asarray(_anisotropic_items(6, 49)), mode)) < 1.0
+
+
+@pytest.mark.parametrize("mode", ["whiten_oas", "whiten_lw"])
+def test_estimated_whitening_is_fixed_whitening_at_the_same_identity_weight(mode):
+  """(1 - rho) C + rho mu I is (C + s mu I) / (1 + s) at s = rho / (1 - rho): the same whitened table."""
+  items = jnp.asarray(_anisotropic_items(1, 80))
+  rho = float(text_space.whitening_shrinkage(items, mode))
+  assert 0.0 < rho < 1.0
+  fixed = text_space.transform_table(items, "whiten", shrinkage=rho / (1.0 - rho))
+  np.testing.assert_allclose(_cosines(text_space.transform_table(items, mode)), _cosines(fixed), atol=2e-4)
+
+
+@pytest.mark.parametrize("mode", ["whiten_oas", "whiten_lw"])
+def test_estimated_whitening_ignores_a_rotation_scale_and_offset_of_the_items(mode):
+  items = jnp.asarray(_anisotropic_items(2, 60))
+  rotation = jnp.asarray(np.linalg.qr(np.random.default_rng(3).normal(size=(48, 48)))[0].astype(np.float32))
+  moved = items.at[1:].set(3.0 * items[1:] @ rotation - 2.0)
+  a, b = text_space.transform_table(items, mode), text_space.transform_table(moved, mode)
+  np.testing.assert_allclose(_cosines(a), _cosines(b), atol=2e-4)
+  np.testing.assert_allclose(
+      text_space.whitening_shrinkage(items, mode), text_space.whitening_shrinkage(moved, mode), rtol=1e-4
+  )
+  chex.assert_trees_all_close(a[0], jnp.zeros(48))
+  np.testing.assert_allclose(np.linalg.norm(a[1:], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_estimated_whitening_reads_each_domains_own_rows():
+  small, large = _anisotropic_items(4, 20), _anisotropic_items(5, 2000)
+  tables = text_space.transform_tables({"S": small, "L": large}, "whiten_oas")
+  np.testing.assert_allclose(
+      tables["S"], text_space.transform_table(jnp.asarray(small), "whiten_oas"), atol=1e-6
+  )
+  np.testing.assert_allclose(
+      tables["L"], text_space.transform_table(jnp.asarray(large), "whiten_oas"), atol=1e-6
+  )
+  with pytest.raises(ValueError, match="estimator"):
+    text_space.estimated_shrinkage(jnp.asarray(small), "james_stein")
+  with pytest.raises(ValueError, match="not a whitening"):
+    text_space.whitening_shrinkage(jnp.asarray(small), "center")
+
+
 def test_text_knn_has_no_parameters_and_scores_by_cosine(table):
   model = _model("text_knn")
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(SEQ), table)
@@ -188,7 +275,7 @@ def test_mix_scores_are_text_knn_plus_the_sem_score(table):
 def test_text_space_options_are_validated(table):
   seq = jnp.asarray(SEQ)
   for kw, match in [
-      ({"variant": "id", "score_space": "text"}, "score_space='text' needs"),
+      ({"variant": "id", "score_space": "text"}, "variant 'id' joins the text with"),
       ({"score_space": "latent"}, "score_space must be"),
       ({"score_space": "text", "text_user": "sum"}, "text_user must be"),
       ({"text_user": "mix"}, "needs config.model.score_space='text'"),

@@ -117,6 +117,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.knn_aggregate": "softmax",
         "model.knn_temperature": 0.2,
     },
+    # ... whitened with a shrinkage estimated from each catalogue's own items (OAS, Ledoit-Wolf): centring
+    # where the items are few for their dimensions, closer to plain whitening as they grow.
+    "text_knn_whiten_oas_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "whiten_oas",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
+    "text_knn_whiten_lw_soft02": {
+        "model.variant": "text_knn",
+        "model.table_transform": "whiten_lw",
+        "model.knn_aggregate": "softmax",
+        "model.knn_temperature": 0.2,
+    },
     "text_knn_center_title": {
         "model.variant": "text_knn",
         "model.table_transform": "center",

@@ -9,7 +9,10 @@ nothing but the table they are given: a target's statistics come from the target
   the cosines. 'standardize' also divides every dimension by its standard deviation over the real rows,
   and 'whiten' maps the centred rows through the inverse square root of their covariance, shrunk towards
   a multiple of the identity (every principal direction of the domain's items gets about unit variance),
-  each before the L2 normalisation. Row 0 (padding) stays 0.
+  each before the L2 normalisation. 'whiten_oas' and 'whiten_lw' whiten with a shrinkage estimated from the
+  domain's own items (Oracle Approximating Shrinkage, Ledoit-Wolf: `estimated_shrinkage`), which rises
+  towards centring as the items become few for their dimensions, and centre a catalogue with no more items
+  than dimensions. Row 0 (padding) stays 0.
 - `history_mean_positions(seq_BxL, table_NxH, decay)`: at every position t, the weighted mean
   sum_{s<=t} decay^(t-s) e[seq_s] / sum_{s<=t} decay^(t-s) over real items; position L-1 is the user's
   whole history with weight 0.5^age for decay 0.5 (age 0 = newest). decay 1 is the plain mean, decay 0 the
@@ -27,13 +30,69 @@ import numpy as np
 
 from recg_jax import errors
 
-TABLE_TRANSFORMS = ("none", "center", "standardize", "whiten")
+TABLE_TRANSFORMS = ("none", "center", "standardize", "whiten", "whiten_oas", "whiten_lw")
 # 'whiten' adds shrinkage * (the mean variance) to every principal direction's variance before dividing
 # by its square root (config.model.whiten_shrinkage): directions with almost no variance among a domain's
 # items are not blown up into noise; shrinkage 0 is plain whitening, a large one comes back to 'center'.
 DEFAULT_SHRINKAGE = 0.1
+# The whitening modes whose shrinkage is estimated from the domain's items (config.model.whiten_shrinkage
+# is not read), and their estimators. With no more items than dimensions the covariance is singular and
+# its inverse square root is made of the shrinkage alone: these modes centre such a catalogue (rho = 1).
+ESTIMATED_WHITENING = {"whiten_oas": "oas", "whiten_lw": "ledoit_wolf"}
 # 'standardize' adds this to every dimension's variance, for the same reason.
 _VARIANCE_FLOOR = 1e-6
+
+
+def _centred_rows(table_NxH: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+  """(centred_NxH, real_N, count): the real rows (1..N-1) minus their mean, row 0 zero."""
+  real_N = jnp.arange(table_NxH.shape[0]) > 0
+  count = max(table_NxH.shape[0] - 1, 1)
+  mean_H = jnp.sum(jnp.where(real_N[:, None], table_NxH, 0.0), axis=0) / count
+  return jnp.where(real_N[:, None], table_NxH - mean_H, 0.0), real_N, count
+
+
+def estimated_shrinkage(table_NxH: jax.Array, estimator: str) -> jax.Array:
+  """rho in [0, 1]: the weight of the scaled identity mu I (mu = the mean variance) in the shrunk
+  covariance (1 - rho) C + rho mu I of the real rows (1..N-1), C their covariance (divided by the number of
+  items), as scikit-learn's `sklearn.covariance` estimates it ('oas': OAS, 'ledoit_wolf': LedoitWolf).
+  It reads only the table's own rows; it rises towards 1 (no covariance structure kept: centring) as the
+  items become few for their dimensions, and falls as they grow."""
+  centred_NxH, _, count = _centred_rows(jnp.asarray(table_NxH, jnp.float32))
+  h = centred_NxH.shape[1]
+  cov_HxH = centred_NxH.T @ centred_NxH / count
+  mu = jnp.trace(cov_HxH) / h
+  if estimator == "oas":
+    # Chen et al. (2010) as sklearn writes it: min((<C^2> + mu^2) / ((n + 1) (<C^2> - mu^2 / p)), 1),
+    # <.> the mean over the p x p entries.
+    alpha = jnp.mean(jnp.square(cov_HxH))
+    num = alpha + jnp.square(mu)
+    den = (count + 1) * (alpha - jnp.square(mu) / h)
+    return jnp.where(den > 0, jnp.minimum(num / jnp.where(den > 0, den, 1.0), 1.0), 1.0)
+  if estimator == "ledoit_wolf":
+    # Ledoit and Wolf (2004): the variance of the entries of C (beta) against their spread around
+    # mu I (delta), beta capped at delta.
+    frob = jnp.sum(jnp.square(cov_HxH))
+    fourth = jnp.sum(jnp.square(jnp.sum(jnp.square(centred_NxH), axis=1)))
+    beta = (fourth / count - frob) / (h * count)
+    delta = (frob - h * jnp.square(mu)) / h
+    return jnp.where(delta > 0, jnp.minimum(beta, delta) / jnp.where(delta > 0, delta, 1.0), 1.0)
+  raise errors.ConfigError(f"unknown shrinkage estimator {estimator!r}: expected 'oas' or 'ledoit_wolf'")
+
+
+def whitening_shrinkage(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_SHRINKAGE) -> jax.Array:
+  """rho, the identity's weight in the covariance a whitening mode inverts ((1 - rho) C + rho mu I):
+  s / (1 + s) for 'whiten' with shrinkage s (whose (C + s mu I) is the same matrix up to a factor), the
+  estimate for 'whiten_oas' / 'whiten_lw', or 1 (centring) where the items are no more than the
+  dimensions."""
+  if mode in ESTIMATED_WHITENING:
+    if table_NxH.shape[0] - 1 <= table_NxH.shape[1]:
+      return jnp.float32(1.0)
+    return estimated_shrinkage(table_NxH, ESTIMATED_WHITENING[mode])
+  if mode != "whiten":
+    raise errors.ConfigError(f"{mode!r} is not a whitening table transform")
+  if not shrinkage >= 0:
+    raise errors.ConfigError(f"config.model.whiten_shrinkage must be >= 0, got {shrinkage}")
+  return jnp.float32(shrinkage / (1.0 + shrinkage)) if np.isfinite(shrinkage) else jnp.float32(1.0)
 
 
 def transform_table(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_SHRINKAGE) -> jax.Array:
@@ -43,23 +102,19 @@ def transform_table(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_
   table_NxH = jax.lax.stop_gradient(table_NxH).astype(jnp.float32)
   if mode == "none":
     return table_NxH
-  real_N = jnp.arange(table_NxH.shape[0]) > 0
-  mean_H = jnp.sum(jnp.where(real_N[:, None], table_NxH, 0.0), axis=0) / jnp.maximum(
-      table_NxH.shape[0] - 1, 1
-  )
-  centred = jnp.where(real_N[:, None], table_NxH - mean_H, 0.0)
-  count = jnp.maximum(table_NxH.shape[0] - 1, 1)
+  centred, real_N, count = _centred_rows(table_NxH)
   if mode == "standardize":
     var_H = jnp.sum(jnp.square(centred), axis=0) / count
     centred = centred / jnp.sqrt(var_H + _VARIANCE_FLOOR)
-  elif mode == "whiten":
-    if not shrinkage >= 0:
-      raise errors.ConfigError(f"config.model.whiten_shrinkage must be >= 0, got {shrinkage}")
+  elif mode != "center":
+    rho = whitening_shrinkage(table_NxH, mode, shrinkage)
     cov_HxH = centred.T @ centred / count
     eigvals_H, eigvecs_HxH = jnp.linalg.eigh(cov_HxH)
     eigvals_H = jnp.maximum(eigvals_H, 0.0)
-    floor = shrinkage * jnp.mean(eigvals_H) + _VARIANCE_FLOOR
-    centred = centred @ (eigvecs_HxH / jnp.sqrt(eigvals_H + floor))
+    # (1 - rho) (C + eps I) + rho mu I: for 'whiten', (C + s mu I + eps I) / (1 + s); rho 1 is centring.
+    shrunk_H = (1.0 - rho) * (eigvals_H + _VARIANCE_FLOOR) + rho * jnp.mean(eigvals_H)
+    shrunk_H = jnp.maximum(shrunk_H, 1e-30)
+    centred = centred @ (eigvecs_HxH / jnp.sqrt(shrunk_H))
   norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
   unit = centred / jnp.maximum(norms, 1e-12)
   return jnp.where(real_N[:, None], unit, 0.0)
