@@ -1,6 +1,6 @@
 """Serving with no run: a training-free method (serving.method, `recommend` without --workdir).
 
-The default method scores a user by a recency-weighted soft maximum over their history's whitened rows
+The default method scores a user by a recency-weighted soft maximum over their history's centred rows
 (models/scoring.py), which is no dot product with one user vector: these tests hold its lists to
 evaluation's ranks and to a NumPy reference, and check what it refuses.
 """

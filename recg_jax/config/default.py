@@ -374,7 +374,7 @@ def get_fusion_config() -> ml_collections.ConfigDict:
   is the text recommender alone, 1 the trained model alone. In-domain runs only."""
   c = ml_collections.ConfigDict()
   c.enabled = False
-  c.text_preset = "text_knn_whiten_soft02"  # the training-free part: a text_knn preset (config/presets.py)
+  c.text_preset = "text_knn_center_soft02"  # the training-free part: a text_knn preset (config/presets.py)
   # theta is searched on theta = k / steps, k = 0..steps, every value ranked from one scoring pass over the
   # validation split (the text part's scores cost far more than ranking them again per theta).
   c.steps = 100

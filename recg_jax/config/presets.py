@@ -196,9 +196,9 @@ CE_TRAINING: dict[str, Any] = {
     "train.patience": 10,
     "train.targets": "all_prefixes",
 }
-# The training-free text baseline the hybrids join (the best of the leave-one-domain-out study's
-# validation domains); its text fields, without its variant.
-TEXT_BASELINE = "text_knn_whiten_soft02"
+# The training-free text baseline the hybrids join: the day-one default `recommend` serves (the safest on
+# the validation domains, whole and item-subsampled: docs/method.md); its text fields, without its variant.
+TEXT_BASELINE = "text_knn_center_soft02"
 _TEXT_FIELDS = {k: v for k, v in PRESETS[TEXT_BASELINE].items() if k != "model.variant"}
 # An in-domain model learns one vector per item of its catalogue: every user trains it (the per-source cap
 # of multi-source studies does not apply).

@@ -7,13 +7,15 @@ field can be set with `--config.<field>=value` on the command line.
 
 import ml_collections
 
+from recg_jax.config import presets
+
 # What `recommend` serves when it is given no run: the training-free method chosen on the validation
 # domains, whole and item-subsampled to 50, 200 and 1,000 items (results/small_catalogues/results.md;
 # docs/method.md, "The day-one default on small catalogues"): text embeddings centred on the catalogue's
 # own items, each user scored by a recency-weighted soft maximum over their history. Whitening the
 # catalogue (`text_knn_whiten_soft02`, the leave-one-domain-out study's choice on the whole validation
 # domains) loses up to 24% on their small subsamples, and on Games at every size.
-DEFAULT_METHOD = "text_knn_center_soft02"
+DEFAULT_METHOD = presets.TEXT_BASELINE
 
 
 def get_config() -> ml_collections.ConfigDict:
