@@ -337,3 +337,20 @@ def test_every_hybrid_preset_builds_its_model_and_trains_on_every_user():
       text.knn_aggregate,
       text.knn_temperature,
   )
+
+
+def test_an_in_domain_run_reads_its_source_alone(tiny_config, tiny_problem, tmp_path, monkeypatch):
+  domains, tables = tiny_problem
+  asked = []
+
+  def prepare(config, workdir):
+    asked.append((config.data.source, tuple(config.data.targets)))
+    return {n: domains[n] for n in (config.data.source, *config.data.targets)}
+
+  monkeypatch.setattr(pipeline, "prepare_data", prepare)
+  monkeypatch.setattr(pipeline, "embed_domains", lambda config, workdir, ds: {n: tables[n] for n in ds})
+  config = tiny_config(**{"model.variant": "text_knn", "experiment.mode": "in_domain"})
+  (record,) = pipeline.run(config, str(tmp_path))
+  assert asked == [("Alpha", ())] and record["domain"] == "Alpha"
+  recg = tiny_config(**{"experiment.mode": "in_domain"})  # RecG's L_gen samples the other domains' items
+  assert pipeline.reads_domains(recg) == ("Alpha", "Beta", "Gamma")
