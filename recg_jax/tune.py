@@ -1,4 +1,4 @@
-"""Command line: tune the text encoder on the source domains' interactions (or `recg-jax-tune`).
+r"""Command line: tune the text encoder on the source domains' interactions (or `recg-jax-tune`).
 
   python -m recg_jax.tune --config=configs/lodo_shared.py \
       --config.data.source=Scientific+Office+LuxuryBeauty+Food+Kitchen --workdir=runs/tuned

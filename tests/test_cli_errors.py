@@ -70,6 +70,7 @@ def _recommend_args(run, catalogue, histories, out):
   ]
 
 
+@pytest.mark.slow
 def test_recommend_with_a_history_file_that_is_not_utf8(text_knn_run, tmp_path):
   run, catalogue, histories = text_knn_run
   runs = _repeated(*_recommend_args(run, catalogue, histories, tmp_path / "recs.jsonl"))
@@ -81,6 +82,7 @@ def test_recommend_with_a_history_file_that_is_not_utf8(text_knn_run, tmp_path):
   assert not (tmp_path / "recs.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_main_with_a_data_folder_that_is_not_there(tmp_path):
   runs = _repeated(
       "-m",
@@ -98,6 +100,7 @@ def test_main_with_a_data_folder_that_is_not_there(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_verbose_and_the_environment_show_the_traceback(text_knn_run, tmp_path):
   run, catalogue, histories = text_knn_run
   args = _recommend_args(tmp_path / "not_a_run", catalogue, histories, tmp_path / "recs.jsonl")

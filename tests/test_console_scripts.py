@@ -10,6 +10,9 @@ import sys
 import pytest
 import tomllib
 
+# Installs the package and starts every command: the slow tier.
+pytestmark = pytest.mark.slow
+
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SCRIPTS = tomllib.loads((_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 # Flags each command must list under --help (its own and the shared ones it reads).

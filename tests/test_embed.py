@@ -243,6 +243,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_batches_on_eight_devices_match_one(minilm, config, tmp_path):
   """XLA's device count is fixed per process, so the 8-device run is a subprocess."""
   texts = [t for t in TEXTS if t.strip()][:7] + ["one more text", "and the last"]  # 9: 2 batches of 8

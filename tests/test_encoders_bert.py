@@ -130,8 +130,7 @@ def _tiny_config(model: str, **overrides) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------------ parity
-
-
+@pytest.mark.slow
 def test_minilm_matches_sentence_transformers(minilm, config):
   """The default encoder through embed_texts (bucketed) against sentence-transformers on CPU."""
   st = pytest.importorskip("sentence_transformers")
@@ -171,6 +170,7 @@ def test_tiny_hf_models_match_transformers(tmp_path, kind):
     assert encoder.module.config.position_offset == 2 and encoder.max_tokens == 38
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32(minilm, config):
   """bfloat16 compute (float32 accumulation and output) stays within a documented tolerance."""
   texts = PARITY_TEXTS[1:5] + PARITY_TEXTS[7:8]

@@ -437,6 +437,7 @@ def test_csv_of_made_up_runs(made_up_grid):
   assert row("ablation", "zero_shot", "Gamma", "recg:alpha=0.01", "full", "ndcg@10")["n"] == "1"
 
 
+@pytest.mark.slow
 def test_figures_of_made_up_runs(made_up_grid, tmp_path):
   workdir, _, _ = made_up_grid
   config = _tiny_config()

@@ -65,6 +65,7 @@ def reference_tokenizer(gguf_path):
   return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
 
 
+@pytest.mark.slow
 def test_config_from_metadata(loaded):
   hf, tensors, _ = loaded
   expected = dict(
@@ -118,6 +119,7 @@ def test_unsupported_architecture_is_a_clear_error():
     gguf_loader.gguf_config({"general.architecture": "gemma2"}, "x.gguf")
 
 
+@pytest.mark.slow
 def test_tokenizer_matches_transformers(loaded, reference_tokenizer):
   _, _, tokenizer = loaded
   for text in TEXTS:
@@ -138,6 +140,7 @@ def _batch(tokenizer):
   return ids, mask
 
 
+@pytest.mark.slow
 def test_first_layers_match_transformers_gguf_tensors(loaded_and_reader):
   """The file cut to its first two blocks: our reader and Decoder against a transformers LlamaModel whose
   weights go through transformers' own GGUF processing (tensor names, dequantisation, Q/K un-permutation).

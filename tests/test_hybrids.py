@@ -285,6 +285,7 @@ def _fusion_config(tiny_config, **overrides):
   )
 
 
+@pytest.mark.slow
 def test_a_fusion_over_a_finished_run_trains_nothing_and_equals_the_fusion_trained_in_place(
     tiny_config, tiny_problem, tmp_path
 ):

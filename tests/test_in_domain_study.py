@@ -76,6 +76,7 @@ def test_the_shared_config_plans_every_preset_on_the_small_domains_and_a_few_on_
   assert small.experiment.presets.index("id_ce") < small.experiment.presets.index("fusion")
 
 
+@pytest.mark.slow
 def test_a_fusion_waits_for_its_trained_part_and_the_table_says_who_beats_both(
     fusion_preset, tmp_path, monkeypatch
 ):

@@ -77,6 +77,7 @@ def made_up_study(tmp_path, monkeypatch):
   return tmp_path, calls, summary
 
 
+@pytest.mark.slow
 def test_a_made_up_study_runs_every_run_once_and_tables_it(made_up_study):
   workdir, calls, summary = made_up_study
   assert not summary["failed"] and len(summary["ran"]) == len(calls) == 2 * 3 + 2 * (3 + 3 + 2 * 3)
@@ -95,6 +96,7 @@ def test_a_made_up_study_runs_every_run_once_and_tables_it(made_up_study):
   assert again["ran"] == [] and len(calls) == len(summary["ran"])
 
 
+@pytest.mark.slow
 def test_choices_read_the_validation_domain_only(made_up_study):
   workdir, _, _ = made_up_study
   config = _tiny_config()

@@ -80,6 +80,7 @@ def test_stacked_members_equal_separate_runs(tiny_problem, alone, tmp_path, axis
   ]
 
 
+@pytest.mark.slow
 def test_a_group_checkpoint_from_before_a_traced_field_was_added_still_resumes(tiny_problem, tmp_path):
   domains, tables = tiny_problem
   members = [_config(**{"train.num_epochs": 1, "train.seed": s}) for s in (0, 1)]

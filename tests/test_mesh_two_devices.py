@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import _train_driver as driver
 from conftest import read_jsonl
@@ -40,6 +41,7 @@ def _train_events(workdir):
   return [e for e in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if e["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_path):
   _, one = tiny_trained_run
   workdir = tmp_path / "two"

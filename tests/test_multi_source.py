@@ -63,6 +63,7 @@ def test_sources_are_stacked_and_padded(tiny_config, tiny_problem):
   assert not st.arrays["sources"][0, 31:].any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant,extra",
     [

@@ -212,6 +212,7 @@ def test_two_processes_killed_mid_epoch_resume_to_the_same_metrics(tmp_path_fact
   assert losses == want
 
 
+@pytest.mark.slow
 def test_two_processes_stop_with_a_clear_error_on_an_odd_batch(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("mp") / "odd"
   procs = _start(workdir, tmp_path_factory, processes=2, extra_overrides={"train.batch_size": 9})
@@ -260,6 +261,7 @@ print("ok", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_gather_rows_and_sums_across_two_processes(tmp_path):
   port = _free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -51,6 +51,7 @@ def test_remote_paths_stay_remote():
   assert paths.absolute("gs://bucket/run") == paths.as_path("gs://bucket/run")
 
 
+@pytest.mark.slow
 def test_data_and_embedding_stages_write_into_the_bucket(bucket, tiny_config, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # a local folder named 'gs:' would appear here
   config = tiny_config(pipeline=True, **{"experiment.mode": "embed"})

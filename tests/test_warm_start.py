@@ -118,6 +118,7 @@ def made_up_study(tmp_path, monkeypatch):
   return tmp_path / "study", config, calls, summary
 
 
+@pytest.mark.slow
 def test_fine_tuned_runs_wait_for_their_starting_runs(made_up_study):
   workdir, config, calls, summary = made_up_study
   assert not summary["failed"] and len(calls) == 2 + 2 * 4 * 3 + 4 * 3
@@ -128,6 +129,7 @@ def test_fine_tuned_runs_wait_for_their_starting_runs(made_up_study):
   assert again["ran"] == [] and len(again["waiting"]) == 12
 
 
+@pytest.mark.slow
 def test_the_report_reads_each_runs_whole_domain_test_and_where_it_crosses(made_up_study):
   workdir, config, _, _ = made_up_study
   md = (workdir / "results.md").read_text()
