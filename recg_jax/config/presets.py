@@ -244,7 +244,7 @@ PRESETS.update(
             "model.text_user": "offset",
         },
         # The text-mix model with an ID model as its trained half, trained jointly: text_knn's cosine with
-        # the whitened history mean (a learned scale) plus the ID score.
+        # the history mean in the text baseline's table (centred; a learned scale) plus the ID score.
         "text_mix_id": {
             "model.variant": "id",
             **CE_TRAINING,
