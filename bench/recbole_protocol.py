@@ -14,8 +14,9 @@ and evaluates on the test split with `eval.mask_history=False`:
   `--config.eval.mask_history=False` fits).
 
 Nothing is trained: the ID reference's early stopping read the masked validation metric, which a run
-under RecBole's protocol would not (a small difference in where it stops). Writes <out>/<domain>.json and
-<out>/<domain>.md (mean ± sample std over the seeds found).
+under RecBole's protocol would not (a small difference in where it stops). Writes <out>/<domain>.json after
+every seed (an invocation skips the seeds already there) and <out>/<domain>.md (mean ± sample std over the
+seeds).
 """
 
 from __future__ import annotations
@@ -113,15 +114,20 @@ def main() -> None:
   runs = [r for r in runs if (r / "done.json").is_file()]
   if not runs:
     sys.exit(f"no finished {args.preset} run of {args.domain} under {study}/runs/scratch")
-  per_seed = {}
-  for run_dir in runs:
-    seed = int(run_dir.name.removeprefix("seed"))
-    per_seed[seed] = seed_rows(study, args.domain, run_dir)
-    print(f"seed {seed}: " + json.dumps(per_seed[seed]), flush=True)
   out = paths.as_path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  saved = out / f"{args.domain}.json"
+  # A seed evaluated by an earlier invocation is kept (its run is finished: nothing changes it).
+  per_seed = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.is_file() else {}
+  for run_dir in runs:
+    seed = int(run_dir.name.removeprefix("seed"))
+    if seed in per_seed:
+      continue
+    per_seed[seed] = seed_rows(study, args.domain, run_dir)
+    print(f"seed {seed}: " + json.dumps(per_seed[seed]), flush=True)
+    saved.write_text(json.dumps(dict(sorted(per_seed.items())), indent=1) + "\n", encoding="utf-8")
+  per_seed = dict(sorted(per_seed.items()))
   command = f"python bench/recbole_protocol.py --domain={args.domain} --study=DIR --out={args.out}"
-  (out / f"{args.domain}.json").write_text(json.dumps(per_seed, indent=1) + "\n", encoding="utf-8")
   text = report(args.domain, per_seed, command)
   (out / f"{args.domain}.md").write_text(text, encoding="utf-8")
   print(text)

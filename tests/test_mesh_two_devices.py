@@ -1,6 +1,7 @@
 """Data-parallel training over 2 simulated CPU devices matches 1 device (recg_jax/train.py).
 
-The cheap form of test_mesh.py (slow tier: 8 devices, one driver process per device count): a subprocess
+The cheap form of test_mesh.py (8 devices, one driver process per device count; both in the slow tier,
+as each starts a subprocess that compiles its own programs): a subprocess
 with 2 devices trains the session's tiny run (tiny_trained_run, trained on this process's one device) again.
 """
 

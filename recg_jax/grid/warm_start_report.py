@@ -348,7 +348,8 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       "preset from scratch (scipy.stats)",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
       f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run time)",
-      f"- model: {config.model.backbone}, {report.summary_without_seed(config)}",
+      f"- base model (each preset's overrides below replace its fields): {config.model.backbone}, "
+      f"{report.summary_without_seed(config)}",
       "- presets (config overrides): "
       + "; ".join(
           f"`{p}` {PRESETS[p]}" for p in dict.fromkeys([*ec.text_presets, *ec.presets, *ec.finetune_presets])
