@@ -255,8 +255,8 @@ def hybrid_goal_lines(values, config, tests: Sequence[str], chosen, budgets) -> 
       "",
       f"A method crosses where `{PROTOCOL}` Recall@10 and NDCG@10 are both above the text baseline with "
       f"p < {ALPHA}. The goal: the best hybrid crosses at {planning.budget_label(GOAL_BUDGET)} or less on at "
-      f"least 3 of the {len(tests)} targets, earlier than `{reference}` on each of them, and is never more "
-      f"than {100 * FLOOR:g}% below the text baseline at any budget.",
+      f"least 3 targets ({len(tests)} in this table), earlier than `{reference}` on each of them, and is "
+      f"never more than {100 * FLOOR:g}% below the text baseline at any budget.",
       "",
   ]
   for preset in ec.presets:
