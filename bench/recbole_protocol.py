@@ -62,13 +62,8 @@ def seed_rows(study: pathlib.Path, domain: str, run_dir: pathlib.Path) -> dict[s
   cache = study  # the study folder is its runs' cache root (<study>/cache/data, <study>/cache/embeddings)
   data = prepare.load_domains(config, cache, log=lambda _: None)[domain]
   raw_table = pipeline.embed_domains(config, cache, {domain: data})[domain]
-  run_table = pipeline.model_tables(config, {domain: raw_table})
-  trained = fusion_lib.Part(
-      recommender.build_model(config, data.num_items),
-      params,
-      None if run_table is None else run_table[domain],
-  )
-  fused = fusion_lib.Fused(fusion_lib.text_part(config, data, raw_table), trained)
+  model = recommender.build_model(config, data.num_items)
+  fused = fusion_lib.fused_on(config, data, raw_table, model, params)
   fitted = fusion_lib.fit(config, fused, data)
   thetas = {ROWS[0]: 0.0, ROWS[1]: 1.0, ROWS[2]: masked_theta, ROWS[3]: fitted.theta}
   rows = {}

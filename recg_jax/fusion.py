@@ -113,6 +113,18 @@ def text_part(config: ml_collections.ConfigDict, domain: types.DomainData, raw_t
   return Part(recommender_lib.build_model(tc, domain.num_items), {}, jax.device_put(table))
 
 
+def fused_on(
+    config: ml_collections.ConfigDict, domain: types.DomainData, raw_table: np.ndarray, model, params
+) -> Fused:
+  """The fusion of config on one domain: the text part, and the trained part (model, params) with the
+  table its model reads (none for a plain 'id' model), at the default theta."""
+  from recg_jax import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports this module)
+
+  reads = recommender_lib.reads_table(config.model)
+  trained = Part(model, params, pipeline.model_table(config, raw_table) if reads else None)
+  return Fused(text_part(config, domain, raw_table), trained)
+
+
 def theta_grid(lo: float, hi: float, steps: int) -> list[float]:
   return [float(v) for v in np.linspace(lo, hi, int(steps) + 1)]
 

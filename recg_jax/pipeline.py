@@ -293,9 +293,7 @@ def fuse_trained(
   (source,) = types.source_names(config.data.source)
   if tables is None or source not in tables:
     raise errors.ConfigError(f"config.fusion needs the frozen text table of {source!r}")
-  run_table = model_tables(config, {source: tables[source]})
-  trained = fusion_lib.Part(model, params, None if run_table is None else run_table[source])
-  fused = fusion_lib.Fused(fusion_lib.text_part(config, domains[source], tables[source]), trained)
+  fused = fusion_lib.fused_on(config, domains[source], tables[source], model, params)
   fitted = fusion_lib.fit(config, fused, domains[source])
   fusion_lib.announce(fitted, source)
   fused = dataclasses.replace(fused, theta=fitted.theta)
