@@ -100,8 +100,8 @@ def ranks_from_scores(scores_BxC: jax.Array, target_col_B: jax.Array, valid_BxC:
   return jnp.where(has_nan_B, jnp.nan, 0.5 * twice_B.astype(jnp.float32))
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-  """Mean Recall@K and NDCG@K over users from 0-based (half-tie) ranks; NaN if any rank is NaN."""
+def per_user_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+  """Each user's Recall@K and NDCG@K from 0-based (half-tie) ranks, NaN where the rank is NaN."""
   ranks = np.asarray(ranks, np.float64)
   if ranks.ndim != 1 or ranks.size == 0:
     raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
@@ -114,11 +114,15 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]
       raise errors.ConfigError(f"eval.ks must hold positive integers, got {k!r}")
     k = int(k)
     hit = ranks < k
-    recall = np.where(nan, np.nan, hit.astype(np.float64))
-    ndcg = np.where(nan, np.nan, np.where(hit, 1.0 / np.log2(np.where(nan, 0.0, ranks) + 2.0), 0.0))
-    out[f"recall@{k}"] = float(recall.mean())
-    out[f"ndcg@{k}"] = float(ndcg.mean())
+    out[f"recall@{k}"] = np.where(nan, np.nan, hit.astype(np.float64))
+    gain = np.where(hit, 1.0 / np.log2(np.where(nan, 0.0, ranks) + 2.0), 0.0)
+    out[f"ndcg@{k}"] = np.where(nan, np.nan, gain)
   return out
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+  """Mean Recall@K and NDCG@K over users from 0-based (half-tie) ranks; NaN if any rank is NaN."""
+  return {name: float(values.mean()) for name, values in per_user_metrics(ranks, ks).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------

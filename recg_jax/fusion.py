@@ -10,8 +10,11 @@ the trained model alone; theta / (1 - theta) is the trained part's weight agains
 fitted on the source's validation split, on eval.select_metric: every theta = k / fusion.steps over the
 whole of [0, 1], every weighting ranked from one scoring pass (evaluate.head_ranks' weight_grid). The
 edges are the parts alone, so no edge of the search decides anything but "this part alone". A tie keeps
-the smaller theta: the text recommender, which needs no training, is what a
-weak trained part falls back to. The fit is written to <workdir>/fusion.json and into every record.
+the smaller theta: the text recommender, which needs no training, is what a weak trained part falls back
+to. So does a trained part whose gain the validation split cannot show: the fitted theta stands only if
+fitting it beats the text alone on validation users it was not fitted on, significantly
+(cross_fitted_test, fusion.fallback_alpha); a few users' lucky hits in a small split choose nothing. The
+fit is written to <workdir>/fusion.json and into every record.
 
 Evaluation, the studies and serving score a fused run through the same scorer ('fuse'), so a served list
 ranks as evaluation does. The trained part is trained by the run itself, or read from a finished run
@@ -85,6 +88,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on fusion settings that cannot be fitted."""
   if int(config.fusion.steps) < 1:
     raise errors.ConfigError(f"config.fusion.steps must be >= 1, got {config.fusion.steps}")
+  alpha, folds = config.fusion.fallback_alpha, config.fusion.fallback_folds
+  if not 0.0 < float(alpha) <= 1.0:
+    raise errors.ConfigError(f"config.fusion.fallback_alpha must be in (0, 1], got {alpha}")
+  if int(folds) < 2:
+    raise errors.ConfigError(f"config.fusion.fallback_folds must be >= 2, got {folds}")
   text = text_config(config)
   if str(text.model.variant) != "text_knn":
     raise errors.ConfigError(
@@ -135,14 +143,15 @@ def _select(config: ml_collections.ConfigDict) -> tuple[str, str]:
   return protocol, metric
 
 
-def curve(
+def per_user_curve(
     config: ml_collections.ConfigDict,
     fused: Fused,
     domain: types.DomainData,
     thetas: list[float],
     split: str = "valid",
-) -> list[float]:
-  """eval.select_metric of every theta on the domain's split, from one scoring pass."""
+) -> np.ndarray:
+  """values_UxT: each user's eval.select_metric on the domain's split at every theta, from one scoring
+  pass."""
   protocol, metric = _select(config)
   rows = types.leave_one_out(domain, split, int(config.data.max_len))
   user_fn = fused.user_fn()
@@ -157,18 +166,74 @@ def curve(
       weight_grid=[(1.0 - t, t) for t in thetas],
   )[""]
   name = next(iter(ranks))  # the only protocol asked for ('sampled' resolves to 'sampled<N>')
-  ranks_UxK = ranks[name]
-  ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
-  return [evaluate_lib.metrics_from_ranks(ranks_UxK[:, k], ks)[metric] for k in range(len(thetas))]
+  ranks_UxT = ranks[name]
+  ks = (int(metric.split("@")[1]),)
+  return np.stack(
+      [evaluate_lib.per_user_metrics(ranks_UxT[:, t], ks)[metric] for t in range(len(thetas))], axis=1
+  )
+
+
+def curve(
+    config: ml_collections.ConfigDict,
+    fused: Fused,
+    domain: types.DomainData,
+    thetas: list[float],
+    split: str = "valid",
+) -> list[float]:
+  """eval.select_metric of every theta on the domain's split (its mean over users)."""
+  return [float(v) for v in per_user_curve(config, fused, domain, thetas, split).mean(axis=0)]
+
+
+def best_column(values_UxT: np.ndarray) -> int:
+  """The column with the best mean over users; the first (the smaller theta) on ties."""
+  return int(np.argmax(values_UxT.mean(axis=0)))
+
+
+def cross_fitted_test(values_UxT: np.ndarray, folds: int) -> tuple[float, float]:
+  """(mean gain, one-sided p-value) of fitting theta over keeping theta = 0 (column 0), measured honestly.
+
+  The users fall into `folds` folds (a fixed permutation); each fold's users are scored at the theta fitted
+  on the other folds, so no user scores the theta chosen on their own outcome, and the best of many thetas
+  cannot look like a gain by chance. The p-value is the exact sign test of these out-of-fold values against
+  column 0, paired over users: how many gain against how many lose (users with no difference drop out; none
+  left: 1.0). Not a signed-rank test: NDCG takes few distinct values, and its normal approximation under
+  ties calls three lucky users of 53 significant."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  num_users = values_UxT.shape[0]
+  folds = min(int(folds), num_users)
+  if folds < 2:
+    return 0.0, 1.0
+  fold_U = np.random.default_rng(0).permutation(num_users) % folds
+  out_of_fold_U = np.empty(num_users)
+  for f in range(folds):
+    held = fold_U == f
+    out_of_fold_U[held] = values_UxT[held, best_column(values_UxT[~held])]
+  diff_U = out_of_fold_U - values_UxT[:, 0]
+  if not np.any(diff_U != 0):
+    return 0.0, 1.0
+  wins, losses = int(np.sum(diff_U > 0)), int(np.sum(diff_U < 0))
+  return float(diff_U.mean()), float(stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-  """The fitted theta and every theta tried with its validation value."""
+  """The fitted theta, every theta tried with its validation value, and the fallback test.
+
+  fitted_theta is the best theta on validation; theta is what the run uses: fitted_theta, or 0 (the text
+  alone) when the cross-fitted gain over the text is not significant (p_value >= fusion.fallback_alpha)."""
 
   theta: float
   value: float
   tried: tuple[tuple[float, float], ...]
+  fitted_theta: float = 0.0
+  gain: float = 0.0
+  p_value: float = 1.0
+  users: int = 0
+
+  @property
+  def fell_back(self) -> bool:
+    return self.theta != self.fitted_theta
 
   def as_extra(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {
@@ -178,16 +243,34 @@ class Fit:
         "select_metric": str(config.eval.select_metric),
         "valid_value": self.value,
         "tried": [list(t) for t in self.tried],
+        "fitted_theta": self.fitted_theta,
+        "cross_fitted_gain": self.gain,
+        "p_value": self.p_value,
+        "fell_back": self.fell_back,
+        "validation_users": self.users,
     }
 
 
 def fit(config: ml_collections.ConfigDict, fused: Fused, domain: types.DomainData) -> Fit:
-  """theta with the best validation eval.select_metric over theta = k / fusion.steps; the smaller theta on
-  ties."""
+  """theta with the best validation eval.select_metric over theta = k / fusion.steps (the smaller theta on
+  ties), kept only if its cross-fitted gain over the text alone is significant (cross_fitted_test at
+  fusion.fallback_alpha); else 0, the text alone."""
   thetas = theta_grid(0.0, 1.0, int(config.fusion.steps))
-  tried = dict(zip(thetas, curve(config, fused, domain, thetas)))
-  best = min(tried, key=lambda t: (-tried[t], t))
-  return Fit(theta=best, value=tried[best], tried=tuple(sorted(tried.items())))
+  values_UxT = per_user_curve(config, fused, domain, thetas)
+  means = values_UxT.mean(axis=0)
+  best = best_column(values_UxT)
+  gain, p_value = cross_fitted_test(values_UxT, int(config.fusion.fallback_folds))
+  alpha = float(config.fusion.fallback_alpha)
+  chosen = best if alpha >= 1.0 or p_value < alpha else 0
+  return Fit(
+      theta=thetas[chosen],
+      value=float(means[chosen]),
+      tried=tuple((t, float(v)) for t, v in zip(thetas, means)),
+      fitted_theta=thetas[best],
+      gain=gain,
+      p_value=p_value,
+      users=int(values_UxT.shape[0]),
+  )
 
 
 def evaluate_split(
@@ -239,6 +322,9 @@ def finished_trained_part(
 
 def announce(fitted: Fit, source: str) -> None:
   weight = "inf" if fitted.theta >= 1.0 else f"{fitted.theta / (1.0 - fitted.theta):.3g}"
+  test = f"cross-fitted gain {fitted.gain:+.4f}, p {fitted.p_value:.3g} over {fitted.users} users"
+  fallback = f"; fitted {fitted.fitted_theta:.3f} falls back to the text alone" if fitted.fell_back else ""
   distributed.say(
-      f"[fusion] {source}: theta {fitted.theta:.3f} (trained weight {weight}), validation {fitted.value:.4f}"
+      f"[fusion] {source}: theta {fitted.theta:.3f} (trained weight {weight}), validation {fitted.value:.4f} "
+      f"({test}{fallback})"
   )

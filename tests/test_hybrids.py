@@ -253,7 +253,7 @@ def test_a_fusion_at_its_edges_is_each_part_alone(tiny_trained, tiny_problem):
 
 def test_the_fitted_theta_is_the_best_it_tried_and_the_text_wins_ties(tiny_trained, tiny_problem):
   config, fused = _fused(tiny_trained, tiny_problem)
-  config = config_lib.override(config, {"fusion.steps": 4})
+  config = config_lib.override(config, {"fusion.steps": 4, "fusion.fallback_alpha": 1.0})
   alpha = tiny_problem[0]["Alpha"]
   fit = fusion.fit(config, fused, alpha)
   values = dict(fit.tried)
@@ -262,10 +262,64 @@ def test_the_fitted_theta_is_the_best_it_tried_and_the_text_wins_ties(tiny_train
   )
   assert sorted(values) == [0.0, 0.25, 0.5, 0.75, 1.0]
   assert fusion.curve(config, fused, alpha, [fit.theta]) == [pytest.approx(fit.value)]
+  assert fit.theta == fit.fitted_theta and not fit.fell_back
   # A trained part that scores every item alike tells nobody anything: the fit falls back to the text.
   flat = jax.tree.map(jnp.zeros_like, fused.trained.params)
   weak = dataclasses.replace(fused, trained=dataclasses.replace(fused.trained, params=flat))
   assert fusion.fit(config, weak, alpha).theta == 0.0
+
+
+def test_the_run_keeps_the_fitted_theta_only_when_its_cross_fitted_gain_is_significant(
+    tiny_trained, tiny_problem
+):
+  config, fused = _fused(tiny_trained, tiny_problem)
+  config = config_lib.override(config, {"fusion.steps": 4})
+  fit = fusion.fit(config, fused, tiny_problem[0]["Alpha"])
+  assert fit.fell_back == (fit.p_value >= config.fusion.fallback_alpha)
+  assert fit.theta == (0.0 if fit.fell_back else fit.fitted_theta)
+  assert fit.value == dict(fit.tried)[fit.theta]
+  extra = fit.as_extra(config)
+  assert extra["fitted_theta"] == fit.fitted_theta and extra["validation_users"] == fit.users > 0
+
+
+def _ndcg_like(rng, shape, hit_rate):
+  hits = rng.random(shape) < hit_rate
+  return np.where(hits, 1.0 / np.log2(rng.integers(0, 10, shape) + 2.0), 0.0)
+
+
+def test_a_gain_every_fold_sees_keeps_its_theta():
+  rng = np.random.default_rng(0)
+  text_U = _ndcg_like(rng, (400,), 0.1)
+  values_UxT = np.stack([text_U, text_U + _ndcg_like(rng, (400,), 0.1), text_U], axis=1)
+  gain, p_value = fusion.cross_fitted_test(values_UxT, folds=5)
+  assert fusion.best_column(values_UxT) == 1
+  assert gain == pytest.approx(values_UxT[:, 1].mean() - text_U.mean()) and p_value < 1e-6
+
+
+def test_three_lucky_users_of_53_do_not_move_theta_off_the_text():
+  values_UxT = np.zeros((53, 3))
+  values_UxT[[3, 20, 41], 1] = 1.0  # the text scores no hit; one weighting hits three users
+  gain, p_value = fusion.cross_fitted_test(values_UxT, folds=5)
+  assert gain > 0 and p_value == pytest.approx(0.125)  # 3 of 3 signs positive: 1 / 2**3
+
+
+def test_the_best_of_many_noise_columns_is_not_a_gain_once_cross_fitted():
+  """Columns that are all the text's noise: the best of 101 passes a naive paired test often (the
+  selection is fitted to the same users), the cross-fitted test about as often as its level says."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  naive = crossed = 0
+  for seed in range(40):
+    values_UxT = _ndcg_like(np.random.default_rng(seed), (300, 101), 0.1)
+    diff_U = values_UxT[:, fusion.best_column(values_UxT)] - values_UxT[:, 0]
+    wins, losses = int(np.sum(diff_U > 0)), int(np.sum(diff_U < 0))
+    naive += stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue < 0.05
+    crossed += fusion.cross_fitted_test(values_UxT, folds=5)[1] < 0.05
+  assert naive >= 12 and crossed <= 6
+
+
+def test_too_few_users_to_cross_fit_keep_the_text():
+  assert fusion.cross_fitted_test(np.array([[0.0, 1.0]]), folds=5) == (0.0, 1.0)
 
 
 def _fusion_config(tiny_config, **overrides):
@@ -322,6 +376,14 @@ def test_a_fusion_is_in_domain_only_and_its_text_part_trains_nothing(tiny_config
     )
   with pytest.raises(errors.ConfigError, match="text_knn preset"):
     fusion.check(_fusion_config(tiny_config, **{"fusion.text_preset": "sem"}))
+
+
+@pytest.mark.parametrize(
+    "field, value, message", [("fallback_alpha", 0.0, "in \\(0, 1\\]"), ("fallback_folds", 1, ">= 2")]
+)
+def test_a_fallback_that_cannot_test_is_refused(tiny_config, field, value, message):
+  with pytest.raises(errors.ConfigError, match=f"fusion.{field} must be {message}"):
+    fusion.check(_fusion_config(tiny_config, **{f"fusion.{field}": value}))
 
 
 def test_every_hybrid_preset_builds_its_model_and_trains_on_every_user():

@@ -149,3 +149,18 @@ def test_the_report_reads_each_runs_whole_domain_test_and_where_it_crosses(made_
   assert values[("finetune", "Alpha", 0.2, "sem", "full", "ndcg@10")] == pytest.approx(
       {s: _made_up("finetune", 0.2, s) for s in (0, 1, 2)}
   )
+
+
+def test_the_fitted_weights_table_shows_each_budgets_theta_and_its_fallbacks():
+  def marker(domain, budget, seed, theta, fell):
+    fusion = {"theta": theta, "fell_back": fell}
+    records = [{"stage": "in_domain", "domain": domain, "metrics": {}, "extra": {"fusion": fusion}}]
+    return {"setting": "fusion", "config": {"train": {"budget": budget}}, "records": records, "seed": seed}
+
+  markers = [marker("Office", 0.05, s, 0.0, True) for s in range(2)] + [
+      marker("Office", 0.05, 2, 0.4, False),
+      marker("Office", 1.0, 0, 0.8, False),
+  ]
+  lines = warm_start_report.fusion_budget_lines(markers, ["Office"], [0.01, 0.05, 1.0])
+  want = "| `fusion` | Office | — | 0.133 (0.000-0.400), text alone on 2 of 3 | 0.800 (0.800-0.800) |"
+  assert want in lines

@@ -378,6 +378,13 @@ def get_fusion_config() -> ml_collections.ConfigDict:
   # theta is searched on theta = k / steps, k = 0..steps, every value ranked from one scoring pass over the
   # validation split (the text part's scores cost far more than ranking them again per theta).
   c.steps = 100
+  # The fallback to the text alone: the fitted theta is kept only if fitting it gains over theta = 0 on the
+  # validation split, cross-fitted over fallback_folds folds of its users (each fold scored at the theta
+  # fitted on the others) and significant at fallback_alpha (one-sided exact sign test, paired over
+  # users); else theta = 0. A small validation split then cannot push a weak trained part into the list.
+  # 1.0 keeps the fitted theta always.
+  c.fallback_alpha = 0.05
+  c.fallback_folds = 5
   # A finished run (its folder) whose best parameters are the trained part: nothing is trained, the fusion
   # is fitted on that run's model (its model and data settings must be this run's). "" = train it here.
   c.trained_run = ""

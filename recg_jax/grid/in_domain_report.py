@@ -117,31 +117,14 @@ def goal_lines(values, config, domains: Sequence[str], text: str, reference: str
 
 
 def fusion_lines(markers: Sequence[dict[str, Any]], domains: Sequence[str]) -> list[str]:
-  """The fitted theta of every fusion preset per domain (mean over seeds, and the seeds' range)."""
-  thetas: dict[tuple[str, str], list[float]] = {}
-  for m in markers:
-    for rec in m["records"]:
-      fusion = (rec.get("extra") or {}).get("fusion")
-      if rec["stage"] == "in_domain" and fusion:
-        thetas.setdefault((m["setting"], rec["domain"]), []).append(float(fusion["theta"]))
-  if not thetas:
+  """The fitted theta of every fusion preset per domain."""
+  fits = warm_start_report.fusion_fits(markers)
+  if not fits:
     return []
-  presets = sorted({p for p, _ in thetas})
-  rows = []
-  for p in presets:
-    row = [f"`{p}`"]
-    for d in domains:
-      t = thetas.get((p, d))
-      row.append("—" if not t else f"{np.mean(t):.3f} ({min(t):.3f}-{max(t):.3f})")
-    rows.append(row)
+  cell = lambda p, d: warm_start_report.fit_cell(fits.get((p, d, 1.0)))
+  rows = [[f"`{p}`"] + [cell(p, d) for d in domains] for p in sorted({k[0] for k in fits})]
   return (
-      [
-          "## Fitted fusion weights",
-          "",
-          "theta, the trained part's share of the standardised scores (0 = the text alone, 1 = the trained "
-          "model alone), fitted on each seed's validation split: mean over seeds (range).",
-          "",
-      ]
+      ["## Fitted fusion weights", "", warm_start_report.FIT_LEGEND, ""]
       + report.markdown_table(["method"] + list(domains), rows)
       + [""]
   )

@@ -309,6 +309,53 @@ def write_figure(
   return plots.budget_curves(panels, path, f"{PROTOCOL} NDCG@10", title=f"text baseline: {chosen}")
 
 
+def fusion_fits(markers: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+  """{(preset, domain, budget): the fusion fit (fusion.json's fields) of every finished seed}."""
+  fits: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+  for m in markers:
+    budget = float(((m.get("config") or {}).get("train") or {}).get("budget", 1.0))
+    for rec in m["records"]:
+      fusion = (rec.get("extra") or {}).get("fusion")
+      if rec["stage"] == "in_domain" and fusion:
+        fits.setdefault((m["setting"], rec["domain"], budget), []).append(fusion)
+  return fits
+
+
+def fit_cell(fits: list[dict[str, Any]] | None) -> str:
+  """theta's mean over seeds (range), and on how many seeds the fit fell back to the text alone."""
+  if not fits:
+    return "—"
+  t = [float(f["theta"]) for f in fits]
+  fell = sum(bool(f.get("fell_back")) for f in fits)
+  cell = f"{np.mean(t):.3f} ({min(t):.3f}-{max(t):.3f})"
+  return cell + (f", text alone on {fell} of {len(t)}" if fell else "")
+
+
+FIT_LEGEND = (
+    "theta, the trained part's share of the standardised scores (0 = the text alone, 1 = the trained model "
+    "alone), fitted on each seed's validation split: mean over seeds (range); 'text alone on n' counts the "
+    "seeds whose fitted theta fell back to 0 because its cross-fitted validation gain over the text was not "
+    "significant (fusion.fallback_alpha, exact sign test over the validation users)."
+)
+
+
+def fusion_budget_lines(markers: Sequence[dict[str, Any]], domains: Sequence[str], budgets) -> list[str]:
+  """The fitted theta of every fusion preset per domain and budget."""
+  fits = fusion_fits(markers)
+  rows = [
+      [f"`{p}`", d] + [fit_cell(fits.get((p, d, float(b)))) for b in budgets]
+      for p in sorted({k[0] for k in fits})
+      for d in domains
+  ]
+  if not rows:
+    return []
+  return (
+      ["## Fitted fusion weights", "", FIT_LEGEND, ""]
+      + report.markdown_table(["method", "domain"] + [planning.budget_label(b) for b in budgets], rows)
+      + [""]
+  )
+
+
 def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: dict[str, Any]) -> paths.Path:
   """DIR/results.md, results.json and crossover.png from every finished run."""
   markers = runner.markers_of(workdir, meta["runs"])
@@ -366,6 +413,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
     lines += ["![full NDCG@10 against the budget](crossover.png)", ""]
   for d in domains:
     lines += domain_tables(values, config, d, chosen, budgets, budget_users(markers))
+  lines += fusion_budget_lines(markers, domains, budgets)
   path = workdir / "results.md"
   paths.write_text_atomic(path, "\n".join(lines))
   paths.write_json_atomic(
