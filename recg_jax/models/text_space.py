@@ -58,8 +58,12 @@ def estimated_shrinkage(table_NxH: jax.Array, estimator: str) -> jax.Array:
   It reads only the table's own rows; it rises towards 1 (no covariance structure kept: centring) as the
   items become few for their dimensions, and falls as they grow."""
   centred_NxH, _, count = _centred_rows(jnp.asarray(table_NxH, jnp.float32))
+  return _estimate(centred_NxH, centred_NxH.T @ centred_NxH / count, count, estimator)
+
+
+def _estimate(centred_NxH: jax.Array, cov_HxH: jax.Array, count: int, estimator: str) -> jax.Array:
+  """estimated_shrinkage from the centred real rows, their covariance and their number."""
   h = centred_NxH.shape[1]
-  cov_HxH = centred_NxH.T @ centred_NxH / count
   mu = jnp.trace(cov_HxH) / h
   if estimator == "oas":
     # Chen et al. (2010) as sklearn writes it: min((<C^2> + mu^2) / ((n + 1) (<C^2> - mu^2 / p)), 1),
@@ -79,15 +83,19 @@ def estimated_shrinkage(table_NxH: jax.Array, estimator: str) -> jax.Array:
   raise errors.ConfigError(f"unknown shrinkage estimator {estimator!r}: expected 'oas' or 'ledoit_wolf'")
 
 
-def whitening_shrinkage(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_SHRINKAGE) -> jax.Array:
+def whitening_shrinkage(
+    table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_SHRINKAGE, moments: tuple | None = None
+) -> jax.Array:
   """rho, the identity's weight in the covariance a whitening mode inverts ((1 - rho) C + rho mu I):
   s / (1 + s) for 'whiten' with shrinkage s (whose (C + s mu I) is the same matrix up to a factor), the
   estimate for 'whiten_oas' / 'whiten_lw', or 1 (centring) where the items are no more than the
-  dimensions."""
+  dimensions. moments: (centred_NxH, cov_HxH, count) of the table when the caller has them already."""
   if mode in ESTIMATED_WHITENING:
     if table_NxH.shape[0] - 1 <= table_NxH.shape[1]:
       return jnp.float32(1.0)
-    return estimated_shrinkage(table_NxH, ESTIMATED_WHITENING[mode])
+    if moments is None:
+      return estimated_shrinkage(table_NxH, ESTIMATED_WHITENING[mode])
+    return _estimate(*moments, ESTIMATED_WHITENING[mode])
   if mode != "whiten":
     raise errors.ConfigError(f"{mode!r} is not a whitening table transform")
   if not shrinkage >= 0:
@@ -107,8 +115,8 @@ def transform_table(table_NxH: jax.Array, mode: str, shrinkage: float = DEFAULT_
     var_H = jnp.sum(jnp.square(centred), axis=0) / count
     centred = centred / jnp.sqrt(var_H + _VARIANCE_FLOOR)
   elif mode != "center":
-    rho = whitening_shrinkage(table_NxH, mode, shrinkage)
     cov_HxH = centred.T @ centred / count
+    rho = whitening_shrinkage(table_NxH, mode, shrinkage, moments=(centred, cov_HxH, count))
     eigvals_H, eigvecs_HxH = jnp.linalg.eigh(cov_HxH)
     eigvals_H = jnp.maximum(eigvals_H, 0.0)
     # (1 - rho) (C + eps I) + rho mu I: for 'whiten', (C + s mu I + eps I) / (1 + s); rho 1 is centring.
