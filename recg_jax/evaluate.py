@@ -107,16 +107,13 @@ def per_user_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarr
     raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
   if np.any(ranks < 0):
     raise ValueError(f"ranks must be >= 0, got min {np.nanmin(ranks)}")
-  nan = np.isnan(ranks)
-  out = {}
+  nan, out = np.isnan(ranks), {}
+  gain = 1.0 / np.log2(np.where(nan, 0.0, ranks) + 2.0)
   for k in ks:
     if int(k) != k or k <= 0:
       raise errors.ConfigError(f"eval.ks must hold positive integers, got {k!r}")
-    k = int(k)
-    hit = ranks < k
-    out[f"recall@{k}"] = np.where(nan, np.nan, hit.astype(np.float64))
-    gain = np.where(hit, 1.0 / np.log2(np.where(nan, 0.0, ranks) + 2.0), 0.0)
-    out[f"ndcg@{k}"] = np.where(nan, np.nan, gain)
+    out[f"recall@{int(k)}"] = np.where(nan, np.nan, (ranks < k).astype(np.float64))
+    out[f"ndcg@{int(k)}"] = np.where(nan, np.nan, np.where(ranks < k, gain, 0.0))
   return out
 
 
