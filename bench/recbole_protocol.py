@@ -15,8 +15,8 @@ and evaluates on the test split with `eval.mask_history=False`:
 
 Nothing is trained: the ID reference's early stopping read the masked validation metric, which a run
 under RecBole's protocol would not (a small difference in where it stops). Writes <out>/<domain>.json after
-every seed (an invocation skips the seeds already there) and <out>/<domain>.md (mean ± sample std over the
-seeds).
+every seed (an invocation skips the seeds already there: delete it after the runs or the fusion's fitting
+change) and <out>/<domain>.md (mean ± sample std over the seeds).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ ROWS = (
 )
 
 
-def seed_rows(study: pathlib.Path, domain: str, run_dir: pathlib.Path) -> dict[str, dict]:
-  """The four rows' test metrics (and the thetas) of one seed's fusion run under RecBole's protocol."""
+def seed_rows(study: pathlib.Path, domain: str, run_dir: pathlib.Path, loaded: dict) -> dict[str, dict]:
+  """The four rows' test metrics (and the thetas) of one seed's fusion run under RecBole's protocol.
+  loaded: the domain's data and frozen table, read from the study's cache by the first seed (the seeds
+  differ in their runs, not in their data)."""
   config, _ = finished_run.config_and_records(run_dir)
   config = copy.deepcopy(config)
   config.eval.mask_history = False
@@ -60,8 +62,10 @@ def seed_rows(study: pathlib.Path, domain: str, run_dir: pathlib.Path) -> dict[s
   trained_dir = fusion_lib.trained_run_dir(config, run_dir)
   params = finished_run.best_params(trained_dir, finished_run.config_and_records(trained_dir)[0])
   cache = study  # the study folder is its runs' cache root (<study>/cache/data, <study>/cache/embeddings)
-  data = prepare.load_domains(config, cache, log=lambda _: None)[domain]
-  raw_table = pipeline.embed_domains(config, cache, {domain: data})[domain]
+  if not loaded:
+    loaded["data"] = prepare.load_domains(config, cache, log=lambda _: None)[domain]
+    loaded["table"] = pipeline.embed_domains(config, cache, {domain: loaded["data"]})[domain]
+  data, raw_table = loaded["data"], loaded["table"]
   model = recommender.build_model(config, data.num_items)
   fused = fusion_lib.fused_on(config, data, raw_table, model, params)
   fitted = fusion_lib.fit(config, fused, data)
@@ -112,13 +116,15 @@ def main() -> None:
   out = paths.as_path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   saved = out / f"{args.domain}.json"
-  # A seed evaluated by an earlier invocation is kept (its run is finished: nothing changes it).
+  # A seed evaluated by an earlier invocation is kept: delete the file after refitting the study's runs
+  # or changing how a fusion fits.
   per_seed = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.is_file() else {}
+  loaded = {}
   for run_dir in runs:
     seed = int(run_dir.name.removeprefix("seed"))
     if seed in per_seed:
       continue
-    per_seed[seed] = seed_rows(study, args.domain, run_dir)
+    per_seed[seed] = seed_rows(study, args.domain, run_dir, loaded)
     print(f"seed {seed}: " + json.dumps(per_seed[seed]), flush=True)
     saved.write_text(json.dumps(dict(sorted(per_seed.items())), indent=1) + "\n", encoding="utf-8")
   per_seed = dict(sorted(per_seed.items()))

@@ -173,17 +173,6 @@ def per_user_curve(
   )
 
 
-def curve(
-    config: ml_collections.ConfigDict,
-    fused: Fused,
-    domain: types.DomainData,
-    thetas: list[float],
-    split: str = "valid",
-) -> list[float]:
-  """eval.select_metric of every theta on the domain's split (its mean over users)."""
-  return [float(v) for v in per_user_curve(config, fused, domain, thetas, split).mean(axis=0)]
-
-
 def best_column(values_UxT: np.ndarray) -> int:
   """The column with the best mean over users; the first (the smaller theta) on ties."""
   return int(np.argmax(values_UxT.mean(axis=0)))
