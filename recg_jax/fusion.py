@@ -181,12 +181,12 @@ def best_column(values_UxT: np.ndarray) -> int:
 def cross_fitted_test(values_UxT: np.ndarray, folds: int) -> tuple[float, float]:
   """(mean gain, one-sided p-value) of fitting theta over keeping theta = 0 (column 0), measured honestly.
 
-  The users fall into `folds` folds (a fixed permutation); each fold's users are scored at the theta fitted
-  on the other folds, so no user scores the theta chosen on their own outcome, and the best of many thetas
-  cannot look like a gain by chance. The p-value is the exact sign test of these out-of-fold values against
-  column 0, paired over users: how many gain against how many lose (users with no difference drop out; none
-  left: 1.0). Not a signed-rank test: NDCG takes few distinct values, and its normal approximation under
-  ties calls three lucky users of 53 significant."""
+  The users fall into `folds` folds (a fixed permutation, so the answer does not move with the run's seed);
+  each fold's users are scored at the theta fitted on the other folds, so no user scores the theta chosen
+  on their own outcome, and the best of many thetas cannot look like a gain by chance. The p-value is the
+  exact sign test of these out-of-fold values against column 0, paired over users: how many gain against
+  how many lose (users with no difference drop out; none left: 1.0). Not a signed-rank test: NDCG takes
+  few distinct values, and its normal approximation under ties calls three lucky users of 53 significant."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
 
   num_users = values_UxT.shape[0]
