@@ -94,11 +94,17 @@ def bpr_loss(
   return bpr_from_scores(pos_BxP, neg_BxPxK, mask_BxP)
 
 
-def seen_items_BxPxN(inputs_BxL: jax.Array, num_positions: int, num_rows: int) -> jax.Array:
-  """bool [B, P, N]: the items of each row's input history at each target position. With P = L (a target
-  after every input position, causal models) position p has seen inputs[:, :p + 1]; with P = 1 (one target
-  per row) the whole input row. Ids outside 1..N-1 (padding, BERT4Rec's mask token) are never marked."""
-  batch, length = inputs_BxL.shape
+def mask_seen_logits(logits_BxPxN: jax.Array, inputs_BxL: jax.Array, targets_BxP: jax.Array) -> jax.Array:
+  """logits_BxPxN with each position's input-history items, the target excepted, pushed to -inf (or the
+  dtype's minimum), as `full` evaluation masks them. With P = L (a target after every input position,
+  causal models) position p has seen inputs[:, :p + 1]; with P = 1 (one target per row) the whole input
+  row. Ids outside 1..N-1 (padding, BERT4Rec's mask token) are never masked.
+
+  A scatter-add of B x P x L penalties into the logits, rather than a B x P x N mask: the mask's writes and
+  selects over the whole catalogue cost as much as the logits themselves (bench/ce_loss_step.py). The add's
+  gradient is the identity, and softmax gives a masked logit a zero share, so its item gets no gradient."""
+  batch, num_positions, num_rows = logits_BxPxN.shape
+  length = inputs_BxL.shape[1]
   items_BxL = jnp.where((inputs_BxL > 0) & (inputs_BxL < num_rows), inputs_BxL, 0).astype(jnp.int32)
   real_BxL = items_BxL > 0
   if num_positions == length:
@@ -106,10 +112,14 @@ def seen_items_BxPxN(inputs_BxL: jax.Array, num_positions: int, num_rows: int) -
     seen_BxPxL = causal_PxL[None] & real_BxL[:, None, :]
   else:
     seen_BxPxL = jnp.broadcast_to(real_BxL[:, None, :], (batch, num_positions, length))
+  items_BxPxL = jnp.broadcast_to(items_BxL[:, None, :], (batch, num_positions, length))
+  masked_BxPxL = seen_BxPxL & (items_BxPxL != targets_BxP[..., None])
+  # An item twice in a history gets the penalty twice and overflows to -inf: still a zero share, no NaN.
+  penalty = jnp.asarray(jnp.finfo(logits_BxPxN.dtype).min, logits_BxPxN.dtype)
+  penalty_BxPxL = jnp.where(masked_BxPxL, penalty, jnp.zeros((), logits_BxPxN.dtype))
   b = jnp.arange(batch)[:, None, None]
   p = jnp.arange(num_positions)[None, :, None]
-  items_BxPxL = jnp.broadcast_to(items_BxL[:, None, :], (batch, num_positions, length))
-  return jnp.zeros((batch, num_positions, num_rows), bool).at[b, p, items_BxPxL].max(seen_BxPxL)
+  return logits_BxPxN.at[b, p, items_BxPxL].add(penalty_BxPxL)
 
 
 def softmax_loss(
@@ -125,7 +135,7 @@ def softmax_loss(
   The padding row 0 is never a class (its logit is set to the dtype's minimum before the softmax), nor are
   rows above num_items (a table padded to a larger catalogue). With history_BxL (the rows' inputs) the
   items of each position's input history are no class either, the target excepted, as `full` evaluation
-  masks them: their logits get no gradient (seen_items_BxPxN). Targets must be in 1..N-1 where mask_BxP is
+  masks them: their logits get no gradient (mask_seen_logits). Targets must be in 1..N-1 where mask_BxP is
   set. Memory: one B x P x N logits array.
 
   Returns a float32 scalar.
@@ -147,9 +157,7 @@ def softmax_nll(
   not_pad_N = (rows_N > 0) if num_items is None else (rows_N > 0) & (rows_N <= num_items)
   logits_BxPxN = jnp.where(not_pad_N, logits_BxPxN, jnp.finfo(logits_BxPxN.dtype).min)
   if history_BxL is not None:
-    seen_BxPxN = seen_items_BxPxN(history_BxL, logits_BxPxN.shape[1], logits_BxPxN.shape[2])
-    seen_BxPxN &= rows_N[None, None, :] != targets_BxP[..., None]
-    logits_BxPxN = jnp.where(seen_BxPxN, jnp.finfo(logits_BxPxN.dtype).min, logits_BxPxN)
+    logits_BxPxN = mask_seen_logits(logits_BxPxN, history_BxL, targets_BxP)
   # Padded pairs read a real column, so no -inf/NaN can leak into the masked mean or its gradient.
   safe_targets_BxP = jnp.where(mask, targets_BxP, 1).astype(jnp.int32)
   target_logit_BxP = jnp.take_along_axis(logits_BxPxN, safe_targets_BxP[..., None], axis=-1)[..., 0]

@@ -137,15 +137,52 @@ def test_masked_softmax_gives_history_items_no_gradient():
   grad = jax.grad(lambda t: losses.softmax_loss(user, t, targets, weights, history_BxL=inputs))(items)
   plain = jax.grad(lambda t: losses.softmax_loss(user, t, targets, weights))(items)
   assert np.all(np.asarray(grad[5]) == 0.0) and np.any(np.asarray(plain[5]) != 0.0)
-  seen = losses.seen_items_BxPxN(inputs, 3, 10)
-  np.testing.assert_array_equal(np.flatnonzero(seen[0, 0]), [5])
-  np.testing.assert_array_equal(np.flatnonzero(seen[0, 2]), [5, 6, 7])
   # Position 0 alone (item 6 its target, item 5 masked) equals a softmax without item 5's class.
   one = losses.softmax_loss(user[:, :1], items, targets[:, :1], weights[:, :1], history_BxL=inputs[:, :1])
   logits = np.asarray(user[0, 0] @ items.T)
   keep = np.array([n not in (0, 5) for n in range(10)])
   want = np.log(np.exp(logits[keep]).sum()) - logits[6]
   np.testing.assert_allclose(float(one), want, rtol=1e-5)
+
+
+def _masked_nll_reference(logits_BxPxN, inputs_BxL, targets_BxP, causal):
+  """numpy: per position, -log softmax over the rows 1..N-1 outside its input history (target kept)."""
+  batch, positions, rows = logits_BxPxN.shape
+  nll = np.zeros((batch, positions))
+  for b in range(batch):
+    for p in range(positions):
+      seen = set(inputs_BxL[b, : p + 1] if causal else inputs_BxL[b]) - {0, targets_BxP[b, p]}
+      keep = [n for n in range(1, rows) if n not in seen]
+      row = logits_BxPxN[b, p, keep].astype(np.float64)
+      nll[b, p] = np.log(np.exp(row - row.max()).sum()) + row.max() - logits_BxPxN[b, p, targets_BxP[b, p]]
+  return nll.mean()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_history_mask_matches_a_reference_with_repeats_padding_and_the_target_in_history(causal):
+  """Causal rows (P = L) see their prefix, one-target rows (P = 1) the whole row. Histories repeat an
+  item (added twice, still no class), hold padding 0, and hold the position's own target (still a class)."""
+  rng = np.random.default_rng(3)
+  inputs = np.array([[0, 4, 4, 7, 2], [3, 5, 6, 5, 1]], np.int32)
+  if causal:
+    targets = np.array([[4, 7, 2, 9, 3], [5, 6, 5, 1, 8]], np.int32)
+  else:
+    targets = np.array([[4], [8]], np.int32)
+  logits = rng.normal(size=(2, targets.shape[1], 10)).astype(np.float32) * 3
+  got = losses.softmax_nll(
+      jnp.asarray(logits), jnp.asarray(targets), jnp.ones(targets.shape), history_BxL=jnp.asarray(inputs)
+  )
+  np.testing.assert_allclose(float(got), _masked_nll_reference(logits, inputs, targets, causal), rtol=1e-5)
+  grad = jax.grad(
+      lambda l: losses.softmax_nll(
+          l, jnp.asarray(targets), jnp.ones(targets.shape), history_BxL=jnp.asarray(inputs)
+      )
+  )(jnp.asarray(logits))
+  chex.assert_tree_all_finite(grad)
+  # Row 0's last position has seen 4 (twice), 7 and 2 (its target, 4 on one-target rows, stays a class).
+  b, p = (0, 4) if causal else (0, 0)
+  seen = [n for n in (4, 7, 2) if n != targets[b, p]]
+  assert np.all(np.asarray(grad[b, p, seen]) == 0.0)
 
 
 def test_softmax_over_a_padded_table_equals_the_unpadded_one():
