@@ -94,11 +94,18 @@ def bpr_loss(
   return bpr_from_scores(pos_BxP, neg_BxPxK, mask_BxP)
 
 
-def mask_seen_logits(logits_BxPxN: jax.Array, inputs_BxL: jax.Array, targets_BxP: jax.Array) -> jax.Array:
+def mask_seen_logits(
+    logits_BxPxN: jax.Array,
+    inputs_BxL: jax.Array,
+    targets_BxP: jax.Array,
+    positions_P: jax.Array | None = None,
+) -> jax.Array:
   """logits_BxPxN with each position's input-history items, the target excepted, pushed to -inf (or the
   dtype's minimum), as `full` evaluation masks them. With P = L (a target after every input position,
   causal models) position p has seen inputs[:, :p + 1]; with P = 1 (one target per row) the whole input
-  row. Ids outside 1..N-1 (padding, BERT4Rec's mask token) are never masked.
+  row; with positions_P (a slice of a P = L axis: the input positions its P entries stand at) position p
+  has seen inputs[:, :positions_P[p] + 1]. Ids outside 1..N-1 (padding, BERT4Rec's mask token) are never
+  masked.
 
   A scatter-add of B x P x L penalties into the logits, rather than a B x P x N mask: the mask's writes and
   selects over the whole catalogue cost as much as the logits themselves (bench/ce_loss_step.py). The add's
@@ -107,8 +114,10 @@ def mask_seen_logits(logits_BxPxN: jax.Array, inputs_BxL: jax.Array, targets_BxP
   length = inputs_BxL.shape[1]
   items_BxL = jnp.where((inputs_BxL > 0) & (inputs_BxL < num_rows), inputs_BxL, 0).astype(jnp.int32)
   real_BxL = items_BxL > 0
-  if num_positions == length:
-    causal_PxL = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
+  if positions_P is None and num_positions == length:
+    positions_P = jnp.arange(length)
+  if positions_P is not None:
+    causal_PxL = jnp.arange(length)[None, :] <= positions_P[:, None]
     seen_BxPxL = causal_PxL[None] & real_BxL[:, None, :]
   else:
     seen_BxPxL = jnp.broadcast_to(real_BxL[:, None, :], (batch, num_positions, length))
@@ -129,6 +138,7 @@ def softmax_loss(
     mask_BxP: jax.Array,
     history_BxL: jax.Array | None = None,
     num_items: jax.Array | int | None = None,
+    chunk_rows: int = 0,
 ) -> jax.Array:
   """Full-catalogue cross-entropy: -mean over real pairs of log softmax_n(<y, items_n>)[target].
 
@@ -136,12 +146,66 @@ def softmax_loss(
   rows above num_items (a table padded to a larger catalogue). With history_BxL (the rows' inputs) the
   items of each position's input history are no class either, the target excepted, as `full` evaluation
   masks them: their logits get no gradient (mask_seen_logits). Targets must be in 1..N-1 where mask_BxP is
-  set. Memory: one B x P x N logits array.
+  set.
+
+  Memory: one B x P x N logits array; with chunk_rows > 0 (config.train.softmax_chunk_rows) and more than
+  2 * chunk_rows pairs (B x P) the P axis goes in slices of max(1, chunk_rows // B) positions, one
+  B x slice x N logits array at a time, recomputed in the backward pass (softmax_nll_by_slices). The same
+  loss up to float rounding. A batch of at most twice chunk_rows pairs is computed at once: cut in two, its
+  recomputation costs more than its slices save (bench/ce_loss_step.py).
 
   Returns a float32 scalar.
   """
+  batch, positions, _ = user_BxPxD.shape
+  slice_positions = max(1, int(chunk_rows) // batch) if chunk_rows else 0
+  if slice_positions and batch * positions > 2 * chunk_rows and positions > slice_positions:
+    return softmax_nll_by_slices(
+        user_BxPxD, items_NxD, targets_BxP, mask_BxP, slice_positions, history_BxL, num_items
+    )
   logits_BxPxN = jnp.einsum("bpd,nd->bpn", user_BxPxD, items_NxD)
   return softmax_nll(logits_BxPxN, targets_BxP, mask_BxP, history_BxL, num_items)
+
+
+def softmax_nll_by_slices(
+    user_BxPxD: jax.Array,
+    items_NxD: jax.Array,
+    targets_BxP: jax.Array,
+    mask_BxP: jax.Array,
+    slice_positions: int,
+    history_BxL: jax.Array | None = None,
+    num_items: jax.Array | int | None = None,
+) -> jax.Array:
+  """softmax_loss over slices of S target positions (P padded to a multiple of S), one at a time.
+
+  A causal P = L axis only (a slice's history mask needs its positions). Each slice's logits are
+  recomputed in the backward pass (jax.checkpoint), so the loss holds one slice's logits at a time. On a
+  CPU the whole array's cost grows faster than its size (measured at Games' shapes: 2x the positions,
+  3.5x the time from width 8 to 16), so slices of the widest batches are also faster, recomputation
+  included (bench/ce_loss_step.py).
+  """
+  batch, positions, _ = user_BxPxD.shape
+  if history_BxL is not None and history_BxL.shape[1] != positions:
+    raise ValueError(f"slices need a target at every input position: P={positions}, L={history_BxL.shape[1]}")
+  pad = -positions % slice_positions
+  count = (positions + pad) // slice_positions
+
+  def slices(x_BxP, fill=0):  # [B, P, ...] -> [count, B, S, ...]
+    x = jnp.pad(x_BxP, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxP.ndim - 2), constant_values=fill)
+    return jnp.moveaxis(x.reshape(batch, count, slice_positions, *x.shape[2:]), 1, 0)
+
+  positions_CxS = jnp.arange(positions + pad).reshape(count, slice_positions)
+
+  @jax.checkpoint
+  def slice_nll(args):
+    user_BxSxD, targets_BxS, mask_BxS, positions_S = args
+    logits_BxSxN = jnp.einsum("bsd,nd->bsn", user_BxSxD, items_NxD)
+    return _nll_BxP(logits_BxSxN, targets_BxS, mask_BxS, history_BxL, num_items, positions_S)
+
+  nll_CxBxS = jax.lax.map(
+      slice_nll, (slices(user_BxPxD), slices(targets_BxP), slices(mask_BxP), positions_CxS)
+  )
+  nll_BxP = jnp.moveaxis(nll_CxBxS, 0, 1).reshape(batch, positions + pad)[:, :positions]
+  return _masked_mean(nll_BxP, mask_BxP)
 
 
 def softmax_nll(
@@ -152,14 +216,18 @@ def softmax_nll(
     num_items: jax.Array | int | None = None,
 ) -> jax.Array:
   """softmax_loss from the logits themselves (any scorer's): the same classes, masks and mean."""
+  return _masked_mean(_nll_BxP(logits_BxPxN, targets_BxP, mask_BxP, history_BxL, num_items), mask_BxP)
+
+
+def _nll_BxP(logits_BxPxN, targets_BxP, mask_BxP, history_BxL, num_items, positions_P=None) -> jax.Array:
+  """-log softmax[target] at every pair (softmax_nll before the mean; positions_P as mask_seen_logits)."""
   mask = mask_BxP > 0
   rows_N = jnp.arange(logits_BxPxN.shape[-1])
   not_pad_N = (rows_N > 0) if num_items is None else (rows_N > 0) & (rows_N <= num_items)
   logits_BxPxN = jnp.where(not_pad_N, logits_BxPxN, jnp.finfo(logits_BxPxN.dtype).min)
   if history_BxL is not None:
-    logits_BxPxN = mask_seen_logits(logits_BxPxN, history_BxL, targets_BxP)
+    logits_BxPxN = mask_seen_logits(logits_BxPxN, history_BxL, targets_BxP, positions_P)
   # Padded pairs read a real column, so no -inf/NaN can leak into the masked mean or its gradient.
   safe_targets_BxP = jnp.where(mask, targets_BxP, 1).astype(jnp.int32)
   target_logit_BxP = jnp.take_along_axis(logits_BxPxN, safe_targets_BxP[..., None], axis=-1)[..., 0]
-  nll_BxP = jax.nn.logsumexp(logits_BxPxN, axis=-1) - target_logit_BxP
-  return _masked_mean(nll_BxP, mask_BxP)
+  return jax.nn.logsumexp(logits_BxPxN, axis=-1) - target_logit_BxP

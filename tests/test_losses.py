@@ -194,3 +194,38 @@ def test_softmax_over_a_padded_table_equals_the_unpadded_one():
   want = losses.softmax_loss(user, items, targets, weights)
   got = losses.softmax_loss(user, padded, targets, weights, num_items=jnp.int32(5))
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_history", [False, True])
+def test_softmax_by_slices_equals_the_whole_batch_at_once(with_history):
+  """Slices of 2 positions over P = L = 5 (the last slice padded): the same loss and gradients, the history
+  mask included (each slice masks its own prefixes), and rows above num_items still no class."""
+  rng = np.random.default_rng(4)
+  user = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+  items = jnp.asarray(rng.normal(size=(12, 4)), jnp.float32)
+  inputs = jnp.asarray([[0, 0, 3, 4, 3], [1, 2, 5, 6, 7], [0, 8, 9, 2, 1]], jnp.int32)
+  targets = jnp.asarray([[0, 3, 4, 3, 5], [2, 5, 6, 7, 9], [8, 9, 2, 1, 3]], jnp.int32)
+  weights = (targets > 0).astype(jnp.float32)
+  history = inputs if with_history else None
+
+  def loss(u, t, chunk_rows):
+    return losses.softmax_loss(u, t, targets, weights, history, jnp.int32(10), chunk_rows=chunk_rows)
+
+  whole = jax.value_and_grad(loss, argnums=(0, 1))(user, items, 0)
+  sliced = jax.value_and_grad(loss, argnums=(0, 1))(user, items, 6)  # 6 // 3 = 2 positions a slice
+  chex.assert_trees_all_close(sliced, whole, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(sliced[1][1][11]) == 0.0)  # above num_items: no class, no gradient
+
+
+def test_softmax_slices_only_a_batch_of_more_than_twice_chunk_rows_pairs():
+  """12 pairs (4 users x 3 positions): computed at once up to chunk_rows = 6 (no lax.map in the program),
+  in slices below."""
+  user, items = jnp.ones((4, 3, 2)), jnp.ones((5, 2))
+  targets, weights = jnp.ones((4, 3), jnp.int32), jnp.ones((4, 3))
+
+  def program(chunk_rows):
+    return str(
+        jax.make_jaxpr(lambda u: losses.softmax_loss(u, items, targets, weights, chunk_rows=chunk_rows))(user)
+    )
+
+  assert "scan" not in program(0) and "scan" not in program(6) and "scan" in program(5)

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from recg_jax import input_pipeline
 from recg_jax import results
 from recg_jax import training
 from recg_jax.models import recommender as recommender_lib
@@ -20,6 +21,7 @@ from recg_jax.training import checkpoints as checkpoints_lib
 from recg_jax.training import metric_log
 from recg_jax.training import optimizer as optimizer_lib
 from recg_jax.training import step as step_lib
+from recg_jax.training import trainer as trainer_lib
 
 import _train_driver as driver
 from conftest import read_jsonl
@@ -176,6 +178,40 @@ def test_step_tables_stack_and_validate(tiny_config, tiny_problem):
     step_lib.build_step_tables(config, {**tables, "Beta": tables["Beta"][:, :8]})
   with pytest.raises(ValueError, match="source domain 'Alpha'"):
     step_lib.build_step_tables(config, None)
+
+
+@pytest.mark.parametrize("bad", [-1, -512])
+def test_softmax_chunk_rows_must_be_a_count(tiny_config, bad):
+  config = tiny_config(**{"train.loss": "softmax", "train.softmax_chunk_rows": bad})
+  with pytest.raises(ValueError, match=r"config.train.softmax_chunk_rows=.*expected an integer >= 0"):
+    step_lib.StepSpec.create(None, config, None, None)
+
+
+def test_a_step_in_slices_trains_as_the_whole_batch_at_once(tiny_config, tiny_problem):
+  """SASRec-ID, softmax with the history mask: slices of one position (train.softmax_chunk_rows = the batch
+  size, 16 users x 8 positions) give the same losses step after step as the whole B x L x N logits at once
+  (0)."""
+  domains, _ = tiny_problem
+  losses_by_rows = {}
+  for chunk_rows in (0, 16):
+    config = tiny_config(
+        **{
+            "model.variant": "id",
+            "train.loss": "softmax",
+            "train.softmax_mask_history": True,
+            "train.softmax_chunk_rows": chunk_rows,
+            "train.length_buckets": (),
+        }
+    )
+    trainer = trainer_lib.create_trainer(config, domains[config.data.source], None)
+    state, seen = trainer.state, []
+    for epoch in range(2):
+      for batch in input_pipeline.stacked_epoch_batches(trainer.rows, 16, trainer.seeds, epoch):
+        state, metrics = trainer.step(state, input_pipeline.put_batch(batch, trainer.batch_sharding))
+        seen.append(float(metrics["loss"][0]))
+    losses_by_rows[chunk_rows] = np.asarray(seen)
+  assert len(losses_by_rows[0]) >= 4
+  np.testing.assert_allclose(losses_by_rows[16], losses_by_rows[0], rtol=1e-4)
 
 
 def test_loss_name_and_table_formatting(tiny_config):

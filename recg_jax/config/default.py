@@ -179,6 +179,12 @@ def get_train_config() -> ml_collections.ConfigDict:
   # softmax: leave the items of each position's input history out of the classes (the target stays one),
   # as `full` evaluation leaves them out of the ranking; BPR's negatives already come from outside it.
   c.softmax_mask_history = False
+  # softmax: compute the catalogue's logits for about this many (user, position) pairs at a time (whole
+  # positions of the batch, recomputed in the backward pass) once a batch holds more than twice as many:
+  # the same loss up to float rounding, faster on a CPU for large batches of logits (Games' widest buckets),
+  # and the loss's memory bounded on an accelerator (bench/ce_loss_step.py). 0 = the whole B x P x N logits
+  # at once.
+  c.softmax_chunk_rows = 512
   # Several source domains (data.source 'A+B+...'): the users a source contributes (a seeded sample, the
   # same for every seed; its validation and in-domain test use them too; 0 = all), the batches each source
   # contributes per epoch (0 = the mean of their own counts: a large source does not drown a small one), and

@@ -69,6 +69,7 @@ ROLES: dict[str, str] = {
     "encoder.cache_only": COSMETIC,
     "train.log_every_steps": COSMETIC,
     "train.prefetch": COSMETIC,
+    "train.softmax_chunk_rows": COSMETIC,  # the same loss, up to float rounding
     "train.checkpoint_every_steps": COSMETIC,
     "train.max_to_keep": COSMETIC,
     "train.member_axis": COSMETIC,

@@ -210,6 +210,7 @@ class StepSpec:
   per_position: bool  # a target at every position (causal backbones) or one per row
   loss: str  # 'bpr' | 'softmax'
   mask_history: bool  # softmax: the input history is no class (train.softmax_mask_history)
+  softmax_chunk_rows: int  # softmax: logits rows per slice of target positions (0 = all at once)
   multi_source: bool  # several source domains: each batch is scored against its own domain's table
   scoring: str  # candidate_scoring: 'factored' | 'gather' | 'full'
   num_negatives: int
@@ -229,12 +230,18 @@ class StepSpec:
     loss = str(config.train.loss)
     if loss not in ("bpr", "softmax"):
       raise errors.ConfigError(f"config.train.loss={loss!r}: expected 'bpr' or 'softmax'")
+    chunk_rows = config.train.softmax_chunk_rows
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 0:
+      raise errors.ConfigError(
+          f"config.train.softmax_chunk_rows={chunk_rows!r}: expected an integer >= 0 (0 = no slices)"
+      )
     return cls(
         model=model,
         cloze=rows.cloze,
         per_position=rows.per_position,
         loss=loss,
         mask_history=bool(config.train.softmax_mask_history) and loss == "softmax",
+        softmax_chunk_rows=chunk_rows,
         multi_source="sources" in step_tables.arrays,
         scoring=candidate_scoring(config),
         num_negatives=int(config.train.num_negatives),
@@ -271,6 +278,8 @@ def _losses(
     rec = losses.bpr_from_scores(scores_BxPxC[..., 0], scores_BxPxC[..., 1:], weights)
   else:
     items_NxD = model.apply(variables, table, method=recommender_lib.Recommender.item_vectors)
+    history = inputs if spec.mask_history else None
+    catalogue = num_items if spec.multi_source else None
     if model.is_offset:  # the text's score at every position, scaled, under the ID model's
       _, items_NxD = items_NxD
       offset_BxLxN = model.apply(
@@ -278,15 +287,11 @@ def _losses(
       )
       offset_BxPxN = offset_BxLxN if spec.per_position else offset_BxLxN[:, -1:]
       logits_BxPxN = jnp.einsum("bpd,nd->bpn", hidden_BxPxD, items_NxD) + offset_BxPxN
+      rec = losses.softmax_nll(logits_BxPxN, targets, weights, history, catalogue)
     else:
-      logits_BxPxN = jnp.einsum("bpd,nd->bpn", hidden_BxPxD, items_NxD)
-    rec = losses.softmax_nll(
-        logits_BxPxN,
-        targets,
-        weights,
-        history_BxL=inputs if spec.mask_history else None,
-        num_items=num_items if spec.multi_source else None,
-    )
+      rec = losses.softmax_loss(
+          hidden_BxPxD, items_NxD, targets, weights, history, catalogue, spec.softmax_chunk_rows
+      )
   aux = {"rec_loss": rec}
   if not spec.gen_counts:
     return rec, aux
