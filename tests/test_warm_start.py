@@ -155,7 +155,8 @@ def test_the_fitted_weights_table_shows_each_budgets_theta_and_its_fallbacks():
   def marker(domain, budget, seed, theta, fell):
     fusion = {"theta": theta, "fell_back": fell}
     records = [{"stage": "in_domain", "domain": domain, "metrics": {}, "extra": {"fusion": fusion}}]
-    return {"setting": "fusion", "config": {"train": {"budget": budget}}, "records": records, "seed": seed}
+    relpath = f"runs/scratch/{domain}/{round(budget * 100)}pct/fusion/seed{seed}"
+    return {"setting": "fusion", "relpath": relpath, "records": records, "seed": seed}
 
   markers = [marker("Office", 0.05, s, 0.0, True) for s in range(2)] + [
       marker("Office", 0.05, 2, 0.4, False),

@@ -33,6 +33,13 @@ ALPHA = 0.05
 GOAL_BUDGET = 0.2  # a fine-tuned model should beat SASRec-ID at every budget up to this one
 
 
+def run_budget(marker: dict[str, Any]) -> float:
+  """The share of the interactions a run trained on, from its folder (runs/<kind>/<domain>/<N>pct/...;
+  a text run trains on nothing and counts as every budget's, 1.0)."""
+  parts = marker["relpath"].split("/")
+  return 1.0 if parts[1] == "text" else float(parts[3].removesuffix("pct")) / 100
+
+
 def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
   """{(kind, domain, budget, preset, protocol, metric): {seed: value}}: a run's test over every user of its
   domain (its 'budget' record; a run on the whole domain has only its in-domain test)."""
@@ -40,7 +47,7 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
   for m in markers:
     parts = m["relpath"].split("/")
     kind, domain, preset, seed = parts[1], parts[2], parts[-2], int(parts[-1][4:])
-    budget = 1.0 if kind == "text" else float(parts[3].removesuffix("pct")) / 100
+    budget = run_budget(m)
     records = [r for r in m["records"] if r["stage"] == "budget"] or [
         r for r in m["records"] if r["stage"] == "in_domain"
     ]
@@ -313,7 +320,7 @@ def fusion_fits(markers: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float
   """{(preset, domain, budget): the fusion fit (fusion.json's fields) of every finished seed}."""
   fits: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
   for m in markers:
-    budget = float(((m.get("config") or {}).get("train") or {}).get("budget", 1.0))
+    budget = run_budget(m)
     for rec in m["records"]:
       fusion = (rec.get("extra") or {}).get("fusion")
       if rec["stage"] == "in_domain" and fusion:
