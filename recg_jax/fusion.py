@@ -215,10 +215,10 @@ class Fit:
   theta: float
   value: float
   tried: tuple[tuple[float, float], ...]
-  fitted_theta: float = 0.0
-  gain: float = 0.0
-  p_value: float = 1.0
-  users: int = 0
+  fitted_theta: float
+  gain: float  # the cross-fitted validation gain of fitted_theta over the text alone
+  p_value: float
+  users: int  # validation users
 
   @property
   def fell_back(self) -> bool:
