@@ -100,3 +100,7 @@ def test_a_fusion_waits_for_its_trained_part_and_the_table_says_who_beats_both(
   (tmp_path / "runs/scratch/Alpha/100pct/id/seed0/done.json").unlink()
   again = warm_start.run_study(config, tmp_path, command="tiny", aggregate_only=True)
   assert again["waiting"] == ["runs/scratch/Alpha/100pct/fusion/seed0"]
+  # Two seeds of three on Alpha: its cells say so, and no verdict is drawn there yet.
+  md = (tmp_path / "in_domain.md").read_text()
+  assert "| `fusion` | 1 of 1 finished | Beta | — | yes |" in md
+  assert "(2 of 3 seeds)" in md

@@ -77,14 +77,21 @@ def _mean(by_seed: dict[int, float] | None) -> float | None:
   return float(np.mean(list(by_seed.values()))) if by_seed else None
 
 
-def beats_both(values, preset, domain, text, reference) -> bool | None:
+def _seeds_done(values, kind, preset, domain, protocol, metric) -> int:
+  return len(values.get((kind, domain, 1.0, preset, protocol, metric)) or {})
+
+
+def beats_both(values, preset, domain, text, reference, seeds: int) -> bool | None:
   """Whether `preset` beats the text baseline and the ID reference on `full` Recall@10 and NDCG@10 (means
-  above, p < ALPHA in each test); None until all three have finished there."""
+  above, p < ALPHA in each test); None until all three have finished there, the trained two on all `seeds`
+  seeds."""
   for metric in METRICS:
     s = cell(values, "scratch", preset, domain, "full", metric, text, reference)
     base = _mean(values.get(("text", domain, 1.0, text, "full", metric)))
     ref = _mean(values.get(("scratch", domain, 1.0, reference, "full", metric)))
     if s is None or base is None or ref is None:
+      return None
+    if min(_seeds_done(values, "scratch", p, domain, "full", metric) for p in (preset, reference)) < seeds:
       return None
     if not (
         s["mean"] > base and s["mean"] > ref and (s["p_knn"] or 1.0) < ALPHA and (s["p_sem"] or 1.0) < ALPHA
@@ -106,7 +113,8 @@ def goal_lines(values, config, domains: Sequence[str], text: str, reference: str
   for kind, preset in _row_presets(config, values):
     if kind == "text" or preset == reference:
       continue
-    verdicts = {d: beats_both(values, preset, d, text, reference) for d in domains}
+    seeds = len(config.experiment.seeds)
+    verdicts = {d: beats_both(values, preset, d, text, reference, seeds) for d in domains}
     wins = [d for d, v in verdicts.items() if v]
     done = [d for d, v in verdicts.items() if v is not None]
     rows.append(
@@ -183,15 +191,13 @@ def tables(values, config, domains: Sequence[str], text: str, reference: str) ->
         for d in domains:
           stat = cell(values, kind, preset, d, protocol, metric, text, reference)
           base = _mean(values.get(("text", d, 1.0, text, protocol, metric)))
-          row.append(
-              baselines.cell(
-                  stat,
-                  base,
-                  kind == "text",
-                  reference="text",
-                  paired=("p_sem", f"vs {reference} p="),
-              )
+          text_cell = baselines.cell(
+              stat, base, kind == "text", reference="text", paired=("p_sem", f"vs {reference} p=")
           )
+          done, want = _seeds_done(values, kind, preset, d, protocol, metric), len(config.experiment.seeds)
+          if kind != "text" and 0 < done < want:
+            text_cell += f" ({done} of {want} seeds)"
+          row.append(text_cell)
         rows.append(row)
       lines += [f"## `{protocol}` {report.metric_title(metric)} (%)", ""]
       lines += report.markdown_table(["method"] + list(domains), rows) + [""]
