@@ -51,21 +51,23 @@ ROWS = (
 )
 
 
-def seed_rows(study: pathlib.Path, domain: str, run_dir: pathlib.Path, loaded: dict) -> dict[str, dict]:
-  """The four rows' test metrics (and the thetas) of one seed's fusion run under RecBole's protocol.
-  loaded: the domain's data and frozen table, read from the study's cache by the first seed (the seeds
-  differ in their runs, not in their data)."""
+def domain_and_table(study: pathlib.Path, domain: str, run_dir: pathlib.Path):
+  """(data, frozen item table) of `domain`, read from the study's cache (the study folder is its runs'
+  cache root: <study>/cache/data, <study>/cache/embeddings) with a run's config. Every seed's run shares
+  them: the seeds differ in their runs, not in their data."""
+  config, _ = finished_run.config_and_records(run_dir)
+  data = prepare.load_domains(config, study, log=lambda _: None)[domain]
+  return data, pipeline.embed_domains(config, study, {domain: data})[domain]
+
+
+def seed_rows(run_dir: pathlib.Path, data, raw_table) -> dict[str, dict]:
+  """The four rows' test metrics (and the thetas) of one seed's fusion run under RecBole's protocol."""
   config, _ = finished_run.config_and_records(run_dir)
   config = copy.deepcopy(config)
   config.eval.mask_history = False
   masked_theta = float(fusion_lib.read_fit(run_dir)["theta"])
   trained_dir = fusion_lib.trained_run_dir(config, run_dir)
   params = finished_run.best_params(trained_dir, finished_run.config_and_records(trained_dir)[0])
-  cache = study  # the study folder is its runs' cache root (<study>/cache/data, <study>/cache/embeddings)
-  if not loaded:
-    loaded["data"] = prepare.load_domains(config, cache, log=lambda _: None)[domain]
-    loaded["table"] = pipeline.embed_domains(config, cache, {domain: loaded["data"]})[domain]
-  data, raw_table = loaded["data"], loaded["table"]
   model = recommender.build_model(config, data.num_items)
   fused = fusion_lib.fused_on(config, data, raw_table, model, params)
   fitted = fusion_lib.fit(config, fused, data)
@@ -119,12 +121,11 @@ def main() -> None:
   # A seed evaluated by an earlier invocation is kept: delete the file after refitting the study's runs
   # or changing how a fusion fits.
   per_seed = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.is_file() else {}
-  loaded = {}
-  for run_dir in runs:
+  pending = [r for r in runs if int(r.name.removeprefix("seed")) not in per_seed]
+  data, raw_table = domain_and_table(study, args.domain, pending[0]) if pending else (None, None)
+  for run_dir in pending:
     seed = int(run_dir.name.removeprefix("seed"))
-    if seed in per_seed:
-      continue
-    per_seed[seed] = seed_rows(study, args.domain, run_dir, loaded)
+    per_seed[seed] = seed_rows(run_dir, data, raw_table)
     print(f"seed {seed}: " + json.dumps(per_seed[seed]), flush=True)
     saved.write_text(json.dumps(dict(sorted(per_seed.items())), indent=1) + "\n", encoding="utf-8")
   per_seed = dict(sorted(per_seed.items()))

@@ -229,3 +229,5 @@ def test_softmax_slices_only_a_batch_of_more_than_twice_chunk_rows_pairs():
     )
 
   assert "scan" not in program(0) and "scan" not in program(6) and "scan" in program(5)
+  with pytest.raises(ValueError, match="slices need a target at every input position: P=3, L=2"):
+    losses.softmax_nll_by_slices(user, items, targets, weights, 1, history_BxL=jnp.ones((4, 2), jnp.int32))

@@ -183,7 +183,8 @@ def get_train_config() -> ml_collections.ConfigDict:
   # positions of the batch, recomputed in the backward pass) once a batch holds more than twice as many:
   # the same loss up to float rounding, faster on a CPU for large batches of logits (Games' widest buckets),
   # and the loss's memory bounded on an accelerator (bench/ce_loss_step.py). 0 = the whole B x P x N logits
-  # at once.
+  # at once. The text-offset hybrid (`id_text_offset`) always computes them at once: its text offsets are a
+  # B x P x N array of their own.
   c.softmax_chunk_rows = 512
   # Several source domains (data.source 'A+B+...'): the users a source contributes (a seeded sample, the
   # same for every seed; its validation and in-domain test use them too; 0 = all), the batches each source

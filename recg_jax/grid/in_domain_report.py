@@ -113,8 +113,9 @@ def goal_lines(values, config, domains: Sequence[str], text: str, reference: str
   for kind, preset in _row_presets(config, values):
     if kind == "text" or preset == reference:
       continue
-    seeds = len(config.experiment.seeds)
-    verdicts = {d: beats_both(values, preset, d, text, reference, seeds) for d in domains}
+    verdicts = {
+        d: beats_both(values, preset, d, text, reference, len(config.experiment.seeds)) for d in domains
+    }
     wins = [d for d, v in verdicts.items() if v]
     done = [d for d, v in verdicts.items() if v is not None]
     rows.append(
@@ -191,13 +192,13 @@ def tables(values, config, domains: Sequence[str], text: str, reference: str) ->
         for d in domains:
           stat = cell(values, kind, preset, d, protocol, metric, text, reference)
           base = _mean(values.get(("text", d, 1.0, text, protocol, metric)))
-          text_cell = baselines.cell(
+          shown = baselines.cell(
               stat, base, kind == "text", reference="text", paired=("p_sem", f"vs {reference} p=")
           )
-          done, want = _seeds_done(values, kind, preset, d, protocol, metric), len(config.experiment.seeds)
-          if kind != "text" and 0 < done < want:
-            text_cell += f" ({done} of {want} seeds)"
-          row.append(text_cell)
+          done = _seeds_done(values, kind, preset, d, protocol, metric)
+          if kind != "text" and 0 < done < len(config.experiment.seeds):
+            shown += f" ({done} of {len(config.experiment.seeds)} seeds)"
+          row.append(shown)
         rows.append(row)
       lines += [f"## `{protocol}` {report.metric_title(metric)} (%)", ""]
       lines += report.markdown_table(["method"] + list(domains), rows) + [""]

@@ -230,8 +230,8 @@ class StepSpec:
     loss = str(config.train.loss)
     if loss not in ("bpr", "softmax"):
       raise errors.ConfigError(f"config.train.loss={loss!r}: expected 'bpr' or 'softmax'")
-    chunk_rows = config.train.softmax_chunk_rows
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 0:
+    chunk_rows = int(config.train.softmax_chunk_rows)
+    if chunk_rows < 0:
       raise errors.ConfigError(
           f"config.train.softmax_chunk_rows={chunk_rows!r}: expected an integer >= 0 (0 = no slices)"
       )
