@@ -6,9 +6,11 @@ On LuxuryBeauty, Office, Scientific, Kitchen and Games (the largest catalogue la
 50 and 100% of each domain's training interactions (whole users); on each budget the cross-entropy ID
 reference `id_ce` and the best hybrid of the in-domain study (`fusion`: id_ce's scores and the text
 baseline's, with its weight fitted on the budget's own validation users, so that a weak trained part falls
-back to the text), trained from scratch, three seeds, beside the training-free text baseline. Both presets
-are trained as practitioners train SASRec (presets.CE_TRAINING), each run alone. The folder may be the
-in-domain study's (configs/in_domain_shared.py): the 100% runs are the same runs and are reused.
+back to the text), and `fusion_holdout`, the same fusion with its weight fitted on a fifth of the budget's
+users held out of its trained part's training; trained from scratch, three seeds, beside the training-free
+text baseline. Every preset trains as practitioners train SASRec (presets.CE_TRAINING), each run alone. The
+folder may be the in-domain study's (configs/in_domain_shared.py): the 100% runs are the same runs and are
+reused.
 
 `:finetune` runs the earlier form of the study instead: the paper's BPR models and the text-mix model at the
 leave-one-out study's reduced sizes, from scratch and fine-tuned from that study's runs
@@ -31,7 +33,9 @@ def get_config(arg: str | None = None):
   ec.domains = ("LuxuryBeauty", "Office", "Scientific", "Kitchen", "Games")
   ec.validation_domains = ()
   ec.text_presets = ("text_knn_center_soft02",)  # the day-one default (presets.TEXT_BASELINE)
-  ec.presets = ("id_ce", "fusion")  # the ID reference first: the fusion fits over its runs
+  # The ID reference first: `fusion` fits over its runs; `fusion_holdout` trains its own part without a
+  # fifth of the budget's users and fits theta on them.
+  ec.presets = ("id_ce", "fusion", "fusion_holdout")
   ec.reference_preset = "id_ce"
   ec.finetune_presets = ()
   ec.budgets = (0.01, 0.05, 0.2, 0.5, 1.0)

@@ -93,6 +93,14 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f"config.fusion.fallback_alpha must be in (0, 1], got {alpha}")
   if int(folds) < 2:
     raise errors.ConfigError(f"config.fusion.fallback_folds must be >= 2, got {folds}")
+  holdout = float(config.fusion.holdout_users)
+  if not 0.0 <= holdout < 1.0:
+    raise errors.ConfigError(f"config.fusion.holdout_users must be in [0, 1), got {holdout}")
+  if holdout > 0.0 and str(config.fusion.trained_run):
+    raise errors.ConfigError(
+        f"config.fusion.holdout_users={holdout} holds users out of the trained part's training, so the part "
+        f"trains here: config.fusion.trained_run={str(config.fusion.trained_run)!r} trained on every user"
+    )
   text = text_config(config)
   if str(text.model.variant) != "text_knn":
     raise errors.ConfigError(
@@ -131,6 +139,24 @@ def fused_on(
   reads = recommender_lib.reads_table(config.model)
   trained = Part(model, params, pipeline.model_table(config, raw_table) if reads else None)
   return Fused(text_part(config, domain, raw_table), trained)
+
+
+def held_out(
+    config: ml_collections.ConfigDict, domains: dict[str, types.DomainData]
+) -> tuple[dict[str, types.DomainData], types.DomainData | None]:
+  """(the domains the trained part trains on, the source's users theta is fitted on): with
+  fusion.holdout_users > 0 the source without its held-out users, and those users; else the domains as
+  they are and None (theta is fitted on the source itself). Checks the fusion settings before anything
+  trains."""
+  if not config.fusion.enabled:
+    return domains, None
+  check(config)
+  share = float(config.fusion.holdout_users)
+  if share == 0.0:
+    return domains, None
+  (source,) = types.source_names(config.data.source)
+  trained_on, held = types.split_users(domains[source], share)
+  return {**domains, source: trained_on}, held
 
 
 def theta_grid(lo: float, hi: float, steps: int) -> list[float]:
@@ -237,13 +263,14 @@ class Fit:
         "p_value": self.p_value,
         "fell_back": self.fell_back,
         "validation_users": self.users,
+        "holdout_users": float(config.fusion.holdout_users),
     }
 
 
 def fit(config: ml_collections.ConfigDict, fused: Fused, domain: types.DomainData) -> Fit:
   """theta with the best validation eval.select_metric over theta = k / fusion.steps (the smaller theta on
   ties), kept only if its cross-fitted gain over the text alone is significant (cross_fitted_test at
-  fusion.fallback_alpha); else 0, the text alone."""
+  fusion.fallback_alpha); else 0, the text alone. `domain`: the users it is fitted on (held_out's)."""
   thetas = theta_grid(0.0, 1.0, int(config.fusion.steps))
   values_UxT = per_user_curve(config, fused, domain, thetas)
   means = values_UxT.mean(axis=0)

@@ -229,9 +229,12 @@ def train_and_transfer(
         _outcome(lambda c=c, w=w: fuse_finished(c, w, run_domains_, loaded, tables))
         for c, w in zip(configs, workdirs)
     ]
+  from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
   from recg_jax import training  # pylint: disable=g-import-not-at-top
 
-  trained = training.train_members(configs, workdirs, run_domains_, run_tables, group_dir=group_dir)
+  # A fusion that fits theta on held-out users trains without them (fusion.holdout_users).
+  train_domains, fit_domain = fusion_lib.held_out(config, run_domains_)
+  trained = training.train_members(configs, workdirs, train_domains, run_tables, group_dir=group_dir)
   outcomes: list[Outcome] = []
   for c, w, result in zip(configs, workdirs, trained):
     if result.error:
@@ -246,7 +249,7 @@ def train_and_transfer(
         records = results_lib.read_records(w / "results.json") if distributed.is_primary() else []
         write_item_ids(w, c, run_domains_)
       if c.fusion.enabled:
-        return fuse_trained(c, w, run_domains_, loaded, tables, r.model, r.params, records)
+        return fuse_trained(c, w, run_domains_, loaded, tables, r.model, r.params, records, fit_domain)
       extra = _budget_records(c, loaded, _trained_evaluation(c, r, run_tables))
       if extra:
         records = [*records, *extra]
@@ -280,11 +283,13 @@ def fuse_trained(
     model,
     params,
     trained_records: Sequence[dict],
+    fit_domain: types.DomainData | None = None,
 ) -> list[dict]:
-  """config.fusion after the trained part: theta fitted on the source's validation split, then the fused
-  recommender's validation and test metrics (and with a budget its 'budget' records over every user, from
-  `whole`), the trained part's own metrics kept in each record's extra. Writes fusion.json, results.json
-  and results.md in workdir; returns the records."""
+  """config.fusion after the trained part: theta fitted on the validation split of fit_domain (the users
+  held out of the trained part's training; None: the source), then the fused recommender's validation and
+  test metrics on the source (and with a budget its 'budget' records over every user, from `whole`), the
+  trained part's own metrics kept in each record's extra. Writes fusion.json, results.json and results.md
+  in workdir; returns the records."""
   import dataclasses  # pylint: disable=g-import-not-at-top
 
   from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
@@ -294,7 +299,7 @@ def fuse_trained(
   if tables is None or source not in tables:
     raise errors.ConfigError(f"config.fusion needs the frozen text table of {source!r}")
   fused = fusion_lib.fused_on(config, domains[source], tables[source], model, params)
-  fitted = fusion_lib.fit(config, fused, domains[source])
+  fitted = fusion_lib.fit(config, fused, domains[source] if fit_domain is None else fit_domain)
   fusion_lib.announce(fitted, source)
   fused = dataclasses.replace(fused, theta=fitted.theta)
   metrics = {

@@ -48,6 +48,21 @@ def test_a_smaller_budgets_users_are_among_a_larger_ones(tiny_problem):
     np.testing.assert_array_equal(sub.history(i), domain.history(u))
 
 
+def test_held_out_users_are_a_seeded_share_disjoint_from_the_users_trained_on(tiny_problem):
+  domain = tiny_problem[0]["Alpha"]
+  kept, held = types.holdout_users(domain, 0.2)
+  assert len(held) == round(0.2 * domain.num_users) and np.all(np.diff(held) > 0)
+  np.testing.assert_array_equal(np.sort(np.concatenate([kept, held])), np.arange(domain.num_users))
+  np.testing.assert_array_equal(types.holdout_users(domain, 0.2)[1], held)  # the same whatever the run
+  trained_on, fit_on = types.split_users(domain, 0.2)
+  assert fit_on.user_tokens.tolist() == domain.user_tokens[held].tolist()
+  np.testing.assert_array_equal(fit_on.history(0), domain.history(held[0]))
+  assert trained_on.num_users + fit_on.num_users == domain.num_users
+  # At least one user on each side, however small the share or the domain.
+  assert [len(x) for x in types.holdout_users(domain, 1e-6)] == [domain.num_users - 1, 1]
+  assert [len(x) for x in types.holdout_users(domain, 0.999999)] == [1, domain.num_users - 1]
+
+
 def test_a_budget_run_trains_on_its_users_and_is_tested_over_every_user(tiny_config, tiny_problem, tmp_path):
   domains, tables = tiny_problem
   config = tiny_config(

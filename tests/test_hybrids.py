@@ -387,15 +387,70 @@ def test_a_fusion_is_in_domain_only_and_its_text_part_trains_nothing(tiny_config
 
 
 @pytest.mark.parametrize(
-    "field, value, message", [("fallback_alpha", 0.0, "in \\(0, 1\\]"), ("fallback_folds", 1, ">= 2")]
+    "field, value, message",
+    [
+        ("fallback_alpha", 0.0, "in \\(0, 1\\]"),
+        ("fallback_folds", 1, ">= 2"),
+        ("holdout_users", 1.0, "in \\[0, 1\\)"),
+    ],
 )
 def test_a_fallback_that_cannot_test_is_refused(tiny_config, field, value, message):
   with pytest.raises(errors.ConfigError, match=f"fusion.{field} must be {message}"):
     fusion.check(_fusion_config(tiny_config, **{f"fusion.{field}": value}))
 
 
+def test_a_fusion_on_held_out_users_trains_its_own_part(tiny_config):
+  config = _fusion_config(tiny_config, **{"fusion.holdout_users": 0.2, "fusion.trained_run": "../id"})
+  with pytest.raises(errors.ConfigError, match="holds users out of the trained part's training"):
+    fusion.check(config)
+
+
+@pytest.mark.slow
+def test_a_fusion_on_held_out_users_trains_without_them_and_fits_theta_on_them(
+    tiny_config, tiny_problem, tmp_path, monkeypatch
+):
+  from recg_jax import training  # pylint: disable=g-import-not-at-top
+
+  domains, tables = tiny_problem
+  trained_on = []
+  train_members = training.train_members
+
+  def spy(configs, workdirs, run_domains, *args, **kwargs):
+    trained_on.append(run_domains["Alpha"].user_tokens.tolist())
+    return train_members(configs, workdirs, run_domains, *args, **kwargs)
+
+  monkeypatch.setattr(training, "train_members", spy)
+  config = _fusion_config(tiny_config, **{"fusion.holdout_users": 0.25})
+  (records,) = pipeline.train_and_transfer([config], [tmp_path], domains, tables)
+  assert not isinstance(records, Exception), getattr(records, "traceback", records)
+  alpha = domains["Alpha"]
+  kept, held = types.holdout_users(alpha, 0.25)
+  assert trained_on == [alpha.user_tokens[kept].tolist()]
+  fitted = records[0]["extra"]["fusion"]
+  assert (fitted["validation_users"], fitted["holdout_users"]) == (len(held), 0.25)
+  # The fused recommender is then scored on every user of the source.
+  fused = fusion.fused_on(config, alpha, tables["Alpha"], *_model_and_params(config, tmp_path, alpha))
+  theta = dataclasses.replace(fused, theta=fitted["theta"])
+  want = fusion.evaluate_split(config, theta, alpha, "test")
+  assert records[0]["metrics"]["test/full/ndcg@10"] == pytest.approx(want["full/ndcg@10"], abs=1e-6)
+
+
+def _model_and_params(config, workdir, domain):
+  from recg_jax import finished_run  # pylint: disable=g-import-not-at-top
+
+  return recommender_lib.build_model(config, domain.num_items), finished_run.best_params(workdir, config)
+
+
 def test_every_hybrid_preset_builds_its_model_and_trains_on_every_user():
-  for name in ("id_ce", "fusion", "id_text_init", "alphafuse", "id_text_offset", "text_mix_id"):
+  for name in (
+      "id_ce",
+      "fusion",
+      "fusion_holdout",
+      "id_text_init",
+      "alphafuse",
+      "id_text_offset",
+      "text_mix_id",
+  ):
     config = config_lib.apply_preset(config_lib.get_config(), name)
     assert config.train.loss == "softmax" and config.train.max_users_per_source == 0, name
     assert (config.model.hidden_dim, config.model.num_layers, config.train.patience) == (64, 2, 10), name

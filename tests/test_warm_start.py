@@ -21,13 +21,17 @@ import conftest
 def test_the_shared_study_trains_the_reference_and_fuses_over_its_runs():
   config = warm_start_shared.get_config()
   items = warm_start.plan(config)
-  assert len(items) == 5 + 5 * 5 * 3 * 2 and [i.domain for i in items[-30:]] == ["Games"] * 30
+  assert len(items) == 5 + 5 * 5 * 3 * 3 and [i.domain for i in items[-45:]] == ["Games"] * 45
   fused = warm_start.Item("scratch", "Kitchen", 0.2, "fusion", 1)
   rc = warm_start.run_config(config, fused)
   assert rc.fusion.enabled and rc.fusion.trained_run == "../../id_ce/seed1"
   assert (rc.train.budget, rc.model.variant, rc.train.loss) == (0.2, "id", "softmax")
   assert warm_start.trained_part_of(config, fused) == dataclasses.replace(fused, preset="id_ce")
   assert warm_start.run_config(config, dataclasses.replace(fused, preset="id_ce")).fusion.trained_run == ""
+  # A fusion fitted on held-out users trains its own part: id_ce trained on every user of the budget.
+  held = dataclasses.replace(fused, preset="fusion_holdout")
+  assert warm_start.trained_part_of(config, held) is None
+  assert warm_start.run_config(config, held).fusion.trained_run == ""
 
 
 def test_plan_and_run_configs_of_the_finetune_study():

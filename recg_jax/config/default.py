@@ -395,6 +395,10 @@ def get_fusion_config() -> ml_collections.ConfigDict:
   # A finished run (its folder) whose best parameters are the trained part: nothing is trained, the fusion
   # is fitted on that run's model (its model and data settings must be this run's). "" = train it here.
   c.trained_run = ""
+  # The share of the source's users (after train.budget) held out of the trained part's training, theta
+  # fitted on their validation split. 0: theta is fitted on the validation items of the users the trained
+  # part trained on, who flatter it when they are few (a small budget). > 0 trains the part here.
+  c.holdout_users = 0.0
   return c
 
 

@@ -219,6 +219,16 @@ PRESETS.update(
             "fusion.enabled": True,
             "fusion.text_preset": TEXT_BASELINE,
         },
+        # The same, its theta fitted on a fifth of the users held out of id_ce's training (which it then
+        # trains itself): for small budgets, where the users the ID model trained on flatter it.
+        "fusion_holdout": {
+            "model.variant": "id",
+            **CE_TRAINING,
+            **_EVERY_USER,
+            "fusion.enabled": True,
+            "fusion.text_preset": TEXT_BASELINE,
+            "fusion.holdout_users": 0.2,
+        },
         # SASRec-ID whose item table starts from the whitened text embeddings reduced to d.
         "id_text_init": {
             "model.variant": "text_id",

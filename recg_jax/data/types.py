@@ -156,3 +156,21 @@ def budget_subset(domain: DomainData, fraction: float, seed: int = 0) -> DomainD
   if fraction >= 1.0:
     return domain
   return _with_users(domain, budget_users(domain, fraction, seed))
+
+
+def holdout_users(domain: DomainData, share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, held): the domain's users (indices, ascending) split into those a model trains on and a seeded
+  `share` of them held out (at least one each way). The order depends on the domain and `seed` alone."""
+  if not 0.0 < share < 1.0:
+    raise ValueError(f"a held-out share of users must be in (0, 1), got {share}")
+  if domain.num_users < 2:
+    raise ValueError(f"domain {domain.name!r} has {domain.num_users} user(s): none can be held out")
+  count = min(max(1, round(share * domain.num_users)), domain.num_users - 1)
+  order = np.random.default_rng([seed, domain.num_users, 0x4E1D]).permutation(domain.num_users)
+  return np.sort(order[count:]), np.sort(order[:count])
+
+
+def split_users(domain: DomainData, share: float, seed: int = 0) -> tuple[DomainData, DomainData]:
+  """(trained on, held out): the domain restricted to each side of holdout_users, every item kept."""
+  kept, held = holdout_users(domain, share, seed)
+  return _with_users(domain, kept), _with_users(domain, held)

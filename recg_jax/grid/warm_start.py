@@ -131,7 +131,10 @@ def trained_part_of(config: ml_collections.ConfigDict, item: Item) -> Item | Non
   trains exactly its trained part, if any: the fusion then fits over that run instead of training again."""
   if item.kind == "text" or not PRESETS[item.preset].get("fusion.enabled"):
     return None
-  mine = _without_fusion(_plain_run_config(config, item))
+  c = _plain_run_config(config, item)
+  if float(c.fusion.holdout_users) > 0.0:  # it trains without its held-out users, as no other preset does
+    return None
+  mine = _without_fusion(c)
   for preset in config.experiment.presets:
     if preset == item.preset or PRESETS[preset].get("fusion.enabled"):
       continue
