@@ -13,7 +13,7 @@ experiment.validation_domains, or the first text preset when the study has none.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
@@ -33,11 +33,22 @@ ALPHA = 0.05
 GOAL_BUDGET = 0.2  # a fine-tuned model should beat SASRec-ID at every budget up to this one
 
 
-def run_budget(marker: dict[str, Any]) -> float:
-  """The share of the interactions a run trained on, from its folder (runs/<kind>/<domain>/<N>pct/...;
-  a text run trains on nothing and counts as every budget's, 1.0)."""
+class RunKey(NamedTuple):
+  """What a study run's folder says it is: runs/text/<domain>/<preset>/seed<N> or
+  runs/<kind>/<domain>/<N>pct/<preset>/seed<N> (warm_start.Item.relpath). A text run trains on nothing and
+  counts as every budget's (1.0)."""
+
+  kind: str
+  domain: str
+  budget: float
+  preset: str
+  seed: int
+
+
+def run_key(marker: dict[str, Any]) -> RunKey:
   parts = marker["relpath"].split("/")
-  return 1.0 if parts[1] == "text" else float(parts[3].removesuffix("pct")) / 100
+  budget = 1.0 if parts[1] == "text" else float(parts[3].removesuffix("pct")) / 100
+  return RunKey(parts[1], parts[2], budget, parts[-2], int(parts[-1].removeprefix("seed")))
 
 
 def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
@@ -45,17 +56,16 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
   domain (its 'budget' record; a run on the whole domain has only its in-domain test)."""
   values: dict[tuple, dict[int, float]] = {}
   for m in markers:
-    parts = m["relpath"].split("/")
-    kind, domain, preset, seed = parts[1], parts[2], parts[-2], int(parts[-1][4:])
-    budget = run_budget(m)
+    key = run_key(m)
     records = [r for r in m["records"] if r["stage"] == "budget"] or [
         r for r in m["records"] if r["stage"] == "in_domain"
     ]
     for rec in records:
-      for key, value in rec["metrics"].items():
-        split, protocol, metric = (key.split("/") + ["", ""])[:3]
+      for name, value in rec["metrics"].items():
+        split, protocol, metric = (name.split("/") + ["", ""])[:3]
         if split == "test":
-          values.setdefault((kind, domain, budget, preset, protocol, metric), {})[seed] = float(value)
+          where = (key.kind, key.domain, key.budget, key.preset, protocol, metric)
+          values.setdefault(where, {})[key.seed] = float(value)
   return values
 
 
@@ -320,7 +330,7 @@ def fusion_fits(markers: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float
   """{(preset, domain, budget): the fusion fit (fusion.json's fields) of every finished seed}."""
   fits: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
   for m in markers:
-    budget = run_budget(m)
+    budget = run_key(m).budget
     for rec in m["records"]:
       fusion = (rec.get("extra") or {}).get("fusion")
       if rec["stage"] == "in_domain" and fusion:
