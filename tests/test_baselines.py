@@ -45,6 +45,13 @@ def test_cell_stats_tests_against_text_knn_and_sem():
   assert baselines.cell_stats([0.2], None, [0], 0.1)["p_knn"] is None  # one seed: no test
 
 
+def test_seeds_that_all_equal_the_reference_are_marked_equal_whatever_their_mean_rounds_to():
+  x = 0.04810289880508846  # three copies average to x + 7e-18 in float64
+  stat = baselines.cell_stats([x, x, x], None, [0, 1, 2], x)
+  assert stat["mean"] != x and "(=knn)" in baselines.cell(stat, x, False)
+  assert "(>knn" in baselines.cell(baselines.cell_stats([x, x, 1.001 * x], None, [0, 1, 2], x), x, False)
+
+
 def test_weight_is_chosen_on_the_validation_domain_only():
   key = lambda dom, setting: ("zero_shot", "S", dom, setting, "full", "ndcg@10")
   values = {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -219,7 +220,9 @@ def cell(
     return text
   notes = []
   if knn is not None:
-    mark = ">" if stat["mean"] > knn else "<" if stat["mean"] < knn else "="
+    # Seeds that all equal the reference can average to it plus a rounding error: that is '='.
+    same = math.isclose(stat["mean"], knn, rel_tol=1e-9, abs_tol=1e-12)
+    mark = "=" if same else ">" if stat["mean"] > knn else "<"
     notes.append(f"{mark}{reference}" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
   key, label = paired
   if stat.get(key) is not None:
