@@ -33,25 +33,10 @@ def fused_run(tmp_path_factory, tiny_problem):
   """A finished tiny fusion run over a finished tiny ID run, as the studies lay them out: its folder."""
   domains, tables = tiny_problem
   root = tmp_path_factory.mktemp("study")
-  base = {
-      "model.variant": "id",
-      "train.loss": "softmax",
-      "train.num_epochs": 1,
-      "train.length_buckets": (),
-      "eval.length_buckets": (),
-      "experiment.mode": "in_domain",
-  }
+  base = conftest.TINY_IN_DOMAIN_ID
   (trained,) = pipeline.train_and_transfer([conftest.tiny_config(**base)], [root / "id"], domains, tables)
   assert not isinstance(trained, Exception), getattr(trained, "traceback", trained)
-  fused = conftest.tiny_config(
-      **base,
-      **{
-          "fusion.enabled": True,
-          "fusion.text_preset": "text_knn_center_soft02",
-          "fusion.steps": 4,
-          "fusion.trained_run": "../id",
-      },
-  )
+  fused = conftest.tiny_config(**base, **conftest.TINY_FUSION, **{"fusion.trained_run": "../id"})
   (records,) = pipeline.train_and_transfer([fused], [root / "fusion"], domains, tables)
   assert not isinstance(records, Exception), getattr(records, "traceback", records)
   return root / "fusion"

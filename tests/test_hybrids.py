@@ -22,6 +22,8 @@ from recg_jax.models import scoring
 from recg_jax.models import text_hybrid
 from recg_jax.models import text_space
 
+import conftest
+
 PREC = jax.lax.Precision.HIGHEST
 
 
@@ -331,20 +333,7 @@ def test_too_few_users_to_cross_fit_keep_the_text():
 
 
 def _fusion_config(tiny_config, **overrides):
-  return tiny_config(
-      **{
-          "model.variant": "id",
-          "train.loss": "softmax",
-          "train.num_epochs": 1,
-          "train.length_buckets": (),
-          "eval.length_buckets": (),
-          "experiment.mode": "in_domain",
-          "fusion.enabled": True,
-          "fusion.text_preset": "text_knn_center_soft02",
-          "fusion.steps": 4,
-          **overrides,
-      }
-  )
+  return tiny_config(**{**conftest.TINY_IN_DOMAIN_ID, **conftest.TINY_FUSION, **overrides})
 
 
 @pytest.mark.slow

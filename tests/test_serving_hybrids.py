@@ -16,6 +16,7 @@ from recg_jax import serving
 from recg_jax.data import types
 from recg_jax.models import recommender as recommender_lib
 
+import conftest
 from conftest import inputs_before_test
 from conftest import read_jsonl
 from conftest import write_jsonl
@@ -24,16 +25,10 @@ from conftest import write_jsonl
 def _config(tiny_config, fused: bool):
   return tiny_config(
       **{
-          "model.variant": "id",
-          "train.loss": "softmax",
-          "train.num_epochs": 1,
-          "train.length_buckets": (),
-          "eval.length_buckets": (),
-          "experiment.mode": "in_domain",
+          **conftest.TINY_IN_DOMAIN_ID,
+          **conftest.TINY_FUSION,
           "encoder.cache_only": True,
           "fusion.enabled": fused,
-          "fusion.text_preset": "text_knn_center_soft02",
-          "fusion.steps": 4,
       }
   )
 
