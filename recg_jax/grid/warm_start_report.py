@@ -399,7 +399,8 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
           "domain itself was seen before its budget"
           if ec.finetune_presets
           else "- every trained run starts from scratch on its budget; a fusion fits its theta on the "
-          "budget's validation split, over the run of its trained part on the same budget and seed"
+          "budget's validation split, over the run of its trained part on the same budget and seed "
+          "(with `fusion.holdout_users`, on the budget's users held out of its own trained part's training)"
       ),
       f"- text baseline: `{chosen}`"
       + (
