@@ -16,7 +16,6 @@ and that also gains on test. Nothing is trained. Writes <out>/fusion_temperature
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import json
@@ -29,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recbole_protocol import domain_and_table  # pylint: disable=wrong-import-position
+from recbole_protocol import finished_fusion  # pylint: disable=wrong-import-position
 
 from recg_jax import finished_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -49,17 +49,12 @@ def text_part_at(config, data, raw_table, temperature: float) -> fusion_lib.Part
 
 def seed_rows(run_dir: pathlib.Path, data, raw_table, temperatures) -> dict[str, dict]:
   """{temperature: fitted theta, validation values (text alone, fused) and test metrics of the fused}."""
-  config, _ = finished_run.config_and_records(run_dir)
-  config = copy.deepcopy(config)
-  trained_dir = fusion_lib.trained_run_dir(config, run_dir)
-  params = finished_run.best_params(trained_dir, finished_run.config_and_records(trained_dir)[0])
-  model = recommender.build_model(config, data.num_items)
-  trained = fusion_lib.fused_on(config, data, raw_table, model, params).trained
+  config, fused = finished_fusion(run_dir, data, raw_table)
   rows = {}
   for temperature in temperatures:
-    fused = fusion_lib.Fused(text_part_at(config, data, raw_table, temperature), trained)
-    fitted = fusion_lib.fit(config, fused, data)
-    test = fusion_lib.evaluate_split(config, dataclasses.replace(fused, theta=fitted.theta), data, "test")
+    at_t = dataclasses.replace(fused, text=text_part_at(config, data, raw_table, temperature))
+    fitted = fusion_lib.fit(config, at_t, data)
+    test = fusion_lib.evaluate_split(config, dataclasses.replace(at_t, theta=fitted.theta), data, "test")
     rows[f"{temperature:g}"] = {
         "theta": fitted.theta,
         "valid_text": fitted.tried[0][1],

@@ -22,7 +22,6 @@ change) and <out>/<domain>.md (mean ± sample std over the seeds).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import json
@@ -35,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from recg_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import finished_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import fusion as fusion_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recg_jax import paths  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -60,16 +60,20 @@ def domain_and_table(study: pathlib.Path, domain: str, run_dir: pathlib.Path):
   return data, pipeline.embed_domains(config, study, {domain: data})[domain]
 
 
+def finished_fusion(run_dir: pathlib.Path, data, raw_table, overrides: dict | None = None):
+  """(config, Fused) of a study's finished fusion run: its config with `overrides` applied, and its fusion
+  over the best parameters of its trained part (fusion.trained_run, checked to be this run's model)."""
+  config, _ = finished_run.config_and_records(run_dir)
+  params, _ = fusion_lib.finished_trained_part(config, run_dir)
+  config = config_lib.override(config, overrides or {})
+  model = recommender.build_model(config, data.num_items)
+  return config, fusion_lib.fused_on(config, data, raw_table, model, params)
+
+
 def seed_rows(run_dir: pathlib.Path, data, raw_table) -> dict[str, dict]:
   """The four rows' test metrics (and the thetas) of one seed's fusion run under RecBole's protocol."""
-  config, _ = finished_run.config_and_records(run_dir)
-  config = copy.deepcopy(config)
-  config.eval.mask_history = False
+  config, fused = finished_fusion(run_dir, data, raw_table, {"eval.mask_history": False})
   masked_theta = float(fusion_lib.read_fit(run_dir)["theta"])
-  trained_dir = fusion_lib.trained_run_dir(config, run_dir)
-  params = finished_run.best_params(trained_dir, finished_run.config_and_records(trained_dir)[0])
-  model = recommender.build_model(config, data.num_items)
-  fused = fusion_lib.fused_on(config, data, raw_table, model, params)
   fitted = fusion_lib.fit(config, fused, data)
   thetas = {ROWS[0]: 0.0, ROWS[1]: 1.0, ROWS[2]: masked_theta, ROWS[3]: fitted.theta}
   rows = {}

@@ -2,7 +2,6 @@
 recompute from a study's runs equals what the runs themselves computed, or the same evaluation under the
 other protocol."""
 
-import copy
 import dataclasses
 import importlib.util
 import pathlib
@@ -11,8 +10,10 @@ import sys
 import pytest
 
 from recg_jax import config as config_lib
+from recg_jax import finished_run
 from recg_jax import fusion
 from recg_jax import pipeline
+from recg_jax.models import recommender
 
 import conftest
 
@@ -53,10 +54,8 @@ def test_recbole_protocol_rows_are_the_fusion_at_its_thetas_with_the_history_unm
   masked_theta = fusion.read_fit(fused_run)["theta"]
   assert [rows[r]["theta"] for r in bench.ROWS[:3]] == [0.0, 1.0, masked_theta]
   config = _run_config(fused_run)
-  unmasked = config_lib.override(config, {"eval.mask_history": False})
-  params = _trained_params(fused_run)
-  from recg_jax.models import recommender  # pylint: disable=g-import-not-at-top
-
+  params, _ = fusion.finished_trained_part(config, fused_run)
+  unmasked = config_lib.override(_run_config(fused_run), {"eval.mask_history": False})
   fused = fusion.fused_on(
       unmasked, alpha, tables["Alpha"], recommender.build_model(config, alpha.num_items), params
   )
@@ -87,13 +86,4 @@ def test_fusion_temperature_at_the_presets_own_temperature_refits_the_runs_theta
 
 
 def _run_config(run_dir):
-  from recg_jax import finished_run  # pylint: disable=g-import-not-at-top
-
-  return copy.deepcopy(finished_run.config_and_records(run_dir)[0])
-
-
-def _trained_params(run_dir):
-  from recg_jax import finished_run  # pylint: disable=g-import-not-at-top
-
-  trained_dir = fusion.trained_run_dir(_run_config(run_dir), run_dir)
-  return finished_run.best_params(trained_dir, finished_run.config_and_records(trained_dir)[0])
+  return finished_run.config_and_records(run_dir)[0]

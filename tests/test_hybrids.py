@@ -394,6 +394,17 @@ def test_a_fusion_on_held_out_users_trains_its_own_part(tiny_config):
     fusion.check(config)
 
 
+def test_a_fusion_that_cannot_be_fitted_fails_before_anything_trains(
+    tiny_config, tiny_problem, tmp_path, monkeypatch
+):
+  from recg_jax import training  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(training, "train_members", lambda *_, **__: pytest.fail("trained before the check"))
+  config = _fusion_config(tiny_config, **{"fusion.holdout_users": 1.5})
+  with pytest.raises(errors.ConfigError, match="fusion.holdout_users must be in"):
+    pipeline.train_and_transfer([config], [tmp_path], *tiny_problem)
+
+
 @pytest.mark.slow
 def test_a_fusion_on_held_out_users_trains_without_them_and_fits_theta_on_them(
     tiny_config, tiny_problem, tmp_path, monkeypatch
