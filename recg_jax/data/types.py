@@ -135,6 +135,12 @@ def user_subset(domain: DomainData, max_users: int, seed: int = 0) -> DomainData
   return _with_users(domain, users)
 
 
+def _seeded_user_order(domain: DomainData, seed: int, salt: int) -> np.ndarray:
+  """A permutation of the domain's users keyed on (seed, user count, salt): each use draws from its own
+  salt, so a budget's users and a held-out share never share one order."""
+  return np.random.default_rng([seed, domain.num_users, salt]).permutation(domain.num_users)
+
+
 def budget_users(domain: DomainData, fraction: float, seed: int = 0) -> np.ndarray:
   """The users (indices, ascending) of a training budget: the fewest users, taken in one seeded order, whose
   training parts (all but the last two items) hold at least `fraction` of the domain's training
@@ -144,7 +150,7 @@ def budget_users(domain: DomainData, fraction: float, seed: int = 0) -> np.ndarr
     raise ValueError(f"a training budget must be a positive fraction, got {fraction}")
   if fraction >= 1.0:
     return np.arange(domain.num_users)
-  order = np.random.default_rng([seed, domain.num_users, 0xB0D6E7]).permutation(domain.num_users)
+  order = _seeded_user_order(domain, seed, 0xB0D6E7)
   held = np.cumsum(np.maximum(domain.lengths[order] - 2, 0))
   count = int(np.searchsorted(held, fraction * held[-1], side="left")) + 1
   return np.sort(order[: min(count, domain.num_users)])
@@ -166,7 +172,7 @@ def holdout_users(domain: DomainData, share: float, seed: int = 0) -> tuple[np.n
   if domain.num_users < 2:
     raise ValueError(f"domain {domain.name!r} has {domain.num_users} user(s): none can be held out")
   count = min(max(1, round(share * domain.num_users)), domain.num_users - 1)
-  order = np.random.default_rng([seed, domain.num_users, 0x4E1D]).permutation(domain.num_users)
+  order = _seeded_user_order(domain, seed, 0x4E1D)
   return np.sort(order[count:]), np.sort(order[:count])
 
 
