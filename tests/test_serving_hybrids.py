@@ -21,30 +21,33 @@ from conftest import inputs_before_test
 from conftest import read_jsonl
 from conftest import write_jsonl
 
+# AlphaFuse (presets `alphafuse`): text coordinates, half of them frozen, ids in the other half.
+_ALPHAFUSE = {"model.variant": "text_id", "model.text_id_frozen_dims": 4}
 
-def _config(tiny_config, fused: bool):
+
+def _config(tiny_config, name: str):
   return tiny_config(
       **{
           **conftest.TINY_IN_DOMAIN_ID,
           **conftest.TINY_FUSION,
           "encoder.cache_only": True,
-          "fusion.enabled": fused,
+          "fusion.enabled": name == "fused",
+          **(_ALPHAFUSE if name == "alphafuse" else {}),
       }
   )
 
 
 @pytest.fixture(scope="module")
 def id_runs(tmp_path_factory, tiny_problem):
-  """{'plain': workdir, 'fused': workdir}: a tiny SASRec-ID on Alpha, and the same fused with the text."""
+  """{'plain': workdir, 'fused': workdir, 'alphafuse': workdir}: a tiny SASRec-ID on Alpha, the same fused
+  with the text, and AlphaFuse's SASRec."""
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
 
   domains, tables = tiny_problem
   out = {}
-  for name in ("plain", "fused"):
+  for name in ("plain", "fused", "alphafuse"):
     workdir = tmp_path_factory.mktemp(name)
-    (records,) = pipeline.train_and_transfer(
-        [_config(tiny_config, name == "fused")], [workdir], domains, tables
-    )
+    (records,) = pipeline.train_and_transfer([_config(tiny_config, name)], [workdir], domains, tables)
     assert not isinstance(records, Exception), getattr(records, "traceback", records)
     out[name] = workdir
   return out
@@ -92,7 +95,7 @@ def _served_ranks(lists, domain, split):
   return ranks
 
 
-@pytest.mark.parametrize("name", ["plain", "fused"])
+@pytest.mark.parametrize("name", ["plain", "fused", "alphafuse"])
 def test_a_run_that_learned_its_items_serves_its_catalogue_as_evaluation_ranks_it(
     name, id_runs, tiny_problem, tmp_path
 ):
@@ -102,7 +105,8 @@ def test_a_run_that_learned_its_items_serves_its_catalogue_as_evaluation_ranks_i
   run = serving.load(workdir, progress=False)
   split = types.leave_one_out(alpha, "test", int(config.data.max_len))
   model = recommender_lib.build_model(config, alpha.num_items)
-  trained = fusion.Part(model, run.params, None)
+  table = pipeline.model_table(config, tables["Alpha"]) if name == "alphafuse" else None
+  trained = fusion.Part(model, run.params, table)
   if name == "fused":
     text = fusion.text_part(config, alpha, tables["Alpha"])
     scorer_of = fusion.Fused(text, trained, float(fusion.read_fit(workdir)["theta"]))
@@ -138,3 +142,20 @@ def test_an_export_of_a_fused_run_names_the_methods_that_export(id_runs):
   with pytest.raises(errors.ConfigError, match="sums two scores.*--method=text_knn.*id_ce"):
     run.require_user_vectors()
   assert serving.load(id_runs["plain"], progress=False).has_user_vectors
+
+
+def test_an_alphafuse_runs_exported_vectors_give_its_served_scores(id_runs, tiny_problem, tmp_path):
+  domains, tables = tiny_problem
+  alpha, workdir = domains["Alpha"], id_runs["alphafuse"]
+  config = config_lib.from_record(json.loads((workdir / "results.json").read_text())["config"])
+  lists = _serve(workdir, config, alpha, tables["Alpha"], tmp_path)
+  run = serving.load(workdir, progress=False)
+  catalogue = run.catalogue(tmp_path / "alpha.jsonl")
+  histories = inputs_before_test(alpha)
+  users = run.user_vectors(histories, catalogue)
+  items = run.item_vectors(catalogue)
+  column = {item: i for i, item in enumerate(catalogue.item_ids)}
+  for u, user in enumerate(histories):
+    row = lists[user]
+    want = users[u] @ items[[column[i] for i in row["items"]]].T
+    np.testing.assert_allclose(row["scores"], want, rtol=1e-4, atol=1e-4)
