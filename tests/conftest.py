@@ -140,7 +140,6 @@ TINY_PIPELINE_OVERRIDES = {
     "transfer.wf_epochs": 2,
 }
 
-# What the session's tiny trained run (tiny_trained_run) changes in the tiny config.
 # A tiny in-domain SASRec-ID trained one epoch with the softmax loss: the trained part of the fusion tests.
 TINY_IN_DOMAIN_ID = {
     "model.variant": "id",
@@ -153,6 +152,7 @@ TINY_IN_DOMAIN_ID = {
 # Its fusion with the text baseline, theta on a coarse grid.
 TINY_FUSION = {"fusion.enabled": True, "fusion.text_preset": "text_knn_center_soft02", "fusion.steps": 4}
 
+# What the session's tiny trained run (tiny_trained_run) changes in the tiny config.
 TINY_TRAINED_OVERRIDES = {
     "train.num_epochs": 2,
     "train.length_buckets": (),

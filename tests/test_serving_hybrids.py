@@ -21,8 +21,9 @@ from conftest import inputs_before_test
 from conftest import read_jsonl
 from conftest import write_jsonl
 
-# AlphaFuse (presets `alphafuse`): text coordinates, half of them frozen, ids in the other half.
-_ALPHAFUSE = {"model.variant": "text_id", "model.text_id_frozen_dims": 4}
+# AlphaFuse (preset `alphafuse`): text coordinates, half of them frozen (the tiny config's d is 16), ids in
+# the other half.
+_ALPHAFUSE = {"model.variant": "text_id", "model.text_id_frozen_dims": 8}
 
 
 def _config(tiny_config, name: str):
