@@ -12,6 +12,11 @@ folder and one table (DIR/in_domain.md). Every user of a domain trains (no per-d
 trained preset is SASRec at RecBole's sizes with cross-entropy over the catalogue (presets.CE_TRAINING),
 each run alone (a run's seeds do not train as stacked members: each stops at its own epoch). The
 warm-start study (configs/warm_start_shared.py) shares the folder and reuses its runs at 100%.
+
+Where DIR does not outlive the machine, `--config.experiment.archive=A` keeps each finished run's markers in
+A as it finishes and restores them into any DIR (recg_jax/grid/archive.py); results/shared_study_runs is
+this project's, committed with the tables. `--config.experiment.earlier_values=results/in_domain_shared/
+earlier/results.json` fills the cells of runs whose folders were lost before the archive existed.
 """
 
 from recg_jax import config as config_lib

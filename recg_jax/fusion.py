@@ -84,6 +84,12 @@ class Fused:
     return (self.text.item_vectors(), self.trained.item_vectors())
 
 
+def trains_its_part(config: ml_collections.ConfigDict) -> bool:
+  """Whether a fusion must train its trained part itself, never reuse another run's: it holds users out of
+  that training (fusion.holdout_users), as no other run does."""
+  return float(config.fusion.holdout_users) > 0.0
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on fusion settings that cannot be fitted."""
   if int(config.fusion.steps) < 1:
@@ -96,7 +102,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   holdout = float(config.fusion.holdout_users)
   if not 0.0 <= holdout < 1.0:
     raise errors.ConfigError(f"config.fusion.holdout_users must be in [0, 1), got {holdout}")
-  if holdout > 0.0 and str(config.fusion.trained_run):
+  if trains_its_part(config) and str(config.fusion.trained_run):
     raise errors.ConfigError(
         f"config.fusion.holdout_users={holdout} holds users out of the trained part's training, so the part "
         f"trains here: config.fusion.trained_run={str(config.fusion.trained_run)!r} trained on every user"

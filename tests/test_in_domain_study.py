@@ -3,6 +3,8 @@ plan, a fusion that waits for and fits over the run of its trained part, and the
 runs (which method beats both references, where)."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -18,14 +20,19 @@ import conftest
 MADE_UP = {"text_knn": 0.10, "id": 0.12, "fusion": 0.15, "sem": 0.08}
 
 
-def _fake_execute(monkeypatch, calls):
+def _fake_execute(monkeypatch, calls, trained_itself=None):
+  """Made-up runs; a fusion fits over its trained part's run, or (listed in trained_itself, where given)
+  trains the part itself."""
+
   def run_one(run):
     calls.append(run.relpath)
     preset, seed = run.relpath.split("/")[-2], int(run.config.train.seed)
     value = MADE_UP[preset] + (0.001 * seed * (1 + (preset == "fusion")) if preset != "text_knn" else 0.0)
     metrics = {f"test/{p}/{m}": value for p in ("full", "sampled10") for m in ("ndcg@10", "recall@10")}
     extra = {"best_epoch": 3}
-    if run.config.fusion.enabled:
+    if run.config.fusion.enabled and trained_itself is not None and not run.config.fusion.trained_run:
+      trained_itself.append(run.relpath)
+    elif run.config.fusion.enabled:
       assert run.config.fusion.trained_run == "../../id/seed%d" % seed
       assert runner.read_done(run.run_dir / run.config.fusion.trained_run) is not None  # it ran first
       fell = run.config.data.source == "Beta" and seed == 0  # too little gain on validation: the text alone
@@ -104,3 +111,62 @@ def test_a_fusion_waits_for_its_trained_part_and_the_table_says_who_beats_both(
   md = (tmp_path / "in_domain.md").read_text()
   assert "| `fusion` | 1 of 1 finished | Beta | — | yes |" in md
   assert "(2 of 3 seeds)" in md
+
+
+def _tables(md: str) -> str:
+  """The goal and the metric tables (the header names folders and counts this folder's runs; the fitted
+  weights and the costs cover this folder's runs only)."""
+  return re.split("## Fitted fusion weights|## Cost", md[md.index("## Against the goal") :])[0]
+
+
+@pytest.mark.slow
+def test_an_archived_study_goes_on_in_a_fresh_folder_and_a_lost_fusion_trains_its_part_again(
+    fusion_preset, tmp_path, monkeypatch
+):
+  _fake_execute(monkeypatch, calls := [], trained_itself := [])
+  config = _tiny_config()
+  warm_start.run_study(config, tmp_path / "first", command="tiny")
+  assert len(calls) == 2 + 2 * 3 * 3 and not trained_itself
+  # Named later, the archive takes the folder's finished runs at the next invocation.
+  config.experiment.archive = str(tmp_path / "archive")
+  warm_start.run_study(config, tmp_path / "first", command="tiny", aggregate_only=True)
+  assert len(list((tmp_path / "archive").glob("runs/*/*/*/*/seed*/done.json"))) == 2 * 3 * 3
+  assert len(list((tmp_path / "archive").glob("runs/text/*/*/seed0/done.json"))) == 2
+  archived = json.loads((tmp_path / "archive/runs/scratch/Beta/100pct/id/seed2/done.json").read_text())
+  assert archived["config"]["data"]["root"] == ""  # no path of the machine it ran on
+  first = (tmp_path / "first" / "in_domain.md").read_text()
+  # A fresh folder over the same archive: every run is restored, nothing trains, the same table.
+  calls.clear()
+  warm_start.run_study(config, tmp_path / "second", command="tiny")
+  assert calls == []
+  assert _tables((tmp_path / "second" / "in_domain.md").read_text()) == _tables(first)
+  # A fusion lost from the archive, over a trained part restored without its checkpoints, trains the part.
+  shutil.rmtree(tmp_path / "archive/runs/scratch/Alpha/100pct/fusion/seed1")
+  warm_start.run_study(config, tmp_path / "third", command="tiny")
+  assert calls == trained_itself == ["runs/scratch/Alpha/100pct/fusion/seed1"]
+  assert (tmp_path / "archive/runs/scratch/Alpha/100pct/fusion/seed1/done.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_earlier_tables_values_fill_the_cells_of_lost_runs_and_the_table_says_so(
+    fusion_preset, tmp_path, monkeypatch
+):
+  _fake_execute(monkeypatch, calls := [])
+  config = _tiny_config()
+  warm_start.run_study(config, tmp_path / "first", command="tiny")
+  assert len(calls) == 2 + 2 * 3 * 3
+  first = (tmp_path / "first" / "in_domain.md").read_text()
+  # The folder is lost but for one run; the earlier table's values fill every other cell.
+  kept = "runs/scratch/Beta/100pct/id/seed2"
+  shutil.copytree(tmp_path / "first" / kept, tmp_path / "second" / kept)
+  config.experiment.earlier_values = str(tmp_path / "first" / "in_domain.json")
+  warm_start.run_study(config, tmp_path / "second", command="tiny", aggregate_only=True)
+  second = (tmp_path / "second" / "in_domain.md").read_text()
+  assert _tables(second) == _tables(first)
+  assert (
+      f"- carried: the values of {2 + 2 * 3 * 3 - 1} runs come from `{config.experiment.earlier_values}`"
+      in second
+  )
+  assert json.loads((tmp_path / "second" / "in_domain.json").read_text()) == json.loads(
+      (tmp_path / "first" / "in_domain.json").read_text()
+  )

@@ -34,6 +34,7 @@ from recg_jax import errors
 from recg_jax import paths
 from recg_jax import results as results_lib
 from recg_jax.config.presets import PRESETS
+from recg_jax.grid import archive
 from recg_jax.grid import planning
 from recg_jax.grid import report
 from recg_jax.grid import runner
@@ -94,6 +95,7 @@ def run_study(
   """Runs every unfinished run, rewriting DIR/results.md after each; returns what ran and failed."""
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  archive.sync(workdir, archive.folder(config))
   domains_order = planning.grid_domains(config)
   runs = plan(config)
   domains, tables = runner.load_domains(config, workdir, domains_order, with_tables=True)

@@ -37,6 +37,7 @@ from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax.config.presets import PRESETS
 from recg_jax.data import types
+from recg_jax.grid import archive
 from recg_jax.grid import baselines
 from recg_jax.grid import lodo_report
 from recg_jax.grid import planning
@@ -186,6 +187,7 @@ def run_study(
   """Runs every unfinished run, rewriting DIR/results.md after each group; returns what ran and failed."""
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  archive.sync(workdir, archive.folder(config))
   order = planning.grid_domains(config)
   items = plan(config)
   tables = _Tables(config, workdir, order)

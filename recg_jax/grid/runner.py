@@ -32,6 +32,7 @@ from recg_jax import paths
 from recg_jax import pipeline
 from recg_jax import results as results_lib
 from recg_jax.config import roles
+from recg_jax.grid import archive
 from recg_jax.grid import figures
 from recg_jax.grid import planning
 from recg_jax.grid import report
@@ -109,6 +110,27 @@ def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
   return workdir / "groups" / hashlib.sha1("\n".join(relpaths).encode()).hexdigest()[:12]
 
 
+def _mark_done(run, records, machine, elapsed: float, compiles: dict, members: list[str]) -> None:
+  """Writes a finished run's done.json (and its copy in the study's archive, if it has one)."""
+  # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
+  paths.write_json_atomic(
+      run.run_dir / DONE,
+      {
+          "spec": run.spec.to_dict(),
+          "setting": run.setting,
+          "relpath": run.relpath,
+          "records": records,
+          "elapsed_s": elapsed / len(members),
+          "machine": machine,
+          "group": {"size": len(members), "elapsed_s": elapsed, "compiles": compiles, "members": members},
+          "fingerprint": roles.fingerprint(run.config),
+          "config": results_lib.config_dict(run.config),
+          "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      },
+  )
+  archive.keep(run.run_dir, run.relpath, archive.folder(run.config))
+
+
 def run_pending(
     pending: list[PendingRun],
     domains: dict,
@@ -158,27 +180,7 @@ def run_pending(
         distributed.say(f"{run.tag}: FAILED ({outcome!r}); details in {run.run_dir / FAILED}")
         continue
       (run.run_dir / FAILED).unlink(missing_ok=True)
-      # A group's wall time is shared evenly by its runs, so the grid's total run time stays a sum.
-      paths.write_json_atomic(
-          run.run_dir / DONE,
-          {
-              "spec": run.spec.to_dict(),
-              "setting": run.setting,
-              "relpath": run.relpath,
-              "records": outcome,
-              "elapsed_s": elapsed / len(runs),
-              "machine": machine,
-              "group": {
-                  "size": len(runs),
-                  "elapsed_s": elapsed,
-                  "compiles": compiles,
-                  "members": [r.relpath for r in runs],
-              },
-              "fingerprint": roles.fingerprint(run.config),
-              "config": results_lib.config_dict(run.config),
-              "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          },
-      )
+      _mark_done(run, outcome, machine, elapsed, compiles, [r.relpath for r in runs])
       ran.append(run.relpath)
       together = f" (its group of {len(runs)}: {elapsed:.1f}s)" if len(runs) > 1 else ""
       distributed.say(f"{run.tag}: done in {elapsed / len(runs):.1f}s{together}")
@@ -272,6 +274,7 @@ def run_grid(
   """
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  archive.sync(workdir, archive.folder(config))
   axes = planning.grid_axes(config)
   specs = planning.plan_runs(config)
   domains, tables = load_domains(config, workdir, axes["domains"], any(s.variant != "id" for s in specs))

@@ -34,9 +34,11 @@ from recg_jax import compile_stats
 from recg_jax import config as config_lib
 from recg_jax import distributed
 from recg_jax import errors
+from recg_jax import fusion
 from recg_jax import paths
 from recg_jax.config import roles
 from recg_jax.config.presets import PRESETS
+from recg_jax.grid import archive
 from recg_jax.grid import baselines
 from recg_jax.grid import in_domain_report
 from recg_jax.grid import planning
@@ -132,7 +134,7 @@ def trained_part_of(config: ml_collections.ConfigDict, item: Item) -> Item | Non
   if item.kind == "text" or not PRESETS[item.preset].get("fusion.enabled"):
     return None
   c = _plain_run_config(config, item)
-  if float(c.fusion.holdout_users) > 0.0:  # it trains without its held-out users, as no other preset does
+  if fusion.trains_its_part(c):
     return None
   mine = _without_fusion(c)
   for preset in config.experiment.presets:
@@ -172,6 +174,12 @@ def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.Pendin
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for the run of its trained part, {base.relpath}")
     elif not aggregate_only:
+      if (
+          base
+          and runner.read_done(workdir / base.relpath)
+          and not archive.has_parameters(workdir / base.relpath)
+      ):
+        rc.fusion.trained_run = ""  # restored from the archive without its checkpoints: train the part here
       spec = planning.RunSpec(item.domain, str(rc.model.backbone), str(rc.model.variant), item.seed)
       pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
   return pending, waiting
@@ -187,6 +195,7 @@ def run_study(
   what ran, failed and waits."""
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  archive.sync(workdir, archive.folder(config))
   order = planning.grid_domains(config)
   items = plan(config)
   domains, tables = runner.load_domains(config, workdir, order, with_tables=True)
