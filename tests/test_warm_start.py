@@ -169,3 +169,16 @@ def test_the_fitted_weights_table_shows_each_budgets_theta_and_its_fallbacks():
   lines = warm_start_report.fusion_budget_lines(markers, ["Office"], [0.01, 0.05, 1.0])
   want = "| `fusion` | Office | — | 0.133 (0.000-0.400), text alone on 2 of 3 | 0.800 (0.800-0.800) |"
   assert want in lines
+
+
+def test_an_earlier_tables_values_fill_only_the_seeds_no_finished_run_covers(tmp_path):
+  key = ["scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"]
+  earlier = {"values": [{"key": key, "by_seed": {"0": 0.5, "1": 0.6}}], "text_baseline": "text_knn"}
+  (tmp_path / "results.json").write_text(json.dumps(earlier))
+  config = warm_start_shared.get_config()
+  config.experiment.earlier_values = str(tmp_path / "results.json")
+  values = {("scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"): {1: 0.7}}  # seed 1 ran in this folder
+  carried = warm_start_report.carry(values, warm_start_report.earlier_values(config))
+  assert values == {("scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"): {0: 0.5, 1: 0.7}}
+  assert carried == [("scratch", "Office", 0.2, "id_ce", 0)]
+  assert "the values of 1 run come from" in warm_start_report.carried_line(config, carried)[0]

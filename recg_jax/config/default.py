@@ -353,8 +353,9 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   # for a DIR that does not outlive its machine (recg_jax/grid/archive.py): each run is copied there as it
   # finishes, and every invocation first restores what DIR lacks. Empty = none.
   c.archive = ""
-  # `in_domain`: an earlier in_domain.json whose per-seed values fill the cells that no finished run of
-  # DIR (or the archive) covers, for runs whose folders were lost; the table says which. Empty = none.
+  # `warm_start`, `in_domain`: an earlier table's JSON (results.json, in_domain.json) whose per-seed values
+  # fill the cells that no finished run of DIR (or the archive) covers, for runs whose folders were lost;
+  # the table says how many. Empty = none.
   c.earlier_values = ""
   # Runs of one shard that differ only in seeds, alpha, tau or the L_gen switches (traced fields, roles.py)
   # train together as one program over stacked parameters, up to this many at a time; 1 = one by one.

@@ -213,43 +213,6 @@ def _preset_line(name: str) -> str:
   return f"`{name}` " + ("CE + " if ce else "") + str(rest)
 
 
-def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, float]]:
-  """The per-seed values of experiment.earlier_values (an earlier in_domain.json), keyed as collect_values
-  keys them; empty where it is unset."""
-  name = str(config.experiment.get("earlier_values", ""))
-  if not name:
-    return {}
-  payload = json.loads(paths.as_path(name).read_text(encoding="utf-8"))
-  out = {}
-  for entry in payload["values"]:
-    kind, domain, budget, *rest = entry["key"]
-    out[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
-  return out
-
-
-def carry(values, earlier) -> list[tuple]:
-  """Fills `values` in place with the earlier seeds no finished run covers; returns the (kind, domain,
-  preset, seed) of every run whose values were carried."""
-  runs = set()
-  for key, by_seed in earlier.items():
-    mine = values.setdefault(key, {})
-    for seed, value in by_seed.items():
-      if seed not in mine:
-        mine[seed] = value
-        runs.add((key[0], key[1], key[3], seed))
-  return sorted(runs)
-
-
-def _carried_line(config: ml_collections.ConfigDict, carried: list[tuple]) -> list[str]:
-  if not carried:
-    return []
-  return [
-      f"- carried: the values of {len(carried)} runs come from `{config.experiment.earlier_values}`, an "
-      "earlier table whose run folders were lost (its markdown beside it keeps their costs and fitted "
-      "weights; the sections below cover the runs of this folder only)"
-  ]
-
-
 COMMANDS = "in_domain_commands.json"
 
 
@@ -270,7 +233,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   ran = commands(archive.folder(config) or workdir, str(meta.get("command") or ""))
   markers = collect(workdir)
   values = warm_start_report.collect_values(markers)
-  carried = carry(values, earlier_values(config))
+  carried = warm_start_report.carry(values, warm_start_report.earlier_values(config))
   ec = config.experiment
   domains = _domains(config, values)
   text = str(ec.text_presets[0]) if ec.text_presets else ""
@@ -279,7 +242,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   total_s = sum(float(m.get("elapsed_s", 0.0)) for m in markers)
   seeds = sorted(
       {int(m["relpath"].rsplit("seed", 1)[1]) for m in markers if "/scratch/" in f"/{m['relpath']}"}
-      | {seed for kind, _, _, seed in carried if kind == "scratch"}
+      | {seed for kind, *_, seed in carried if kind == "scratch"}
   )
   presets = dict.fromkeys(p for _, p in _row_presets(config, values))
   described = results_lib.protocol_descriptions(config.eval)
@@ -299,7 +262,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       f"t-test of the seeds against the text baseline's value; `vs {reference}` p = paired t-test on the "
       "seeds (scipy.stats)",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
-      *_carried_line(config, carried),
+      *warm_start_report.carried_line(config, carried),
       f"- runs: {len(markers)} finished in this folder; this invocation planned {len(meta['runs'])} "
       f"({total_s / 3600:.2f} h of run time over all finished runs)",
       "- presets (config overrides over the study config; `CE` = SASRec trained as practitioners train it: "

@@ -13,6 +13,7 @@ experiment.validation_domains, or the first text preset when the study has none.
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple, Sequence
 
 import ml_collections
@@ -67,6 +68,45 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
           where = (key.kind, key.domain, key.budget, key.preset, protocol, metric)
           values.setdefault(where, {})[key.seed] = float(value)
   return values
+
+
+def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, float]]:
+  """The per-seed values of experiment.earlier_values (an earlier table's JSON: results.json of a warm-start
+  study, in_domain.json of an in-domain one), keyed as collect_values keys them; empty where it is unset."""
+  name = str(config.experiment.get("earlier_values", ""))
+  if not name:
+    return {}
+  payload = json.loads(paths.as_path(name).read_text(encoding="utf-8"))
+  out = {}
+  for entry in payload["values"]:
+    kind, domain, budget, *rest = entry["key"]
+    out[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
+  return out
+
+
+def carry(values, earlier) -> list[tuple]:
+  """Fills `values` in place with the earlier seeds no finished run covers; returns the (kind, domain,
+  budget, preset, seed) of every run whose values were carried."""
+  runs = set()
+  for key, by_seed in earlier.items():
+    mine = values.setdefault(key, {})
+    for seed, value in by_seed.items():
+      if seed not in mine:
+        mine[seed] = value
+        runs.add((*key[:4], seed))
+  return sorted(runs)
+
+
+def carried_line(config: ml_collections.ConfigDict, carried: list[tuple]) -> list[str]:
+  """The header line that says which runs' values were carried, if any."""
+  if not carried:
+    return []
+  runs = f"{len(carried)} run{'s' * (len(carried) != 1)}"
+  return [
+      f"- carried: the values of {runs} come from `{config.experiment.earlier_values}`, an "
+      "earlier table whose run folders were lost (its markdown beside it keeps their costs and fitted "
+      "weights; the sections below cover the runs of this folder only)"
+  ]
 
 
 def _mean(by_seed: dict[int, float] | None) -> float | None:
@@ -377,6 +417,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   """DIR/results.md, results.json and crossover.png from every finished run."""
   markers = runner.markers_of(workdir, meta["runs"])
   values = collect_values(markers)
+  carried = carry(values, earlier_values(config))
   ec = config.experiment
   domains, budgets = list(meta["domains"]), planning.budgets(config)
   validation = set(ec.validation_domains)
@@ -412,6 +453,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       "of the seeds against the text baseline's value; `vs scratch` p = paired t-test against the same "
       "preset from scratch (scipy.stats)",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
+      *carried_line(config, carried),
       f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run time)",
       f"- base model (each preset's overrides below replace its fields): {config.model.backbone}, "
       f"{report.summary_without_seed(config)}",
