@@ -182,3 +182,14 @@ def test_an_earlier_tables_values_fill_only_the_seeds_no_finished_run_covers(tmp
   assert values == {("scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"): {0: 0.5, 1: 0.7}}
   assert carried == [("scratch", "Office", 0.2, "id_ce", 0)]
   assert "the values of 1 run come from" in warm_start_report.carried_line(config, carried)[0]
+
+
+def test_an_earlier_table_that_is_missing_or_not_a_table_is_a_config_error(tmp_path):
+  config = warm_start_shared.get_config()
+  config.experiment.earlier_values = str(tmp_path / "absent.json")
+  with pytest.raises(errors.ConfigError, match="absent.json'?: no such file"):
+    warm_start_report.earlier_values(config)
+  (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+  config.experiment.earlier_values = str(tmp_path / "other.json")
+  with pytest.raises(errors.ConfigError, match="other.json' is not a study table's JSON"):
+    warm_start_report.earlier_values(config)

@@ -351,7 +351,8 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.shard_index = 0
   # A folder that keeps a copy of every finished run's markers (done.json, results.json) beside the tables,
   # for a DIR that does not outlive its machine (recg_jax/grid/archive.py): each run is copied there as it
-  # finishes, and every invocation first restores what DIR lacks. Empty = none.
+  # finishes, and every invocation first restores what DIR lacks. Relative to the current directory, as
+  # --workdir is. Empty = none.
   c.archive = ""
   # `warm_start`, `in_domain`: an earlier table's JSON (results.json, in_domain.json) whose per-seed values
   # fill the cells that no finished run of DIR (or the archive) covers, for runs whose folders were lost;

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Sequence
 import ml_collections
 import numpy as np
 
+from recg_jax import errors
 from recg_jax import paths
 from recg_jax import plots
 from recg_jax import results as results_lib
@@ -76,11 +77,19 @@ def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, f
   name = str(config.experiment.get("earlier_values", ""))
   if not name:
     return {}
-  payload = json.loads(paths.as_path(name).read_text(encoding="utf-8"))
-  out = {}
-  for entry in payload["values"]:
-    kind, domain, budget, *rest = entry["key"]
-    out[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
+  path = paths.as_path(name)
+  if not path.is_file():
+    raise errors.ConfigError(f"config.experiment.earlier_values={name!r}: no such file")
+  try:
+    out = {}
+    for entry in json.loads(path.read_text(encoding="utf-8"))["values"]:
+      kind, domain, budget, *rest = entry["key"]
+      out[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
+  except (ValueError, KeyError, TypeError) as e:
+    raise errors.ConfigError(
+        f"config.experiment.earlier_values={name!r} is not a study table's JSON (a 'values' list of "
+        f"{{'key', 'by_seed'}} entries): {e!r}"
+    ) from e
   return out
 
 
