@@ -15,8 +15,9 @@ warm-start study (configs/warm_start_shared.py) shares the folder and reuses its
 
 Where DIR does not outlive the machine, `--config.experiment.archive=A` keeps each finished run's markers in
 A as it finishes and restores them into any DIR (recg_jax/grid/archive.py); results/shared_study_runs is
-this project's, committed with the tables. `--config.experiment.earlier_values=results/in_domain_shared/
-earlier/results.json` fills the cells of runs whose folders were lost before the archive existed.
+this project's, committed with the tables. With
+  --config.experiment.earlier_values=results/in_domain_shared/earlier/results.json
+the table fills the cells of runs whose folders were lost before the archive existed.
 """
 
 from recg_jax import config as config_lib
