@@ -43,10 +43,8 @@ def _train_events(workdir):
   return [e for e in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if e["kind"] == "train"]
 
 
-@pytest.mark.slow
-def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_path):
-  _, one = tiny_trained_run
-  workdir = tmp_path / "two"
+def _run_on_two_devices(*args: str) -> subprocess.CompletedProcess:
+  """`python -c args...` in a subprocess that sees 2 simulated CPU devices; fails the test if it fails."""
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
   env = dict(
       os.environ,
@@ -55,7 +53,7 @@ def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_pat
       PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
   )
   proc = subprocess.run(
-      [sys.executable, "-c", _SCRIPT, str(HERE), str(workdir), json.dumps(tiny_trained_overrides)],
+      [sys.executable, "-c", *args],
       env=env,
       cwd=HERE.parent,
       capture_output=True,
@@ -64,6 +62,14 @@ def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_pat
       check=False,
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+@pytest.mark.slow
+def test_two_devices_match_one(tiny_trained_run, tiny_trained_overrides, tmp_path):
+  _, one = tiny_trained_run
+  workdir = tmp_path / "two"
+  _run_on_two_devices(_SCRIPT, str(HERE), str(workdir), json.dumps(tiny_trained_overrides))
   two = json.loads((tmp_path / "two.json").read_text())
   with np.load(tmp_path / "two.npz") as f:
     p2 = {k: f[k] for k in f.files}
@@ -115,21 +121,5 @@ _SLICED_SCRIPT = textwrap.dedent("""
 def test_the_softmax_in_slices_over_a_batch_split_on_two_devices_equals_the_whole_on_one():
   """Loss and gradients of the sliced cross-entropy, batch sharded over 2 devices, items replicated (as
   the train step lays them out), against the whole batch at once, unsharded."""
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
-  env = dict(
-      os.environ,
-      XLA_FLAGS=xla_flags,
-      JAX_PLATFORMS="cpu",
-      PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
-  )
-  proc = subprocess.run(
-      [sys.executable, "-c", _SLICED_SCRIPT],
-      env=env,
-      cwd=HERE.parent,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  proc = _run_on_two_devices(_SLICED_SCRIPT)
   assert "sliced over 2 devices == whole on 1" in proc.stdout

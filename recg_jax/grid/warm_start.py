@@ -174,12 +174,9 @@ def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.Pendin
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for the run of its trained part, {base.relpath}")
     elif not aggregate_only:
-      if (
-          base
-          and runner.read_done(workdir / base.relpath)
-          and not archive.has_parameters(workdir / base.relpath)
-      ):
-        rc.fusion.trained_run = ""  # restored from the archive without its checkpoints: train the part here
+      if base and base.relpath not in {p.relpath for p in pending}:
+        if not archive.has_parameters(workdir / base.relpath):  # restored from an archive: train it here
+          rc.fusion.trained_run = ""
       spec = planning.RunSpec(item.domain, str(rc.model.backbone), str(rc.model.variant), item.seed)
       pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
   return pending, waiting
