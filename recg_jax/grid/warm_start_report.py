@@ -229,9 +229,16 @@ def domain_tables(values, config, domain: str, chosen: str | None, budgets, user
   return lines
 
 
-def budget_users(markers: Sequence[dict[str, Any]]) -> dict[tuple[str, float], int]:
-  """{(domain, budget): the users a budget trains on}, from the runs' 'budget' records."""
+def budget_users(markers: Sequence[dict[str, Any]], earlier: str = "") -> dict[tuple[str, float], int]:
+  """{(domain, budget): the users a budget trains on}, from the runs' 'budget' records, and where none
+  ran, from the 'budget_users' of the earlier table's JSON (`earlier`, a path; tables written before it
+  kept them have none)."""
   out = {}
+  if earlier and paths.as_path(earlier).is_file():
+    for domain, budget, users in json.loads(paths.as_path(earlier).read_text(encoding="utf-8")).get(
+        "budget_users", []
+    ):
+      out[(str(domain), float(budget))] = int(users)
   for m in markers:
     for rec in m["records"]:
       extra = rec.get("extra") or {}
@@ -480,8 +487,9 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   figure = write_figure(values, config, tests, chosen, budgets, workdir / "crossover.png")
   if figure is not None:
     lines += ["![full NDCG@10 against the budget](crossover.png)", ""]
+  users = budget_users(markers, str(ec.get("earlier_values", "")))
   for d in domains:
-    lines += domain_tables(values, config, d, chosen, budgets, budget_users(markers))
+    lines += domain_tables(values, config, d, chosen, budgets, users)
   lines += fusion_budget_lines(markers, domains, budgets)
   path = workdir / "results.md"
   paths.write_text_atomic(path, "\n".join(lines))
@@ -490,6 +498,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       {
           "values": [{"key": list(k), "by_seed": v} for k, v in sorted(values.items())],
           "text_baseline": chosen,
+          "budget_users": [[d, b, n] for (d, b), n in sorted(users.items())],
       },
   )
   return path
