@@ -158,7 +158,7 @@ def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.
 
 def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.PendingRun], list[str]]:
   """The runs to execute now, and the fine-tuned ones that wait for their starting run."""
-  pending, waiting = [], []
+  pending, waiting, planned = [], [], set()  # planned: the relpaths of `pending`
   for i, item in enumerate(items, 1):
     rc = run_config(config, item)
     run_dir = workdir / item.relpath
@@ -169,16 +169,17 @@ def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.Pendin
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for its starting run {init_run(config, item)} to finish")
     elif (base := trained_part_of(config, item)) and not (
-        runner.read_done(workdir / base.relpath) or base.relpath in {p.relpath for p in pending}
+        runner.read_done(workdir / base.relpath) or base.relpath in planned
     ):
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for the run of its trained part, {base.relpath}")
     elif not aggregate_only:
-      if base and base.relpath not in {p.relpath for p in pending}:
+      if base and base.relpath not in planned:
         if not archive.has_parameters(workdir / base.relpath):  # restored from an archive: train it here
           rc.fusion.trained_run = ""
       spec = planning.RunSpec(item.domain, str(rc.model.backbone), str(rc.model.variant), item.seed)
       pending.append(runner.PendingRun(rc, spec, run_dir, tag, item.preset, item.relpath))
+      planned.add(item.relpath)
   return pending, waiting
 
 

@@ -71,26 +71,36 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
   return values
 
 
-def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, float]]:
-  """The per-seed values of experiment.earlier_values (an earlier table's JSON: results.json of a warm-start
-  study, in_domain.json of an in-domain one), keyed as collect_values keys them; empty where it is unset."""
+def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """(per-seed values keyed as collect_values keys them, {(domain, budget): users}) of
+  experiment.earlier_values (an earlier table's JSON: results.json of a warm-start study, in_domain.json
+  of an in-domain one; tables written before they kept their budgets' users have none); both empty where
+  it is unset."""
   name = str(config.experiment.get("earlier_values", ""))
   if not name:
-    return {}
+    return {}, {}
   path = paths.as_path(name)
   if not path.is_file():
     raise errors.ConfigError(f"config.experiment.earlier_values={name!r}: no such file")
   try:
-    out = {}
-    for entry in json.loads(path.read_text(encoding="utf-8"))["values"]:
+    table = json.loads(path.read_text(encoding="utf-8"))
+    values = {}
+    for entry in table["values"]:
       kind, domain, budget, *rest = entry["key"]
-      out[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
+      values[(kind, domain, float(budget), *rest)] = {int(s): float(v) for s, v in entry["by_seed"].items()}
+    users = {(str(d), float(b)): int(n) for d, b, n in table.get("budget_users", [])}
   except (ValueError, KeyError, TypeError) as e:
     raise errors.ConfigError(
         f"config.experiment.earlier_values={name!r} is not a study table's JSON (a 'values' list of "
         f"{{'key', 'by_seed'}} entries): {e!r}"
     ) from e
-  return out
+  return values, users
+
+
+def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, float]]:
+  """The per-seed values of experiment.earlier_values, keyed as collect_values keys them; empty where it is
+  unset."""
+  return earlier_table(config)[0]
 
 
 def carry(values, earlier) -> list[tuple]:
@@ -229,16 +239,12 @@ def domain_tables(values, config, domain: str, chosen: str | None, budgets, user
   return lines
 
 
-def budget_users(markers: Sequence[dict[str, Any]], earlier: str = "") -> dict[tuple[str, float], int]:
+def budget_users(
+    markers: Sequence[dict[str, Any]], earlier: dict[tuple[str, float], int] | None = None
+) -> dict[tuple[str, float], int]:
   """{(domain, budget): the users a budget trains on}, from the runs' 'budget' records, and where none
-  ran, from the 'budget_users' of the earlier table's JSON (`earlier`, a path; tables written before it
-  kept them have none)."""
-  out = {}
-  if earlier and paths.as_path(earlier).is_file():
-    for domain, budget, users in json.loads(paths.as_path(earlier).read_text(encoding="utf-8")).get(
-        "budget_users", []
-    ):
-      out[(str(domain), float(budget))] = int(users)
+  ran, from `earlier` (an earlier table's counts)."""
+  out = dict(earlier or {})
   for m in markers:
     for rec in m["records"]:
       extra = rec.get("extra") or {}
@@ -433,7 +439,8 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   """DIR/results.md, results.json and crossover.png from every finished run."""
   markers = runner.markers_of(workdir, meta["runs"])
   values = collect_values(markers)
-  carried = carry(values, earlier_values(config))
+  earlier, earlier_users = earlier_table(config)
+  carried = carry(values, earlier)
   ec = config.experiment
   domains, budgets = list(meta["domains"]), planning.budgets(config)
   validation = set(ec.validation_domains)
@@ -487,7 +494,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   figure = write_figure(values, config, tests, chosen, budgets, workdir / "crossover.png")
   if figure is not None:
     lines += ["![full NDCG@10 against the budget](crossover.png)", ""]
-  users = budget_users(markers, str(ec.get("earlier_values", "")))
+  users = budget_users(markers, earlier_users)
   for d in domains:
     lines += domain_tables(values, config, d, chosen, budgets, users)
   lines += fusion_budget_lines(markers, domains, budgets)
