@@ -199,12 +199,12 @@ def test_an_earlier_table_that_is_missing_or_not_a_table_is_a_config_error(tmp_p
     warm_start_report.earlier_table(config)
 
 
-def test_budget_sizes_come_from_the_runs_and_else_from_theearlier_table(tmp_path):
+def test_budget_sizes_come_from_the_runs_and_else_from_the_earlier_table(tmp_path):
   earlier = {"values": [], "budget_users": [["Office", 0.01, 53], ["Office", 0.2, 961]]}
   (tmp_path / "results.json").write_text(json.dumps(earlier))
   config = warm_start_shared.get_config()
   config.experiment.earlier_values = str(tmp_path / "results.json")
   _, earlier_users = warm_start_report.earlier_table(config)
   ran = {"stage": "budget", "domain": "Office", "extra": {"budget": 0.2, "budget_users": 960}}
-  users = warm_start_report.budget_users([{"records": [ran]}], earlier_users)
+  users = warm_start_report.budget_sizes([{"records": [ran]}], earlier_users)
   assert users == {("Office", 0.01): 53, ("Office", 0.2): 960}  # a finished run's own count wins

@@ -239,7 +239,7 @@ def domain_tables(values, config, domain: str, chosen: str | None, budgets, user
   return lines
 
 
-def budget_users(
+def budget_sizes(
     markers: Sequence[dict[str, Any]], earlier: dict[tuple[str, float], int] | None = None
 ) -> dict[tuple[str, float], int]:
   """{(domain, budget): the users a budget trains on}, from the runs' 'budget' records, and where none
@@ -494,7 +494,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   figure = write_figure(values, config, tests, chosen, budgets, workdir / "crossover.png")
   if figure is not None:
     lines += ["![full NDCG@10 against the budget](crossover.png)", ""]
-  users = budget_users(markers, earlier_users)
+  users = budget_sizes(markers, earlier_users)
   for d in domains:
     lines += domain_tables(values, config, d, chosen, budgets, users)
   lines += fusion_budget_lines(markers, domains, budgets)
