@@ -34,6 +34,24 @@ def test_the_shared_study_trains_the_reference_and_fuses_over_its_runs():
   assert warm_start.run_config(config, held).fusion.trained_run == ""
 
 
+def test_a_fusion_waits_for_its_trained_part_unless_planned_and_retrains_a_restored_one(tmp_path):
+  config = warm_start_shared.get_config()
+  base = warm_start.Item("scratch", "Kitchen", 0.2, "id_ce", 1)
+  fused = dataclasses.replace(base, preset="fusion")
+  pending, waiting = warm_start._pending(config, [base, fused], tmp_path, False)  # pylint: disable=protected-access
+  assert [p.relpath for p in pending] == [base.relpath, fused.relpath] and waiting == []
+  assert pending[1].config.fusion.trained_run == "../../id_ce/seed1"  # fitted over the run planned first
+  pending, waiting = warm_start._pending(config, [fused], tmp_path, False)  # pylint: disable=protected-access
+  assert pending == [] and waiting == [fused.relpath]
+  restored = tmp_path / base.relpath  # finished, as an archive restores it: markers, no checkpoints
+  restored.mkdir(parents=True)
+  (restored / "results.json").write_text("{}")
+  (restored / runner.DONE).write_text("{}")
+  pending, waiting = warm_start._pending(config, [fused], tmp_path, False)  # pylint: disable=protected-access
+  assert [p.relpath for p in pending] == [fused.relpath] and waiting == []
+  assert pending[0].config.fusion.trained_run == ""
+
+
 def test_plan_and_run_configs_of_the_finetune_study():
   config = warm_start_shared.get_config("finetune")
   config.experiment.init_study = "/lodo"
@@ -147,6 +165,10 @@ def test_the_report_reads_each_runs_whole_domain_test_and_where_it_crosses(made_
   ):
     assert needle in md, needle
   assert (workdir / "crossover.png").stat().st_size > 0
+  # The budgets' sizes go into results.json, so a later table that carries this one keeps its headers.
+  config.experiment.earlier_values = str(workdir / "results.json")
+  _, sizes = warm_start_report.earlier_table(config)
+  assert sizes == {(d, b): round(100 * b) for d in ("Alpha", "Beta") for b in (0.05, 0.2, 0.5)}
   values = warm_start_report.collect_values(
       runner.markers_of(workdir, [i.relpath for i in warm_start.plan(config)])
   )

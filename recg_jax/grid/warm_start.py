@@ -157,7 +157,9 @@ def run_config(config: ml_collections.ConfigDict, item: Item) -> ml_collections.
 
 
 def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.PendingRun], list[str]]:
-  """The runs to execute now, and the fine-tuned ones that wait for their starting run."""
+  """The runs to execute now, and the relpaths of those that wait: a fine-tuned run for its starting run, a
+  fusion for the run of its trained part (unless that run is planned now). A fusion over a finished run
+  restored from an archive (no parameters left) trains its part itself."""
   pending, waiting, planned = [], [], set()  # planned: the relpaths of `pending`
   for i, item in enumerate(items, 1):
     rc = run_config(config, item)
@@ -169,7 +171,7 @@ def _pending(config, items, workdir, aggregate_only) -> tuple[list[runner.Pendin
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for its starting run {init_run(config, item)} to finish")
     elif (base := trained_part_of(config, item)) and not (
-        runner.read_done(workdir / base.relpath) or base.relpath in planned
+        runner.read_done(workdir / base.relpath) is not None or base.relpath in planned
     ):
       waiting.append(item.relpath)
       distributed.say(f"{tag}: waits for the run of its trained part, {base.relpath}")

@@ -92,7 +92,8 @@ def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   except (ValueError, KeyError, TypeError) as e:
     raise errors.ConfigError(
         f"config.experiment.earlier_values={name!r} is not a study table's JSON (a 'values' list of "
-        f"{{'key', 'by_seed'}} entries): {e!r}"
+        f"{{'key', 'by_seed'}} entries, and optionally a 'budget_users' list of [domain, budget, users]): "
+        f"{e!r}"
     ) from e
   return values, users
 
