@@ -31,8 +31,8 @@ PRESETS = ("id_ce", "fusion", "sem_ce", "id_text_init", "alphafuse", "id_text_of
 # The references and the best hybrids of the small domains (results/in_domain_shared): the fusion (above
 # both references on all four), id_text_init (above the fusion on Food, level on Office, below on
 # LuxuryBeauty and Scientific) and alphafuse (the first chosen, on LuxuryBeauty and Office alone; it has
-# run on Kitchen). id_text_offset and text_mix_id were below id_ce on LuxuryBeauty, Office and Food,
-# and far below the fusion on Scientific.
+# run on Kitchen). On Games id_text_init is level with the fusion. id_text_offset and text_mix_id were
+# below id_ce on LuxuryBeauty, Office and Food, and far below the fusion on Scientific.
 LARGE_PRESETS = ("id_ce", "fusion", "sem_ce", "id_text_init", "alphafuse")
 
 
