@@ -334,6 +334,11 @@ def fuse_finished(
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   params, records = fusion_lib.finished_trained_part(config, workdir)
+  # Its training, resumed or not, was that run's cost, not this fusion's (runner.earlier_training_s).
+  records = [
+      {**r, "extra": {k: v for k, v in (r.get("extra") or {}).items() if k != "resumed_wall_s"}}
+      for r in records
+  ]
   (source,) = types.source_names(config.data.source)
   model = recommender.build_model(config, domains[source].num_items)
   return fuse_trained(config, workdir, domains, whole, tables, model, params, records)

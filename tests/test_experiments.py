@@ -802,3 +802,10 @@ def test_member_groups_of_the_reduced_scientific_grid():
   assert not any("bert4rec" in a and "gru4rec" in b for g in groups for a in g for b in g)
   # A cap of 1: every run alone.
   assert all(len(g) == 1 for g in planning.member_groups(items, 1))
+
+
+def test_a_resumed_groups_earlier_training_counts_once_and_a_failure_counts_nothing():
+  resumed = [{"extra": {"resumed_wall_s": 12.5}}, {"extra": {"resumed_wall_s": 12.5}}]
+  assert runner.earlier_training_s([resumed, resumed]) == 12.5  # one checkpoint for the group
+  assert runner.earlier_training_s([[{"extra": {}}], [{"metrics": {}}]]) == 0.0
+  assert runner.earlier_training_s([RuntimeError("failed")]) == 0.0

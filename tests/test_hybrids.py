@@ -355,6 +355,8 @@ def test_a_fusion_over_a_finished_run_trains_nothing_and_equals_the_fusion_train
       reused[0]["metrics"] == record["metrics"] and reused[0]["extra"]["fusion"] == record["extra"]["fusion"]
   )
   assert not (tmp_path / "reused" / "checkpoints").exists()
+  # The finished run's training time is its own: the fusion over it trained nothing to count.
+  assert "resumed_wall_s" in record["extra"] and "resumed_wall_s" not in reused[0]["extra"]
   other = config_lib.override(
       _fusion_config(tiny_config, **{"train.learning_rate": 0.1}), {"fusion.trained_run": "../trained"}
   )

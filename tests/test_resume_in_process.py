@@ -5,6 +5,8 @@ The run is stopped by its input pipeline raising between two steps. test_resume.
 with SIGKILL on a subprocess, plus the NaN stop and the continuation of a finished run.
 """
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -74,3 +76,23 @@ def test_stopped_mid_epoch_then_resumed_is_exact(tiny_config, tiny_problem, tmp_
       s: loss for s, loss in ref.items() if s > spe + 3
   }
   assert [e["epoch"] for e in events if e["kind"] == "valid"] == [1, 2]
+
+
+def _resumed_wall_s(workdir):
+  (record,) = json.loads((workdir / "results.json").read_text())["records"]
+  return record["extra"]["resumed_wall_s"]
+
+
+def test_a_resumed_run_counts_the_training_time_before_its_resume(
+    tiny_config, tiny_problem, tmp_path, monkeypatch
+):
+  domains, tables = tiny_problem
+  training.train_and_evaluate(tiny_config(**OVERRIDES), tmp_path / "ref", domains, tables)
+  assert _resumed_wall_s(tmp_path / "ref") == 0.0
+  workdir = tmp_path / "stopped"
+  _stop_after(monkeypatch, 6)
+  with pytest.raises(Stopped):
+    training.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
+  monkeypatch.undo()
+  training.train_and_evaluate(tiny_config(**OVERRIDES), workdir, domains, tables)
+  assert _resumed_wall_s(workdir) > 0.0

@@ -104,6 +104,18 @@ def execute(
   )
 
 
+def earlier_training_s(outcomes: Sequence[pipeline.Outcome]) -> float:
+  """The seconds a resumed group trained in earlier invocations (its records' `resumed_wall_s`; the group
+  shares one checkpoint, so every member carries the same), 0 for a fresh run or a failed group."""
+  seconds = [
+      float((r.get("extra") or {}).get("resumed_wall_s", 0.0))
+      for outcome in outcomes
+      if not isinstance(outcome, Exception)
+      for r in outcome
+  ]
+  return max(seconds, default=0.0)
+
+
 def group_dir_of(workdir: paths.Path, relpaths: list[str]) -> paths.Path:
   """The folder of a group's shared checkpoint, named by its members (a rerun of the same unfinished
   members resumes it)."""
@@ -163,7 +175,7 @@ def run_pending(
     except Exception as e:  # pylint: disable=broad-except  (one failed run must not stop the grid)
       e.traceback = traceback.format_exc()
       outcomes = [e] * len(runs)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 + earlier_training_s(outcomes)
     compiles = {**compile_stats.since(compiles0), "train_step_traces": _step_traces() - traces0}
     _release_compiled()
     for run, outcome in zip(runs, outcomes):

@@ -129,6 +129,7 @@ def _result(run: loop_lib.Member, out, loop: loop_lib.Loop, trainer: trainer_lib
       "stop_reason": meta["stop_reason"],
       "steps_per_epoch": trainer.steps_per_epoch,
       "training_rows": trainer.rows.num_rows,
+      "resumed_wall_s": round(loop.earlier_s, 3),  # the group's training before this invocation
   }
   valid = {k: v for k, v in metrics.items() if not k.startswith("test/")}
   records = [

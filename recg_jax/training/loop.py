@@ -97,7 +97,7 @@ class Loop:
       domains: list[types.DomainData],
       latest: checkpoints_lib.Checkpoints,
       members: list[Member],
-      position: dict[str, int],
+      position: dict[str, Any],
   ):
     self.trainer, self.latest, self.members = trainer, latest, members
     self.config = trainer.config
@@ -115,6 +115,9 @@ class Loop:
     self.pending: list[tuple[int, list[int], dict]] = []  # (step, real rows per member, device metrics)
     self.clock = time.perf_counter()
     self.started = time.perf_counter()
+    # Training seconds of the invocations before a resume, up to their last checkpoint: a resumed run's
+    # cost is theirs plus this one's, not this one's alone.
+    self.earlier_s = float(position.get("wall_s", 0.0))
 
   @property
   def solo(self) -> bool:
@@ -129,6 +132,7 @@ class Loop:
         "epoch": self.epoch,
         "batch": self.batch,
         "members": [dict(m.meta) for m in self.members],
+        "wall_s": self.earlier_s + time.perf_counter() - self.started,
     }
 
   # -- training ---------------------------------------------------------------------------------------
