@@ -52,6 +52,14 @@ def test_seeds_that_all_equal_the_reference_are_marked_equal_whatever_their_mean
   assert "(>knn" in baselines.cell(baselines.cell_stats([x, x, 1.001 * x], None, [0, 1, 2], x), x, False)
 
 
+def test_a_fallback_that_drifts_in_float32_is_level_and_a_visible_gap_is_not():
+  text = 0.07337671881371445  # a text baseline, and a fusion whose weight fell to 0, as they were measured
+  drifted = baselines.cell_stats([0.0733720110369462] * 3, None, [0, 1, 2], text)
+  assert "(=text)" in baselines.cell(drifted, text, False, reference="text")
+  below = baselines.cell_stats([text - 2e-5] * 3, None, [0, 1, 2], text)
+  assert "(<text)" in baselines.cell(below, text, False, reference="text")
+
+
 def test_weight_is_chosen_on_the_validation_domain_only():
   key = lambda dom, setting: ("zero_shot", "S", dom, setting, "full", "ndcg@10")
   values = {

@@ -40,6 +40,11 @@ from recg_jax.grid import report
 from recg_jax.grid import runner
 
 WEIGHTED = "zero_shot_w"
+# Means closer than this (0.001 percentage points, a tenth of the last digit a table shows) are marked
+# level ('='): float32 embeddings rebuilt on another machine, or scored on another code path, break
+# near-ties differently, so a fusion whose weight fell to 0 can sit 5e-6 from the text baseline itself.
+LEVEL_TOLERANCE = 1e-5
+LEVEL_NOTE = "`=` = level within 0.001 points (float32 drift)"
 UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference
 
 
@@ -222,8 +227,7 @@ def cell(
     return text
   notes = []
   if knn is not None:
-    # Seeds that all equal the reference can average to it plus a rounding error: that is '='.
-    same = math.isclose(stat["mean"], knn, rel_tol=1e-9, abs_tol=1e-12)
+    same = math.isclose(stat["mean"], knn, rel_tol=0.0, abs_tol=LEVEL_TOLERANCE)
     mark = "=" if same else ">" if stat["mean"] > knn else "<"
     notes.append(f"{mark}{reference}" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
   key, label = paired
@@ -266,6 +270,7 @@ def _header(
       f"- seeds: {', '.join(map(str, config.experiment.seeds))} (text_knn presets: no seed, one run); "
       "mean ± sample std over seeds",
       "- tests: `>knn`/`<knn` = mean above/below text_knn (recency-weighted history mean, no training), "
+      f"{LEVEL_NOTE}, "
       "p = one-sample t-test of the seeds against its value; p_sem = paired t-test against `sem` "
       "(scipy.stats)",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",

@@ -260,7 +260,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       f"- text baseline: `{text}` (declared: the training-free default); ID reference: `{reference}`",
       f"- seeds: {', '.join(map(str, seeds)) or '—'}; mean ± sample std; `>text`/`<text` p = one-sample "
       f"t-test of the seeds against the text baseline's value; `vs {reference}` p = paired t-test on the "
-      "seeds (scipy.stats)",
+      f"seeds (scipy.stats); {baselines.LEVEL_NOTE}",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
       *warm_start_report.carried_line(config, carried),
       f"- runs: {len(markers)} finished in this folder; this invocation planned {len(meta['runs'])} "

@@ -261,6 +261,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       "zero-shot target, and every training-free row, is evaluated on all its users",
       f"- seeds: {', '.join(map(str, ec.seeds))} (text presets: no seed); mean ± sample std over seeds; "
       "`>knn`/`<knn` = above/below the text baseline, p = one-sample t-test of the seeds against its value; "
+      f"{baselines.LEVEL_NOTE}; "
       f"p_sem = paired t-test against `{REFERENCE}` trained on the same domains (scipy.stats)",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
       f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run time)",

@@ -475,7 +475,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
       ),
       f"- seeds: {', '.join(map(str, ec.seeds))}; mean ± sample std; `>text`/`<text` p = one-sample t-test "
       "of the seeds against the text baseline's value; `vs scratch` p = paired t-test against the same "
-      "preset from scratch (scipy.stats)",
+      f"preset from scratch (scipy.stats); {baselines.LEVEL_NOTE}",
       f"- machine: {'; '.join(machines) or report.machine_line(meta['machine'])}",
       *carried_line(config, carried),
       f"- runs: {len(markers)} finished of {len(meta['runs'])} planned ({total_s / 3600:.2f} h of run time)",
