@@ -200,7 +200,7 @@ def test_an_earlier_tables_values_fill_only_the_seeds_no_finished_run_covers(tmp
   config = warm_start_shared.get_config()
   config.experiment.earlier_values = str(tmp_path / "results.json")
   values = {("scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"): {1: 0.7}}  # seed 1 ran in this folder
-  carried = warm_start_report.carry(values, warm_start_report.earlier_values(config))
+  carried = warm_start_report.carry(values, warm_start_report.earlier_table(config)[0])
   assert values == {("scratch", "Office", 0.2, "id_ce", "full", "ndcg@10"): {0: 0.5, 1: 0.7}}
   assert carried == [("scratch", "Office", 0.2, "id_ce", 0)]
   assert "the values of 1 run come from" in warm_start_report.carried_line(config, carried)[0]
@@ -210,11 +210,11 @@ def test_an_earlier_table_that_is_missing_or_not_a_table_is_a_config_error(tmp_p
   config = warm_start_shared.get_config()
   config.experiment.earlier_values = str(tmp_path / "absent.json")
   with pytest.raises(errors.ConfigError, match="absent.json'?: no such file"):
-    warm_start_report.earlier_values(config)
+    warm_start_report.earlier_table(config)[0]
   (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
   config.experiment.earlier_values = str(tmp_path / "other.json")
   with pytest.raises(errors.ConfigError, match="other.json' is not a study table's JSON"):
-    warm_start_report.earlier_values(config)
+    warm_start_report.earlier_table(config)[0]
   (tmp_path / "short.json").write_text(json.dumps({"values": [], "budget_users": [["Office", 0.01]]}))
   config.experiment.earlier_values = str(tmp_path / "short.json")
   with pytest.raises(errors.ConfigError, match="short.json' is not a study table's JSON"):

@@ -233,7 +233,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   ran = commands(archive.folder(config) or workdir, str(meta.get("command") or ""))
   markers = collect(workdir)
   values = warm_start_report.collect_values(markers)
-  carried = warm_start_report.carry(values, warm_start_report.earlier_values(config))
+  carried = warm_start_report.carry(values, warm_start_report.earlier_table(config)[0])
   ec = config.experiment
   domains = _domains(config, values)
   text = str(ec.text_presets[0]) if ec.text_presets else ""

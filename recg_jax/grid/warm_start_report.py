@@ -98,12 +98,6 @@ def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   return values, users
 
 
-def earlier_values(config: ml_collections.ConfigDict) -> dict[tuple, dict[int, float]]:
-  """The per-seed values of experiment.earlier_values, keyed as collect_values keys them; empty where it is
-  unset."""
-  return earlier_table(config)[0]
-
-
 def carry(values, earlier) -> list[tuple]:
   """Fills `values` in place with the earlier seeds no finished run covers; returns the (kind, domain,
   budget, preset, seed) of every run whose values were carried."""
