@@ -132,8 +132,12 @@ class Loop:
         "epoch": self.epoch,
         "batch": self.batch,
         "members": [dict(m.meta) for m in self.members],
-        "wall_s": self.earlier_s + time.perf_counter() - self.started,
+        "wall_s": self.training_s(),
     }
+
+  def training_s(self) -> float:
+    """Seconds this run has trained, over every invocation up to now."""
+    return self.earlier_s + time.perf_counter() - self.started
 
   # -- training ---------------------------------------------------------------------------------------
 
@@ -269,7 +273,7 @@ class Loop:
           self.step,
           {**valid, **by_source},
           epoch=self.epoch,
-          elapsed_s=round(time.perf_counter() - self.started, 3),
+          elapsed_s=round(self.training_s(), 3),
       )
       self._keep_best_or_stop(member, params, valid)
 
