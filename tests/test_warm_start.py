@@ -230,3 +230,35 @@ def test_budget_sizes_come_from_the_runs_and_else_from_the_earlier_table(tmp_pat
   ran = {"stage": "budget", "domain": "Office", "extra": {"budget": 0.2, "budget_users": 960}}
   users = warm_start_report.budget_sizes([{"records": [ran]}], earlier_users)
   assert users == {("Office", 0.01): 53, ("Office", 0.2): 960}  # a finished run's own count wins
+
+
+def test_several_earlier_tables_fill_in_order_and_the_header_names_each(tmp_path):
+  key = ["scratch", "Games", 1.0, "id_ce", "full", "ndcg@10"]
+  first = {"values": [{"key": key, "by_seed": {"0": 0.05}}], "budget_users": [["Games", 0.2, 10]]}
+  second = {"values": [{"key": key, "by_seed": {"0": 0.9, "1": 0.06}}], "budget_users": [["Games", 0.2, 99]]}
+  (tmp_path / "first.json").write_text(json.dumps(first))
+  (tmp_path / "second.json").write_text(json.dumps(second))
+  config = warm_start_shared.get_config()
+  config.experiment.earlier_values = f"{tmp_path / 'first.json'}, {tmp_path / 'second.json'}"
+  values, users = warm_start_report.earlier_table(config)
+  assert values == {tuple(key): {0: 0.05, 1: 0.06}}  # seed 0 from the first, seed 1 from the second
+  assert users == {("Games", 0.2): 10}
+  line = warm_start_report.carried_line(config, [("scratch", "Games", 1.0, "id_ce", 1)])[0]
+  assert f"`{tmp_path / 'first.json'}` and `{tmp_path / 'second.json'}`, earlier tables" in line
+
+
+def test_a_warm_start_table_carries_only_its_own_presets_domains_and_budgets():
+  config = warm_start_shared.get_config()  # presets id_ce, fusion, fusion_holdout; budgets 1-100%
+  earlier = {
+      ("scratch", "Games", 1.0, "id_ce", "full", "ndcg@10"): {0: 0.05},
+      ("scratch", "Games", 1.0, "sem_ce", "full", "ndcg@10"): {0: 0.01},  # an in-domain-only preset
+      ("scratch", "Food", 1.0, "id_ce", "full", "ndcg@10"): {0: 0.1},  # a domain the study lacks
+      ("scratch", "Games", 0.3, "id_ce", "full", "ndcg@10"): {0: 0.03},  # a budget it lacks
+      ("text", "Games", 1.0, "text_knn_center_soft02", "full", "ndcg@10"): {0: 0.03},
+      ("text", "Games", 1.0, "text_knn_whiten_soft02", "full", "ndcg@10"): {0: 0.02},
+  }
+  kept = warm_start_report.in_study(config, earlier)
+  assert sorted(k[:4] for k in kept) == [
+      ("scratch", "Games", 1.0, "id_ce"),
+      ("text", "Games", 1.0, "text_knn_center_soft02"),
+  ]

@@ -356,7 +356,8 @@ def get_experiment_config() -> ml_collections.ConfigDict:
   c.archive = ""
   # `warm_start`, `in_domain`: an earlier table's JSON (results.json, in_domain.json) whose per-seed values
   # fill the cells that no finished run of DIR (or the archive) covers, for runs whose folders were lost;
-  # the table says how many. Empty = none.
+  # the table says how many. Several, comma-separated: the first that holds a seed's value wins (a
+  # warm-start table takes only its own presets, domains and budgets from each). Empty = none.
   c.earlier_values = ""
   # Runs of one shard that differ only in seeds, alpha, tau or the L_gen switches (traced fields, roles.py)
   # train together as one program over stacked parameters, up to this many at a time; 1 = one by one.

@@ -73,15 +73,30 @@ def collect_values(markers: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, f
 
 def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   """(per-seed values keyed as collect_values keys them, {(domain, budget): users}) of
-  experiment.earlier_values (an earlier table's JSON: results.json of a warm-start study, in_domain.json
-  of an in-domain one; tables written before they kept their budgets' users have none); both empty where
-  it is unset."""
-  name = str(config.experiment.get("earlier_values", ""))
-  if not name:
-    return {}, {}
+  experiment.earlier_values: an earlier table's JSON (results.json of a warm-start study, in_domain.json
+  of an in-domain one; tables written before they kept their budgets' users have none), or several,
+  comma-separated, where the first that holds a seed's value wins; both empty where it is unset."""
+  values: dict[tuple, dict[int, float]] = {}
+  users: dict[tuple[str, float], int] = {}
+  for name in earlier_names(config):
+    one_values, one_users = _one_earlier_table(name)
+    for key, by_seed in one_values.items():
+      mine = values.setdefault(key, {})
+      for seed, value in by_seed.items():
+        mine.setdefault(seed, value)
+    for key, n in one_users.items():
+      users.setdefault(key, n)
+  return values, users
+
+
+def earlier_names(config: ml_collections.ConfigDict) -> list[str]:
+  return [n.strip() for n in str(config.experiment.get("earlier_values", "")).split(",") if n.strip()]
+
+
+def _one_earlier_table(name: str) -> tuple[dict, dict]:
   path = paths.as_path(name)
   if not path.is_file():
-    raise errors.ConfigError(f"config.experiment.earlier_values={name!r}: no such file")
+    raise errors.ConfigError(f"config.experiment.earlier_values: {name!r}: no such file")
   try:
     table = json.loads(path.read_text(encoding="utf-8"))
     values = {}
@@ -91,11 +106,26 @@ def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
     users = {(str(d), float(b)): int(n) for d, b, n in table.get("budget_users", [])}
   except (ValueError, KeyError, TypeError) as e:
     raise errors.ConfigError(
-        f"config.experiment.earlier_values={name!r} is not a study table's JSON (a 'values' list of "
+        f"config.experiment.earlier_values: {name!r} is not a study table's JSON (a 'values' list of "
         f"{{'key', 'by_seed'}} entries, and optionally a 'budget_users' list of [domain, budget, users]): "
         f"{e!r}"
     ) from e
   return values, users
+
+
+def in_study(config: ml_collections.ConfigDict, earlier: dict[tuple, Any]) -> dict[tuple, Any]:
+  """The entries of an earlier table that this study plans (its kinds' presets, domains and budgets): a
+  table of another study (the in-domain one's, at 100%) may hold runs of presets this one never runs."""
+  ec = config.experiment
+  presets = {"text": set(ec.text_presets), "scratch": set(ec.presets), "finetune": set(ec.finetune_presets)}
+  domains, budgets = set(planning.grid_domains(config)), planning.budgets(config)
+  return {
+      key: v
+      for key, v in earlier.items()
+      if key[1] in domains
+      and key[3] in presets.get(key[0], ())
+      and (key[0] == "text" or any(abs(key[2] - b) < 1e-9 for b in budgets))
+  }
 
 
 def carry(values, earlier) -> list[tuple]:
@@ -117,9 +147,11 @@ def carried_line(config: ml_collections.ConfigDict, carried: list[tuple]) -> lis
     return []
   runs = f"{len(carried)} run{'s' * (len(carried) != 1)}"
   return [
-      f"- carried: the values of {runs} come from `{config.experiment.earlier_values}`, an "
-      "earlier table whose run folders were lost (its markdown beside it keeps their costs and fitted "
-      "weights; the sections below cover the runs of this folder only)"
+      f"- carried: the values of {runs} come from "
+      + " and ".join(f"`{n}`" for n in earlier_names(config))
+      + f", {'earlier tables' if len(earlier_names(config)) > 1 else 'an earlier table'} whose run "
+      "folders were lost (the markdown beside each keeps their costs and fitted weights; the sections "
+      "below cover the runs of this folder only)"
   ]
 
 
@@ -435,7 +467,7 @@ def write_report(workdir: paths.Path, config: ml_collections.ConfigDict, meta: d
   markers = runner.markers_of(workdir, meta["runs"])
   values = collect_values(markers)
   earlier, earlier_users = earlier_table(config)
-  carried = carry(values, earlier)
+  carried = carry(values, in_study(config, earlier))
   ec = config.experiment
   domains, budgets = list(meta["domains"]), planning.budgets(config)
   validation = set(ec.validation_domains)
