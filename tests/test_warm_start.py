@@ -262,3 +262,14 @@ def test_a_warm_start_table_carries_only_its_own_presets_domains_and_budgets():
       ("scratch", "Games", 1.0, "id_ce"),
       ("text", "Games", 1.0, "text_knn_center_soft02"),
   ]
+
+
+def test_a_mean_level_with_the_text_does_not_cross_however_small_its_spread():
+  text = {"ndcg@10": 0.05, "recall@10": 0.08}
+  values = {("text", "Games", 1.0, "text_knn", "full", m): {0: v} for m, v in text.items()}
+  for m, v in text.items():  # 3e-6 above the text on every seed, with a spread that makes p tiny
+    values[("scratch", "Games", 0.2, "fusion", "full", m)] = {0: v + 3e-6, 1: v + 3.1e-6, 2: v + 2.9e-6}
+    values[("scratch", "Games", 0.5, "fusion", "full", m)] = {0: v + 0.01, 1: v + 0.011, 2: v + 0.009}
+  assert warm_start_report.stat(values, "scratch", "fusion", "Games", 0.2, "ndcg@10", 0.05)["p_knn"] < 1e-3
+  crossed = warm_start_report.crossing(values, "scratch", "fusion", "Games", [0.2, 0.5], text)
+  assert crossed == 0.5

@@ -45,6 +45,14 @@ WEIGHTED = "zero_shot_w"
 # near-ties differently, so a fusion whose weight fell to 0 can sit 5e-6 from the text baseline itself.
 LEVEL_TOLERANCE = 1e-5
 LEVEL_NOTE = "`=` = level within 0.001 points (float32 drift)"
+
+
+def above(mean: float, reference: float) -> bool:
+  """Whether `mean` is above `reference` by more than LEVEL_TOLERANCE: what a verdict (beats, crosses) asks
+  besides its test, so that a cell marked level is never counted as above."""
+  return mean - reference > LEVEL_TOLERANCE
+
+
 UNTRAINED = "text_knn"  # presets whose variant is this run once, as seed 0, and are the one-sample reference
 
 
@@ -228,7 +236,7 @@ def cell(
   notes = []
   if knn is not None:
     same = math.isclose(stat["mean"], knn, rel_tol=0.0, abs_tol=LEVEL_TOLERANCE)
-    mark = "=" if same else ">" if stat["mean"] > knn else "<"
+    mark = "=" if same else ">" if above(stat["mean"], knn) else "<"
     notes.append(f"{mark}{reference}" + (f" p={stat['p_knn']:.3f}" if stat["p_knn"] is not None else ""))
   key, label = paired
   if stat.get(key) is not None:

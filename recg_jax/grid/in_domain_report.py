@@ -95,7 +95,10 @@ def beats_both(values, preset, domain, text, reference, seeds: int) -> bool | No
     if min(_seeds_done(values, "scratch", p, domain, "full", metric) for p in (preset, reference)) < seeds:
       return None
     if not (
-        s["mean"] > base and s["mean"] > ref and (s["p_knn"] or 1.0) < ALPHA and (s["p_sem"] or 1.0) < ALPHA
+        baselines.above(s["mean"], base)
+        and baselines.above(s["mean"], ref)
+        and (s["p_knn"] or 1.0) < ALPHA
+        and (s["p_sem"] or 1.0) < ALPHA
     ):
       return False
   return True

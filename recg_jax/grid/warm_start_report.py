@@ -218,7 +218,9 @@ def crossing(values, kind, preset, domain, budgets: Sequence[float], bases: dict
     stats_ = [stat(values, kind, preset, domain, b, m, bases.get(m)) for m in METRICS]
     if any(s is None for s in stats_) or any(m not in bases for m in METRICS):
       return "…"
-    if all(s["mean"] > bases[m] and (s["p_knn"] or 1.0) < ALPHA for s, m in zip(stats_, METRICS)):
+    if all(
+        baselines.above(s["mean"], bases[m]) and (s["p_knn"] or 1.0) < ALPHA for s, m in zip(stats_, METRICS)
+    ):
       return b
   return None
 
