@@ -227,8 +227,8 @@ def goal_lines(values, config, domains) -> list[str]:
       for metric in ("recall@10", "ndcg@10"):
         base = _mean(values.get(("text", d, d, chosen, "full", metric)))
         stat = _stat(values, ("lodo", d, d, setting), "full", metric, base, None)
-        above = stat and base is not None and baselines.above(stat["mean"], base)
-        ok &= bool(above and (stat["p_knn"] or 1.0) < 0.05)
+        higher = stat and base is not None and baselines.above(stat["mean"], base)
+        ok &= bool(higher and (stat["p_knn"] or 1.0) < 0.05)
       if ok:
         wins.append(d)
     done = sum(bool(values.get(("lodo", d, d, setting, "full", "ndcg@10"))) for d in tests)
