@@ -10,7 +10,8 @@ back to the text), and `fusion_holdout`, the same fusion with its weight fitted 
 users held out of its trained part's training; trained from scratch, three seeds, beside the training-free
 text baseline. Every preset trains as practitioners train SASRec (presets.CE_TRAINING), each run alone. The
 folder may be the in-domain study's (configs/in_domain_shared.py): the 100% runs are the same runs and are
-reused.
+reused; where they were lost, `--config.experiment.earlier_values` may name the in-domain table's JSON
+beside this study's own (comma-separated), as the command in results/warm_start_shared/results.md does.
 
 `:finetune` runs the earlier form of the study instead: the paper's BPR models and the text-mix model at the
 leave-one-out study's reduced sizes, from scratch and fine-tuned from that study's runs

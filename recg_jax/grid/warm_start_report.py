@@ -80,10 +80,7 @@ def earlier_table(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   users: dict[tuple[str, float], int] = {}
   for name in earlier_names(config):
     one_values, one_users = _one_earlier_table(name)
-    for key, by_seed in one_values.items():
-      mine = values.setdefault(key, {})
-      for seed, value in by_seed.items():
-        mine.setdefault(seed, value)
+    carry(values, one_values)  # a later table fills only the seeds the earlier ones lack
     for key, n in one_users.items():
       users.setdefault(key, n)
   return values, users
@@ -146,10 +143,11 @@ def carried_line(config: ml_collections.ConfigDict, carried: list[tuple]) -> lis
   if not carried:
     return []
   runs = f"{len(carried)} run{'s' * (len(carried) != 1)}"
+  names = earlier_names(config)
   return [
       f"- carried: the values of {runs} come from "
-      + " and ".join(f"`{n}`" for n in earlier_names(config))
-      + f", {'earlier tables' if len(earlier_names(config)) > 1 else 'an earlier table'} whose run "
+      + " and ".join(f"`{n}`" for n in names)
+      + f", {'earlier tables' if len(names) > 1 else 'an earlier table'} whose run "
       "folders were lost (the markdown beside each keeps their costs and fitted weights; the sections "
       "below cover the runs of this folder only)"
   ]
